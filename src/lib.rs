@@ -1,0 +1,39 @@
+//! # squeeze
+//!
+//! A model-compression toolkit: train a network, score importance, compress
+//! (prune, quantize, …), fine-tune with the constraints held, and validate that
+//! accuracy holds, measuring every stage as a real file and a real run.
+//!
+//! ## Module map (arrows point from user to used)
+//!
+//! ```text
+//! cli (main.rs) ─► compress ─► train ─► model ─► spec
+//!       │             ├─► codec     │       └─► runtime kernels (f32, int8)
+//!       │             │             └─► data
+//!       │             └─► format (.sqz, safetensors) ─► spec, codec
+//!       ├─► report
+//!       └─► runtime ─► spec, format's .sqz reader
+//! ```
+//!
+//! - [`spec`]: the architecture as plain data (graph, shapes, quantization plan).
+//! - [`data`]: IDX (MNIST-format) datasets, splits, batching.
+//! - [`model`]: a trainable network built from a spec: flat parameters, layers with
+//!   forward and backward, the zoo.
+//! - [`train`]: Adam, cross-entropy, the data-parallel trainer with constraints.
+//! - [`compress`]: one file per technique (prune, quantize).
+//! - [`codec`]: bit-level coding (position encodings); depends on nothing else.
+//! - [`format`]: the `.sqz` container and safetensors I/O, atomic writes.
+//! - [`runtime`]: inference kernels (f32, int8) and the executor that runs a stored
+//!   model; it never reaches `model`, `train` or `compress`.
+//! - [`report`]: the report schema (JSON + Markdown) and measurement helpers.
+
+pub mod codec;
+pub mod compress;
+pub mod data;
+pub mod format;
+pub mod model;
+pub mod report;
+pub mod rng;
+pub mod runtime;
+pub mod spec;
+pub mod train;

@@ -1,0 +1,398 @@
+//! The architecture as plain data: a graph of named nodes, their shapes and the
+//! names of their parameters, plus the quantization plan a compressed model carries.
+//!
+//! A [`Graph`] is what importers build, what the zoo returns, what safetensors
+//! metadata and the `.sqz` container store (as JSON), and what both the trainer
+//! (`model`) and the inference runtime (`runtime`) execute. Nothing here holds a
+//! tensor: shapes are per sample, the batch dimension is implicit.
+//!
+//! Values are named: the graph input is called [`INPUT`], every node's output is
+//! called by the node's name. A node lists the values it reads in `inputs`; nodes are
+//! stored in an order where every input is defined before it is read (checked by
+//! [`Graph::validate`]). A plain chain is the common case, but residual adds and
+//! several output heads are ordinary graphs.
+//!
+//! Parameters of node `n` are named `n.weight` and `n.bias`, in PyTorch's layouts:
+//! Linear weight `[out, in]`, Conv2d weight `[out_channels, in_channels, k, k]`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// The name of the graph's input value.
+pub const INPUT: &str = "input";
+
+/// A shape error or a malformed graph.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("node '{node}': reads '{value}', which is not defined before it")]
+    UnknownValue { node: String, value: String },
+    #[error("node '{node}': name is used twice (or is the reserved name '{INPUT}')")]
+    DuplicateName { node: String },
+    #[error("node '{node}': expects {expected} input(s), got {got}")]
+    Arity { node: String, expected: usize, got: usize },
+    #[error("node '{node}': input shape {got:?} does not fit: {why}")]
+    Shape { node: String, got: Vec<usize>, why: String },
+    #[error("graph output '{0}' is not a node")]
+    UnknownOutput(String),
+    #[error("graph has no outputs")]
+    NoOutputs,
+}
+
+/// One operation. Serialised with an `op` tag, e.g. `{"op":"linear","in_features":784,...}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    /// `y = x · Wᵀ + b`, input must be 1-D `[in_features]`.
+    Linear { in_features: usize, out_features: usize, bias: bool },
+    /// 2-D convolution on `[C, H, W]` with square kernel, zero padding.
+    Conv2d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    },
+    /// Max pooling on `[C, H, W]`, no padding.
+    MaxPool2d { kernel: usize, stride: usize },
+    /// Any shape to 1-D.
+    Flatten,
+    Relu,
+    /// Element-wise sum of two values of the same shape (residual connections).
+    Add,
+    /// Softmax over a 1-D value. As a graph output it marks a classifier head: the
+    /// trainer fuses it with cross-entropy and reads the logits before it.
+    Softmax,
+}
+
+impl Op {
+    /// How many values the op reads.
+    pub fn arity(&self) -> usize {
+        match self {
+            Op::Add => 2,
+            _ => 1,
+        }
+    }
+
+    /// Whether the op has a `weight` (and possibly `bias`) parameter.
+    pub fn has_weight(&self) -> bool {
+        matches!(self, Op::Linear { .. } | Op::Conv2d { .. })
+    }
+
+    /// A short human name, as `inspect` prints it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Linear { .. } => "Linear",
+            Op::Conv2d { .. } => "Conv2d",
+            Op::MaxPool2d { .. } => "MaxPool2d",
+            Op::Flatten => "Flatten",
+            Op::Relu => "ReLU",
+            Op::Add => "Add",
+            Op::Softmax => "Softmax",
+        }
+    }
+}
+
+/// A named node of the graph.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub inputs: Vec<String>,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// A network: per-sample input shape, nodes in execution order, output value names.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Graph {
+    pub input_shape: Vec<usize>,
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<String>,
+}
+
+/// Whether a parameter is a weight matrix/kernel or a bias vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    Weight,
+    Bias,
+}
+
+/// A parameter the graph declares.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub node: String,
+    pub kind: ParamKind,
+    pub shape: Vec<usize>,
+}
+
+impl ParamSpec {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+impl Graph {
+    /// A chain: each node reads the previous one (the first reads the input), the last
+    /// is the single output.
+    pub fn chain(input_shape: Vec<usize>, layers: Vec<(&str, Op)>) -> Graph {
+        let mut nodes = Vec::with_capacity(layers.len());
+        let mut prev = INPUT.to_string();
+        for (name, op) in layers {
+            nodes.push(Node { name: name.to_string(), inputs: vec![prev.clone()], op });
+            prev = name.to_string();
+        }
+        Graph { input_shape, nodes, outputs: vec![prev] }
+    }
+
+    /// Checks names, wiring and shapes; returns the per-sample shape of every value.
+    pub fn validate(&self) -> Result<HashMap<String, Vec<usize>>, SpecError> {
+        let mut shapes: HashMap<String, Vec<usize>> = HashMap::new();
+        shapes.insert(INPUT.to_string(), self.input_shape.clone());
+        for node in &self.nodes {
+            if shapes.contains_key(&node.name) {
+                return Err(SpecError::DuplicateName { node: node.name.clone() });
+            }
+            if node.inputs.len() != node.op.arity() {
+                return Err(SpecError::Arity {
+                    node: node.name.clone(),
+                    expected: node.op.arity(),
+                    got: node.inputs.len(),
+                });
+            }
+            let mut ins = Vec::with_capacity(node.inputs.len());
+            for v in &node.inputs {
+                match shapes.get(v) {
+                    Some(s) => ins.push(s.clone()),
+                    None => {
+                        return Err(SpecError::UnknownValue {
+                            node: node.name.clone(),
+                            value: v.clone(),
+                        });
+                    }
+                }
+            }
+            let out = output_shape(&node.name, &node.op, &ins)?;
+            shapes.insert(node.name.clone(), out);
+        }
+        if self.outputs.is_empty() {
+            return Err(SpecError::NoOutputs);
+        }
+        for o in &self.outputs {
+            if o == INPUT || !shapes.contains_key(o) {
+                return Err(SpecError::UnknownOutput(o.clone()));
+            }
+        }
+        Ok(shapes)
+    }
+
+    /// Every parameter in a fixed order (node order, weight before bias).
+    pub fn parameters(&self) -> Vec<ParamSpec> {
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            let (wshape, bias_len, bias) = match node.op {
+                Op::Linear { in_features, out_features, bias } => {
+                    (vec![out_features, in_features], out_features, bias)
+                }
+                Op::Conv2d { in_channels, out_channels, kernel, bias, .. } => {
+                    (vec![out_channels, in_channels, kernel, kernel], out_channels, bias)
+                }
+                _ => continue,
+            };
+            out.push(ParamSpec {
+                name: format!("{}.weight", node.name),
+                node: node.name.clone(),
+                kind: ParamKind::Weight,
+                shape: wshape,
+            });
+            if bias {
+                out.push(ParamSpec {
+                    name: format!("{}.bias", node.name),
+                    node: node.name.clone(),
+                    kind: ParamKind::Bias,
+                    shape: vec![bias_len],
+                });
+            }
+        }
+        out
+    }
+
+    /// Total number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.parameters().iter().map(|p| p.numel()).sum()
+    }
+
+    /// The node with that name.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Number of input features per sample.
+    pub fn input_len(&self) -> usize {
+        self.input_shape.iter().product()
+    }
+
+    /// How many nodes read each value (the graph outputs count as readers too).
+    pub fn consumers(&self) -> HashMap<String, usize> {
+        let mut c: HashMap<String, usize> = HashMap::new();
+        for n in &self.nodes {
+            for i in &n.inputs {
+                *c.entry(i.clone()).or_default() += 1;
+            }
+        }
+        for o in &self.outputs {
+            *c.entry(o.clone()).or_default() += 1;
+        }
+        c
+    }
+}
+
+/// Output shape of `op` given its input shapes, or why they do not fit.
+pub fn output_shape(name: &str, op: &Op, ins: &[Vec<usize>]) -> Result<Vec<usize>, SpecError> {
+    let bad = |why: String| SpecError::Shape { node: name.to_string(), got: ins[0].clone(), why };
+    let x = &ins[0];
+    match *op {
+        Op::Linear { in_features, out_features, .. } => {
+            if x.len() != 1 || x[0] != in_features {
+                return Err(bad(format!("Linear expects [{in_features}]")));
+            }
+            Ok(vec![out_features])
+        }
+        Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
+            if x.len() != 3 || x[0] != in_channels {
+                return Err(bad(format!("Conv2d expects [{in_channels}, H, W]")));
+            }
+            if stride == 0 || kernel == 0 {
+                return Err(bad("kernel and stride must be at least 1".into()));
+            }
+            let (h, w) = (x[1] + 2 * padding, x[2] + 2 * padding);
+            if h < kernel || w < kernel {
+                return Err(bad(format!("kernel {kernel} is larger than the padded input")));
+            }
+            Ok(vec![out_channels, (h - kernel) / stride + 1, (w - kernel) / stride + 1])
+        }
+        Op::MaxPool2d { kernel, stride } => {
+            if x.len() != 3 {
+                return Err(bad("MaxPool2d expects [C, H, W]".into()));
+            }
+            if stride == 0 || kernel == 0 || x[1] < kernel || x[2] < kernel {
+                return Err(bad(format!("pool kernel {kernel} / stride {stride} do not fit")));
+            }
+            Ok(vec![x[0], (x[1] - kernel) / stride + 1, (x[2] - kernel) / stride + 1])
+        }
+        Op::Flatten => Ok(vec![x.iter().product()]),
+        Op::Relu => Ok(x.clone()),
+        Op::Softmax => {
+            if x.len() != 1 {
+                return Err(bad("Softmax expects a 1-D value".into()));
+            }
+            Ok(x.clone())
+        }
+        Op::Add => {
+            if ins[1] != *x {
+                return Err(bad(format!("Add needs equal shapes, other input is {:?}", ins[1])));
+            }
+            Ok(x.clone())
+        }
+    }
+}
+
+/// Affine quantization of a value: `real = scale * (q - zero_point)`, `q` in `0..=255`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct QParams {
+    pub scale: f32,
+    pub zero_point: i32,
+}
+
+impl QParams {
+    /// Parameters that cover `[min, max]` (widened to include 0, so 0.0 is exact).
+    pub fn from_range(min: f32, max: f32) -> QParams {
+        let min = min.min(0.0);
+        let max = max.max(0.0);
+        let scale = if max > min { (max - min) / 255.0 } else { 1.0 };
+        let zero_point = (-min / scale).round().clamp(0.0, 255.0) as i32;
+        QParams { scale, zero_point }
+    }
+}
+
+/// How a compressed model runs integer arithmetic: which nodes run on int8 kernels
+/// and the calibrated quantization of the values around them. Stored in `.sqz`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuantPlan {
+    /// Nodes whose Linear/Conv2d run with u8 activations × i8 weights → i32.
+    pub integer_nodes: BTreeSet<String>,
+    /// Calibrated quantization of values (node outputs, or [`INPUT`]).
+    pub activations: BTreeMap<String, QParams>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_head_residual() -> Graph {
+        let lin = |i, o| Op::Linear { in_features: i, out_features: o, bias: true };
+        Graph {
+            input_shape: vec![8],
+            nodes: vec![
+                Node { name: "a".into(), inputs: vec![INPUT.into()], op: lin(8, 8) },
+                Node { name: "r".into(), inputs: vec!["a".into()], op: Op::Relu },
+                Node { name: "sum".into(), inputs: vec!["r".into(), INPUT.into()], op: Op::Add },
+                Node { name: "h1".into(), inputs: vec!["sum".into()], op: lin(8, 3) },
+                Node { name: "h2".into(), inputs: vec!["sum".into()], op: lin(8, 2) },
+            ],
+            outputs: vec!["h1".into(), "h2".into()],
+        }
+    }
+
+    #[test]
+    fn residual_two_head_graph_validates_and_round_trips_json() {
+        let g = two_head_residual();
+        let shapes = g.validate().unwrap();
+        assert_eq!(shapes["h1"], vec![3]);
+        assert_eq!(shapes["h2"], vec![2]);
+        let json = serde_json::to_string(&g).unwrap();
+        let back: Graph = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, g);
+        assert_eq!(g.num_params(), 8 * 8 + 8 + 8 * 3 + 3 + 8 * 2 + 2);
+    }
+
+    #[test]
+    fn shape_mismatch_and_unknown_value_are_errors() {
+        let mut g = two_head_residual();
+        g.nodes[3].op = Op::Linear { in_features: 7, out_features: 3, bias: true };
+        assert!(matches!(g.validate(), Err(SpecError::Shape { .. })));
+        let mut g = two_head_residual();
+        g.nodes[0].inputs = vec!["nope".into()];
+        assert!(matches!(g.validate(), Err(SpecError::UnknownValue { .. })));
+    }
+
+    #[test]
+    fn conv_and_pool_shapes() {
+        let g = Graph::chain(
+            vec![1, 28, 28],
+            vec![
+                ("c1", Op::Conv2d { in_channels: 1, out_channels: 6, kernel: 5, stride: 1, padding: 2, bias: true }),
+                ("p1", Op::MaxPool2d { kernel: 2, stride: 2 }),
+                ("c2", Op::Conv2d { in_channels: 6, out_channels: 16, kernel: 5, stride: 1, padding: 0, bias: true }),
+                ("p2", Op::MaxPool2d { kernel: 2, stride: 2 }),
+                ("f", Op::Flatten),
+            ],
+        );
+        let s = g.validate().unwrap();
+        assert_eq!(s["p1"], vec![6, 14, 14]);
+        assert_eq!(s["c2"], vec![16, 10, 10]);
+        assert_eq!(s["f"], vec![400]);
+    }
+
+    #[test]
+    fn qparams_cover_range_and_zero_exactly() {
+        let q = QParams::from_range(-1.0, 3.0);
+        assert_eq!(q.zero_point, 64);
+        assert!((q.scale - 4.0 / 255.0).abs() < 1e-7);
+        let q = QParams::from_range(0.0, 2.55);
+        assert_eq!(q.zero_point, 0);
+    }
+}
