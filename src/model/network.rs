@@ -1,0 +1,448 @@
+//! Forward and backward of a whole graph over buffers allocated once.
+
+use std::mem::take;
+
+use super::{Model, Params};
+use crate::runtime::kernels::{col2im_add, im2col, maxpool, sgemm, softmax_rows, MatRef, Window};
+use crate::spec::{Graph, Op, INPUT};
+
+/// One node, resolved: value ids (0 is the graph input, node `i` writes value `i + 1`),
+/// parameter ranges in the flat buffer and the window geometry of conv/pool layers.
+#[derive(Clone, Debug)]
+struct Step {
+    op: Op,
+    inputs: Vec<usize>,
+    out: usize,
+    weight: Option<std::ops::Range<usize>>,
+    bias: Option<std::ops::Range<usize>>,
+    window: Option<Window>,
+}
+
+/// Activations, gradients and scratch of one worker for batches of up to `capacity`
+/// samples. Built once per (model, batch size) and reused for every step.
+pub struct Workspace {
+    capacity: usize,
+    steps: Vec<Step>,
+    value_len: Vec<usize>,
+    acts: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+    /// im2col matrices of each conv node for the whole batch (kept for the weight gradient).
+    cols: Vec<Vec<f32>>,
+    /// Per-sample scratch for the column gradient of a conv node.
+    dcols: Vec<Vec<f32>>,
+    argmax: Vec<Vec<u32>>,
+    /// Gradient of the loss with respect to every parameter, same layout as [`Params::data`].
+    pub param_grad: Vec<f32>,
+    head: usize,
+    /// The value the loss gradient enters at (the logits): the head's input when the
+    /// head is a Softmax fused with the cross-entropy, else the head itself.
+    logits: usize,
+    fused_softmax: bool,
+    probs: Vec<f32>,
+}
+
+impl Workspace {
+    /// Buffers for `model`'s graph and batches of up to `capacity` samples.
+    /// The first graph output is the classifier head the loss is computed on.
+    pub fn new(model: &Model, capacity: usize) -> Workspace {
+        let graph: &Graph = &model.graph;
+        let shapes = graph.validate().expect("a Model's graph is validated when the model is built");
+        let mut ids = std::collections::HashMap::new();
+        ids.insert(INPUT.to_string(), 0usize);
+        let mut value_len = vec![graph.input_len()];
+        let mut steps = Vec::with_capacity(graph.nodes.len());
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let inputs: Vec<usize> = node.inputs.iter().map(|v| ids[v]).collect();
+            let in_shape = &shapes[&node.inputs[0]];
+            let range = |name: String| model.params.index(&name).map(|j| model.params.range(j));
+            let window = match node.op {
+                Op::Conv2d { in_channels, kernel, stride, padding, .. } => Some(Window {
+                    channels: in_channels,
+                    height: in_shape[1],
+                    width: in_shape[2],
+                    kernel,
+                    stride,
+                    padding,
+                }),
+                Op::MaxPool2d { kernel, stride } => Some(Window {
+                    channels: in_shape[0],
+                    height: in_shape[1],
+                    width: in_shape[2],
+                    kernel,
+                    stride,
+                    padding: 0,
+                }),
+                _ => None,
+            };
+            steps.push(Step {
+                op: node.op.clone(),
+                inputs,
+                out: i + 1,
+                weight: range(format!("{}.weight", node.name)),
+                bias: range(format!("{}.bias", node.name)),
+                window,
+            });
+            ids.insert(node.name.clone(), i + 1);
+            value_len.push(shapes[&node.name].iter().product());
+        }
+        let head = ids[&graph.outputs[0]];
+        let fused_softmax = head > 0 && matches!(steps[head - 1].op, Op::Softmax);
+        let logits = if fused_softmax { steps[head - 1].inputs[0] } else { head };
+        let acts = value_len.iter().map(|l| vec![0.0; l * capacity]).collect();
+        let grads = value_len.iter().enumerate().map(|(v, l)| if v == 0 { Vec::new() } else { vec![0.0; l * capacity] }).collect();
+        let cols = steps
+            .iter()
+            .map(|s| match (&s.op, s.window) {
+                (Op::Conv2d { .. }, Some(w)) => vec![0.0; capacity * w.patch_len() * w.positions()],
+                _ => Vec::new(),
+            })
+            .collect();
+        let dcols = steps
+            .iter()
+            .map(|s| match (&s.op, s.window) {
+                (Op::Conv2d { .. }, Some(w)) if s.inputs[0] != 0 => vec![0.0; w.patch_len() * w.positions()],
+                _ => Vec::new(),
+            })
+            .collect();
+        let argmax = steps
+            .iter()
+            .map(|s| match s.op {
+                Op::MaxPool2d { .. } => vec![0u32; value_len[s.out] * capacity],
+                _ => Vec::new(),
+            })
+            .collect();
+        let classes = value_len[head];
+        Workspace {
+            capacity,
+            steps,
+            value_len,
+            acts,
+            grads,
+            cols,
+            dcols,
+            argmax,
+            param_grad: vec![0.0; model.params.len()],
+            head,
+            logits,
+            fused_softmax,
+            probs: vec![0.0; classes * capacity],
+        }
+    }
+
+    /// The batch size this workspace was built for.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Runs the graph on `n` samples `x[n × input_len]`.
+    pub fn forward(&mut self, params: &Params, x: &[f32], n: usize) {
+        assert!(n <= self.capacity, "batch of {n} exceeds workspace capacity {}", self.capacity);
+        let len0 = self.value_len[0];
+        self.acts[0][..n * len0].copy_from_slice(&x[..n * len0]);
+        let p = &params.data;
+        for si in 0..self.steps.len() {
+            let step = &self.steps[si];
+            let mut y = take(&mut self.acts[step.out]);
+            let ylen = self.value_len[step.out];
+            let xlen = self.value_len[step.inputs[0]];
+            let x = &self.acts[step.inputs[0]][..n * xlen];
+            let y_n = &mut y[..n * ylen];
+            match step.op {
+                Op::Linear { in_features, out_features, .. } => {
+                    let w = &p[step.weight.clone().unwrap()];
+                    sgemm(n, out_features, in_features, MatRef::rows(x, in_features), MatRef::transposed(w, in_features), y_n, out_features, false);
+                    if let Some(b) = &step.bias {
+                        let b = &p[b.clone()];
+                        for row in y_n.chunks_exact_mut(out_features) {
+                            row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
+                        }
+                    }
+                }
+                Op::Conv2d { out_channels, .. } => {
+                    let g = step.window.unwrap();
+                    let (pl, q) = (g.patch_len(), g.positions());
+                    let w = &p[step.weight.clone().unwrap()];
+                    let cols = &mut self.cols[si];
+                    for s in 0..n {
+                        let col = &mut cols[s * pl * q..(s + 1) * pl * q];
+                        im2col(&x[s * xlen..(s + 1) * xlen], &g, 0.0, col);
+                        let ys = &mut y_n[s * ylen..(s + 1) * ylen];
+                        sgemm(out_channels, q, pl, MatRef::rows(w, pl), MatRef::rows(col, q), ys, q, false);
+                        if let Some(b) = &step.bias {
+                            for (plane, bb) in ys.chunks_exact_mut(q).zip(&p[b.clone()]) {
+                                plane.iter_mut().for_each(|v| *v += bb);
+                            }
+                        }
+                    }
+                }
+                Op::MaxPool2d { .. } => {
+                    let g = step.window.unwrap();
+                    let am = &mut self.argmax[si];
+                    for s in 0..n {
+                        maxpool(&x[s * xlen..(s + 1) * xlen], &g, &mut y_n[s * ylen..(s + 1) * ylen], Some(&mut am[s * ylen..(s + 1) * ylen]));
+                    }
+                }
+                Op::Flatten => y_n.copy_from_slice(x),
+                Op::Relu => y_n.iter_mut().zip(x).for_each(|(o, &i)| *o = i.max(0.0)),
+                Op::Add => {
+                    let x2 = &self.acts[step.inputs[1]][..n * xlen];
+                    for ((o, a), b) in y_n.iter_mut().zip(x).zip(x2) {
+                        *o = a + b;
+                    }
+                }
+                Op::Softmax => {
+                    y_n.copy_from_slice(x);
+                    softmax_rows(y_n, ylen);
+                }
+            }
+            self.acts[step.out] = y;
+        }
+    }
+
+    /// The head's output (probabilities when it is a Softmax) for the last forward.
+    pub fn head_output(&self, n: usize) -> &[f32] {
+        &self.acts[self.head][..n * self.value_len[self.head]]
+    }
+
+    /// Softmax cross-entropy on the head for `labels`, then backward through the graph.
+    /// The loss gradient is scaled by `scale` (1 / the full batch size when the batch is
+    /// split over workers). [`Workspace::param_grad`] is overwritten. Returns the summed
+    /// loss and the number of correct top-1 predictions.
+    pub fn loss_and_backward(&mut self, params: &Params, labels: &[u8], n: usize, scale: f32) -> (f64, usize) {
+        let classes = self.value_len[self.head];
+        let probs = &mut self.probs[..n * classes];
+        if self.fused_softmax {
+            probs.copy_from_slice(&self.acts[self.head][..n * classes]);
+        } else {
+            probs.copy_from_slice(&self.acts[self.head][..n * classes]);
+            softmax_rows(probs, classes);
+        }
+        let mut loss = 0.0f64;
+        let mut correct = 0;
+        for (v, g) in self.grads.iter_mut().enumerate() {
+            if v > 0 {
+                g[..n * self.value_len[v]].fill(0.0);
+            }
+        }
+        let dlogits = &mut self.grads[self.logits][..n * classes];
+        for (s, (&y, row)) in labels[..n].iter().zip(probs.chunks_exact(classes)).enumerate() {
+            let y = y as usize;
+            loss -= (row[y].max(1e-30) as f64).ln();
+            if crate::runtime::kernels::argmax(row) == y {
+                correct += 1;
+            }
+            let d = &mut dlogits[s * classes..(s + 1) * classes];
+            for (j, (dv, &pv)) in d.iter_mut().zip(row).enumerate() {
+                *dv = (pv - if j == y { 1.0 } else { 0.0 }) * scale;
+            }
+        }
+        self.backward(params, n);
+        (loss, correct)
+    }
+
+    fn backward(&mut self, params: &Params, n: usize) {
+        self.param_grad.fill(0.0);
+        let p = &params.data;
+        for si in (0..self.steps.len()).rev() {
+            let step = &self.steps[si];
+            if self.fused_softmax && step.out == self.head {
+                continue;
+            }
+            let ylen = self.value_len[step.out];
+            let xid = step.inputs[0];
+            let xlen = self.value_len[xid];
+            let dy_buf = take(&mut self.grads[step.out]);
+            let dy = &dy_buf[..n * ylen];
+            let need_dx = xid != 0;
+            match step.op {
+                Op::Linear { in_features, out_features, .. } => {
+                    let wr = step.weight.clone().unwrap();
+                    let x = &self.acts[xid][..n * xlen];
+                    let dw = &mut self.param_grad[wr.clone()];
+                    sgemm(out_features, in_features, n, MatRef::transposed(dy, out_features), MatRef::rows(x, in_features), dw, in_features, true);
+                    if let Some(br) = &step.bias {
+                        let db = &mut self.param_grad[br.clone()];
+                        for row in dy.chunks_exact(out_features) {
+                            db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+                        }
+                    }
+                    if need_dx {
+                        let dx = &mut self.grads[xid][..n * xlen];
+                        sgemm(n, in_features, out_features, MatRef::rows(dy, out_features), MatRef::rows(&p[wr], in_features), dx, in_features, true);
+                    }
+                }
+                Op::Conv2d { out_channels, .. } => {
+                    let g = step.window.unwrap();
+                    let (pl, q) = (g.patch_len(), g.positions());
+                    let wr = step.weight.clone().unwrap();
+                    for s in 0..n {
+                        let dys = &dy[s * ylen..(s + 1) * ylen];
+                        let col = &self.cols[si][s * pl * q..(s + 1) * pl * q];
+                        sgemm(out_channels, pl, q, MatRef::rows(dys, q), MatRef::transposed(col, q), &mut self.param_grad[wr.clone()], pl, true);
+                        if let Some(br) = &step.bias {
+                            for (d, plane) in self.param_grad[br.clone()].iter_mut().zip(dys.chunks_exact(q)) {
+                                *d += plane.iter().sum::<f32>();
+                            }
+                        }
+                        if need_dx {
+                            let dcol = &mut self.dcols[si];
+                            sgemm(pl, q, out_channels, MatRef::transposed(&p[wr.clone()], pl), MatRef::rows(dys, q), dcol, q, false);
+                            col2im_add(dcol, &g, &mut self.grads[xid][s * xlen..(s + 1) * xlen]);
+                        }
+                    }
+                }
+                Op::MaxPool2d { .. } if need_dx => {
+                    let am = &self.argmax[si];
+                    let dx = &mut self.grads[xid];
+                    for s in 0..n {
+                        let dxs = &mut dx[s * xlen..(s + 1) * xlen];
+                        for (o, &src) in am[s * ylen..(s + 1) * ylen].iter().enumerate() {
+                            dxs[src as usize] += dy[s * ylen + o];
+                        }
+                    }
+                }
+                Op::Flatten if need_dx => {
+                    self.grads[xid][..n * xlen].iter_mut().zip(dy).for_each(|(d, g)| *d += g);
+                }
+                Op::Relu if need_dx => {
+                    let y = &self.acts[step.out][..n * ylen];
+                    for ((d, g), yv) in self.grads[xid][..n * xlen].iter_mut().zip(dy).zip(y) {
+                        if *yv > 0.0 {
+                            *d += g;
+                        }
+                    }
+                }
+                Op::Add => {
+                    for &v in &step.inputs {
+                        if v != 0 {
+                            self.grads[v][..n * xlen].iter_mut().zip(dy).for_each(|(d, g)| *d += g);
+                        }
+                    }
+                }
+                Op::Softmax if need_dx => {
+                    // dx_i = y_i (dy_i − Σ_j dy_j y_j)
+                    let y = &self.acts[step.out][..n * ylen];
+                    let dx = &mut self.grads[xid][..n * xlen];
+                    for ((dxr, dyr), yr) in dx.chunks_exact_mut(ylen).zip(dy.chunks_exact(ylen)).zip(y.chunks_exact(ylen)) {
+                        let dot: f32 = dyr.iter().zip(yr).map(|(a, b)| a * b).sum();
+                        for ((d, g), yv) in dxr.iter_mut().zip(dyr).zip(yr) {
+                            *d += yv * (g - dot);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            self.grads[step.out] = dy_buf;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::zoo;
+    use crate::rng::Rng;
+    use crate::spec::Node;
+
+    /// Mean loss of the batch in f64 from a float forward (the finite-difference oracle
+    /// perturbs the f32 parameters and reads the f64-accumulated loss).
+    fn loss(model: &Model, x: &[f32], labels: &[u8]) -> f64 {
+        let mut ws = Workspace::new(model, labels.len());
+        ws.forward(&model.params, x, labels.len());
+        let classes = ws.value_len[ws.head];
+        let mut probs = ws.head_output(labels.len()).to_vec();
+        if !ws.fused_softmax {
+            softmax_rows(&mut probs, classes);
+        }
+        labels.iter().enumerate().map(|(s, &y)| -(probs[s * classes + y as usize] as f64).ln()).sum::<f64>() / labels.len() as f64
+    }
+
+    fn check_gradients(model: &Model, seed: u64, samples: usize) {
+        let mut rng = Rng::new(seed);
+        let x: Vec<f32> = (0..samples * model.graph.input_len()).map(|_| rng.next_f32()).collect();
+        let labels: Vec<u8> = (0..samples).map(|_| rng.below(3) as u8).collect();
+        let mut ws = Workspace::new(model, samples);
+        ws.forward(&model.params, &x, samples);
+        ws.loss_and_backward(&model.params, &labels, samples, 1.0 / samples as f32);
+        let analytic = ws.param_grad.clone();
+        // Central differences on a sample of parameters; f32 forward, so a relative
+        // tolerance that f32 rounding allows with eps = 1e-2 on O(1) inputs.
+        let mut m = model.clone();
+        let step = (m.params.len() / 60).max(1);
+        let mut checked = 0;
+        for i in (0..m.params.len()).step_by(step) {
+            let orig = m.params.data[i];
+            let eps = 1e-2f32;
+            m.params.data[i] = orig + eps;
+            let up = loss(&m, &x, &labels);
+            m.params.data[i] = orig - eps;
+            let down = loss(&m, &x, &labels);
+            m.params.data[i] = orig;
+            let numeric = (up - down) / (2.0 * eps as f64);
+            let a = analytic[i] as f64;
+            assert!((a - numeric).abs() <= 2e-3 + 2e-2 * numeric.abs(), "param {i}: analytic {a}, numeric {numeric}");
+            checked += 1;
+        }
+        assert!(checked > 10);
+    }
+
+    #[test]
+    fn mlp_gradients_match_finite_differences() {
+        let g = crate::spec::Graph::chain(
+            vec![6],
+            vec![
+                ("fc1", Op::Linear { in_features: 6, out_features: 5, bias: true }),
+                ("relu", Op::Relu),
+                ("fc2", Op::Linear { in_features: 5, out_features: 3, bias: true }),
+                ("softmax", Op::Softmax),
+            ],
+        );
+        check_gradients(&Model::init(g, 1).unwrap(), 2, 4);
+    }
+
+    #[test]
+    fn conv_pool_gradients_match_finite_differences() {
+        let g = crate::spec::Graph::chain(
+            vec![2, 7, 7],
+            vec![
+                ("c1", Op::Conv2d { in_channels: 2, out_channels: 3, kernel: 3, stride: 1, padding: 1, bias: true }),
+                ("r1", Op::Relu),
+                ("p1", Op::MaxPool2d { kernel: 2, stride: 2 }),
+                ("c2", Op::Conv2d { in_channels: 3, out_channels: 4, kernel: 2, stride: 2, padding: 0, bias: true }),
+                ("f", Op::Flatten),
+                ("fc", Op::Linear { in_features: 4, out_features: 3, bias: true }),
+            ],
+        );
+        check_gradients(&Model::init(g, 3).unwrap(), 4, 3);
+    }
+
+    #[test]
+    fn residual_add_and_unfused_softmax_gradients_match() {
+        let lin = |i, o| Op::Linear { in_features: i, out_features: o, bias: true };
+        let g = Graph {
+            input_shape: vec![4],
+            nodes: vec![
+                Node { name: "a".into(), inputs: vec![INPUT.into()], op: lin(4, 4) },
+                Node { name: "r".into(), inputs: vec!["a".into()], op: Op::Relu },
+                Node { name: "b".into(), inputs: vec!["r".into()], op: lin(4, 4) },
+                Node { name: "sum".into(), inputs: vec!["b".into(), "a".into()], op: Op::Add },
+                Node { name: "sm".into(), inputs: vec!["sum".into()], op: Op::Softmax },
+                Node { name: "head".into(), inputs: vec!["sm".into()], op: lin(4, 3) },
+                Node { name: "aux".into(), inputs: vec!["sum".into()], op: lin(4, 2) },
+            ],
+            outputs: vec!["head".into(), "aux".into()],
+        };
+        check_gradients(&Model::init(g, 5).unwrap(), 6, 5);
+    }
+
+    #[test]
+    fn lenet5_forward_runs_and_probabilities_sum_to_one() {
+        let model = Model::init(zoo::build("lenet5").unwrap(), 7).unwrap();
+        let mut ws = Workspace::new(&model, 3);
+        let x = vec![0.5; 3 * 784];
+        ws.forward(&model.params, &x, 3);
+        for row in ws.head_output(3).chunks(10) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Ready architectures. The zoo only returns graphs: nothing outside this module
+//! knows these names.
+
+use crate::spec::{Graph, Op};
+
+/// The names [`build`] knows, with a one-line description each.
+pub const MODELS: &[(&str, &str)] = &[
+    ("mlp", "the seed: Dense(784→64, ReLU) + Dense(64→10, softmax), 50,890 parameters"),
+    ("lenet300", "LeNet-300-100: 784-300-100-10 fully connected, 266,610 parameters"),
+    ("lenet5", "LeNet-5: conv 6@5×5 pad 2, pool, conv 16@5×5, pool, 120, 84, 10; 61,706 parameters"),
+];
+
+fn linear(i: usize, o: usize) -> Op {
+    Op::Linear { in_features: i, out_features: o, bias: true }
+}
+
+fn mlp_of(widths: &[usize]) -> Graph {
+    let mut layers = vec![("flatten".to_string(), Op::Flatten)];
+    for (i, w) in widths.windows(2).enumerate() {
+        layers.push((format!("fc{}", i + 1), linear(w[0], w[1])));
+        if i + 2 < widths.len() {
+            layers.push((format!("relu{}", i + 1), Op::Relu));
+        }
+    }
+    layers.push(("softmax".to_string(), Op::Softmax));
+    Graph::chain(vec![1, 28, 28], layers.iter().map(|(n, op)| (n.as_str(), op.clone())).collect())
+}
+
+/// The graph of a zoo model, or `None` for an unknown name.
+pub fn build(name: &str) -> Option<Graph> {
+    Some(match name {
+        "mlp" => mlp_of(&[784, 64, 10]),
+        "lenet300" => mlp_of(&[784, 300, 100, 10]),
+        "lenet5" => Graph::chain(
+            vec![1, 28, 28],
+            vec![
+                ("conv1", Op::Conv2d { in_channels: 1, out_channels: 6, kernel: 5, stride: 1, padding: 2, bias: true }),
+                ("relu1", Op::Relu),
+                ("pool1", Op::MaxPool2d { kernel: 2, stride: 2 }),
+                ("conv2", Op::Conv2d { in_channels: 6, out_channels: 16, kernel: 5, stride: 1, padding: 0, bias: true }),
+                ("relu2", Op::Relu),
+                ("pool2", Op::MaxPool2d { kernel: 2, stride: 2 }),
+                ("flatten", Op::Flatten),
+                ("fc1", linear(400, 120)),
+                ("relu3", Op::Relu),
+                ("fc2", linear(120, 84)),
+                ("relu4", Op::Relu),
+                ("fc3", linear(84, 10)),
+                ("softmax", Op::Softmax),
+            ],
+        ),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zoo_models_validate_with_documented_sizes() {
+        for (name, want) in [("mlp", 50_890), ("lenet300", 266_610), ("lenet5", 61_706)] {
+            let g = build(name).unwrap();
+            let shapes = g.validate().unwrap();
+            assert_eq!(g.num_params(), want, "{name}");
+            assert_eq!(shapes["softmax"], vec![10]);
+        }
+        assert!(build("resnet").is_none());
+    }
+}
