@@ -1,1 +1,3 @@
-//! (in progress)
+//! Compression passes, one file per technique.
+
+pub mod prune;

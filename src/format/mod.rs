@@ -1,1 +1,3 @@
-//! (in progress)
+//! File formats: the `.sqz` container and safetensors.
+
+pub mod safetensors;

@@ -1,0 +1,581 @@
+//! The executor: a [`Plan`] resolves a graph, its stored weights and its quantization
+//! plan into a list of kernel calls once; [`Plan::run`] then executes them over a
+//! reusable [`Workspace`].
+//!
+//! Values are either f32 or u8 with quantization parameters. Integer nodes (listed in
+//! the [`QuantPlan`]) take u8 input and produce u8 (requantized, with a following ReLU
+//! fused) or f32 when their output has no calibrated parameters (logits). Conversions
+//! are inserted where a consumer needs the other representation; Flatten is free.
+
+use std::collections::HashMap;
+
+use super::int8::{self, QuantizedConv2d, QuantizedLinear};
+use super::kernels::{maxpool, sgemm, softmax_rows, MatRef, Window};
+use crate::spec::{Graph, Op, QParams, QuantPlan, SpecError, INPUT};
+
+/// Why a stored model cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid architecture: {0}")]
+    Spec(#[from] SpecError),
+    #[error("tensor '{name}' is missing")]
+    MissingTensor { name: String },
+    #[error("tensor '{name}' has {got} values, the architecture needs {expected}")]
+    TensorSize { name: String, expected: usize, got: usize },
+    #[error("node '{node}' runs on integers but value '{value}' has no calibrated quantization")]
+    MissingQParams { node: String, value: String },
+    #[error("node '{node}' is listed as integer but its weight is not stored as int8")]
+    NotInt8 { node: String },
+    #[error("input has {got} values, expected a multiple of {per_sample} (shape {shape:?})")]
+    InputShape { got: usize, per_sample: usize, shape: Vec<usize> },
+}
+
+/// A weight as the runtime receives it (dense; sparse encodings are expanded by the reader).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Weights {
+    F32(Vec<f32>),
+    /// Symmetric int8 per output channel: `real = scales[row] * q`.
+    I8 { q: Vec<i8>, scales: Vec<f32> },
+}
+
+impl Weights {
+    fn len(&self) -> usize {
+        match self {
+            Weights::F32(v) => v.len(),
+            Weights::I8 { q, .. } => q.len(),
+        }
+    }
+
+    /// Dequantized dense values.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Weights::F32(v) => v.clone(),
+            Weights::I8 { q, scales } => {
+                let row = q.len() / scales.len().max(1);
+                q.iter().enumerate().map(|(i, &v)| scales[i / row.max(1)] * v as f32).collect()
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Repr {
+    F32,
+    U8(QParams),
+}
+
+enum Kernel {
+    LinearF32 { w: Vec<f32>, b: Option<Vec<f32>>, inf: usize, outf: usize },
+    ConvF32 { w: Vec<f32>, b: Option<Vec<f32>>, g: Window, oc: usize },
+    LinearI8(Box<QuantizedLinear>),
+    ConvI8(Box<QuantizedConv2d>),
+    MaxPool(Window),
+    Relu,
+    ReluU8(u8),
+    Add,
+    Softmax,
+    Quantize(QParams),
+    Dequantize(QParams),
+}
+
+struct Step {
+    kernel: Kernel,
+    inputs: Vec<usize>,
+    out: usize,
+}
+
+struct Slot {
+    repr: Repr,
+    len: usize,
+    /// The graph values this slot holds (several when Flatten aliases it).
+    names: Vec<String>,
+}
+
+/// A graph resolved into kernel calls.
+pub struct Plan {
+    steps: Vec<Step>,
+    slots: Vec<Slot>,
+    outputs: Vec<usize>,
+    input_shape: Vec<usize>,
+    int_layers: usize,
+    f32_layers: usize,
+    dequantized_at_load: bool,
+}
+
+/// Reusable buffers for [`Plan::run`]; grows to the largest batch seen.
+#[derive(Default)]
+pub struct Workspace {
+    f: Vec<Vec<f32>>,
+    q: Vec<Vec<u8>>,
+    acc: Vec<i32>,
+    col: Vec<f32>,
+}
+
+impl Plan {
+    /// Resolves `graph` with `weights` (by parameter name) and the quantization plan.
+    pub fn new(graph: &Graph, mut weights: HashMap<String, Weights>, quant: &QuantPlan) -> Result<Plan, RuntimeError> {
+        let shapes = graph.validate()?;
+        let consumers = graph.consumers();
+        let mut plan = Plan {
+            steps: Vec::new(),
+            slots: Vec::new(),
+            outputs: Vec::new(),
+            input_shape: graph.input_shape.clone(),
+            int_layers: 0,
+            f32_layers: 0,
+            dequantized_at_load: false,
+        };
+        let mut slot_of: HashMap<String, usize> = HashMap::new();
+        let mut converted: HashMap<usize, usize> = HashMap::new();
+        let input = plan.add_slot(Repr::F32, graph.input_len(), INPUT);
+        slot_of.insert(INPUT.into(), input);
+        let mut fused_relu: HashMap<String, String> = HashMap::new();
+
+        for node in &graph.nodes {
+            if let Some(src) = fused_relu.get(&node.name) {
+                let s = slot_of[src];
+                plan.slots[s].names.push(node.name.clone());
+                slot_of.insert(node.name.clone(), s);
+                continue;
+            }
+            let out_len: usize = shapes[&node.name].iter().product();
+            let in_shape = &shapes[&node.inputs[0]];
+            let x = slot_of[&node.inputs[0]];
+            match &node.op {
+                Op::Linear { .. } | Op::Conv2d { .. } => {
+                    let (w, b) = take_weights(&mut weights, graph, &node.name)?;
+                    if quant.integer_nodes.contains(&node.name) {
+                        let Weights::I8 { q, scales } = w else {
+                            return Err(RuntimeError::NotInt8 { node: node.name.clone() });
+                        };
+                        let xq = match plan.slots[x].repr {
+                            Repr::U8(qp) => (x, qp),
+                            Repr::F32 => {
+                                let qp = *quant.activations.get(&node.inputs[0]).ok_or_else(|| {
+                                    RuntimeError::MissingQParams { node: node.name.clone(), value: node.inputs[0].clone() }
+                                })?;
+                                (plan.convert(x, Repr::U8(qp), &mut converted), qp)
+                            }
+                        };
+                        // Fuse a ReLU that is the only reader, when its output is calibrated.
+                        let relu = graph
+                            .nodes
+                            .iter()
+                            .find(|n| n.inputs.first() == Some(&node.name) && matches!(n.op, Op::Relu))
+                            .filter(|r| consumers.get(&node.name) == Some(&1) && quant.activations.contains_key(&r.name));
+                        let out_name = relu.map(|r| r.name.clone()).unwrap_or_else(|| node.name.clone());
+                        let out_qp = quant.activations.get(&out_name).copied();
+                        let repr = out_qp.map_or(Repr::F32, Repr::U8);
+                        let kernel = match node.op {
+                            Op::Linear { in_features, out_features, .. } => Kernel::LinearI8(Box::new(QuantizedLinear::new(
+                                &q, &scales, out_features, in_features, b.as_deref(), xq.1, out_qp, relu.is_some(),
+                            ))),
+                            Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
+                                Kernel::ConvI8(Box::new(QuantizedConv2d::new(
+                                    &q, &scales, out_channels, in_channels, in_shape[1], in_shape[2], kernel, stride, padding,
+                                    b.as_deref(), xq.1, out_qp, relu.is_some(),
+                                )))
+                            }
+                            _ => unreachable!(),
+                        };
+                        let out = plan.add_slot(repr, out_len, &node.name);
+                        plan.steps.push(Step { kernel, inputs: vec![xq.0], out });
+                        slot_of.insert(node.name.clone(), out);
+                        if let Some(r) = relu {
+                            fused_relu.insert(r.name.clone(), node.name.clone());
+                        }
+                        plan.int_layers += 1;
+                        continue;
+                    }
+                    plan.dequantized_at_load |= matches!(w, Weights::I8 { .. });
+                    let w = w.to_f32();
+                    let x = plan.convert(x, Repr::F32, &mut converted);
+                    let kernel = match node.op {
+                        Op::Linear { in_features, out_features, .. } => Kernel::LinearF32 { w, b, inf: in_features, outf: out_features },
+                        Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => Kernel::ConvF32 {
+                            w,
+                            b,
+                            g: Window { channels: in_channels, height: in_shape[1], width: in_shape[2], kernel, stride, padding },
+                            oc: out_channels,
+                        },
+                        _ => unreachable!(),
+                    };
+                    plan.f32_layers += 1;
+                    let out = plan.add_slot(Repr::F32, out_len, &node.name);
+                    plan.steps.push(Step { kernel, inputs: vec![x], out });
+                    slot_of.insert(node.name.clone(), out);
+                }
+                Op::MaxPool2d { kernel, stride } => {
+                    let g = Window { channels: in_shape[0], height: in_shape[1], width: in_shape[2], kernel: *kernel, stride: *stride, padding: 0 };
+                    let repr = plan.slots[x].repr;
+                    let out = plan.add_slot(repr, out_len, &node.name);
+                    plan.steps.push(Step { kernel: Kernel::MaxPool(g), inputs: vec![x], out });
+                    slot_of.insert(node.name.clone(), out);
+                }
+                Op::Flatten => {
+                    plan.slots[x].names.push(node.name.clone());
+                    slot_of.insert(node.name.clone(), x);
+                }
+                Op::Relu => {
+                    let repr = plan.slots[x].repr;
+                    let kernel = match repr {
+                        Repr::F32 => Kernel::Relu,
+                        Repr::U8(qp) => Kernel::ReluU8(qp.zero_point.clamp(0, 255) as u8),
+                    };
+                    let out = plan.add_slot(repr, out_len, &node.name);
+                    plan.steps.push(Step { kernel, inputs: vec![x], out });
+                    slot_of.insert(node.name.clone(), out);
+                }
+                Op::Add | Op::Softmax => {
+                    let inputs: Vec<usize> = node
+                        .inputs
+                        .iter()
+                        .map(|v| {
+                            let s = slot_of[v];
+                            plan.convert(s, Repr::F32, &mut converted)
+                        })
+                        .collect();
+                    let kernel = if matches!(node.op, Op::Add) { Kernel::Add } else { Kernel::Softmax };
+                    let out = plan.add_slot(Repr::F32, out_len, &node.name);
+                    plan.steps.push(Step { kernel, inputs, out });
+                    slot_of.insert(node.name.clone(), out);
+                }
+            }
+        }
+        for o in &graph.outputs {
+            let s = slot_of[o];
+            let s = plan.convert(s, Repr::F32, &mut converted);
+            plan.outputs.push(s);
+        }
+        Ok(plan)
+    }
+
+    fn add_slot(&mut self, repr: Repr, len: usize, name: &str) -> usize {
+        self.slots.push(Slot { repr, len, names: vec![name.to_string()] });
+        self.slots.len() - 1
+    }
+
+    /// The slot holding `s` in representation `want`, adding a conversion step once.
+    fn convert(&mut self, s: usize, want: Repr, cache: &mut HashMap<usize, usize>) -> usize {
+        let have = self.slots[s].repr;
+        if have == want {
+            return s;
+        }
+        if let Some(&c) = cache.get(&s)
+            && self.slots[c].repr == want
+        {
+            return c;
+        }
+        let kernel = match (have, want) {
+            (Repr::F32, Repr::U8(qp)) => Kernel::Quantize(qp),
+            (Repr::U8(qp), Repr::F32) => Kernel::Dequantize(qp),
+            (Repr::U8(from), Repr::U8(to)) => {
+                // Requantize through f32: rare (a value read with two calibrations).
+                let f = self.convert(s, Repr::F32, cache);
+                let out = self.add_slot(want, self.slots[s].len, &format!("{}@q", self.slots[s].names[0]));
+                self.steps.push(Step { kernel: Kernel::Quantize(to), inputs: vec![f], out });
+                let _ = from;
+                return out;
+            }
+            (Repr::F32, Repr::F32) => unreachable!(),
+        };
+        let out = self.add_slot(want, self.slots[s].len, &format!("{}@{}", self.slots[s].names[0], if want == Repr::F32 { "f32" } else { "u8" }));
+        self.steps.push(Step { kernel, inputs: vec![s], out });
+        cache.insert(s, out);
+        out
+    }
+
+    /// Per-sample input length.
+    pub fn input_len(&self) -> usize {
+        self.input_shape.iter().product()
+    }
+
+    /// Number of classes (length of the first output).
+    pub fn output_len(&self) -> usize {
+        self.slots[self.outputs[0]].len
+    }
+
+    /// Which kernels run the weighted layers, e.g. `int8-avx512-vnni` or `f32-dense`.
+    pub fn kernel_description(&self) -> String {
+        match (self.int_layers, self.f32_layers) {
+            (i, 0) if i > 0 => format!("int8-{}", int8::kernel_name()),
+            (0, _) if self.dequantized_at_load => "f32-dense (int8 weights dequantized at load)".into(),
+            (0, _) => "f32-dense".into(),
+            (i, f) => format!("mixed: {i} int8-{} + {f} f32-dense layers", int8::kernel_name()),
+        }
+    }
+
+    /// Runs `n` samples of `x` and returns the first output (`n × output_len`).
+    pub fn run<'w>(&self, x: &[f32], n: usize, ws: &'w mut Workspace) -> Result<&'w [f32], RuntimeError> {
+        self.execute(x, n, ws, &mut |_, _| {})?;
+        let o = self.outputs[0];
+        Ok(&ws.f[o][..n * self.slots[o].len])
+    }
+
+    /// Every output, in graph order.
+    pub fn run_all(&self, x: &[f32], n: usize, ws: &mut Workspace) -> Result<Vec<Vec<f32>>, RuntimeError> {
+        self.execute(x, n, ws, &mut |_, _| {})?;
+        Ok(self.outputs.iter().map(|&o| ws.f[o][..n * self.slots[o].len].to_vec()).collect())
+    }
+
+    /// Runs and shows every f32 graph value (by name) to `observe`: used for calibration.
+    pub fn run_observe(&self, x: &[f32], n: usize, ws: &mut Workspace, observe: &mut dyn FnMut(&str, &[f32])) -> Result<(), RuntimeError> {
+        self.execute(x, n, ws, observe)
+    }
+
+    fn execute(&self, x: &[f32], n: usize, ws: &mut Workspace, observe: &mut dyn FnMut(&str, &[f32])) -> Result<(), RuntimeError> {
+        let per = self.input_len();
+        if x.len() < n * per {
+            return Err(RuntimeError::InputShape { got: x.len(), per_sample: per, shape: self.input_shape.clone() });
+        }
+        if ws.f.len() != self.slots.len() {
+            ws.f = vec![Vec::new(); self.slots.len()];
+            ws.q = vec![Vec::new(); self.slots.len()];
+        }
+        for (i, s) in self.slots.iter().enumerate() {
+            let need = n * s.len;
+            match s.repr {
+                Repr::F32 if ws.f[i].len() < need => ws.f[i].resize(need, 0.0),
+                Repr::U8(_) if ws.q[i].len() < need => ws.q[i].resize(need, 0),
+                _ => {}
+            }
+        }
+        ws.f[0][..n * per].copy_from_slice(&x[..n * per]);
+        observe_slot(&self.slots[0], &ws.f[0][..n * per], observe);
+        for step in &self.steps {
+            let (xi, o) = (step.inputs[0], step.out);
+            let (xl, ol) = (self.slots[xi].len, self.slots[o].len);
+            match &step.kernel {
+                Kernel::LinearF32 { w, b, inf, outf } => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    let y = &mut y[..n * ol];
+                    sgemm(n, *outf, *inf, MatRef::rows(&xs[..n * xl], *inf), MatRef::transposed(w, *inf), y, *outf, false);
+                    if let Some(b) = b {
+                        for row in y.chunks_exact_mut(*outf) {
+                            row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
+                        }
+                    }
+                }
+                Kernel::ConvF32 { w, b, g, oc } => {
+                    let (pl, q) = (g.patch_len(), g.positions());
+                    if ws.col.len() < pl * q {
+                        ws.col.resize(pl * q, 0.0);
+                    }
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    for s in 0..n {
+                        super::kernels::im2col(&xs[s * xl..(s + 1) * xl], g, 0.0, &mut ws.col[..pl * q]);
+                        let ys = &mut y[s * ol..(s + 1) * ol];
+                        sgemm(*oc, q, pl, MatRef::rows(w, pl), MatRef::rows(&ws.col, q), ys, q, false);
+                        if let Some(b) = b {
+                            for (plane, bb) in ys.chunks_exact_mut(q).zip(b) {
+                                plane.iter_mut().for_each(|v| *v += bb);
+                            }
+                        }
+                    }
+                }
+                Kernel::LinearI8(l) => {
+                    let xs = &ws.q[xi][..n * xl];
+                    match self.slots[o].repr {
+                        Repr::U8(_) => {
+                            let mut y = std::mem::take(&mut ws.q[o]);
+                            l.forward_u8(xs, n, &mut y[..n * ol], &mut ws.acc);
+                            ws.q[o] = y;
+                        }
+                        Repr::F32 => l.forward_f32(xs, n, &mut ws.f[o][..n * ol], &mut ws.acc),
+                    }
+                }
+                Kernel::ConvI8(c) => {
+                    let xs = &ws.q[xi][..n * xl];
+                    match self.slots[o].repr {
+                        Repr::U8(_) => {
+                            let mut y = std::mem::take(&mut ws.q[o]);
+                            c.forward_u8(xs, n, &mut y[..n * ol], &mut ws.acc);
+                            ws.q[o] = y;
+                        }
+                        Repr::F32 => c.forward_f32(xs, n, &mut ws.f[o][..n * ol], &mut ws.acc),
+                    }
+                }
+                Kernel::MaxPool(g) => match self.slots[o].repr {
+                    Repr::F32 => {
+                        let (xs, y) = pair(&mut ws.f, xi, o);
+                        for s in 0..n {
+                            maxpool(&xs[s * xl..(s + 1) * xl], g, &mut y[s * ol..(s + 1) * ol], None);
+                        }
+                    }
+                    Repr::U8(_) => {
+                        let (xs, y) = pair(&mut ws.q, xi, o);
+                        for s in 0..n {
+                            maxpool(&xs[s * xl..(s + 1) * xl], g, &mut y[s * ol..(s + 1) * ol], None);
+                        }
+                    }
+                },
+                Kernel::Relu => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    y[..n * ol].iter_mut().zip(&xs[..n * xl]).for_each(|(v, &i)| *v = i.max(0.0));
+                }
+                Kernel::ReluU8(zp) => {
+                    let (xs, y) = pair(&mut ws.q, xi, o);
+                    y[..n * ol].iter_mut().zip(&xs[..n * xl]).for_each(|(v, &i)| *v = i.max(*zp));
+                }
+                Kernel::Add => {
+                    let mut y = std::mem::take(&mut ws.f[o]);
+                    let (a, b) = (&ws.f[step.inputs[0]], &ws.f[step.inputs[1]]);
+                    for ((v, p), q) in y[..n * ol].iter_mut().zip(a).zip(b) {
+                        *v = p + q;
+                    }
+                    ws.f[o] = y;
+                }
+                Kernel::Softmax => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    y[..n * ol].copy_from_slice(&xs[..n * xl]);
+                    softmax_rows(&mut y[..n * ol], ol);
+                }
+                Kernel::Quantize(qp) => int8::quantize_u8(&ws.f[xi][..n * xl], *qp, &mut ws.q[o][..n * ol]),
+                Kernel::Dequantize(qp) => int8::dequantize_u8(&ws.q[xi][..n * xl], *qp, &mut ws.f[o][..n * ol]),
+            }
+            if self.slots[o].repr == Repr::F32 {
+                observe_slot(&self.slots[o], &ws.f[o][..n * ol], observe);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn observe_slot(slot: &Slot, data: &[f32], observe: &mut dyn FnMut(&str, &[f32])) {
+    for name in &slot.names {
+        observe(name, data);
+    }
+}
+
+/// Disjoint borrows of buffer `a` (read) and `b` (write), `a != b`.
+fn pair<T>(bufs: &mut [Vec<T>], a: usize, b: usize) -> (&[T], &mut [T]) {
+    assert_ne!(a, b);
+    if a < b {
+        let (lo, hi) = bufs.split_at_mut(b);
+        (&lo[a], &mut hi[0])
+    } else {
+        let (lo, hi) = bufs.split_at_mut(a);
+        (&hi[0], &mut lo[b])
+    }
+}
+
+fn take_weights(
+    weights: &mut HashMap<String, Weights>,
+    graph: &Graph,
+    node: &str,
+) -> Result<(Weights, Option<Vec<f32>>), RuntimeError> {
+    let spec = graph.parameters();
+    let find = |n: &str| spec.iter().find(|p| p.name == n).map(|p| p.numel());
+    let wname = format!("{node}.weight");
+    let w = weights.remove(&wname).ok_or_else(|| RuntimeError::MissingTensor { name: wname.clone() })?;
+    let expected = find(&wname).unwrap_or(0);
+    if w.len() != expected {
+        return Err(RuntimeError::TensorSize { name: wname, expected, got: w.len() });
+    }
+    let bname = format!("{node}.bias");
+    let b = match find(&bname) {
+        None => None,
+        Some(len) => {
+            let b = weights.remove(&bname).ok_or_else(|| RuntimeError::MissingTensor { name: bname.clone() })?.to_f32();
+            if b.len() != len {
+                return Err(RuntimeError::TensorSize { name: bname, expected: len, got: b.len() });
+            }
+            Some(b)
+        }
+    };
+    Ok((w, b))
+}
+
+/// Top-1 accuracy of `plan` on `images`/`labels`, batches of 256 over `threads` threads.
+pub fn evaluate(plan: &Plan, images: &[f32], labels: &[u8], threads: usize) -> Result<f64, RuntimeError> {
+    let n = labels.len();
+    if n == 0 {
+        return Ok(0.0);
+    }
+    let per = plan.input_len();
+    if images.len() != n * per {
+        return Err(RuntimeError::InputShape { got: images.len(), per_sample: per, shape: plan.input_shape.clone() });
+    }
+    let classes = plan.output_len();
+    let threads = threads.max(1);
+    let share = n.div_ceil(threads);
+    let correct: Result<Vec<usize>, RuntimeError> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let lo = (t * share).min(n);
+                let hi = ((t + 1) * share).min(n);
+                s.spawn(move || {
+                    let mut ws = Workspace::default();
+                    let mut correct = 0;
+                    let mut start = lo;
+                    while start < hi {
+                        let end = (start + 256).min(hi);
+                        let out = plan.run(&images[start * per..end * per], end - start, &mut ws)?;
+                        for (row, &y) in out.chunks_exact(classes).zip(&labels[start..end]) {
+                            if super::kernels::argmax(row) == y as usize {
+                                correct += 1;
+                            }
+                        }
+                        start = end;
+                    }
+                    Ok(correct)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("evaluation thread panicked")).collect()
+    });
+    Ok(correct?.iter().sum::<usize>() as f64 / n as f64)
+}
+
+/// Batch-1 latencies in µs, one per image, one thread, float input to logits.
+pub fn latencies_us(plan: &Plan, images: &[f32], count: usize) -> Result<Vec<f64>, RuntimeError> {
+    let per = plan.input_len();
+    let n = (images.len() / per).min(count);
+    let mut ws = Workspace::default();
+    // Warm up buffers and caches.
+    for i in 0..n.min(50) {
+        plan.run(&images[i * per..(i + 1) * per], 1, &mut ws)?;
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = std::time::Instant::now();
+        let y = plan.run(&images[i * per..(i + 1) * per], 1, &mut ws)?;
+        std::hint::black_box(y);
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(out)
+}
+
+/// Images per second streaming `images` in batches of `batch` on `threads` threads,
+/// repeated until at least `min_seconds` have passed.
+pub fn throughput(plan: &Plan, images: &[f32], batch: usize, threads: usize, min_seconds: f64) -> Result<f64, RuntimeError> {
+    let per = plan.input_len();
+    let n = images.len() / per;
+    let batches = n / batch.max(1);
+    if batches == 0 {
+        return Ok(0.0);
+    }
+    let start = std::time::Instant::now();
+    let mut done = 0usize;
+    while done == 0 || start.elapsed().as_secs_f64() < min_seconds {
+        let r: Result<Vec<usize>, RuntimeError> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads.max(1))
+                .map(|t| {
+                    s.spawn(move || {
+                        let mut ws = Workspace::default();
+                        let mut count = 0;
+                        for b in (t..batches).step_by(threads.max(1)) {
+                            let x = &images[b * batch * per..(b + 1) * batch * per];
+                            std::hint::black_box(plan.run(x, batch, &mut ws)?);
+                            count += batch;
+                        }
+                        Ok(count)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("benchmark thread panicked")).collect()
+        });
+        done += r?.iter().sum::<usize>();
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
