@@ -1,1 +1,484 @@
-fn main() {}
+//! The `squeeze` command line: parses arguments, calls the library, prints results.
+//! Exit codes: 0 success, 1 a validation gate failed (the report is written), 2 error.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use squeeze::compress::{prune, quantize};
+use squeeze::data::{self, Splits};
+use squeeze::format::sqz::{self, Limits};
+use squeeze::model::{zoo, Model};
+use squeeze::pipeline::{self, Event, PipelineError, RunOptions};
+use squeeze::recipe::Recipe;
+use squeeze::report::measure::median_and_spread;
+use squeeze::runtime::exec;
+use squeeze::store::{self, ModelFile};
+use squeeze::train::{self, TrainConfig, TrainEvent};
+
+#[derive(Parser)]
+#[command(name = "squeeze", version, about = "Make trained neural networks smaller and faster, and prove they still work.")]
+#[command(after_help = "Main job:  squeeze run --recipe recipes/seed.toml --out-dir out/seed\n\
+Exit codes: 0 success, 1 a validation gate failed (report written), 2 error.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a recipe end to end: train, compress, validate, write files and report.
+    Run {
+        /// The recipe (TOML); see recipes/ for examples.
+        #[arg(long)]
+        recipe: PathBuf,
+        /// Directory for the stage files, model.sqz, report.json and report.md.
+        #[arg(long, default_value = "out")]
+        out_dir: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Train a zoo model and save it as safetensors (architecture in its metadata).
+    Train {
+        /// Zoo name (mlp, lenet300, lenet5).
+        #[arg(long, default_value = "mlp")]
+        model: String,
+        /// Output file (.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        #[arg(long, default_value_t = 128)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f32,
+        #[arg(long, default_value_t = 1234)]
+        seed: u64,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Accuracy of a model file on the test set, run by the runtime from its stored encoding.
+    Eval {
+        /// A .sqz or .safetensors model.
+        model: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Prune connections by magnitude, then fine-tune with the pruned weights held at zero.
+    Prune {
+        model: PathBuf,
+        /// Fraction of weights to remove, in [0, 1).
+        #[arg(long)]
+        sparsity: f64,
+        /// layer: the same fraction in every layer; global: one threshold for all.
+        #[arg(long, value_enum, default_value = "layer")]
+        scope: ScopeArg,
+        /// Only these layers (node names, comma-separated); default all.
+        #[arg(long, value_delimiter = ',')]
+        layers: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        fine_tune_epochs: usize,
+        #[arg(long, default_value_t = 5e-4)]
+        lr: f32,
+        #[arg(long, default_value_t = 1234)]
+        seed: u64,
+        /// Output (.sqz stores only the surviving weights; .safetensors stays dense).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Quantize to 8 bits: full (int8 weights and activations, integer arithmetic) or weights only.
+    Quantize {
+        model: PathBuf,
+        #[arg(long, value_enum, default_value = "full")]
+        mode: ModeArg,
+        /// Only these layers (node names, comma-separated); default all.
+        #[arg(long, value_delimiter = ',')]
+        layers: Vec<String>,
+        /// Training images used to calibrate activation ranges.
+        #[arg(long, default_value_t = 1000)]
+        calibration: usize,
+        /// Output .sqz file.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Show what a model file holds: architecture, per-tensor encoding and bytes.
+    Inspect { model: PathBuf },
+    /// Measure training speed and inference latency/throughput, f32 against int8, in one run.
+    Bench {
+        /// Zoo name (mlp, lenet300, lenet5).
+        #[arg(long, default_value = "mlp")]
+        model: String,
+        /// Training images for the training-speed epoch.
+        #[arg(long, default_value_t = 20000)]
+        train_samples: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+struct DataArgs {
+    /// Directory with the Fashion-MNIST IDX files (else $SQUEEZE_DATA, else /usr/share/datasets/fashion-mnist).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Use only the first N training images.
+    #[arg(long, value_name = "N")]
+    train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long, value_name = "N")]
+    test_limit: Option<usize>,
+    /// Training images held out for validation.
+    #[arg(long, value_name = "N", default_value_t = 5000)]
+    validation: usize,
+}
+
+impl DataArgs {
+    fn load(&self) -> Result<Splits> {
+        let dir = data::locate(self.data.as_deref())?;
+        let validation = match self.train_limit {
+            Some(t) => self.validation.min(t / 5),
+            None => self.validation,
+        };
+        Ok(data::load_fashion_mnist(&dir, validation, self.train_limit, self.test_limit)?)
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum ScopeArg {
+    Layer,
+    Global,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum ModeArg {
+    Full,
+    Weights,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            if let Some(PipelineError::GateFailed { .. }) = err.downcast_ref::<PipelineError>() {
+                eprintln!("squeeze: {err:#}");
+                return ExitCode::from(1);
+            }
+            eprintln!("squeeze: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run { recipe, out_dir, data } => cmd_run(&recipe, out_dir, data),
+        Command::Train { model, out, epochs, batch_size, lr, seed, data } => {
+            refuse_overwrite(&out, &[])?;
+            let graph = zoo::build(&model).with_context(|| format!("unknown zoo model '{model}' (known: {})", zoo_names()))?;
+            let splits = data.load()?;
+            let mut m = Model::init(graph, seed)?;
+            let cfg = TrainConfig { epochs, batch_size, lr, seed, workers: 2 };
+            let mut bar = TrainBar::default();
+            train::train(&mut m, &splits.train.images, &splits.train.labels, &cfg, &mut |e| bar.on(e));
+            let bytes = store::write_safetensors(&out, &m)?;
+            let acc = exec::evaluate(&store::model_plan(&m)?, &splits.test.images, &splits.test.labels, 2)?;
+            println!("wrote {} ({} bytes); test accuracy {:.2}%", out.display(), bytes, acc * 100.0);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval { model, data } => {
+            let file = store::read(&model)?;
+            let plan = file.plan()?;
+            let splits = data.load()?;
+            pipeline::check_shapes(&plan, &file.graph().input_shape, &splits.test)?;
+            let acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
+            println!(
+                "{}: test accuracy {:.2}% ({} images), kernel {}",
+                model.display(),
+                acc * 100.0,
+                splits.test.len(),
+                plan.kernel_description()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prune { model, sparsity, scope, layers, fine_tune_epochs, lr, seed, out, data } => {
+            refuse_overwrite(&out, &[&model])?;
+            let mut m = store::read_model(&model)?;
+            let splits = data.load()?;
+            pipeline::check_shapes(&store::model_plan(&m)?, &m.graph.input_shape, &splits.train)?;
+            let scope = match scope {
+                ScopeArg::Layer => prune::Scope::Layer,
+                ScopeArg::Global => prune::Scope::Global,
+            };
+            let summary = prune::magnitude(&mut m, sparsity, scope, &layers)?;
+            let cfg = TrainConfig { epochs: fine_tune_epochs, batch_size: 128, lr, seed, workers: 2 };
+            let mut bar = TrainBar::default();
+            train::train(&mut m, &splits.train.images, &splits.train.labels, &cfg, &mut |e| bar.on(e));
+            let bytes = write_model(&out, &m)?;
+            for (name, total, kept) in &summary.layers {
+                println!("{name}: kept {kept} of {total} ({:.1}%)", *kept as f64 * 100.0 / *total as f64);
+            }
+            let acc = exec::evaluate(&store::read(&out)?.plan()?, &splits.test.images, &splits.test.labels, 2)?;
+            println!("wrote {} ({} bytes); test accuracy {:.2}%", out.display(), bytes, acc * 100.0);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Quantize { model, mode, layers, calibration, out, data } => {
+            refuse_overwrite(&out, &[&model])?;
+            let m = store::read_model(&model)?;
+            let splits = data.load()?;
+            pipeline::check_shapes(&store::model_plan(&m)?, &m.graph.input_shape, &splits.train)?;
+            let mode = match mode {
+                ModeArg::Full => quantize::Mode::Full,
+                ModeArg::Weights => quantize::Mode::Weights,
+            };
+            let n = calibration.min(splits.train.len());
+            let stored = quantize::quantize(&m, mode, &layers, &splits.train.images[..n * splits.train.sample_len()])?;
+            let bytes = store::write_sqz(&out, &stored)?;
+            let plan = store::read(&out)?.plan()?;
+            let acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
+            println!(
+                "wrote {} ({} bytes); test accuracy {:.2}%, kernel {}",
+                out.display(),
+                bytes,
+                acc * 100.0,
+                plan.kernel_description()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { model } => {
+            inspect(&model)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { model, train_samples, json, data } => bench(&model, train_samples, json, &data),
+    }
+}
+
+fn zoo_names() -> String {
+    zoo::MODELS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+}
+
+/// Writes `.sqz` (sparse where masked) or `.safetensors` by the output's extension.
+fn write_model(out: &Path, m: &Model) -> Result<u64> {
+    match out.extension().and_then(|e| e.to_str()) {
+        Some("sqz") => Ok(store::write_sqz(out, &quantize::store_f32(m))?),
+        Some("safetensors") => Ok(store::write_safetensors(out, m)?),
+        _ => bail!("output '{}' must end in .sqz or .safetensors", out.display()),
+    }
+}
+
+/// Never write over an input file.
+fn refuse_overwrite(out: &Path, inputs: &[&Path]) -> Result<()> {
+    for input in inputs {
+        if let (Ok(a), Ok(b)) = (std::fs::canonicalize(input), std::fs::canonicalize(out))
+            && a == b
+        {
+            bail!("output '{}' is the input file; choose another --out", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn cmd_run(recipe_path: &Path, out_dir: PathBuf, data: DataArgs) -> Result<ExitCode> {
+    let recipe = Recipe::load(recipe_path)?;
+    let opts = RunOptions {
+        recipe_path: recipe_path.to_path_buf(),
+        out_dir: out_dir.clone(),
+        data_dir: data.data.clone(),
+        train_limit: data.train_limit,
+        test_limit: data.test_limit,
+    };
+    let mut bar = TrainBar::default();
+    let report = pipeline::run(&recipe, &opts, &mut |e| match e {
+        Event::Stage(name) => eprintln!("== {name}"),
+        Event::Train(t) => bar.on(t),
+        Event::Measured(s) => println!(
+            "{:<14} test acc {:>6.2}%  val acc {:>6.2}%  {:>9} bytes  {:>6.2}×  {:>7.2} µs/img (b1)  {:>10.0} img/s (b256)  {}",
+            s.name,
+            s.accuracy * 100.0,
+            s.validation_accuracy * 100.0,
+            s.bytes,
+            s.ratio,
+            s.latency_us_b1,
+            s.throughput_b256,
+            s.kernel
+        ),
+    })?;
+    let first = &report.stages[0];
+    let last = report.stages.last().unwrap_or(first);
+    println!(
+        "gate passed: final '{}' {:.2}% vs baseline {:.2}% (test), {} bytes, {:.1}× smaller than fp32; report: {}",
+        last.name,
+        last.accuracy * 100.0,
+        first.accuracy * 100.0,
+        last.bytes,
+        last.ratio,
+        out_dir.join("report.md").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A training progress bar on a terminal; silent when stderr is not one.
+#[derive(Default)]
+struct TrainBar {
+    bar: Option<ProgressBar>,
+}
+
+impl TrainBar {
+    fn on(&mut self, e: TrainEvent) {
+        match e {
+            TrainEvent::EpochStart { epoch, epochs, batches } => {
+                let bar = ProgressBar::new(batches as u64);
+                bar.set_style(
+                    ProgressStyle::with_template("  epoch {msg} [{bar:30}] {pos}/{len} batches {elapsed}")
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                );
+                bar.set_message(format!("{epoch}/{epochs}"));
+                bar.enable_steady_tick(Duration::from_millis(200));
+                self.bar = Some(bar);
+            }
+            TrainEvent::Step => {
+                if let Some(b) = &self.bar {
+                    b.inc(1);
+                }
+            }
+            TrainEvent::EpochEnd(s) => {
+                if let Some(b) = self.bar.take() {
+                    b.finish_and_clear();
+                }
+                eprintln!(
+                    "  epoch {:>2}: loss {:.4}, train acc {:.2}%, {:.0} samples/s, {:.1} s",
+                    s.epoch,
+                    s.loss,
+                    s.train_accuracy * 100.0,
+                    s.samples_per_s,
+                    s.wall_s
+                );
+            }
+        }
+    }
+}
+
+fn inspect(path: &Path) -> Result<()> {
+    let file = store::read(path)?;
+    let bytes = std::fs::metadata(path).with_context(|| format!("cannot read '{}'", path.display()))?.len();
+    let graph = file.graph().clone();
+    let shapes = graph.validate()?;
+    let kind = match &file {
+        ModelFile::Dense(_) => "safetensors (dense f32)",
+        ModelFile::Sqz(_) => ".sqz container",
+    };
+    let params = graph.num_params();
+    println!("{}: {kind}, {bytes} bytes, {params} parameters ({:.2}× vs fp32 {} bytes)", path.display(), 4.0 * params as f64 / bytes as f64, 4 * params);
+    println!("\narchitecture: input {:?}, outputs {:?}", graph.input_shape, graph.outputs);
+    println!("  {:<10} {:<10} {:<14} {:<16} {:>9}", "node", "op", "reads", "output shape", "params");
+    for node in &graph.nodes {
+        let p: usize = graph.parameters().iter().filter(|s| s.node == node.name).map(|s| s.numel()).sum();
+        println!(
+            "  {:<10} {:<10} {:<14} {:<16} {:>9}",
+            node.name,
+            node.op.kind(),
+            node.inputs.join(","),
+            format!("{:?}", shapes[&node.name]),
+            if p > 0 { p.to_string() } else { String::new() }
+        );
+    }
+    println!("\ntensors:");
+    println!("  {:<14} {:<16} {:<34} {:>9} {:>9} {:>9}", "name", "shape", "encoding", "stored", "bytes", "bits/w");
+    match &file {
+        ModelFile::Dense(d) => {
+            for (name, shape, v) in &d.tensors {
+                println!("  {:<14} {:<16} {:<34} {:>9} {:>9} {:>9.2}", name, format!("{shape:?}"), "f32 dense", v.len(), v.len() * 4, 32.0);
+            }
+        }
+        ModelFile::Sqz(s) => {
+            let raw = std::fs::read(path)?;
+            for sec in sqz::summarize(&raw, &Limits::default())? {
+                let Some(name) = &sec.tensor else {
+                    println!("  {:<14} {:<16} {:<34} {:>9} {:>9}", format!("[{}]", sec.kind.trim()), "", sec.encoding, "", sec.total_bytes);
+                    continue;
+                };
+                let t = s.tensors.iter().find(|t| &t.name == name);
+                let (shape, stored, numel) = t.map_or((String::new(), 0, 1), |t| (format!("{:?}", t.shape), t.values.len(), t.numel()));
+                println!(
+                    "  {:<14} {:<16} {:<34} {:>9} {:>9} {:>9.2}",
+                    name,
+                    shape,
+                    sec.encoding,
+                    stored,
+                    sec.total_bytes,
+                    sec.total_bytes as f64 * 8.0 / numel as f64
+                );
+            }
+            if !s.quant.integer_nodes.is_empty() {
+                println!("\ninteger layers: {}", s.quant.integer_nodes.iter().cloned().collect::<Vec<_>>().join(", "));
+                for (v, qp) in &s.quant.activations {
+                    println!("  activation {v:<12} scale {:.6} zero point {}", qp.scale, qp.zero_point);
+                }
+            }
+            println!("\nkernel: {}", store::sqz_plan(s)?.kernel_description());
+        }
+    }
+    Ok(())
+}
+
+fn bench(model: &str, train_samples: usize, json: bool, data: &DataArgs) -> Result<ExitCode> {
+    let graph = zoo::build(model).with_context(|| format!("unknown zoo model '{model}' (known: {})", zoo_names()))?;
+    let splits = data.load()?;
+    let mut m = Model::init(graph, 1)?;
+    let n = train_samples.min(splits.train.len());
+    let per = splits.train.sample_len();
+    let cfg = TrainConfig { epochs: 1, ..TrainConfig::default() };
+    let stats = train::train(&mut m, &splits.train.images[..n * per], &splits.train.labels[..n], &cfg, &mut |_| {});
+    let train_sps = stats[0].samples_per_s;
+    let f32_plan = store::model_plan(&m)?;
+    let calib = &splits.train.images[..1000.min(n) * per];
+    let int8_plan = store::sqz_plan(&quantize::quantize(&m, quantize::Mode::Full, &[], calib)?)?;
+    let mut rows = Vec::new();
+    for (name, plan) in [("f32", &f32_plan), ("int8", &int8_plan)] {
+        let mut lat = exec::latencies_us(plan, &splits.test.images, 1000)?;
+        let s = median_and_spread(&mut lat);
+        let thr = exec::throughput(plan, &splits.test.images, 256, 2, 0.5)?;
+        rows.push((name, plan.kernel_description(), s.median, s.spread, thr));
+    }
+    if json {
+        let v = serde_json::json!({
+            "model": model,
+            "machine": squeeze::report::measure::machine_description(),
+            "train_samples_per_s": train_sps.round(),
+            "encodings": rows.iter().map(|(n, k, l, sp, t)| serde_json::json!({
+                "encoding": n, "kernel": k, "latency_us_b1": l, "latency_us_b1_spread": sp, "throughput_b256": t.round()
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("model {model}, {}", squeeze::report::measure::machine_description());
+    println!("training: {:.0} samples/s (1 epoch of {n} images, batch 128, 2 workers)", train_sps);
+    println!("{:<6} {:<28} {:>14} {:>16} {:>10} {:>10}", "enc", "kernel", "b1 µs (±)", "b256 img/s", "b1 ×f32", "b256 ×f32");
+    let (base_lat, base_thr) = (rows[0].2, rows[0].4);
+    for (name, kernel, lat, spread, thr) in &rows {
+        println!(
+            "{:<6} {:<28} {:>8.2} ±{:<5.2} {:>16.0} {:>9.2}× {:>9.2}×",
+            name,
+            kernel,
+            lat,
+            spread,
+            thr,
+            base_lat / lat,
+            thr / base_thr
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,161 @@
+//! Post-training quantization to 8 bits.
+//!
+//! Weights: symmetric int8 per output channel, `scale[o] = max|w[o,:]| / 127`, so a
+//! pruned (zero) weight stays exactly zero. *Full* mode also calibrates every
+//! activation on sample images (min/max, asymmetric u8) and marks the layers as integer:
+//! the runtime then runs u8 × i8 → i32 with integer requantization end to end. *Weights*
+//! mode stores int8 weights only; they are dequantized when the model is loaded.
+//! Either mode can be limited to named layers (the rest stays f32).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::sqz::{SqzModel, StoredTensor, Values};
+use crate::model::Model;
+use crate::runtime::exec::{Plan, RuntimeError, Weights, Workspace};
+use crate::spec::{Op, ParamKind, QParams, QuantPlan};
+
+/// Which part of the model becomes integer.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// int8 weights and u8 activations, integer arithmetic.
+    #[default]
+    Full,
+    /// int8 weights only; compute stays f32.
+    Weights,
+}
+
+/// Errors of the quantization pass.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantizeError {
+    #[error("layer '{0}' is not a Linear or Conv2d node of this model")]
+    UnknownLayer(String),
+    #[error("full quantization needs calibration images, none were given")]
+    NoCalibration,
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// Symmetric per-row int8 of a `[rows, cols…]` tensor: (values, scales).
+pub fn quantize_per_channel(w: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
+    let cols = w.len() / rows.max(1);
+    let mut q = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(rows);
+    for row in w.chunks(cols.max(1)) {
+        let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        scales.push(scale);
+        q.extend(row.iter().map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8));
+    }
+    (q, scales)
+}
+
+/// The stored form of a float model: f32 tensors, sparse where a mask says so.
+pub fn store_f32(model: &Model) -> SqzModel {
+    let tensors = model
+        .params
+        .iter()
+        .map(|(spec, data)| stored(spec.name.clone(), spec.shape.clone(), model.constraints.masks.get(&spec.name), Values::F32(data.to_vec())))
+        .collect();
+    SqzModel { graph: model.graph.clone(), quant: QuantPlan::default(), tensors, metadata: BTreeMap::new() }
+}
+
+/// A tensor whose masked-out entries are dropped (positions kept) when it has a mask.
+fn stored(name: String, shape: Vec<usize>, mask: Option<&Vec<bool>>, values: Values) -> StoredTensor {
+    let Some(mask) = mask else {
+        return StoredTensor { name, shape, values, positions: None };
+    };
+    let positions: Vec<u32> = mask.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i as u32).collect();
+    let values = match values {
+        Values::F32(v) => Values::F32(positions.iter().map(|&i| v[i as usize]).collect()),
+        Values::I8 { q, scales } => Values::I8 { q: positions.iter().map(|&i| q[i as usize]).collect(), scales },
+    };
+    StoredTensor { name, shape, values, positions: Some(positions) }
+}
+
+/// Quantizes `model`; `layers` limits it to named Linear/Conv2d nodes (all when empty).
+/// Full mode calibrates on `calibration` (`n × input_len` images).
+pub fn quantize(model: &Model, mode: Mode, layers: &[String], calibration: &[f32]) -> Result<SqzModel, QuantizeError> {
+    let weighted: Vec<&str> = model.graph.nodes.iter().filter(|n| n.op.has_weight()).map(|n| n.name.as_str()).collect();
+    for l in layers {
+        if !weighted.contains(&l.as_str()) {
+            return Err(QuantizeError::UnknownLayer(l.clone()));
+        }
+    }
+    let chosen: BTreeSet<String> =
+        weighted.iter().filter(|n| layers.is_empty() || layers.iter().any(|l| l == *n)).map(|n| n.to_string()).collect();
+
+    let mut tensors = Vec::new();
+    for (spec, data) in model.params.iter() {
+        let values = if spec.kind == ParamKind::Weight && chosen.contains(&spec.node) {
+            let (q, scales) = quantize_per_channel(data, spec.shape[0]);
+            Values::I8 { q, scales }
+        } else {
+            Values::F32(data.to_vec())
+        };
+        tensors.push(stored(spec.name.clone(), spec.shape.clone(), model.constraints.masks.get(&spec.name), values));
+    }
+    let quant = match mode {
+        Mode::Weights => QuantPlan::default(),
+        Mode::Full => QuantPlan { integer_nodes: chosen, activations: calibrate(model, calibration)? },
+    };
+    Ok(SqzModel { graph: model.graph.clone(), quant, tensors, metadata: BTreeMap::new() })
+}
+
+/// Min/max of every value over the calibration images, as u8 quantization parameters.
+/// Values read only by a Softmax or returned as outputs get none: integer layers that
+/// produce them emit f32 logits instead of requantizing.
+fn calibrate(model: &Model, images: &[f32]) -> Result<BTreeMap<String, QParams>, QuantizeError> {
+    let per = model.graph.input_len();
+    let n = images.len() / per;
+    if n == 0 {
+        return Err(QuantizeError::NoCalibration);
+    }
+    let weights: HashMap<String, Weights> = model.tensors().into_iter().map(|(k, v)| (k, Weights::F32(v))).collect();
+    let plan = Plan::new(&model.graph, weights, &QuantPlan::default())?;
+    let mut ranges: HashMap<String, (f32, f32)> = HashMap::new();
+    let mut ws = Workspace::default();
+    for start in (0..n).step_by(256) {
+        let end = (start + 256).min(n);
+        plan.run_observe(&images[start * per..end * per], end - start, &mut ws, &mut |name, data| {
+            let r = ranges.entry(name.to_string()).or_insert((f32::INFINITY, f32::NEG_INFINITY));
+            for &v in data {
+                r.0 = r.0.min(v);
+                r.1 = r.1.max(v);
+            }
+        })?;
+    }
+    let float_only: BTreeSet<&str> = model
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Softmax))
+        .flat_map(|n| n.inputs.iter().map(String::as_str))
+        .chain(model.graph.outputs.iter().map(String::as_str))
+        .collect();
+    Ok(ranges
+        .into_iter()
+        .filter(|(name, _)| !float_only.contains(name.as_str()))
+        .map(|(name, (lo, hi))| (name, QParams::from_range(lo, hi)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_channel_keeps_zeros_and_bounds_the_error() {
+        let w = [0.0, 0.5, -1.0, 0.25, 0.0, 2.0, -0.1, 0.0];
+        let (q, s) = quantize_per_channel(&w, 2);
+        assert_eq!(s, vec![1.0 / 127.0, 2.0 / 127.0]);
+        assert_eq!(q[0], 0);
+        assert_eq!(q[2], -127);
+        assert_eq!(q[5], 127);
+        for (i, (&v, &qq)) in w.iter().zip(&q).enumerate() {
+            assert!((v - s[i / 4] * qq as f32).abs() <= s[i / 4] / 2.0 + 1e-7);
+        }
+    }
+}

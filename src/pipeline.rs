@@ -1,0 +1,342 @@
+//! The main job: run a recipe end to end. Train (or load) the baseline, apply each
+//! pass, write each stage's file, decode it again and measure it with the runtime
+//! (accuracy, bytes, latency, throughput), check the gate on the validation split, and
+//! write `report.json` and `report.md`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::compress::{prune, quantize};
+use crate::data::{self, DataError, Dataset, Splits};
+use crate::format::sqz::{self, Limits};
+use crate::format::write_atomic;
+use crate::model::{zoo, Model, ModelError};
+use crate::recipe::{Pass, Recipe};
+use crate::report::measure::{machine_description, median_and_spread, peak_rss_bytes, sha256_hex, squeeze_version};
+use crate::report::{Gate, Outcome, Report, Stage};
+use crate::runtime::exec::{self, Plan, RuntimeError};
+use crate::store::{self, ModelFile, StoreError};
+use crate::train::{self, TrainConfig, TrainEvent};
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("model: {0}")]
+    Model(#[from] ModelError),
+    #[error("prune: {0}")]
+    Prune(#[from] prune::PruneError),
+    #[error("quantize: {0}")]
+    Quantize(#[from] quantize::QuantizeError),
+    #[error("runtime: {0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("unknown zoo model '{0}' (known: mlp, lenet300, lenet5)")]
+    UnknownZoo(String),
+    #[error("shape mismatch: the model takes inputs of shape {model:?} with {classes} outputs, the data set has samples of shape {data:?} and {data_classes} classes")]
+    ShapeMismatch { model: Vec<usize>, classes: usize, data: Vec<usize>, data_classes: usize },
+    #[error("recipe: a pass follows 'quantize'; quantize must be the last pass for now")]
+    QuantizeNotLast,
+    #[error("cannot write '{path}': {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("output '{0}' would overwrite the recipe's input model; choose another --out-dir")]
+    WouldOverwriteInput(PathBuf),
+    #[error("validation gate failed at stage '{stage}': {reason} (report written to {report})")]
+    GateFailed { stage: String, reason: String, report: PathBuf },
+}
+
+/// Options given on the command line, over the recipe.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub recipe_path: PathBuf,
+    pub out_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    pub train_limit: Option<usize>,
+    pub test_limit: Option<usize>,
+}
+
+/// Progress of a run, for a caller that shows it.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A stage starts (its name).
+    Stage(String),
+    Train(TrainEvent),
+    /// A stage was measured.
+    Measured(Stage),
+}
+
+/// What the runtime measured on one stored model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measurement {
+    pub accuracy: f64,
+    pub validation_accuracy: f64,
+    pub latency_us_b1: f64,
+    pub latency_us_b1_spread: f64,
+    pub throughput_b256: f64,
+    pub kernel: String,
+}
+
+/// Loads the data set the recipe names, with command-line overrides.
+pub fn load_data(recipe: &Recipe, opts: &RunOptions) -> Result<Splits, DataError> {
+    let explicit = opts.data_dir.clone().or_else(|| recipe.data.dir.clone());
+    let dir = data::locate(explicit.as_deref())?;
+    data::load_fashion_mnist(
+        &dir,
+        recipe.data.validation,
+        opts.train_limit.or(recipe.data.train_limit),
+        opts.test_limit.or(recipe.data.test_limit),
+    )
+}
+
+/// Checks that `plan` accepts the data set's samples and covers its classes.
+pub fn check_shapes(plan: &Plan, input_shape: &[usize], data: &Dataset) -> Result<(), PipelineError> {
+    if plan.input_len() != data.sample_len() || plan.output_len() < data.num_classes {
+        return Err(PipelineError::ShapeMismatch {
+            model: input_shape.to_vec(),
+            classes: plan.output_len(),
+            data: data.sample_shape.clone(),
+            data_classes: data.num_classes,
+        });
+    }
+    Ok(())
+}
+
+/// Accuracy (test and validation), batch-1 latency over up to 1,000 test images and
+/// batch-256 throughput on 2 threads, all with the runtime's kernels.
+pub fn measure(plan: &Plan, splits: &Splits) -> Result<Measurement, RuntimeError> {
+    let accuracy = exec::evaluate(plan, &splits.test.images, &splits.test.labels, 2)?;
+    let validation_accuracy = exec::evaluate(plan, &splits.validation.images, &splits.validation.labels, 2)?;
+    let mut lat = exec::latencies_us(plan, &splits.test.images, 1000)?;
+    let spread = median_and_spread(&mut lat);
+    let throughput_b256 = exec::throughput(plan, &splits.test.images, 256, 2, 0.3)?;
+    Ok(Measurement {
+        accuracy,
+        validation_accuracy,
+        latency_us_b1: spread.median,
+        latency_us_b1_spread: spread.spread,
+        throughput_b256,
+        kernel: plan.kernel_description(),
+    })
+}
+
+/// Runs `recipe`; writes stage files, `report.json` and `report.md` into `opts.out_dir`.
+pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<Report, PipelineError> {
+    if let Some(i) = recipe.passes.iter().position(|p| matches!(p, Pass::Quantize { .. }))
+        && i + 1 != recipe.passes.len()
+    {
+        return Err(PipelineError::QuantizeNotLast);
+    }
+    let recipe_bytes = std::fs::read(&opts.recipe_path).unwrap_or_default();
+    let splits = load_data(recipe, opts)?;
+    std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
+
+    let mut report = Report {
+        schema_version: crate::report::SCHEMA_VERSION,
+        squeeze_version: squeeze_version(),
+        machine: machine_description(),
+        recipe: opts.recipe_path.display().to_string(),
+        recipe_sha256: sha256_hex(&recipe_bytes),
+        seed: recipe.seed,
+        dataset: recipe.data.dataset.clone(),
+        gate: Gate {
+            metric: "accuracy".into(),
+            max_drop: recipe.gate.max_accuracy_drop,
+            against: "baseline".into(),
+            split: "validation".into(),
+        },
+        result: Outcome::Passed,
+        failed_stage: None,
+        reason: None,
+        stages: Vec::new(),
+    };
+
+    // Baseline.
+    on_event(Event::Stage("baseline".into()));
+    let t = Instant::now();
+    let train_cfg = TrainConfig {
+        epochs: recipe.train.epochs,
+        batch_size: recipe.train.batch_size,
+        lr: recipe.train.lr,
+        seed: recipe.seed,
+        workers: 2,
+    };
+    let mut baseline_extra = serde_json::Map::new();
+    let mut model = match (&recipe.model.zoo, &recipe.model.file) {
+        (Some(name), _) => {
+            let graph = zoo::build(name).ok_or_else(|| PipelineError::UnknownZoo(name.clone()))?;
+            let mut model = Model::init(graph, recipe.seed)?;
+            check_shapes(&store::model_plan(&model)?, &model.graph.input_shape, &splits.train)?;
+            let stats = train::train(&mut model, &splits.train.images, &splits.train.labels, &train_cfg, &mut |e| on_event(Event::Train(e)));
+            let sps: f64 = stats.iter().map(|s| s.samples_per_s).sum::<f64>() / stats.len().max(1) as f64;
+            baseline_extra.insert("epochs".into(), stats.len().into());
+            baseline_extra.insert("train_samples_per_s".into(), sps.round().into());
+            baseline_extra.insert("final_train_loss".into(), stats.last().map_or(f64::NAN, |s| s.loss).into());
+            model
+        }
+        (None, Some(file)) => {
+            let model = store::read_model(file)?;
+            baseline_extra.insert("source".into(), file.display().to_string().into());
+            model
+        }
+        (None, None) => unreachable!("Recipe::parse checks the model source"),
+    };
+    let baseline_wall = t.elapsed().as_secs_f64();
+    let params = model.graph.num_params() as u64;
+    let fp32_bytes = 4.0 * params as f64;
+
+    let last = recipe.passes.len();
+    let path_for = |name: &str, ext: &str, is_last: bool| -> PathBuf {
+        opts.out_dir.join(if is_last { format!("model.{ext}") } else { format!("{name}.{ext}") })
+    };
+    let baseline_path = path_for("baseline", "safetensors", last == 0);
+    guard_input(recipe, &baseline_path)?;
+    store::write_safetensors(&baseline_path, &model)?;
+    let stage = measure_stage(&baseline_path, "baseline", baseline_wall, fp32_bytes, &splits, baseline_extra)?;
+    on_event(Event::Measured(stage.clone()));
+    let baseline_val = stage.validation_accuracy;
+    report.stages.push(stage);
+
+    for (i, pass) in recipe.passes.iter().enumerate() {
+        let name = pass.stage_name();
+        on_event(Event::Stage(name.clone()));
+        let t = Instant::now();
+        let mut extra = serde_json::Map::new();
+        let is_last = i + 1 == last;
+        let path = path_for(&name, "sqz", is_last);
+        guard_input(recipe, &path)?;
+        match pass {
+            Pass::Prune { sparsity, scope, layers, fine_tune_epochs, lr } => {
+                let summary = prune::magnitude(&mut model, *sparsity, *scope, layers)?;
+                let cfg = TrainConfig {
+                    epochs: *fine_tune_epochs,
+                    lr: lr.unwrap_or(recipe.train.lr * 0.5),
+                    seed: recipe.seed.wrapping_add(i as u64 + 1),
+                    ..train_cfg.clone()
+                };
+                train::train(&mut model, &splits.train.images, &splits.train.labels, &cfg, &mut |e| on_event(Event::Train(e)));
+                let layers: Vec<serde_json::Value> = summary
+                    .layers
+                    .iter()
+                    .map(|(n, total, kept)| serde_json::json!({ "tensor": n, "weights": total, "kept": kept }))
+                    .collect();
+                extra.insert("layers".into(), layers.into());
+                extra.insert("fine_tune_epochs".into(), (*fine_tune_epochs).into());
+                extra.insert("scope".into(), format!("{scope:?}").to_lowercase().into());
+                store::write_sqz(&path, &quantize::store_f32(&model))?;
+            }
+            Pass::Quantize { mode, layers, calibration } => {
+                let n = (*calibration).min(splits.train.len());
+                let calib = &splits.train.images[..n * splits.train.sample_len()];
+                let stored = quantize::quantize(&model, *mode, layers, calib)?;
+                extra.insert("mode".into(), format!("{mode:?}").to_lowercase().into());
+                extra.insert("calibration_images".into(), n.into());
+                extra.insert("integer_layers".into(), stored.quant.integer_nodes.iter().cloned().collect::<Vec<_>>().into());
+                store::write_sqz(&path, &stored)?;
+            }
+        }
+        let wall = t.elapsed().as_secs_f64();
+        let stage = measure_stage(&path, &name, wall, fp32_bytes, &splits, extra)?;
+        on_event(Event::Measured(stage.clone()));
+        let drop = baseline_val - stage.validation_accuracy;
+        let failed = drop > recipe.gate.max_accuracy_drop;
+        report.stages.push(stage);
+        if failed {
+            let reason = format!(
+                "validation accuracy dropped {:.2} points against the baseline, more than the allowed {:.2} (by {:.2} points)",
+                drop * 100.0,
+                recipe.gate.max_accuracy_drop * 100.0,
+                (drop - recipe.gate.max_accuracy_drop) * 100.0
+            );
+            report.result = Outcome::Failed;
+            report.failed_stage = Some(name.clone());
+            report.reason = Some(reason.clone());
+            let report_path = write_report(&report, &opts.out_dir)?;
+            return Err(PipelineError::GateFailed { stage: name, reason, report: report_path });
+        }
+    }
+    write_report(&report, &opts.out_dir)?;
+    Ok(report)
+}
+
+/// Refuses to write over the recipe's own model file.
+fn guard_input(recipe: &Recipe, out: &Path) -> Result<(), PipelineError> {
+    if let Some(input) = &recipe.model.file
+        && let (Ok(a), Ok(b)) = (std::fs::canonicalize(input), std::fs::canonicalize(out))
+        && a == b
+    {
+        return Err(PipelineError::WouldOverwriteInput(out.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Reads the stage's file back from disk and measures what was really written.
+fn measure_stage(
+    path: &Path,
+    name: &str,
+    wall_s: f64,
+    fp32_bytes: f64,
+    splits: &Splits,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Result<Stage, PipelineError> {
+    let bytes = std::fs::metadata(path).map_err(|source| StoreError::Io { path: path.into(), source })?.len();
+    let file = store::read(path)?;
+    let plan = file.plan()?;
+    check_shapes(&plan, &file.graph().input_shape, &splits.test)?;
+    let m = measure(&plan, splits)?;
+    let (params, nonzero, weight_bits) = file_counts(&file, path)?;
+    Ok(Stage {
+        name: name.into(),
+        accuracy: m.accuracy,
+        validation_accuracy: m.validation_accuracy,
+        bytes,
+        ratio: fp32_bytes / bytes as f64,
+        params,
+        nonzero_params: nonzero,
+        bits_per_weight: weight_bits,
+        latency_us_b1: m.latency_us_b1,
+        latency_us_b1_spread: m.latency_us_b1_spread,
+        throughput_b256: m.throughput_b256,
+        kernel: m.kernel,
+        wall_s,
+        peak_rss_bytes: peak_rss_bytes(),
+        file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        extra: extra.into_iter().collect(),
+    })
+}
+
+/// Parameters, non-zero parameters, and stored bits per weight (weight tensors' bytes
+/// on disk, scales and position indices included, × 8 / number of weights).
+pub fn file_counts(file: &ModelFile, path: &Path) -> Result<(u64, u64, f64), StoreError> {
+    let graph = file.graph();
+    let specs = graph.parameters();
+    let weight_names: Vec<&str> = specs.iter().filter(|p| p.kind == crate::spec::ParamKind::Weight).map(|p| p.name.as_str()).collect();
+    let weights: usize = specs.iter().filter(|p| p.kind == crate::spec::ParamKind::Weight).map(|p| p.numel()).sum();
+    match file {
+        ModelFile::Dense(d) => {
+            let nonzero = d.tensors.iter().map(|(_, _, v)| v.iter().filter(|x| **x != 0.0).count()).sum::<usize>();
+            Ok((graph.num_params() as u64, nonzero as u64, 32.0))
+        }
+        ModelFile::Sqz(s) => {
+            let nonzero = s.tensors.iter().map(|t| t.nonzeros()).sum::<usize>();
+            let bytes = std::fs::read(path).map_err(|source| StoreError::Io { path: path.into(), source })?;
+            let sections = sqz::summarize(&bytes, &Limits::default()).map_err(|source| StoreError::Sqz { path: path.into(), source })?;
+            let weight_bytes: usize = sections
+                .iter()
+                .filter(|s| s.tensor.as_deref().is_some_and(|t| weight_names.contains(&t)))
+                .map(|s| s.total_bytes)
+                .sum();
+            Ok((graph.num_params() as u64, nonzero as u64, weight_bytes as f64 * 8.0 / weights.max(1) as f64))
+        }
+    }
+}
+
+/// Writes `report.json` and `report.md` atomically; returns the JSON's path.
+pub fn write_report(report: &Report, dir: &Path) -> Result<PathBuf, PipelineError> {
+    let json = dir.join("report.json");
+    let md = dir.join("report.md");
+    write_atomic(&json, report.to_json().as_bytes()).map_err(|source| PipelineError::Write { path: json.clone(), source })?;
+    write_atomic(&md, report.to_markdown().as_bytes()).map_err(|source| PipelineError::Write { path: md, source })?;
+    Ok(json)
+}

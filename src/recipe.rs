@@ -1,0 +1,238 @@
+//! Recipes: a TOML file naming the model, the data, the training, the passes and the
+//! validation gate. Unknown keys are errors, reported with the file and the key.
+//!
+//! ```toml
+//! name = "seed"
+//! seed = 1234
+//! [model]
+//! zoo = "mlp"                 # or: file = "model.safetensors" / "model.sqz"
+//! [data]
+//! dataset = "fashion-mnist"
+//! validation = 5000           # held out of the training images; the gate reads it
+//! [train]
+//! epochs = 10
+//! batch_size = 128
+//! lr = 0.001
+//! [gate]
+//! max_accuracy_drop = 0.005   # fraction: 0.005 = half a point, against the baseline
+//! [[pass]]
+//! type = "prune"
+//! sparsity = 0.5
+//! fine_tune_epochs = 3
+//! [[pass]]
+//! type = "quantize"
+//! mode = "full"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::compress::prune::Scope;
+use crate::compress::quantize::Mode;
+
+/// Why a recipe cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("cannot read recipe '{path}': {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("recipe '{path}': {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("recipe '{path}': {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A parsed, checked recipe.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub name: String,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    pub model: ModelSource,
+    #[serde(default)]
+    pub data: DataSection,
+    #[serde(default)]
+    pub train: TrainSection,
+    pub gate: GateSection,
+    #[serde(default, rename = "pass")]
+    pub passes: Vec<Pass>,
+}
+
+fn default_seed() -> u64 {
+    1234
+}
+
+/// Where the model comes from: a zoo architecture trained from scratch, or a file.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSource {
+    pub zoo: Option<String>,
+    /// A trained model (`.safetensors` or `.sqz`), relative to the recipe's directory;
+    /// it is the baseline and is not retrained.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    pub dataset: String,
+    /// Directory of the IDX files (else `--data`, `$SQUEEZE_DATA`, the Debian path).
+    pub dir: Option<PathBuf>,
+    pub validation: usize,
+    pub train_limit: Option<usize>,
+    pub test_limit: Option<usize>,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection { dataset: "fashion-mnist".into(), dir: None, validation: 5000, train_limit: None, test_limit: None }
+    }
+}
+
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection { epochs: 10, batch_size: 128, lr: 1e-3 }
+    }
+}
+
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GateSection {
+    /// Largest allowed drop of validation accuracy against the baseline, as a fraction.
+    pub max_accuracy_drop: f64,
+}
+
+/// One compression step.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Pass {
+    /// Magnitude pruning, then fine-tuning with the masks held.
+    Prune {
+        sparsity: f64,
+        #[serde(default)]
+        scope: Scope,
+        #[serde(default)]
+        layers: Vec<String>,
+        #[serde(default = "default_fine_tune")]
+        fine_tune_epochs: usize,
+        /// Fine-tuning learning rate (default: half the training rate).
+        lr: Option<f32>,
+    },
+    /// Post-training quantization to 8 bits.
+    Quantize {
+        #[serde(default)]
+        mode: Mode,
+        #[serde(default)]
+        layers: Vec<String>,
+        /// Training images used to calibrate activation ranges (full mode).
+        #[serde(default = "default_calibration")]
+        calibration: usize,
+    },
+}
+
+fn default_fine_tune() -> usize {
+    3
+}
+
+fn default_calibration() -> usize {
+    1000
+}
+
+impl Pass {
+    /// The stage name in reports.
+    pub fn stage_name(&self) -> String {
+        match self {
+            Pass::Prune { sparsity, .. } => format!("pruned-{}", (sparsity * 100.0).round()),
+            Pass::Quantize { mode: Mode::Full, .. } => "int8".into(),
+            Pass::Quantize { mode: Mode::Weights, .. } => "int8-weights".into(),
+        }
+    }
+}
+
+impl Recipe {
+    /// Reads and checks a recipe file.
+    pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io { path: path.into(), source })?;
+        Recipe::parse(&text, path)
+    }
+
+    /// Parses recipe text; `path` is used in messages and to resolve relative files.
+    pub fn parse(text: &str, path: &Path) -> Result<Recipe, RecipeError> {
+        let mut r: Recipe = toml::from_str(text).map_err(|e| RecipeError::Parse {
+            path: path.into(),
+            message: e.message().to_string()
+                + &e.span().map(|s| format!(" (line {})", text[..s.start].lines().count().max(1))).unwrap_or_default(),
+        })?;
+        let invalid = |message: String| RecipeError::Invalid { path: path.into(), message };
+        match (&r.model.zoo, &r.model.file) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(invalid("[model] needs exactly one of `zoo = \"name\"` or `file = \"path\"`".into()));
+            }
+            (None, Some(f)) if f.is_relative() => {
+                r.model.file = Some(path.parent().unwrap_or(Path::new(".")).join(f));
+            }
+            _ => {}
+        }
+        if r.data.dataset != "fashion-mnist" {
+            return Err(invalid(format!("data.dataset: expected \"fashion-mnist\", got \"{}\"", r.data.dataset)));
+        }
+        if !(0.0..=1.0).contains(&r.gate.max_accuracy_drop) {
+            return Err(invalid(format!("gate.max_accuracy_drop: expected a fraction in [0, 1], got {}", r.gate.max_accuracy_drop)));
+        }
+        if r.train.batch_size == 0 || r.train.lr <= 0.0 {
+            return Err(invalid("train: batch_size and lr must be positive".into()));
+        }
+        for p in &r.passes {
+            if let Pass::Prune { sparsity, .. } = p
+                && !(0.0..1.0).contains(sparsity)
+            {
+                return Err(invalid(format!("pass prune: sparsity: expected a fraction in [0, 1), got {sparsity}")));
+            }
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_example_parses() {
+        let doc = include_str!("recipe.rs");
+        let start = doc.find("//! ```toml").unwrap();
+        let end = start + doc[start..].find("//! ```\n").unwrap();
+        let text: String = doc[start..end].lines().skip(1).map(|l| l.trim_start_matches("//!").trim_start()).collect::<Vec<_>>().join("\n");
+        let r = Recipe::parse(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(r.passes.len(), 2);
+        assert_eq!(r.passes[1], Pass::Quantize { mode: Mode::Full, layers: vec![], calibration: 1000 });
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let text = "name = \"x\"\n[model]\nzoo = \"mlp\"\n[gate]\nmax_accuracy_drop = 0.01\nmax_acuracy = 2\n";
+        let err = Recipe::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+        assert!(err.contains("r.toml") && err.contains("max_acuracy") && err.contains("line 6"), "{err}");
+        let text = "name = \"x\"\n[model]\nzoo = \"mlp\"\n[gate]\nmax_accuracy_drop = 0.01\n[[pass]]\ntype = \"prune\"\nsparsity = 0.5\nspars = 1\n";
+        let err = Recipe::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+        assert!(err.contains("spars"), "{err}");
+        let text = "name = \"x\"\n[model]\nzoo = \"mlp\"\n[gate]\nmax_accuracy_drop = 0.01\n[[pass]]\ntype = \"shrink\"\n";
+        assert!(Recipe::parse(text, Path::new("r.toml")).unwrap_err().to_string().contains("shrink"));
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        let base = "name = \"x\"\n[model]\nzoo = \"mlp\"\n";
+        assert!(Recipe::parse(&format!("{base}[gate]\nmax_accuracy_drop = 5.0\n"), Path::new("r")).is_err());
+        assert!(Recipe::parse("name = \"x\"\n[model]\n[gate]\nmax_accuracy_drop = 0.1\n", Path::new("r")).is_err());
+    }
+}
