@@ -1,4 +1,11 @@
 //! Inference: the kernels for each stored encoding and the executor that runs a
 //! stored model. Depends only on `spec` and the `.sqz` reader, never on the trainer.
+//!
+//! - [`kernels`]: f32 matrix product (gemm), im2col, pooling; shared with the trainer.
+//! - [`int8`]: u8 × i8 → i32 kernels (AVX-512 VNNI, AVX2, scalar reference) with
+//!   integer requantization.
+//! - [`exec`]: the executor that runs a graph from its stored weights.
 
+pub mod exec;
+pub mod int8;
 pub mod kernels;

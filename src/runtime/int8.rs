@@ -1,0 +1,1261 @@
+//! Integer inference kernels: u8 activations × symmetric int8 weights → i32.
+//!
+//! Activations are asymmetric u8 ([`QParams`]: `real = scale * (q - zero_point)`),
+//! weights are symmetric i8 per output channel (`real_w = w_scale[o] * q`), products
+//! accumulate exactly in i32 and are requantized with integer fixed point
+//! ([`Requant`]). For an output channel `o`:
+//!
+//! ```text
+//! acc[o] = Σ_k x[k]·w[o,k] − zx·Σ_k w[o,k] + bias_i32[o]        (exact i32)
+//! y[o]   = clamp(zy + round(acc[o] · sx·sw[o]/sy), lo, 255)       (u8 output)
+//! y[o]   = sx·sw[o] · acc[o]                                       (f32 output)
+//! ```
+//!
+//! The product `Σ x·w` is computed by one of three kernels, chosen at run time
+//! ([`Kernel::detect`]): AVX-512 VNNI (`vpdpbusd`, 16 outputs × 4 k per instruction),
+//! AVX2 (`vpmaddwd` on values widened to i16, which cannot saturate: unlike
+//! `vpmaddubsw`), and a portable scalar loop. Integer arithmetic is exact, so every
+//! kernel gives bit-identical results; [`set_force_scalar`] switches the whole
+//! process to the scalar path (for tests and comparisons).
+//!
+//! Weights are packed once ([`PackedMatrix`]) into the layout the detected kernel
+//! reads; activations are repacked per call into a word format in the caller's
+//! `scratch` (4 bytes per i32 for VNNI, two u16 per i32 for AVX2, one value per i32
+//! for scalar), so the kernels only ever broadcast one i32 per row and step.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::spec::QParams;
+
+// ---------------------------------------------------------------------------------
+// Kernel selection
+// ---------------------------------------------------------------------------------
+
+/// Which implementation of the u8 × i8 product runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// AVX-512 F/BW + VNNI: `vpdpbusd` on 512-bit vectors.
+    Avx512Vnni,
+    /// AVX2: `vpmaddwd` on i16-widened operands.
+    Avx2,
+    /// Portable scalar code, also the reference every other kernel must equal.
+    Scalar,
+}
+
+impl Kernel {
+    /// The best kernel this CPU supports (detected once, then cached).
+    pub fn detect() -> Kernel {
+        static DETECTED: OnceLock<Kernel> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            [Kernel::Avx512Vnni, Kernel::Avx2]
+                .into_iter()
+                .find(|k| k.is_available())
+                .unwrap_or(Kernel::Scalar)
+        })
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// All kernels this CPU can run, fastest first (the scalar one always included).
+    pub fn available() -> Vec<Kernel> {
+        [Kernel::Avx512Vnni, Kernel::Avx2, Kernel::Scalar]
+            .into_iter()
+            .filter(|k| k.is_available())
+            .collect()
+    }
+
+    /// Short name: `"avx512-vnni"`, `"avx2"` or `"scalar"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512Vnni => "avx512-vnni",
+            Kernel::Avx2 => "avx2",
+            Kernel::Scalar => "scalar",
+        }
+    }
+
+    /// How many activation values one packed i32 word holds for this kernel.
+    fn elems_per_word(self) -> usize {
+        match self {
+            Kernel::Avx512Vnni => 4,
+            Kernel::Avx2 => 2,
+            Kernel::Scalar => 1,
+        }
+    }
+}
+
+static FORCE_SCALAR: AtomicBool = AtomicBool::new(false);
+
+/// Force every product in this process onto the scalar kernel (`true`), or go back
+/// to the detected one (`false`). Results do not change, only speed.
+pub fn set_force_scalar(force: bool) {
+    FORCE_SCALAR.store(force, Ordering::Relaxed);
+}
+
+/// The kernel products run on now: `"avx512-vnni"`, `"avx2"` or `"scalar"`.
+pub fn kernel_name() -> &'static str {
+    if FORCE_SCALAR.load(Ordering::Relaxed) { Kernel::Scalar } else { Kernel::detect() }.name()
+}
+
+// ---------------------------------------------------------------------------------
+// Requantization and (de)quantization
+// ---------------------------------------------------------------------------------
+
+/// A real multiplier `M` as integer fixed point: `M ≈ multiplier · 2^-shift`, with
+/// `multiplier` in `[2^30, 2^31)` (31 significant bits).
+///
+/// Rounding policy: [`apply`](Requant::apply) computes the exact 64-bit product
+/// `acc · multiplier` and divides by `2^shift` rounding **half away from zero**
+/// (like `f64::round`), saturating to the i32 range. Supports `M` in `[0, 2^30)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Requant {
+    multiplier: i64,
+    shift: u32,
+}
+
+impl Requant {
+    /// The fixed-point form of `m` (panics unless `0 <= m < 2^30` and finite).
+    pub fn from_real(m: f64) -> Requant {
+        assert!(m.is_finite() && (0.0..(1u64 << 30) as f64).contains(&m), "requant multiplier {m} out of range");
+        if m == 0.0 {
+            return Requant { multiplier: 0, shift: 0 };
+        }
+        // Find shift with m·2^shift in [2^30, 2^31).
+        let mut shift: i32 = 30 - m.log2().floor() as i32;
+        let mut mult = (m * 2f64.powi(shift)).round();
+        // log2 rounding at the boundaries, and round() reaching 2^31.
+        while mult >= (1u64 << 31) as f64 {
+            shift -= 1;
+            mult = (m * 2f64.powi(shift)).round();
+        }
+        while mult < (1u64 << 30) as f64 && shift < 62 {
+            shift += 1;
+            mult = (m * 2f64.powi(shift)).round();
+        }
+        let (mut mult, mut shift) = (mult as i64, shift);
+        // Tiny multipliers: keep the shift within what an i64 product allows.
+        if shift > 62 {
+            let excess = (shift - 62) as u32;
+            mult = if excess >= 63 { 0 } else { (mult + (1 << (excess - 1))) >> excess };
+            shift = 62;
+        }
+        Requant { multiplier: mult, shift: shift as u32 }
+    }
+
+    /// `round(acc · M)`, half away from zero, saturated to i32.
+    #[inline]
+    pub fn apply(&self, acc: i32) -> i32 {
+        let p = acc as i64 * self.multiplier;
+        if self.shift == 0 {
+            return p.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+        }
+        let half = 1i64 << (self.shift - 1);
+        let r = (p + half - (p < 0) as i64) >> self.shift;
+        r.clamp(i32::MIN as i64, i32::MAX as i64) as i32
+    }
+
+    /// The integer multiplier (`M = multiplier · 2^-shift`).
+    pub fn multiplier(&self) -> i64 {
+        self.multiplier
+    }
+
+    /// The right shift (`M = multiplier · 2^-shift`).
+    pub fn shift(&self) -> u32 {
+        self.shift
+    }
+
+    /// The real multiplier this represents.
+    pub fn to_real(&self) -> f64 {
+        self.multiplier as f64 * 2f64.powi(-(self.shift as i32))
+    }
+}
+
+/// `round(v)` half away from zero for `|v| <= 2^22`, written so it vectorizes
+/// (no `roundf` call on baseline x86-64).
+#[inline]
+fn round_half_away(v: f32) -> i32 {
+    let t = v as i32;
+    let frac = v - t as f32;
+    t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
+}
+
+/// Quantize floats to u8: `q = clamp(round(x / scale) + zero_point, 0, 255)`, rounding
+/// half away from zero (NaN maps to the zero point). `out.len()` must equal `x.len()`.
+pub fn quantize_u8(x: &[f32], qp: QParams, out: &mut [u8]) {
+    assert_eq!(x.len(), out.len(), "quantize_u8: length mismatch");
+    let zp = qp.zero_point;
+    // Clamping before rounding keeps the value in round_half_away's exact range and
+    // cannot change the result (the final clamp is to 0..=255 around zp).
+    let lo = (-zp - 1) as f32;
+    let hi = (256 - zp) as f32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        let s = (v / qp.scale).clamp(lo, hi);
+        *o = (round_half_away(s) + zp).clamp(0, 255) as u8;
+    }
+}
+
+/// Dequantize u8 values: `out = scale * (q - zero_point)`. Lengths must be equal.
+pub fn dequantize_u8(q: &[u8], qp: QParams, out: &mut [f32]) {
+    assert_eq!(q.len(), out.len(), "dequantize_u8: length mismatch");
+    for (o, &v) in out.iter_mut().zip(q) {
+        *o = qp.scale * (v as i32 - qp.zero_point) as f32;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Packed weights and the product
+// ---------------------------------------------------------------------------------
+
+/// Output channels per packed block (one 512-bit or two 256-bit accumulators).
+const NR: usize = 16;
+
+/// The largest reduction length for which `Σ u8·i8` provably fits in i32
+/// (`255 · 128 · 65536 < 2^31`).
+pub const MAX_K: usize = 1 << 16;
+
+/// A weight matrix `b` (`[n × k]` i8, row-major, one row per output) packed once for
+/// the kernel detected at construction, plus its row sums (for zero-point correction).
+#[derive(Clone, Debug)]
+pub struct PackedMatrix {
+    n: usize,
+    k: usize,
+    kernel: Kernel,
+    /// The original rows, read by the scalar kernel.
+    raw: Vec<i8>,
+    /// VNNI layout: per block of 16 outputs, per group of 4 k: 16 × 4 bytes.
+    packed_i8: Vec<i8>,
+    /// AVX2 layout: per block of 16 outputs, per pair of k: 16 × 2 i16.
+    packed_i16: Vec<i16>,
+    row_sums: Vec<i32>,
+}
+
+impl PackedMatrix {
+    /// Pack `b` (`[n × k]` row-major) for the best kernel of this CPU.
+    pub fn new(b: &[i8], n: usize, k: usize) -> PackedMatrix {
+        PackedMatrix::with_kernel(b, n, k, Kernel::detect())
+    }
+
+    /// Pack `b` for a given kernel (panics if this CPU cannot run it, or if
+    /// `k > MAX_K`).
+    pub fn with_kernel(b: &[i8], n: usize, k: usize, kernel: Kernel) -> PackedMatrix {
+        assert_eq!(b.len(), n * k, "PackedMatrix: b must be n*k = {}*{}", n, k);
+        assert!(k <= MAX_K, "PackedMatrix: k = {k} exceeds {MAX_K} (i32 accumulators could overflow)");
+        assert!(kernel.is_available(), "kernel {} is not supported by this CPU", kernel.name());
+        let row_sums = b.chunks_exact(k.max(1)).take(n).map(|r| r.iter().map(|&v| v as i32).sum()).collect();
+        let row_sums = if k == 0 { vec![0; n] } else { row_sums };
+        let (packed_i8, packed_i16) = match kernel {
+            Kernel::Avx512Vnni => (pack_vnni(b, n, k), Vec::new()),
+            Kernel::Avx2 => (Vec::new(), pack_avx2(b, n, k)),
+            Kernel::Scalar => (Vec::new(), Vec::new()),
+        };
+        PackedMatrix { n, k, kernel, raw: b.to_vec(), packed_i8, packed_i16, row_sums }
+    }
+
+    /// Number of rows of `b` (outputs).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Reduction length.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The kernel the packing is for.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// `Σ_k b[o, k]` for each output `o`.
+    pub fn row_sums(&self) -> &[i32] {
+        &self.row_sums
+    }
+
+    /// The kernel a product runs on now (the packed one unless scalar is forced).
+    fn effective_kernel(&self) -> Kernel {
+        if FORCE_SCALAR.load(Ordering::Relaxed) { Kernel::Scalar } else { self.kernel }
+    }
+}
+
+/// Number of 16-output blocks covering `n`.
+fn blocks(n: usize) -> usize {
+    n.div_ceil(NR)
+}
+
+/// VNNI layout: index `((blk·kw + g)·16 + lane)·4 + t` holds `b[16·blk + lane, 4g + t]`,
+/// zero where out of range.
+fn pack_vnni(b: &[i8], n: usize, k: usize) -> Vec<i8> {
+    let kw = k.div_ceil(4);
+    let mut p = vec![0i8; blocks(n) * kw * NR * 4];
+    for o in 0..n {
+        let (blk, lane) = (o / NR, o % NR);
+        for (kk, &v) in b[o * k..(o + 1) * k].iter().enumerate() {
+            p[((blk * kw + kk / 4) * NR + lane) * 4 + kk % 4] = v;
+        }
+    }
+    p
+}
+
+/// AVX2 layout: index `((blk·kw + g)·16 + lane)·2 + t` holds `b[16·blk + lane, 2g + t]`
+/// as i16, zero where out of range.
+fn pack_avx2(b: &[i8], n: usize, k: usize) -> Vec<i16> {
+    let kw = k.div_ceil(2);
+    let mut p = vec![0i16; blocks(n) * kw * NR * 2];
+    for o in 0..n {
+        let (blk, lane) = (o / NR, o % NR);
+        for (kk, &v) in b[o * k..(o + 1) * k].iter().enumerate() {
+            p[((blk * kw + kk / 2) * NR + lane) * 2 + kk % 2] = v as i16;
+        }
+    }
+    p
+}
+
+/// Pack `m` u8 rows of length `k` into words of `e` values each (`kw = ceil(k/e)` words
+/// per row, zero-padded): e = 4 → 4 bytes per i32 (little endian), e = 2 → two u16
+/// halves, e = 1 → the value itself.
+fn pack_rows(e: usize, x: &[u8], m: usize, k: usize, dst: &mut [i32]) {
+    let kw = k.div_ceil(e);
+    if k == 0 {
+        return;
+    }
+    for (src, d) in x.chunks_exact(k).take(m).zip(dst.chunks_exact_mut(kw)) {
+        match e {
+            1 => d.iter_mut().zip(src).for_each(|(d, &s)| *d = s as i32),
+            2 => {
+                let mut ch = src.chunks_exact(2);
+                for (d, c) in d.iter_mut().zip(&mut ch) {
+                    *d = c[0] as i32 | (c[1] as i32) << 16;
+                }
+                if let [v] = ch.remainder() {
+                    d[kw - 1] = *v as i32;
+                }
+            }
+            4 => {
+                let mut ch = src.chunks_exact(4);
+                for (d, c) in d.iter_mut().zip(&mut ch) {
+                    *d = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+                let rem = ch.remainder();
+                if !rem.is_empty() {
+                    let mut bytes = [0u8; 4];
+                    bytes[..rem.len()].copy_from_slice(rem);
+                    d[kw - 1] = i32::from_le_bytes(bytes);
+                }
+            }
+            _ => unreachable!("unsupported word format"),
+        }
+    }
+}
+
+/// Write one activation value into a packed row (the row must start zeroed).
+#[inline]
+fn put_packed(e: usize, row: &mut [i32], kk: usize, v: u8) {
+    let bits = 32 / e;
+    row[kk / e] |= ((v as u32) << ((kk % e) * bits)) as i32;
+}
+
+/// The core product on packed activations: `c[r, o] = init[o] + Σ_k a[r,k]·b[o,k]`
+/// (wrapping i32), `a` packed by [`pack_rows`] for `kernel`, `init` of length
+/// `blocks(n)·16`, `c` of `m × n`.
+fn gemm_packed(kernel: Kernel, a: &[i32], m: usize, b: &PackedMatrix, init: &[i32], c: &mut [i32]) {
+    let (n, k) = (b.n, b.k);
+    let kw = k.div_ceil(kernel.elems_per_word());
+    assert!(a.len() >= m * kw && init.len() >= blocks(n) * NR && c.len() >= m * n);
+    match kernel {
+        Kernel::Scalar => {
+            for r in 0..m {
+                let x = &a[r * k..(r + 1) * k];
+                for o in 0..n {
+                    let w = &b.raw[o * k..(o + 1) * k];
+                    let dot = x.iter().zip(w).fold(0i32, |s, (&x, &w)| s.wrapping_add(x * w as i32));
+                    c[r * n + o] = init[o].wrapping_add(dot);
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => {
+            assert_eq!(b.kernel, Kernel::Avx2);
+            // SAFETY: a PackedMatrix with kernel Avx2 is only built after
+            // `Kernel::Avx2.is_available()` confirmed AVX2 on this CPU.
+            unsafe { x86::gemm_avx2(a, m, kw, &b.packed_i16, n, init, c) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => {
+            assert_eq!(b.kernel, Kernel::Avx512Vnni);
+            // SAFETY: as above, the constructor checked avx512f, avx512bw, avx512vnni.
+            unsafe { x86::gemm_vnni(a, m, kw, &b.packed_i8, n, init, c) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("SIMD kernels exist only on x86_64"),
+    }
+}
+
+/// Size the scratch for `m` rows of `b` and split it into (packed a, c).
+fn split_scratch<'s>(scratch: &'s mut Vec<i32>, kernel: Kernel, m: usize, b: &PackedMatrix) -> (&'s mut [i32], &'s mut [i32]) {
+    let kw = b.k.div_ceil(kernel.elems_per_word());
+    let need = m * kw + m * b.n;
+    if scratch.len() < need {
+        scratch.resize(need, 0);
+    }
+    let (a, rest) = scratch.split_at_mut(m * kw);
+    (a, &mut rest[..m * b.n])
+}
+
+/// `c[m×n] = a[m×k] · bᵀ` on the current kernel, exact (`a` u8 row-major, `b` packed).
+/// `scratch` is grown as needed and may be reused across calls.
+pub fn matmul_u8_i8(a: &[u8], m: usize, b: &PackedMatrix, c: &mut [i32], scratch: &mut Vec<i32>) {
+    assert_eq!(a.len(), m * b.k, "matmul_u8_i8: a must be m*k");
+    assert_eq!(c.len(), m * b.n, "matmul_u8_i8: c must be m*n");
+    let kernel = b.effective_kernel();
+    let init = vec![0i32; blocks(b.n) * NR];
+    let kw = b.k.div_ceil(kernel.elems_per_word());
+    if scratch.len() < m * kw {
+        scratch.resize(m * kw, 0);
+    }
+    let ap = &mut scratch[..m * kw];
+    pack_rows(kernel.elems_per_word(), a, m, b.k, ap);
+    gemm_packed(kernel, ap, m, b, &init, c);
+}
+
+/// The raw product, plainly: `c[m×n] = a[m×k] · bᵀ` with `a` u8 row-major and `b`
+/// `[n×k]` i8 row-major, exact i32 (the reference every kernel is tested against).
+pub fn matmul_u8_i8_reference(a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+    assert!(a.len() == m * k && b.len() == n * k && c.len() == m * n, "matmul_u8_i8_reference: bad sizes");
+    for r in 0..m {
+        for o in 0..n {
+            let mut s = 0i32;
+            for kk in 0..k {
+                s = s.wrapping_add(a[r * k + kk] as i32 * b[o * k + kk] as i32);
+            }
+            c[r * n + o] = s;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The SIMD kernels. Each is a `#[target_feature]` function, so calling one is
+    //! `unsafe` for callers that have not checked the feature; inside, the only
+    //! unsafe operations are unaligned loads/stores whose bounds are asserted first.
+
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    /// Write a 16-wide tile row into `c` (only the valid columns).
+    #[inline(always)]
+    fn store_row(c: &mut [i32], n: usize, r: usize, col0: usize, cols: usize, v: &[i32; NR]) {
+        c[r * n + col0..r * n + col0 + cols].copy_from_slice(&v[..cols]);
+    }
+
+    /// AVX2 driver: for each 16-output block, rows in tiles of 4 (then 1–3).
+    #[target_feature(enable = "avx2")]
+    pub(super) fn gemm_avx2(a: &[i32], m: usize, kw: usize, w: &[i16], n: usize, init: &[i32], c: &mut [i32]) {
+        let bw = kw * NR * 2; // i16 per block
+        assert!(w.len() >= n.div_ceil(NR) * bw && a.len() >= m * kw);
+        for blk in 0..n.div_ceil(NR) {
+            let wb = &w[blk * bw..(blk + 1) * bw];
+            let col0 = blk * NR;
+            let cols = NR.min(n - col0);
+            let ini: &[i32; NR] = init[col0..col0 + NR].try_into().unwrap();
+            let mut r = 0;
+            while r + 4 <= m {
+                let t = tile_avx2::<4>(&a[r * kw..], kw, wb, ini);
+                (0..4).for_each(|i| store_row(c, n, r + i, col0, cols, &t[i]));
+                r += 4;
+            }
+            match m - r {
+                3 => {
+                    let t = tile_avx2::<3>(&a[r * kw..], kw, wb, ini);
+                    (0..3).for_each(|i| store_row(c, n, r + i, col0, cols, &t[i]));
+                }
+                2 => {
+                    let t = tile_avx2::<2>(&a[r * kw..], kw, wb, ini);
+                    (0..2).for_each(|i| store_row(c, n, r + i, col0, cols, &t[i]));
+                }
+                1 => {
+                    let t = tile_avx2::<1>(&a[r * kw..], kw, wb, ini);
+                    store_row(c, n, r, col0, cols, &t[0]);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// `R` rows × 16 outputs over the whole reduction. `a` holds rows of `kw` words
+    /// (two u16 values each), `w` one block (`kw` × 32 i16).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn tile_avx2<const R: usize>(a: &[i32], kw: usize, w: &[i16], init: &[i32; NR]) -> [[i32; NR]; R] {
+        assert!(a.len() >= (R - 1) * kw + kw && w.len() >= kw * NR * 2);
+        let (ap, wp) = (a.as_ptr(), w.as_ptr());
+        // SAFETY: init has 16 i32 = two 256-bit vectors; unaligned loads.
+        let i0 = unsafe { _mm256_loadu_si256(init.as_ptr() as *const __m256i) };
+        let i1 = unsafe { _mm256_loadu_si256(init.as_ptr().add(8) as *const __m256i) };
+        let mut acc = [[i0, i1]; R];
+        for g in 0..kw {
+            // SAFETY: g < kw, so w[32g .. 32g+32] and a[r·kw + g] (r < R) are in
+            // bounds by the assertion above.
+            let (w0, w1) = unsafe {
+                (
+                    _mm256_loadu_si256(wp.add(g * 32) as *const __m256i),
+                    _mm256_loadu_si256(wp.add(g * 32 + 16) as *const __m256i),
+                )
+            };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm256_set1_epi32(unsafe { *ap.add(r * kw + g) });
+                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(x, w0));
+                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(x, w1));
+            }
+        }
+        let mut out = [[0i32; NR]; R];
+        for (o, acc) in out.iter_mut().zip(acc) {
+            // SAFETY: o is 16 i32 = two 256-bit vectors; unaligned stores.
+            unsafe {
+                _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, acc[0]);
+                _mm256_storeu_si256(o.as_mut_ptr().add(8) as *mut __m256i, acc[1]);
+            }
+        }
+        out
+    }
+
+    /// AVX-512 VNNI driver: for each 16-output block, rows in tiles of 8, remainders
+    /// with split accumulators so a single row is not latency-bound.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) fn gemm_vnni(a: &[i32], m: usize, kw: usize, w: &[i8], n: usize, init: &[i32], c: &mut [i32]) {
+        let bw = kw * NR * 4; // bytes per block
+        assert!(w.len() >= n.div_ceil(NR) * bw && a.len() >= m * kw);
+        for blk in 0..n.div_ceil(NR) {
+            let wb = &w[blk * bw..(blk + 1) * bw];
+            let col0 = blk * NR;
+            let cols = NR.min(n - col0);
+            let ini: &[i32; NR] = init[col0..col0 + NR].try_into().unwrap();
+            let mut r = 0;
+            while r + 8 <= m {
+                let t = tile_vnni::<8, 1>(&a[r * kw..], kw, wb, ini);
+                (0..8).for_each(|i| store_row(c, n, r + i, col0, cols, &t[i]));
+                r += 8;
+            }
+            while r + 4 <= m {
+                let t = tile_vnni::<4, 1>(&a[r * kw..], kw, wb, ini);
+                (0..4).for_each(|i| store_row(c, n, r + i, col0, cols, &t[i]));
+                r += 4;
+            }
+            match m - r {
+                3 => {
+                    let t = tile_vnni::<3, 2>(&a[r * kw..], kw, wb, ini);
+                    (0..3).for_each(|i| store_row(c, n, r + i, col0, cols, &t[i]));
+                }
+                2 => {
+                    let t = tile_vnni::<2, 2>(&a[r * kw..], kw, wb, ini);
+                    (0..2).for_each(|i| store_row(c, n, r + i, col0, cols, &t[i]));
+                }
+                1 => {
+                    let t = tile_vnni::<1, 4>(&a[r * kw..], kw, wb, ini);
+                    store_row(c, n, r, col0, cols, &t[0]);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// `R` rows × 16 outputs, each row with `S` accumulators taking every `S`-th
+    /// group of 4 k (summed at the end; i32 addition is exact modulo 2^32, so the
+    /// order does not matter). `a` holds rows of `kw` words of 4 u8, `w` one block
+    /// (`kw` × 64 i8).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[inline]
+    fn tile_vnni<const R: usize, const S: usize>(a: &[i32], kw: usize, w: &[i8], init: &[i32; NR]) -> [[i32; NR]; R] {
+        assert!(a.len() >= (R - 1) * kw + kw && w.len() >= kw * NR * 4);
+        let (ap, wp) = (a.as_ptr(), w.as_ptr());
+        let zero = _mm512_setzero_si512();
+        let mut acc = [[zero; S]; R];
+        let mut g = 0;
+        while g + S <= kw {
+            for s in 0..S {
+                // SAFETY: g + s < kw: w[64(g+s) .. +64] and a[r·kw + g + s] are in bounds.
+                let wv = unsafe { _mm512_loadu_si512(wp.add((g + s) * 64) as *const __m512i) };
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_epi32(unsafe { *ap.add(r * kw + g + s) });
+                    acc[s] = _mm512_dpbusd_epi32(acc[s], x, wv);
+                }
+            }
+            g += S;
+        }
+        while g < kw {
+            // SAFETY: g < kw, as above.
+            let wv = unsafe { _mm512_loadu_si512(wp.add(g * 64) as *const __m512i) };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_epi32(unsafe { *ap.add(r * kw + g) });
+                acc[0] = _mm512_dpbusd_epi32(acc[0], x, wv);
+            }
+            g += 1;
+        }
+        // SAFETY: init is 16 i32 = one 512-bit vector.
+        let iv = unsafe { _mm512_loadu_si512(init.as_ptr() as *const __m512i) };
+        let mut out = [[0i32; NR]; R];
+        for (o, acc) in out.iter_mut().zip(acc) {
+            let sum = acc.iter().fold(iv, |t, &v| _mm512_add_epi32(t, v));
+            // SAFETY: o is 16 i32 = one 512-bit vector.
+            unsafe { _mm512_storeu_si512(o.as_mut_ptr() as *mut __m512i, sum) };
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Layers
+// ---------------------------------------------------------------------------------
+
+/// What a layer does with its accumulators, shared by Linear and Conv2d.
+#[derive(Clone, Debug)]
+struct Epilogue {
+    /// `bias_i32[o] − zx·Σ_k w[o,k]`, padded to whole 16-blocks: the kernels start
+    /// their accumulators here.
+    init: Vec<i32>,
+    /// Per output channel: `sx·sw[o]` (f32 output).
+    acc_scale: Vec<f32>,
+    /// Per output channel: requantization to the output scale (u8 output).
+    requant: Vec<Requant>,
+    output: Option<QParams>,
+    relu: bool,
+}
+
+impl Epilogue {
+    fn new(b: &PackedMatrix, w_scales: &[f32], bias: Option<&[f32]>, input: QParams, output: Option<QParams>, relu: bool) -> Epilogue {
+        let n = b.n;
+        assert_eq!(w_scales.len(), n, "w_scales must have one scale per output");
+        assert!(input.scale > 0.0 && input.scale.is_finite(), "input scale must be positive");
+        assert!((0..=255).contains(&input.zero_point), "input zero point must be in 0..=255");
+        assert!(w_scales.iter().all(|s| *s > 0.0 && s.is_finite()), "weight scales must be positive");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), n, "bias must have one value per output");
+        }
+        let acc_scale: Vec<f32> = w_scales.iter().map(|&s| input.scale * s).collect();
+        let mut init = vec![0i32; blocks(n) * NR];
+        for o in 0..n {
+            let bias_q = bias.map_or(0, |b| (b[o] as f64 / (input.scale as f64 * w_scales[o] as f64)).round() as i32);
+            init[o] = bias_q.wrapping_sub(input.zero_point.wrapping_mul(b.row_sums[o]));
+        }
+        let requant = match output {
+            Some(qp) => {
+                assert!(qp.scale > 0.0 && qp.scale.is_finite(), "output scale must be positive");
+                assert!((0..=255).contains(&qp.zero_point), "output zero point must be in 0..=255");
+                w_scales.iter().map(|&s| Requant::from_real(input.scale as f64 * s as f64 / qp.scale as f64)).collect()
+            }
+            None => Vec::new(),
+        };
+        Epilogue { init, acc_scale, requant, output, relu }
+    }
+
+    /// Requantize accumulator `acc` of channel `o`.
+    #[inline]
+    fn to_u8(&self, zp: i32, lo: i32, o: usize, acc: i32) -> u8 {
+        (zp + self.requant[o].apply(acc)).clamp(lo, 255) as u8
+    }
+
+    fn output_qp(&self) -> (i32, i32) {
+        let qp = self.output.expect("forward_u8 needs output QParams (layer was built with output: None)");
+        let lo = if self.relu { qp.zero_point } else { 0 };
+        (qp.zero_point, lo)
+    }
+
+    #[inline]
+    fn to_f32(&self, o: usize, acc: i32) -> f32 {
+        let v = self.acc_scale[o] * acc as f32;
+        if self.relu { v.max(0.0) } else { v }
+    }
+}
+
+/// A Linear layer (`y = x·Wᵀ + b`) prepared for integer inference.
+#[derive(Clone, Debug)]
+pub struct QuantizedLinear {
+    weights: PackedMatrix,
+    epi: Epilogue,
+}
+
+impl QuantizedLinear {
+    /// Prepare a Linear layer.
+    ///
+    /// - `w`: `[out_features, in_features]` row-major i8 (symmetric, `real = w_scales[o]·q`);
+    /// - `bias`: optional `[out_features]` f32, quantized to i32 at scale
+    ///   `input.scale·w_scales[o]` (rounded half away from zero);
+    /// - `input`: quantization of `x`;
+    /// - `output`: `Some(qp)` → [`forward_u8`](Self::forward_u8) requantizes to `qp`;
+    ///   `None` → only [`forward_f32`](Self::forward_f32) (e.g. logits);
+    /// - `relu`: fused ReLU (u8 output clamped at the output zero point, f32 at 0).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        w: &[i8],
+        w_scales: &[f32],
+        out_features: usize,
+        in_features: usize,
+        bias: Option<&[f32]>,
+        input: QParams,
+        output: Option<QParams>,
+        relu: bool,
+    ) -> QuantizedLinear {
+        let weights = PackedMatrix::new(w, out_features, in_features);
+        let epi = Epilogue::new(&weights, w_scales, bias, input, output, relu);
+        QuantizedLinear { weights, epi }
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.weights.k
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weights.n
+    }
+
+    /// Accumulators `[batch × out]` (bias and zero point included) into the tail of
+    /// `scratch`; returns the offset where they start.
+    fn accumulate(&self, x: &[u8], batch: usize, scratch: &mut Vec<i32>) -> usize {
+        let k = self.weights.k;
+        assert_eq!(x.len(), batch * k, "x must be batch*in_features");
+        let kernel = self.weights.effective_kernel();
+        let (a, c) = split_scratch(scratch, kernel, batch, &self.weights);
+        pack_rows(kernel.elems_per_word(), x, batch, k, a);
+        gemm_packed(kernel, a, batch, &self.weights, &self.epi.init, c);
+        a.len()
+    }
+
+    /// `x`: `[batch, in]` u8 → `y`: `[batch, out]` u8 at the output QParams (panics
+    /// if the layer was built with `output: None`). `scratch` is grown as needed.
+    pub fn forward_u8(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Vec<i32>) {
+        let n = self.weights.n;
+        assert_eq!(y.len(), batch * n, "y must be batch*out_features");
+        let (zp, lo) = self.epi.output_qp();
+        let off = self.accumulate(x, batch, scratch);
+        let c = &scratch[off..off + batch * n];
+        for (yr, cr) in y.chunks_exact_mut(n).zip(c.chunks_exact(n)) {
+            for (o, (y, &acc)) in yr.iter_mut().zip(cr).enumerate() {
+                *y = self.epi.to_u8(zp, lo, o, acc);
+            }
+        }
+    }
+
+    /// `x`: `[batch, in]` u8 → `y`: `[batch, out]` f32, `y = input.scale·w_scales[o]·acc`
+    /// (dequantized accumulators, bias included; ReLU at 0 if fused). Works whether or
+    /// not the layer has output QParams.
+    pub fn forward_f32(&self, x: &[u8], batch: usize, y: &mut [f32], scratch: &mut Vec<i32>) {
+        let n = self.weights.n;
+        assert_eq!(y.len(), batch * n, "y must be batch*out_features");
+        let off = self.accumulate(x, batch, scratch);
+        let c = &scratch[off..off + batch * n];
+        for (yr, cr) in y.chunks_exact_mut(n).zip(c.chunks_exact(n)) {
+            for (o, (y, &acc)) in yr.iter_mut().zip(cr).enumerate() {
+                *y = self.epi.to_f32(o, acc);
+            }
+        }
+    }
+}
+
+/// A 2-D convolution (square kernel, stride, zero padding) prepared for integer
+/// inference. Samples are `[C, H, W]` u8, outputs `[OC, OH, OW]`. Padding uses the
+/// input zero point, so it stands for real 0.0. Runs as im2col (`[OH·OW, C·k·k]`
+/// rows) times the weights, written back transposed.
+#[derive(Clone, Debug)]
+pub struct QuantizedConv2d {
+    weights: PackedMatrix,
+    epi: Epilogue,
+    in_channels: usize,
+    height: usize,
+    width: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    out_h: usize,
+    out_w: usize,
+    pad_value: u8,
+}
+
+impl QuantizedConv2d {
+    /// Prepare a Conv2d layer: `w` is `[out_channels, in_channels, kernel, kernel]` i8,
+    /// one scale per output channel; `bias`, `input`, `output`, `relu` as in
+    /// [`QuantizedLinear::new`]; the input sample shape is `[in_channels, height, width]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        w: &[i8],
+        w_scales: &[f32],
+        out_channels: usize,
+        in_channels: usize,
+        height: usize,
+        width: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: Option<&[f32]>,
+        input: QParams,
+        output: Option<QParams>,
+        relu: bool,
+    ) -> QuantizedConv2d {
+        assert!(kernel > 0 && stride > 0, "kernel and stride must be positive");
+        assert!(height + 2 * padding >= kernel && width + 2 * padding >= kernel, "kernel larger than padded input");
+        let out_h = (height + 2 * padding - kernel) / stride + 1;
+        let out_w = (width + 2 * padding - kernel) / stride + 1;
+        let weights = PackedMatrix::new(w, out_channels, in_channels * kernel * kernel);
+        let epi = Epilogue::new(&weights, w_scales, bias, input, output, relu);
+        QuantizedConv2d {
+            weights,
+            epi,
+            in_channels,
+            height,
+            width,
+            kernel,
+            stride,
+            padding,
+            out_h,
+            out_w,
+            pad_value: input.zero_point as u8,
+        }
+    }
+
+    /// Output shape per sample: `[out_channels, out_h, out_w]`.
+    pub fn output_shape(&self) -> [usize; 3] {
+        [self.weights.n, self.out_h, self.out_w]
+    }
+
+    /// Values per input sample (`C·H·W`).
+    pub fn input_len(&self) -> usize {
+        self.in_channels * self.height * self.width
+    }
+
+    /// Accumulators `[OH·OW × OC]` of one sample into scratch; returns their offset.
+    fn accumulate(&self, x: &[u8], scratch: &mut Vec<i32>) -> usize {
+        let kernel = self.weights.effective_kernel();
+        let e = kernel.elems_per_word();
+        let p = self.out_h * self.out_w;
+        let kk_len = self.weights.k;
+        let (a, c) = split_scratch(scratch, kernel, p, &self.weights);
+        let kw = kk_len.div_ceil(e);
+        a.fill(0);
+        let (h, w, k, s, pad) = (self.height as isize, self.width as isize, self.kernel, self.stride, self.padding as isize);
+        for oy in 0..self.out_h {
+            for ox in 0..self.out_w {
+                let row = &mut a[(oy * self.out_w + ox) * kw..][..kw];
+                let mut kk = 0;
+                for ch in 0..self.in_channels {
+                    let plane = &x[ch * self.height * self.width..][..self.height * self.width];
+                    for ki in 0..k {
+                        let iy = (oy * s + ki) as isize - pad;
+                        for kj in 0..k {
+                            let ix = (ox * s + kj) as isize - pad;
+                            let v = if iy >= 0 && iy < h && ix >= 0 && ix < w {
+                                plane[(iy * w + ix) as usize]
+                            } else {
+                                self.pad_value
+                            };
+                            put_packed(e, row, kk, v);
+                            kk += 1;
+                        }
+                    }
+                }
+            }
+        }
+        gemm_packed(kernel, a, p, &self.weights, &self.epi.init, c);
+        a.len()
+    }
+
+    /// `x`: `batch` samples `[C, H, W]` u8 → `y`: `batch` × `[OC, OH, OW]` u8 at the
+    /// output QParams (panics if built with `output: None`).
+    pub fn forward_u8(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Vec<i32>) {
+        let (zp, lo) = self.epi.output_qp();
+        self.forward_with(x, batch, y, scratch, |o, acc| self.epi.to_u8(zp, lo, o, acc));
+    }
+
+    /// `x`: `batch` samples `[C, H, W]` u8 → `y`: `batch` × `[OC, OH, OW]` f32,
+    /// `y = input.scale·w_scales[oc]·acc` (bias included, ReLU at 0 if fused).
+    pub fn forward_f32(&self, x: &[u8], batch: usize, y: &mut [f32], scratch: &mut Vec<i32>) {
+        self.forward_with(x, batch, y, scratch, |o, acc| self.epi.to_f32(o, acc));
+    }
+
+    fn forward_with<T>(&self, x: &[u8], batch: usize, y: &mut [T], scratch: &mut Vec<i32>, f: impl Fn(usize, i32) -> T) {
+        let (n, p) = (self.weights.n, self.out_h * self.out_w);
+        let in_len = self.input_len();
+        assert_eq!(x.len(), batch * in_len, "x must be batch*C*H*W");
+        assert_eq!(y.len(), batch * n * p, "y must be batch*OC*OH*OW");
+        for (xs, ys) in x.chunks_exact(in_len.max(1)).zip(y.chunks_exact_mut((n * p).max(1))) {
+            let off = self.accumulate(xs, scratch);
+            let c = &scratch[off..off + p * n];
+            for (pos, cr) in c.chunks_exact(n).enumerate() {
+                for (o, &acc) in cr.iter().enumerate() {
+                    ys[o * p + pos] = f(o, acc);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// u8 data with extremes: a third 0/255, the rest uniform.
+    fn rand_u8(rng: &mut Rng, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| match rng.below(6) {
+                0 => 0,
+                1 => 255,
+                _ => rng.below(256) as u8,
+            })
+            .collect()
+    }
+
+    /// i8 data with extremes -128/127 included.
+    fn rand_i8(rng: &mut Rng, len: usize) -> Vec<i8> {
+        (0..len)
+            .map(|_| match rng.below(6) {
+                0 => -128,
+                1 => 127,
+                _ => (rng.below(256) as i32 - 128) as i8,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_kernel_matches_reference_bit_for_bit() {
+        let mut rng = Rng::new(42);
+        let kernels = Kernel::available();
+        assert!(kernels.contains(&Kernel::Scalar));
+        let mut scratch = Vec::new();
+        for &m in &[1, 3, 17, 256] {
+            for &n in &[1, 10, 15, 64, 100] {
+                for &k in &[1, 5, 25, 63, 784] {
+                    let a = rand_u8(&mut rng, m * k);
+                    let b = rand_i8(&mut rng, n * k);
+                    let mut want = vec![0; m * n];
+                    matmul_u8_i8_reference(&a, &b, m, n, k, &mut want);
+                    for &kern in &kernels {
+                        let p = PackedMatrix::with_kernel(&b, n, k, kern);
+                        let mut got = vec![0; m * n];
+                        matmul_u8_i8(&a, m, &p, &mut got, &mut scratch);
+                        assert_eq!(got, want, "{} m={m} n={n} k={k}", kern.name());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn worst_case_sums_are_exact() {
+        // All 255 × -128 and 255 × 127: the largest magnitudes, no saturation allowed.
+        for &(k, wv) in &[(784usize, -128i8), (784, 127), (4099, -128)] {
+            let (m, n) = (5, 17);
+            let a = vec![255u8; m * k];
+            let b = vec![wv; n * k];
+            let mut want = vec![0; m * n];
+            matmul_u8_i8_reference(&a, &b, m, n, k, &mut want);
+            assert_eq!(want[0], 255 * wv as i32 * k as i32);
+            for kern in Kernel::available() {
+                let p = PackedMatrix::with_kernel(&b, n, k, kern);
+                let mut got = vec![0; m * n];
+                matmul_u8_i8(&a, m, &p, &mut got, &mut Vec::new());
+                assert_eq!(got, want, "{}", kern.name());
+            }
+        }
+    }
+
+    /// The VNNI kernel cannot run on a CPU without AVX-512; check its packed layouts
+    /// (weights and 4-byte activation words) with a scalar emulation of the kernel's
+    /// loop instead, lane by lane as `vpdpbusd` computes it.
+    #[test]
+    fn vnni_layout_emulated() {
+        let mut rng = Rng::new(3);
+        for &(m, n, k) in &[(3, 10, 5), (17, 64, 63), (1, 100, 784), (2, 15, 1)] {
+            let a = rand_u8(&mut rng, m * k);
+            let b = rand_i8(&mut rng, n * k);
+            let mut want = vec![0; m * n];
+            matmul_u8_i8_reference(&a, &b, m, n, k, &mut want);
+            let kw = k.div_ceil(4);
+            let w = pack_vnni(&b, n, k);
+            let mut ap = vec![0i32; m * kw];
+            pack_rows(4, &a, m, k, &mut ap);
+            for r in 0..m {
+                for blk in 0..blocks(n) {
+                    let mut acc = [0i32; NR];
+                    for g in 0..kw {
+                        let x = ap[r * kw + g].to_le_bytes();
+                        for (lane, acc) in acc.iter_mut().enumerate() {
+                            for t in 0..4 {
+                                let wv = w[((blk * kw + g) * NR + lane) * 4 + t];
+                                *acc += x[t] as i32 * wv as i32;
+                            }
+                        }
+                    }
+                    for lane in 0..NR.min(n - blk * NR) {
+                        assert_eq!(acc[lane], want[r * n + blk * NR + lane]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn force_scalar_switches_kernel_name() {
+        // Only this test touches the global flag; the others pick kernels explicitly.
+        let detected = Kernel::detect().name();
+        set_force_scalar(true);
+        assert_eq!(kernel_name(), "scalar");
+        set_force_scalar(false);
+        assert_eq!(kernel_name(), detected);
+    }
+
+    #[test]
+    fn requant_matches_real_rounding() {
+        let mut rng = Rng::new(9);
+        for &m in &[1e-9, 0.000_123, 0.003_921_568_6, 0.25, 0.5, 0.999_999, 1.0, 1.5, 3.7, 100.0, 255.9] {
+            let rq = Requant::from_real(m);
+            assert!((rq.to_real() - m).abs() <= m * 2f64.powi(-30), "{m} -> {}", rq.to_real());
+            for i in 0..2000 {
+                let acc = match i {
+                    0 => i32::MAX,
+                    1 => i32::MIN,
+                    2 => 0,
+                    _ => (rng.next_u64() as i32) >> rng.below(31),
+                };
+                // Exact rational rounding in i128: p / 2^shift, ties away from zero.
+                let p = acc as i128 * rq.multiplier() as i128;
+                let d = 1i128 << rq.shift();
+                let (q, rem) = (p.div_euclid(d), p.rem_euclid(d));
+                let up = 2 * rem > d || (2 * rem == d && p > 0);
+                let want = (q + up as i128).clamp(i32::MIN as i128, i32::MAX as i128) as i32;
+                assert_eq!(rq.apply(acc), want, "m={m} acc={acc}");
+                // And against the requested multiplier: within one step.
+                let approx = (acc as f64 * m).clamp(i32::MIN as f64, i32::MAX as f64);
+                assert!((rq.apply(acc) as f64 - approx).abs() <= 1.0 + approx.abs() * 1e-9);
+            }
+        }
+        // Ties go away from zero.
+        let half = Requant::from_real(0.5);
+        assert_eq!((half.apply(1), half.apply(-1), half.apply(3), half.apply(-3)), (1, -1, 2, -2));
+        assert_eq!(Requant::from_real(0.0).apply(12345), 0);
+    }
+
+    #[test]
+    fn quantize_roundtrip_and_rounding() {
+        let qp = QParams { scale: 0.1, zero_point: 100 };
+        let x = [0.0, 0.05, -0.05, 0.149, 1.0, -10.0, -11.0, 15.5, 16.0, 1e9, -1e9, f32::NAN];
+        let mut q = [0u8; 12];
+        quantize_u8(&x, qp, &mut q);
+        for (i, (&v, &got)) in x.iter().zip(&q).enumerate() {
+            let want = if v.is_nan() { 100 } else { ((v / qp.scale).round() as i64 + 100).clamp(0, 255) as u8 };
+            assert_eq!(got, want, "x[{i}] = {v}");
+        }
+        let mut back = [0f32; 12];
+        dequantize_u8(&q, qp, &mut back);
+        assert_eq!(back[0], 0.0);
+        assert!((back[4] - 1.0).abs() < 1e-6);
+    }
+
+    fn qp_of(v: &[f32]) -> QParams {
+        let (lo, hi) = v.iter().fold((0f32, 0f32), |(l, h), &x| (l.min(x), h.max(x)));
+        QParams::from_range(lo, hi)
+    }
+
+    /// Random layer data: u8 input, symmetric i8 weights (-127..=127) with scales, bias.
+    struct LayerData {
+        x: Vec<u8>,
+        xq: QParams,
+        w: Vec<i8>,
+        ws: Vec<f32>,
+        bias: Vec<f32>,
+    }
+
+    fn layer_data(rng: &mut Rng, batch_len: usize, n: usize, k: usize) -> LayerData {
+        let x = rand_u8(rng, batch_len);
+        let xq = QParams { scale: 0.02, zero_point: 37 };
+        let w = (0..n * k).map(|_| (rng.below(255) as i32 - 127) as i8).collect();
+        let ws = (0..n).map(|_| 0.001 + 0.01 * rng.next_f32()).collect();
+        let bias = (0..n).map(|_| rng.uniform(1.0)).collect();
+        LayerData { x, xq, w, ws, bias }
+    }
+
+    /// Compare integer outputs with a float computation of the same quantized values.
+    fn check_u8_and_f32(float_y: &[f32], oc_of: impl Fn(usize) -> usize, relu: bool, yq: QParams, got_u8: &[u8], got_f32: &[f32], d: &LayerData) {
+        let yf: Vec<f32> = float_y.iter().map(|&v| if relu { v.max(0.0) } else { v }).collect();
+        let mut want = vec![0u8; yf.len()];
+        quantize_u8(&yf, yq, &mut want);
+        for (i, (&g, &w)) in got_u8.iter().zip(&want).enumerate() {
+            assert!((g as i32 - w as i32).abs() <= 1, "u8 out {i}: got {g}, float says {w}");
+        }
+        for (i, (&g, &w)) in got_f32.iter().zip(&yf).enumerate() {
+            // Only the bias is rounded (half an accumulator step) plus f32 error.
+            let tol = 0.5 * d.xq.scale * d.ws[oc_of(i)] + 1e-4 * (1.0 + w.abs());
+            assert!((g - w).abs() <= tol, "f32 out {i}: got {g}, float says {w}");
+        }
+    }
+
+    #[test]
+    fn linear_agrees_with_float() {
+        let mut rng = Rng::new(5);
+        for &(batch, n, k, relu) in &[(1, 64, 784, true), (3, 10, 64, false), (17, 15, 5, true), (256, 100, 63, false)] {
+            let d = layer_data(&mut rng, batch * k, n, k);
+            let mut xf = vec![0f32; d.x.len()];
+            dequantize_u8(&d.x, d.xq, &mut xf);
+            let mut yf = vec![0f32; batch * n];
+            for r in 0..batch {
+                for o in 0..n {
+                    let s: f64 = (0..k).map(|kk| xf[r * k + kk] as f64 * (d.w[o * k + kk] as f64 * d.ws[o] as f64)).sum();
+                    yf[r * n + o] = (s + d.bias[o] as f64) as f32;
+                }
+            }
+            let yq = qp_of(&yf);
+            let layer = QuantizedLinear::new(&d.w, &d.ws, n, k, Some(&d.bias), d.xq, Some(yq), relu);
+            let (mut yu, mut yo) = (vec![0u8; batch * n], vec![0f32; batch * n]);
+            let mut scratch = Vec::new();
+            layer.forward_u8(&d.x, batch, &mut yu, &mut scratch);
+            layer.forward_f32(&d.x, batch, &mut yo, &mut scratch);
+            check_u8_and_f32(&yf, |i| i % n, relu, yq, &yu, &yo, &d);
+        }
+    }
+
+    #[test]
+    fn conv_agrees_with_naive_float_conv() {
+        let mut rng = Rng::new(6);
+        // (batch, ic, oc, h, w, kernel, stride, padding, relu)
+        let cases = [(2, 1, 8, 28, 28, 5, 1, 2, true), (1, 3, 10, 9, 7, 3, 2, 1, false), (3, 4, 17, 6, 6, 3, 1, 0, true), (1, 2, 1, 5, 5, 1, 1, 0, false)];
+        for &(batch, ic, oc, h, w, kk, s, pad, relu) in &cases {
+            let k = ic * kk * kk;
+            let d = layer_data(&mut rng, batch * ic * h * w, oc, k);
+            let (oh, ow) = ((h + 2 * pad - kk) / s + 1, (w + 2 * pad - kk) / s + 1);
+            let mut xf = vec![0f32; d.x.len()];
+            dequantize_u8(&d.x, d.xq, &mut xf);
+            let mut yf = vec![0f32; batch * oc * oh * ow];
+            for b in 0..batch {
+                for o in 0..oc {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let mut sum = d.bias[o] as f64;
+                            for c in 0..ic {
+                                for ki in 0..kk {
+                                    for kj in 0..kk {
+                                        let (iy, ix) = ((oy * s + ki) as isize - pad as isize, (ox * s + kj) as isize - pad as isize);
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                            continue;
+                                        }
+                                        let xv = xf[((b * ic + c) * h + iy as usize) * w + ix as usize] as f64;
+                                        let wv = d.w[((o * ic + c) * kk + ki) * kk + kj] as f64 * d.ws[o] as f64;
+                                        sum += xv * wv;
+                                    }
+                                }
+                            }
+                            yf[((b * oc + o) * oh + oy) * ow + ox] = sum as f32;
+                        }
+                    }
+                }
+            }
+            let yq = qp_of(&yf);
+            let conv = QuantizedConv2d::new(&d.w, &d.ws, oc, ic, h, w, kk, s, pad, Some(&d.bias), d.xq, Some(yq), relu);
+            assert_eq!(conv.output_shape(), [oc, oh, ow]);
+            let (mut yu, mut yo) = (vec![0u8; yf.len()], vec![0f32; yf.len()]);
+            let mut scratch = Vec::new();
+            conv.forward_u8(&d.x, batch, &mut yu, &mut scratch);
+            conv.forward_f32(&d.x, batch, &mut yo, &mut scratch);
+            check_u8_and_f32(&yf, |i| (i / (oh * ow)) % oc, relu, yq, &yu, &yo, &d);
+        }
+    }
+
+    /// The conv's SIMD path (activation words built by `put_packed`) against the
+    /// scalar one for every available kernel: bit-identical u8 outputs.
+    #[test]
+    fn conv_kernels_bit_identical() {
+        let mut rng = Rng::new(8);
+        let (ic, oc, h, w, kk) = (3, 20, 11, 9, 3);
+        let d = layer_data(&mut rng, ic * h * w, oc, ic * kk * kk);
+        let yq = QParams { scale: 0.05, zero_point: 120 };
+        let mut outs = Vec::new();
+        for kern in Kernel::available() {
+            let mut conv = QuantizedConv2d::new(&d.w, &d.ws, oc, ic, h, w, kk, 2, 1, Some(&d.bias), d.xq, Some(yq), false);
+            conv.weights = PackedMatrix::with_kernel(&d.w, oc, ic * kk * kk, kern);
+            let mut y = vec![0u8; oc * 6 * 5];
+            conv.forward_u8(&d.x, 1, &mut y, &mut Vec::new());
+            outs.push(y);
+        }
+        assert!(outs.windows(2).all(|p| p[0] == p[1]));
+    }
+
+    /// Speed of the seed MLP (784→64 ReLU → 64→10), single thread and 2 threads.
+    /// Run: `cargo test --release --lib int8::tests::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_mlp() {
+        use std::time::Instant;
+        let mut rng = Rng::new(1);
+        let xq = QParams { scale: 1.0 / 255.0, zero_point: 0 };
+        let hq = QParams { scale: 0.05, zero_point: 0 };
+        let w1 = rand_i8(&mut rng, 64 * 784);
+        let w2 = rand_i8(&mut rng, 10 * 64);
+        let l1 = QuantizedLinear::new(&w1, &[0.002; 64], 64, 784, Some(&[0.1; 64]), xq, Some(hq), true);
+        let l2 = QuantizedLinear::new(&w2, &[0.01; 10], 10, 64, Some(&[0.0; 10]), hq, None, false);
+        let run = |x: &[u8], batch: usize, h: &mut Vec<u8>, y: &mut Vec<f32>, s: &mut Vec<i32>| {
+            l1.forward_u8(x, batch, h, s);
+            l2.forward_f32(h, batch, y, s);
+        };
+        println!("kernel: {}", kernel_name());
+        for &batch in &[1usize, 256] {
+            let x = rand_u8(&mut rng, batch * 784);
+            let (mut h, mut y, mut s) = (vec![0u8; batch * 64], vec![0f32; batch * 10], Vec::new());
+            let iters = if batch == 1 { 200_000 } else { 2_000 };
+            for _ in 0..iters / 10 {
+                run(&x, batch, &mut h, &mut y, &mut s);
+            }
+            let t = Instant::now();
+            for _ in 0..iters {
+                run(&x, batch, &mut h, &mut y, &mut s);
+            }
+            let per = t.elapsed().as_secs_f64() / iters as f64;
+            println!("batch {batch}: {:.3} µs per call, {:.2} M images/s (1 thread)", per * 1e6, batch as f64 / per / 1e6);
+            // The first layer alone.
+            let t = Instant::now();
+            for _ in 0..iters {
+                l1.forward_u8(&x, batch, &mut h, &mut s);
+            }
+            let per1 = t.elapsed().as_secs_f64() / iters as f64;
+            println!("  layer 784→64 alone: {:.3} µs", per1 * 1e6);
+        }
+        // Two threads, each running batches of 256.
+        let batch = 256;
+        let x = rand_u8(&mut rng, batch * 784);
+        let iters = 2_000;
+        let t = Instant::now();
+        std::thread::scope(|sc| {
+            for _ in 0..2 {
+                sc.spawn(|| {
+                    let (mut h, mut y, mut s) = (vec![0u8; batch * 64], vec![0f32; batch * 10], Vec::new());
+                    for _ in 0..iters {
+                        run(&x, batch, &mut h, &mut y, &mut s);
+                    }
+                });
+            }
+        });
+        let el = t.elapsed().as_secs_f64();
+        println!("2 threads, batch 256: {:.2} M images/s", (2 * iters * batch) as f64 / el / 1e6);
+        // Scalar for comparison.
+        set_force_scalar(true);
+        let t = Instant::now();
+        let (mut h, mut y, mut s) = (vec![0u8; batch * 64], vec![0f32; batch * 10], Vec::new());
+        for _ in 0..50 {
+            run(&x, batch, &mut h, &mut y, &mut s);
+        }
+        set_force_scalar(false);
+        println!("scalar, batch 256: {:.2} M images/s", (50 * batch) as f64 / t.elapsed().as_secs_f64() / 1e6);
+    }
+}
