@@ -374,25 +374,21 @@ impl Plan {
                     }
                 }
                 Kernel::LinearI8(l) => {
-                    let xs = &ws.q[xi][..n * xl];
                     match self.slots[o].repr {
                         Repr::U8(_) => {
-                            let mut y = std::mem::take(&mut ws.q[o]);
-                            l.forward_u8(xs, n, &mut y[..n * ol], &mut ws.acc);
-                            ws.q[o] = y;
+                            let (xs, y) = pair(&mut ws.q, xi, o);
+                            l.forward_u8(&xs[..n * xl], n, &mut y[..n * ol], &mut ws.acc);
                         }
-                        Repr::F32 => l.forward_f32(xs, n, &mut ws.f[o][..n * ol], &mut ws.acc),
+                        Repr::F32 => l.forward_f32(&ws.q[xi][..n * xl], n, &mut ws.f[o][..n * ol], &mut ws.acc),
                     }
                 }
                 Kernel::ConvI8(c) => {
-                    let xs = &ws.q[xi][..n * xl];
                     match self.slots[o].repr {
                         Repr::U8(_) => {
-                            let mut y = std::mem::take(&mut ws.q[o]);
-                            c.forward_u8(xs, n, &mut y[..n * ol], &mut ws.acc);
-                            ws.q[o] = y;
+                            let (xs, y) = pair(&mut ws.q, xi, o);
+                            c.forward_u8(&xs[..n * xl], n, &mut y[..n * ol], &mut ws.acc);
                         }
-                        Repr::F32 => c.forward_f32(xs, n, &mut ws.f[o][..n * ol], &mut ws.acc),
+                        Repr::F32 => c.forward_f32(&ws.q[xi][..n * xl], n, &mut ws.f[o][..n * ol], &mut ws.acc),
                     }
                 }
                 Kernel::MaxPool(g) => match self.slots[o].repr {
