@@ -575,3 +575,121 @@ pub fn throughput(plan: &Plan, images: &[f32], batch: usize, threads: usize, min
     }
     Ok(done as f64 / start.elapsed().as_secs_f64())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use crate::spec::{Node, QParams};
+
+    fn lin(i: usize, o: usize) -> Op {
+        Op::Linear { in_features: i, out_features: o, bias: true }
+    }
+
+    fn weights(graph: &Graph, rng: &mut Rng) -> HashMap<String, Vec<f32>> {
+        graph.parameters().iter().map(|p| (p.name.clone(), (0..p.numel()).map(|_| rng.uniform(0.5)).collect())).collect()
+    }
+
+    /// y = W2·relu(W1·x + b1) + b2 by hand.
+    fn reference(w: &HashMap<String, Vec<f32>>, x: &[f32]) -> Vec<f32> {
+        let layer = |name: &str, x: &[f32], outf: usize| -> Vec<f32> {
+            let (wt, b) = (&w[&format!("{name}.weight")], &w[&format!("{name}.bias")]);
+            (0..outf).map(|o| b[o] + x.iter().enumerate().map(|(i, v)| v * wt[o * x.len() + i]).sum::<f32>()).collect()
+        };
+        let h: Vec<f32> = layer("fc1", x, 7).into_iter().map(|v| v.max(0.0)).collect();
+        layer("fc2", &h, 3)
+    }
+
+    fn mlp() -> Graph {
+        Graph::chain(vec![5], vec![("fc1", lin(5, 7)), ("relu", Op::Relu), ("fc2", lin(7, 3))])
+    }
+
+    #[test]
+    fn f32_plan_matches_a_hand_computation() {
+        let g = mlp();
+        let mut rng = Rng::new(1);
+        let w = weights(&g, &mut rng);
+        let plan = Plan::new(&g, w.iter().map(|(k, v)| (k.clone(), Weights::F32(v.clone()))).collect(), &QuantPlan::default()).unwrap();
+        assert_eq!(plan.kernel_description(), "f32-dense");
+        let x: Vec<f32> = (0..4 * 5).map(|_| rng.next_f32()).collect();
+        let mut ws = Workspace::default();
+        let y = plan.run(&x, 4, &mut ws).unwrap().to_vec();
+        for s in 0..4 {
+            let want = reference(&w, &x[s * 5..(s + 1) * 5]);
+            for (a, b) in y[s * 3..(s + 1) * 3].iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn int8_plan_fuses_relu_and_stays_close_to_float() {
+        let g = mlp();
+        let mut rng = Rng::new(2);
+        let w = weights(&g, &mut rng);
+        let mut stored = HashMap::new();
+        for (k, v) in &w {
+            if k.ends_with("weight") {
+                let rows = if k.starts_with("fc1") { 7 } else { 3 };
+                let cols = v.len() / rows;
+                let mut q = Vec::new();
+                let mut scales = Vec::new();
+                for r in v.chunks(cols) {
+                    let s = r.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+                    scales.push(s);
+                    q.extend(r.iter().map(|x| (x / s).round() as i8));
+                }
+                stored.insert(k.clone(), Weights::I8 { q, scales });
+            } else {
+                stored.insert(k.clone(), Weights::F32(v.clone()));
+            }
+        }
+        let quant = QuantPlan {
+            integer_nodes: ["fc1".to_string(), "fc2".to_string()].into(),
+            activations: [("input".to_string(), QParams::from_range(0.0, 1.0)), ("relu".to_string(), QParams::from_range(0.0, 2.0))].into(),
+        };
+        let plan = Plan::new(&g, stored, &quant).unwrap();
+        assert!(plan.kernel_description().starts_with("int8-"), "{}", plan.kernel_description());
+        // Quantize, fc1+relu (fused), fc2 → f32 logits: three steps, no separate ReLU.
+        assert_eq!(plan.steps.len(), 3);
+        let x: Vec<f32> = (0..8 * 5).map(|_| rng.next_f32()).collect();
+        let mut ws = Workspace::default();
+        let y = plan.run(&x, 8, &mut ws).unwrap().to_vec();
+        for s in 0..8 {
+            let want = reference(&w, &x[s * 5..(s + 1) * 5]);
+            for (a, b) in y[s * 3..(s + 1) * 3].iter().zip(&want) {
+                assert!((a - b).abs() < 0.05, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn missing_qparams_and_float_weights_for_integer_nodes_are_errors() {
+        let g = mlp();
+        let w = weights(&g, &mut Rng::new(3));
+        let f: HashMap<String, Weights> = w.iter().map(|(k, v)| (k.clone(), Weights::F32(v.clone()))).collect();
+        let quant = QuantPlan { integer_nodes: ["fc1".to_string()].into(), activations: Default::default() };
+        assert!(matches!(Plan::new(&g, f.clone(), &quant), Err(RuntimeError::NotInt8 { .. })));
+        let mut missing = f;
+        missing.remove("fc2.bias");
+        assert!(matches!(Plan::new(&g, missing, &QuantPlan::default()), Err(RuntimeError::MissingTensor { .. })));
+    }
+
+    #[test]
+    fn two_heads_and_residual_run() {
+        let g = Graph {
+            input_shape: vec![4],
+            nodes: vec![
+                Node { name: "a".into(), inputs: vec![INPUT.into()], op: lin(4, 4) },
+                Node { name: "sum".into(), inputs: vec!["a".into(), INPUT.into()], op: Op::Add },
+                Node { name: "h1".into(), inputs: vec!["sum".into()], op: lin(4, 2) },
+                Node { name: "h2".into(), inputs: vec!["sum".into()], op: lin(4, 3) },
+            ],
+            outputs: vec!["h1".into(), "h2".into()],
+        };
+        let w = weights(&g, &mut Rng::new(4));
+        let plan = Plan::new(&g, w.into_iter().map(|(k, v)| (k, Weights::F32(v))).collect(), &QuantPlan::default()).unwrap();
+        let out = plan.run_all(&[0.1, 0.2, 0.3, 0.4], 1, &mut Workspace::default()).unwrap();
+        assert_eq!((out[0].len(), out[1].len()), (2, 3));
+    }
+}
