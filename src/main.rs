@@ -146,11 +146,7 @@ struct DataArgs {
 impl DataArgs {
     fn load(&self) -> Result<Splits> {
         let dir = data::locate(self.data.as_deref())?;
-        let validation = match self.train_limit {
-            Some(t) => self.validation.min(t / 5),
-            None => self.validation,
-        };
-        Ok(data::load_fashion_mnist(&dir, validation, self.train_limit, self.test_limit)?)
+        Ok(data::load_fashion_mnist(&dir, self.validation, self.train_limit, self.test_limit)?)
     }
 }
 
