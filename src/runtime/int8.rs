@@ -121,7 +121,7 @@ pub fn kernel_name() -> &'static str {
 ///
 /// Rounding policy: [`apply`](Requant::apply) computes the exact 64-bit product
 /// `acc · multiplier` and divides by `2^shift` rounding **half away from zero**
-/// (like `f64::round`), saturating to the i32 range. Supports `M` in `[0, 2^30)`.
+/// (like `f64::round`), saturating to the i32 range. Supports `M` in `[0, 2^29)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Requant {
     multiplier: i64,
@@ -129,13 +129,13 @@ pub struct Requant {
 }
 
 impl Requant {
-    /// The fixed-point form of `m` (panics unless `0 <= m < 2^30` and finite).
+    /// The fixed-point form of `m` (panics unless `0 <= m < 2^29` and finite).
     pub fn from_real(m: f64) -> Requant {
-        assert!(m.is_finite() && (0.0..(1u64 << 30) as f64).contains(&m), "requant multiplier {m} out of range");
+        assert!(m.is_finite() && (0.0..(1u64 << 29) as f64).contains(&m), "requant multiplier {m} out of range");
         if m == 0.0 {
-            return Requant { multiplier: 0, shift: 0 };
+            return Requant { multiplier: 0, shift: 1 };
         }
-        // Find shift with m·2^shift in [2^30, 2^31).
+        // Find shift with m·2^shift in [2^30, 2^31); m < 2^29 gives shift >= 2.
         let mut shift: i32 = 30 - m.log2().floor() as i32;
         let mut mult = (m * 2f64.powi(shift)).round();
         // log2 rounding at the boundaries, and round() reaching 2^31.
@@ -154,19 +154,28 @@ impl Requant {
             mult = if excess >= 63 { 0 } else { (mult + (1 << (excess - 1))) >> excess };
             shift = 62;
         }
+        debug_assert!(shift >= 1);
         Requant { multiplier: mult, shift: shift as u32 }
     }
 
     /// `round(acc · M)`, half away from zero, saturated to i32.
     #[inline]
     pub fn apply(&self, acc: i32) -> i32 {
+        // shift is in 1..=62 by construction, |p| < 2^62: no overflow.
         let p = acc as i64 * self.multiplier;
-        if self.shift == 0 {
-            return p.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
-        }
         let half = 1i64 << (self.shift - 1);
         let r = (p + half - (p < 0) as i64) >> self.shift;
         r.clamp(i32::MIN as i64, i32::MAX as i64) as i32
+    }
+
+    /// `clamp(zp + round(acc · M), lo, 255)` as u8 (same rounding as [`apply`](Self::apply),
+    /// branch-free so data-dependent ReLU clamps do not mispredict).
+    #[inline]
+    fn apply_u8(&self, acc: i32, zp: i32, lo: i32) -> u8 {
+        let p = acc as i64 * self.multiplier;
+        let half = 1i64 << (self.shift - 1);
+        let r = ((p + half - (p < 0) as i64) >> self.shift) + zp as i64;
+        r.max(lo as i64).min(255) as u8
     }
 
     /// The integer multiplier (`M = multiplier · 2^-shift`).
@@ -336,6 +345,11 @@ fn pack_rows(e: usize, x: &[u8], m: usize, k: usize, dst: &mut [i32]) {
     for (src, d) in x.chunks_exact(k).take(m).zip(dst.chunks_exact_mut(kw)) {
         match e {
             1 => d.iter_mut().zip(src).for_each(|(d, &s)| *d = s as i32),
+            #[cfg(target_arch = "x86_64")]
+            2 if Kernel::Avx2.is_available() => {
+                // SAFETY: AVX2 was just detected on this CPU.
+                unsafe { x86::widen_u8_avx2(src, d) }
+            }
             2 => {
                 let mut ch = src.chunks_exact(2);
                 for (d, c) in d.iter_mut().zip(&mut ch) {
@@ -455,6 +469,25 @@ mod x86 {
 
     use super::NR;
     use std::arch::x86_64::*;
+
+    /// Zero-extend u8 to u16 into i32 words (two values per word, the first in the
+    /// low half): `d[i] = src[2i] | src[2i+1] << 16`, the odd tail zero-padded.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn widen_u8_avx2(src: &[u8], d: &mut [i32]) {
+        assert!(d.len() >= src.len().div_ceil(2));
+        let full = src.len() / 16;
+        for i in 0..full {
+            // SAFETY: bytes 16i..16i+16 < src.len() and words 8i..8i+8 < d.len().
+            unsafe {
+                let v = _mm_loadu_si128(src.as_ptr().add(16 * i) as *const __m128i);
+                _mm256_storeu_si256(d.as_mut_ptr().add(8 * i) as *mut __m256i, _mm256_cvtepu8_epi16(v));
+            }
+        }
+        let tail = &src[16 * full..];
+        for (j, pair) in tail.chunks(2).enumerate() {
+            d[8 * full + j] = pair[0] as i32 | (*pair.get(1).unwrap_or(&0) as i32) << 16;
+        }
+    }
 
     /// Write a 16-wide tile row into `c` (only the valid columns).
     #[inline(always)]
@@ -665,7 +698,7 @@ impl Epilogue {
     /// Requantize accumulator `acc` of channel `o`.
     #[inline]
     fn to_u8(&self, zp: i32, lo: i32, o: usize, acc: i32) -> u8 {
-        (zp + self.requant[o].apply(acc)).clamp(lo, 255) as u8
+        self.requant[o].apply_u8(acc, zp, lo)
     }
 
     fn output_qp(&self) -> (i32, i32) {
@@ -744,9 +777,10 @@ impl QuantizedLinear {
         let (zp, lo) = self.epi.output_qp();
         let off = self.accumulate(x, batch, scratch);
         let c = &scratch[off..off + batch * n];
+        let rq = &self.epi.requant[..n];
         for (yr, cr) in y.chunks_exact_mut(n).zip(c.chunks_exact(n)) {
-            for (o, (y, &acc)) in yr.iter_mut().zip(cr).enumerate() {
-                *y = self.epi.to_u8(zp, lo, o, acc);
+            for ((y, &acc), rq) in yr.iter_mut().zip(cr).zip(rq) {
+                *y = rq.apply_u8(acc, zp, lo);
             }
         }
     }
@@ -1021,7 +1055,7 @@ mod tests {
     #[test]
     fn requant_matches_real_rounding() {
         let mut rng = Rng::new(9);
-        for &m in &[1e-9, 0.000_123, 0.003_921_568_6, 0.25, 0.5, 0.999_999, 1.0, 1.5, 3.7, 100.0, 255.9] {
+        for &m in &[1e-9, 0.000_123, 0.003_921_568_6, 0.25, 0.5, 0.999_999, 1.0, 1.5, 3.7, 100.0, 255.9, 5e8] {
             let rq = Requant::from_real(m);
             assert!((rq.to_real() - m).abs() <= m * 2f64.powi(-30), "{m} -> {}", rq.to_real());
             for i in 0..2000 {
