@@ -1,0 +1,171 @@
+//! The command line end to end on a tiny data set, and its answers to bad input.
+
+use crate::util::{assert_error, recipe, squeeze, tiny_dataset, Dir};
+
+const PRUNE_QUANT: &str = "[[pass]]\ntype = \"prune\"\nsparsity = 0.5\nfine_tune_epochs = 1\n[[pass]]\ntype = \"quantize\"\nmode = \"full\"\ncalibration = 200\n";
+
+fn data_dir(d: &Dir) -> std::path::PathBuf {
+    let data = d.path("data");
+    std::fs::create_dir(&data).unwrap();
+    tiny_dataset(&data, 1500, 400);
+    data
+}
+
+#[test]
+fn run_trains_prunes_quantizes_and_reports_what_eval_reproduces() {
+    let d = Dir::new();
+    let data = data_dir(&d);
+    let r = recipe(&d, &data, "mlp", PRUNE_QUANT, 0.05);
+    let out = d.path("out");
+    let o = squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["result"], "passed");
+    assert_eq!(report["schema_version"], 1);
+    let stages = report["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["baseline", "pruned-50", "int8"]);
+    let baseline = &stages[0];
+    assert!(baseline["accuracy"].as_f64().unwrap() > 0.8, "tiny data is easy: {baseline}");
+    for s in stages {
+        let file = out.join(s["file"].as_str().unwrap());
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), s["bytes"].as_u64().unwrap(), "bytes is the real file size");
+        assert!(s["latency_us_b1"].as_f64().unwrap() > 0.0 && s["throughput_b256"].as_f64().unwrap() > 0.0);
+    }
+    let int8 = &stages[2];
+    assert_eq!(int8["file"], "model.sqz");
+    assert!(int8["kernel"].as_str().unwrap().starts_with("int8-"));
+    // Half the weights pruned: the non-zero count is about half (biases stay).
+    let nz = int8["nonzero_params"].as_u64().unwrap() as f64 / int8["params"].as_u64().unwrap() as f64;
+    assert!((0.45..0.56).contains(&nz), "{nz}");
+    // Pruned + int8 + sparse positions: well over 4× smaller than fp32.
+    assert!(int8["ratio"].as_f64().unwrap() > 5.0);
+    assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("pruned-50"));
+
+    // `squeeze eval` on the written file reproduces the reported accuracy exactly.
+    let e = squeeze(&["eval", out.join("model.sqz").to_str().unwrap(), "--data", data.to_str().unwrap(), "--validation", "300"]);
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    let want = format!("{:.2}%", int8["accuracy"].as_f64().unwrap() * 100.0);
+    assert!(e.stdout.contains(&want), "eval printed {}, report says {want}", e.stdout);
+}
+
+#[test]
+fn gate_failure_stops_with_exit_1_and_names_the_stage() {
+    let d = Dir::new();
+    let data = data_dir(&d);
+    let passes = "[[pass]]\ntype = \"prune\"\nsparsity = 0.995\nfine_tune_epochs = 0\n[[pass]]\ntype = \"quantize\"\n";
+    let r = recipe(&d, &data, "mlp", passes, 0.0);
+    let out = d.path("out");
+    let o = squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("gate failed at stage 'pruned-100'") || o.stderr.contains("gate failed at stage 'pruned-99'"), "{}", o.stderr);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["result"], "failed");
+    assert!(report["reason"].as_str().unwrap().contains("points"));
+    assert_eq!(report["stages"].as_array().unwrap().len(), 2, "the run stopped at the failing stage");
+    assert!(!out.join("model.sqz").exists());
+}
+
+#[test]
+fn verbs_train_prune_quantize_inspect_chain() {
+    let d = Dir::new();
+    let data = data_dir(&d);
+    let ds = data.to_str().unwrap();
+    let m = d.path("m.safetensors");
+    let o = squeeze(&["train", "--model", "mlp", "--epochs", "2", "--out", m.to_str().unwrap(), "--data", ds, "--validation", "300"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let p = d.path("p.sqz");
+    let o = squeeze(&["prune", m.to_str().unwrap(), "--sparsity", "0.8", "--scope", "global", "--fine-tune-epochs", "1", "--out", p.to_str().unwrap(), "--data", ds, "--validation", "300"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("kept"));
+    let q = d.path("q.sqz");
+    let o = squeeze(&["quantize", p.to_str().unwrap(), "--out", q.to_str().unwrap(), "--data", ds, "--validation", "300"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("kernel int8-"), "{}", o.stdout);
+    let w = d.path("w.sqz");
+    let o = squeeze(&["quantize", m.to_str().unwrap(), "--mode", "weights", "--layers", "fc1", "--out", w.to_str().unwrap(), "--data", ds, "--validation", "300"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("dequantized"), "{}", o.stdout);
+    let i = squeeze(&["inspect", q.to_str().unwrap()]);
+    assert_eq!(i.code, 0, "{}", i.stderr);
+    assert!(i.stdout.contains("fc1.weight") && i.stdout.contains("sparse-int8"), "{}", i.stdout);
+    assert!(i.stdout.contains("integer layers: fc1, fc2"), "{}", i.stdout);
+    let i = squeeze(&["inspect", m.to_str().unwrap()]);
+    assert!(i.stdout.contains("f32 dense") && i.stdout.contains("Linear"), "{}", i.stdout);
+    for verb in ["run", "train", "eval", "prune", "quantize", "inspect", "bench"] {
+        let h = squeeze(&[verb, "--help"]);
+        assert_eq!(h.code, 0);
+        assert!(h.stdout.contains("Usage"), "{verb}");
+    }
+}
+
+#[test]
+fn bad_input_gets_one_clear_error_and_no_output_file() {
+    let d = Dir::new();
+    let data = data_dir(&d);
+    let ds = data.to_str().unwrap();
+    let out = d.path("out.sqz");
+    let outs = out.to_str().unwrap();
+
+    // Missing file.
+    assert_error(&squeeze(&["eval", d.path("nope.sqz").to_str().unwrap(), "--data", ds]), "nope.sqz");
+    // A text file given as a model.
+    let txt = d.write("notes.txt", "these are not weights\n");
+    assert_error(&squeeze(&["quantize", txt.to_str().unwrap(), "--out", outs, "--data", ds]), "not a model file");
+    assert!(!out.exists());
+
+    // A real .sqz, then truncated and corrupted copies.
+    let m = d.path("m.safetensors");
+    assert_eq!(squeeze(&["train", "--epochs", "1", "--out", m.to_str().unwrap(), "--data", ds, "--validation", "300"]).code, 0);
+    let good = d.path("good.sqz");
+    assert_eq!(squeeze(&["quantize", m.to_str().unwrap(), "--out", good.to_str().unwrap(), "--data", ds, "--validation", "300"]).code, 0);
+    let bytes = std::fs::read(&good).unwrap();
+    let trunc = d.path("trunc.sqz");
+    std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+    assert_error(&squeeze(&["quantize", trunc.to_str().unwrap(), "--out", outs, "--data", ds]), "truncated");
+    assert!(!out.exists());
+    let mut bad = bytes.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+    let corrupt = d.path("corrupt.sqz");
+    std::fs::write(&corrupt, &bad).unwrap();
+    assert_error(&squeeze(&["eval", corrupt.to_str().unwrap(), "--data", ds]), "checksum");
+    assert_error(&squeeze(&["inspect", corrupt.to_str().unwrap()]), "checksum");
+
+    // Unknown recipe key.
+    let r = d.write("r.toml", "name = \"x\"\n[model]\nzoo = \"mlp\"\n[gate]\nmax_accuracy_drop = 0.01\nmax_acuracy = 3\n");
+    let run_out = d.path("run-out");
+    assert_error(&squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", run_out.to_str().unwrap()]), "max_acuracy");
+    assert!(!run_out.exists());
+
+    // Shape mismatch between model and data.
+    let odd = d.path("odd.safetensors");
+    let graph = squeeze::spec::Graph::chain(vec![10], vec![("fc", squeeze::spec::Op::Linear { in_features: 10, out_features: 10, bias: true })]);
+    squeeze::store::write_safetensors(&odd, &squeeze::model::Model::init(graph, 1).unwrap()).unwrap();
+    assert_error(&squeeze(&["eval", odd.to_str().unwrap(), "--data", ds, "--validation", "300"]), "shape mismatch");
+    assert_error(&squeeze(&["prune", odd.to_str().unwrap(), "--sparsity", "0.5", "--out", outs, "--data", ds, "--validation", "300"]), "shape mismatch");
+    assert!(!out.exists());
+
+    // Missing data set: the error says how to get it.
+    assert_error(&squeeze(&["eval", good.to_str().unwrap(), "--data", d.path("no-data").to_str().unwrap()]), "apt-get install dataset-fashion-mnist");
+    // Refuses to overwrite its input.
+    let o = squeeze(&["quantize", good.to_str().unwrap(), "--out", good.to_str().unwrap(), "--data", ds, "--validation", "300"]);
+    assert_error(&o, "input");
+    assert_eq!(std::fs::read(&good).unwrap(), bytes, "input untouched");
+    // Unknown zoo model.
+    assert_error(&squeeze(&["train", "--model", "resnet", "--out", outs, "--data", ds]), "resnet");
+}
+
+#[test]
+fn shipped_recipes_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            squeeze::recipe::Recipe::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 3);
+}

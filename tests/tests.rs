@@ -1,0 +1,6 @@
+//! Integration tests: the `squeeze` binary and the library on tiny data sets.
+
+mod util;
+
+mod cli;
+mod roundtrip;
