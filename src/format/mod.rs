@@ -1,3 +1,94 @@
-//! File formats: the `.sqz` container and safetensors.
+//! File formats: the native `.sqz` container ([`sqz`]), dense models as
+//! [`safetensors`], and atomic file writes.
 
 pub mod safetensors;
+pub mod sqz;
+
+pub use sqz::{
+    FormatError, Limits, SectionSummary, SqzModel, StoredTensor, Values, decode, encode, read_sqz,
+    summarize, write_sqz,
+};
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Whether `bytes` start with the `.sqz` magic (to sniff a file's type; the rest is
+/// not checked).
+pub fn is_sqz(bytes: &[u8]) -> bool {
+    bytes.starts_with(&sqz::MAGIC)
+}
+
+/// Writes `bytes` to `path` atomically: into a temporary file `.{name}.tmp-{pid}-{n}`
+/// in the same directory, fsynced, then renamed over `path`. Readers see either the
+/// old file or the complete new one; the temporary file is removed on failure.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("'{}' has no file name", path.display()),
+        )
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{}.tmp-{}-{n}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    match result {
+        Ok(()) => {
+            // Make the rename durable; not every platform can open a directory.
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_target_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("model.sqz");
+        fs::write(&target, b"old contents, longer than the new").unwrap();
+        write_atomic(&target, b"new").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec!["model.sqz".to_string()]);
+
+        // A failing rename (target is a non-empty directory) cleans up the temp file.
+        let blocked = dir.path().join("blocked");
+        fs::create_dir(&blocked).unwrap();
+        fs::write(blocked.join("x"), b"x").unwrap();
+        assert!(write_atomic(&blocked, b"data").is_err());
+        let count = fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(count, 2, "only model.sqz and blocked/ remain");
+    }
+
+    #[test]
+    fn sniffs_magic() {
+        assert!(is_sqz(&sqz::MAGIC));
+        assert!(!is_sqz(b"PK\x03\x04"));
+        assert!(!is_sqz(&sqz::MAGIC[..3]));
+    }
+}

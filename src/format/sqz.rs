@@ -1,0 +1,1336 @@
+//! The native `.sqz` container: a compressed model's graph, quantization plan and
+//! tensors (dense or sparse, f32 or per-channel int8) in one checksummed file.
+//!
+//! # Byte layout (version 1.0, all integers little-endian)
+//!
+//! ```text
+//! header   magic 89 53 51 5A ("\x89SQZ")  u16 major = 1  u16 minor = 0
+//! section* kind [u8; 4] (ASCII)  u32 payload length  payload  u32 CRC-32 of kind ‖ payload
+//! ```
+//!
+//! Sections follow the header until an `END ` section (empty payload), which must be
+//! the last bytes of the file. As in PNG, a kind whose first letter is uppercase is
+//! *critical* (a reader that does not know it must refuse the file) and lowercase is
+//! *ancillary* (unknown ones are checked and skipped). The reader accepts any 1.x
+//! minor version: extensions within a major version only add sections.
+//!
+//! - `META` (critical, exactly one, before any `TENS`): compact JSON
+//!   `{"graph":…,"quant":…,"metadata":{…},"tensor_count":N}`.
+//! - `TENS` (critical, one per tensor, exactly `tensor_count`, names unique):
+//!
+//!   ```text
+//!   u16 name length, name (UTF-8)
+//!   u8 rank (≤ Limits::max_rank), u32 × rank dims       numel = product < 2^32
+//!   u8 value type        0 = f32, 1 = int8 with one f32 scale per index of dim 0
+//!   u8 position coding   0 = dense, 1 = bitmap, 2 = gaps (then u8 gap width 1..=8)
+//!   u32 count            number of stored values (dense: = numel)
+//!   u8 body coding       0 = raw, 1 = raw deflate (RFC 1951) of the body
+//!   body (rest of the payload):
+//!     int8 only: f32 scales × dims[0]
+//!     positions (sparse only): bitmap ceil(numel/8) bytes, or the gap stream
+//!                              (see crate::codec), both zero-padded to a byte
+//!     values: f32 × count (raw IEEE bits) or i8 × count
+//!   ```
+//! - `END ` (critical): empty.
+//!
+//! The encoder picks, per tensor, the smaller of bitmap and gaps at every width
+//! ([`crate::codec::choose_position_coding`]) and deflates the body only when that
+//! makes it smaller.
+//!
+//! # Untrusted input
+//!
+//! Decoding never panics. Every length is checked against the bytes that remain
+//! before anything is allocated; a deflated body may inflate to at most the size
+//! its header implies (and at most the remaining [`Limits::max_bytes`] budget,
+//! which bounds input size plus all inflated bytes), so memory use is linear in
+//! `max_bytes`.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, PositionCoding};
+use crate::spec::{Graph, QuantPlan};
+
+/// The four magic bytes that open every `.sqz` file.
+pub const MAGIC: [u8; 4] = [0x89, b'S', b'Q', b'Z'];
+/// The (major, minor) version this build writes.
+pub const VERSION: (u16, u16) = (1, 0);
+
+const HEADER_LEN: usize = 8;
+const KIND_META: [u8; 4] = *b"META";
+const KIND_TENS: [u8; 4] = *b"TENS";
+const KIND_END: [u8; 4] = *b"END ";
+const VT_F32: u8 = 0;
+const VT_I8: u8 = 1;
+const POS_DENSE: u8 = 0;
+const POS_BITMAP: u8 = 1;
+const POS_GAPS: u8 = 2;
+const BODY_RAW: u8 = 0;
+const BODY_DEFLATE: u8 = 1;
+
+/// A compressed model as stored in a `.sqz` file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SqzModel {
+    /// The architecture.
+    pub graph: Graph,
+    /// Which nodes run on integer kernels, with calibrated activation quantization.
+    pub quant: QuantPlan,
+    /// The stored parameters.
+    pub tensors: Vec<StoredTensor>,
+    /// Free-form string metadata ([`encode`] adds `"producer" = "squeeze <version>"`
+    /// if absent).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One stored parameter tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredTensor {
+    /// Parameter name, e.g. `fc1.weight`.
+    pub name: String,
+    /// Shape, e.g. `[out, in]`.
+    pub shape: Vec<usize>,
+    /// The stored values.
+    pub values: Values,
+    /// Sorted, strictly increasing flat row-major indices of the stored values;
+    /// `None` = dense (values cover every element).
+    pub positions: Option<Vec<u32>>,
+}
+
+/// Stored values of a tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Values {
+    /// Plain f32 values.
+    F32(Vec<f32>),
+    /// Symmetric int8, one scale per index of dim 0 (output channel):
+    /// `real = scales[row] * q`.
+    I8 {
+        /// Quantized values.
+        q: Vec<i8>,
+        /// One scale per index of dim 0.
+        scales: Vec<f32>,
+    },
+}
+
+impl Values {
+    /// Number of stored values.
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::I8 { q, .. } => q.len(),
+        }
+    }
+
+    /// Whether no value is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl StoredTensor {
+    /// Number of elements of the shape (saturates at `usize::MAX` on overflow).
+    pub fn numel(&self) -> usize {
+        self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX)
+    }
+
+    /// Number of stored values whose real value is not zero.
+    pub fn nonzeros(&self) -> usize {
+        let mut n = 0;
+        self.for_each_value(|_, v| n += usize::from(v != 0.0));
+        n
+    }
+
+    /// The dense, dequantized tensor: zeros where no value is stored. Entries of an
+    /// inconsistent tensor (position or row out of range) are skipped, never panic.
+    pub fn to_dense_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.numel()];
+        self.for_each_value(|i, v| {
+            if let Some(x) = out.get_mut(i) {
+                *x = v;
+            }
+        });
+        out
+    }
+
+    /// A short name of the encoding: `f32`, `int8/ch`, `sparse-f32`, `sparse-int8/ch`.
+    pub fn encoding_name(&self) -> String {
+        let sparse = if self.positions.is_some() { "sparse-" } else { "" };
+        let ty = match self.values {
+            Values::F32(_) => "f32",
+            Values::I8 { .. } => "int8/ch",
+        };
+        format!("{sparse}{ty}")
+    }
+
+    /// Calls `f(flat_index, real_value)` for every stored value.
+    fn for_each_value(&self, mut f: impl FnMut(usize, f32)) {
+        let numel = self.numel();
+        let row_len = match self.shape.first() {
+            Some(&d) if d > 0 => (numel / d).max(1),
+            _ => numel.max(1),
+        };
+        let index = |i: usize| match &self.positions {
+            Some(p) => p.get(i).map(|&x| x as usize),
+            None => Some(i),
+        };
+        match &self.values {
+            Values::F32(v) => {
+                for (i, &x) in v.iter().enumerate() {
+                    if let Some(j) = index(i) {
+                        f(j, x);
+                    }
+                }
+            }
+            Values::I8 { q, scales } => {
+                for (i, &x) in q.iter().enumerate() {
+                    if let Some(j) = index(i) {
+                        let s = scales.get(j / row_len).copied().unwrap_or(0.0);
+                        f(j, s * f32::from(x));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Resource limits for decoding untrusted bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest input accepted; also the budget for all inflated tensor bodies.
+    pub max_bytes: usize,
+    /// Most tensors a file may declare.
+    pub max_tensors: usize,
+    /// Highest tensor rank.
+    pub max_rank: usize,
+}
+
+impl Default for Limits {
+    /// 1 GiB, 65 536 tensors, rank 8.
+    fn default() -> Limits {
+        Limits { max_bytes: 1 << 30, max_tensors: 1 << 16, max_rank: 8 }
+    }
+}
+
+/// One section of a file, as [`summarize`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SectionSummary {
+    /// The 4-byte kind, e.g. `TENS`.
+    pub kind: String,
+    /// The tensor's name, for `TENS`.
+    pub tensor: Option<String>,
+    /// How the payload is coded, e.g. `json`, `sparse-int8/ch bitmap+deflate`,
+    /// `int8/ch dense`, `f32 dense`, `sparse-f32 gaps/b4`.
+    pub encoding: String,
+    /// Payload bytes.
+    pub payload_bytes: usize,
+    /// Bytes including framing (kind, length, CRC): payload + 12. The file length
+    /// is 8 (header) plus the sum of these.
+    pub total_bytes: usize,
+}
+
+/// Why a `.sqz` file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// The file system refused.
+    #[error("cannot access '{}': {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The magic bytes are wrong: this is some other kind of file.
+    #[error("not a .sqz file (magic bytes are {}, expected {})", hex(found), hex(&MAGIC))]
+    NotSqz {
+        /// The first (up to 4) bytes found.
+        found: Vec<u8>,
+    },
+    /// Written by an incompatible (newer major) version.
+    #[error("unsupported .sqz version {major}.{minor} (this build reads 1.x)")]
+    UnsupportedVersion {
+        /// Major version found.
+        major: u16,
+        /// Minor version found.
+        minor: u16,
+    },
+    /// The file ends early.
+    #[error("file is truncated: {what} needs {needed} bytes, {available} remain")]
+    Truncated {
+        /// What was being read.
+        what: String,
+        /// Bytes it needs.
+        needed: u64,
+        /// Bytes left in the file.
+        available: u64,
+    },
+    /// A section's CRC does not match its contents.
+    #[error(
+        "checksum mismatch in section '{section}' at offset {offset}: stored {stored:08x}, computed {computed:08x}"
+    )]
+    ChecksumMismatch {
+        /// Section kind.
+        section: String,
+        /// Byte offset of the section.
+        offset: u64,
+        /// CRC stored in the file.
+        stored: u32,
+        /// CRC of the bytes read.
+        computed: u32,
+    },
+    /// A critical section this build does not know (written by a newer squeeze?).
+    #[error(
+        "section '{kind}' is critical but unknown to this reader (written by a newer squeeze?)"
+    )]
+    UnknownCritical {
+        /// Section kind.
+        kind: String,
+    },
+    /// Checksums are fine but the content is inconsistent.
+    #[error("corrupt .sqz file: {0}")]
+    Corrupt(String),
+    /// The input is larger than a [`Limits`] allows.
+    #[error("{what} exceeds the limit of {limit}")]
+    LimitExceeded {
+        /// What is too large.
+        what: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The in-memory model given to [`encode`] is inconsistent.
+    #[error("invalid model: {0}")]
+    Invalid(String),
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+/// The `META` section's JSON.
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    graph: Graph,
+    quant: QuantPlan,
+    metadata: BTreeMap<String, String>,
+    tensor_count: usize,
+}
+
+// ---------------------------------------------------------------------------------
+// Encoding
+
+/// Serialises `model` after checking it: per tensor, values length matches the
+/// positions (or numel), positions are in range and strictly increasing, int8 scales
+/// number `shape[0]`, names are unique, and everything fits [`Limits::default`].
+pub fn encode(model: &SqzModel) -> Result<Vec<u8>, FormatError> {
+    let limits = Limits::default();
+    if model.tensors.len() > limits.max_tensors {
+        return Err(FormatError::Invalid(format!(
+            "{} tensors, at most {} allowed",
+            model.tensors.len(),
+            limits.max_tensors
+        )));
+    }
+    let mut names = BTreeSet::new();
+    for t in &model.tensors {
+        if !names.insert(t.name.as_str()) {
+            return Err(FormatError::Invalid(format!("tensor name '{}' is used twice", t.name)));
+        }
+    }
+    let mut metadata = model.metadata.clone();
+    metadata
+        .entry("producer".to_string())
+        .or_insert_with(|| format!("squeeze {}", env!("CARGO_PKG_VERSION")));
+    let meta = Meta {
+        graph: model.graph.clone(),
+        quant: model.quant.clone(),
+        metadata,
+        tensor_count: model.tensors.len(),
+    };
+    let json = serde_json::to_vec(&meta)
+        .map_err(|e| FormatError::Invalid(format!("cannot serialise metadata: {e}")))?;
+    // JSON cannot carry NaN or infinities: make sure what we store reads back equal.
+    match serde_json::from_slice::<Meta>(&json) {
+        Ok(back) if back.graph == meta.graph && back.quant == meta.quant => {}
+        _ => {
+            return Err(FormatError::Invalid(
+                "graph or quantization plan does not survive JSON (non-finite scale?)".into(),
+            ));
+        }
+    }
+
+    let mut out = Vec::with_capacity(HEADER_LEN + json.len() + 64);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.0.to_le_bytes());
+    out.extend_from_slice(&VERSION.1.to_le_bytes());
+    push_section(&mut out, KIND_META, &json)?;
+    for t in &model.tensors {
+        push_section(&mut out, KIND_TENS, &encode_tensor(t, &limits)?)?;
+    }
+    push_section(&mut out, KIND_END, &[])?;
+    if out.len() > limits.max_bytes {
+        return Err(FormatError::LimitExceeded {
+            what: format!("encoded size {}", out.len()),
+            limit: limits.max_bytes as u64,
+        });
+    }
+    Ok(out)
+}
+
+fn push_section(out: &mut Vec<u8>, kind: [u8; 4], payload: &[u8]) -> Result<(), FormatError> {
+    let len = u32::try_from(payload.len()).map_err(|_| FormatError::LimitExceeded {
+        what: format!("section '{}' payload of {} bytes", kind_str(&kind), payload.len()),
+        limit: u64::from(u32::MAX),
+    })?;
+    out.extend_from_slice(&kind);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&crc(&kind, payload).to_le_bytes());
+    Ok(())
+}
+
+fn crc(kind: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(kind);
+    h.update(payload);
+    h.finalize()
+}
+
+fn kind_str(kind: &[u8]) -> String {
+    String::from_utf8_lossy(kind).into_owned()
+}
+
+/// Checks one in-memory tensor; returns its numel.
+fn check_tensor(t: &StoredTensor, limits: &Limits) -> Result<u64, FormatError> {
+    let bad = |why: String| FormatError::Invalid(format!("tensor '{}': {why}", t.name));
+    if t.name.is_empty() || t.name.len() > usize::from(u16::MAX) {
+        return Err(bad(format!("name must have 1..=65535 bytes, has {}", t.name.len())));
+    }
+    if t.shape.len() > limits.max_rank {
+        return Err(bad(format!("rank {} exceeds {}", t.shape.len(), limits.max_rank)));
+    }
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1u64, |a, &d| u32::try_from(d).ok().and_then(|d| a.checked_mul(u64::from(d))))
+        .filter(|&n| n <= u64::from(u32::MAX))
+        .ok_or_else(|| bad(format!("shape {:?} has 2^32 or more elements", t.shape)))?;
+    let count = match &t.positions {
+        None => numel,
+        Some(p) => {
+            if !p.windows(2).all(|w| w[0] < w[1]) {
+                return Err(bad("positions are not strictly increasing".into()));
+            }
+            if let Some(&last) = p.last()
+                && u64::from(last) >= numel
+            {
+                return Err(bad(format!("position {last} is outside the {numel} elements")));
+            }
+            p.len() as u64
+        }
+    };
+    if t.values.len() as u64 != count {
+        return Err(bad(format!("{} values stored for {count} positions", t.values.len())));
+    }
+    if let Values::I8 { scales, .. } = &t.values {
+        match t.shape.first() {
+            None => return Err(bad("int8 values need a rank of at least 1".into())),
+            Some(&rows) if rows != scales.len() => {
+                return Err(bad(format!("{} scales for {rows} rows", scales.len())));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(numel)
+}
+
+fn encode_tensor(t: &StoredTensor, limits: &Limits) -> Result<Vec<u8>, FormatError> {
+    let numel = check_tensor(t, limits)?;
+    let coding = t.positions.as_deref().map(|p| codec::choose_position_coding(p, numel).0);
+    let mut p = Vec::new();
+    p.extend_from_slice(&(t.name.len() as u16).to_le_bytes());
+    p.extend_from_slice(t.name.as_bytes());
+    p.push(t.shape.len() as u8);
+    for &d in &t.shape {
+        p.extend_from_slice(&(d as u32).to_le_bytes());
+    }
+    p.push(match t.values {
+        Values::F32(_) => VT_F32,
+        Values::I8 { .. } => VT_I8,
+    });
+    match coding {
+        None => p.push(POS_DENSE),
+        Some(PositionCoding::Bitmap) => p.push(POS_BITMAP),
+        Some(PositionCoding::Gaps { width }) => p.extend_from_slice(&[POS_GAPS, width]),
+    }
+    p.extend_from_slice(&(t.values.len() as u32).to_le_bytes());
+
+    let mut body = Vec::new();
+    if let Values::I8 { scales, .. } = &t.values {
+        scales.iter().for_each(|s| body.extend_from_slice(&s.to_bits().to_le_bytes()));
+    }
+    let positions = t.positions.as_deref().unwrap_or(&[]);
+    match coding {
+        None => {}
+        Some(PositionCoding::Bitmap) => body.extend(codec::encode_bitmap(positions, numel)),
+        Some(PositionCoding::Gaps { width }) => body.extend(
+            codec::encode_gaps(positions, width)
+                .map_err(|e| FormatError::Invalid(format!("tensor '{}': {e}", t.name)))?,
+        ),
+    }
+    match &t.values {
+        Values::F32(v) => v.iter().for_each(|x| body.extend_from_slice(&x.to_bits().to_le_bytes())),
+        Values::I8 { q, .. } => body.extend(q.iter().map(|&x| x as u8)),
+    }
+    match deflate(&body) {
+        Some(d) if d.len() < body.len() => {
+            p.push(BODY_DEFLATE);
+            p.extend(d);
+        }
+        _ => {
+            p.push(BODY_RAW);
+            p.extend(body);
+        }
+    }
+    Ok(p)
+}
+
+fn deflate(data: &[u8]) -> Option<Vec<u8>> {
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).ok()?;
+    e.finish().ok()
+}
+
+// ---------------------------------------------------------------------------------
+// Decoding
+
+/// Parses and checks a `.sqz` file.
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<SqzModel, FormatError> {
+    parse(bytes, limits).map(|(m, _)| m)
+}
+
+/// Parses and checks a `.sqz` file like [`decode`] and reports every section.
+pub fn summarize(bytes: &[u8], limits: &Limits) -> Result<Vec<SectionSummary>, FormatError> {
+    parse(bytes, limits).map(|(_, s)| s)
+}
+
+/// Reads a `.sqz` file with [`Limits::default`].
+pub fn read_sqz(path: &Path) -> Result<SqzModel, FormatError> {
+    let limits = Limits::default();
+    let io = |source| FormatError::Io { path: path.to_path_buf(), source };
+    let file = File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    if size > limits.max_bytes as u64 {
+        return Err(FormatError::LimitExceeded {
+            what: format!("file '{}' of {size} bytes", path.display()),
+            limit: limits.max_bytes as u64,
+        });
+    }
+    // `take` guards against the file growing after the size check.
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(limits.max_bytes as u64 + 1).read_to_end(&mut bytes).map_err(io)?;
+    decode(&bytes, &limits)
+}
+
+/// Encodes `model` and writes it atomically (see [`super::write_atomic`]); returns
+/// the number of bytes written.
+pub fn write_sqz(path: &Path, model: &SqzModel) -> Result<u64, FormatError> {
+    let bytes = encode(model)?;
+    super::write_atomic(path, &bytes)
+        .map_err(|source| FormatError::Io { path: path.to_path_buf(), source })?;
+    Ok(bytes.len() as u64)
+}
+
+/// A cursor over a checksummed payload; running out is corruption, not truncation.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: u64) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(usize::try_from(n).ok()?)?;
+        let s = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        let s = self.bytes.get(self.pos..).unwrap_or(&[]);
+        self.pos = self.bytes.len();
+        s
+    }
+    fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.pos)
+    }
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn parse(bytes: &[u8], limits: &Limits) -> Result<(SqzModel, Vec<SectionSummary>), FormatError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(FormatError::LimitExceeded {
+            what: format!("input of {} bytes", bytes.len()),
+            limit: limits.max_bytes as u64,
+        });
+    }
+    let head = &bytes[..bytes.len().min(4)];
+    if head != &MAGIC[..head.len()] {
+        return Err(FormatError::NotSqz { found: head.to_vec() });
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(FormatError::Truncated {
+            what: "the header".into(),
+            needed: HEADER_LEN as u64,
+            available: bytes.len() as u64,
+        });
+    }
+    let major = u16::from_le_bytes([bytes[4], bytes[5]]);
+    let minor = u16::from_le_bytes([bytes[6], bytes[7]]);
+    match (major, minor) {
+        (1, _) => {}
+        _ => return Err(FormatError::UnsupportedVersion { major, minor }),
+    }
+
+    let mut pos = HEADER_LEN;
+    let mut meta: Option<Meta> = None;
+    let mut tensors: Vec<StoredTensor> = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut summaries = Vec::new();
+    let mut budget = limits.max_bytes as u64;
+    loop {
+        let avail = bytes.len() - pos;
+        if avail < 8 {
+            return Err(FormatError::Truncated {
+                what: "a section header (the END section is missing)".into(),
+                needed: 8,
+                available: avail as u64,
+            });
+        }
+        let kind: [u8; 4] = [bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]];
+        let len = le_u32(&bytes[pos + 4..pos + 8]) as usize;
+        let rest = &bytes[pos + 8..];
+        if !kind.iter().all(|&c| c.is_ascii_alphanumeric() || c == b' ') {
+            return Err(FormatError::Corrupt(format!(
+                "section kind {} at offset {pos} is not ASCII",
+                hex(&kind)
+            )));
+        }
+        let name = kind_str(&kind);
+        if rest.len() < 4 || len > rest.len() - 4 {
+            let what = match kind {
+                KIND_TENS => match peek_name(rest) {
+                    Some(n) => format!("tensor '{n}'"),
+                    None => "section 'TENS'".into(),
+                },
+                _ => format!("section '{name}'"),
+            };
+            return Err(FormatError::Truncated {
+                what,
+                needed: len as u64 + 4,
+                available: rest.len() as u64,
+            });
+        }
+        let payload = &rest[..len];
+        let stored = le_u32(&rest[len..len + 4]);
+        let computed = crc(&kind, payload);
+        if stored != computed {
+            return Err(FormatError::ChecksumMismatch {
+                section: name,
+                offset: pos as u64,
+                stored,
+                computed,
+            });
+        }
+        let mut summary = SectionSummary {
+            kind: name.clone(),
+            tensor: None,
+            encoding: String::new(),
+            payload_bytes: len,
+            total_bytes: len + 12,
+        };
+        pos += 12 + len;
+        match kind {
+            KIND_META => {
+                if meta.is_some() {
+                    return Err(FormatError::Corrupt("a second META section".into()));
+                }
+                let m: Meta = serde_json::from_slice(payload)
+                    .map_err(|e| FormatError::Corrupt(format!("META section: {e}")))?;
+                if m.tensor_count > limits.max_tensors {
+                    return Err(FormatError::LimitExceeded {
+                        what: format!("tensor count {}", m.tensor_count),
+                        limit: limits.max_tensors as u64,
+                    });
+                }
+                meta = Some(m);
+                summary.encoding = "json".into();
+            }
+            KIND_TENS => {
+                let Some(m) = &meta else {
+                    return Err(FormatError::Corrupt(
+                        "TENS section before the META section".into(),
+                    ));
+                };
+                if tensors.len() >= m.tensor_count {
+                    return Err(FormatError::Corrupt(format!(
+                        "more TENS sections than the {} META declares",
+                        m.tensor_count
+                    )));
+                }
+                let (t, encoding) = decode_tensor(payload, limits, &mut budget)?;
+                if !names.insert(t.name.clone()) {
+                    return Err(FormatError::Corrupt(format!(
+                        "tensor '{}' is stored twice",
+                        t.name
+                    )));
+                }
+                summary.tensor = Some(t.name.clone());
+                summary.encoding = encoding;
+                tensors.push(t);
+            }
+            KIND_END => {
+                if len != 0 {
+                    return Err(FormatError::Corrupt(format!(
+                        "END section has {len} payload bytes"
+                    )));
+                }
+                summaries.push(summary);
+                if pos != bytes.len() {
+                    return Err(FormatError::Corrupt(format!(
+                        "{} bytes after the END section",
+                        bytes.len() - pos
+                    )));
+                }
+                break;
+            }
+            _ if kind[0].is_ascii_uppercase() => {
+                return Err(FormatError::UnknownCritical { kind: name });
+            }
+            _ => summary.encoding = "unknown ancillary (skipped)".into(),
+        }
+        summaries.push(summary);
+    }
+    let meta = meta.ok_or_else(|| FormatError::Corrupt("no META section".into()))?;
+    if tensors.len() != meta.tensor_count {
+        return Err(FormatError::Corrupt(format!(
+            "META declares {} tensors, {} are stored",
+            meta.tensor_count,
+            tensors.len()
+        )));
+    }
+    let model = SqzModel { graph: meta.graph, quant: meta.quant, tensors, metadata: meta.metadata };
+    Ok((model, summaries))
+}
+
+/// The tensor name at the start of a (possibly truncated) TENS payload, if readable.
+fn peek_name(payload: &[u8]) -> Option<&str> {
+    let mut r = Reader { bytes: payload, pos: 0 };
+    let n = r.u16()?;
+    std::str::from_utf8(r.take(u64::from(n))?).ok()
+}
+
+fn decode_tensor(
+    payload: &[u8],
+    limits: &Limits,
+    budget: &mut u64,
+) -> Result<(StoredTensor, String), FormatError> {
+    let mut r = Reader { bytes: payload, pos: 0 };
+    let name = peek_name(payload)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| FormatError::Corrupt("a TENS section has no readable name".into()))?
+        .to_string();
+    r.take(2 + name.len() as u64);
+    let bad = |why: String| FormatError::Corrupt(format!("tensor '{name}': {why}"));
+    let short = || bad("header ends early".into());
+
+    let rank = usize::from(r.u8().ok_or_else(short)?);
+    if rank > limits.max_rank {
+        return Err(FormatError::LimitExceeded {
+            what: format!("rank {rank} of tensor '{name}'"),
+            limit: limits.max_rank as u64,
+        });
+    }
+    let mut shape = Vec::with_capacity(rank);
+    let mut numel = 1u64;
+    for _ in 0..rank {
+        let d = r.u32().ok_or_else(short)?;
+        numel = numel.saturating_mul(u64::from(d));
+        shape.push(d as usize);
+    }
+    if numel > u64::from(u32::MAX) {
+        return Err(bad(format!("shape {shape:?} has 2^32 or more elements")));
+    }
+    let is_i8 = match r.u8().ok_or_else(short)? {
+        VT_F32 => false,
+        VT_I8 => true,
+        v => return Err(bad(format!("unknown value type {v}"))),
+    };
+    let coding = match r.u8().ok_or_else(short)? {
+        POS_DENSE => None,
+        POS_BITMAP => Some(PositionCoding::Bitmap),
+        POS_GAPS => match r.u8().ok_or_else(short)? {
+            w @ 1..=8 => Some(PositionCoding::Gaps { width: w }),
+            w => return Err(bad(format!("gap width {w} is not in 1..=8"))),
+        },
+        c => return Err(bad(format!("unknown position coding {c}"))),
+    };
+    let count = u64::from(r.u32().ok_or_else(short)?);
+    if coding.is_none() && count != numel {
+        return Err(bad(format!("dense tensor stores {count} values for {numel} elements")));
+    }
+    if count > numel {
+        return Err(bad(format!("{count} values stored for {numel} elements")));
+    }
+    let rows = match (is_i8, shape.first()) {
+        (false, _) => 0,
+        (true, Some(&d)) => d as u64,
+        (true, None) => return Err(bad("int8 values need a rank of at least 1".into())),
+    };
+    let elem = if is_i8 { 1 } else { 4 };
+    let positions_bound = match coding {
+        None => 0,
+        Some(PositionCoding::Bitmap) => codec::bitmap_len(numel),
+        Some(PositionCoding::Gaps { width }) => {
+            ((count + numel / ((1u64 << width) - 1)) * u64::from(width)).div_ceil(8)
+        }
+    };
+    let bound = rows * 4 + positions_bound + count * elem;
+    let deflated = match r.u8().ok_or_else(short)? {
+        BODY_RAW => false,
+        BODY_DEFLATE => true,
+        c => return Err(bad(format!("unknown body coding {c}"))),
+    };
+    let raw = r.rest();
+    let body: Cow<[u8]> = if deflated {
+        let cap = bound.min(*budget);
+        let mut out = Vec::new();
+        let mut d = flate2::bufread::DeflateDecoder::new(raw);
+        (&mut d)
+            .take(cap + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| bad(format!("deflated body: {e}")))?;
+        if out.len() as u64 > cap {
+            return Err(if cap == bound {
+                bad(format!("body inflates beyond the {bound} bytes its header allows"))
+            } else {
+                FormatError::LimitExceeded {
+                    what: format!("inflated data (at tensor '{name}')"),
+                    limit: limits.max_bytes as u64,
+                }
+            });
+        }
+        if d.total_in() != raw.len() as u64 {
+            return Err(bad("bytes after the end of the deflated body".into()));
+        }
+        *budget -= out.len() as u64;
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(raw)
+    };
+
+    let mut b = Reader { bytes: &body, pos: 0 };
+    let need = |what: &str, n: u64, avail: usize| {
+        bad(format!("body ends inside the {what}: {n} bytes needed, {avail} remain"))
+    };
+    let scales = match b.take(rows * 4) {
+        Some(s) => s.chunks_exact(4).map(|c| f32::from_bits(le_u32(c))).collect::<Vec<_>>(),
+        None => return Err(need("scales", rows * 4, b.remaining())),
+    };
+    let codec_err = |e: codec::CodecError| bad(format!("positions: {e}"));
+    let positions = match coding {
+        None => None,
+        Some(PositionCoding::Bitmap) => {
+            let n = codec::bitmap_len(numel);
+            let avail = b.remaining();
+            let bits = b.take(n).ok_or_else(|| need("bitmap", n, avail))?;
+            Some(codec::decode_bitmap(bits, numel, count).map_err(codec_err)?)
+        }
+        Some(PositionCoding::Gaps { width }) => {
+            let stream = &body[b.pos..];
+            let (p, used) = codec::decode_gaps(stream, numel, count, width).map_err(codec_err)?;
+            b.take(used as u64);
+            Some(p)
+        }
+    };
+    let avail = b.remaining();
+    let vals = b.take(count * elem).ok_or_else(|| need("values", count * elem, avail))?;
+    if b.remaining() != 0 {
+        return Err(bad(format!("{} unused bytes after the values", b.remaining())));
+    }
+    let values = if is_i8 {
+        Values::I8 { q: vals.iter().map(|&x| x as i8).collect(), scales }
+    } else {
+        Values::F32(vals.chunks_exact(4).map(|c| f32::from_bits(le_u32(c))).collect())
+    };
+    let tensor = StoredTensor { name, shape, values, positions };
+    let pos_desc = match coding {
+        None => "dense".to_string(),
+        Some(PositionCoding::Bitmap) => "bitmap".to_string(),
+        Some(PositionCoding::Gaps { width }) => format!("gaps/b{width}"),
+    };
+    let encoding =
+        format!("{} {pos_desc}{}", tensor.encoding_name(), if deflated { "+deflate" } else { "" });
+    Ok((tensor, encoding))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use crate::spec::{INPUT, Node, Op, QParams};
+
+    fn fuzz_limits() -> Limits {
+        Limits { max_bytes: 1 << 20, ..Limits::default() }
+    }
+
+    fn two_head_residual() -> Graph {
+        let lin = |i, o| Op::Linear { in_features: i, out_features: o, bias: true };
+        Graph {
+            input_shape: vec![8],
+            nodes: vec![
+                Node { name: "a".into(), inputs: vec![INPUT.into()], op: lin(8, 8) },
+                Node { name: "r".into(), inputs: vec!["a".into()], op: Op::Relu },
+                Node { name: "sum".into(), inputs: vec!["r".into(), INPUT.into()], op: Op::Add },
+                Node { name: "h1".into(), inputs: vec!["sum".into()], op: lin(8, 3) },
+                Node { name: "h2".into(), inputs: vec!["sum".into()], op: lin(8, 2) },
+            ],
+            outputs: vec!["h1".into(), "h2".into()],
+        }
+    }
+
+    /// Dense f32, dense int8, sparse f32 and sparse int8 tensors on a residual two-head graph.
+    fn sample_model() -> SqzModel {
+        let mut rng = Rng::new(5);
+        let mut a_w: Vec<f32> = (0..64).map(|_| rng.uniform(1.0)).collect();
+        a_w[3] = -0.0;
+        let quant = QuantPlan {
+            integer_nodes: ["h1".to_string()].into(),
+            activations: [("sum".to_string(), QParams { scale: 0.02, zero_point: 3 })].into(),
+        };
+        SqzModel {
+            graph: two_head_residual(),
+            quant,
+            tensors: vec![
+                StoredTensor {
+                    name: "a.weight".into(),
+                    shape: vec![8, 8],
+                    values: Values::F32(a_w),
+                    positions: None,
+                },
+                StoredTensor {
+                    name: "a.bias".into(),
+                    shape: vec![8],
+                    values: Values::I8 {
+                        q: vec![-128, -1, 0, 1, 2, 3, 127, 5],
+                        scales: (0..8).map(|i| 0.01 * i as f32).collect(),
+                    },
+                    positions: None,
+                },
+                StoredTensor {
+                    name: "h1.weight".into(),
+                    shape: vec![3, 8],
+                    values: Values::I8 { q: vec![5, -7, 9, 100], scales: vec![0.5, 0.25, 0.125] },
+                    positions: Some(vec![0, 9, 10, 23]),
+                },
+                StoredTensor {
+                    name: "h1.bias".into(),
+                    shape: vec![3],
+                    values: Values::F32(vec![0.5, -0.0, 1e-30]),
+                    positions: None,
+                },
+                StoredTensor {
+                    name: "h2.weight".into(),
+                    shape: vec![2, 8],
+                    values: Values::F32(vec![1.5, -2.5]),
+                    positions: Some(vec![3, 15]),
+                },
+                StoredTensor {
+                    name: "h2.bias".into(),
+                    shape: vec![2],
+                    values: Values::F32(vec![]),
+                    positions: Some(vec![]),
+                },
+            ],
+            metadata: [("note".to_string(), "two heads".to_string())].into(),
+        }
+    }
+
+    fn with_producer(mut m: SqzModel) -> SqzModel {
+        m.metadata.insert("producer".into(), format!("squeeze {}", env!("CARGO_PKG_VERSION")));
+        m
+    }
+
+    fn section(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        push_section(&mut out, *kind, payload).unwrap();
+        out
+    }
+
+    /// Offsets of every section: (offset, kind, payload length).
+    fn sections(bytes: &[u8]) -> Vec<(usize, [u8; 4], usize)> {
+        let mut pos = HEADER_LEN;
+        let mut out = Vec::new();
+        while pos + 8 <= bytes.len() {
+            let kind: [u8; 4] = bytes[pos..pos + 4].try_into().unwrap();
+            let len = le_u32(&bytes[pos + 4..pos + 8]) as usize;
+            if pos + 12 + len > bytes.len() {
+                break;
+            }
+            out.push((pos, kind, len));
+            pos += 12 + len;
+        }
+        out
+    }
+
+    /// Recomputes every CRC so that mutations reach the payload parsers.
+    fn fix_crcs(bytes: &mut [u8]) {
+        for (pos, kind, len) in sections(bytes) {
+            let c = crc(&kind, &bytes[pos + 8..pos + 8 + len]);
+            bytes[pos + 8 + len..pos + 12 + len].copy_from_slice(&c.to_le_bytes());
+        }
+    }
+
+    #[test]
+    fn round_trips_all_tensor_kinds_exactly() {
+        let m = sample_model();
+        let bytes = encode(&m).unwrap();
+        assert!(crate::format::is_sqz(&bytes));
+        let back = decode(&bytes, &Limits::default()).unwrap();
+        assert_eq!(back, with_producer(m.clone()));
+        // -0.0 == 0.0 under PartialEq: compare bits too.
+        for (a, b) in m.tensors.iter().zip(&back.tensors) {
+            if let (Values::F32(x), Values::F32(y)) = (&a.values, &b.values) {
+                assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()));
+            }
+        }
+        // A present producer is kept.
+        let mut m2 = m.clone();
+        m2.metadata.insert("producer".into(), "other".into());
+        assert_eq!(decode(&encode(&m2).unwrap(), &Limits::default()).unwrap(), m2);
+        // The summary accounts for every byte.
+        let s = summarize(&bytes, &Limits::default()).unwrap();
+        assert_eq!(8 + s.iter().map(|x| x.total_bytes).sum::<usize>(), bytes.len());
+        assert_eq!(s[0].encoding, "json");
+        assert_eq!(s[1].tensor.as_deref(), Some("a.weight"));
+        assert!(s[1].encoding.starts_with("f32 dense"), "{}", s[1].encoding);
+        assert!(s[3].encoding.starts_with("sparse-int8/ch "), "{}", s[3].encoding);
+        assert_eq!(s.last().unwrap().kind, "END ");
+    }
+
+    #[test]
+    fn tensor_helpers() {
+        let m = sample_model();
+        let h1 = &m.tensors[2];
+        assert_eq!(h1.numel(), 24);
+        assert_eq!(h1.nonzeros(), 4);
+        assert_eq!(h1.encoding_name(), "sparse-int8/ch");
+        let d = h1.to_dense_f32();
+        assert_eq!(d.len(), 24);
+        assert_eq!((d[0], d[9], d[10], d[23], d[1]), (2.5, -1.75, 2.25, 12.5, 0.0));
+        assert_eq!(m.tensors[0].encoding_name(), "f32");
+        assert_eq!(m.tensors[1].encoding_name(), "int8/ch");
+        assert_eq!(m.tensors[1].nonzeros(), 6); // q = 0 and scale 0 give zeros
+        assert_eq!(m.tensors[4].encoding_name(), "sparse-f32");
+        assert_eq!(m.tensors[4].to_dense_f32()[15], -2.5);
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_detected() {
+        let bytes = encode(&sample_model()).unwrap();
+        let original = decode(&bytes, &Limits::default()).unwrap();
+        for i in 0..bytes.len() {
+            for x in [0x01u8, 0x80, 0xFF] {
+                let mut b = bytes.clone();
+                b[i] ^= x;
+                match decode(&b, &fuzz_limits()) {
+                    Err(_) => {}
+                    // Only the minor version may change: 1.x readers accept newer minors.
+                    Ok(m) => assert!((6..8).contains(&i) && m == original, "flip at {i} accepted"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = encode(&sample_model()).unwrap();
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes[..n], &fuzz_limits()).is_err(), "length {n}");
+        }
+        let tail = [0u8];
+        let mut extended = bytes.clone();
+        extended.extend_from_slice(&tail);
+        assert!(matches!(decode(&extended, &fuzz_limits()), Err(FormatError::Corrupt(_))));
+    }
+
+    #[test]
+    fn error_messages_say_what_is_wrong() {
+        let bytes = encode(&sample_model()).unwrap();
+        let (pos, _, len) = sections(&bytes)[2]; // a.bias
+        let cut = pos + 8 + len - 3;
+        let e = decode(&bytes[..cut], &Limits::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "file is truncated: tensor 'a.bias' needs {} bytes, {} remain",
+                len + 4,
+                len - 3
+            )
+        );
+        let e = decode(b"PK\x03\x04rest", &Limits::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "not a .sqz file (magic bytes are 50 4b 03 04, expected 89 53 51 5a)"
+        );
+        let mut v2 = bytes.clone();
+        v2[4] = 2;
+        let e = decode(&v2, &Limits::default()).unwrap_err();
+        assert!(matches!(e, FormatError::UnsupportedVersion { major: 2, minor: 0 }));
+        let e = decode(&bytes[..bytes.len() - 12], &Limits::default()).unwrap_err();
+        assert!(matches!(e, FormatError::Truncated { needed: 8, available: 0, .. }), "{e}");
+        let mut flipped = bytes.clone();
+        flipped[pos + 10] ^= 1;
+        assert!(matches!(
+            decode(&flipped, &Limits::default()),
+            Err(FormatError::ChecksumMismatch { ref section, .. }) if section == "TENS"
+        ));
+        let small = Limits { max_bytes: 100, ..Limits::default() };
+        assert!(matches!(decode(&bytes, &small), Err(FormatError::LimitExceeded { .. })));
+    }
+
+    #[test]
+    fn random_bytes_and_mutations_never_panic() {
+        let mut rng = Rng::new(42);
+        let valid = encode(&sample_model()).unwrap();
+        for i in 0..4000 {
+            let len = rng.below(300);
+            let mut b: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            if i % 2 == 0 && b.len() >= 8 {
+                b[..8].copy_from_slice(&valid[..8]);
+            }
+            let _ = decode(&b, &fuzz_limits());
+        }
+        let mut accepted = 0;
+        for _ in 0..20000 {
+            let mut b = valid.clone();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(b.len());
+                match rng.below(4) {
+                    0 => b[at] = rng.next_u64() as u8,
+                    1 => b[at] ^= 1 << rng.below(8),
+                    2 => b.truncate(at),
+                    _ => b.insert(at, rng.next_u64() as u8),
+                }
+                if b.is_empty() {
+                    break;
+                }
+            }
+            let _ = decode(&b, &fuzz_limits());
+            fix_crcs(&mut b); // reach the payload parsers
+            if let Ok(m) = decode(&b, &fuzz_limits()) {
+                // Whatever decodes is a valid model: it re-encodes, and byte-stably
+                // (bytes, not PartialEq, so that NaN values compare).
+                assert!(summarize(&b, &fuzz_limits()).is_ok());
+                m.tensors.iter().for_each(|t| assert_eq!(t.to_dense_f32().len(), t.numel()));
+                let again = encode(&m).unwrap();
+                let back = decode(&again, &fuzz_limits()).unwrap();
+                assert_eq!(encode(&back).unwrap(), again);
+                accepted += 1;
+            }
+        }
+        assert!(accepted > 0, "mutations never reached a decodable file");
+    }
+
+    #[test]
+    fn bitmap_at_half_density_gaps_at_five_percent() {
+        let mut rng = Rng::new(9);
+        let mut make = |name: &str, density: f32| {
+            let mut positions: Vec<u32> =
+                (0..10_000u32).filter(|_| rng.next_f32() < density).collect();
+            if positions.last() != Some(&9_999) {
+                positions.push(9_999);
+            }
+            let q = positions.iter().map(|_| 1 + rng.below(100) as i8).collect();
+            StoredTensor {
+                name: name.into(),
+                shape: vec![100, 100],
+                values: Values::I8 { q, scales: vec![0.1; 100] },
+                positions: Some(positions),
+            }
+        };
+        let mut m = sample_model();
+        m.tensors = vec![make("half", 0.5), make("sparse", 0.05)];
+        let bytes = encode(&m).unwrap();
+        let s = summarize(&bytes, &Limits::default()).unwrap();
+        assert!(s[1].encoding.starts_with("sparse-int8/ch bitmap"), "{}", s[1].encoding);
+        assert!(s[2].encoding.starts_with("sparse-int8/ch gaps/b"), "{}", s[2].encoding);
+        assert_eq!(decode(&bytes, &Limits::default()).unwrap(), with_producer(m));
+    }
+
+    #[test]
+    fn seed_sized_int8_model_fits_the_budget() {
+        // 784-32-10 MLP: 25,408 int8 weights (uniform random: the worst case for deflate).
+        let mut rng = Rng::new(1);
+        let lin = |i, o| Op::Linear { in_features: i, out_features: o, bias: true };
+        let graph = Graph::chain(
+            vec![784],
+            vec![("fc1", lin(784, 32)), ("r", Op::Relu), ("fc2", lin(32, 10))],
+        );
+        let mut tensors = Vec::new();
+        for p in graph.parameters() {
+            let n = p.numel();
+            let values = if p.shape.len() == 2 {
+                Values::I8 {
+                    q: (0..n).map(|_| rng.below(255) as i32 as i8).collect(),
+                    scales: (0..p.shape[0]).map(|_| rng.next_f32() * 0.01).collect(),
+                }
+            } else {
+                Values::F32((0..n).map(|_| rng.uniform(0.1)).collect())
+            };
+            tensors.push(StoredTensor { name: p.name, shape: p.shape, values, positions: None });
+        }
+        let m = SqzModel { graph, quant: QuantPlan::default(), tensors, metadata: BTreeMap::new() };
+        let bytes = encode(&m).unwrap();
+        assert!(bytes.len() <= 33_000, "{} bytes", bytes.len());
+        assert_eq!(decode(&bytes, &Limits::default()).unwrap(), with_producer(m));
+    }
+
+    fn insert_after_meta(bytes: &[u8], extra: &[u8]) -> Vec<u8> {
+        let (pos, _, len) = sections(bytes)[0];
+        let at = pos + 12 + len;
+        [&bytes[..at], extra, &bytes[at..]].concat()
+    }
+
+    #[test]
+    fn unknown_ancillary_is_skipped_unknown_critical_is_refused() {
+        let m = sample_model();
+        let bytes = encode(&m).unwrap();
+        let with_text = insert_after_meta(&bytes, &section(b"teXt", b"hello"));
+        assert_eq!(decode(&with_text, &Limits::default()).unwrap(), with_producer(m));
+        let s = summarize(&with_text, &Limits::default()).unwrap();
+        assert_eq!(s[1].kind, "teXt");
+        let with_crit = insert_after_meta(&bytes, &section(b"TEXT", b"hello"));
+        assert!(matches!(
+            decode(&with_crit, &Limits::default()),
+            Err(FormatError::UnknownCritical { ref kind }) if kind == "TEXT"
+        ));
+    }
+
+    /// A TENS payload with a chosen header and raw body bytes.
+    fn tens_payload(
+        shape: &[u32],
+        vt: u8,
+        pos: &[u8],
+        count: u32,
+        body_coding: u8,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let mut p = vec![1, 0, b'w', shape.len() as u8];
+        shape.iter().for_each(|d| p.extend_from_slice(&d.to_le_bytes()));
+        p.push(vt);
+        p.extend_from_slice(pos);
+        p.extend_from_slice(&count.to_le_bytes());
+        p.push(body_coding);
+        p.extend_from_slice(body);
+        p
+    }
+
+    fn file_with(tens: &[u8]) -> Vec<u8> {
+        let mut m = sample_model();
+        m.tensors.clear();
+        let bytes = encode(&m).unwrap();
+        let (pos, _, len) = sections(&bytes)[0];
+        let json = String::from_utf8(bytes[pos + 8..pos + 8 + len].to_vec()).unwrap();
+        let json = json.replace("\"tensor_count\":0", "\"tensor_count\":1");
+        [
+            &bytes[..8],
+            &section(b"META", json.as_bytes()),
+            &section(b"TENS", tens),
+            &section(b"END ", b""),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn deflate_bombs_and_inconsistent_bodies_are_refused() {
+        // Baseline: a hand-made dense f32 tensor decodes.
+        let ok = file_with(&tens_payload(&[2], VT_F32, &[POS_DENSE], 2, BODY_RAW, &[0; 8]));
+        assert_eq!(
+            decode(&ok, &Limits::default()).unwrap().tensors[0].values,
+            Values::F32(vec![0.0; 2])
+        );
+        // 10 MB of zeros deflated, claimed to be a 1000-element tensor body.
+        let bomb = deflate(&vec![0u8; 10 << 20]).unwrap();
+        let f = file_with(&tens_payload(&[1000], VT_F32, &[POS_DENSE], 1000, BODY_DEFLATE, &bomb));
+        let e = decode(&f, &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("inflates beyond"), "{e}");
+        // A huge sparse tensor whose bound is large: capped by the max_bytes budget.
+        let f =
+            file_with(&tens_payload(&[u32::MAX], VT_F32, &[POS_BITMAP], 0, BODY_DEFLATE, &bomb));
+        assert!(matches!(decode(&f, &fuzz_limits()), Err(FormatError::LimitExceeded { .. })));
+        // Wrong value count, bad coding bytes, trailing body bytes, huge shapes.
+        for payload in [
+            tens_payload(&[2], VT_F32, &[POS_DENSE], 1, BODY_RAW, &[0; 4]),
+            tens_payload(&[2], VT_F32, &[POS_DENSE], 2, BODY_RAW, &[0; 9]),
+            tens_payload(&[2], VT_F32, &[POS_DENSE], 2, BODY_RAW, &[0; 7]),
+            tens_payload(&[2], 7, &[POS_DENSE], 2, BODY_RAW, &[0; 8]),
+            tens_payload(&[2], VT_F32, &[9], 2, BODY_RAW, &[0; 8]),
+            tens_payload(&[2], VT_F32, &[POS_GAPS, 9], 1, BODY_RAW, &[0; 5]),
+            tens_payload(&[2], VT_F32, &[POS_DENSE], 2, 5, &[0; 8]),
+            tens_payload(&[65536, 65536], VT_F32, &[POS_BITMAP], 0, BODY_RAW, &[]),
+            tens_payload(&[8], VT_F32, &[POS_BITMAP], 1, BODY_RAW, &[3, 0, 0, 0, 0]),
+            tens_payload(&[], VT_I8, &[POS_DENSE], 1, BODY_RAW, &[0]),
+            tens_payload(&[1; 9], VT_F32, &[POS_DENSE], 1, BODY_RAW, &[0; 4]),
+        ] {
+            assert!(decode(&file_with(&payload), &Limits::default()).is_err());
+        }
+    }
+
+    #[test]
+    fn encode_rejects_inconsistent_models() {
+        let cases: Vec<fn(&mut SqzModel)> = vec![
+            |m| m.tensors[4].positions = Some(vec![15, 3]),
+            |m| m.tensors[4].positions = Some(vec![3, 16]),
+            |m| m.tensors[4].positions = Some(vec![3]),
+            |m| m.tensors[0].values = Values::F32(vec![0.0; 63]),
+            |m| m.tensors[1].values = Values::I8 { q: vec![0; 8], scales: vec![1.0; 7] },
+            |m| m.tensors[1].name = "a.weight".into(),
+            |m| m.tensors[1].name = String::new(),
+            |m| m.tensors[3].shape = vec![1; 9],
+            |m| {
+                m.quant.activations.insert("x".into(), QParams { scale: f32::NAN, zero_point: 0 });
+            },
+        ];
+        for (i, break_it) in cases.into_iter().enumerate() {
+            let mut m = sample_model();
+            break_it(&mut m);
+            assert!(matches!(encode(&m), Err(FormatError::Invalid(_))), "case {i}");
+        }
+    }
+
+    #[test]
+    fn file_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sqz");
+        let m = sample_model();
+        let n = write_sqz(&path, &m).unwrap();
+        assert_eq!(n, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(read_sqz(&path).unwrap(), with_producer(m));
+        let e = read_sqz(&dir.path().join("missing.sqz")).unwrap_err();
+        assert!(matches!(e, FormatError::Io { .. }) && e.to_string().contains("missing.sqz"));
+    }
+}
