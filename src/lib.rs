@@ -28,6 +28,8 @@
 //! - [`report`]: the report schema (JSON + Markdown) and measurement helpers.
 
 pub mod codec;
+pub mod recipe;
+pub mod store;
 pub mod compress;
 pub mod data;
 pub mod format;

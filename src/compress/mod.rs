@@ -1,3 +1,7 @@
-//! Compression passes, one file per technique.
+//! Compression passes, one file per technique. Each pass changes a [`Model`] (and
+//! records the constraints later steps must keep) or produces its stored form.
+//!
+//! [`Model`]: crate::model::Model
 
 pub mod prune;
+pub mod quantize;
