@@ -170,7 +170,7 @@ impl Recipe {
         let mut r: Recipe = toml::from_str(text).map_err(|e| RecipeError::Parse {
             path: path.into(),
             message: e.message().to_string()
-                + &e.span().map(|s| format!(" (line {})", text[..s.start].lines().count().max(1))).unwrap_or_default(),
+                + &e.span().map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1)).unwrap_or_default(),
         })?;
         let invalid = |message: String| RecipeError::Invalid { path: path.into(), message };
         match (&r.model.zoo, &r.model.file) {
