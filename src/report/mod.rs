@@ -1,1 +1,355 @@
-//! (in progress)
+//! The machine-readable run report (JSON, schema below) and its Markdown rendering,
+//! plus the measurement helpers in [`measure`].
+//!
+//! The JSON schema is documented on the types themselves: [`Report`] is the top-level
+//! object, [`Gate`] its `gate`, [`Stage`] each element of `stages`. Field names are the
+//! JSON keys. [`SCHEMA_VERSION`] changes whenever a key is removed or its meaning changes;
+//! readers should ignore keys they do not know.
+
+pub mod measure;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use measure::{Spread, machine_description, median_and_spread, peak_rss_bytes, sha256_hex, squeeze_version};
+
+/// The version of the report schema written in `schema_version`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A run report: what was run, where, and every stage's measured result.
+///
+/// ```json
+/// { "schema_version": 1, "squeeze_version": "0.1.0+31fc1df0ab",
+///   "machine": "2 cores, AMD EPYC 9R14 96-Core Processor (avx2, avx512f, avx512_vnni)",
+///   "recipe": "recipes/seed.toml", "recipe_sha256": "…64 hex digits…", "seed": 1234,
+///   "dataset": "fashion-mnist",
+///   "gate": { "metric": "accuracy", "max_drop": 0.005, "against": "baseline", "split": "validation" },
+///   "result": "failed", "failed_stage": "prune", "reason": "validation accuracy dropped 0.9 points",
+///   "stages": [ { "name": "baseline", … } ] }
+/// ```
+///
+/// `failed_stage` and `reason` are present only when `result` is `"failed"` (absent keys
+/// read back as `None`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`] of the writer.
+    pub schema_version: u32,
+    /// `"<crate version>+<short git commit>"`, see [`squeeze_version`].
+    pub squeeze_version: String,
+    /// Cores, CPU model and SIMD flags, see [`machine_description`].
+    pub machine: String,
+    /// The recipe file as given on the command line.
+    pub recipe: String,
+    /// SHA-256 of the recipe file's bytes, lowercase hex.
+    pub recipe_sha256: String,
+    /// The seed every random choice derives from.
+    pub seed: u64,
+    /// Dataset name, e.g. `"fashion-mnist"`.
+    pub dataset: String,
+    /// The acceptance rule each compressed stage is checked against.
+    pub gate: Gate,
+    /// `"passed"` or `"failed"`.
+    pub result: Outcome,
+    /// The stage that failed the gate or the run (only when failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_stage: Option<String>,
+    /// Why, in a sentence (only when failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Stages in the order they ran; the first is normally the uncompressed baseline.
+    pub stages: Vec<Stage>,
+}
+
+/// The quality gate: `metric` on `split` may drop at most `max_drop` below the stage
+/// named `against`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Gate {
+    /// The metric compared, e.g. `"accuracy"`.
+    pub metric: String,
+    /// The largest allowed drop, as a fraction (`0.005` = half an accuracy point).
+    pub max_drop: f64,
+    /// The stage compared against, e.g. `"baseline"`.
+    pub against: String,
+    /// The split the gate is measured on, e.g. `"validation"` (never the test set).
+    pub split: String,
+}
+
+/// Whether the run passed its gates. Serialised as `"passed"` / `"failed"`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Every stage ran and held the gate.
+    Passed,
+    /// A stage failed (see `failed_stage` and `reason`).
+    Failed,
+}
+
+/// One stage's measurements, taken on the stage's stored file.
+///
+/// Non-finite floats (a measurement that could not be taken) are written as `null`
+/// and read back as NaN.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct Stage {
+    /// Stage name, e.g. `"baseline"`, `"prune"`, `"int8"`.
+    pub name: String,
+    /// Test-set accuracy as a fraction in `[0, 1]`.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub accuracy: f64,
+    /// Validation-split accuracy as a fraction (what the gate reads).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub validation_accuracy: f64,
+    /// Size of the stage's file in bytes.
+    pub bytes: u64,
+    /// Compression ratio: fp32 parameter bytes of the uncompressed model
+    /// (4 × its parameter count) divided by `bytes`.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub ratio: f64,
+    /// Parameter count (weights and biases).
+    pub params: u64,
+    /// Parameters that are not zero.
+    pub nonzero_params: u64,
+    /// Stored bits per parameter: `8 × bytes / params`.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub bits_per_weight: f64,
+    /// Median latency of one image (batch 1), microseconds.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub latency_us_b1: f64,
+    /// Half the inter-quartile range of the batch-1 latency samples, microseconds.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub latency_us_b1_spread: f64,
+    /// Images per second at batch 256 (median run).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub throughput_b256: f64,
+    /// The inference kernel used, e.g. `"f32-dense"`, `"int8-vnni"`.
+    pub kernel: String,
+    /// Wall-clock seconds the stage took (training or compression plus measuring).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub wall_s: f64,
+    /// Peak resident set size of the process after the stage, bytes, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
+    /// The stage's file name, relative to the report's directory.
+    pub file: String,
+    /// Technique-specific facts (e.g. sparsity per layer), free-form JSON.
+    #[serde(default)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// Reads a number, or `null` (how serde_json writes NaN and infinities) as NaN.
+fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+impl Report {
+    /// The report as pretty-printed JSON.
+    pub fn to_json(&self) -> String {
+        // Plain structs with string map keys: serialisation cannot fail.
+        serde_json::to_string_pretty(self).expect("report serialises")
+    }
+
+    /// Parses a report written by [`Report::to_json`] (unknown keys are ignored).
+    pub fn from_json(json: &str) -> Result<Report, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    /// The stage deltas are measured against: the one named by `gate.against`, else the
+    /// first.
+    fn reference(&self) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name == self.gate.against).or(self.stages.first())
+    }
+
+    /// A human-readable Markdown rendering, generated from the report alone: title,
+    /// header facts, one table row per stage, and how the ratio is defined.
+    pub fn to_markdown(&self) -> String {
+        let mut md = String::from("# squeeze report\n\n");
+        let result = match self.result {
+            Outcome::Passed => "**Result: passed**".to_string(),
+            Outcome::Failed => {
+                let mut r = "**Result: FAILED**".to_string();
+                if let Some(stage) = &self.failed_stage {
+                    r += &format!(" at stage `{}`", cell(stage));
+                }
+                if let Some(reason) = &self.reason {
+                    r += &format!(": {}", cell(reason));
+                }
+                r
+            }
+        };
+        let g = &self.gate;
+        let drop =
+            if g.metric == "accuracy" { format!("{:.2} points", g.max_drop * 100.0) } else { g.max_drop.to_string() };
+        let facts = [
+            result,
+            format!("squeeze: `{}`", cell(&self.squeeze_version)),
+            format!("machine: {}", cell(&self.machine)),
+            format!("recipe: `{}` (sha256 `{}`)", cell(&self.recipe), cell(&self.recipe_sha256)),
+            format!("seed: {}", self.seed),
+            format!("dataset: {}", cell(&self.dataset)),
+            format!(
+                "gate: {} may drop at most {drop} below `{}`, measured on the {} split",
+                cell(&g.metric),
+                cell(&g.against),
+                cell(&g.split)
+            ),
+        ];
+        facts.iter().for_each(|f| _ = writeln!(md, "- {f}"));
+
+        md += "\n| Stage | Test acc (%) | Δ vs baseline (pts) | Val acc (%) | Bytes | Ratio | Params | Non-zero \
+               | Bits/weight | Latency b1 (µs) | Throughput b256 (img/s) | Kernel | Wall (s) |\n";
+        md += "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|\n";
+        let reference = self.reference();
+        for s in &self.stages {
+            let delta = match reference {
+                Some(r) if !std::ptr::eq(r, s) => num(100.0 * (s.accuracy - r.accuracy), 2, true),
+                _ => "—".to_string(),
+            };
+            let latency = format!("{} ± {}", num(s.latency_us_b1, 1, false), num(s.latency_us_b1_spread, 1, false));
+            _ = writeln!(
+                md,
+                "| {} | {} | {delta} | {} | {} | {}× | {} | {} | {} | {latency} | {} | {} | {} |",
+                cell(&s.name),
+                num(100.0 * s.accuracy, 2, false),
+                num(100.0 * s.validation_accuracy, 2, false),
+                thousands(s.bytes),
+                num(s.ratio, 2, false),
+                thousands(s.params),
+                thousands(s.nonzero_params),
+                num(s.bits_per_weight, 2, false),
+                human(s.throughput_b256),
+                cell(&s.kernel),
+                num(s.wall_s, 1, false),
+            );
+        }
+        md += "\nRatio = fp32 parameter bytes of the uncompressed model";
+        if let Some(r) = reference {
+            _ = write!(md, " (4 × {} params = {} B)", thousands(r.params), thousands(4 * r.params));
+        }
+        md += " / file bytes.\n";
+        md
+    }
+}
+
+/// Text made safe for a Markdown table cell or list item.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+/// A number with `decimals` places (`+` shown if `signed`), or `—` when not finite.
+fn num(x: f64, decimals: usize, signed: bool) -> String {
+    match (x.is_finite(), signed) {
+        (false, _) => "—".to_string(),
+        (true, true) => format!("{x:+.decimals$}"),
+        (true, false) => format!("{x:.decimals$}"),
+    }
+}
+
+/// `203848` → `"203,848"`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A rate with a k / M / G suffix, e.g. `1.50 M`.
+fn human(x: f64) -> String {
+    match x {
+        x if !x.is_finite() => "—".to_string(),
+        x if x >= 1e9 => format!("{:.2} G", x / 1e9),
+        x if x >= 1e6 => format!("{:.2} M", x / 1e6),
+        x if x >= 1e3 => format!("{:.1} k", x / 1e3),
+        x => format!("{x:.0}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(result: Outcome) -> Report {
+        let stage = |name: &str, acc: f64, bytes: u64| Stage {
+            name: name.into(),
+            accuracy: acc,
+            validation_accuracy: acc - 0.001,
+            bytes,
+            ratio: 203_560.0 / bytes as f64,
+            params: 50_890,
+            nonzero_params: 50_890,
+            bits_per_weight: 8.0 * bytes as f64 / 50_890.0,
+            latency_us_b1: 9.1,
+            latency_us_b1_spread: 0.4,
+            throughput_b256: 1_500_000.0,
+            kernel: "f32-dense".into(),
+            wall_s: 21.3,
+            peak_rss_bytes: Some(61_000_000),
+            file: format!("{name}.safetensors"),
+            extra: BTreeMap::from([("sparsity".to_string(), serde_json::json!({"fc1": 0.9}))]),
+        };
+        let failed = result == Outcome::Failed;
+        Report {
+            schema_version: SCHEMA_VERSION,
+            squeeze_version: squeeze_version(),
+            machine: "2 cores, Test CPU (avx2)".into(),
+            recipe: "recipes/seed.toml".into(),
+            recipe_sha256: sha256_hex(b"recipe"),
+            seed: 1234,
+            dataset: "fashion-mnist".into(),
+            gate: Gate {
+                metric: "accuracy".into(),
+                max_drop: 0.005,
+                against: "baseline".into(),
+                split: "validation".into(),
+            },
+            result,
+            failed_stage: failed.then(|| "int8".into()),
+            reason: failed.then(|| "validation accuracy dropped 1.20 points (limit 0.50)".into()),
+            stages: vec![stage("baseline", 0.8712, 203_848), stage("int8", 0.8600, 51_234)],
+        }
+    }
+
+    #[test]
+    fn json_round_trip() {
+        for outcome in [Outcome::Passed, Outcome::Failed] {
+            let r = sample(outcome);
+            let json = r.to_json();
+            assert_eq!(Report::from_json(&json).unwrap(), r);
+            assert_eq!(json.contains("failed_stage"), outcome == Outcome::Failed);
+        }
+        let json = sample(Outcome::Passed).to_json();
+        assert!(json.contains("\"result\": \"passed\""), "{json}");
+        // NaN is written as null and read back as NaN, never an error.
+        let mut r = sample(Outcome::Passed);
+        r.stages[0].latency_us_b1 = f64::NAN;
+        let back = Report::from_json(&r.to_json()).unwrap();
+        assert!(back.stages[0].latency_us_b1.is_nan());
+    }
+
+    #[test]
+    fn markdown_lists_stages_and_reason() {
+        let md = sample(Outcome::Failed).to_markdown();
+        for needle in
+            ["baseline", "int8", "FAILED", "dropped 1.20 points", "87.12", "-1.12", "203,848", "1.50 M", "9.1 ± 0.4"]
+        {
+            assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+        }
+        assert!(md.contains("4 × 50,890 params"), "{md}");
+        assert!(sample(Outcome::Passed).to_markdown().contains("Result: passed"));
+    }
+
+    #[test]
+    fn number_formatting() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(human(850.4), "850");
+        assert_eq!(human(12_345.0), "12.3 k");
+        assert_eq!(num(f64::NAN, 2, false), "—");
+        assert_eq!(num(0.5, 2, true), "+0.50");
+    }
+}
