@@ -31,6 +31,7 @@ pub mod codec;
 pub mod recipe;
 pub mod store;
 pub mod compress;
+pub mod pipeline;
 pub mod data;
 pub mod format;
 pub mod model;
