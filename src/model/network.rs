@@ -183,6 +183,9 @@ impl Workspace {
                     }
                 }
                 Op::Flatten => y_n.copy_from_slice(x),
+                Op::Normalize { ref mean, ref std } => {
+                    crate::runtime::kernels::normalize(x, mean, std, xlen, y_n);
+                }
                 Op::Relu => y_n.iter_mut().zip(x).for_each(|(o, &i)| *o = i.max(0.0)),
                 Op::Add => {
                     let x2 = &self.acts[step.inputs[1]][..n * xlen];
@@ -301,6 +304,13 @@ impl Workspace {
                         }
                     }
                 }
+                Op::Normalize { ref std, .. } if need_dx => {
+                    // dx = dy / std (per channel)
+                    let per = xlen / std.len();
+                    for (i, (d, g)) in self.grads[xid][..n * xlen].iter_mut().zip(dy).enumerate() {
+                        *d += g / std[(i % xlen) / per];
+                    }
+                }
                 Op::Flatten if need_dx => {
                     self.grads[xid][..n * xlen].iter_mut().zip(dy).for_each(|(d, g)| *d += g);
                 }
@@ -407,6 +417,7 @@ mod tests {
             vec![
                 ("c1", Op::Conv2d { in_channels: 2, out_channels: 3, kernel: 3, stride: 1, padding: 1, bias: true }),
                 ("r1", Op::Relu),
+                ("n1", Op::Normalize { mean: vec![0.1, 0.2, 0.3], std: vec![0.5, 1.5, 2.0] }),
                 ("p1", Op::MaxPool2d { kernel: 2, stride: 2 }),
                 ("c2", Op::Conv2d { in_channels: 3, out_channels: 4, kernel: 2, stride: 2, padding: 0, bias: true }),
                 ("f", Op::Flatten),

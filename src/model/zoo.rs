@@ -10,12 +10,21 @@ pub const MODELS: &[(&str, &str)] = &[
     ("lenet5", "LeNet-5: conv 6@5×5 pad 2, pool, conv 16@5×5, pool, 120, 84, 10; 61,706 parameters"),
 ];
 
+/// Mean and standard deviation of the Fashion-MNIST training pixels (scaled to [0, 1]):
+/// every zoo model standardises its input first.
+pub const FASHION_MEAN: f32 = 0.2860;
+pub const FASHION_STD: f32 = 0.3530;
+
+fn normalize() -> Op {
+    Op::Normalize { mean: vec![FASHION_MEAN], std: vec![FASHION_STD] }
+}
+
 fn linear(i: usize, o: usize) -> Op {
     Op::Linear { in_features: i, out_features: o, bias: true }
 }
 
 fn mlp_of(widths: &[usize]) -> Graph {
-    let mut layers = vec![("flatten".to_string(), Op::Flatten)];
+    let mut layers = vec![("normalize".to_string(), normalize()), ("flatten".to_string(), Op::Flatten)];
     for (i, w) in widths.windows(2).enumerate() {
         layers.push((format!("fc{}", i + 1), linear(w[0], w[1])));
         if i + 2 < widths.len() {
@@ -34,6 +43,7 @@ pub fn build(name: &str) -> Option<Graph> {
         "lenet5" => Graph::chain(
             vec![1, 28, 28],
             vec![
+                ("normalize", normalize()),
                 ("conv1", Op::Conv2d { in_channels: 1, out_channels: 6, kernel: 5, stride: 1, padding: 2, bias: true }),
                 ("relu1", Op::Relu),
                 ("pool1", Op::MaxPool2d { kernel: 2, stride: 2 }),

@@ -74,6 +74,7 @@ enum Kernel {
     ReluU8(u8),
     Add,
     Softmax,
+    Normalize { mean: Vec<f32>, std: Vec<f32> },
     Quantize(QParams),
     Dequantize(QParams),
 }
@@ -224,6 +225,12 @@ impl Plan {
                     };
                     let out = plan.add_slot(repr, out_len, &node.name);
                     plan.steps.push(Step { kernel, inputs: vec![x], out });
+                    slot_of.insert(node.name.clone(), out);
+                }
+                Op::Normalize { mean, std } => {
+                    let x = plan.convert(x, Repr::F32, &mut converted);
+                    let out = plan.add_slot(Repr::F32, out_len, &node.name);
+                    plan.steps.push(Step { kernel: Kernel::Normalize { mean: mean.clone(), std: std.clone() }, inputs: vec![x], out });
                     slot_of.insert(node.name.clone(), out);
                 }
                 Op::Add | Op::Softmax => {
@@ -425,6 +432,10 @@ impl Plan {
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     y[..n * ol].copy_from_slice(&xs[..n * xl]);
                     softmax_rows(&mut y[..n * ol], ol);
+                }
+                Kernel::Normalize { mean, std } => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    super::kernels::normalize(&xs[..n * xl], mean, std, xl, &mut y[..n * ol]);
                 }
                 Kernel::Quantize(qp) => int8::quantize_u8(&ws.f[xi][..n * xl], *qp, &mut ws.q[o][..n * ol]),
                 Kernel::Dequantize(qp) => int8::dequantize_u8(&ws.q[xi][..n * xl], *qp, &mut ws.f[o][..n * ol]),

@@ -185,6 +185,19 @@ pub fn maxpool<T: Copy + PartialOrd>(x: &[T], g: &Window, y: &mut [T], mut argma
     }
 }
 
+/// `y = (x − mean[c]) / std[c]` over samples of `sample_len` values, where `mean` and
+/// `std` have one entry per channel (or one for all).
+pub fn normalize(x: &[f32], mean: &[f32], std: &[f32], sample_len: usize, y: &mut [f32]) {
+    let per = sample_len / mean.len();
+    let inv: Vec<f32> = std.iter().map(|s| 1.0 / s).collect();
+    for (xs, ys) in x.chunks_exact(sample_len).zip(y.chunks_exact_mut(sample_len)) {
+        for (c, (xc, yc)) in xs.chunks_exact(per).zip(ys.chunks_exact_mut(per)).enumerate() {
+            let (m, s) = (mean[c], inv[c]);
+            yc.iter_mut().zip(xc).for_each(|(o, &i)| *o = (i - m) * s);
+        }
+    }
+}
+
 /// Row-wise softmax of `x[rows, n]` in place, max-subtracted for stability.
 pub fn softmax_rows(x: &mut [f32], n: usize) {
     for row in x.chunks_exact_mut(n) {

@@ -61,6 +61,10 @@ pub enum Op {
     Relu,
     /// Element-wise sum of two values of the same shape (residual connections).
     Add,
+    /// Input preprocessing `y = (x − mean) / std`, one value for all elements or one
+    /// per channel of a `[C, H, W]` value. Part of the model, so every runtime and
+    /// exporter feeds the same numbers.
+    Normalize { mean: Vec<f32>, std: Vec<f32> },
     /// Softmax over a 1-D value. As a graph output it marks a classifier head: the
     /// trainer fuses it with cross-entropy and reads the logits before it.
     Softmax,
@@ -90,6 +94,7 @@ impl Op {
             Op::Relu => "ReLU",
             Op::Add => "Add",
             Op::Softmax => "Softmax",
+            Op::Normalize { .. } => "Normalize",
         }
     }
 }
@@ -253,14 +258,14 @@ impl Graph {
 pub fn output_shape(name: &str, op: &Op, ins: &[Vec<usize>]) -> Result<Vec<usize>, SpecError> {
     let bad = |why: String| SpecError::Shape { node: name.to_string(), got: ins[0].clone(), why };
     let x = &ins[0];
-    match *op {
-        Op::Linear { in_features, out_features, .. } => {
+    match op {
+        &Op::Linear { in_features, out_features, .. } => {
             if x.len() != 1 || x[0] != in_features {
                 return Err(bad(format!("Linear expects [{in_features}]")));
             }
             Ok(vec![out_features])
         }
-        Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
+        &Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
             if x.len() != 3 || x[0] != in_channels {
                 return Err(bad(format!("Conv2d expects [{in_channels}, H, W]")));
             }
@@ -273,7 +278,7 @@ pub fn output_shape(name: &str, op: &Op, ins: &[Vec<usize>]) -> Result<Vec<usize
             }
             Ok(vec![out_channels, (h - kernel) / stride + 1, (w - kernel) / stride + 1])
         }
-        Op::MaxPool2d { kernel, stride } => {
+        &Op::MaxPool2d { kernel, stride } => {
             if x.len() != 3 {
                 return Err(bad("MaxPool2d expects [C, H, W]".into()));
             }
@@ -284,6 +289,17 @@ pub fn output_shape(name: &str, op: &Op, ins: &[Vec<usize>]) -> Result<Vec<usize
         }
         Op::Flatten => Ok(vec![x.iter().product()]),
         Op::Relu => Ok(x.clone()),
+        Op::Normalize { mean, std } => {
+            let channels = if x.len() == 3 { x[0] } else { 1 };
+            let fits = |v: &Vec<f32>| v.len() == 1 || v.len() == channels;
+            if mean.len() != std.len() || !fits(mean) {
+                return Err(bad(format!("Normalize needs 1 or {channels} mean/std values, got {}/{}", mean.len(), std.len())));
+            }
+            if std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || mean.iter().any(|m| !m.is_finite()) {
+                return Err(bad("Normalize needs finite means and positive stds".into()));
+            }
+            Ok(x.clone())
+        }
         Op::Softmax => {
             if x.len() != 1 {
                 return Err(bad("Softmax expects a 1-D value".into()));
