@@ -135,9 +135,29 @@ fn calibrate(model: &Model, images: &[f32]) -> Result<BTreeMap<String, QParams>,
         .flat_map(|n| n.inputs.iter().map(String::as_str))
         .chain(model.graph.outputs.iter().map(String::as_str))
         .collect();
+    // Keep what an integer layer can read or write: its input, its output, and the
+    // output of a ReLU it feeds (fused). Every other value stays f32, so its range
+    // need not be stored.
+    let weighted = |name: &str| model.graph.node(name).is_some_and(|n| n.op.has_weight());
+    let used: BTreeSet<&str> = model
+        .graph
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            let mut v = Vec::new();
+            if n.op.has_weight() {
+                v.push(n.inputs[0].as_str());
+                v.push(n.name.as_str());
+            }
+            if matches!(n.op, Op::Relu) && weighted(&n.inputs[0]) {
+                v.push(n.name.as_str());
+            }
+            v
+        })
+        .collect();
     Ok(ranges
         .into_iter()
-        .filter(|(name, _)| !float_only.contains(name.as_str()))
+        .filter(|(name, _)| used.contains(name.as_str()) && !float_only.contains(name.as_str()))
         .map(|(name, (lo, hi))| (name, QParams::from_range(lo, hi)))
         .collect())
 }
