@@ -5,3 +5,4 @@
 
 pub mod prune;
 pub mod quantize;
+pub mod share;

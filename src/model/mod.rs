@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 pub use network::Workspace;
 
+
 use crate::rng::Rng;
 use crate::spec::{Graph, ParamKind, ParamSpec, SpecError};
 
@@ -88,11 +89,21 @@ impl Params {
     }
 }
 
+/// Shared values of one parameter: element `i` is `centroids[assignment[i]]` (unless a
+/// mask removes it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Codebook {
+    pub centroids: Vec<f32>,
+    pub assignment: Vec<u16>,
+}
+
 /// What later steps must keep about parameters.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Constraints {
     /// Pruning masks by parameter name: `false` = the weight is removed and stays 0.
     pub masks: BTreeMap<String, Vec<bool>>,
+    /// Weight sharing by parameter name: the assignment is fixed, the centroids train.
+    pub codebooks: BTreeMap<String, Codebook>,
 }
 
 /// An architecture, its parameters and their constraints.
@@ -183,6 +194,19 @@ impl Model {
             }
         }
         Some(flat)
+    }
+
+    /// Writes every codebook's centroids into its parameter (masked entries stay 0).
+    pub fn apply_codebooks(&mut self) {
+        for (name, cb) in &self.constraints.codebooks {
+            let mask = self.constraints.masks.get(name);
+            if let Some(i) = self.params.index(name) {
+                let r = self.params.range(i);
+                for (j, (w, &a)) in self.params.data[r].iter_mut().zip(&cb.assignment).enumerate() {
+                    *w = if mask.is_some_and(|m| !m[j]) { 0.0 } else { cb.centroids[a as usize] };
+                }
+            }
+        }
     }
 
     /// Number of non-zero parameters.

@@ -109,6 +109,7 @@ pub fn train(
         (0..workers).map(|_| (vec![0.0; per_worker * input_len], vec![0u8; per_worker])).collect();
     let mask = model.flat_mask();
     let mut adam = Adam::new(model.params.len(), cfg.lr);
+    let mut shared = SharedWeights::new(model, cfg.lr);
     let mut rng = Rng::new(cfg.seed);
     let mut order: Vec<u32> = (0..n as u32).collect();
     let mut grad = vec![0.0f32; model.params.len()];
@@ -153,6 +154,7 @@ pub fn train(
                 grad.iter_mut().zip(&ws.param_grad).for_each(|(g, w)| *g += w);
             }
             adam.step(&mut model.params.data, &grad, mask.as_deref());
+            shared.step(&mut model.params.data, &grad, mask.as_deref());
             for (l, c) in results {
                 loss_sum += l;
                 correct += c;
@@ -170,7 +172,72 @@ pub fn train(
         on_event(TrainEvent::EpochEnd(s.clone()));
         stats.push(s);
     }
+    shared.store(model);
     stats
+}
+
+/// The codebook constraints during training: each centroid is a parameter of its own,
+/// its gradient the sum of its weights' gradients (Deep Compression's centroid
+/// fine-tuning), stepped by its own Adam; the weights are then set from the centroids,
+/// so shared weights stay shared.
+struct SharedWeights {
+    /// (flat range of the parameter, offset of its centroids, its name)
+    layers: Vec<(std::ops::Range<usize>, usize, String)>,
+    assignments: Vec<Vec<u16>>,
+    centroids: Vec<f32>,
+    grad: Vec<f32>,
+    adam: Adam,
+}
+
+impl SharedWeights {
+    fn new(model: &Model, lr: f32) -> SharedWeights {
+        let mut layers = Vec::new();
+        let mut assignments = Vec::new();
+        let mut centroids = Vec::new();
+        for (name, cb) in &model.constraints.codebooks {
+            if let Some(i) = model.params.index(name) {
+                layers.push((model.params.range(i), centroids.len(), name.clone()));
+                assignments.push(cb.assignment.clone());
+                centroids.extend_from_slice(&cb.centroids);
+            }
+        }
+        let n = centroids.len();
+        SharedWeights { layers, assignments, centroids, grad: vec![0.0; n], adam: Adam::new(n, lr) }
+    }
+
+    fn step(&mut self, params: &mut [f32], grad: &[f32], mask: Option<&[f32]>) {
+        if self.layers.is_empty() {
+            return;
+        }
+        self.grad.fill(0.0);
+        let kept = |i: usize| mask.is_none_or(|m| m[i] != 0.0);
+        for ((range, off, _), assign) in self.layers.iter().zip(&self.assignments) {
+            for (j, &a) in assign.iter().enumerate() {
+                let i = range.start + j;
+                if kept(i) {
+                    self.grad[off + a as usize] += grad[i];
+                }
+            }
+        }
+        self.adam.step(&mut self.centroids, &self.grad, None);
+        for ((range, off, _), assign) in self.layers.iter().zip(&self.assignments) {
+            for (j, &a) in assign.iter().enumerate() {
+                let i = range.start + j;
+                params[i] = if kept(i) { self.centroids[off + a as usize] } else { 0.0 };
+            }
+        }
+    }
+
+    /// Writes the trained centroids back into the model's constraints.
+    fn store(&self, model: &mut Model) {
+        for (idx, (_, off, name)) in self.layers.iter().enumerate() {
+            if let Some(cb) = model.constraints.codebooks.get_mut(name) {
+                let k = cb.centroids.len();
+                cb.centroids.copy_from_slice(&self.centroids[*off..off + k]);
+                debug_assert_eq!(cb.assignment, self.assignments[idx]);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -234,6 +301,25 @@ mod tests {
             } else {
                 assert_ne!(*v, 0.0);
             }
+        }
+    }
+
+    #[test]
+    fn shared_weights_stay_shared_and_centroids_train() {
+        let (x, y) = toy(300, 4);
+        let mut m = toy_model(7);
+        m.set_mask("fc1.weight", (0..128).map(|i| i % 4 != 0).collect()).unwrap();
+        let cfg_share = crate::compress::share::ShareConfig { linear_bits: 2, conv_bits: 2, per_layer: Default::default(), layers: vec![] };
+        crate::compress::share::share(&mut m, &cfg_share).unwrap();
+        let before = m.constraints.codebooks["fc1.weight"].centroids.clone();
+        let cfg = TrainConfig { epochs: 2, batch_size: 16, lr: 1e-2, seed: 1, workers: 2 };
+        train(&mut m, &x, &y, &cfg, &mut |_| {});
+        let cb = &m.constraints.codebooks["fc1.weight"];
+        assert_ne!(cb.centroids, before, "centroids were trained");
+        let w = m.params.get("fc1.weight").unwrap();
+        for (i, v) in w.iter().enumerate() {
+            let want = if i % 4 == 0 { 0.0 } else { cb.centroids[cb.assignment[i] as usize] };
+            assert_eq!(*v, want);
         }
     }
 
