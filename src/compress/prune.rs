@@ -18,6 +18,33 @@ pub enum Scope {
     Global,
 }
 
+/// How the sparsity target is reached over several prune-and-retrain steps.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// All at once (one step).
+    #[default]
+    OneShot,
+    /// Zhu & Gupta's cubic (AGP) schedule: `s_t = s_f · (1 − (1 − t/n)³)`, fast first,
+    /// gentle at the end.
+    Cubic,
+    /// Equal ratios of survivors per step: density `d_t = d_f^(t/n)`.
+    Geometric,
+}
+
+impl Schedule {
+    /// The sparsity after step `t` of `steps` (1-based) for a final sparsity `target`.
+    pub fn at(self, target: f64, t: usize, steps: usize) -> f64 {
+        let steps = steps.max(1);
+        let frac = (t.min(steps)) as f64 / steps as f64;
+        match self {
+            Schedule::OneShot => target,
+            Schedule::Cubic => target * (1.0 - (1.0 - frac).powi(3)),
+            Schedule::Geometric => 1.0 - (1.0 - target).powf(frac),
+        }
+    }
+}
+
 /// Errors of the pruning pass.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PruneError {
@@ -38,8 +65,26 @@ pub struct PruneSummary {
 /// limits the pass to the named nodes (all weighted nodes when empty). Weights already
 /// masked count as removed, and stay removed.
 pub fn magnitude(model: &mut Model, sparsity: f64, scope: Scope, layers: &[String]) -> Result<PruneSummary, PruneError> {
-    if !(0.0..1.0).contains(&sparsity) {
-        return Err(PruneError::Sparsity(sparsity));
+    magnitude_per_layer(model, sparsity, scope, layers, &Default::default())
+}
+
+/// As [`magnitude`], with per-layer targets (node name → sparsity) that override the
+/// common one for those layers (layer-wise scope; under global scope the named layers
+/// are pruned to their own targets and the rest share one threshold).
+pub fn magnitude_per_layer(
+    model: &mut Model,
+    sparsity: f64,
+    scope: Scope,
+    layers: &[String],
+    per_layer: &std::collections::BTreeMap<String, f64>,
+) -> Result<PruneSummary, PruneError> {
+    for s in std::iter::once(&sparsity).chain(per_layer.values()) {
+        if !(0.0..1.0).contains(s) {
+            return Err(PruneError::Sparsity(*s));
+        }
+    }
+    if let Some(l) = per_layer.keys().find(|l| !model.params.specs.iter().any(|s| &s.node == *l && s.kind == ParamKind::Weight)) {
+        return Err(PruneError::UnknownLayer(l.clone()));
     }
     for l in layers {
         if !model.params.specs.iter().any(|s| &s.node == l && s.kind == ParamKind::Weight) {
@@ -58,9 +103,12 @@ pub fn magnitude(model: &mut Model, sparsity: f64, scope: Scope, layers: &[Strin
         let mask = m.constraints.masks.get(name);
         w.iter().enumerate().map(|(i, v)| if mask.is_some_and(|k| !k[i]) { -1.0 } else { v.abs() }).collect()
     };
+    let node_of: std::collections::HashMap<String, String> =
+        model.params.specs.iter().map(|s| (s.name.clone(), s.node.clone())).collect();
+    let own_target = |name: &str| node_of.get(name).and_then(|n| per_layer.get(n)).copied();
     let global_threshold = match scope {
         Scope::Global => {
-            let mut all: Vec<f32> = targets.iter().flat_map(|t| magnitude_of(model, t)).collect();
+            let mut all: Vec<f32> = targets.iter().filter(|t| own_target(t).is_none()).flat_map(|t| magnitude_of(model, t)).collect();
             Some(kth_threshold(&mut all, sparsity))
         }
         Scope::Layer => None,
@@ -68,11 +116,11 @@ pub fn magnitude(model: &mut Model, sparsity: f64, scope: Scope, layers: &[Strin
     let mut summary = PruneSummary { layers: Vec::new() };
     for name in targets {
         let mags = magnitude_of(model, &name);
-        let (mask, kept) = match global_threshold {
-            Some((t, _)) => keep_above(&mags, t, None),
-            None => {
+        let (mask, kept) = match (own_target(&name), global_threshold) {
+            (None, Some((t, _))) => keep_above(&mags, t, None),
+            (target, _) => {
                 let mut sorted = mags.clone();
-                let (t, ties) = kth_threshold(&mut sorted, sparsity);
+                let (t, ties) = kth_threshold(&mut sorted, target.unwrap_or(sparsity));
                 keep_above(&mags, t, Some(ties))
             }
         };
@@ -153,6 +201,31 @@ mod tests {
             let new = &m.constraints.masks[name];
             assert!(mask.iter().zip(new).all(|(o, n)| *o || !*n));
         }
+    }
+
+    #[test]
+    fn schedules_reach_the_target_monotonically() {
+        for s in [Schedule::Cubic, Schedule::Geometric] {
+            let mut prev = 0.0;
+            for t in 1..=5 {
+                let v = s.at(0.9, t, 5);
+                assert!(v > prev && v <= 0.9 + 1e-12, "{s:?} {t} {v}");
+                prev = v;
+            }
+            assert!((prev - 0.9).abs() < 1e-12);
+        }
+        // Cubic removes most early: after 1 of 4 steps, 1 − 0.75³ ≈ 58% of the target.
+        assert!((Schedule::Cubic.at(0.8, 1, 4) - 0.8 * (1.0 - 0.421875)).abs() < 1e-12);
+        assert_eq!(Schedule::OneShot.at(0.5, 1, 1), 0.5);
+    }
+
+    #[test]
+    fn per_layer_targets_override_the_common_one() {
+        let mut m = Model::init(zoo::build("lenet300").unwrap(), 3).unwrap();
+        let per = [("fc1".to_string(), 0.95), ("fc3".to_string(), 0.2)].into();
+        let s = magnitude_per_layer(&mut m, 0.5, Scope::Layer, &[], &per).unwrap();
+        let frac: Vec<f64> = s.layers.iter().map(|l| 1.0 - l.2 as f64 / l.1 as f64).collect();
+        assert!((frac[0] - 0.95).abs() < 1e-3 && (frac[1] - 0.5).abs() < 1e-3 && (frac[2] - 0.2).abs() < 1e-3, "{frac:?}");
     }
 
     #[test]
