@@ -201,14 +201,12 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
     report.stages.push(stage);
 
     for (i, pass) in recipe.passes.iter().enumerate() {
-        let name = pass.stage_name();
+        let mut name = pass.stage_name();
         on_event(Event::Stage(name.clone()));
         let t = Instant::now();
         let mut extra = serde_json::Map::new();
         let is_last = i + 1 == last;
-        let path = path_for(&name, "sqz", is_last);
-        guard_input(recipe, &path)?;
-        match pass {
+        let (stored, entropy_coding) = match pass {
             Pass::Prune { sparsity, scope, layers, per_layer, schedule, steps, fine_tune_epochs, lr } => {
                 let mut summary = prune::PruneSummary { layers: Vec::new() };
                 let mut log = Vec::new();
@@ -242,7 +240,10 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 extra.insert("fine_tune_epochs".into(), (*fine_tune_epochs).into());
                 extra.insert("scope".into(), format!("{scope:?}").to_lowercase().into());
                 extra.insert("schedule".into(), format!("{schedule:?}").to_lowercase().into());
-                store::write_sqz_with(&path, &quantize::store_f32(&model), false)?;
+                let kept: usize = summary.layers.iter().map(|l| l.2).sum();
+                let total: usize = summary.layers.iter().map(|l| l.1).sum();
+                name = format!("pruned-{}", (100.0 * (1.0 - kept as f64 / total.max(1) as f64)).round());
+                (quantize::store_f32(&model), false)
             }
             Pass::Share { linear_bits, conv_bits, per_layer, layers, fine_tune_epochs, lr, half_precision } => {
                 let cfg = share::ShareConfig {
@@ -270,11 +271,9 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 extra.insert("layers".into(), layers.into());
                 extra.insert("fine_tune_epochs".into(), (*fine_tune_epochs).into());
                 extra.insert("half_precision".into(), (*half_precision).into());
-                store::write_sqz_with(&path, &quantize::store_f32(&model), false)?;
+                (quantize::store_f32(&model), false)
             }
-            Pass::Code {} => {
-                store::write_sqz_with(&path, &quantize::store_f32(&model), true)?;
-            }
+            Pass::Code {} => (quantize::store_f32(&model), true),
             Pass::Quantize { mode, layers, calibration } => {
                 let n = (*calibration).min(splits.train.len());
                 let calib = &splits.train.images[..n * splits.train.sample_len()];
@@ -282,9 +281,12 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 extra.insert("mode".into(), format!("{mode:?}").to_lowercase().into());
                 extra.insert("calibration_images".into(), n.into());
                 extra.insert("integer_layers".into(), stored.quant.integer_nodes.iter().cloned().collect::<Vec<_>>().into());
-                store::write_sqz(&path, &stored)?;
+                (stored, true)
             }
-        }
+        };
+        let path = path_for(&name, "sqz", is_last);
+        guard_input(recipe, &path)?;
+        store::write_sqz_with(&path, &stored, entropy_coding)?;
         let wall = t.elapsed().as_secs_f64();
         let stage = measure_stage(&path, &name, wall, fp32_bytes, &splits, extra)?;
         on_event(Event::Measured(stage.clone()));

@@ -196,7 +196,7 @@ impl Pass {
     /// The stage name in reports.
     pub fn stage_name(&self) -> String {
         match self {
-            Pass::Prune { sparsity, .. } => format!("pruned-{}", (sparsity * 100.0).round()),
+            Pass::Prune { .. } => "pruned".into(),
             Pass::Quantize { mode: Mode::Full, .. } => "int8".into(),
             Pass::Quantize { mode: Mode::Weights, .. } => "int8-weights".into(),
             Pass::Share { .. } => "shared".into(),
