@@ -105,7 +105,7 @@ pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
                 pos.iter().zip(q).for_each(|(&i, &v)| dense[i as usize] = v);
                 Weights::I8 { q: dense, scales: scales.clone() }
             }
-            (Values::F32(_), _) => Weights::F32(t.to_dense_f32()),
+            (Values::F32(_) | Values::Codebook { .. }, _) => Weights::F32(t.to_dense_f32()),
         };
         w.insert(t.name.clone(), weights);
     }

@@ -12,10 +12,24 @@
 //!   `s == 2^b - 1`, is a *filler* that advances the cursor by `2^b - 1` without a
 //!   value. Symbols are packed LSB first; the last byte is padded with zero bits.
 //!
-//! [`choose_position_coding`] measures the bitmap and every width and keeps the
-//! smallest (the bitmap on ties). Decoders check every position against `numel`,
+//! - **Huffman-coded gaps** with a span `S = 2^e` (`e` in `0..=15`): the same walk,
+//!   over the alphabet `0..=S` where a symbol `s < S` places a value at
+//!   `cursor + s` and `S` is the filler advancing the cursor by `S`. The symbols
+//!   form one [`huffman`] stream (code-length table, then the code words), the
+//!   code being optimal for this tensor's gap distribution.
+//!
+//! [`choose_position_coding`] measures the bitmap, every width and the Huffman
+//! spans `2^1..=2^10` and keeps the smallest (on ties the bitmap, then fixed
+//! widths, then smaller spans). Decoders check every position against `numel`,
 //! the count against the stream, and the padding bits, so a stream decodes to at
 //! most one position list and allocations are bounded by the input length.
+//!
+//! Besides positions, this module packs fixed-width indices ([`pack_indices`]),
+//! and holds the Huffman coder ([`huffman`]) and an IEEE binary16 converter
+//! ([`f16`](mod@f16)).
+
+pub mod f16;
+pub mod huffman;
 
 /// Largest element count a position list can address (positions are `u32`).
 pub const MAX_NUMEL: u64 = 1 << 32;
@@ -64,6 +78,35 @@ pub enum CodecError {
     /// `numel` is more than [`MAX_NUMEL`].
     #[error("{0} elements cannot be addressed by 32-bit positions")]
     TooLarge(u64),
+    /// A Huffman gap span exponent outside `0..=15`.
+    #[error("gap span 2^{0} is not in 2^0..=2^15")]
+    BadSpan(u8),
+    /// An alphabet larger than [`huffman::MAX_SYMBOLS`].
+    #[error("alphabet of {0} symbols exceeds 65536")]
+    AlphabetTooLarge(u64),
+    /// Code lengths whose Kraft sum exceeds 1 (or too many symbols for the limit).
+    #[error("code lengths oversubscribe the code space (Kraft sum above 1)")]
+    Oversubscribed,
+    /// A code length above [`huffman::MAX_CODE_LEN`].
+    #[error("code length {0} exceeds 16")]
+    BadCodeLength(u8),
+    /// A malformed serialised code-length table.
+    #[error("Huffman table: {0}")]
+    BadTable(&'static str),
+    /// Bits that are no code word of an (incomplete) Huffman code.
+    #[error("bits do not form a code word")]
+    InvalidCode,
+    /// Encoding a symbol that has no code word.
+    #[error("symbol {0} has no code word")]
+    NoCode(u32),
+    /// A symbol or index outside its alphabet.
+    #[error("symbol {symbol} is outside the alphabet of {alphabet}")]
+    SymbolOutOfRange {
+        /// The symbol.
+        symbol: u32,
+        /// Alphabet size.
+        alphabet: u64,
+    },
 }
 
 /// Appends values of up to 32 bits, least significant bit first.
@@ -141,6 +184,18 @@ impl<'a> BitReader<'a> {
         Ok(value as u32)
     }
 
+    /// Reads one bit.
+    pub fn read_bit(&mut self) -> Result<u32, CodecError> {
+        match self.bytes.get((self.pos / 8) as usize) {
+            Some(&b) => {
+                let bit = u32::from(b >> (self.pos % 8)) & 1;
+                self.pos += 1;
+                Ok(bit)
+            }
+            None => Err(CodecError::Exhausted { needed: 1, available: 0 }),
+        }
+    }
+
     /// Number of bits read so far.
     pub fn bits_read(&self) -> u64 {
         self.pos
@@ -170,7 +225,18 @@ pub enum PositionCoding {
         /// Bits per symbol.
         width: u8,
     },
+    /// Huffman-coded relative gaps with span `2^span_log2` (`0..=15`), `2^span_log2`
+    /// being the filler symbol.
+    HuffmanGaps {
+        /// Exponent `e` of the span `S = 2^e`.
+        span_log2: u8,
+    },
 }
+
+/// Largest Huffman gap span exponent.
+pub const MAX_SPAN_LOG2: u8 = 15;
+/// The span exponents [`choose_position_coding`] tries.
+pub const TRIED_SPANS: std::ops::RangeInclusive<u8> = 1..=10;
 
 /// Byte length of a bitmap over `numel` elements.
 pub fn bitmap_len(numel: u64) -> u64 {
@@ -289,8 +355,131 @@ pub fn decode_gaps(
     Ok((out, r.finish()?))
 }
 
+fn span(span_log2: u8) -> Result<u64, CodecError> {
+    if span_log2 <= MAX_SPAN_LOG2 {
+        Ok(1u64 << span_log2)
+    } else {
+        Err(CodecError::BadSpan(span_log2))
+    }
+}
+
+/// The gap symbols of `positions` for span `2^span_log2` (see the module documentation).
+fn gap_symbols(positions: &[u32], span_log2: u8) -> Result<Vec<u32>, CodecError> {
+    let s = span(span_log2)?;
+    let mut out = Vec::with_capacity(positions.len());
+    let mut next = 0u64;
+    for &p in positions {
+        let gap = u64::from(p).saturating_sub(next);
+        out.extend(std::iter::repeat_n(s as u32, (gap / s) as usize));
+        out.push((gap % s) as u32);
+        next = u64::from(p) + 1;
+    }
+    Ok(out)
+}
+
+/// Byte length of the Huffman gap coding of `positions` at span `2^span_log2`.
+pub fn huffman_gaps_len(positions: &[u32], span_log2: u8) -> Result<u64, CodecError> {
+    let alphabet = span(span_log2)? as usize + 1;
+    let s = span(span_log2)?;
+    let mut freqs = vec![0u64; alphabet];
+    let mut next = 0u64;
+    for &p in positions {
+        let gap = u64::from(p).saturating_sub(next);
+        freqs[alphabet - 1] += gap / s;
+        freqs[(gap % s) as usize] += 1;
+        next = u64::from(p) + 1;
+    }
+    huffman::stream_len(&freqs)
+}
+
+/// The Huffman gap coding of `positions` (sorted, strictly increasing) at span
+/// `2^span_log2`: one [`huffman::encode_stream`] over the alphabet `0..=2^span_log2`.
+pub fn encode_huffman_gaps(positions: &[u32], span_log2: u8) -> Result<Vec<u8>, CodecError> {
+    let symbols = gap_symbols(positions, span_log2)?;
+    huffman::encode_stream(&symbols, span(span_log2)? as usize + 1)
+}
+
+/// Decodes `count` positions below `numel` from the front of `bytes`, Huffman gap
+/// coded at span `2^span_log2`. Returns them and the number of bytes the stream used
+/// (padding checked).
+pub fn decode_huffman_gaps(
+    bytes: &[u8],
+    numel: u64,
+    count: u64,
+    span_log2: u8,
+) -> Result<(Vec<u32>, usize), CodecError> {
+    let s = span(span_log2)?;
+    if numel > MAX_NUMEL {
+        return Err(CodecError::TooLarge(numel));
+    }
+    let mut r = BitReader::new(bytes);
+    let code = huffman::HuffmanCode::read_table(&mut r, s as usize + 1)?;
+    // Every code word has at least one bit.
+    let most = (bytes.len() as u64 * 8).saturating_sub(r.bits_read());
+    let mut out = Vec::with_capacity(count.min(most) as usize);
+    let mut cursor = 0u64;
+    while (out.len() as u64) < count {
+        let sym = u64::from(code.read_symbol(&mut r)?);
+        if sym == s {
+            cursor += s;
+            if cursor >= numel {
+                return Err(CodecError::OutOfRange { position: cursor, numel });
+            }
+            continue;
+        }
+        let p = cursor + sym;
+        if p >= numel {
+            return Err(CodecError::OutOfRange { position: p, numel });
+        }
+        out.push(p as u32);
+        cursor = p + 1;
+    }
+    Ok((out, r.finish()?))
+}
+
+/// Bits per index of an alphabet of `k` symbols in [`pack_indices`]:
+/// `max(1, ceil(log2 k))` (at least one, so that a count is bounded by the input).
+pub fn index_width(k: u64) -> u32 {
+    (64 - k.saturating_sub(1).leading_zeros()).max(1)
+}
+
+/// Packs `indices` at [`index_width`]`(k)` bits each, LSB first, zero-padded to a
+/// byte; errors on an index `≥ k`.
+pub fn pack_indices(indices: &[u16], k: u64) -> Result<Vec<u8>, CodecError> {
+    let width = index_width(k);
+    let mut w = BitWriter::new();
+    for &i in indices {
+        if u64::from(i) >= k {
+            return Err(CodecError::SymbolOutOfRange { symbol: u32::from(i), alphabet: k });
+        }
+        w.write(u32::from(i), width);
+    }
+    Ok(w.finish())
+}
+
+/// Unpacks `count` indices below `k` from the front of `bytes`; returns them and the
+/// bytes used (padding checked).
+pub fn unpack_indices(bytes: &[u8], k: u64, count: u64) -> Result<(Vec<u16>, usize), CodecError> {
+    let width = index_width(k);
+    let needed = count.saturating_mul(u64::from(width));
+    if needed > bytes.len() as u64 * 8 {
+        return Err(CodecError::Exhausted { needed, available: bytes.len() as u64 * 8 });
+    }
+    let mut r = BitReader::new(bytes);
+    let mut out = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let i = r.read(width)?;
+        if u64::from(i) >= k || i > u32::from(u16::MAX) {
+            return Err(CodecError::SymbolOutOfRange { symbol: i, alphabet: k });
+        }
+        out.push(i as u16);
+    }
+    Ok((out, r.finish()?))
+}
+
 /// The smallest coding of `positions` over `numel` elements and its byte length:
-/// the bitmap or gaps at the best width (the bitmap wins ties).
+/// the bitmap, gaps at the best width, or Huffman gaps at the best span of
+/// [`TRIED_SPANS`] (ties: bitmap, then fixed widths, then smaller spans).
 pub fn choose_position_coding(positions: &[u32], numel: u64) -> (PositionCoding, u64) {
     let mut best = (PositionCoding::Bitmap, bitmap_len(numel));
     for width in 1..=8u8 {
@@ -298,6 +487,13 @@ pub fn choose_position_coding(positions: &[u32], numel: u64) -> (PositionCoding,
             && bits.div_ceil(8) < best.1
         {
             best = (PositionCoding::Gaps { width }, bits.div_ceil(8));
+        }
+    }
+    for span_log2 in TRIED_SPANS {
+        if let Ok(len) = huffman_gaps_len(positions, span_log2)
+            && len < best.1
+        {
+            best = (PositionCoding::HuffmanGaps { span_log2 }, len);
         }
     }
     best
@@ -338,10 +534,22 @@ mod tests {
             assert_eq!(back, pos, "width {width}");
             assert_eq!(n, used);
         }
+        for span_log2 in 0..=MAX_SPAN_LOG2 {
+            let mut g = encode_huffman_gaps(pos, span_log2).unwrap();
+            assert_eq!(g.len() as u64, huffman_gaps_len(pos, span_log2).unwrap());
+            let used = g.len();
+            g.extend_from_slice(&[0xAB, 0xCD]);
+            let (back, n) = decode_huffman_gaps(&g, numel, count, span_log2).unwrap();
+            assert_eq!(back, pos, "span 2^{span_log2}");
+            assert_eq!(n, used);
+        }
         let (coding, len) = choose_position_coding(pos, numel);
         let actual = match coding {
             PositionCoding::Bitmap => bitmap_len(numel),
             PositionCoding::Gaps { width } => encode_gaps(pos, width).unwrap().len() as u64,
+            PositionCoding::HuffmanGaps { span_log2 } => {
+                encode_huffman_gaps(pos, span_log2).unwrap().len() as u64
+            }
         };
         assert_eq!(len, actual);
     }
@@ -395,7 +603,32 @@ mod tests {
         dense.dedup();
         assert_eq!(choose_position_coding(&dense, 10_000).0, PositionCoding::Bitmap);
         let sparse = random_positions(10_000, 0.05, 2);
-        assert!(matches!(choose_position_coding(&sparse, 10_000).0, PositionCoding::Gaps { .. }));
+        let (coding, len) = choose_position_coding(&sparse, 10_000);
+        assert!(matches!(coding, PositionCoding::HuffmanGaps { .. }), "{coding:?}");
+        let best_fixed = (1..=8).map(|w| gaps_bit_len(&sparse, w).unwrap().div_ceil(8)).min();
+        assert!(len < best_fixed.unwrap());
+    }
+
+    #[test]
+    fn packed_indices_round_trip_and_check_range() {
+        assert_eq!((index_width(0), index_width(1), index_width(2)), (1, 1, 1));
+        assert_eq!((index_width(3), index_width(32), index_width(33)), (2, 5, 6));
+        assert_eq!(index_width(65536), 16);
+        let mut g = Lcg(4);
+        for k in [1u64, 2, 3, 32, 255, 256, 257, 65536] {
+            let idx: Vec<u16> = (0..777).map(|_| (g.next() % k) as u16).collect();
+            let mut b = pack_indices(&idx, k).unwrap();
+            assert_eq!(b.len() as u64, (777 * u64::from(index_width(k))).div_ceil(8));
+            let used = b.len();
+            b.push(0xEE);
+            assert_eq!(unpack_indices(&b, k, 777).unwrap(), (idx, used));
+        }
+        assert!(pack_indices(&[3], 3).is_err());
+        assert!(matches!(unpack_indices(&[3], 3, 1), Err(CodecError::SymbolOutOfRange { .. })));
+        assert!(matches!(unpack_indices(&[0], 3, 5), Err(CodecError::Exhausted { .. })));
+        assert_eq!(unpack_indices(&[0x10], 4, 1), Err(CodecError::NonzeroPadding));
+        assert!(unpack_indices(&[], 0, 1).is_err());
+        assert_eq!(unpack_indices(&[], 0, 0), Ok((vec![], 0)));
     }
 
     #[test]
@@ -425,10 +658,15 @@ mod tests {
             let count = g.next() % 50;
             let width = (g.next() % 10) as u8;
             let _ = decode_bitmap(&bytes, numel, count);
-            if let Ok((p, used)) = decode_gaps(&bytes, numel, count, width) {
+            let results = [
+                decode_gaps(&bytes, numel, count, width),
+                decode_huffman_gaps(&bytes, numel, count, width * 2),
+            ];
+            for (p, used) in results.into_iter().flatten() {
                 assert!(used <= bytes.len());
                 assert!(p.windows(2).all(|w| w[0] < w[1]));
                 assert!(p.iter().all(|&x| u64::from(x) < numel));
+                assert_eq!(p.len() as u64, count);
             }
         }
     }

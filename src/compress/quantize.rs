@@ -71,6 +71,7 @@ fn stored(name: String, shape: Vec<usize>, mask: Option<&Vec<bool>>, values: Val
     let values = match values {
         Values::F32(v) => Values::F32(positions.iter().map(|&i| v[i as usize]).collect()),
         Values::I8 { q, scales } => Values::I8 { q: positions.iter().map(|&i| q[i as usize]).collect(), scales },
+        Values::Codebook { indices, centroids } => Values::Codebook { indices: positions.iter().map(|&i| indices[i as usize]).collect(), centroids },
     };
     StoredTensor { name, shape, values, positions: Some(positions) }
 }

@@ -5,8 +5,8 @@ pub mod safetensors;
 pub mod sqz;
 
 pub use sqz::{
-    FormatError, Limits, SectionSummary, SqzModel, StoredTensor, Values, decode, encode, read_sqz,
-    summarize, write_sqz,
+    FormatError, Limits, MAX_CENTROIDS, SectionSummary, SqzModel, StoredTensor, Values, decode,
+    encode, read_sqz, summarize, write_sqz,
 };
 
 use std::fs::{self, File, OpenOptions};
