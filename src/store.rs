@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::format::safetensors::{self as st, DenseFile, SafetensorsError};
 use crate::format::sqz::{self, FormatError, Limits, SqzModel, Values};
 use crate::format::{is_sqz, write_atomic};
-use crate::model::{Model, ModelError};
+use crate::model::{Codebook, Model, ModelError};
 use crate::runtime::exec::{Plan, RuntimeError, Weights};
 use crate::spec::{Graph, QuantPlan};
 
@@ -71,11 +71,27 @@ impl ModelFile {
                         })
                     })
                     .collect();
+                let codebooks: Vec<(String, Codebook)> = s
+                    .tensors
+                    .iter()
+                    .filter_map(|t| match &t.values {
+                        Values::Codebook { indices, centroids } => {
+                            let mut assignment = vec![0u16; t.numel()];
+                            match &t.positions {
+                                Some(p) => p.iter().zip(indices).for_each(|(&i, &a)| assignment[i as usize] = a),
+                                None => assignment.copy_from_slice(indices),
+                            }
+                            Some((t.name.clone(), Codebook { centroids: centroids.clone(), assignment }))
+                        }
+                        _ => None,
+                    })
+                    .collect();
                 let tensors = s.tensors.iter().map(|t| (t.name.clone(), (t.shape.clone(), t.to_dense_f32()))).collect();
                 let mut model = Model::from_tensors(s.graph, tensors)?;
                 for (name, mask) in masks {
                     model.set_mask(&name, mask)?;
                 }
+                model.constraints.codebooks.extend(codebooks);
                 Ok(model)
             }
         }
@@ -164,11 +180,14 @@ pub fn write_safetensors(path: &Path, model: &Model) -> Result<u64, StoreError> 
 /// Writes a stored model as `.sqz`, with entropy coding (Huffman-coded indices and
 /// positions, deflate) or with fixed-width codes only; returns the bytes written.
 pub fn write_sqz_with(path: &Path, model: &SqzModel, entropy_coding: bool) -> Result<u64, StoreError> {
-    let _ = entropy_coding;
-    write_sqz(path, model)
+    let opts = sqz::EncodeOptions { entropy_coding };
+    let bytes = sqz::encode_with(model, &opts).map_err(|source| StoreError::Sqz { path: path.into(), source })?;
+    write_atomic(path, &bytes).map_err(|source| StoreError::Write { path: path.into(), source })?;
+    Ok(bytes.len() as u64)
 }
 
-/// Writes a stored model as `.sqz` (atomically); returns the bytes written.
+/// Writes a stored model as `.sqz` with every encoding allowed (atomically); returns
+/// the bytes written.
 pub fn write_sqz(path: &Path, model: &SqzModel) -> Result<u64, StoreError> {
     let bytes = sqz::encode(model).map_err(|source| StoreError::Sqz { path: path.into(), source })?;
     write_atomic(path, &bytes).map_err(|source| StoreError::Write { path: path.into(), source })?;

@@ -481,6 +481,12 @@ pub fn unpack_indices(bytes: &[u8], k: u64, count: u64) -> Result<(Vec<u16>, usi
 /// the bitmap, gaps at the best width, or Huffman gaps at the best span of
 /// [`TRIED_SPANS`] (ties: bitmap, then fixed widths, then smaller spans).
 pub fn choose_position_coding(positions: &[u32], numel: u64) -> (PositionCoding, u64) {
+    choose_position_coding_among(positions, numel, true)
+}
+
+/// As [`choose_position_coding`]; without `entropy_coding` only the bitmap and the
+/// fixed-width gaps are considered (the codings of Deep Compression before Huffman).
+pub fn choose_position_coding_among(positions: &[u32], numel: u64, entropy_coding: bool) -> (PositionCoding, u64) {
     let mut best = (PositionCoding::Bitmap, bitmap_len(numel));
     for width in 1..=8u8 {
         if let Ok(bits) = gaps_bit_len(positions, width)
@@ -489,7 +495,7 @@ pub fn choose_position_coding(positions: &[u32], numel: u64) -> (PositionCoding,
             best = (PositionCoding::Gaps { width }, bits.div_ceil(8));
         }
     }
-    for span_log2 in TRIED_SPANS {
+    for span_log2 in TRIED_SPANS.into_iter().filter(|_| entropy_coding) {
         if let Ok(len) = huffman_gaps_len(positions, span_log2)
             && len < best.1
         {

@@ -57,7 +57,13 @@ pub fn store_f32(model: &Model) -> SqzModel {
     let tensors = model
         .params
         .iter()
-        .map(|(spec, data)| stored(spec.name.clone(), spec.shape.clone(), model.constraints.masks.get(&spec.name), Values::F32(data.to_vec())))
+        .map(|(spec, data)| {
+            let values = match model.constraints.codebooks.get(&spec.name) {
+                Some(cb) => Values::Codebook { indices: cb.assignment.clone(), centroids: cb.centroids.clone() },
+                None => Values::F32(data.to_vec()),
+            };
+            stored(spec.name.clone(), spec.shape.clone(), model.constraints.masks.get(&spec.name), values)
+        })
         .collect();
     SqzModel { graph: model.graph.clone(), quant: QuantPlan::default(), tensors, metadata: BTreeMap::new() }
 }

@@ -6,7 +6,7 @@ pub mod sqz;
 
 pub use sqz::{
     FormatError, Limits, MAX_CENTROIDS, SectionSummary, SqzModel, StoredTensor, Values, decode,
-    encode, read_sqz, summarize, write_sqz,
+    EncodeOptions, encode, encode_with, read_sqz, summarize, write_sqz,
 };
 
 use std::fs::{self, File, OpenOptions};

@@ -397,6 +397,26 @@ struct Meta {
 /// positions (or numel), positions are in range and strictly increasing, int8 scales
 /// number `shape[0]`, names are unique, and everything fits [`Limits::default`].
 pub fn encode(model: &SqzModel) -> Result<Vec<u8>, FormatError> {
+    encode_with(model, &EncodeOptions::default())
+}
+
+/// Choices the encoder leaves to its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// Allow entropy coding (Huffman-coded positions, indices and int8 values, deflate).
+    /// Without it, only fixed-width codes are used: the size before entropy coding, as
+    /// Deep Compression reports its "pruned" and "quantized" stages.
+    pub entropy_coding: bool,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions { entropy_coding: true }
+    }
+}
+
+/// [`encode`] with explicit [`EncodeOptions`].
+pub fn encode_with(model: &SqzModel, opts: &EncodeOptions) -> Result<Vec<u8>, FormatError> {
     let limits = Limits::default();
     if model.tensors.len() > limits.max_tensors {
         return Err(FormatError::Invalid(format!(
@@ -439,7 +459,7 @@ pub fn encode(model: &SqzModel) -> Result<Vec<u8>, FormatError> {
     out.extend_from_slice(&VERSION.1.to_le_bytes());
     push_section(&mut out, KIND_META, &json)?;
     for t in &model.tensors {
-        push_section(&mut out, KIND_TENS, &encode_tensor(t, &limits)?)?;
+        push_section(&mut out, KIND_TENS, &encode_tensor(t, &limits, opts.entropy_coding)?)?;
     }
     push_section(&mut out, KIND_END, &[])?;
     if out.len() > limits.max_bytes {
@@ -529,10 +549,10 @@ fn check_tensor(t: &StoredTensor, limits: &Limits) -> Result<u64, FormatError> {
     Ok(numel)
 }
 
-fn encode_tensor(t: &StoredTensor, limits: &Limits) -> Result<Vec<u8>, FormatError> {
+fn encode_tensor(t: &StoredTensor, limits: &Limits, entropy: bool) -> Result<Vec<u8>, FormatError> {
     let numel = check_tensor(t, limits)?;
     let invalid = |e: codec::CodecError| FormatError::Invalid(format!("tensor '{}': {e}", t.name));
-    let coding = t.positions.as_deref().map(|p| codec::choose_position_coding(p, numel).0);
+    let coding = t.positions.as_deref().map(|p| codec::choose_position_coding_among(p, numel, entropy).0);
     let mut p = Vec::new();
     p.extend_from_slice(&(t.name.len() as u16).to_le_bytes());
     p.extend_from_slice(t.name.as_bytes());
@@ -584,7 +604,7 @@ fn encode_tensor(t: &StoredTensor, limits: &Limits) -> Result<Vec<u8>, FormatErr
         Values::F32(v) => {
             let mut body = pos_bytes.clone();
             f32s(v, &mut body);
-            if let Some(d) = deflate(&body) {
+            if let Some(d) = deflate(&body).filter(|_| entropy) {
                 candidates.push((BODY_DEFLATE, d));
             }
             candidates.insert(0, (BODY_RAW, body));
@@ -601,15 +621,17 @@ fn encode_tensor(t: &StoredTensor, limits: &Limits) -> Result<Vec<u8>, FormatErr
             prefix.extend_from_slice(&pos_bytes);
             let mut body = prefix.clone();
             body.extend(q.iter().map(|&x| x as u8));
-            if let Some(d) = deflate(&body) {
+            if let Some(d) = deflate(&body).filter(|_| entropy) {
                 candidates.push((BODY_DEFLATE, d));
             }
             candidates.insert(0, (BODY_RAW, body));
-            let symbols: Vec<u32> = q.iter().map(|&x| u32::from(x as u8)).collect();
-            let mut body = prefix;
-            body.push(C_HUFF);
-            body.extend(huffman::encode_stream(&symbols, 256).map_err(invalid)?);
-            candidates.push((BODY_TAGGED, body));
+            if entropy {
+                let symbols: Vec<u32> = q.iter().map(|&x| u32::from(x as u8)).collect();
+                let mut body = prefix;
+                body.push(C_HUFF);
+                body.extend(huffman::encode_stream(&symbols, 256).map_err(invalid)?);
+                candidates.push((BODY_TAGGED, body));
+            }
         }
         Values::Codebook { indices, centroids } => {
             let k = centroids.len() as u64;
@@ -629,7 +651,7 @@ fn encode_tensor(t: &StoredTensor, limits: &Limits) -> Result<Vec<u8>, FormatErr
             let packed = codec::pack_indices(indices, k).map_err(invalid)?;
             let symbols: Vec<u32> = indices.iter().map(|&i| u32::from(i)).collect();
             let huff = huffman::encode_stream(&symbols, k as usize).map_err(invalid)?;
-            if huff.len() < packed.len() {
+            if entropy && huff.len() < packed.len() {
                 body.push(C_HUFF);
                 body.extend(huff);
             } else {
