@@ -391,32 +391,34 @@ fn inspect(path: &Path) -> Result<()> {
         );
     }
     println!("\ntensors:");
-    println!("  {:<14} {:<16} {:<34} {:>9} {:>9} {:>9}", "name", "shape", "encoding", "stored", "bytes", "bits/w");
+    println!("  {:<14} {:<16} {:>9} {:>9} {:>8}  encoding", "name", "shape", "stored", "bytes", "bits/el");
     match &file {
         ModelFile::Dense(d) => {
             for (name, shape, v) in &d.tensors {
-                println!("  {:<14} {:<16} {:<34} {:>9} {:>9} {:>9.2}", name, format!("{shape:?}"), "f32 dense", v.len(), v.len() * 4, 32.0);
+                println!("  {:<14} {:<16} {:>9} {:>9} {:>8.2}  f32 dense", name, format!("{shape:?}"), v.len(), v.len() * 4, 32.0);
             }
         }
         ModelFile::Sqz(s) => {
             let raw = std::fs::read(path)?;
-            for sec in sqz::summarize(&raw, &Limits::default())? {
+            let sections = sqz::summarize(&raw, &Limits::default())?;
+            for sec in &sections {
                 let Some(name) = &sec.tensor else {
-                    println!("  {:<14} {:<16} {:<34} {:>9} {:>9}", format!("[{}]", sec.kind.trim()), "", sec.encoding, "", sec.total_bytes);
+                    println!("  {:<14} {:<16} {:>9} {:>9} {:>8}  {}", format!("[{}]", sec.kind.trim()), "", "", sec.total_bytes, "", sec.encoding);
                     continue;
                 };
                 let t = s.tensors.iter().find(|t| &t.name == name);
                 let (shape, stored, numel) = t.map_or((String::new(), 0, 1), |t| (format!("{:?}", t.shape), t.values.len(), t.numel()));
                 println!(
-                    "  {:<14} {:<16} {:<34} {:>9} {:>9} {:>9.2}",
+                    "  {:<14} {:<16} {:>9} {:>9} {:>8.2}  {}",
                     name,
                     shape,
-                    sec.encoding,
                     stored,
                     sec.total_bytes,
-                    sec.total_bytes as f64 * 8.0 / numel as f64
+                    sec.total_bytes as f64 * 8.0 / numel as f64,
+                    sec.encoding
                 );
             }
+            layer_table(s, &sections, bytes);
             if !s.quant.integer_nodes.is_empty() {
                 println!("\ninteger layers: {}", s.quant.integer_nodes.iter().cloned().collect::<Vec<_>>().join(", "));
                 for (v, qp) in &s.quant.activations {
@@ -427,6 +429,58 @@ fn inspect(path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Per-layer accounting in the style of Deep Compression's Tables 2–5: weights kept,
+/// bits per kept weight for the values (codes, codebook, scales) and for the positions,
+/// the layer's bytes (weight and bias sections, framing included), its share of the
+/// file and its ratio against fp32.
+fn layer_table(s: &sqz::SqzModel, sections: &[sqz::SectionSummary], file_bytes: u64) {
+    println!("\nper layer (weight bits and index bits are per kept weight):");
+    println!(
+        "  {:<10} {:>9} {:>8} {:>12} {:>11} {:>9} {:>8} {:>8}",
+        "layer", "params", "kept %", "weight bits", "index bits", "bytes", "share", "ratio"
+    );
+    let section = |name: &str| sections.iter().find(|x| x.tensor.as_deref() == Some(name));
+    for node in s.graph.nodes.iter().filter(|n| n.op.has_weight()) {
+        let wname = format!("{}.weight", node.name);
+        let Some(w) = s.tensors.iter().find(|t| t.name == wname) else { continue };
+        let Some(ws) = section(&wname) else { continue };
+        let bias = section(&format!("{}.bias", node.name));
+        let params = w.numel() + s.tensors.iter().find(|t| t.name == format!("{}.bias", node.name)).map_or(0, |b| b.numel());
+        let kept = w.values.len().max(1);
+        let bytes = ws.total_bytes + bias.map_or(0, |b| b.total_bytes);
+        println!(
+            "  {:<10} {:>9} {:>7.1}% {:>12.2} {:>11.2} {:>9} {:>7.1}% {:>7.1}×",
+            node.name,
+            params,
+            100.0 * w.values.len() as f64 / w.numel().max(1) as f64,
+            ws.value_bytes as f64 * 8.0 / kept as f64,
+            ws.index_bytes as f64 * 8.0 / kept as f64,
+            bytes,
+            100.0 * bytes as f64 / file_bytes as f64,
+            4.0 * params as f64 / bytes as f64
+        );
+    }
+    let params = s.graph.num_params();
+    let weights: usize = s.graph.parameters().iter().filter(|p| p.kind == squeeze::spec::ParamKind::Weight).map(|p| p.numel()).sum();
+    let kept: usize = s
+        .tensors
+        .iter()
+        .filter(|t| t.name.ends_with(".weight"))
+        .map(|t| t.values.len())
+        .sum();
+    println!(
+        "  {:<10} {:>9} {:>7.1}% {:>12} {:>11} {:>9} {:>7.1}% {:>7.1}×",
+        "total",
+        params,
+        100.0 * kept as f64 / weights.max(1) as f64,
+        "",
+        "",
+        file_bytes,
+        100.0,
+        4.0 * params as f64 / file_bytes as f64
+    );
 }
 
 fn bench(model: &str, train_samples: usize, json: bool, data: &DataArgs) -> Result<ExitCode> {
