@@ -16,6 +16,8 @@
 //! minor version: extensions within a major version only add sections or new values
 //! of existing tag bytes.
 //!
+//! - `MDEF` (critical) may stand in for `META`: the same JSON, deflated, written
+//!   when smaller (inflated size capped at 16 MiB).
 //! - `META` (critical, exactly one, before any `TENS`): compact JSON
 //!   `{"graph":…,"quant":…,"metadata":{…},"tensor_count":N}`.
 //! - `TENS` (critical, one per tensor, exactly `tensor_count`, names unique):
@@ -96,6 +98,10 @@ pub const VERSION: (u16, u16) = (1, 0);
 
 const HEADER_LEN: usize = 8;
 const KIND_META: [u8; 4] = *b"META";
+/// The same JSON as `META`, deflated (RFC 1951); written when smaller.
+const KIND_META_DEFLATED: [u8; 4] = *b"MDEF";
+/// Largest inflated `MDEF` accepted: architectures are kilobytes, not megabytes.
+const MAX_META_BYTES: u64 = 16 << 20;
 const KIND_TENS: [u8; 4] = *b"TENS";
 const KIND_END: [u8; 4] = *b"END ";
 const VT_F32: u8 = 0;
@@ -457,7 +463,10 @@ pub fn encode_with(model: &SqzModel, opts: &EncodeOptions) -> Result<Vec<u8>, Fo
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.0.to_le_bytes());
     out.extend_from_slice(&VERSION.1.to_le_bytes());
-    push_section(&mut out, KIND_META, &json)?;
+    match deflate(&json).filter(|d| opts.entropy_coding && d.len() < json.len()) {
+        Some(d) => push_section(&mut out, KIND_META_DEFLATED, &d)?,
+        None => push_section(&mut out, KIND_META, &json)?,
+    }
     for t in &model.tensors {
         push_section(&mut out, KIND_TENS, &encode_tensor(t, &limits, opts.entropy_coding)?)?;
     }
@@ -841,11 +850,25 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<(SqzModel, Vec<SectionSummary>
         };
         pos += 12 + len;
         match kind {
-            KIND_META => {
+            KIND_META | KIND_META_DEFLATED => {
                 if meta.is_some() {
                     return Err(FormatError::Corrupt("a second META section".into()));
                 }
-                let m: Meta = serde_json::from_slice(payload)
+                let inflated;
+                let json = if kind == KIND_META_DEFLATED {
+                    let mut out = Vec::new();
+                    let mut d = flate2::read::DeflateDecoder::new(payload).take(MAX_META_BYTES + 1);
+                    std::io::Read::read_to_end(&mut d, &mut out)
+                        .map_err(|e| FormatError::Corrupt(format!("MDEF section: {e}")))?;
+                    if out.len() as u64 > MAX_META_BYTES {
+                        return Err(FormatError::LimitExceeded { what: "inflated META".into(), limit: MAX_META_BYTES });
+                    }
+                    inflated = out;
+                    &inflated[..]
+                } else {
+                    payload
+                };
+                let m: Meta = serde_json::from_slice(json)
                     .map_err(|e| FormatError::Corrupt(format!("META section: {e}")))?;
                 if m.tensor_count > limits.max_tensors {
                     return Err(FormatError::LimitExceeded {
@@ -854,7 +877,7 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<(SqzModel, Vec<SectionSummary>
                     });
                 }
                 meta = Some(m);
-                summary.encoding = "json".into();
+                summary.encoding = if kind == KIND_META_DEFLATED { "json+deflate".into() } else { "json".into() };
             }
             KIND_TENS => {
                 let Some(m) = &meta else {
@@ -1316,7 +1339,7 @@ mod tests {
         // The summary accounts for every byte.
         let s = summarize(&bytes, &Limits::default()).unwrap();
         assert_eq!(8 + s.iter().map(|x| x.total_bytes).sum::<usize>(), bytes.len());
-        assert_eq!(s[0].encoding, "json");
+        assert!(s[0].encoding.starts_with("json"), "{}", s[0].encoding);
         assert_eq!(s[1].tensor.as_deref(), Some("a.weight"));
         assert!(s[1].encoding.starts_with("f32 dense"), "{}", s[1].encoding);
         assert!(s[3].encoding.starts_with("sparse-int8/ch "), "{}", s[3].encoding);
@@ -1541,10 +1564,27 @@ mod tests {
         p
     }
 
+    #[test]
+    fn metadata_is_deflated_when_smaller_and_reads_back() {
+        let m = sample_model();
+        let bytes = encode(&m).unwrap();
+        let s = summarize(&bytes, &Limits::default()).unwrap();
+        assert_eq!(s[0].kind, "MDEF");
+        assert_eq!(s[0].encoding, "json+deflate");
+        let mut back = decode(&bytes, &Limits::default()).unwrap();
+        back.metadata.remove("producer");
+        let mut want = m.clone();
+        want.metadata.remove("producer");
+        assert_eq!(back, want);
+        let plain = encode_with(&m, &EncodeOptions { entropy_coding: false }).unwrap();
+        assert_eq!(summarize(&plain, &Limits::default()).unwrap()[0].kind, "META");
+        assert!(plain.len() > bytes.len());
+    }
+
     fn file_with(tens: &[u8]) -> Vec<u8> {
         let mut m = sample_model();
         m.tensors.clear();
-        let bytes = encode(&m).unwrap();
+        let bytes = encode_with(&m, &EncodeOptions { entropy_coding: false }).unwrap();
         let (pos, _, len) = sections(&bytes)[0];
         let json = String::from_utf8(bytes[pos + 8..pos + 8 + len].to_vec()).unwrap();
         let json = json.replace("\"tensor_count\":0", "\"tensor_count\":1");
