@@ -14,7 +14,7 @@ pub mod zoo;
 
 use std::collections::{BTreeMap, HashMap};
 
-pub use network::Workspace;
+pub use network::{SoftTargets, Workspace};
 
 
 use crate::rng::Rng;

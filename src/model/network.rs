@@ -6,6 +6,16 @@ use super::{Model, Params};
 use crate::runtime::kernels::{col2im_add, im2col, maxpool, sgemm, softmax_rows, MatRef, Window};
 use crate::spec::{Graph, Op, INPUT};
 
+/// Teacher probabilities for knowledge distillation (Hinton et al. 2015): the loss
+/// becomes `α·T²·KL(teacher ‖ softmax(student/T)) + (1−α)·CE(student, labels)`, where
+/// `probs` holds `softmax(teacher_logits / T)` per sample of the batch.
+#[derive(Clone, Copy, Debug)]
+pub struct SoftTargets<'a> {
+    pub probs: &'a [f32],
+    pub alpha: f32,
+    pub temperature: f32,
+}
+
 /// One node, resolved: value ids (0 is the graph input, node `i` writes value `i + 1`),
 /// parameter ranges in the flat buffer and the window geometry of conv/pool layers.
 #[derive(Clone, Debug)]
@@ -207,11 +217,12 @@ impl Workspace {
         &self.acts[self.head][..n * self.value_len[self.head]]
     }
 
-    /// Softmax cross-entropy on the head for `labels`, then backward through the graph.
-    /// The loss gradient is scaled by `scale` (1 / the full batch size when the batch is
-    /// split over workers). [`Workspace::param_grad`] is overwritten. Returns the summed
-    /// loss and the number of correct top-1 predictions.
-    pub fn loss_and_backward(&mut self, params: &Params, labels: &[u8], n: usize, scale: f32) -> (f64, usize) {
+    /// Softmax cross-entropy on the head for `labels` (or, with `soft`, the distillation
+    /// loss), then backward through the graph. The loss gradient is scaled by `scale`
+    /// (1 / the full batch size when the batch is split over workers).
+    /// [`Workspace::param_grad`] is overwritten. Returns the summed loss and the number
+    /// of correct top-1 predictions (against `labels`).
+    pub fn loss_and_backward(&mut self, params: &Params, labels: &[u8], soft: Option<SoftTargets>, n: usize, scale: f32) -> (f64, usize) {
         let classes = self.value_len[self.head];
         let probs = &mut self.probs[..n * classes];
         if self.fused_softmax {
@@ -227,16 +238,32 @@ impl Workspace {
                 g[..n * self.value_len[v]].fill(0.0);
             }
         }
-        let dlogits = &mut self.grads[self.logits][..n * classes];
+        let logits = &self.acts[self.logits];
+        let dlogits = &mut self.grads[self.logits];
+        let mut q = vec![0.0f32; classes];
         for (s, (&y, row)) in labels[..n].iter().zip(probs.chunks_exact(classes)).enumerate() {
             let y = y as usize;
-            loss -= (row[y].max(1e-30) as f64).ln();
+            let ce = -(row[y].max(1e-30) as f64).ln();
             if crate::runtime::kernels::argmax(row) == y {
                 correct += 1;
             }
             let d = &mut dlogits[s * classes..(s + 1) * classes];
             for (j, (dv, &pv)) in d.iter_mut().zip(row).enumerate() {
                 *dv = (pv - if j == y { 1.0 } else { 0.0 }) * scale;
+            }
+            let Some(st) = soft else {
+                loss += ce;
+                continue;
+            };
+            // α·T²·KL(t ‖ softmax(s/T)) + (1−α)·CE: d/ds = α·T·(softmax(s/T) − t) + (1−α)(p − y).
+            let (a, t) = (st.alpha, st.temperature);
+            let teacher = &st.probs[s * classes..(s + 1) * classes];
+            q.iter_mut().zip(&logits[s * classes..(s + 1) * classes]).for_each(|(qv, &l)| *qv = l / t);
+            softmax_rows(&mut q, classes);
+            let kl: f64 = teacher.iter().zip(&q).filter(|(p, _)| **p > 0.0).map(|(&p, &qv)| p as f64 * ((p as f64) / (qv.max(1e-30) as f64)).ln()).sum();
+            loss += (a * t * t) as f64 * kl + (1.0 - a) as f64 * ce;
+            for ((dv, &qv), &tv) in d.iter_mut().zip(&q).zip(teacher) {
+                *dv = *dv * (1.0 - a) + a * t * (qv - tv) * scale;
             }
         }
         self.backward(params, n);
@@ -368,12 +395,57 @@ mod tests {
     }
 
     fn check_gradients(model: &Model, seed: u64, samples: usize) {
+        check_gradients_with(model, seed, samples, None);
+    }
+
+    /// The distillation loss α·T²·KL(t ‖ softmax(s/T)) + (1−α)·CE in f64, α = 0.7, T = 3.
+    fn distill_loss(model: &Model, x: &[f32], labels: &[u8], teacher: &[f32]) -> f64 {
+        let mut ws = Workspace::new(model, labels.len());
+        ws.forward(&model.params, x, labels.len());
+        let classes = ws.value_len[ws.head];
+        let logits = ws.acts[ws.logits][..labels.len() * classes].to_vec();
+        let (a, t) = (0.7f64, 3.0f64);
+        let mut total = 0.0;
+        for (s, &y) in labels.iter().enumerate() {
+            let row: Vec<f64> = logits[s * classes..(s + 1) * classes].iter().map(|&v| v as f64).collect();
+            let lse = |scale: f64| {
+                let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b / scale));
+                m + row.iter().map(|&v| (v / scale - m).exp()).sum::<f64>().ln()
+            };
+            let ce = lse(1.0) - row[y as usize];
+            let kl: f64 = (0..classes)
+                .map(|j| {
+                    let p = teacher[s * classes + j] as f64;
+                    p * (p.ln() - (row[j] / t - lse(t)))
+                })
+                .sum();
+            total += a * t * t * kl + (1.0 - a) * ce;
+        }
+        total / labels.len() as f64
+    }
+
+    #[test]
+    fn distillation_gradients_match_finite_differences() {
+        let g = crate::spec::Graph::chain(
+            vec![6],
+            vec![
+                ("fc1", Op::Linear { in_features: 6, out_features: 5, bias: true }),
+                ("relu", Op::Relu),
+                ("fc2", Op::Linear { in_features: 5, out_features: 3, bias: true }),
+                ("softmax", Op::Softmax),
+            ],
+        );
+        check_gradients_with(&Model::init(g, 11).unwrap(), 12, 4, Some(&[0.7, 0.2, 0.1, 0.1, 0.1, 0.8, 0.3, 0.3, 0.4, 0.05, 0.9, 0.05]));
+    }
+
+    fn check_gradients_with(model: &Model, seed: u64, samples: usize, teacher: Option<&[f32]>) {
         let mut rng = Rng::new(seed);
         let x: Vec<f32> = (0..samples * model.graph.input_len()).map(|_| rng.next_f32()).collect();
         let labels: Vec<u8> = (0..samples).map(|_| rng.below(3) as u8).collect();
         let mut ws = Workspace::new(model, samples);
         ws.forward(&model.params, &x, samples);
-        ws.loss_and_backward(&model.params, &labels, samples, 1.0 / samples as f32);
+        let soft = teacher.map(|probs| SoftTargets { probs, alpha: 0.7, temperature: 3.0 });
+        ws.loss_and_backward(&model.params, &labels, soft, samples, 1.0 / samples as f32);
         let analytic = ws.param_grad.clone();
         // Central differences on a sample of parameters; f32 forward, so a relative
         // tolerance that f32 rounding allows with eps = 1e-2 on O(1) inputs.
@@ -383,10 +455,14 @@ mod tests {
         for i in (0..m.params.len()).step_by(step) {
             let orig = m.params.data[i];
             let eps = 1e-2f32;
+            let f = |m: &Model| match teacher {
+                Some(t) => distill_loss(m, &x, &labels, t),
+                None => loss(m, &x, &labels),
+            };
             m.params.data[i] = orig + eps;
-            let up = loss(&m, &x, &labels);
+            let up = f(&m);
             m.params.data[i] = orig - eps;
-            let down = loss(&m, &x, &labels);
+            let down = f(&m);
             m.params.data[i] = orig;
             let numeric = (up - down) / (2.0 * eps as f64);
             let a = analytic[i] as f64;

@@ -3,7 +3,7 @@
 //!
 //! The library reports progress through a callback and never touches the terminal.
 
-use crate::model::{Model, Workspace};
+use crate::model::{Model, SoftTargets, Workspace};
 use crate::rng::Rng;
 
 /// Training hyper-parameters.
@@ -98,6 +98,28 @@ pub fn train(
     cfg: &TrainConfig,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Vec<EpochStats> {
+    train_with(model, images, labels, None, cfg, on_event)
+}
+
+/// A teacher's softened outputs for distillation: `probs[n × classes]` =
+/// `softmax(teacher_logits / temperature)` per training sample, computed once.
+#[derive(Clone, Debug)]
+pub struct Teacher {
+    pub probs: Vec<f32>,
+    pub alpha: f32,
+    pub temperature: f32,
+}
+
+/// [`train`], optionally distilling from `teacher` (soft targets, loss
+/// `α·T²·KL + (1−α)·CE`); for hard distillation pass the teacher's labels as `labels`.
+pub fn train_with(
+    model: &mut Model,
+    images: &[f32],
+    labels: &[u8],
+    teacher: Option<&Teacher>,
+    cfg: &TrainConfig,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Vec<EpochStats> {
     let n = labels.len();
     let input_len = model.graph.input_len();
     assert_eq!(images.len(), n * input_len, "images and labels disagree");
@@ -105,8 +127,10 @@ pub fn train(
     let workers = cfg.workers.clamp(1, batch);
     let per_worker = batch.div_ceil(workers);
     let mut spaces: Vec<Workspace> = (0..workers).map(|_| Workspace::new(model, per_worker)).collect();
-    let mut inputs: Vec<(Vec<f32>, Vec<u8>)> =
-        (0..workers).map(|_| (vec![0.0; per_worker * input_len], vec![0u8; per_worker])).collect();
+    let classes = teacher.map_or(0, |t| t.probs.len() / n.max(1));
+    let mut inputs: Vec<(Vec<f32>, Vec<u8>, Vec<f32>)> = (0..workers)
+        .map(|_| (vec![0.0; per_worker * input_len], vec![0u8; per_worker], vec![0.0; per_worker * classes]))
+        .collect();
     let mask = model.flat_mask();
     let mut adam = Adam::new(model.params.len(), cfg.lr);
     let mut shared = SharedWeights::new(model, cfg.lr);
@@ -123,11 +147,14 @@ pub fn train(
         for chunk in order.chunks(batch) {
             let scale = 1.0 / chunk.len() as f32;
             let parts: Vec<&[u32]> = chunk.chunks(per_worker).collect();
-            for (part, (x, y)) in parts.iter().zip(inputs.iter_mut()) {
+            for (part, (x, y, t)) in parts.iter().zip(inputs.iter_mut()) {
                 for (j, &idx) in part.iter().enumerate() {
                     let idx = idx as usize;
                     x[j * input_len..(j + 1) * input_len].copy_from_slice(&images[idx * input_len..(idx + 1) * input_len]);
                     y[j] = labels[idx];
+                    if let Some(teacher) = teacher {
+                        t[j * classes..(j + 1) * classes].copy_from_slice(&teacher.probs[idx * classes..(idx + 1) * classes]);
+                    }
                 }
             }
             let params = &model.params;
@@ -136,16 +163,18 @@ pub fn train(
                 let (first, rest): (_, Vec<_>) = (jobs.next().unwrap(), jobs.collect());
                 let handles: Vec<_> = rest
                     .into_iter()
-                    .map(|((ws, (x, y)), part)| {
+                    .map(|((ws, (x, y, t)), part)| {
                         s.spawn(move || {
+                            let soft = teacher.map(|te| SoftTargets { probs: t, alpha: te.alpha, temperature: te.temperature });
                             ws.forward(params, x, part.len());
-                            ws.loss_and_backward(params, y, part.len(), scale)
+                            ws.loss_and_backward(params, y, soft, part.len(), scale)
                         })
                     })
                     .collect();
-                let ((ws, (x, y)), part) = first;
+                let ((ws, (x, y, t)), part) = first;
+                let soft = teacher.map(|te| SoftTargets { probs: t, alpha: te.alpha, temperature: te.temperature });
                 ws.forward(params, x, part.len());
-                let mut out = vec![ws.loss_and_backward(params, y, part.len(), scale)];
+                let mut out = vec![ws.loss_and_backward(params, y, soft, part.len(), scale)];
                 out.extend(handles.into_iter().map(|h| h.join().expect("training worker panicked")));
                 out
             });
