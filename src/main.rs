@@ -109,6 +109,41 @@ enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Distil a student from a teacher (soft targets at temperature T, or the teacher's
+    /// labels with --hard), then fine-tune on the true labels; compares each seed with
+    /// the same student trained alone for the same number of epochs.
+    Distill {
+        /// The teacher: a trained model file (.safetensors or .sqz).
+        #[arg(long)]
+        teacher: PathBuf,
+        /// The student: a zoo name (trained from scratch) or a model file.
+        #[arg(long, default_value = "mlp")]
+        student: String,
+        /// Distillation epochs.
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        /// Fine-tuning epochs on the true labels after distillation.
+        #[arg(long, default_value_t = 2)]
+        fine_tune_epochs: usize,
+        #[arg(long, default_value_t = 4.0)]
+        temperature: f32,
+        /// Weight of the distillation term (1 − alpha goes to the true labels).
+        #[arg(long, default_value_t = 0.9)]
+        alpha: f32,
+        /// Hard distillation: learn the teacher's predicted labels.
+        #[arg(long)]
+        hard: bool,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f32,
+        /// Seeds to run (each: distilled student and control student).
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Where to write the distilled student of the first seed (.safetensors or .sqz).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// Show what a model file holds: architecture, per-tensor encoding and bytes.
     Inspect { model: PathBuf },
     /// Measure training speed and inference latency/throughput, f32 against int8, in one run.
@@ -251,6 +286,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 plan.kernel_description()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Distill { teacher, student, epochs, fine_tune_epochs, temperature, alpha, hard, lr, seeds, out, data } => {
+            refuse_overwrite(&out, &[&teacher])?;
+            let opts = DistillArgs { epochs, fine_tune_epochs, temperature, alpha, hard, lr, seeds };
+            distill(&teacher, &student, &opts, &out, &data)
         }
         Command::Inspect { model } => {
             inspect(&model)?;
@@ -481,6 +521,97 @@ fn layer_table(s: &sqz::SqzModel, sections: &[sqz::SectionSummary], file_bytes: 
         100.0,
         4.0 * params as f64 / file_bytes as f64
     );
+}
+
+struct DistillArgs {
+    epochs: usize,
+    fine_tune_epochs: usize,
+    temperature: f32,
+    alpha: f32,
+    hard: bool,
+    lr: f32,
+    seeds: u64,
+}
+
+fn distill(teacher_path: &Path, student: &str, a: &DistillArgs, out: &Path, data: &DataArgs) -> Result<ExitCode> {
+    if !(a.temperature > 0.0) || !(0.0..=1.0).contains(&a.alpha) {
+        bail!("--temperature must be positive and --alpha in [0, 1]");
+    }
+    let splits = data.load()?;
+    let teacher_file = store::read(teacher_path)?;
+    let plan = teacher_file.plan()?;
+    pipeline::check_shapes(&plan, &teacher_file.graph().input_shape, &splits.train)?;
+    let make_student = |seed: u64| -> Result<Model> {
+        match zoo::build(student) {
+            Some(g) => Ok(Model::init(g, seed)?),
+            None => Ok(store::read_model(Path::new(student))
+                .with_context(|| format!("student '{student}' is neither a zoo name ({}) nor a readable model file", zoo_names()))?),
+        }
+    };
+    let probe = make_student(0)?;
+    let classes = plan.output_len();
+    let student_classes = store::model_plan(&probe)?.output_len();
+    if student_classes != classes || probe.graph.input_len() != plan.input_len() {
+        bail!(
+            "student and teacher do not match: teacher takes {} inputs and has {classes} outputs, student takes {} and has {student_classes}",
+            plan.input_len(),
+            probe.graph.input_len()
+        );
+    }
+    // Teacher outputs, computed once: softened probabilities and predicted labels.
+    let teacher = exec::teacher_outputs(&plan, &splits.train.images, a.temperature)?;
+    let teacher_acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
+    let teacher_labels: Vec<u8> = teacher.chunks_exact(classes).map(|r| squeeze::runtime::kernels::argmax(r) as u8).collect();
+    println!("teacher {}: test accuracy {:.2}%", teacher_path.display(), teacher_acc * 100.0);
+    let soft = train::Teacher { probs: teacher, alpha: a.alpha, temperature: a.temperature };
+    let total = a.epochs + a.fine_tune_epochs;
+    let mut bar = TrainBar::default();
+    let mut rows = Vec::new();
+    for seed in 1..=a.seeds {
+        let cfg = |epochs| TrainConfig { epochs, batch_size: 128, lr: a.lr, seed, workers: 2 };
+        let mut alone = make_student(seed)?;
+        train::train(&mut alone, &splits.train.images, &splits.train.labels, &cfg(total), &mut |e| bar.on(e));
+        let mut distilled = make_student(seed)?;
+        if a.hard {
+            train::train(&mut distilled, &splits.train.images, &teacher_labels, &cfg(a.epochs), &mut |e| bar.on(e));
+        } else {
+            train::train_with(&mut distilled, &splits.train.images, &splits.train.labels, Some(&soft), &cfg(a.epochs), &mut |e| bar.on(e));
+        }
+        train::train(&mut distilled, &splits.train.images, &splits.train.labels, &cfg(a.fine_tune_epochs), &mut |e| bar.on(e));
+        let acc_alone = exec::evaluate(&store::model_plan(&alone)?, &splits.test.images, &splits.test.labels, 2)?;
+        let acc_dist = exec::evaluate(&store::model_plan(&distilled)?, &splits.test.images, &splits.test.labels, 2)?;
+        println!(
+            "seed {seed}: student alone {:.2}%, distilled {:.2}% ({:+.2} points; {} epochs each)",
+            acc_alone * 100.0,
+            acc_dist * 100.0,
+            (acc_dist - acc_alone) * 100.0,
+            total
+        );
+        if seed == 1 {
+            write_model(out, &distilled)?;
+        }
+        rows.push((acc_alone, acc_dist));
+    }
+    let mean = |f: &dyn Fn(&(f64, f64)) -> f64| rows.iter().map(f).sum::<f64>() / rows.len() as f64;
+    let sd = |f: &dyn Fn(&(f64, f64)) -> f64| {
+        let m = mean(f);
+        (rows.iter().map(|r| (f(r) - m).powi(2)).sum::<f64>() / (rows.len().max(2) - 1) as f64).sqrt()
+    };
+    println!(
+        "mean over {} seeds: alone {:.2}% ± {:.2}, distilled {:.2}% ± {:.2}, gain {:+.2} ± {:.2} points ({} distillation, T = {}, alpha = {}); wrote {}",
+        rows.len(),
+        mean(&|r| r.0) * 100.0,
+        sd(&|r| r.0) * 100.0,
+        mean(&|r| r.1) * 100.0,
+        sd(&|r| r.1) * 100.0,
+        mean(&|r| r.1 - r.0) * 100.0,
+        sd(&|r| r.1 - r.0) * 100.0,
+        if a.hard { "hard" } else { "soft" },
+        a.temperature,
+        a.alpha,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench(model: &str, train_samples: usize, json: bool, data: &DataArgs) -> Result<ExitCode> {

@@ -101,6 +101,9 @@ pub struct Plan {
     int_layers: usize,
     f32_layers: usize,
     dequantized_at_load: bool,
+    /// The value holding the first output's logits: the input of a final Softmax, else
+    /// the output itself.
+    logits_name: String,
 }
 
 /// Reusable buffers for [`Plan::run`]; grows to the largest batch seen.
@@ -125,6 +128,10 @@ impl Plan {
             int_layers: 0,
             f32_layers: 0,
             dequantized_at_load: false,
+            logits_name: match graph.node(&graph.outputs[0]) {
+                Some(n) if matches!(n.op, Op::Softmax) => n.inputs[0].clone(),
+                _ => graph.outputs[0].clone(),
+            },
         };
         let mut slot_of: HashMap<String, usize> = HashMap::new();
         let mut converted: HashMap<usize, usize> = HashMap::new();
@@ -532,6 +539,28 @@ pub fn evaluate(plan: &Plan, images: &[f32], labels: &[u8], threads: usize) -> R
         handles.into_iter().map(|h| h.join().expect("evaluation thread panicked")).collect()
     });
     Ok(correct?.iter().sum::<usize>() as f64 / n as f64)
+}
+
+/// `softmax(logits / temperature)` of the first output for every image (the logits are
+/// read before a final Softmax node), for distillation.
+pub fn teacher_outputs(plan: &Plan, images: &[f32], temperature: f32) -> Result<Vec<f32>, RuntimeError> {
+    let per = plan.input_len();
+    let n = images.len() / per;
+    let classes = plan.output_len();
+    let logits_name = plan.logits_name.clone();
+    let mut out = vec![0.0f32; n * classes];
+    let mut ws = Workspace::default();
+    for start in (0..n).step_by(256) {
+        let end = (start + 256).min(n);
+        plan.run_observe(&images[start * per..end * per], end - start, &mut ws, &mut |name, data| {
+            if name == logits_name {
+                out[start * classes..end * classes].copy_from_slice(&data[..(end - start) * classes]);
+            }
+        })?;
+    }
+    out.iter_mut().for_each(|v| *v /= temperature);
+    super::kernels::softmax_rows(&mut out, classes);
+    Ok(out)
 }
 
 /// Batch-1 latencies in µs, one per image, one thread, float input to logits.
