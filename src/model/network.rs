@@ -3,7 +3,7 @@
 use std::mem::take;
 
 use super::{Model, Params};
-use crate::runtime::kernels::{col2im_add, im2col, maxpool, sgemm, softmax_rows, MatRef, Window};
+use crate::runtime::kernels::{col2im_add_batch, conv2d_forward, conv_chunk, im2col_batch, maxpool, samples_to_channels, sgemm, softmax_rows, MatRef, Window};
 use crate::spec::{Graph, Op, INPUT};
 
 /// Teacher probabilities for knowledge distillation (Hinton et al. 2015): the loss
@@ -36,10 +36,20 @@ pub struct Workspace {
     value_len: Vec<usize>,
     acts: Vec<Vec<f32>>,
     grads: Vec<Vec<f32>>,
-    /// im2col matrices of each conv node for the whole batch (kept for the weight gradient).
+    /// im2col matrix `[C·k·k, chunk·positions]` of each conv node for one chunk of
+    /// samples: small enough to stay in cache, rebuilt by the backward pass rather
+    /// than kept for the whole batch.
     cols: Vec<Vec<f32>>,
-    /// Per-sample scratch for the column gradient of a conv node.
+    /// Column gradient of a conv node for one chunk of samples (only where the input
+    /// needs a gradient).
     dcols: Vec<Vec<f32>>,
+    /// A conv product for one chunk in channel-major layout `[out_channels,
+    /// chunk·positions]`, shared by all conv nodes (forward output before the
+    /// scatter, backward `dy`).
+    conv_tmp: Vec<f32>,
+    /// Whether the loss gradient with respect to each value is needed: values that
+    /// depend on no parameter (the input, its normalisation) get none.
+    needs_grad: Vec<bool>,
     argmax: Vec<Vec<u32>>,
     /// Gradient of the loss with respect to every parameter, same layout as [`Params::data`].
     pub param_grad: Vec<f32>,
@@ -103,17 +113,31 @@ impl Workspace {
         let cols = steps
             .iter()
             .map(|s| match (&s.op, s.window) {
-                (Op::Conv2d { .. }, Some(w)) => vec![0.0; capacity * w.patch_len() * w.positions()],
+                (Op::Conv2d { .. }, Some(w)) => vec![0.0; conv_chunk(&w).min(capacity) * w.patch_len() * w.positions()],
                 _ => Vec::new(),
             })
             .collect();
+        let mut needs_grad = vec![false; value_len.len()];
+        for s in &steps {
+            needs_grad[s.out] = s.op.has_weight() || s.inputs.iter().any(|&v| needs_grad[v]);
+        }
         let dcols = steps
             .iter()
             .map(|s| match (&s.op, s.window) {
-                (Op::Conv2d { .. }, Some(w)) if s.inputs[0] != 0 => vec![0.0; w.patch_len() * w.positions()],
+                (Op::Conv2d { .. }, Some(w)) if needs_grad[s.inputs[0]] => {
+                    vec![0.0; conv_chunk(&w).min(capacity) * w.patch_len() * w.positions()]
+                }
                 _ => Vec::new(),
             })
             .collect();
+        let conv_tmp_len = steps
+            .iter()
+            .map(|s| match (&s.op, s.window) {
+                (&Op::Conv2d { out_channels, .. }, Some(w)) => conv_chunk(&w).min(capacity) * out_channels * w.positions(),
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
         let argmax = steps
             .iter()
             .map(|s| match s.op {
@@ -130,6 +154,8 @@ impl Workspace {
             grads,
             cols,
             dcols,
+            conv_tmp: vec![0.0; conv_tmp_len],
+            needs_grad,
             argmax,
             param_grad: vec![0.0; model.params.len()],
             head,
@@ -170,19 +196,16 @@ impl Workspace {
                 }
                 Op::Conv2d { out_channels, .. } => {
                     let g = step.window.unwrap();
-                    let (pl, q) = (g.patch_len(), g.positions());
                     let w = &p[step.weight.clone().unwrap()];
-                    let cols = &mut self.cols[si];
-                    for s in 0..n {
-                        let col = &mut cols[s * pl * q..(s + 1) * pl * q];
-                        im2col(&x[s * xlen..(s + 1) * xlen], &g, 0.0, col);
-                        let ys = &mut y_n[s * ylen..(s + 1) * ylen];
-                        sgemm(out_channels, q, pl, MatRef::rows(w, pl), MatRef::rows(col, q), ys, q, false);
-                        if let Some(b) = &step.bias {
-                            for (plane, bb) in ys.chunks_exact_mut(q).zip(&p[b.clone()]) {
-                                plane.iter_mut().for_each(|v| *v += bb);
-                            }
-                        }
+                    let b = step.bias.clone().map(|r| &p[r]);
+                    let (chunk, pl, q) = (conv_chunk(&g), g.patch_len(), g.positions());
+                    let mut s0 = 0;
+                    while s0 < n {
+                        let c = chunk.min(n - s0);
+                        let col = &mut self.cols[si][..c * pl * q];
+                        let (xc, yc) = (&x[s0 * xlen..(s0 + c) * xlen], &mut y_n[s0 * ylen..(s0 + c) * ylen]);
+                        conv2d_forward(xc, c, &g, w, b, out_channels, col, &mut self.conv_tmp, yc);
+                        s0 += c;
                     }
                 }
                 Op::MaxPool2d { .. } => {
@@ -234,7 +257,7 @@ impl Workspace {
         let mut loss = 0.0f64;
         let mut correct = 0;
         for (v, g) in self.grads.iter_mut().enumerate() {
-            if v > 0 {
+            if self.needs_grad[v] {
                 g[..n * self.value_len[v]].fill(0.0);
             }
         }
@@ -275,7 +298,7 @@ impl Workspace {
         let p = &params.data;
         for si in (0..self.steps.len()).rev() {
             let step = &self.steps[si];
-            if self.fused_softmax && step.out == self.head {
+            if (self.fused_softmax && step.out == self.head) || !self.needs_grad[step.out] {
                 continue;
             }
             let ylen = self.value_len[step.out];
@@ -283,7 +306,7 @@ impl Workspace {
             let xlen = self.value_len[xid];
             let dy_buf = take(&mut self.grads[step.out]);
             let dy = &dy_buf[..n * ylen];
-            let need_dx = xid != 0;
+            let need_dx = self.needs_grad[xid];
             match step.op {
                 Op::Linear { in_features, out_features, .. } => {
                     let wr = step.weight.clone().unwrap();
@@ -302,23 +325,32 @@ impl Workspace {
                     }
                 }
                 Op::Conv2d { out_channels, .. } => {
+                    // One product per layer and chunk of samples, on the channel-major
+                    // gradient dY[oc, c·q] and the chunk's im2col matrix col[pl, c·q]
+                    // (rebuilt: cheaper than keeping the whole batch's).
                     let g = step.window.unwrap();
-                    let (pl, q) = (g.patch_len(), g.positions());
+                    let (chunk, pl, q) = (conv_chunk(&g), g.patch_len(), g.positions());
                     let wr = step.weight.clone().unwrap();
-                    for s in 0..n {
-                        let dys = &dy[s * ylen..(s + 1) * ylen];
-                        let col = &self.cols[si][s * pl * q..(s + 1) * pl * q];
-                        sgemm(out_channels, pl, q, MatRef::rows(dys, q), MatRef::transposed(col, q), &mut self.param_grad[wr.clone()], pl, true);
+                    let mut s0 = 0;
+                    while s0 < n {
+                        let c = chunk.min(n - s0);
+                        let cq = c * q;
+                        let dyc = &mut self.conv_tmp[..out_channels * cq];
+                        samples_to_channels(&dy[s0 * ylen..(s0 + c) * ylen], c, out_channels, q, dyc);
+                        let col = &mut self.cols[si][..c * pl * q];
+                        im2col_batch(&self.acts[xid][s0 * xlen..(s0 + c) * xlen], c, &g, 0.0, col);
+                        sgemm(out_channels, pl, cq, MatRef::rows(dyc, cq), MatRef::transposed(col, cq), &mut self.param_grad[wr.clone()], pl, true);
                         if let Some(br) = &step.bias {
-                            for (d, plane) in self.param_grad[br.clone()].iter_mut().zip(dys.chunks_exact(q)) {
-                                *d += plane.iter().sum::<f32>();
+                            for (d, row) in self.param_grad[br.clone()].iter_mut().zip(dyc.chunks_exact(cq)) {
+                                *d += crate::runtime::kernels::sum(row);
                             }
                         }
                         if need_dx {
-                            let dcol = &mut self.dcols[si];
-                            sgemm(pl, q, out_channels, MatRef::transposed(&p[wr.clone()], pl), MatRef::rows(dys, q), dcol, q, false);
-                            col2im_add(dcol, &g, &mut self.grads[xid][s * xlen..(s + 1) * xlen]);
+                            let dcol = &mut self.dcols[si][..pl * cq];
+                            sgemm(pl, cq, out_channels, MatRef::transposed(&p[wr.clone()], pl), MatRef::rows(dyc, cq), dcol, cq, false);
+                            col2im_add_batch(dcol, c, &g, &mut self.grads[xid][s0 * xlen..(s0 + c) * xlen]);
                         }
+                        s0 += c;
                     }
                 }
                 Op::MaxPool2d { .. } if need_dx => {
@@ -343,15 +375,13 @@ impl Workspace {
                 }
                 Op::Relu if need_dx => {
                     let y = &self.acts[step.out][..n * ylen];
-                    for ((d, g), yv) in self.grads[xid][..n * xlen].iter_mut().zip(dy).zip(y) {
-                        if *yv > 0.0 {
-                            *d += g;
-                        }
+                    for ((d, &g), &yv) in self.grads[xid][..n * xlen].iter_mut().zip(dy).zip(y) {
+                        *d += if yv > 0.0 { g } else { 0.0 };
                     }
                 }
                 Op::Add => {
                     for &v in &step.inputs {
-                        if v != 0 {
+                        if self.needs_grad[v] {
                             self.grads[v][..n * xlen].iter_mut().zip(dy).for_each(|(d, g)| *d += g);
                         }
                     }
@@ -520,6 +550,33 @@ mod tests {
             outputs: vec!["head".into(), "aux".into()],
         };
         check_gradients(&Model::init(g, 5).unwrap(), 6, 5);
+    }
+
+    /// The batched, chunked conv path (LeNet-5's conv1 runs in chunks of 4 samples)
+    /// gives the same loss and parameter gradient as running the samples one at a time.
+    #[test]
+    fn batched_gradients_equal_the_sum_of_per_sample_gradients() {
+        let model = Model::init(zoo::build("lenet5").unwrap(), 8).unwrap();
+        let n = 11;
+        let mut rng = Rng::new(9);
+        let x: Vec<f32> = (0..n * 784).map(|_| rng.next_f32()).collect();
+        let labels: Vec<u8> = (0..n).map(|_| rng.below(10) as u8).collect();
+        let mut ws = Workspace::new(&model, n);
+        ws.forward(&model.params, &x, n);
+        let (loss, _) = ws.loss_and_backward(&model.params, &labels, n, 1.0 / n as f32);
+        let mut one = Workspace::new(&model, 1);
+        let mut want = vec![0.0f64; model.params.len()];
+        let mut want_loss = 0.0;
+        for s in 0..n {
+            one.forward(&model.params, &x[s * 784..(s + 1) * 784], 1);
+            want_loss += one.loss_and_backward(&model.params, &labels[s..s + 1], 1, 1.0 / n as f32).0;
+            want.iter_mut().zip(&one.param_grad).for_each(|(w, &g)| *w += g as f64);
+        }
+        assert!((loss - want_loss).abs() < 1e-4 * want_loss.abs(), "{loss} vs {want_loss}");
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for (i, (&g, &w)) in ws.param_grad.iter().zip(&want).enumerate() {
+            assert!((g as f64 - w).abs() <= 1e-4 * scale, "param {i}: {g} vs {w}");
+        }
     }
 
     #[test]

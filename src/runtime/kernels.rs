@@ -98,67 +98,263 @@ impl Window {
     }
 }
 
-/// Unfolds one sample `x[C,H,W]` into `col[C·k·k, OH·OW]` (row-major), `pad` outside.
-pub fn im2col<T: Copy>(x: &[T], g: &Window, pad: T, col: &mut [T]) {
-    let (oh, ow) = (g.out_height(), g.out_width());
-    let npos = oh * ow;
-    let mut row = 0;
-    for c in 0..g.channels {
-        let plane = &x[c * g.height * g.width..(c + 1) * g.height * g.width];
-        for ki in 0..g.kernel {
-            for kj in 0..g.kernel {
-                let dst = &mut col[row * npos..(row + 1) * npos];
-                for oy in 0..oh {
-                    let iy = (oy * g.stride + ki) as isize - g.padding as isize;
-                    let out = &mut dst[oy * ow..(oy + 1) * ow];
-                    if iy < 0 || iy >= g.height as isize {
-                        out.fill(pad);
-                        continue;
-                    }
-                    let src = &plane[iy as usize * g.width..(iy as usize + 1) * g.width];
-                    for (ox, o) in out.iter_mut().enumerate() {
-                        let ix = (ox * g.stride + kj) as isize - g.padding as isize;
-                        *o = if ix < 0 || ix >= g.width as isize { pad } else { src[ix as usize] };
-                    }
-                }
-                row += 1;
+impl Window {
+    /// For kernel offset `kj`, the output indices `[lo, hi)` (of `out` along a side of
+    /// `len` inputs) whose input index `o·stride + kj − padding` lies inside `0..len`;
+    /// the others read padding.
+    #[inline]
+    fn valid_range(&self, kj: usize, out: usize, len: usize) -> (usize, usize) {
+        let (s, p) = (self.stride, self.padding);
+        let lo = if p > kj { (p - kj).div_ceil(s) } else { 0 }.min(out);
+        let hi = if len + p > kj { ((len - 1 + p - kj) / s + 1).min(out) } else { 0 };
+        (lo, hi.max(lo))
+    }
+}
+
+/// `n` values from `src` to `dst` in fixed-size unaligned blocks (the last one
+/// overlapping), so that short spans are moved inline rather than by a `memcpy` call.
+///
+/// # Safety
+/// `src[..n]` readable, `dst[..n]` writable, not overlapping.
+#[inline(always)]
+unsafe fn copy_span<T: Copy>(dst: *mut T, src: *const T, n: usize) {
+    // SAFETY (all blocks): every block lies inside [0, n) of both spans.
+    unsafe {
+        if n >= 8 {
+            let mut i = 0;
+            while i + 8 <= n {
+                (dst.add(i) as *mut [T; 8]).write_unaligned((src.add(i) as *const [T; 8]).read_unaligned());
+                i += 8;
+            }
+            if i < n {
+                (dst.add(n - 8) as *mut [T; 8]).write_unaligned((src.add(n - 8) as *const [T; 8]).read_unaligned());
+            }
+        } else if n >= 4 {
+            (dst as *mut [T; 4]).write_unaligned((src as *const [T; 4]).read_unaligned());
+            (dst.add(n - 4) as *mut [T; 4]).write_unaligned((src.add(n - 4) as *const [T; 4]).read_unaligned());
+        } else {
+            for i in 0..n {
+                *dst.add(i) = *src.add(i);
             }
         }
     }
 }
 
-/// The adjoint of [`im2col`]: adds `col[C·k·k, OH·OW]` back into `dx[C,H,W]`.
-pub fn col2im_add(col: &[f32], g: &Window, dx: &mut [f32]) {
+/// `dst[..n] += src[..n]`, in blocks that vectorize.
+///
+/// # Safety
+/// `src[..n]` readable, `dst[..n]` writable, not overlapping.
+#[inline(always)]
+unsafe fn add_span(dst: *mut f32, src: *const f32, n: usize) {
+    // SAFETY: every access is inside [0, n) of both spans.
+    unsafe {
+        let mut i = 0;
+        while i + 8 <= n {
+            let mut d = (dst.add(i) as *const [f32; 8]).read_unaligned();
+            let v = (src.add(i) as *const [f32; 8]).read_unaligned();
+            for j in 0..8 {
+                d[j] += v[j];
+            }
+            (dst.add(i) as *mut [f32; 8]).write_unaligned(d);
+            i += 8;
+        }
+        while i < n {
+            *dst.add(i) += *src.add(i);
+            i += 1;
+        }
+    }
+}
+
+/// Unfolds one sample `x[C,H,W]` into `col[C·k·k, OH·OW]` (row-major), `pad` outside.
+pub fn im2col<T: Copy>(x: &[T], g: &Window, pad: T, col: &mut [T]) {
+    im2col_ld(x, g, pad, col, g.positions());
+}
+
+/// [`im2col`] into a matrix with leading dimension `ld`: row `r = (c·k + ki)·k + kj`
+/// of the sample's im2col matrix goes to `col[r·ld .. r·ld + OH·OW]`; the other columns
+/// are left alone. Writing sample `s` of a batch at `col[s·OH·OW..]` with
+/// `ld = n·OH·OW` builds the batch's matrix `[C·k·k, n·OH·OW]`.
+pub fn im2col_ld<T: Copy>(x: &[T], g: &Window, pad: T, col: &mut [T], ld: usize) {
     let (oh, ow) = (g.out_height(), g.out_width());
     let npos = oh * ow;
-    let mut row = 0;
+    let (w, hw, s, p) = (g.width, g.height * g.width, g.stride, g.padding);
+    assert!(x.len() >= g.channels * hw, "im2col: input too short");
+    assert!(ld >= npos && col.len() >= (g.patch_len() - 1) * ld + npos, "im2col: output too short");
+    let (xp, cp) = (x.as_ptr(), col.as_mut_ptr());
     for c in 0..g.channels {
-        let plane = &mut dx[c * g.height * g.width..(c + 1) * g.height * g.width];
         for ki in 0..g.kernel {
+            let (y0, y1) = g.valid_range(ki, oh, g.height);
             for kj in 0..g.kernel {
-                let src = &col[row * npos..(row + 1) * npos];
-                for oy in 0..oh {
-                    let iy = (oy * g.stride + ki) as isize - g.padding as isize;
-                    if iy < 0 || iy >= g.height as isize {
-                        continue;
-                    }
-                    let dst = &mut plane[iy as usize * g.width..(iy as usize + 1) * g.width];
-                    for ox in 0..ow {
-                        let ix = (ox * g.stride + kj) as isize - g.padding as isize;
-                        if ix >= 0 && ix < g.width as isize {
-                            dst[ix as usize] += src[oy * ow + ox];
+                let (x0, x1) = g.valid_range(kj, ow, w);
+                let row = (c * g.kernel + ki) * g.kernel + kj;
+                // SAFETY: the asserts above: the row's `npos` values start at row·ld
+                // with row < C·k·k; output (oy, ox) is at oy·ow + ox < npos. Inputs are
+                // read only for oy in [y0, y1), ox in [x0, x1), where the input row
+                // oy·s + ki − p and column ox·s + kj − p lie inside the plane of channel
+                // c < C (valid_range).
+                unsafe {
+                    let dst = cp.add(row * ld);
+                    for oy in 0..oh {
+                        let d = dst.add(oy * ow);
+                        if oy < y0 || oy >= y1 {
+                            for i in 0..ow {
+                                *d.add(i) = pad;
+                            }
+                            continue;
+                        }
+                        for i in (0..x0).chain(x1..ow) {
+                            *d.add(i) = pad;
+                        }
+                        if x1 > x0 {
+                            let src = xp.add(c * hw + (oy * s + ki - p) * w + x0 * s + kj - p);
+                            if s == 1 {
+                                copy_span(d.add(x0), src, x1 - x0);
+                            } else {
+                                for i in 0..x1 - x0 {
+                                    *d.add(x0 + i) = *src.add(i * s);
+                                }
+                            }
                         }
                     }
                 }
-                row += 1;
             }
+        }
+    }
+}
+
+/// [`im2col_ld`] for `n` samples `x[n, C, H, W]`: `col[C·k·k, n·OH·OW]`, the
+/// columns of sample `s` at `s·OH·OW`.
+pub fn im2col_batch<T: Copy>(x: &[T], n: usize, g: &Window, pad: T, col: &mut [T]) {
+    let (xlen, npos) = (g.channels * g.height * g.width, g.positions());
+    for s in 0..n {
+        im2col_ld(&x[s * xlen..(s + 1) * xlen], g, pad, &mut col[s * npos..], n * npos);
+    }
+}
+
+/// The adjoint of [`im2col`]: adds `col[C·k·k, OH·OW]` back into `dx[C,H,W]`.
+pub fn col2im_add(col: &[f32], g: &Window, dx: &mut [f32]) {
+    col2im_add_ld(col, g, dx, g.positions());
+}
+
+/// The adjoint of [`im2col_ld`]: adds the sample's columns of `col` (leading
+/// dimension `ld`) back into `dx[C,H,W]`.
+pub fn col2im_add_ld(col: &[f32], g: &Window, dx: &mut [f32], ld: usize) {
+    let (oh, ow) = (g.out_height(), g.out_width());
+    let npos = oh * ow;
+    let (w, hw, s, p) = (g.width, g.height * g.width, g.stride, g.padding);
+    assert!(dx.len() >= g.channels * hw, "col2im: output too short");
+    assert!(ld >= npos && col.len() >= (g.patch_len() - 1) * ld + npos, "col2im: input too short");
+    let (cp, dp) = (col.as_ptr(), dx.as_mut_ptr());
+    for c in 0..g.channels {
+        for ki in 0..g.kernel {
+            let (y0, y1) = g.valid_range(ki, oh, g.height);
+            for kj in 0..g.kernel {
+                let (x0, x1) = g.valid_range(kj, ow, w);
+                let row = (c * g.kernel + ki) * g.kernel + kj;
+                // SAFETY: as in im2col_ld, with the roles of input and output swapped.
+                unsafe {
+                    let src = cp.add(row * ld);
+                    for oy in y0..y1 {
+                        if x1 == x0 {
+                            break;
+                        }
+                        let sr = src.add(oy * ow + x0);
+                        let d = dp.add(c * hw + (oy * s + ki - p) * w + x0 * s + kj - p);
+                        if s == 1 {
+                            add_span(d, sr, x1 - x0);
+                        } else {
+                            for i in 0..x1 - x0 {
+                                *d.add(i * s) += *sr.add(i);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`col2im_add_ld`] for `n` samples: adds `col[C·k·k, n·OH·OW]` into `dx[n, C, H, W]`.
+pub fn col2im_add_batch(col: &[f32], n: usize, g: &Window, dx: &mut [f32]) {
+    let (xlen, npos) = (g.channels * g.height * g.width, g.positions());
+    for s in 0..n {
+        col2im_add_ld(&col[s * npos..], g, &mut dx[s * xlen..(s + 1) * xlen], n * npos);
+    }
+}
+
+/// How many im2col values a batched convolution builds at once: a chunk of samples
+/// whose column matrix (and product) stay in the L2 cache.
+pub const CONV_CHUNK_VALUES: usize = 96 * 1024;
+
+/// Samples per chunk of a batched convolution over window `g` (at least 1).
+pub fn conv_chunk(g: &Window) -> usize {
+    (CONV_CHUNK_VALUES / (g.patch_len() * g.positions()).max(1)).max(1)
+}
+
+/// Convolution of `n` samples `x[n, C, H, W]` with `w[oc, C·k·k]` plus `bias` into
+/// `y[n, oc, OH·OW]`, batched: the batch's im2col matrix is built in `col`
+/// (`[C·k·k, n·OH·OW]`, left there for a backward pass), one matrix product writes
+/// `tmp` (`[oc, n·OH·OW]`; not used for a single sample) and is scattered into `y`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward(x: &[f32], n: usize, g: &Window, w: &[f32], bias: Option<&[f32]>, oc: usize, col: &mut [f32], tmp: &mut [f32], y: &mut [f32]) {
+    let (pl, q) = (g.patch_len(), g.positions());
+    let nq = n * q;
+    let col = &mut col[..pl * nq];
+    im2col_batch(x, n, g, 0.0, col);
+    if n == 1 {
+        let y = &mut y[..oc * q];
+        sgemm(oc, q, pl, MatRef::rows(w, pl), MatRef::rows(col, q), y, q, false);
+        if let Some(b) = bias {
+            for (plane, &bb) in y.chunks_exact_mut(q).zip(b) {
+                plane.iter_mut().for_each(|v| *v += bb);
+            }
+        }
+        return;
+    }
+    let tmp = &mut tmp[..oc * nq];
+    sgemm(oc, nq, pl, MatRef::rows(w, pl), MatRef::rows(col, nq), tmp, nq, false);
+    for (o, trow) in tmp.chunks_exact(nq).enumerate() {
+        let bb = bias.map_or(0.0, |b| b[o]);
+        for (s, src) in trow.chunks_exact(q).enumerate() {
+            let dst = &mut y[(s * oc + o) * q..(s * oc + o + 1) * q];
+            dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + bb);
+        }
+    }
+}
+
+/// `out[c, s·len + i] = x[s, c, i]`: `n` samples of `channels × len` values into one
+/// channel-major matrix `[channels, n·len]` (the layout of a batched convolution's
+/// product).
+pub fn samples_to_channels(x: &[f32], n: usize, channels: usize, len: usize, out: &mut [f32]) {
+    let nl = n * len;
+    for (c, orow) in out[..channels * nl].chunks_exact_mut(nl).enumerate() {
+        for (s, dst) in orow.chunks_exact_mut(len).enumerate() {
+            dst.copy_from_slice(&x[(s * channels + c) * len..(s * channels + c + 1) * len]);
         }
     }
 }
 
 /// Max pooling of one sample `x[C,H,W]` into `y[C,OH,OW]` (no padding); when `argmax` is
 /// given it receives the flat input index of each maximum (first one on ties).
-pub fn maxpool<T: Copy + PartialOrd>(x: &[T], g: &Window, y: &mut [T], mut argmax: Option<&mut [u32]>) {
+pub fn maxpool<T: Copy + PartialOrd>(x: &[T], g: &Window, y: &mut [T], argmax: Option<&mut [u32]>) {
+    let (oh, ow) = (g.out_height(), g.out_width());
+    assert!(x.len() >= g.channels * g.height * g.width && y.len() >= g.channels * oh * ow, "maxpool: buffer too short");
+    match argmax {
+        Some(a) => {
+            assert!(a.len() >= g.channels * oh * ow, "maxpool: argmax too short");
+            if g.kernel == 2 && g.stride == 2 {
+                maxpool_2x2::<T, true>(x, g, y, a)
+            } else {
+                maxpool_any::<T, true>(x, g, y, a)
+            }
+        }
+        None if g.kernel == 2 && g.stride == 2 => maxpool_2x2::<T, false>(x, g, y, &mut []),
+        None => maxpool_any::<T, false>(x, g, y, &mut []),
+    }
+}
+
+/// Any window; `ARG` says whether `argmax` is written.
+fn maxpool_any<T: Copy + PartialOrd, const ARG: bool>(x: &[T], g: &Window, y: &mut [T], argmax: &mut [u32]) {
     let (oh, ow) = (g.out_height(), g.out_width());
     for c in 0..g.channels {
         let base = c * g.height * g.width;
@@ -177,8 +373,42 @@ pub fn maxpool<T: Copy + PartialOrd>(x: &[T], g: &Window, y: &mut [T], mut argma
                 }
                 let o = (c * oh + oy) * ow + ox;
                 y[o] = best;
-                if let Some(a) = argmax.as_deref_mut() {
-                    a[o] = best_i as u32;
+                if ARG {
+                    argmax[o] = best_i as u32;
+                }
+            }
+        }
+    }
+}
+
+/// The common 2×2, stride 2 window, same results as [`maxpool_any`].
+fn maxpool_2x2<T: Copy + PartialOrd, const ARG: bool>(x: &[T], g: &Window, y: &mut [T], argmax: &mut [u32]) {
+    let (oh, ow, w) = (g.out_height(), g.out_width(), g.width);
+    for c in 0..g.channels {
+        let base = c * g.height * w;
+        for oy in 0..oh {
+            let r0 = base + 2 * oy * w;
+            let (x0, x1) = (&x[r0..r0 + 2 * ow], &x[r0 + w..r0 + w + 2 * ow]);
+            let o0 = (c * oh + oy) * ow;
+            let yr = &mut y[o0..o0 + ow];
+            for ox in 0..ow {
+                let i = 2 * ox;
+                let (mut best, mut off) = (x0[i], 0);
+                if x0[i + 1] > best {
+                    best = x0[i + 1];
+                    off = 1;
+                }
+                if x1[i] > best {
+                    best = x1[i];
+                    off = w;
+                }
+                if x1[i + 1] > best {
+                    best = x1[i + 1];
+                    off = w + 1;
+                }
+                yr[ox] = best;
+                if ARG {
+                    argmax[o0 + ox] = (r0 + i + off) as u32;
                 }
             }
         }
@@ -196,6 +426,17 @@ pub fn normalize(x: &[f32], mean: &[f32], std: &[f32], sample_len: usize, y: &mu
             yc.iter_mut().zip(xc).for_each(|(o, &i)| *o = (i - m) * s);
         }
     }
+}
+
+/// Sum of `x` in 16 interleaved partial sums (vectorizes; the order is fixed, so the
+/// result is deterministic).
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        acc.iter_mut().zip(c).for_each(|(a, &v)| *a += v);
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
 /// Row-wise softmax of `x[rows, n]` in place, max-subtracted for stability.
@@ -276,6 +517,157 @@ mod tests {
         let lhs: f32 = col.iter().zip(&c).map(|(a, b)| a * b).sum();
         let rhs: f32 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
+    }
+
+    /// The plain per-element im2col the fast one must equal.
+    fn im2col_naive(x: &[f32], g: &Window, pad: f32) -> Vec<f32> {
+        let (oh, ow) = (g.out_height(), g.out_width());
+        let mut col = vec![0.0; g.patch_len() * oh * ow];
+        for c in 0..g.channels {
+            for ki in 0..g.kernel {
+                for kj in 0..g.kernel {
+                    let row = (c * g.kernel + ki) * g.kernel + kj;
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let iy = (oy * g.stride + ki) as isize - g.padding as isize;
+                            let ix = (ox * g.stride + kj) as isize - g.padding as isize;
+                            let inside = iy >= 0 && ix >= 0 && iy < g.height as isize && ix < g.width as isize;
+                            col[row * oh * ow + oy * ow + ox] =
+                                if inside { x[(c * g.height + iy as usize) * g.width + ix as usize] } else { pad };
+                        }
+                    }
+                }
+            }
+        }
+        col
+    }
+
+    fn windows() -> Vec<Window> {
+        let w = |channels, height, width, kernel, stride, padding| Window { channels, height, width, kernel, stride, padding };
+        vec![
+            w(1, 28, 28, 5, 1, 2),
+            w(6, 14, 14, 5, 1, 0),
+            w(2, 5, 6, 3, 2, 1),
+            w(3, 9, 7, 3, 2, 1),
+            w(2, 7, 7, 2, 2, 0),
+            w(1, 4, 3, 1, 1, 0),
+            w(2, 3, 3, 4, 1, 2),
+            w(1, 20, 17, 3, 3, 4),
+            w(1, 11, 13, 7, 1, 3),
+        ]
+    }
+
+    #[test]
+    fn batched_im2col_and_col2im_match_the_per_sample_reference() {
+        let mut rng = Rng::new(11);
+        for g in windows() {
+            let (xl, pl, q) = (g.channels * g.height * g.width, g.patch_len(), g.positions());
+            for n in [1, 3] {
+                let x: Vec<f32> = (0..n * xl).map(|_| rng.uniform(1.0)).collect();
+                // The batch matrix: sample s's columns at s·q, leading dimension n·q.
+                let mut col = vec![f32::NAN; pl * n * q];
+                im2col_batch(&x, n, &g, -7.0, &mut col);
+                for s in 0..n {
+                    let want = im2col_naive(&x[s * xl..(s + 1) * xl], &g, -7.0);
+                    for r in 0..pl {
+                        assert_eq!(&col[r * n * q + s * q..r * n * q + (s + 1) * q], &want[r * q..(r + 1) * q], "{g:?} n={n} s={s} row {r}");
+                    }
+                }
+                // col2im: the batched adjoint equals the per-sample naive scatter-add.
+                let c: Vec<f32> = (0..pl * n * q).map(|_| rng.uniform(1.0)).collect();
+                let mut dx = vec![0.5; n * xl];
+                col2im_add_batch(&c, n, &g, &mut dx);
+                for s in 0..n {
+                    let mut want = vec![0.5f32; xl];
+                    for c_ in 0..g.channels {
+                        for ki in 0..g.kernel {
+                            for kj in 0..g.kernel {
+                                let row = (c_ * g.kernel + ki) * g.kernel + kj;
+                                for oy in 0..g.out_height() {
+                                    for ox in 0..g.out_width() {
+                                        let iy = (oy * g.stride + ki) as isize - g.padding as isize;
+                                        let ix = (ox * g.stride + kj) as isize - g.padding as isize;
+                                        if iy >= 0 && ix >= 0 && iy < g.height as isize && ix < g.width as isize {
+                                            want[(c_ * g.height + iy as usize) * g.width + ix as usize] +=
+                                                c[row * n * q + s * q + oy * g.out_width() + ox];
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for (i, (a, b)) in dx[s * xl..(s + 1) * xl].iter().zip(&want).enumerate() {
+                        assert!((a - b).abs() < 1e-5, "{g:?} n={n} s={s} dx[{i}]: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn u8_im2col_matches_the_f32_one() {
+        let mut rng = Rng::new(12);
+        for g in windows() {
+            let xl = g.channels * g.height * g.width;
+            let x: Vec<u8> = (0..xl).map(|_| rng.below(256) as u8).collect();
+            let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            let mut col = vec![0u8; g.patch_len() * g.positions()];
+            im2col(&x, &g, 3u8, &mut col);
+            let want = im2col_naive(&xf, &g, 3.0);
+            assert!(col.iter().zip(&want).all(|(&a, &b)| a as f32 == b), "{g:?}");
+        }
+    }
+
+    #[test]
+    fn batched_conv_forward_matches_a_direct_convolution() {
+        let mut rng = Rng::new(13);
+        for g in windows() {
+            let oc = 5;
+            let (xl, pl, q) = (g.channels * g.height * g.width, g.patch_len(), g.positions());
+            let w: Vec<f32> = (0..oc * pl).map(|_| rng.uniform(1.0)).collect();
+            let b: Vec<f32> = (0..oc).map(|_| rng.uniform(1.0)).collect();
+            for n in [1, 4] {
+                let x: Vec<f32> = (0..n * xl).map(|_| rng.uniform(1.0)).collect();
+                let (mut col, mut tmp, mut y) = (vec![0.0; n * pl * q], vec![0.0; n * oc * q], vec![0.0; n * oc * q]);
+                conv2d_forward(&x, n, &g, &w, Some(&b), oc, &mut col, &mut tmp, &mut y);
+                for s in 0..n {
+                    let colr = im2col_naive(&x[s * xl..(s + 1) * xl], &g, 0.0);
+                    for o in 0..oc {
+                        for p in 0..q {
+                            let want = b[o] + (0..pl).map(|r| w[o * pl + r] * colr[r * q + p]).sum::<f32>();
+                            let got = y[(s * oc + o) * q + p];
+                            assert!((got - want).abs() < 1e-4, "{g:?} n={n} s={s} o={o} p={p}: {got} vs {want}");
+                        }
+                    }
+                }
+                // And the channel-major gather inverts the scatter.
+                let mut cm = vec![0.0; oc * n * q];
+                samples_to_channels(&y, n, oc, q, &mut cm);
+                for s in 0..n {
+                    for o in 0..oc {
+                        assert_eq!(&cm[o * n * q + s * q..o * n * q + (s + 1) * q], &y[(s * oc + o) * q..(s * oc + o + 1) * q]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn maxpool_2x2_fast_path_equals_the_general_window() {
+        let mut rng = Rng::new(14);
+        for (h, w) in [(28, 28), (10, 10), (7, 9), (2, 2), (5, 4)] {
+            let g = Window { channels: 3, height: h, width: w, kernel: 2, stride: 2, padding: 0 };
+            // Few distinct values, so ties happen and the first-on-ties rule is tested.
+            let x: Vec<f32> = (0..3 * h * w).map(|_| rng.below(4) as f32).collect();
+            let len = 3 * g.positions();
+            let (mut y1, mut y2, mut a1, mut a2) = (vec![0.0; len], vec![0.0; len], vec![0u32; len], vec![0u32; len]);
+            maxpool(&x, &g, &mut y1, Some(&mut a1));
+            maxpool_any::<f32, true>(&x, &g, &mut y2, &mut a2);
+            assert_eq!((&y1, &a1), (&y2, &a2), "{h}x{w}");
+            let mut y3 = vec![0.0; len];
+            maxpool(&x, &g, &mut y3, None);
+            assert_eq!(y3, y1);
+        }
     }
 
     #[test]
