@@ -563,13 +563,13 @@ mod tests {
         let labels: Vec<u8> = (0..n).map(|_| rng.below(10) as u8).collect();
         let mut ws = Workspace::new(&model, n);
         ws.forward(&model.params, &x, n);
-        let (loss, _) = ws.loss_and_backward(&model.params, &labels, n, 1.0 / n as f32);
+        let (loss, _) = ws.loss_and_backward(&model.params, &labels, None, n, 1.0 / n as f32);
         let mut one = Workspace::new(&model, 1);
         let mut want = vec![0.0f64; model.params.len()];
         let mut want_loss = 0.0;
         for s in 0..n {
             one.forward(&model.params, &x[s * 784..(s + 1) * 784], 1);
-            want_loss += one.loss_and_backward(&model.params, &labels[s..s + 1], 1, 1.0 / n as f32).0;
+            want_loss += one.loss_and_backward(&model.params, &labels[s..s + 1], None, 1, 1.0 / n as f32).0;
             want.iter_mut().zip(&one.param_grad).for_each(|(w, &g)| *w += g as f64);
         }
         assert!((loss - want_loss).abs() < 1e-4 * want_loss.abs(), "{loss} vs {want_loss}");
