@@ -6,3 +6,4 @@
 pub mod prune;
 pub mod quantize;
 pub mod share;
+pub mod trim;

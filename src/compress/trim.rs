@@ -1,0 +1,754 @@
+//! Structured trimming: remove whole neurons of Linear layers and whole filters (output
+//! channels) of Conv2d layers by an importance score, and propagate the removal to every
+//! tensor that reads them, so the result is a smaller *dense* [`Model`] (a new graph
+//! with fewer `out_features`/`out_channels` and, downstream, fewer
+//! `in_features`/`in_channels`) that computes the same function on the kept units.
+//!
+//! A unit of node `X` can be removed when `X`'s output reaches the next weighted layers
+//! only through element-wise or per-channel ops: ReLU, MaxPool2d, Normalize (one value,
+//! or one per channel, which is then sliced too) and Flatten. After a Flatten of a
+//! `[C, H, W]` value, removing channel `c` removes the inputs `c·H·W..(c+1)·H·W` of the
+//! next Linear. A layer whose output (directly or through those ops) reaches an Add
+//! (residual connection), a Softmax or a graph output cannot be trimmed: its units are
+//! the shape of a residual sum, the classes, or something the caller reads.
+//!
+//! Constraints: pruning masks are sliced with their tensors (rows of removed units,
+//! columns of removed inputs are dropped). Weight-sharing codebooks are **all cleared**:
+//! the parameters keep their (shared) values, but the assignment is no longer a
+//! constraint; sharing is meant to be redone after trimming.
+//!
+//! ```
+//! use squeeze::compress::trim::{trim, Score, TrimConfig};
+//! use squeeze::model::{zoo, Model};
+//! let model = Model::init(zoo::build("mlp").unwrap(), 1).unwrap();
+//! let cfg = TrimConfig { ratio: 0.5, score: Score::L1, ..Default::default() };
+//! let (small, summary) = trim(&model, &cfg, &[]).unwrap();
+//! assert_eq!(summary.layers, vec![("fc1".to_string(), 64, 32)]);
+//! assert_eq!(small.params.len(), 784 * 32 + 32 + 32 * 10 + 10);
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Model, ModelError, Workspace};
+use crate::runtime::exec::{self, RuntimeError};
+use crate::spec::{Graph, Op, SpecError};
+
+/// How the importance of a unit (neuron or filter) is measured; the lowest go first.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Score {
+    /// Sum of |w| over the unit's incoming weights (its weight row or filter; the bias
+    /// is not counted), as in Li et al., "Pruning Filters for Efficient ConvNets".
+    #[default]
+    L1,
+    /// Euclidean norm of the unit's incoming weights (bias not counted).
+    L2,
+    /// Mean |activation| over the calibration images (and over positions for a
+    /// filter). The activation is the output of the first ReLU the layer's output
+    /// passes through before the next weighted layer, or the layer's own output when
+    /// there is none.
+    MeanActivation,
+    /// First-order Taylor estimate of the loss change when the unit is removed
+    /// (Molchanov et al. 2017): per image `|Σ_positions z · ∂L/∂z| / positions`,
+    /// averaged over the calibration images, where `z` is the unit's pre-activation.
+    /// Through a ReLU, `z · ∂L/∂z = a · ∂L/∂a` element by element, so this is the
+    /// post-ReLU criterion. It is computed exactly (not approximated) with the
+    /// training engine's backward pass, one image at a time, through the identity
+    /// `Σ_positions z · ∂L/∂z = Σ_θ θ · ∂L/∂θ` over the unit's weights and bias.
+    /// Calibration images carry no labels: the loss is the cross-entropy against the
+    /// model's own top-1 prediction (so the head may have at most 256 classes).
+    Taylor,
+}
+
+impl Score {
+    /// Whether the score needs calibration images.
+    pub fn needs_data(self) -> bool {
+        matches!(self, Score::MeanActivation | Score::Taylor)
+    }
+}
+
+/// What to trim.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrimConfig {
+    /// Fraction of units to remove in each selected layer, in `[0, 1)`; exactly
+    /// `round(ratio · units)` go, but at least one unit always stays.
+    pub ratio: f64,
+    /// The importance score.
+    pub score: Score,
+    /// Node names to trim. Empty: every Linear/Conv2d whose output feeds another
+    /// weighted layer through element-wise/per-channel ops only (so never the last
+    /// classifier layer); layers that cannot be trimmed are skipped silently. A named
+    /// layer that cannot be trimmed is an error.
+    pub layers: Vec<String>,
+    /// Per-layer ratios (node name → ratio) overriding `ratio`. Naming a layer here
+    /// also selects it (as if it were listed in `layers`).
+    pub per_layer: BTreeMap<String, f64>,
+}
+
+/// What was trimmed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrimSummary {
+    /// Per trimmed layer, in graph order: node name, units before, units after.
+    pub layers: Vec<(String, usize, usize)>,
+    /// Parameters of the model before trimming.
+    pub params_before: usize,
+    /// Parameters of the trimmed model.
+    pub params_after: usize,
+}
+
+/// Errors of the trimming pass.
+#[derive(Debug, thiserror::Error)]
+pub enum TrimError {
+    /// The common ratio is outside `[0, 1)`.
+    #[error("trim ratio must be in [0, 1), got {0}")]
+    Ratio(f64),
+    /// A per-layer ratio is outside `[0, 1)`.
+    #[error("trim ratio for layer '{layer}' must be in [0, 1), got {ratio}")]
+    LayerRatio {
+        /// The node name.
+        layer: String,
+        /// The ratio given.
+        ratio: f64,
+    },
+    /// A requested layer is not a Linear or Conv2d node of the model.
+    #[error("layer '{0}' is not a Linear or Conv2d node of this model")]
+    UnknownLayer(String),
+    /// A requested layer cannot be trimmed.
+    #[error("layer '{layer}' cannot be trimmed: {reason}")]
+    NotTrimmable {
+        /// The node name.
+        layer: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A data-driven score was asked for without calibration images.
+    #[error("score {0:?} needs calibration images, none were given")]
+    MissingCalibration(Score),
+    /// The calibration buffer is not a whole number of images.
+    #[error("calibration data has {got} values, not a multiple of the input length {per_sample}")]
+    CalibrationShape {
+        /// Values given.
+        got: usize,
+        /// Values per image.
+        per_sample: usize,
+    },
+    /// Taylor scores label images with u8 class indices.
+    #[error("Taylor scores label calibration images with the model's own prediction, which needs at most 256 classes; the head has {0}")]
+    TooManyClasses(usize),
+    /// The model's parameters do not match its graph.
+    #[error("the model's parameters do not match its graph: {0}")]
+    Inconsistent(String),
+    /// The model's graph is invalid.
+    #[error("invalid architecture: {0}")]
+    Spec(#[from] SpecError),
+    /// Building the trimmed model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Running the model on the calibration images failed.
+    #[error("cannot run the model on the calibration images: {0}")]
+    Runtime(#[from] RuntimeError),
+}
+
+/// How the units of one trimmable node reach the rest of the graph.
+#[derive(Clone, Debug)]
+struct Reach {
+    units: usize,
+    /// Elements per unit in the node's own output (positions of a filter; 1 for Linear).
+    positions: usize,
+    /// The value whose |activation| [`Score::MeanActivation`] averages.
+    activation: String,
+    /// Weighted nodes reading the units, with the elements per unit in their input.
+    consumers: Vec<(String, usize)>,
+    /// Per-channel Normalize nodes on the way, whose mean/std are sliced.
+    normalizes: Vec<String>,
+}
+
+/// Follows the output of weighted node `idx` through element-wise/per-channel ops.
+fn reach(graph: &Graph, shapes: &HashMap<String, Vec<usize>>, idx: usize) -> Result<Reach, String> {
+    let node = &graph.nodes[idx];
+    let units = match node.op {
+        Op::Linear { out_features, .. } => out_features,
+        Op::Conv2d { out_channels, .. } => out_channels,
+        _ => return Err("it is not a Linear or Conv2d node".into()),
+    };
+    if units == 0 {
+        return Err("it has no units".into());
+    }
+    let numel = |v: &str| shapes.get(v).map_or(0, |s| s.iter().product::<usize>());
+    let positions = numel(&node.name) / units.max(1);
+    let mut out = Reach { units, positions, activation: node.name.clone(), consumers: Vec::new(), normalizes: Vec::new() };
+    let mut first_relu: Option<usize> = None;
+    let mut stack = vec![node.name.clone()];
+    let mut seen = BTreeSet::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v.clone()) {
+            continue;
+        }
+        if graph.outputs.contains(&v) {
+            return Err(if v == node.name {
+                "its output is a graph output".into()
+            } else {
+                format!("its output reaches the graph output '{v}'")
+            });
+        }
+        for (j, reader) in graph.nodes.iter().enumerate().filter(|(_, n)| n.inputs.contains(&v)) {
+            match &reader.op {
+                Op::Relu => {
+                    if first_relu.is_none_or(|r| j < r) {
+                        first_relu = Some(j);
+                    }
+                    stack.push(reader.name.clone());
+                }
+                Op::MaxPool2d { .. } | Op::Flatten => stack.push(reader.name.clone()),
+                Op::Normalize { mean, .. } => {
+                    if mean.len() > 1 {
+                        out.normalizes.push(reader.name.clone());
+                    }
+                    stack.push(reader.name.clone());
+                }
+                Op::Linear { .. } | Op::Conv2d { .. } => out.consumers.push((reader.name.clone(), numel(&v) / units.max(1))),
+                Op::Add => {
+                    return Err(format!(
+                        "its output reaches the Add '{}' (a residual connection, whose inputs must keep the same shape)",
+                        reader.name
+                    ));
+                }
+                Op::Softmax => {
+                    return Err(format!("its output feeds the Softmax '{}' directly (its units are the classes)", reader.name));
+                }
+            }
+        }
+    }
+    if out.consumers.is_empty() {
+        return Err("its output does not reach another Linear or Conv2d layer".into());
+    }
+    if let Some(r) = first_relu {
+        out.activation = graph.nodes[r].name.clone();
+    }
+    Ok(out)
+}
+
+/// Checks the model and resolves which layers to trim with which ratio, in graph order.
+fn select(model: &Model, cfg: &TrimConfig) -> Result<Vec<(String, f64, Reach)>, TrimError> {
+    let graph = &model.graph;
+    let shapes = graph.validate()?;
+    let specs = graph.parameters();
+    if model.params.specs != specs {
+        return Err(TrimError::Inconsistent("parameter list differs from the graph's".into()));
+    }
+    let total: usize = specs.iter().map(|s| s.numel()).sum();
+    if model.params.data.len() != total || model.params.offsets.len() != specs.len() {
+        return Err(TrimError::Inconsistent(format!("{} values for {total} parameters", model.params.data.len())));
+    }
+    if !(0.0..1.0).contains(&cfg.ratio) {
+        return Err(TrimError::Ratio(cfg.ratio));
+    }
+    if let Some((l, r)) = cfg.per_layer.iter().find(|(_, r)| !(0.0..1.0).contains(*r)) {
+        return Err(TrimError::LayerRatio { layer: l.clone(), ratio: *r });
+    }
+    let index_of = |name: &str| graph.nodes.iter().position(|n| n.name == name && n.op.has_weight());
+    let mut chosen: BTreeMap<usize, Reach> = BTreeMap::new();
+    for name in cfg.layers.iter().chain(cfg.per_layer.keys()) {
+        let i = index_of(name).ok_or_else(|| TrimError::UnknownLayer(name.clone()))?;
+        let r = reach(graph, &shapes, i).map_err(|reason| TrimError::NotTrimmable { layer: name.clone(), reason })?;
+        chosen.insert(i, r);
+    }
+    if cfg.layers.is_empty() {
+        for i in 0..graph.nodes.len() {
+            if graph.nodes[i].op.has_weight()
+                && !chosen.contains_key(&i)
+                && let Ok(r) = reach(graph, &shapes, i)
+            {
+                chosen.insert(i, r);
+            }
+        }
+    }
+    Ok(chosen
+        .into_iter()
+        .map(|(i, r)| {
+            let name = graph.nodes[i].name.clone();
+            let ratio = cfg.per_layer.get(&name).copied().unwrap_or(cfg.ratio);
+            (name, ratio, r)
+        })
+        .collect())
+}
+
+/// Importance of every unit of the layers [`trim`] would trim with `cfg` (node name →
+/// one score per unit; higher is more important). `calibration` holds `n × input_len`
+/// images and may be empty for [`Score::L1`] and [`Score::L2`].
+pub fn scores(model: &Model, cfg: &TrimConfig, calibration: &[f32]) -> Result<BTreeMap<String, Vec<f64>>, TrimError> {
+    let selected = select(model, cfg)?;
+    let layers: Vec<(String, Reach)> = selected.into_iter().map(|(n, _, r)| (n, r)).collect();
+    compute_scores(model, cfg.score, &layers, calibration)
+}
+
+fn compute_scores(model: &Model, score: Score, layers: &[(String, Reach)], calibration: &[f32]) -> Result<BTreeMap<String, Vec<f64>>, TrimError> {
+    let per = model.graph.input_len();
+    let n = if score.needs_data() {
+        if calibration.is_empty() {
+            return Err(TrimError::MissingCalibration(score));
+        }
+        if per == 0 || !calibration.len().is_multiple_of(per) {
+            return Err(TrimError::CalibrationShape { got: calibration.len(), per_sample: per });
+        }
+        calibration.len() / per
+    } else {
+        0
+    };
+    let weight_rows = |name: &str, units: usize| -> Result<Vec<&[f32]>, TrimError> {
+        let w = model.params.get(&format!("{name}.weight")).ok_or_else(|| ModelError::MissingTensor { name: format!("{name}.weight") })?;
+        Ok(w.chunks_exact(w.len() / units.max(1)).collect())
+    };
+    let mut out = BTreeMap::new();
+    match score {
+        Score::L1 | Score::L2 => {
+            for (name, r) in layers {
+                let s = weight_rows(name, r.units)?
+                    .into_iter()
+                    .map(|row| match score {
+                        Score::L1 => row.iter().map(|v| v.abs() as f64).sum(),
+                        _ => row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt(),
+                    })
+                    .collect();
+                out.insert(name.clone(), s);
+            }
+        }
+        Score::MeanActivation => {
+            let plan = crate::store::model_plan(model)?;
+            let mut ws = exec::Workspace::default();
+            // Activation value → (units, elements per unit, Σ|a| per unit).
+            let mut sums: HashMap<&str, (usize, usize, Vec<f64>)> =
+                layers.iter().map(|(_, r)| (r.activation.as_str(), (r.units, 1, vec![0.0; r.units]))).collect();
+            const BATCH: usize = 64;
+            for start in (0..n).step_by(BATCH) {
+                let b = BATCH.min(n - start);
+                plan.run_observe(&calibration[start * per..(start + b) * per], b, &mut ws, &mut |value, data| {
+                    if let Some((units, block, acc)) = sums.get_mut(value) {
+                        *block = (data.len() / b / *units).max(1);
+                        for sample in data.chunks_exact(*block * *units) {
+                            for (a, unit) in acc.iter_mut().zip(sample.chunks_exact(*block)) {
+                                *a += unit.iter().map(|v| v.abs() as f64).sum::<f64>();
+                            }
+                        }
+                    }
+                })?;
+            }
+            for (name, r) in layers {
+                let (_, block, acc) = &sums[r.activation.as_str()];
+                out.insert(name.clone(), acc.iter().map(|a| a / (n * block) as f64).collect());
+            }
+        }
+        Score::Taylor => {
+            let mut ws = Workspace::new(model, 1);
+            let classes = ws.head_output(1).len();
+            if classes > 256 {
+                return Err(TrimError::TooManyClasses(classes));
+            }
+            let ranges: Vec<_> = layers
+                .iter()
+                .map(|(name, _)| {
+                    let w = model.params.index(&format!("{name}.weight")).map(|i| model.params.range(i));
+                    let b = model.params.index(&format!("{name}.bias")).map(|i| model.params.range(i));
+                    (w, b)
+                })
+                .collect();
+            let mut acc: Vec<Vec<f64>> = layers.iter().map(|(_, r)| vec![0.0; r.units]).collect();
+            for x in calibration.chunks_exact(per) {
+                ws.forward(&model.params, x, 1);
+                let label = crate::runtime::kernels::argmax(ws.head_output(1)) as u8;
+                ws.loss_and_backward(&model.params, &[label], 1, 1.0);
+                let (p, g) = (&model.params.data, &ws.param_grad);
+                for ((a, (_, r)), (wr, br)) in acc.iter_mut().zip(layers).zip(&ranges) {
+                    let Some(wr) = wr.clone() else { continue };
+                    let row = wr.len() / r.units.max(1);
+                    for (u, a) in a.iter_mut().enumerate() {
+                        let s = wr.start + u * row..wr.start + (u + 1) * row;
+                        let mut t: f64 = p[s.clone()].iter().zip(&g[s]).map(|(w, d)| (*w as f64) * (*d as f64)).sum();
+                        if let Some(br) = br {
+                            t += p[br.start + u] as f64 * g[br.start + u] as f64;
+                        }
+                        *a += t.abs() / r.positions.max(1) as f64;
+                    }
+                }
+            }
+            for ((name, _), a) in layers.iter().zip(acc) {
+                out.insert(name.clone(), a.into_iter().map(|v| v / n as f64).collect());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The units to keep: all but the `round(ratio · units)` lowest scores (capped so one
+/// unit stays), ties removed by lower index first. Sorted.
+fn keep_units(score: &[f64], ratio: f64) -> Vec<usize> {
+    let units = score.len();
+    let remove = ((ratio * units as f64).round() as usize).min(units.saturating_sub(1));
+    let mut order: Vec<usize> = (0..units).collect();
+    order.sort_by(|&a, &b| score[a].total_cmp(&score[b]).then(a.cmp(&b)));
+    let mut keep = order[remove..].to_vec();
+    keep.sort_unstable();
+    keep
+}
+
+/// Copies the kept part of a `[rows, cols, inner]` tensor.
+fn slice<T: Copy>(data: &[T], cols: usize, inner: usize, rows_kept: &[usize], cols_kept: &[usize]) -> Vec<T> {
+    let mut out = Vec::with_capacity(rows_kept.len() * cols_kept.len() * inner);
+    for &r in rows_kept {
+        for &c in cols_kept {
+            let at = (r * cols + c) * inner;
+            out.extend_from_slice(&data[at..at + inner]);
+        }
+    }
+    out
+}
+
+/// Trims `model` as `cfg` asks: scores every unit of the selected layers on the
+/// original model, removes the lowest, and returns the smaller dense model with the
+/// same function on the kept units, plus a summary. `calibration` holds `n ×
+/// input_len` images for the data-driven scores and may be empty for L1/L2.
+///
+/// Masks of every sliced tensor are sliced alike; all codebooks are cleared (see the
+/// module documentation).
+pub fn trim(model: &Model, cfg: &TrimConfig, calibration: &[f32]) -> Result<(Model, TrimSummary), TrimError> {
+    let selected = select(model, cfg)?;
+    let layers: Vec<(String, Reach)> = selected.iter().map(|(n, _, r)| (n.clone(), r.clone())).collect();
+    let scores = compute_scores(model, cfg.score, &layers, calibration)?;
+
+    let mut out_keep: HashMap<String, Vec<usize>> = HashMap::new();
+    // Weighted consumer → (kept units of its producer, elements per unit in its input).
+    let mut in_keep: HashMap<String, (Vec<usize>, usize)> = HashMap::new();
+    let mut normalize_keep: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut summary = TrimSummary { layers: Vec::new(), params_before: model.graph.num_params(), params_after: 0 };
+    for (name, ratio, r) in &selected {
+        let keep = keep_units(&scores[name], *ratio);
+        summary.layers.push((name.clone(), r.units, keep.len()));
+        for (c, block) in &r.consumers {
+            in_keep.insert(c.clone(), (keep.clone(), *block));
+        }
+        for n in &r.normalizes {
+            normalize_keep.insert(n.clone(), keep.clone());
+        }
+        out_keep.insert(name.clone(), keep);
+    }
+
+    let mut graph = model.graph.clone();
+    let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
+    let mut masks = BTreeMap::new();
+    for node in &mut graph.nodes {
+        let (rows, cols, inner) = match node.op {
+            Op::Linear { in_features, out_features, .. } => (out_features, in_features, 1),
+            Op::Conv2d { in_channels, out_channels, kernel, .. } => (out_channels, in_channels, kernel * kernel),
+            Op::Normalize { ref mut mean, ref mut std } => {
+                if let Some(keep) = normalize_keep.get(&node.name) {
+                    *mean = keep.iter().map(|&c| mean[c]).collect();
+                    *std = keep.iter().map(|&c| std[c]).collect();
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        let rows_kept = out_keep.get(&node.name).cloned().unwrap_or_else(|| (0..rows).collect());
+        let cols_kept: Vec<usize> = match (in_keep.get(&node.name), &node.op) {
+            (Some((keep, block)), Op::Linear { .. }) => keep.iter().flat_map(|&u| u * block..(u + 1) * block).collect(),
+            (Some((keep, _)), _) => keep.clone(),
+            (None, _) => (0..cols).collect(),
+        };
+        match &mut node.op {
+            Op::Linear { in_features, out_features, .. } => {
+                (*in_features, *out_features) = (cols_kept.len(), rows_kept.len());
+            }
+            Op::Conv2d { in_channels, out_channels, .. } => {
+                (*in_channels, *out_channels) = (cols_kept.len(), rows_kept.len());
+            }
+            _ => {}
+        }
+        for (suffix, cols, inner, cols_kept) in [("weight", cols, inner, &cols_kept[..]), ("bias", 1, 1, &[0][..])] {
+            let pname = format!("{}.{suffix}", node.name);
+            let Some(data) = model.params.get(&pname) else { continue };
+            let shape = if suffix == "bias" {
+                vec![rows_kept.len()]
+            } else if inner == 1 {
+                vec![rows_kept.len(), cols_kept.len()]
+            } else {
+                let k = (inner as f64).sqrt().round() as usize;
+                vec![rows_kept.len(), cols_kept.len(), k, k]
+            };
+            tensors.insert(pname.clone(), (shape, slice(data, cols, inner, &rows_kept, cols_kept)));
+            if let Some(mask) = model.constraints.masks.get(&pname) {
+                if mask.len() != data.len() {
+                    return Err(ModelError::MaskLength { name: pname, expected: data.len(), got: mask.len() }.into());
+                }
+                masks.insert(pname, slice(mask, cols, inner, &rows_kept, cols_kept));
+            }
+        }
+    }
+    let mut trimmed = Model::from_tensors(graph, tensors)?;
+    trimmed.constraints.masks = masks;
+    summary.params_after = trimmed.graph.num_params();
+    Ok((trimmed, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::zoo;
+    use crate::rng::Rng;
+    use crate::spec::{Node, INPUT};
+    use crate::store::model_plan;
+
+    fn images(n: usize, len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng::new(seed);
+        (0..n * len).map(|_| rng.next_f32()).collect()
+    }
+
+    fn outputs(m: &Model, x: &[f32], n: usize) -> Vec<f32> {
+        let plan = model_plan(m).unwrap();
+        let mut ws = exec::Workspace::default();
+        plan.run(x, n, &mut ws).unwrap().to_vec()
+    }
+
+    fn assert_close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-5, "max difference {worst}");
+    }
+
+    /// Zeroes the incoming weights and bias of `units` of node `name`: they output 0.
+    fn kill(m: &mut Model, name: &str, units: &[usize]) {
+        let b = m.params.get_mut(&format!("{name}.bias")).unwrap();
+        let n = b.len();
+        units.iter().for_each(|&u| b[u] = 0.0);
+        let w = m.params.get_mut(&format!("{name}.weight")).unwrap();
+        let row = w.len() / n;
+        for &u in units {
+            w[u * row..(u + 1) * row].fill(0.0);
+        }
+    }
+
+    fn cfg(ratio: f64, score: Score, layers: &[&str], per: &[(&str, f64)]) -> TrimConfig {
+        TrimConfig {
+            ratio,
+            score,
+            layers: layers.iter().map(|s| s.to_string()).collect(),
+            per_layer: per.iter().map(|(l, r)| (l.to_string(), *r)).collect(),
+        }
+    }
+
+    #[test]
+    fn trimming_dead_units_keeps_the_function_of_mlp_lenet300_lenet5() {
+        let x = images(8, 784, 99);
+        // mlp: fc1 only (fc2 is the classifier).
+        let mut m = Model::init(zoo::build("mlp").unwrap(), 1).unwrap();
+        kill(&mut m, "fc1", &[0, 5, 17, 63]);
+        let (t, s) = trim(&m, &cfg(4.0 / 64.0, Score::L1, &[], &[]), &[]).unwrap();
+        assert_eq!(s.layers, vec![("fc1".into(), 64, 60)]);
+        assert_close(&outputs(&m, &x, 8), &outputs(&t, &x, 8));
+
+        // lenet300: fc1 and fc2 by default, with per-layer ratios.
+        let mut m = Model::init(zoo::build("lenet300").unwrap(), 2).unwrap();
+        let dead1: Vec<usize> = (0..300).step_by(10).collect();
+        let dead2: Vec<usize> = (3..100).step_by(4).collect();
+        kill(&mut m, "fc1", &dead1);
+        kill(&mut m, "fc2", &dead2);
+        let c = cfg(0.0, Score::L1, &[], &[("fc1", 30.0 / 300.0), ("fc2", dead2.len() as f64 / 100.0)]);
+        let (t, s) = trim(&m, &c, &[]).unwrap();
+        assert_eq!(s.layers, vec![("fc1".into(), 300, 270), ("fc2".into(), 100, 100 - dead2.len())]);
+        assert_eq!(t.graph.nodes.iter().find(|n| n.name == "fc3").unwrap().op, Op::Linear { in_features: 75, out_features: 10, bias: true });
+        assert_close(&outputs(&m, &x, 8), &outputs(&t, &x, 8));
+
+        // lenet5: conv1 (through ReLU → MaxPool → Conv), conv2 (through ReLU → MaxPool →
+        // Flatten → Linear), fc1, fc2.
+        let mut m = Model::init(zoo::build("lenet5").unwrap(), 3).unwrap();
+        kill(&mut m, "conv1", &[1, 4]);
+        kill(&mut m, "conv2", &[0, 7, 8, 15]);
+        kill(&mut m, "fc1", &(0..120).step_by(4).collect::<Vec<_>>());
+        kill(&mut m, "fc2", &(1..84).step_by(4).collect::<Vec<_>>());
+        let c = cfg(0.25, Score::L1, &[], &[("conv1", 2.0 / 6.0)]);
+        let (t, s) = trim(&m, &c, &[]).unwrap();
+        assert_eq!(
+            s.layers,
+            vec![("conv1".into(), 6, 4), ("conv2".into(), 16, 12), ("fc1".into(), 120, 90), ("fc2".into(), 84, 63)]
+        );
+        let fc1 = t.graph.nodes.iter().find(|n| n.name == "fc1").unwrap();
+        assert_eq!(fc1.op, Op::Linear { in_features: 12 * 25, out_features: 90, bias: true });
+        assert_eq!(s.params_after, t.params.len());
+        assert_close(&outputs(&m, &x, 8), &outputs(&t, &x, 8));
+    }
+
+    #[test]
+    fn data_driven_scores_remove_dead_units_too() {
+        let x = images(6, 784, 5);
+        let mut m = Model::init(zoo::build("lenet5").unwrap(), 4).unwrap();
+        kill(&mut m, "conv2", &[2, 9]);
+        kill(&mut m, "fc1", &[0, 1, 2]);
+        for score in [Score::MeanActivation, Score::Taylor] {
+            let sc = scores(&m, &cfg(0.0, score, &["conv2", "fc1"], &[]), &x).unwrap();
+            assert_eq!(sc["conv2"][2], 0.0);
+            assert_eq!(sc["fc1"][1], 0.0);
+            let c = cfg(0.0, score, &["conv2"], &[("conv2", 2.0 / 16.0), ("fc1", 3.0 / 120.0)]);
+            let (t, s) = trim(&m, &c, &x).unwrap();
+            assert_eq!(s.layers, vec![("conv2".into(), 16, 14), ("fc1".into(), 120, 117)], "{score:?}");
+            assert_close(&outputs(&m, &x, 6), &outputs(&t, &x, 6));
+        }
+    }
+
+    #[test]
+    fn taylor_is_z_times_dl_dz_against_own_prediction() {
+        // mlp: z = fc1 pre-activation, dL/dz = (W2ᵀ (p − onehot(argmax p))) ⊙ [z > 0].
+        let m = Model::init(zoo::build("mlp").unwrap(), 12).unwrap();
+        let x = images(3, 784, 13);
+        let sc = scores(&m, &cfg(0.0, Score::Taylor, &["fc1"], &[]), &x).unwrap();
+        let plan = model_plan(&m).unwrap();
+        let mut ws = exec::Workspace::default();
+        let (mut z, mut p) = (Vec::new(), Vec::new());
+        plan.run_observe(&x, 3, &mut ws, &mut |name, data| match name {
+            "fc1" => z = data.to_vec(),
+            "softmax" => p = data.to_vec(),
+            _ => {}
+        })
+        .unwrap();
+        let w2 = m.params.get("fc2.weight").unwrap();
+        let mut want = vec![0.0f64; 64];
+        for s in 0..3 {
+            let (zs, ps) = (&z[s * 64..(s + 1) * 64], &p[s * 10..(s + 1) * 10]);
+            let y = crate::runtime::kernels::argmax(ps);
+            for j in 0..64 {
+                let da: f64 = (0..10).map(|k| w2[k * 64 + j] as f64 * (ps[k] as f64 - (k == y) as u8 as f64)).sum();
+                let dz = if zs[j] > 0.0 { da } else { 0.0 };
+                want[j] += (zs[j] as f64 * dz).abs() / 3.0;
+            }
+        }
+        for (g, w) in sc["fc1"].iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn mlp_half_of_fc1_parameter_count() {
+        let m = Model::init(zoo::build("mlp").unwrap(), 7).unwrap();
+        let (t, s) = trim(&m, &cfg(0.5, Score::L2, &["fc1"], &[]), &[]).unwrap();
+        let want = 784 * 32 + 32 + 32 * 10 + 10;
+        assert_eq!((s.params_before, s.params_after, t.params.len()), (50_890, want, want));
+        // The kept rows are the 32 largest by L2, in their original order.
+        let w = m.params.get("fc1.weight").unwrap();
+        let norms: Vec<f64> = w.chunks(784).map(|r| r.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()).collect();
+        let kept = keep_units(&norms, 0.5);
+        assert_eq!(&t.params.get("fc1.weight").unwrap()[784..1568], &w[kept[1] * 784..(kept[1] + 1) * 784]);
+        assert_eq!(t.params.get("fc2.weight").unwrap()[1], m.params.get("fc2.weight").unwrap()[kept[1]]);
+    }
+
+    #[test]
+    fn every_score_gives_a_valid_runnable_lenet5() {
+        let x = images(10, 784, 11);
+        let m = Model::init(zoo::build("lenet5").unwrap(), 5).unwrap();
+        for score in [Score::L1, Score::L2, Score::MeanActivation, Score::Taylor] {
+            let (t, s) = trim(&m, &cfg(0.5, score, &[], &[]), &x).unwrap();
+            t.graph.validate().unwrap();
+            let got: Vec<_> = s.layers.iter().map(|l| l.2).collect();
+            assert_eq!(got, vec![3, 8, 60, 42], "{score:?}");
+            assert!(s.params_after < s.params_before / 2);
+            let y = outputs(&t, &x, 10);
+            assert_eq!(y.len(), 100);
+            for row in y.chunks(10) {
+                assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn masks_are_sliced_and_codebooks_cleared() {
+        let mut m = Model::init(zoo::build("lenet5").unwrap(), 6).unwrap();
+        let w = m.params.get("fc1.weight").unwrap();
+        let mask: Vec<bool> = w.iter().map(|v| v.abs() > 0.02).collect();
+        m.set_mask("fc1.weight", mask.clone()).unwrap();
+        m.constraints.codebooks.insert("fc2.weight".into(), Default::default());
+        let (t, _) = trim(&m, &cfg(0.5, Score::L1, &["conv2"], &[]), &[]).unwrap();
+        assert!(t.constraints.codebooks.is_empty());
+        let tm = &t.constraints.masks["fc1.weight"];
+        let tw = t.params.get("fc1.weight").unwrap();
+        assert_eq!(tm.len(), tw.len());
+        assert_eq!(tm.len(), 120 * 8 * 25);
+        assert!(tm.iter().zip(tw).all(|(k, v)| *k || *v == 0.0));
+        assert_eq!(tm.iter().filter(|k| **k).count(), tw.iter().filter(|v| **v != 0.0).count());
+    }
+
+    #[test]
+    fn per_channel_normalize_is_sliced() {
+        let conv = |i, o| Op::Conv2d { in_channels: i, out_channels: o, kernel: 3, stride: 1, padding: 1, bias: true };
+        let g = Graph::chain(
+            vec![2, 6, 6],
+            vec![
+                ("c1", conv(2, 4)),
+                ("norm", Op::Normalize { mean: vec![0.1, 0.2, 0.3, 0.4], std: vec![1.0, 2.0, 3.0, 4.0] }),
+                ("r1", Op::Relu),
+                ("c2", conv(4, 3)),
+                ("f", Op::Flatten),
+                ("out", Op::Linear { in_features: 108, out_features: 5, bias: true }),
+            ],
+        );
+        let mut m = Model::init(g, 8).unwrap();
+        kill(&mut m, "c1", &[2]);
+        // Channel 2 reaches c2 as relu((0 − 0.3) / 3) = 0; make c2 ignore it anyway.
+        let w = m.params.get_mut("c2.weight").unwrap();
+        for o in 0..3 {
+            w[(o * 4 + 2) * 9..(o * 4 + 3) * 9].fill(0.0);
+        }
+        let (t, s) = trim(&m, &cfg(0.25, Score::L1, &["c1"], &[]), &[]).unwrap();
+        assert_eq!(s.layers, vec![("c1".into(), 4, 3)]);
+        assert_eq!(t.graph.nodes[1].op, Op::Normalize { mean: vec![0.1, 0.2, 0.4], std: vec![1.0, 2.0, 4.0] });
+        let x = images(3, 72, 1);
+        assert_close(&outputs(&m, &x, 3), &outputs(&t, &x, 3));
+        // By default c1 and c2 are trimmable, "out" is a graph output.
+        let (_, s) = trim(&m, &cfg(0.5, Score::L1, &[], &[]), &[]).unwrap();
+        assert_eq!(s.layers.iter().map(|l| l.0.as_str()).collect::<Vec<_>>(), vec!["c1", "c2"]);
+        assert!(matches!(trim(&m, &cfg(0.5, Score::L1, &["out"], &[]), &[]), Err(TrimError::NotTrimmable { reason, .. }) if reason.contains("graph output")));
+    }
+
+    #[test]
+    fn error_cases() {
+        let m = Model::init(zoo::build("lenet5").unwrap(), 9).unwrap();
+        let run = |c: TrimConfig, x: &[f32]| trim(&m, &c, x).map(|_| ()).unwrap_err();
+        assert!(matches!(run(cfg(1.0, Score::L1, &[], &[]), &[]), TrimError::Ratio(r) if r == 1.0));
+        assert!(matches!(run(cfg(-0.1, Score::L1, &[], &[]), &[]), TrimError::Ratio(_)));
+        assert!(matches!(run(cfg(f64::NAN, Score::L1, &[], &[]), &[]), TrimError::Ratio(_)));
+        assert!(matches!(run(cfg(0.5, Score::L1, &[], &[("fc1", 1.5)]), &[]), TrimError::LayerRatio { .. }));
+        assert!(matches!(run(cfg(0.5, Score::L1, &["nope"], &[]), &[]), TrimError::UnknownLayer(l) if l == "nope"));
+        assert!(matches!(run(cfg(0.5, Score::L1, &["relu1"], &[]), &[]), TrimError::UnknownLayer(_)));
+        let e = run(cfg(0.5, Score::L1, &["fc3"], &[]), &[]);
+        assert!(matches!(&e, TrimError::NotTrimmable { layer, reason } if layer == "fc3" && reason.contains("Softmax 'softmax'")), "{e}");
+        assert!(matches!(run(cfg(0.5, Score::MeanActivation, &[], &[]), &[]), TrimError::MissingCalibration(Score::MeanActivation)));
+        assert!(matches!(run(cfg(0.5, Score::Taylor, &[], &[]), &[]), TrimError::MissingCalibration(Score::Taylor)));
+        assert!(matches!(run(cfg(0.5, Score::Taylor, &[], &[]), &[0.0; 785]), TrimError::CalibrationShape { got: 785, per_sample: 784 }));
+
+        // A residual graph: 'a' reaches an Add; explicit request fails, default skips it.
+        let lin = |i, o| Op::Linear { in_features: i, out_features: o, bias: true };
+        let g = Graph {
+            input_shape: vec![8],
+            nodes: vec![
+                Node { name: "a".into(), inputs: vec![INPUT.into()], op: lin(8, 8) },
+                Node { name: "r".into(), inputs: vec!["a".into()], op: Op::Relu },
+                Node { name: "sum".into(), inputs: vec!["r".into(), INPUT.into()], op: Op::Add },
+                Node { name: "h".into(), inputs: vec!["sum".into()], op: lin(8, 3) },
+            ],
+            outputs: vec!["h".into()],
+        };
+        let r = Model::init(g, 1).unwrap();
+        let e = trim(&r, &cfg(0.5, Score::L1, &["a"], &[]), &[]).unwrap_err();
+        assert!(e.to_string().contains("'a'") && e.to_string().contains("Add 'sum'"), "{e}");
+        let (same, s) = trim(&r, &cfg(0.5, Score::L1, &[], &[]), &[]).unwrap();
+        assert!(s.layers.is_empty());
+        assert_eq!(same.params, r.params);
+    }
+
+    #[test]
+    fn at_least_one_unit_stays_and_ties_go_by_index() {
+        assert_eq!(keep_units(&[1.0, 1.0, 1.0, 1.0], 0.5), vec![2, 3]);
+        assert_eq!(keep_units(&[3.0, 1.0, 2.0], 0.99), vec![0]);
+        assert_eq!(keep_units(&[3.0], 0.9), vec![0]);
+        assert_eq!(keep_units(&[0.5, 0.1, 0.9, 0.1], 0.25), vec![0, 2, 3]);
+    }
+}
