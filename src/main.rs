@@ -135,6 +135,10 @@ enum Command {
         hard: bool,
         #[arg(long, default_value_t = 1e-3)]
         lr: f32,
+        /// Learning rate of the last --fine-tune-epochs, for both the distilled student
+        /// and the control (same schedule); default lr / 10.
+        #[arg(long)]
+        fine_tune_lr: Option<f32>,
         /// Seeds to run (each: distilled student and control student).
         #[arg(long, default_value_t = 3)]
         seeds: u64,
@@ -287,9 +291,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Distill { teacher, student, epochs, fine_tune_epochs, temperature, alpha, hard, lr, seeds, out, data } => {
+        Command::Distill { teacher, student, epochs, fine_tune_epochs, temperature, alpha, hard, lr, fine_tune_lr, seeds, out, data } => {
             refuse_overwrite(&out, &[&teacher])?;
-            let opts = DistillArgs { epochs, fine_tune_epochs, temperature, alpha, hard, lr, seeds };
+            let fine_tune_lr = fine_tune_lr.unwrap_or(lr / 10.0);
+            let opts = DistillArgs { epochs, fine_tune_epochs, temperature, alpha, hard, lr, fine_tune_lr, seeds };
             distill(&teacher, &student, &opts, &out, &data)
         }
         Command::Inspect { model } => {
@@ -530,6 +535,7 @@ struct DistillArgs {
     alpha: f32,
     hard: bool,
     lr: f32,
+    fine_tune_lr: f32,
     seeds: u64,
 }
 
@@ -569,15 +575,18 @@ fn distill(teacher_path: &Path, student: &str, a: &DistillArgs, out: &Path, data
     let mut rows = Vec::new();
     for seed in 1..=a.seeds {
         let cfg = |epochs| TrainConfig { epochs, batch_size: 128, lr: a.lr, seed, workers: 2 };
+        let fine = TrainConfig { epochs: a.fine_tune_epochs, batch_size: 128, lr: a.fine_tune_lr, seed: seed + 1000, workers: 2 };
+        // The control: the same epochs and learning-rate schedule, on the true labels only.
         let mut alone = make_student(seed)?;
-        train::train(&mut alone, &splits.train.images, &splits.train.labels, &cfg(total), &mut |e| bar.on(e));
+        train::train(&mut alone, &splits.train.images, &splits.train.labels, &cfg(a.epochs), &mut |e| bar.on(e));
+        train::train(&mut alone, &splits.train.images, &splits.train.labels, &fine, &mut |e| bar.on(e));
         let mut distilled = make_student(seed)?;
         if a.hard {
             train::train(&mut distilled, &splits.train.images, &teacher_labels, &cfg(a.epochs), &mut |e| bar.on(e));
         } else {
             train::train_with(&mut distilled, &splits.train.images, &splits.train.labels, Some(&soft), &cfg(a.epochs), &mut |e| bar.on(e));
         }
-        train::train(&mut distilled, &splits.train.images, &splits.train.labels, &cfg(a.fine_tune_epochs), &mut |e| bar.on(e));
+        train::train(&mut distilled, &splits.train.images, &splits.train.labels, &fine, &mut |e| bar.on(e));
         let acc_alone = exec::evaluate(&store::model_plan(&alone)?, &splits.test.images, &splits.test.labels, 2)?;
         let acc_dist = exec::evaluate(&store::model_plan(&distilled)?, &splits.test.images, &splits.test.labels, 2)?;
         println!(

@@ -359,7 +359,7 @@ fn compute_scores(model: &Model, score: Score, layers: &[(String, Reach)], calib
             for x in calibration.chunks_exact(per) {
                 ws.forward(&model.params, x, 1);
                 let label = crate::runtime::kernels::argmax(ws.head_output(1)) as u8;
-                ws.loss_and_backward(&model.params, &[label], 1, 1.0);
+                ws.loss_and_backward(&model.params, &[label], None, 1, 1.0);
                 let (p, g) = (&model.params.data, &ws.param_grad);
                 for ((a, (_, r)), (wr, br)) in acc.iter_mut().zip(layers).zip(&ranges) {
                     let Some(wr) = wr.clone() else { continue };
