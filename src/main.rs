@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use squeeze::compress::{prune, quantize};
+use squeeze::compress::{prune, quantize, trim};
 use squeeze::data::{self, Splits};
 use squeeze::format::sqz::{self, Limits};
 use squeeze::model::{zoo, Model};
@@ -87,6 +87,33 @@ enum Command {
         #[arg(long, default_value_t = 1234)]
         seed: u64,
         /// Output (.sqz stores only the surviving weights; .safetensors stays dense).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Remove whole neurons/filters by importance, propagate to the next layer, then
+    /// fine-tune the smaller dense model.
+    Trim {
+        model: PathBuf,
+        /// Fraction of units to remove in each selected layer, in [0, 1).
+        #[arg(long)]
+        ratio: f64,
+        #[arg(long, value_enum, default_value = "l2")]
+        score: ScoreArg,
+        /// Only these layers (node names, comma-separated); default every layer that feeds another weighted layer.
+        #[arg(long, value_delimiter = ',')]
+        layers: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        fine_tune_epochs: usize,
+        #[arg(long, default_value_t = 5e-4)]
+        lr: f32,
+        #[arg(long, default_value_t = 1234)]
+        seed: u64,
+        /// Training images for the data-driven scores.
+        #[arg(long, default_value_t = 1000)]
+        calibration: usize,
+        /// Output (.sqz or .safetensors).
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -196,6 +223,14 @@ enum ScopeArg {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
+enum ScoreArg {
+    L1,
+    L2,
+    MeanActivation,
+    Taylor,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
 enum ModeArg {
     Full,
     Weights,
@@ -266,6 +301,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let acc = exec::evaluate(&store::read(&out)?.plan()?, &splits.test.images, &splits.test.labels, 2)?;
             println!("wrote {} ({} bytes); test accuracy {:.2}%", out.display(), bytes, acc * 100.0);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trim { model, ratio, score, layers, fine_tune_epochs, lr, seed, calibration, out, data } => {
+            refuse_overwrite(&out, &[&model])?;
+            let m = store::read_model(&model)?;
+            let splits = data.load()?;
+            pipeline::check_shapes(&store::model_plan(&m)?, &m.graph.input_shape, &splits.train)?;
+            let score = match score {
+                ScoreArg::L1 => trim::Score::L1,
+                ScoreArg::L2 => trim::Score::L2,
+                ScoreArg::MeanActivation => trim::Score::MeanActivation,
+                ScoreArg::Taylor => trim::Score::Taylor,
+            };
+            let n = calibration.min(splits.train.len());
+            let cfg = trim::TrimConfig { ratio, score, layers, per_layer: Default::default() };
+            let (mut t, summary) = trim::trim(&m, &cfg, &splits.train.images[..n * splits.train.sample_len()])?;
+            let tcfg = TrainConfig { epochs: fine_tune_epochs, batch_size: 128, lr, seed, workers: 2 };
+            let mut bar = TrainBar::default();
+            train::train(&mut t, &splits.train.images, &splits.train.labels, &tcfg, &mut |e| bar.on(e));
+            let bytes = write_model(&out, &t)?;
+            for (name, before, after) in &summary.layers {
+                println!("{name}: {before} → {after} units");
+            }
+            let acc = exec::evaluate(&store::read(&out)?.plan()?, &splits.test.images, &splits.test.labels, 2)?;
+            println!(
+                "wrote {} ({} bytes, {} → {} parameters); test accuracy {:.2}%",
+                out.display(),
+                bytes,
+                summary.params_before,
+                summary.params_after,
+                acc * 100.0
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Quantize { model, mode, layers, calibration, out, data } => {

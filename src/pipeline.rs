@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::compress::{prune, quantize, share};
+use crate::compress::{prune, quantize, share, trim};
 use crate::data::{self, DataError, Dataset, Splits};
 use crate::format::sqz::{self, Limits};
 use crate::format::write_atomic;
@@ -31,6 +31,8 @@ pub enum PipelineError {
     Prune(#[from] prune::PruneError),
     #[error("share: {0}")]
     Share(#[from] share::ShareError),
+    #[error("trim: {0}")]
+    Trim(#[from] trim::TrimError),
     #[error("quantize: {0}")]
     Quantize(#[from] quantize::QuantizeError),
     #[error("runtime: {0}")]
@@ -274,6 +276,30 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 (quantize::store_f32(&model), false)
             }
             Pass::Code {} => (quantize::store_f32(&model), true),
+            Pass::Trim { ratio, score, layers, per_layer, fine_tune_epochs, lr, calibration } => {
+                let cfg = trim::TrimConfig { ratio: *ratio, score: *score, layers: layers.clone(), per_layer: per_layer.clone() };
+                let n = (*calibration).min(splits.train.len());
+                let calib = &splits.train.images[..n * splits.train.sample_len()];
+                let (trimmed, summary) = trim::trim(&model, &cfg, calib)?;
+                model = trimmed;
+                let tcfg = TrainConfig {
+                    epochs: *fine_tune_epochs,
+                    lr: lr.unwrap_or(recipe.train.lr * 0.5),
+                    seed: recipe.seed.wrapping_add(1000 * (i as u64 + 1)),
+                    ..train_cfg.clone()
+                };
+                train::train(&mut model, &splits.train.images, &splits.train.labels, &tcfg, &mut |e| on_event(Event::Train(e)));
+                let layers: Vec<serde_json::Value> = summary
+                    .layers
+                    .iter()
+                    .map(|(n, before, after)| serde_json::json!({ "layer": n, "units_before": before, "units_after": after }))
+                    .collect();
+                extra.insert("layers".into(), layers.into());
+                extra.insert("params_before".into(), summary.params_before.into());
+                extra.insert("params_after".into(), summary.params_after.into());
+                extra.insert("score".into(), serde_json::to_value(score).unwrap_or_default());
+                (quantize::store_f32(&model), false)
+            }
             Pass::Quantize { mode, layers, calibration } => {
                 let n = (*calibration).min(splits.train.len());
                 let calib = &splits.train.images[..n * splits.train.sample_len()];

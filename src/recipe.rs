@@ -157,6 +157,25 @@ pub enum Pass {
         #[serde(default)]
         half_precision: bool,
     },
+    /// Structured trimming: remove whole neurons/filters by importance (the removal is
+    /// propagated to the next layer), then fine-tune the smaller dense model.
+    Trim {
+        /// Fraction of units to remove in each selected layer.
+        ratio: f64,
+        #[serde(default)]
+        score: crate::compress::trim::Score,
+        #[serde(default)]
+        layers: Vec<String>,
+        #[serde(default)]
+        per_layer: BTreeMap<String, f64>,
+        #[serde(default = "default_fine_tune")]
+        fine_tune_epochs: usize,
+        /// Fine-tuning learning rate (default: half the training rate).
+        lr: Option<f32>,
+        /// Training images used by data-driven scores.
+        #[serde(default = "default_calibration")]
+        calibration: usize,
+    },
     /// Entropy coding: the same model written with Huffman-coded indices and positions
     /// (earlier stages are written with fixed-width codes, as the paper's stages).
     Code {},
@@ -200,6 +219,7 @@ impl Pass {
             Pass::Quantize { mode: Mode::Full, .. } => "int8".into(),
             Pass::Quantize { mode: Mode::Weights, .. } => "int8-weights".into(),
             Pass::Share { .. } => "shared".into(),
+            Pass::Trim { .. } => "trimmed".into(),
             Pass::Code {} => "coded".into(),
         }
     }
@@ -248,6 +268,13 @@ impl Recipe {
                     }
                     if *steps == 0 {
                         return Err(invalid("pass prune: steps: expected at least 1, got 0".into()));
+                    }
+                }
+                Pass::Trim { ratio, per_layer, .. } => {
+                    for (what, s) in std::iter::once(("ratio".to_string(), ratio)).chain(per_layer.iter().map(|(k, v)| (format!("per_layer.{k}"), v))) {
+                        if !(0.0..1.0).contains(s) {
+                            return Err(invalid(format!("pass trim: {what}: expected a fraction in [0, 1), got {s}")));
+                        }
                     }
                 }
                 Pass::Share { linear_bits, conv_bits, per_layer, .. } => {

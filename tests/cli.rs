@@ -86,6 +86,13 @@ fn verbs_train_prune_quantize_inspect_chain() {
     let o = squeeze(&["quantize", m.to_str().unwrap(), "--mode", "weights", "--layers", "fc1", "--out", w.to_str().unwrap(), "--data", ds, "--validation", "300"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("dequantized"), "{}", o.stdout);
+    let t = d.path("t.sqz");
+    let o = squeeze(&["trim", m.to_str().unwrap(), "--ratio", "0.5", "--fine-tune-epochs", "1", "--out", t.to_str().unwrap(), "--data", ds, "--validation", "300"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("fc1: 64 → 32 units") && o.stdout.contains("50890 → 25450 parameters"), "{}", o.stdout);
+    let o = squeeze(&["distill", "--teacher", m.to_str().unwrap(), "--student", "mlp", "--epochs", "1", "--fine-tune-epochs", "1", "--seeds", "1", "--out", d.path("s.safetensors").to_str().unwrap(), "--data", ds, "--validation", "300"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("mean over 1 seeds") && d.path("s.safetensors").exists(), "{}", o.stdout);
     let i = squeeze(&["inspect", q.to_str().unwrap()]);
     assert_eq!(i.code, 0, "{}", i.stderr);
     assert!(i.stdout.contains("fc1.weight") && i.stdout.contains("sparse-int8"), "{}", i.stdout);
@@ -145,6 +152,19 @@ fn bad_input_gets_one_clear_error_and_no_output_file() {
     assert_error(&squeeze(&["eval", odd.to_str().unwrap(), "--data", ds, "--validation", "300"]), "shape mismatch");
     assert_error(&squeeze(&["prune", odd.to_str().unwrap(), "--sparsity", "0.5", "--out", outs, "--data", ds, "--validation", "300"]), "shape mismatch");
     assert!(!out.exists());
+
+    // Wrong use of trim and distill.
+    assert_error(&squeeze(&["trim", good.to_str().unwrap(), "--ratio", "1.5", "--out", outs, "--data", ds, "--validation", "300"]), "ratio");
+    assert!(!out.exists());
+    let five = d.path("five.safetensors");
+    let g5 = squeeze::spec::Graph::chain(vec![1, 28, 28], vec![("flat", squeeze::spec::Op::Flatten), ("fc", squeeze::spec::Op::Linear { in_features: 784, out_features: 5, bias: true })]);
+    squeeze::store::write_safetensors(&five, &squeeze::model::Model::init(g5, 1).unwrap()).unwrap();
+    let student_out = d.path("student.safetensors");
+    assert_error(
+        &squeeze(&["distill", "--teacher", m.to_str().unwrap(), "--student", five.to_str().unwrap(), "--out", student_out.to_str().unwrap(), "--data", ds, "--validation", "300"]),
+        "do not match",
+    );
+    assert!(!student_out.exists());
 
     // Missing data set: the error says how to get it.
     assert_error(&squeeze(&["eval", good.to_str().unwrap(), "--data", d.path("no-data").to_str().unwrap()]), "apt-get install dataset-fashion-mnist");
