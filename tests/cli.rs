@@ -50,6 +50,36 @@ fn run_trains_prunes_quantizes_and_reports_what_eval_reproduces() {
 }
 
 #[test]
+fn deep_compression_recipe_codes_smaller_and_eval_reproduces_it() {
+    let d = Dir::new();
+    let data = data_dir(&d);
+    let passes = "[[pass]]\ntype = \"prune\"\nsparsity = 0.8\nschedule = \"cubic\"\nsteps = 2\nfine_tune_epochs = 1\n[pass.per_layer]\nfc2 = 0.5\n[[pass]]\ntype = \"share\"\nlinear_bits = 4\nfine_tune_epochs = 1\nhalf_precision = true\n[[pass]]\ntype = \"code\"\n";
+    let r = recipe(&d, &data, "mlp", passes, 0.05);
+    let out = d.path("out");
+    let o = squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let stages = report["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["baseline", "pruned-80", "shared", "coded"]);
+    let bytes: Vec<u64> = stages.iter().map(|s| s["bytes"].as_u64().unwrap()).collect();
+    assert!(bytes[1] < bytes[0] && bytes[2] < bytes[1] && bytes[3] < bytes[2], "each stage smaller: {bytes:?}");
+    // Sharing and coding change the encoding, not the weights: same accuracy.
+    assert_eq!(stages[2]["accuracy"], stages[3]["accuracy"]);
+    assert_eq!(stages[1]["extra"]["steps"].as_array().unwrap().len(), 2);
+    let model = out.join("model.sqz");
+    let i = squeeze(&["inspect", model.to_str().unwrap()]);
+    assert!(i.stdout.contains("sparse-codebook-") && i.stdout.contains("per layer") && i.stdout.contains("index bits"), "{}", i.stdout);
+    let e = squeeze(&["eval", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--validation", "300"]);
+    let want = format!("{:.2}%", stages[3]["accuracy"].as_f64().unwrap() * 100.0);
+    assert!(e.stdout.contains(&want), "eval printed {}, report says {want}", e.stdout);
+    // The decoded file is the trained model: reading it back as a model keeps masks and codebooks.
+    let m = squeeze::store::read_model(&model).unwrap();
+    assert_eq!(m.constraints.codebooks.len(), 2);
+    assert_eq!(m.constraints.masks.len(), 2);
+}
+
+#[test]
 fn gate_failure_stops_with_exit_1_and_names_the_stage() {
     let d = Dir::new();
     let data = data_dir(&d);
