@@ -113,7 +113,14 @@ impl ModelFile {
 /// stored sparse), f32 tensors are expanded to dense f32.
 pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
     let mut w = HashMap::new();
+    let mut expanded = Vec::new();
     for t in &s.tensors {
+        if t.positions.is_some() && t.name.ends_with(".weight") {
+            expanded.push("sparse");
+        }
+        if matches!(t.values, Values::Codebook { .. }) {
+            expanded.push("codebook");
+        }
         let weights = match (&t.values, &t.positions) {
             (Values::I8 { q, scales }, None) => Weights::I8 { q: q.clone(), scales: scales.clone() },
             (Values::I8 { q, scales }, Some(pos)) => {
@@ -125,7 +132,9 @@ pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
         };
         w.insert(t.name.clone(), weights);
     }
-    Plan::new(&s.graph, w, &s.quant)
+    let mut plan = Plan::new(&s.graph, w, &s.quant)?;
+    expanded.into_iter().for_each(|e| plan.note_expanded(e));
+    Ok(plan)
 }
 
 /// The executor for a float model.

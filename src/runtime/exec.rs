@@ -101,6 +101,9 @@ pub struct Plan {
     int_layers: usize,
     f32_layers: usize,
     dequantized_at_load: bool,
+    /// What the loader expanded to dense f32 (e.g. "sparse, codebook"), said in
+    /// [`Plan::kernel_description`] because it means no speed gain from that encoding.
+    expanded: Vec<&'static str>,
     /// The value holding the first output's logits: the input of a final Softmax, else
     /// the output itself.
     logits_name: String,
@@ -128,6 +131,7 @@ impl Plan {
             int_layers: 0,
             f32_layers: 0,
             dequantized_at_load: false,
+            expanded: Vec::new(),
             logits_name: match graph.node(&graph.outputs[0]) {
                 Some(n) if matches!(n.op, Op::Softmax) => n.inputs[0].clone(),
                 _ => graph.outputs[0].clone(),
@@ -309,8 +313,25 @@ impl Plan {
         self.slots[self.outputs[0]].len
     }
 
-    /// Which kernels run the weighted layers, e.g. `int8-avx512-vnni` or `f32-dense`.
+    /// Records that the loader expanded an encoding (`"sparse"`, `"codebook"`) to dense.
+    pub fn note_expanded(&mut self, what: &'static str) {
+        if !self.expanded.contains(&what) {
+            self.expanded.push(what);
+        }
+    }
+
+    /// Which kernels run the weighted layers, e.g. `int8-avx512-vnni` or `f32-dense`,
+    /// and which stored encodings were expanded to dense at load.
     pub fn kernel_description(&self) -> String {
+        let base = self.base_kernel_description();
+        if self.expanded.is_empty() {
+            base
+        } else {
+            format!("{base} ({} expanded at load)", self.expanded.join(" + "))
+        }
+    }
+
+    fn base_kernel_description(&self) -> String {
         match (self.int_layers, self.f32_layers) {
             (i, 0) if i > 0 => format!("int8-{}", int8::kernel_name()),
             (0, _) if self.dequantized_at_load => "f32-dense (int8 weights dequantized at load)".into(),
