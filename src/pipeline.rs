@@ -37,7 +37,7 @@ pub enum PipelineError {
     Quantize(#[from] quantize::QuantizeError),
     #[error("runtime: {0}")]
     Runtime(#[from] RuntimeError),
-    #[error("unknown zoo model '{0}' (known: mlp, lenet300, lenet5)")]
+    #[error("unknown zoo model '{0}' (known: mlp, lenet300, lenet5, cnn)")]
     UnknownZoo(String),
     #[error("shape mismatch: the model takes inputs of shape {model:?} with {classes} outputs, the data set has samples of shape {data:?} and {data_classes} classes")]
     ShapeMismatch { model: Vec<usize>, classes: usize, data: Vec<usize>, data_classes: usize },

@@ -8,6 +8,7 @@ pub const MODELS: &[(&str, &str)] = &[
     ("mlp", "the seed: Dense(784→64, ReLU) + Dense(64→10, softmax), 50,890 parameters"),
     ("lenet300", "LeNet-300-100: 784-300-100-10 fully connected, 266,610 parameters"),
     ("lenet5", "LeNet-5: conv 6@5×5 pad 2, pool, conv 16@5×5, pool, 120, 84, 10; 61,706 parameters"),
+    ("cnn", "a wider CNN (teacher for distillation): conv 32@3×3, pool, conv 64@3×3, pool, 128, 10; 421,642 parameters"),
 ];
 
 /// Mean and standard deviation of the Fashion-MNIST training pixels (scaled to [0, 1]):
@@ -59,6 +60,23 @@ pub fn build(name: &str) -> Option<Graph> {
                 ("softmax", Op::Softmax),
             ],
         ),
+        "cnn" => Graph::chain(
+            vec![1, 28, 28],
+            vec![
+                ("normalize", normalize()),
+                ("conv1", Op::Conv2d { in_channels: 1, out_channels: 32, kernel: 3, stride: 1, padding: 1, bias: true }),
+                ("relu1", Op::Relu),
+                ("pool1", Op::MaxPool2d { kernel: 2, stride: 2 }),
+                ("conv2", Op::Conv2d { in_channels: 32, out_channels: 64, kernel: 3, stride: 1, padding: 1, bias: true }),
+                ("relu2", Op::Relu),
+                ("pool2", Op::MaxPool2d { kernel: 2, stride: 2 }),
+                ("flatten", Op::Flatten),
+                ("fc1", linear(3136, 128)),
+                ("relu3", Op::Relu),
+                ("fc2", linear(128, 10)),
+                ("softmax", Op::Softmax),
+            ],
+        ),
         _ => return None,
     })
 }
@@ -69,7 +87,7 @@ mod tests {
 
     #[test]
     fn zoo_models_validate_with_documented_sizes() {
-        for (name, want) in [("mlp", 50_890), ("lenet300", 266_610), ("lenet5", 61_706)] {
+        for (name, want) in [("mlp", 50_890), ("lenet300", 266_610), ("lenet5", 61_706), ("cnn", 421_642)] {
             let g = build(name).unwrap();
             let shapes = g.validate().unwrap();
             assert_eq!(g.num_params(), want, "{name}");
