@@ -165,6 +165,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         lr: recipe.train.lr,
         seed: recipe.seed,
         workers: 2,
+        l1: 0.0,
     };
     let mut baseline_extra = serde_json::Map::new();
     let mut model = match (&recipe.model.zoo, &recipe.model.file) {
@@ -209,9 +210,18 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         let mut extra = serde_json::Map::new();
         let is_last = i + 1 == last;
         let (stored, entropy_coding) = match pass {
-            Pass::Prune { sparsity, scope, layers, per_layer, schedule, steps, fine_tune_epochs, lr } => {
+            Pass::Prune { sparsity, scope, layers, per_layer, schedule, steps, fine_tune_epochs, lr, l1, l1_epochs } => {
                 let mut summary = prune::PruneSummary { layers: Vec::new() };
                 let mut log = Vec::new();
+                let soft_control = if *l1 > 0.0 {
+                    // The hard control gets the soft phase's epochs as extra fine-tuning.
+                    let control = model.clone();
+                    let cfg = TrainConfig { epochs: *l1_epochs, l1: *l1, seed: recipe.seed.wrapping_add(777), ..train_cfg.clone() };
+                    train::train(&mut model, &splits.train.images, &splits.train.labels, &cfg, &mut |e| on_event(Event::Train(e)));
+                    Some(control)
+                } else {
+                    None
+                };
                 for t in 1..=*steps {
                     let target = schedule.at(*sparsity, t, *steps);
                     let per_t = per_layer.iter().map(|(k, v)| (k.clone(), schedule.at(*v, t, *steps))).collect();
@@ -232,6 +242,25 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 }
                 if !log.is_empty() {
                     extra.insert("steps".into(), log.into());
+                }
+                if let Some(mut control) = soft_control {
+                    let per: std::collections::BTreeMap<String, f64> = per_layer.clone();
+                    prune::magnitude_per_layer(&mut control, *sparsity, *scope, layers, &per)?;
+                    let cfg = TrainConfig {
+                        epochs: *fine_tune_epochs * *steps + *l1_epochs,
+                        lr: lr.unwrap_or(recipe.train.lr * 0.5),
+                        seed: recipe.seed.wrapping_add(1000 * (i as u64 + 1) + 1),
+                        ..train_cfg.clone()
+                    };
+                    train::train(&mut control, &splits.train.images, &splits.train.labels, &cfg, &mut |e| on_event(Event::Train(e)));
+                    let plan = store::model_plan(&control)?;
+                    let test = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
+                    let val = exec::evaluate(&plan, &splits.validation.images, &splits.validation.labels, 2)?;
+                    extra.insert("method".into(), format!("l1 (strength {l1}, {l1_epochs} epochs) then magnitude").into());
+                    extra.insert(
+                        "hard_control".into(),
+                        serde_json::json!({ "method": "magnitude, one shot", "sparsity": sparsity, "epochs": cfg.epochs, "accuracy": test, "validation_accuracy": val }),
+                    );
                 }
                 let layers: Vec<serde_json::Value> = summary
                     .layers

@@ -137,6 +137,14 @@ pub enum Pass {
         fine_tune_epochs: usize,
         /// Fine-tuning learning rate (default: half the training rate).
         lr: Option<f32>,
+        /// Soft pruning: first train `l1_epochs` with an L1 penalty of this strength on
+        /// the weights (driving them towards zero), then threshold by magnitude and
+        /// fine-tune. The report adds a hard-pruning control at the same sparsity and
+        /// the same total epochs. 0 = plain magnitude pruning.
+        #[serde(default)]
+        l1: f32,
+        #[serde(default = "default_fine_tune")]
+        l1_epochs: usize,
     },
     /// Weight sharing: per-layer k-means into 2^bits values, then centroid fine-tuning.
     Share {

@@ -80,6 +80,24 @@ fn deep_compression_recipe_codes_smaller_and_eval_reproduces_it() {
 }
 
 #[test]
+fn soft_pruning_reports_a_hard_control_at_the_same_sparsity() {
+    let d = Dir::new();
+    let data = data_dir(&d);
+    let passes = "[[pass]]\ntype = \"prune\"\nsparsity = 0.6\nl1 = 0.001\nl1_epochs = 1\nfine_tune_epochs = 1\n";
+    let r = recipe(&d, &data, "mlp", passes, 0.2);
+    let out = d.path("out");
+    let o = squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let stage = &report["stages"][1];
+    assert_eq!(stage["name"], "pruned-60");
+    let control = &stage["extra"]["hard_control"];
+    assert_eq!(control["sparsity"], 0.6);
+    assert_eq!(control["epochs"], 2, "same total epochs as the soft arm (1 L1 + 1 fine-tune)");
+    assert!(control["accuracy"].as_f64().unwrap() > 0.5);
+}
+
+#[test]
 fn gate_failure_stops_with_exit_1_and_names_the_stage() {
     let d = Dir::new();
     let data = data_dir(&d);

@@ -16,11 +16,14 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Number of workers the batch is split over.
     pub workers: usize,
+    /// Strength λ of an L1 penalty `λ·Σ|w|` on every weight tensor (not biases): the
+    /// sparsity-inducing loss of soft pruning. 0 = off.
+    pub l1: f32,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 10, batch_size: 128, lr: 1e-3, seed: 1234, workers: 2 }
+        TrainConfig { epochs: 10, batch_size: 128, lr: 1e-3, seed: 1234, workers: 2, l1: 0.0 }
     }
 }
 
@@ -137,6 +140,10 @@ pub fn train_with(
     let mut rng = Rng::new(cfg.seed);
     let mut order: Vec<u32> = (0..n as u32).collect();
     let mut grad = vec![0.0f32; model.params.len()];
+    let weight_ranges: Vec<std::ops::Range<usize>> = (0..model.params.specs.len())
+        .filter(|&i| model.params.specs[i].kind == crate::spec::ParamKind::Weight)
+        .map(|i| model.params.range(i))
+        .collect();
     let mut stats = Vec::with_capacity(cfg.epochs);
     for epoch in 1..=cfg.epochs {
         let start = std::time::Instant::now();
@@ -181,6 +188,16 @@ pub fn train_with(
             grad.copy_from_slice(&spaces[0].param_grad);
             for ws in &spaces[1..parts.len()] {
                 grad.iter_mut().zip(&ws.param_grad).for_each(|(g, w)| *g += w);
+            }
+            if cfg.l1 > 0.0 {
+                // d/dw λ|w| = λ·sign(w) (0 at 0).
+                for r in &weight_ranges {
+                    for (g, w) in grad[r.clone()].iter_mut().zip(&model.params.data[r.clone()]) {
+                        if *w != 0.0 {
+                            *g += cfg.l1 * w.signum();
+                        }
+                    }
+                }
             }
             adam.step(&mut model.params.data, &grad, mask.as_deref());
             shared.step(&mut model.params.data, &grad, mask.as_deref());
@@ -305,7 +322,7 @@ mod tests {
     #[test]
     fn learns_a_separable_problem_and_is_deterministic() {
         let (x, y) = toy(600, 1);
-        let cfg = TrainConfig { epochs: 5, batch_size: 32, lr: 1e-2, seed: 9, workers: 2 };
+        let cfg = TrainConfig { epochs: 5, batch_size: 32, lr: 1e-2, seed: 9, workers: 2, l1: 0.0 };
         let mut a = toy_model(4);
         let stats = train(&mut a, &x, &y, &cfg, &mut |_| {});
         assert!(stats.last().unwrap().train_accuracy > 0.95, "{stats:?}");
@@ -316,12 +333,24 @@ mod tests {
     }
 
     #[test]
+    fn l1_penalty_shrinks_weights() {
+        let (x, y) = toy(300, 5);
+        let cfg = TrainConfig { epochs: 3, batch_size: 32, lr: 1e-2, seed: 3, workers: 2, l1: 0.0 };
+        let mut plain = toy_model(8);
+        train(&mut plain, &x, &y, &cfg, &mut |_| {});
+        let mut sparse = toy_model(8);
+        train(&mut sparse, &x, &y, &TrainConfig { l1: 0.05, ..cfg }, &mut |_| {});
+        let l1 = |m: &Model| m.params.get("fc1.weight").unwrap().iter().map(|w| w.abs()).sum::<f32>();
+        assert!(l1(&sparse) < 0.5 * l1(&plain), "{} vs {}", l1(&sparse), l1(&plain));
+    }
+
+    #[test]
     fn masked_weights_stay_exactly_zero() {
         let (x, y) = toy(300, 2);
         let mut m = toy_model(5);
         let mask: Vec<bool> = (0..16 * 8).map(|i| i % 2 == 0).collect();
         m.set_mask("fc1.weight", mask.clone()).unwrap();
-        let cfg = TrainConfig { epochs: 2, batch_size: 16, lr: 1e-2, seed: 1, workers: 2 };
+        let cfg = TrainConfig { epochs: 2, batch_size: 16, lr: 1e-2, seed: 1, workers: 2, l1: 0.0 };
         train(&mut m, &x, &y, &cfg, &mut |_| {});
         let w = m.params.get("fc1.weight").unwrap();
         for (v, keep) in w.iter().zip(&mask) {
@@ -341,7 +370,7 @@ mod tests {
         let cfg_share = crate::compress::share::ShareConfig { linear_bits: 2, conv_bits: 2, per_layer: Default::default(), layers: vec![] };
         crate::compress::share::share(&mut m, &cfg_share).unwrap();
         let before = m.constraints.codebooks["fc1.weight"].centroids.clone();
-        let cfg = TrainConfig { epochs: 2, batch_size: 16, lr: 1e-2, seed: 1, workers: 2 };
+        let cfg = TrainConfig { epochs: 2, batch_size: 16, lr: 1e-2, seed: 1, workers: 2, l1: 0.0 };
         train(&mut m, &x, &y, &cfg, &mut |_| {});
         let cb = &m.constraints.codebooks["fc1.weight"];
         assert_ne!(cb.centroids, before, "centroids were trained");
@@ -355,7 +384,7 @@ mod tests {
     #[test]
     fn one_worker_and_two_workers_agree_closely() {
         let (x, y) = toy(200, 3);
-        let cfg1 = TrainConfig { epochs: 1, batch_size: 20, lr: 1e-2, seed: 1, workers: 1 };
+        let cfg1 = TrainConfig { epochs: 1, batch_size: 20, lr: 1e-2, seed: 1, workers: 1, l1: 0.0 };
         let cfg2 = TrainConfig { workers: 2, ..cfg1.clone() };
         let mut a = toy_model(6);
         let mut b = toy_model(6);
