@@ -3,7 +3,7 @@
 use std::mem::take;
 
 use super::{Model, Params};
-use crate::runtime::kernels::{col2im_add_batch, conv2d_forward, conv_chunk, im2col_batch, maxpool, samples_to_channels, sgemm, softmax_rows, MatRef, Window};
+use crate::runtime::kernels::{col2im_add_batch, conv2d_forward, conv_chunk, direct_weight_grad, im2col_batch, maxpool, samples_to_channels, sgemm, softmax_rows, DirectConv, MatRef, Window};
 use crate::spec::{Graph, Op, INPUT};
 
 /// Teacher probabilities for knowledge distillation (Hinton et al. 2015): the loss
@@ -47,6 +47,9 @@ pub struct Workspace {
     /// chunk·positions]`, shared by all conv nodes (forward output before the
     /// scatter, backward `dy`).
     conv_tmp: Vec<f32>,
+    /// Conv nodes that run on the direct kernel (weights repacked every forward).
+    direct: Vec<Option<DirectConv>>,
+    direct_scratch: Vec<f32>,
     /// Whether the loss gradient with respect to each value is needed: values that
     /// depend on no parameter (the input, its normalisation) get none.
     needs_grad: Vec<bool>,
@@ -110,10 +113,20 @@ impl Workspace {
         let logits = if fused_softmax { steps[head - 1].inputs[0] } else { head };
         let acts = value_len.iter().map(|l| vec![0.0; l * capacity]).collect();
         let grads = value_len.iter().enumerate().map(|(v, l)| if v == 0 { Vec::new() } else { vec![0.0; l * capacity] }).collect();
-        let cols = steps
+        let direct = steps
             .iter()
             .map(|s| match (&s.op, s.window) {
-                (Op::Conv2d { .. }, Some(w)) => vec![0.0; conv_chunk(&w).min(capacity) * w.patch_len() * w.positions()],
+                (&Op::Conv2d { out_channels, .. }, Some(w)) => {
+                    DirectConv::new(&w, &vec![0.0; out_channels * w.patch_len()], None, out_channels)
+                }
+                _ => None,
+            })
+            .collect();
+        let cols = steps
+            .iter()
+            .zip(&direct)
+            .map(|(s, d): (&Step, &Option<DirectConv>)| match (&s.op, s.window) {
+                (Op::Conv2d { .. }, Some(w)) if d.is_none() => vec![0.0; conv_chunk(&w).min(capacity) * w.patch_len() * w.positions()],
                 _ => Vec::new(),
             })
             .collect();
@@ -155,6 +168,8 @@ impl Workspace {
             cols,
             dcols,
             conv_tmp: vec![0.0; conv_tmp_len],
+            direct,
+            direct_scratch: Vec::new(),
             needs_grad,
             argmax,
             param_grad: vec![0.0; model.params.len()],
@@ -198,6 +213,12 @@ impl Workspace {
                     let g = step.window.unwrap();
                     let w = &p[step.weight.clone().unwrap()];
                     let b = step.bias.clone().map(|r| &p[r]);
+                    if let Some(d) = &mut self.direct[si] {
+                        d.set_weights(w, b);
+                        d.forward(x, n, y_n, &mut self.direct_scratch);
+                        self.acts[step.out] = y;
+                        continue;
+                    }
                     let (chunk, pl, q) = (conv_chunk(&g), g.patch_len(), g.positions());
                     let mut s0 = 0;
                     while s0 < n {
@@ -325,24 +346,33 @@ impl Workspace {
                     }
                 }
                 Op::Conv2d { out_channels, .. } => {
-                    // One product per layer and chunk of samples, on the channel-major
-                    // gradient dY[oc, c·q] and the chunk's im2col matrix col[pl, c·q]
-                    // (rebuilt: cheaper than keeping the whole batch's).
+                    // The weight gradient by the direct kernel where it applies, else
+                    // one product per chunk of samples on the channel-major gradient
+                    // dY[oc, c·q] and the chunk's im2col matrix col[pl, c·q] (rebuilt:
+                    // cheaper than keeping the whole batch's). The input gradient is
+                    // dcol = Wᵀ·dY per chunk, folded back by col2im.
                     let g = step.window.unwrap();
                     let (chunk, pl, q) = (conv_chunk(&g), g.patch_len(), g.positions());
                     let wr = step.weight.clone().unwrap();
+                    let direct = self.direct[si].is_some() && {
+                        let (dw, db) = weight_and_bias(&mut self.param_grad, &wr, step.bias.as_ref());
+                        let x = &self.acts[xid][..n * xlen];
+                        direct_weight_grad(&g, out_channels, x, dy, n, dw, db, &mut self.direct_scratch)
+                    };
                     let mut s0 = 0;
-                    while s0 < n {
+                    while s0 < n && (need_dx || !direct) {
                         let c = chunk.min(n - s0);
                         let cq = c * q;
                         let dyc = &mut self.conv_tmp[..out_channels * cq];
                         samples_to_channels(&dy[s0 * ylen..(s0 + c) * ylen], c, out_channels, q, dyc);
-                        let col = &mut self.cols[si][..c * pl * q];
-                        im2col_batch(&self.acts[xid][s0 * xlen..(s0 + c) * xlen], c, &g, 0.0, col);
-                        sgemm(out_channels, pl, cq, MatRef::rows(dyc, cq), MatRef::transposed(col, cq), &mut self.param_grad[wr.clone()], pl, true);
-                        if let Some(br) = &step.bias {
-                            for (d, row) in self.param_grad[br.clone()].iter_mut().zip(dyc.chunks_exact(cq)) {
-                                *d += crate::runtime::kernels::sum(row);
+                        if !direct {
+                            let col = &mut self.cols[si][..c * pl * q];
+                            im2col_batch(&self.acts[xid][s0 * xlen..(s0 + c) * xlen], c, &g, 0.0, col);
+                            sgemm(out_channels, pl, cq, MatRef::rows(dyc, cq), MatRef::transposed(col, cq), &mut self.param_grad[wr.clone()], pl, true);
+                            if let Some(br) = &step.bias {
+                                for (d, row) in self.param_grad[br.clone()].iter_mut().zip(dyc.chunks_exact(cq)) {
+                                    *d += crate::runtime::kernels::sum(row);
+                                }
                             }
                         }
                         if need_dx {
@@ -400,6 +430,22 @@ impl Workspace {
                 _ => {}
             }
             self.grads[step.out] = dy_buf;
+        }
+    }
+}
+
+/// Disjoint mutable views of a weight range and an optional bias range of `buf`.
+fn weight_and_bias<'a>(buf: &'a mut [f32], w: &std::ops::Range<usize>, b: Option<&std::ops::Range<usize>>) -> (&'a mut [f32], Option<&'a mut [f32]>) {
+    match b {
+        None => (&mut buf[w.clone()], None),
+        Some(b) if b.start >= w.end => {
+            let (lo, hi) = buf.split_at_mut(b.start);
+            (&mut lo[w.clone()], Some(&mut hi[..b.len()]))
+        }
+        Some(b) => {
+            assert!(b.end <= w.start, "weight and bias ranges overlap");
+            let (lo, hi) = buf.split_at_mut(w.start);
+            (&mut hi[..w.len()], Some(&mut lo[b.clone()]))
         }
     }
 }

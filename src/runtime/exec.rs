@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use super::int8::{self, QuantizedConv2d, QuantizedLinear};
-use super::kernels::{maxpool, sgemm, softmax_rows, MatRef, Window};
+use super::kernels::{conv2d_forward, conv_chunk, maxpool, sgemm, softmax_rows, DirectConv, MatRef, Window};
 use crate::spec::{Graph, Op, QParams, QuantPlan, SpecError, INPUT};
 
 /// Why a stored model cannot run.
@@ -66,7 +66,8 @@ enum Repr {
 
 enum Kernel {
     LinearF32 { w: Vec<f32>, b: Option<Vec<f32>>, inf: usize, outf: usize },
-    ConvF32 { w: Vec<f32>, b: Option<Vec<f32>>, g: Window, oc: usize },
+    /// `direct` where the direct kernel applies (stride 1, AVX2/FMA), else im2col.
+    ConvF32 { w: Vec<f32>, b: Option<Vec<f32>>, g: Window, oc: usize, direct: Option<Box<DirectConv>> },
     LinearI8(Box<QuantizedLinear>),
     ConvI8(Box<QuantizedConv2d>),
     MaxPool(Window),
@@ -116,6 +117,7 @@ pub struct Workspace {
     q: Vec<Vec<u8>>,
     acc: Vec<i32>,
     col: Vec<f32>,
+    tmp: Vec<f32>,
 }
 
 impl Plan {
@@ -204,12 +206,11 @@ impl Plan {
                     let x = plan.convert(x, Repr::F32, &mut converted);
                     let kernel = match node.op {
                         Op::Linear { in_features, out_features, .. } => Kernel::LinearF32 { w, b, inf: in_features, outf: out_features },
-                        Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => Kernel::ConvF32 {
-                            w,
-                            b,
-                            g: Window { channels: in_channels, height: in_shape[1], width: in_shape[2], kernel, stride, padding },
-                            oc: out_channels,
-                        },
+                        Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
+                            let g = Window { channels: in_channels, height: in_shape[1], width: in_shape[2], kernel, stride, padding };
+                            let direct = DirectConv::new(&g, &w, b.as_deref(), out_channels).map(Box::new);
+                            Kernel::ConvF32 { w, b, g, oc: out_channels, direct }
+                        }
                         _ => unreachable!(),
                     };
                     plan.f32_layers += 1;
@@ -391,21 +392,28 @@ impl Plan {
                         }
                     }
                 }
-                Kernel::ConvF32 { w, b, g, oc } => {
+                Kernel::ConvF32 { direct: Some(d), .. } => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    d.forward(&xs[..n * xl], n, &mut y[..n * ol], &mut ws.col);
+                }
+                Kernel::ConvF32 { w, b, g, oc, direct: None } => {
+                    // Chunks of samples whose im2col matrix stays in cache: one product
+                    // per chunk, scattered to the per-sample layout.
                     let (pl, q) = (g.patch_len(), g.positions());
-                    if ws.col.len() < pl * q {
-                        ws.col.resize(pl * q, 0.0);
+                    let chunk = conv_chunk(g).min(n);
+                    if ws.col.len() < chunk * pl * q {
+                        ws.col.resize(chunk * pl * q, 0.0);
+                    }
+                    if ws.tmp.len() < chunk * oc * q {
+                        ws.tmp.resize(chunk * oc * q, 0.0);
                     }
                     let (xs, y) = pair(&mut ws.f, xi, o);
-                    for s in 0..n {
-                        super::kernels::im2col(&xs[s * xl..(s + 1) * xl], g, 0.0, &mut ws.col[..pl * q]);
-                        let ys = &mut y[s * ol..(s + 1) * ol];
-                        sgemm(*oc, q, pl, MatRef::rows(w, pl), MatRef::rows(&ws.col, q), ys, q, false);
-                        if let Some(b) = b {
-                            for (plane, bb) in ys.chunks_exact_mut(q).zip(b) {
-                                plane.iter_mut().for_each(|v| *v += bb);
-                            }
-                        }
+                    let mut s0 = 0;
+                    while s0 < n {
+                        let c = chunk.min(n - s0);
+                        let (xc, yc) = (&xs[s0 * xl..(s0 + c) * xl], &mut y[s0 * ol..(s0 + c) * ol]);
+                        conv2d_forward(xc, c, g, w, b.as_deref(), *oc, &mut ws.col, &mut ws.tmp, yc);
+                        s0 += c;
                     }
                 }
                 Kernel::LinearI8(l) => {

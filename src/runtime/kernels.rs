@@ -70,6 +70,14 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32], 
     }
 }
 
+/// Whether this CPU has AVX2 (the element-wise kernels below are compiled twice,
+/// for the baseline and for AVX2, and pick at run time; results are identical).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
 /// Geometry of a 2-D convolution or pooling window over a `[C, H, W]` sample.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Window {
@@ -175,11 +183,30 @@ pub fn im2col<T: Copy>(x: &[T], g: &Window, pad: T, col: &mut [T]) {
 /// are left alone. Writing sample `s` of a batch at `col[s·OH·OW..]` with
 /// `ld = n·OH·OW` builds the batch's matrix `[C·k·k, n·OH·OW]`.
 pub fn im2col_ld<T: Copy>(x: &[T], g: &Window, pad: T, col: &mut [T], ld: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 is available on this CPU.
+        return unsafe { im2col_avx2(x, 1, g, pad, col, ld) };
+    }
+    im2col_impl(x, 1, g, pad, col, ld)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn im2col_avx2<T: Copy>(x: &[T], n: usize, g: &Window, pad: T, col: &mut [T], ld: usize) {
+    im2col_impl(x, n, g, pad, col, ld)
+}
+
+/// im2col of `n` samples into one matrix with leading dimension `ld`, sample `s`'s
+/// columns at `s·OH·OW`. Row by row, all samples, so the writes run contiguously.
+#[inline(always)]
+fn im2col_impl<T: Copy>(x: &[T], n: usize, g: &Window, pad: T, col: &mut [T], ld: usize) {
     let (oh, ow) = (g.out_height(), g.out_width());
     let npos = oh * ow;
     let (w, hw, s, p) = (g.width, g.height * g.width, g.stride, g.padding);
-    assert!(x.len() >= g.channels * hw, "im2col: input too short");
-    assert!(ld >= npos && col.len() >= (g.patch_len() - 1) * ld + npos, "im2col: output too short");
+    let xlen = g.channels * hw;
+    assert!(x.len() >= n * xlen, "im2col: input too short");
+    assert!(ld >= n * npos && col.len() >= (g.patch_len() - 1) * ld + n * npos, "im2col: output too short");
     let (xp, cp) = (x.as_ptr(), col.as_mut_ptr());
     for c in 0..g.channels {
         for ki in 0..g.kernel {
@@ -187,31 +214,34 @@ pub fn im2col_ld<T: Copy>(x: &[T], g: &Window, pad: T, col: &mut [T], ld: usize)
             for kj in 0..g.kernel {
                 let (x0, x1) = g.valid_range(kj, ow, w);
                 let row = (c * g.kernel + ki) * g.kernel + kj;
-                // SAFETY: the asserts above: the row's `npos` values start at row·ld
-                // with row < C·k·k; output (oy, ox) is at oy·ow + ox < npos. Inputs are
-                // read only for oy in [y0, y1), ox in [x0, x1), where the input row
-                // oy·s + ki − p and column ox·s + kj − p lie inside the plane of channel
-                // c < C (valid_range).
-                unsafe {
-                    let dst = cp.add(row * ld);
-                    for oy in 0..oh {
-                        let d = dst.add(oy * ow);
-                        if oy < y0 || oy >= y1 {
-                            for i in 0..ow {
+                for smp in 0..n {
+                    // SAFETY: the asserts above: the row's `n·npos` values start at
+                    // row·ld with row < C·k·k; output (smp, oy, ox) is at smp·npos +
+                    // oy·ow + ox < n·npos. Inputs are read only for oy in [y0, y1), ox in
+                    // [x0, x1), where the input row oy·s + ki − p and column ox·s + kj − p
+                    // lie inside the plane of channel c < C (valid_range) of sample smp < n.
+                    unsafe {
+                        let dst = cp.add(row * ld + smp * npos);
+                        let plane = xp.add(smp * xlen + c * hw);
+                        for oy in 0..oh {
+                            let d = dst.add(oy * ow);
+                            if oy < y0 || oy >= y1 {
+                                for i in 0..ow {
+                                    *d.add(i) = pad;
+                                }
+                                continue;
+                            }
+                            for i in (0..x0).chain(x1..ow) {
                                 *d.add(i) = pad;
                             }
-                            continue;
-                        }
-                        for i in (0..x0).chain(x1..ow) {
-                            *d.add(i) = pad;
-                        }
-                        if x1 > x0 {
-                            let src = xp.add(c * hw + (oy * s + ki - p) * w + x0 * s + kj - p);
-                            if s == 1 {
-                                copy_span(d.add(x0), src, x1 - x0);
-                            } else {
-                                for i in 0..x1 - x0 {
-                                    *d.add(x0 + i) = *src.add(i * s);
+                            if x1 > x0 {
+                                let src = plane.add((oy * s + ki - p) * w + x0 * s + kj - p);
+                                if s == 1 {
+                                    copy_span(d.add(x0), src, x1 - x0);
+                                } else {
+                                    for i in 0..x1 - x0 {
+                                        *d.add(x0 + i) = *src.add(i * s);
+                                    }
                                 }
                             }
                         }
@@ -225,10 +255,13 @@ pub fn im2col_ld<T: Copy>(x: &[T], g: &Window, pad: T, col: &mut [T], ld: usize)
 /// [`im2col_ld`] for `n` samples `x[n, C, H, W]`: `col[C·k·k, n·OH·OW]`, the
 /// columns of sample `s` at `s·OH·OW`.
 pub fn im2col_batch<T: Copy>(x: &[T], n: usize, g: &Window, pad: T, col: &mut [T]) {
-    let (xlen, npos) = (g.channels * g.height * g.width, g.positions());
-    for s in 0..n {
-        im2col_ld(&x[s * xlen..(s + 1) * xlen], g, pad, &mut col[s * npos..], n * npos);
+    let ld = n * g.positions();
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 is available on this CPU.
+        return unsafe { im2col_avx2(x, n, g, pad, col, ld) };
     }
+    im2col_impl(x, n, g, pad, col, ld)
 }
 
 /// The adjoint of [`im2col`]: adds `col[C·k·k, OH·OW]` back into `dx[C,H,W]`.
@@ -239,32 +272,53 @@ pub fn col2im_add(col: &[f32], g: &Window, dx: &mut [f32]) {
 /// The adjoint of [`im2col_ld`]: adds the sample's columns of `col` (leading
 /// dimension `ld`) back into `dx[C,H,W]`.
 pub fn col2im_add_ld(col: &[f32], g: &Window, dx: &mut [f32], ld: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 is available on this CPU.
+        return unsafe { col2im_avx2(col, 1, g, dx, ld) };
+    }
+    col2im_impl(col, 1, g, dx, ld)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn col2im_avx2(col: &[f32], n: usize, g: &Window, dx: &mut [f32], ld: usize) {
+    col2im_impl(col, n, g, dx, ld)
+}
+
+/// The adjoint of [`im2col_impl`]: `n` samples, row by row.
+#[inline(always)]
+fn col2im_impl(col: &[f32], n: usize, g: &Window, dx: &mut [f32], ld: usize) {
     let (oh, ow) = (g.out_height(), g.out_width());
     let npos = oh * ow;
     let (w, hw, s, p) = (g.width, g.height * g.width, g.stride, g.padding);
-    assert!(dx.len() >= g.channels * hw, "col2im: output too short");
-    assert!(ld >= npos && col.len() >= (g.patch_len() - 1) * ld + npos, "col2im: input too short");
+    let xlen = g.channels * hw;
+    assert!(dx.len() >= n * xlen, "col2im: output too short");
+    assert!(ld >= n * npos && col.len() >= (g.patch_len() - 1) * ld + n * npos, "col2im: input too short");
     let (cp, dp) = (col.as_ptr(), dx.as_mut_ptr());
     for c in 0..g.channels {
         for ki in 0..g.kernel {
             let (y0, y1) = g.valid_range(ki, oh, g.height);
             for kj in 0..g.kernel {
                 let (x0, x1) = g.valid_range(kj, ow, w);
+                if x1 == x0 {
+                    continue;
+                }
                 let row = (c * g.kernel + ki) * g.kernel + kj;
-                // SAFETY: as in im2col_ld, with the roles of input and output swapped.
-                unsafe {
-                    let src = cp.add(row * ld);
-                    for oy in y0..y1 {
-                        if x1 == x0 {
-                            break;
-                        }
-                        let sr = src.add(oy * ow + x0);
-                        let d = dp.add(c * hw + (oy * s + ki - p) * w + x0 * s + kj - p);
-                        if s == 1 {
-                            add_span(d, sr, x1 - x0);
-                        } else {
-                            for i in 0..x1 - x0 {
-                                *d.add(i * s) += *sr.add(i);
+                for smp in 0..n {
+                    // SAFETY: as in im2col_impl, with the roles of input and output swapped.
+                    unsafe {
+                        let src = cp.add(row * ld + smp * npos);
+                        let plane = dp.add(smp * xlen + c * hw);
+                        for oy in y0..y1 {
+                            let sr = src.add(oy * ow + x0);
+                            let d = plane.add((oy * s + ki - p) * w + x0 * s + kj - p);
+                            if s == 1 {
+                                add_span(d, sr, x1 - x0);
+                            } else {
+                                for i in 0..x1 - x0 {
+                                    *d.add(i * s) += *sr.add(i);
+                                }
                             }
                         }
                     }
@@ -276,10 +330,13 @@ pub fn col2im_add_ld(col: &[f32], g: &Window, dx: &mut [f32], ld: usize) {
 
 /// [`col2im_add_ld`] for `n` samples: adds `col[C·k·k, n·OH·OW]` into `dx[n, C, H, W]`.
 pub fn col2im_add_batch(col: &[f32], n: usize, g: &Window, dx: &mut [f32]) {
-    let (xlen, npos) = (g.channels * g.height * g.width, g.positions());
-    for s in 0..n {
-        col2im_add_ld(&col[s * npos..], g, &mut dx[s * xlen..(s + 1) * xlen], n * npos);
+    let ld = n * g.positions();
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 is available on this CPU.
+        return unsafe { col2im_avx2(col, n, g, dx, ld) };
     }
+    col2im_impl(col, n, g, dx, ld)
 }
 
 /// How many im2col values a batched convolution builds at once: a chunk of samples
@@ -462,6 +519,479 @@ pub fn argmax(x: &[f32]) -> usize {
         }
     }
     best
+}
+
+// ---------------------------------------------------------------------------------
+// Direct convolution (AVX2 + FMA)
+// ---------------------------------------------------------------------------------
+
+/// Splits `len` into the fewest tiles of at most `max`, as equal as possible:
+/// yields (start, size).
+fn direct_tiles(len: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let t = len.div_ceil(max).max(1);
+    let (base, extra) = (len / t, len % t);
+    (0..t).scan(0, move |start, i| {
+        let size = base + (i < extra) as usize;
+        let s = *start;
+        *start += size;
+        Some((s, size))
+    })
+}
+
+/// Output channels per vector of the direct kernels.
+const LANES: usize = 8;
+
+/// Copies sample `x[C,H,W]` into `xp[C, H+2p, W+2p]` with zero borders.
+fn pad_sample(x: &[f32], g: &Window, xp: &mut [f32]) {
+    let (h, w, p) = (g.height, g.width, g.padding);
+    let (hp, wp) = (h + 2 * p, w + 2 * p);
+    for c in 0..g.channels {
+        let plane = &mut xp[c * hp * wp..(c + 1) * hp * wp];
+        plane[..p * wp].fill(0.0);
+        plane[(p + h) * wp..].fill(0.0);
+        for iy in 0..h {
+            let row = &mut plane[(p + iy) * wp..(p + iy + 1) * wp];
+            row[..p].fill(0.0);
+            row[p + w..].fill(0.0);
+            row[p..p + w].copy_from_slice(&x[(c * h + iy) * w..(c * h + iy + 1) * w]);
+        }
+    }
+}
+
+/// A stride-1 convolution prepared for the direct kernel: no im2col matrix, each
+/// output tile (up to 12 positions of one output row × 8 or 16 output channels) is
+/// accumulated in registers straight from the zero-padded input, one FMA per weight
+/// and position. Built only where AVX2 and FMA are available ([`DirectConv::new`]).
+#[derive(Clone, Debug)]
+pub struct DirectConv {
+    g: Window,
+    oc: usize,
+    /// Vectors of 8 output channels per block (1 or 2).
+    nv: usize,
+    blocks: usize,
+    /// Offset in the padded input of each patch element `(c, ki, kj)`.
+    koff: Vec<usize>,
+    /// Weights per block of `nv·8` output channels: `[patch element][nv·8]`, zero-padded.
+    w: Vec<f32>,
+    /// Bias per block, `nv·8` values, zero-padded.
+    bias: Vec<f32>,
+    /// How an output row is cut into tiles: (first column, positions).
+    row_tiles: Vec<(usize, usize)>,
+}
+
+impl DirectConv {
+    /// Prepares `w[oc, C·k·k]` and `bias` for window `g`, or `None` where the kernel
+    /// does not apply (stride other than 1, or a CPU without AVX2/FMA).
+    pub fn new(g: &Window, w: &[f32], bias: Option<&[f32]>, oc: usize) -> Option<DirectConv> {
+        if !Self::available() || g.stride != 1 || oc == 0 {
+            return None;
+        }
+        let nv = if oc <= LANES { 1 } else { 2 };
+        let (hp, wp) = (g.height + 2 * g.padding, g.width + 2 * g.padding);
+        let mut koff = Vec::with_capacity(g.patch_len());
+        for c in 0..g.channels {
+            for ki in 0..g.kernel {
+                for kj in 0..g.kernel {
+                    koff.push(c * hp * wp + ki * wp + kj);
+                }
+            }
+        }
+        let ow = g.out_width();
+        // One vector of channels: tiles of 8 positions (the last one overlapping its
+        // neighbour: the same values are written twice); two: up to 6.
+        let row_tiles = if nv == 1 && ow >= 8 {
+            (0..ow - 8).step_by(8).chain(std::iter::once(ow - 8)).map(|x| (x, 8)).collect()
+        } else {
+            direct_tiles(ow, if nv == 1 { 8 } else { 6 }).collect()
+        };
+        let blocks = oc.div_ceil(nv * LANES);
+        let mut d = DirectConv { g: *g, oc, nv, blocks, koff, w: Vec::new(), bias: Vec::new(), row_tiles };
+        d.set_weights(w, bias);
+        Some(d)
+    }
+
+    /// Whether this CPU runs the direct kernels.
+    pub fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            has_avx2() && std::arch::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Repacks new weights of the same shape (the trainer does this every step).
+    pub fn set_weights(&mut self, w: &[f32], bias: Option<&[f32]>) {
+        let (pl, bw) = (self.g.patch_len(), self.nv * LANES);
+        assert_eq!(w.len(), self.oc * pl, "DirectConv: weight size");
+        self.w.clear();
+        self.w.resize(self.blocks * pl * bw, 0.0);
+        self.bias.clear();
+        self.bias.resize(self.blocks * bw, 0.0);
+        for o in 0..self.oc {
+            let (blk, lane) = (o / bw, o % bw);
+            for kk in 0..pl {
+                self.w[(blk * pl + kk) * bw + lane] = w[o * pl + kk];
+            }
+            self.bias[blk * bw + lane] = bias.map_or(0.0, |b| b[o]);
+        }
+    }
+
+    /// Padded input length of one sample.
+    fn padded_len(&self) -> usize {
+        self.g.channels * (self.g.height + 2 * self.g.padding) * (self.g.width + 2 * self.g.padding)
+    }
+
+    /// `y[n, oc, OH·OW]` = the convolution of `x[n, C, H, W]` plus bias.
+    /// `scratch` holds one padded sample (grown as needed).
+    pub fn forward(&self, x: &[f32], n: usize, y: &mut [f32], scratch: &mut Vec<f32>) {
+        let g = &self.g;
+        let (xl, yl) = (g.channels * g.height * g.width, self.oc * g.positions());
+        assert!(x.len() >= n * xl && y.len() >= n * yl, "DirectConv::forward: buffer too short");
+        let plen = self.padded_len();
+        if g.padding > 0 && scratch.len() < plen {
+            scratch.resize(plen, 0.0);
+        }
+        for s in 0..n {
+            let xs = &x[s * xl..(s + 1) * xl];
+            let xp: &[f32] = if g.padding > 0 {
+                pad_sample(xs, g, &mut scratch[..plen]);
+                &scratch[..plen]
+            } else {
+                xs
+            };
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `new` only builds a DirectConv where AVX2 and FMA are available;
+            // `xp` is one padded sample and `y` one output sample (asserted above).
+            unsafe {
+                direct::forward_sample(self, xp, &mut y[s * yl..(s + 1) * yl])
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!("DirectConv is only built on x86_64");
+        }
+    }
+}
+
+/// The weight (and bias) gradient of a stride-1 convolution by the direct kernel:
+/// `dw[oc, C·k·k] += Σ dy[s, oc, pos] · x[s, c, pos + (ki, kj)]` and `db[oc] += Σ dy`
+/// over `n` samples, without an im2col matrix. `scratch` is grown as needed. Returns
+/// `false` (and does nothing) where the kernel does not apply.
+#[allow(clippy::too_many_arguments)]
+pub fn direct_weight_grad(g: &Window, oc: usize, x: &[f32], dy: &[f32], n: usize, dw: &mut [f32], db: Option<&mut [f32]>, scratch: &mut Vec<f32>) -> bool {
+    if !DirectConv::available() || g.stride != 1 || oc == 0 {
+        return false;
+    }
+    let (pl, q) = (g.patch_len(), g.positions());
+    let (xl, yl) = (g.channels * g.height * g.width, oc * q);
+    assert!(x.len() >= n * xl && dy.len() >= n * yl && dw.len() >= oc * pl, "direct_weight_grad: buffer too short");
+    let nv = if oc <= LANES { 1 } else { 2 };
+    let bw = nv * LANES;
+    let blocks = oc.div_ceil(bw);
+    let (hp, wp) = (g.height + 2 * g.padding, g.width + 2 * g.padding);
+    let plen = g.channels * hp * wp;
+    // scratch: padded sample | dy transposed [pos][blocks·bw] | gradient [blocks][pl][bw]
+    let need = plen + q * blocks * bw + blocks * pl * bw;
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let (xp, rest) = scratch.split_at_mut(plen);
+    let (dyt, acc) = rest.split_at_mut(q * blocks * bw);
+    let acc = &mut acc[..blocks * pl * bw];
+    acc.fill(0.0);
+    dyt.fill(0.0);
+    for s in 0..n {
+        let xs = &x[s * xl..(s + 1) * xl];
+        let xps: &[f32] = if g.padding > 0 {
+            pad_sample(xs, g, xp);
+            xp
+        } else {
+            xs
+        };
+        let dys = &dy[s * yl..(s + 1) * yl];
+        for o in 0..oc {
+            let (blk, lane) = (o / bw, o % bw);
+            for (pos, &v) in dys[o * q..(o + 1) * q].iter().enumerate() {
+                dyt[(blk * q + pos) * bw + lane] = v;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were checked above; the buffers have the sizes the
+        // kernel reads (one padded sample, q·blocks·bw transposed gradients,
+        // blocks·pl·bw accumulators).
+        unsafe {
+            direct::weight_grad_sample(g, nv, blocks, xps, dyt, acc)
+        }
+    }
+    for o in 0..oc {
+        let (blk, lane) = (o / bw, o % bw);
+        for kk in 0..pl {
+            dw[o * pl + kk] += acc[(blk * pl + kk) * bw + lane];
+        }
+    }
+    if let Some(db) = db {
+        for s in 0..n {
+            for (d, row) in db.iter_mut().zip(dy[s * yl..(s + 1) * yl].chunks_exact(q)) {
+                *d += sum(row);
+            }
+        }
+    }
+    true
+}
+
+#[cfg(target_arch = "x86_64")]
+mod direct {
+    //! The AVX2/FMA tiles. Callers have checked the features; inside, the unsafe
+    //! operations are unaligned loads/stores whose bounds the drivers assert.
+
+    use super::{DirectConv, Window, LANES};
+    use std::arch::x86_64::*;
+
+    /// The largest tile: accumulators `R · NV ≤ 12` of the 16 vector registers.
+    const MAX_ACC: usize = 12;
+
+    /// For `R` consecutive positions of one output row starting at `x` and the block's
+    /// `NV·8` channels: `bias + Σ_kk w[kk][..] · x[koff[kk] + r]`, transposed in
+    /// registers and stored as `y[lane·q + r]` for `lane < lanes`, `r < R`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn fwd_tile<const NV: usize, const R: usize>(x: *const f32, koff: &[usize], w: *const f32, bias: *const f32, y: *mut f32, q: usize, lanes: usize) {
+        // SAFETY: the caller guarantees x[koff[kk] + r] for r < R, w[kk·NV·8 + ..NV·8]
+        // for kk < koff.len() and bias[..NV·8] are readable, and y[lane·q + ..R]
+        // writable for lane < lanes.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NV]; R];
+            for a in acc.iter_mut() {
+                for (v, a) in a.iter_mut().enumerate() {
+                    *a = _mm256_loadu_ps(bias.add(v * LANES));
+                }
+            }
+            for (kk, &off) in koff.iter().enumerate() {
+                let wp = w.add(kk * NV * LANES);
+                let mut wv = [_mm256_setzero_ps(); NV];
+                for (v, wv) in wv.iter_mut().enumerate() {
+                    *wv = _mm256_loadu_ps(wp.add(v * LANES));
+                }
+                let xp = x.add(off);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_broadcast_ss(&*xp.add(r));
+                    for v in 0..NV {
+                        a[v] = _mm256_fmadd_ps(xv, wv[v], a[v]);
+                    }
+                }
+            }
+            for v in 0..NV {
+                let mut rows = [_mm256_setzero_ps(); 8];
+                for r in 0..R {
+                    rows[r] = acc[r][v];
+                }
+                let t = transpose8(rows);
+                for (lane, tv) in t.iter().enumerate().take(lanes.saturating_sub(v * LANES)) {
+                    let p = y.add((v * LANES + lane) * q);
+                    if R == 8 {
+                        _mm256_storeu_ps(p, *tv);
+                    } else {
+                        let mut tmp = [0.0f32; 8];
+                        _mm256_storeu_ps(tmp.as_mut_ptr(), *tv);
+                        for (i, &val) in tmp.iter().enumerate().take(R) {
+                            *p.add(i) = val;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// 8×8 transpose: `out[j]` lane `i` = `r[i]` lane `j`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
+    }
+
+    /// Calls `$f::<NV, R>` for a run-time `r` in 1..=8 (`NV = 1`) or 1..=6 (`NV = 2`).
+    macro_rules! dispatch_fwd {
+        ($nv:expr, $r:expr, $f:ident ( $($arg:expr),* )) => {
+            match ($nv, $r) {
+                (1, 1) => $f::<1, 1>($($arg),*),
+                (1, 2) => $f::<1, 2>($($arg),*),
+                (1, 3) => $f::<1, 3>($($arg),*),
+                (1, 4) => $f::<1, 4>($($arg),*),
+                (1, 5) => $f::<1, 5>($($arg),*),
+                (1, 6) => $f::<1, 6>($($arg),*),
+                (1, 7) => $f::<1, 7>($($arg),*),
+                (1, 8) => $f::<1, 8>($($arg),*),
+                (2, 1) => $f::<2, 1>($($arg),*),
+                (2, 2) => $f::<2, 2>($($arg),*),
+                (2, 3) => $f::<2, 3>($($arg),*),
+                (2, 4) => $f::<2, 4>($($arg),*),
+                (2, 5) => $f::<2, 5>($($arg),*),
+                (2, 6) => $f::<2, 6>($($arg),*),
+                _ => unreachable!("tile {}x{}", $nv, $r),
+            }
+        };
+    }
+
+    /// Calls `$f::<NV, R>` for a run-time `r` in 1..=12 (`NV = 1`) or 1..=6 (`NV = 2`).
+    macro_rules! dispatch_dw {
+        ($nv:expr, $r:expr, $f:ident ( $($arg:expr),* )) => {
+            match ($nv, $r) {
+                (1, 9) => $f::<1, 9>($($arg),*),
+                (1, 10) => $f::<1, 10>($($arg),*),
+                (1, 11) => $f::<1, 11>($($arg),*),
+                (1, 12) => $f::<1, 12>($($arg),*),
+                (nv, r) => dispatch_fwd!(nv, r, $f($($arg),*)),
+            }
+        };
+    }
+
+    /// One sample: `xp` padded input `[C, H+2p, W+2p]`, `y` output `[oc, OH·OW]`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `xp` must hold the padded sample and `y`
+    /// `oc·OH·OW` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn forward_sample(d: &DirectConv, xp: &[f32], y: &mut [f32]) {
+        let g = &d.g;
+        let (oh, ow) = (g.out_height(), g.out_width());
+        let (q, wp, pl, bw) = (oh * ow, g.width + 2 * g.padding, g.patch_len(), d.nv * LANES);
+        assert!(xp.len() >= d.padded_len() && y.len() >= d.oc * q);
+        assert!(d.w.len() >= d.blocks * pl * bw && d.bias.len() >= d.blocks * bw && d.koff.len() == pl);
+        for blk in 0..d.blocks {
+            let (w, bias) = (d.w[blk * pl * bw..].as_ptr(), d.bias[blk * bw..].as_ptr());
+            let lanes = bw.min(d.oc - blk * bw);
+            for oy in 0..oh {
+                for &(ox0, r) in &d.row_tiles {
+                    // SAFETY: the tile's windows are rows oy..oy+k and columns
+                    // ox0..ox0+r+k-1 of the padded planes: inside xp. The weights and
+                    // bias of the block are inside d.w / d.bias (asserted); the outputs
+                    // y[(blk·bw + lane)·q + oy·ow + ox0 + ..r] with ox0 + r <= ow and
+                    // blk·bw + lane < oc are inside y.
+                    unsafe {
+                        let x = xp.as_ptr().add(oy * wp + ox0);
+                        let y0 = y.as_mut_ptr().add(blk * bw * q + oy * ow + ox0);
+                        dispatch_fwd!(d.nv, r, fwd_tile(x, &d.koff, w, bias, y0, q, lanes));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `acc[r][v·8..] += Σ_pos dyt[pos][v·8..] · x[base(pos) + off0 + r]` over the
+    /// output positions of one sample, `U` positions per step in separate
+    /// accumulators (so that short tiles still keep enough FMAs in flight).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn dw_tile<const NV: usize, const R: usize>(x: *const f32, oh: usize, ow: usize, wp: usize, dyt: *const f32, acc_out: *mut f32) {
+        // SAFETY: the caller guarantees x[oy·wp + ox + r] (oy < oh, ox < ow, r < R),
+        // dyt[(oy·ow + ox)·NV·8 + ..NV·8] and acc_out[..R·NV·8] are valid.
+        unsafe {
+            let mut a0 = [[_mm256_setzero_ps(); NV]; R];
+            let mut a1 = [[_mm256_setzero_ps(); NV]; R];
+            let two = R * NV <= 6;
+            for oy in 0..oh {
+                let xr = x.add(oy * wp);
+                let dr = dyt.add(oy * ow * NV * LANES);
+                let mut ox = 0;
+                if two {
+                    while ox + 2 <= ow {
+                        for (u, acc) in [&mut a0, &mut a1].into_iter().enumerate() {
+                            let mut dv = [_mm256_setzero_ps(); NV];
+                            for (v, dv) in dv.iter_mut().enumerate() {
+                                *dv = _mm256_loadu_ps(dr.add(((ox + u) * NV + v) * LANES));
+                            }
+                            let xp = xr.add(ox + u);
+                            for (r, a) in acc.iter_mut().enumerate() {
+                                let xv = _mm256_broadcast_ss(&*xp.add(r));
+                                for v in 0..NV {
+                                    a[v] = _mm256_fmadd_ps(xv, dv[v], a[v]);
+                                }
+                            }
+                        }
+                        ox += 2;
+                    }
+                }
+                while ox < ow {
+                    let mut dv = [_mm256_setzero_ps(); NV];
+                    for (v, dv) in dv.iter_mut().enumerate() {
+                        *dv = _mm256_loadu_ps(dr.add((ox * NV + v) * LANES));
+                    }
+                    let xp = xr.add(ox);
+                    for (r, a) in a0.iter_mut().enumerate() {
+                        let xv = _mm256_broadcast_ss(&*xp.add(r));
+                        for v in 0..NV {
+                            a[v] = _mm256_fmadd_ps(xv, dv[v], a[v]);
+                        }
+                    }
+                    ox += 1;
+                }
+            }
+            for r in 0..R {
+                for v in 0..NV {
+                    let p = acc_out.add((r * NV + v) * LANES);
+                    let sum = _mm256_add_ps(a0[r][v], a1[r][v]);
+                    _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), sum));
+                }
+            }
+        }
+    }
+
+    /// One sample's contribution to the weight gradient: `xp` the padded input, `dyt`
+    /// its output gradient as `[blocks][pos][nv·8]`, `acc` `[blocks][pl][nv·8]`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weight_grad_sample(g: &Window, nv: usize, blocks: usize, xp: &[f32], dyt: &[f32], acc: &mut [f32]) {
+        let (oh, ow) = (g.out_height(), g.out_width());
+        let (hp, wp, q, pl, bw) = (g.height + 2 * g.padding, g.width + 2 * g.padding, oh * ow, g.patch_len(), nv * LANES);
+        assert!(xp.len() >= g.channels * hp * wp && dyt.len() >= blocks * q * bw && acc.len() >= blocks * pl * bw);
+        let max_r = MAX_ACC / nv;
+        for blk in 0..blocks {
+            for c in 0..g.channels {
+                for ki in 0..g.kernel {
+                    for (kj0, r) in super::direct_tiles(g.kernel, max_r) {
+                        let kk0 = (c * g.kernel + ki) * g.kernel + kj0;
+                        // SAFETY: positions (oy, ox) with the offsets ki, kj0 + r stay
+                        // inside plane c of the padded sample; dyt and acc bounds as
+                        // asserted above.
+                        unsafe {
+                            let x = xp.as_ptr().add(c * hp * wp + ki * wp + kj0);
+                            let dy = dyt.as_ptr().add(blk * q * bw);
+                            let out = acc.as_mut_ptr().add((blk * pl + kk0) * bw);
+                            dispatch_dw!(nv, r, dw_tile(x, oh, ow, wp, dy, out));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -647,6 +1177,53 @@ mod tests {
                     for o in 0..oc {
                         assert_eq!(&cm[o * n * q + s * q..o * n * q + (s + 1) * q], &y[(s * oc + o) * q..(s * oc + o + 1) * q]);
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn direct_conv_matches_the_im2col_product() {
+        if !DirectConv::available() {
+            return;
+        }
+        let mut rng = Rng::new(15);
+        for g in windows().into_iter().filter(|g| g.stride == 1) {
+            for oc in [1, 5, 6, 8, 9, 16, 17, 33] {
+                let (xl, pl, q) = (g.channels * g.height * g.width, g.patch_len(), g.positions());
+                let w: Vec<f32> = (0..oc * pl).map(|_| rng.uniform(1.0)).collect();
+                let b: Vec<f32> = (0..oc).map(|_| rng.uniform(1.0)).collect();
+                let n = 3;
+                let x: Vec<f32> = (0..n * xl).map(|_| rng.uniform(1.0)).collect();
+                let (mut col, mut tmp, mut want) = (vec![0.0; n * pl * q], vec![0.0; n * oc * q], vec![0.0; n * oc * q]);
+                conv2d_forward(&x, n, &g, &w, Some(&b), oc, &mut col, &mut tmp, &mut want);
+                let d = DirectConv::new(&g, &w, Some(&b), oc).unwrap();
+                let mut got = vec![f32::NAN; n * oc * q];
+                d.forward(&x, n, &mut got, &mut Vec::new());
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!((a - b).abs() < 1e-4, "{g:?} oc={oc} y[{i}]: {a} vs {b}");
+                }
+                // Weight and bias gradient against the im2col product dW = dY·colᵀ.
+                let dy: Vec<f32> = (0..n * oc * q).map(|_| rng.uniform(1.0)).collect();
+                let mut want_dw = vec![0.25f32; oc * pl];
+                let mut want_db = vec![0.5f32; oc];
+                for s in 0..n {
+                    let colr = im2col_naive(&x[s * xl..(s + 1) * xl], &g, 0.0);
+                    for o in 0..oc {
+                        let dyo = &dy[(s * oc + o) * q..(s * oc + o + 1) * q];
+                        want_db[o] += dyo.iter().sum::<f32>();
+                        for r in 0..pl {
+                            want_dw[o * pl + r] += dyo.iter().zip(&colr[r * q..(r + 1) * q]).map(|(a, b)| a * b).sum::<f32>();
+                        }
+                    }
+                }
+                let (mut dw, mut db) = (vec![0.25f32; oc * pl], vec![0.5f32; oc]);
+                assert!(direct_weight_grad(&g, oc, &x, &dy, n, &mut dw, Some(&mut db), &mut Vec::new()));
+                for (i, (a, b)) in dw.iter().zip(&want_dw).enumerate() {
+                    assert!((a - b).abs() < 1e-3, "{g:?} oc={oc} dw[{i}]: {a} vs {b}");
+                }
+                for (i, (a, b)) in db.iter().zip(&want_db).enumerate() {
+                    assert!((a - b).abs() < 1e-3, "{g:?} oc={oc} db[{i}]: {a} vs {b}");
                 }
             }
         }
