@@ -194,6 +194,21 @@ impl Requant {
     }
 }
 
+/// `y[i] = rq.apply_u8(acc[i], zp, lo)` for a run of accumulators of one channel,
+/// eight at a time on AVX2 (the same integer arithmetic, so the same bits).
+fn requant_row(rq: &Requant, zp: i32, lo: i32, acc: &[i32], y: &mut [u8]) {
+    assert_eq!(acc.len(), y.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::Avx2.is_available() && !FORCE_SCALAR.load(Ordering::Relaxed) {
+        // SAFETY: AVX2 was just detected.
+        done = unsafe { x86::requant_row_avx2(rq.multiplier, rq.shift, zp, lo, acc, y) };
+    }
+    for (o, &a) in y[done..].iter_mut().zip(&acc[done..]) {
+        *o = rq.apply_u8(a, zp, lo);
+    }
+}
+
 /// `round(v)` half away from zero for `|v| <= 2^22`, written so it vectorizes
 /// (no `roundf` call on baseline x86-64).
 #[inline]
@@ -207,6 +222,22 @@ fn round_half_away(v: f32) -> i32 {
 /// half away from zero (NaN maps to the zero point). `out.len()` must equal `x.len()`.
 pub fn quantize_u8(x: &[f32], qp: QParams, out: &mut [u8]) {
     assert_eq!(x.len(), out.len(), "quantize_u8: length mismatch");
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::Avx2.is_available() {
+        // SAFETY: AVX2 was just detected. The same IEEE operations, so the same bytes.
+        return unsafe { quantize_u8_avx2(x, qp, out) };
+    }
+    quantize_u8_impl(x, qp, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_u8_avx2(x: &[f32], qp: QParams, out: &mut [u8]) {
+    quantize_u8_impl(x, qp, out)
+}
+
+#[inline(always)]
+fn quantize_u8_impl(x: &[f32], qp: QParams, out: &mut [u8]) {
     let zp = qp.zero_point;
     // Clamping before rounding keeps the value in round_half_away's exact range and
     // cannot change the result (the final clamp is to 0..=255 around zp).
@@ -486,6 +517,164 @@ mod x86 {
         let tail = &src[16 * full..];
         for (j, pair) in tail.chunks(2).enumerate() {
             d[8 * full + j] = pair[0] as i32 | (*pair.get(1).unwrap_or(&0) as i32) << 16;
+        }
+    }
+
+    /// `y[i] = clamp(zp + round_half_away(acc[i]·m / 2^shift), lo, 255)` for whole
+    /// groups of 8, exactly as `Requant::apply_u8`; returns how many were done.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn requant_row_avx2(m: i64, shift: u32, zp: i32, lo: i32, acc: &[i32], y: &mut [u8]) -> usize {
+        let n = acc.len().min(y.len()) / 8 * 8;
+        let mv = _mm256_set1_epi64x(m);
+        let half = _mm256_set1_epi64x(1i64 << (shift - 1));
+        let cnt = _mm_cvtsi32_si128(shift as i32);
+        let zero = _mm256_setzero_si256();
+        let (zpv, lov, hiv) = (_mm256_set1_epi64x(zp as i64), _mm256_set1_epi64x(lo as i64), _mm256_set1_epi64x(255));
+        // Rounded, offset and clamped, for i64 products p: ((p + half − (p < 0)) >> shift)
+        // as an arithmetic shift (x >> s == !((!x) >>> s) for negative x).
+        let fix = |p: __m256i| {
+            let t = _mm256_add_epi64(_mm256_add_epi64(p, half), _mm256_cmpgt_epi64(zero, p));
+            let sign = _mm256_cmpgt_epi64(zero, t);
+            let r = _mm256_xor_si256(_mm256_srl_epi64(_mm256_xor_si256(t, sign), cnt), sign);
+            let v = _mm256_add_epi64(r, zpv);
+            let v = _mm256_blendv_epi8(v, lov, _mm256_cmpgt_epi64(lov, v));
+            _mm256_blendv_epi8(v, hiv, _mm256_cmpgt_epi64(v, hiv))
+        };
+        // Byte 0 of each i32 to the low dword of each 128-bit half, then both together.
+        let bytes = _mm256_setr_epi8(
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+        );
+        let gather = _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1);
+        if shift >= 32 {
+            // The usual case (multipliers below 1/2): floor(t / 2^shift) is the high
+            // dword of t (floor(t / 2^32), fits an i32) shifted right by shift − 32, and
+            // |that| < 2^30·3/2, so the offset and clamp run on i32 lanes.
+            let cnt32 = _mm_cvtsi32_si128(shift as i32 - 32);
+            let (zp32, lo32, hi32) = (_mm256_set1_epi32(zp), _mm256_set1_epi32(lo), _mm256_set1_epi32(255));
+            let round = |p: __m256i| _mm256_add_epi64(_mm256_add_epi64(p, half), _mm256_cmpgt_epi64(zero, p));
+            for i in (0..n).step_by(8) {
+                // SAFETY: i + 8 <= n <= acc.len(), y.len().
+                unsafe {
+                    let a = _mm256_loadu_si256(acc.as_ptr().add(i) as *const __m256i);
+                    let te = round(_mm256_mul_epi32(a, mv));
+                    let to = round(_mm256_mul_epi32(_mm256_srli_epi64::<32>(a), mv));
+                    let high = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(te), to);
+                    let v = _mm256_add_epi32(_mm256_sra_epi32(high, cnt32), zp32);
+                    let v = _mm256_min_epi32(_mm256_max_epi32(v, lo32), hi32);
+                    let packed = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, bytes), gather);
+                    _mm_storel_epi64(y.as_mut_ptr().add(i) as *mut __m128i, _mm256_castsi256_si128(packed));
+                }
+            }
+            return n;
+        }
+        for i in (0..n).step_by(8) {
+            // SAFETY: i + 8 <= n <= acc.len(), y.len().
+            unsafe {
+                let a = _mm256_loadu_si256(acc.as_ptr().add(i) as *const __m256i);
+                let even = fix(_mm256_mul_epi32(a, mv));
+                let odd = fix(_mm256_mul_epi32(_mm256_srli_epi64::<32>(a), mv));
+                let v = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
+                let packed = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, bytes), gather);
+                _mm_storel_epi64(y.as_mut_ptr().add(i) as *mut __m128i, _mm256_castsi256_si128(packed));
+            }
+        }
+        n
+    }
+
+    /// One sample of the direct convolution: `xp` the padded u16 planes, `acc` the
+    /// `[oc, oh·ow]` accumulators (bias and zero-point terms included).
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn direct_conv_sample(d: &super::DirectI8, xp: &[u16], acc: &mut [i32], oc: usize, oh: usize, ow: usize) {
+        let (q, bw, steps) = (oh * ow, d.nv * 8, d.soff.len());
+        assert!(acc.len() >= oc * q && d.w.len() >= d.blocks * steps * bw * 2 && d.init.len() >= d.blocks * bw);
+        // The farthest u16 a tile reads: the last step's pair at the last position.
+        let last = d.soff.iter().max().copied().unwrap_or(0) + (oh - 1) * d.wp + ow - 1 + 1;
+        assert!(xp.len() > last, "direct conv: padded input too short");
+        for blk in 0..d.blocks {
+            let (w, init) = (d.w[blk * steps * bw * 2..].as_ptr(), d.init[blk * bw..].as_ptr());
+            let lanes = bw.min(oc - blk * bw);
+            for oy in 0..oh {
+                for &(ox0, r) in &d.row_tiles {
+                    // SAFETY: reads stay below `last` (asserted); the tile writes
+                    // acc[(blk·bw + lane)·q + oy·ow + ox0 + ..r] for lane < lanes, inside
+                    // acc as ox0 + r <= ow.
+                    unsafe {
+                        let x = xp.as_ptr().add(oy * d.wp + ox0);
+                        let out = acc.as_mut_ptr().add(blk * bw * q + oy * ow + ox0);
+                        match (d.nv, r) {
+                            (1, 1) => i8_tile::<1, 1>(x, &d.soff, w, init, out, q, lanes),
+                            (1, 2) => i8_tile::<1, 2>(x, &d.soff, w, init, out, q, lanes),
+                            (1, 3) => i8_tile::<1, 3>(x, &d.soff, w, init, out, q, lanes),
+                            (1, 4) => i8_tile::<1, 4>(x, &d.soff, w, init, out, q, lanes),
+                            (1, 5) => i8_tile::<1, 5>(x, &d.soff, w, init, out, q, lanes),
+                            (1, 6) => i8_tile::<1, 6>(x, &d.soff, w, init, out, q, lanes),
+                            (1, 7) => i8_tile::<1, 7>(x, &d.soff, w, init, out, q, lanes),
+                            (1, 8) => i8_tile::<1, 8>(x, &d.soff, w, init, out, q, lanes),
+                            (2, 1) => i8_tile::<2, 1>(x, &d.soff, w, init, out, q, lanes),
+                            (2, 2) => i8_tile::<2, 2>(x, &d.soff, w, init, out, q, lanes),
+                            (2, 3) => i8_tile::<2, 3>(x, &d.soff, w, init, out, q, lanes),
+                            (2, 4) => i8_tile::<2, 4>(x, &d.soff, w, init, out, q, lanes),
+                            (2, 5) => i8_tile::<2, 5>(x, &d.soff, w, init, out, q, lanes),
+                            (2, 6) => i8_tile::<2, 6>(x, &d.soff, w, init, out, q, lanes),
+                            _ => unreachable!("tile {}x{r}", d.nv),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `R` positions × `NV·8` channels: `init + Σ_step madd(x pair, w pair)`, stored
+    /// transposed as `out[lane·q + r]` for `lane < lanes`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn i8_tile<const NV: usize, const R: usize>(x: *const u16, soff: &[usize], w: *const i16, init: *const i32, out: *mut i32, q: usize, lanes: usize) {
+        // SAFETY: the caller guarantees the pairs x[soff[st] + r .. +2] (r < R), the
+        // weights w[(st·NV + v)·16 .. +16], init[..NV·8] are readable and out[lane·q + ..R]
+        // writable for lane < lanes.
+        unsafe {
+            let mut acc = [[_mm256_setzero_si256(); NV]; R];
+            for a in acc.iter_mut() {
+                for (v, a) in a.iter_mut().enumerate() {
+                    *a = _mm256_loadu_si256(init.add(v * 8) as *const __m256i);
+                }
+            }
+            for (st, &off) in soff.iter().enumerate() {
+                let mut wv = [_mm256_setzero_si256(); NV];
+                for (v, wv) in wv.iter_mut().enumerate() {
+                    *wv = _mm256_loadu_si256(w.add((st * NV + v) * 16) as *const __m256i);
+                }
+                let xr = x.add(off);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_set1_epi32((xr.add(r) as *const i32).read_unaligned());
+                    for v in 0..NV {
+                        a[v] = _mm256_add_epi32(a[v], _mm256_madd_epi16(xv, wv[v]));
+                    }
+                }
+            }
+            for v in 0..NV {
+                let mut rows = [_mm256_setzero_ps(); 8];
+                for r in 0..R {
+                    rows[r] = _mm256_castsi256_ps(acc[r][v]);
+                }
+                let t = crate::runtime::kernels::direct::transpose8(rows);
+                for (lane, tv) in t.iter().enumerate().take(lanes.saturating_sub(v * 8)) {
+                    let p = out.add((v * 8 + lane) * q);
+                    let tv = _mm256_castps_si256(*tv);
+                    if R == 8 {
+                        _mm256_storeu_si256(p as *mut __m256i, tv);
+                    } else {
+                        let mut tmp = [0i32; 8];
+                        _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, tv);
+                        for (i, &val) in tmp.iter().enumerate().take(R) {
+                            *p.add(i) = val;
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -818,6 +1007,74 @@ pub struct QuantizedConv2d {
     out_h: usize,
     out_w: usize,
     pad_value: u8,
+    /// The direct kernel, where it applies (stride 1, AVX2).
+    direct: Option<DirectI8>,
+}
+
+/// A stride-1 convolution on the AVX2 product (u8 widened to u16 pairs × i16 weight
+/// pairs, `vpmaddwd`) computed straight from the input padded with its zero point:
+/// no im2col rows. Tiles of up to 8 positions of an output row × 8 or 16 output
+/// channels accumulate in registers; the i32 sums are exact, so they equal the
+/// im2col product's bit for bit.
+#[derive(Clone, Debug)]
+struct DirectI8 {
+    /// Vectors of 8 output channels per block (1 or 2).
+    nv: usize,
+    blocks: usize,
+    /// For each pair step `(c, ki, j)`: the u16 offset of `(c, ki, 2j)` in the padded planes.
+    soff: Vec<usize>,
+    /// Per block, per step, per lane: the weight pair `(w[o, c, ki, 2j], w[o, c, ki, 2j+1])`,
+    /// zero beyond the kernel or the channels.
+    w: Vec<i16>,
+    /// Accumulator start per block lane (the epilogue's `init`), zero-padded.
+    init: Vec<i32>,
+    /// How an output row is cut into tiles: (first column, positions).
+    row_tiles: Vec<(usize, usize)>,
+    hp: usize,
+    wp: usize,
+}
+
+impl DirectI8 {
+    fn new(w: &[i8], oc: usize, ic: usize, k: usize, hp: usize, wp: usize, ow: usize, init: &[i32]) -> DirectI8 {
+        let nv = if oc <= 8 { 1 } else { 2 };
+        let bw = nv * 8;
+        let blocks = oc.div_ceil(bw);
+        let pairs = k.div_ceil(2);
+        let mut soff = Vec::with_capacity(ic * k * pairs);
+        for c in 0..ic {
+            for ki in 0..k {
+                for j in 0..pairs {
+                    soff.push(c * hp * wp + ki * wp + 2 * j);
+                }
+            }
+        }
+        let steps = soff.len();
+        let mut wp16 = vec![0i16; blocks * steps * bw * 2];
+        for o in 0..oc {
+            let (blk, lane) = (o / bw, o % bw);
+            for c in 0..ic {
+                for ki in 0..k {
+                    for kj in 0..k {
+                        let st = (c * k + ki) * pairs + kj / 2;
+                        wp16[((blk * steps + st) * bw + lane) * 2 + kj % 2] = w[((o * ic + c) * k + ki) * k + kj] as i16;
+                    }
+                }
+            }
+        }
+        let mut ini = vec![0i32; blocks * bw];
+        ini[..oc].copy_from_slice(&init[..oc]);
+        let row_tiles = if nv == 1 && ow >= 8 {
+            (0..ow - 8).step_by(8).chain(std::iter::once(ow - 8)).map(|x| (x, 8)).collect()
+        } else {
+            crate::runtime::kernels::direct_tiles(ow, if nv == 1 { 8 } else { 6 }).collect()
+        };
+        DirectI8 { nv, blocks, soff, w: wp16, init: ini, row_tiles, hp, wp }
+    }
+
+    /// u16 values of the padded planes, plus two of slack for the last pair read.
+    fn padded_len(&self, ic: usize) -> usize {
+        ic * self.hp * self.wp + 2
+    }
 }
 
 impl QuantizedConv2d {
@@ -846,6 +1103,9 @@ impl QuantizedConv2d {
         let out_w = (width + 2 * padding - kernel) / stride + 1;
         let weights = PackedMatrix::new(w, out_channels, in_channels * kernel * kernel);
         let epi = Epilogue::new(&weights, w_scales, bias, input, output, relu);
+        let (hp, wp) = (height + 2 * padding, width + 2 * padding);
+        let direct = (stride == 1 && out_channels > 0 && Kernel::Avx2.is_available())
+            .then(|| DirectI8::new(w, out_channels, in_channels, kernel, hp, wp, out_w, &epi.init));
         QuantizedConv2d {
             weights,
             epi,
@@ -858,6 +1118,7 @@ impl QuantizedConv2d {
             out_h,
             out_w,
             pad_value: input.zero_point as u8,
+            direct,
         }
     }
 
@@ -911,20 +1172,78 @@ impl QuantizedConv2d {
     /// output QParams (panics if built with `output: None`).
     pub fn forward_u8(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Vec<i32>) {
         let (zp, lo) = self.epi.output_qp();
-        self.forward_with(x, batch, y, scratch, |o, acc| self.epi.to_u8(zp, lo, o, acc));
+        self.forward_with(x, batch, y, scratch, |o, acc| self.epi.to_u8(zp, lo, o, acc), |o, acc, y| {
+            requant_row(&self.epi.requant[o], zp, lo, acc, y)
+        });
     }
 
     /// `x`: `batch` samples `[C, H, W]` u8 → `y`: `batch` × `[OC, OH, OW]` f32,
     /// `y = input.scale·w_scales[oc]·acc` (bias included, ReLU at 0 if fused).
     pub fn forward_f32(&self, x: &[u8], batch: usize, y: &mut [f32], scratch: &mut Vec<i32>) {
-        self.forward_with(x, batch, y, scratch, |o, acc| self.epi.to_f32(o, acc));
+        self.forward_with(x, batch, y, scratch, |o, acc| self.epi.to_f32(o, acc), |o, acc, y| {
+            y.iter_mut().zip(acc).for_each(|(v, &a)| *v = self.epi.to_f32(o, a))
+        });
     }
 
-    fn forward_with<T>(&self, x: &[u8], batch: usize, y: &mut [T], scratch: &mut Vec<i32>, f: impl Fn(usize, i32) -> T) {
+    /// The direct kernel, unless the scalar product is forced (or packed for).
+    fn direct(&self) -> Option<&DirectI8> {
+        self.direct.as_ref().filter(|_| self.weights.effective_kernel() != Kernel::Scalar)
+    }
+
+    /// Accumulators `[OC, OH·OW]` of one sample by the direct kernel into the tail of
+    /// `scratch` (after the padded input); returns their offset.
+    fn accumulate_direct(&self, d: &DirectI8, x: &[u8], scratch: &mut Vec<i32>) -> usize {
+        let (n, p) = (self.weights.n, self.out_h * self.out_w);
+        let plen = d.padded_len(self.in_channels);
+        let words = plen.div_ceil(2);
+        if scratch.len() < words + n * p {
+            scratch.resize(words + n * p, 0);
+        }
+        let (xw, acc) = scratch.split_at_mut(words);
+        // SAFETY: u16 has a smaller alignment than i32 and the words hold 2·words ≥ plen
+        // u16 values; the view is the only access to them while it lives.
+        let xp: &mut [u16] = unsafe { std::slice::from_raw_parts_mut(xw.as_mut_ptr() as *mut u16, plen) };
+        let (h, w, pad) = (self.height, self.width, self.padding);
+        let zp = self.pad_value as u16;
+        for c in 0..self.in_channels {
+            let plane = &mut xp[c * d.hp * d.wp..(c + 1) * d.hp * d.wp];
+            plane[..pad * d.wp].fill(zp);
+            plane[(pad + h) * d.wp..].fill(zp);
+            for iy in 0..h {
+                let row = &mut plane[(pad + iy) * d.wp..(pad + iy + 1) * d.wp];
+                row[..pad].fill(zp);
+                row[pad + w..].fill(zp);
+                let src = &x[(c * h + iy) * w..(c * h + iy + 1) * w];
+                row[pad..pad + w].iter_mut().zip(src).for_each(|(o, &v)| *o = v as u16);
+            }
+        }
+        xp[plen - 2..].fill(0);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a DirectI8 is built only where AVX2 is available; xp is the padded
+        // sample (plus slack) and acc holds n·p accumulators.
+        unsafe {
+            x86::direct_conv_sample(d, xp, &mut acc[..n * p], n, self.out_h, self.out_w)
+        }
+        words
+    }
+
+    /// Runs the samples; `f` maps channel and accumulator to an output value, `row`
+    /// does the same for a whole channel row (the direct path's epilogue).
+    fn forward_with<T>(&self, x: &[u8], batch: usize, y: &mut [T], scratch: &mut Vec<i32>, f: impl Fn(usize, i32) -> T, row: impl Fn(usize, &[i32], &mut [T])) {
         let (n, p) = (self.weights.n, self.out_h * self.out_w);
         let in_len = self.input_len();
         assert_eq!(x.len(), batch * in_len, "x must be batch*C*H*W");
         assert_eq!(y.len(), batch * n * p, "y must be batch*OC*OH*OW");
+        if let Some(d) = self.direct() {
+            for (xs, ys) in x.chunks_exact(in_len.max(1)).zip(y.chunks_exact_mut((n * p).max(1))) {
+                let off = self.accumulate_direct(d, xs, scratch);
+                let acc = &scratch[off..off + n * p];
+                for (o, (yr, ar)) in ys.chunks_exact_mut(p).zip(acc.chunks_exact(p)).enumerate() {
+                    row(o, ar, yr);
+                }
+            }
+            return;
+        }
         for (xs, ys) in x.chunks_exact(in_len.max(1)).zip(y.chunks_exact_mut((n * p).max(1))) {
             let off = self.accumulate(xs, scratch);
             let c = &scratch[off..off + p * n];
@@ -1224,6 +1543,59 @@ mod tests {
             outs.push(y);
         }
         assert!(outs.windows(2).all(|p| p[0] == p[1]));
+    }
+
+    /// The direct stride-1 conv against the im2col path on the scalar kernel: the
+    /// same accumulators, so bit-identical u8 and f32 outputs.
+    #[test]
+    fn direct_conv_bit_identical_to_scalar_im2col() {
+        if !Kernel::Avx2.is_available() {
+            return;
+        }
+        let mut rng = Rng::new(21);
+        // (ic, oc, h, w, kernel, padding)
+        let cases = [(1, 6, 28, 28, 5, 2), (6, 16, 14, 14, 5, 0), (3, 20, 11, 9, 3, 1), (2, 9, 5, 13, 4, 2), (1, 3, 3, 3, 3, 1), (4, 1, 7, 6, 2, 0), (2, 8, 9, 8, 1, 0)];
+        for &(ic, oc, h, w, kk, pad) in &cases {
+            let d = layer_data(&mut rng, 3 * ic * h * w, oc, ic * kk * kk);
+            let yq = QParams { scale: 0.05, zero_point: 120 };
+            for relu in [false, true] {
+                let direct = QuantizedConv2d::new(&d.w, &d.ws, oc, ic, h, w, kk, 1, pad, Some(&d.bias), d.xq, Some(yq), relu);
+                assert!(direct.direct.is_some());
+                let mut scalar = direct.clone();
+                scalar.weights = PackedMatrix::with_kernel(&d.w, oc, ic * kk * kk, Kernel::Scalar);
+                let len = 3 * oc * direct.out_h * direct.out_w;
+                let (mut a, mut b) = (vec![0u8; len], vec![1u8; len]);
+                direct.forward_u8(&d.x, 3, &mut a, &mut Vec::new());
+                scalar.forward_u8(&d.x, 3, &mut b, &mut Vec::new());
+                assert_eq!(a, b, "u8 ic={ic} oc={oc} {h}x{w} k={kk} p={pad} relu={relu}");
+                let (mut a, mut b) = (vec![0f32; len], vec![1f32; len]);
+                direct.forward_f32(&d.x, 3, &mut a, &mut Vec::new());
+                scalar.forward_f32(&d.x, 3, &mut b, &mut Vec::new());
+                assert_eq!(a, b, "f32 ic={ic} oc={oc} {h}x{w} k={kk} p={pad} relu={relu}");
+            }
+        }
+    }
+
+    #[test]
+    fn vector_requant_equals_scalar_requant() {
+        let mut rng = Rng::new(22);
+        for &m in &[1e-9, 0.000_123, 0.003_921_568_6, 0.25, 0.5, 0.999_999, 1.0, 3.7, 255.9, 5e8] {
+            let rq = Requant::from_real(m);
+            for (zp, lo) in [(0, 0), (120, 120), (255, 0), (7, 7)] {
+                let acc: Vec<i32> = (0..203)
+                    .map(|i| match i {
+                        0 => i32::MAX,
+                        1 => i32::MIN,
+                        2 => 0,
+                        _ => (rng.next_u64() as i32) >> rng.below(31),
+                    })
+                    .collect();
+                let want: Vec<u8> = acc.iter().map(|&a| rq.apply_u8(a, zp, lo)).collect();
+                let mut got = vec![0u8; acc.len()];
+                requant_row(&rq, zp, lo, &acc, &mut got);
+                assert_eq!(got, want, "m={m} zp={zp} lo={lo}");
+            }
+        }
     }
 
     /// Speed of the seed MLP (784→64 ReLU → 64→10), single thread and 2 threads.

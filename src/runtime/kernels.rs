@@ -393,7 +393,7 @@ pub fn samples_to_channels(x: &[f32], n: usize, channels: usize, len: usize, out
 
 /// Max pooling of one sample `x[C,H,W]` into `y[C,OH,OW]` (no padding); when `argmax` is
 /// given it receives the flat input index of each maximum (first one on ties).
-pub fn maxpool<T: Copy + PartialOrd>(x: &[T], g: &Window, y: &mut [T], argmax: Option<&mut [u32]>) {
+pub fn maxpool<T: Copy + PartialOrd + 'static>(x: &[T], g: &Window, y: &mut [T], argmax: Option<&mut [u32]>) {
     let (oh, ow) = (g.out_height(), g.out_width());
     assert!(x.len() >= g.channels * g.height * g.width && y.len() >= g.channels * oh * ow, "maxpool: buffer too short");
     match argmax {
@@ -405,9 +405,121 @@ pub fn maxpool<T: Copy + PartialOrd>(x: &[T], g: &Window, y: &mut [T], argmax: O
                 maxpool_any::<T, true>(x, g, y, a)
             }
         }
-        None if g.kernel == 2 && g.stride == 2 => maxpool_2x2::<T, false>(x, g, y, &mut []),
+        None if g.kernel == 2 && g.stride == 2 => {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                use std::any::TypeId;
+                let n = g.channels * g.height * g.width;
+                let m = g.channels * oh * ow;
+                // SAFETY: T is exactly the type the slices are viewed as (TypeId), the
+                // lengths were asserted above, and AVX2 is available.
+                unsafe {
+                    if TypeId::of::<T>() == TypeId::of::<f32>() {
+                        let (x, y) = (std::slice::from_raw_parts(x.as_ptr() as *const f32, n), std::slice::from_raw_parts_mut(y.as_mut_ptr() as *mut f32, m));
+                        return pool2x2_avx2::f32(x, g, y);
+                    }
+                    if TypeId::of::<T>() == TypeId::of::<u8>() {
+                        let (x, y) = (std::slice::from_raw_parts(x.as_ptr() as *const u8, n), std::slice::from_raw_parts_mut(y.as_mut_ptr() as *mut u8, m));
+                        return pool2x2_avx2::u8(x, g, y);
+                    }
+                }
+            }
+            maxpool_2x2::<T, false>(x, g, y, &mut [])
+        }
         None => maxpool_any::<T, false>(x, g, y, &mut []),
     }
+}
+
+/// 2×2, stride-2 max pooling without argmax on AVX2, 8 (f32) or 16 (u8) outputs at a
+/// time; the same comparisons in the same order as [`maxpool_2x2`], so the same values.
+#[cfg(target_arch = "x86_64")]
+mod pool2x2_avx2 {
+    //! Blocks of outputs may run past the end of an output row: the extra lanes read
+    //! the following input rows and write outputs that the next blocks (in increasing
+    //! order) overwrite with their right values. Only the last block of the whole
+    //! buffer, where that would leave the slices, goes through zero-padded copies.
+    use super::Window;
+    use std::arch::x86_64::*;
+
+    /// `N` values of `src` from `at`, zero-filled past its end.
+    fn padded<T: Copy + Default, const N: usize>(src: &[T], at: usize) -> [T; N] {
+        let mut t = [T::default(); N];
+        for (d, &v) in t.iter_mut().zip(src.get(at..).unwrap_or(&[])) {
+            *d = v;
+        }
+        t
+    }
+
+    /// 8 outputs from 16 values of the two input rows at `p0`, `p1`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn block_f32(p0: *const f32, p1: *const f32, out: *mut f32) {
+        // SAFETY: the caller guarantees 16 readable values at p0 and p1, 8 writable at out.
+        unsafe {
+            let split = |p: *const f32| {
+                let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+                let even = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(_mm256_shuffle_ps::<0x88>(a, b))));
+                let odd = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(_mm256_shuffle_ps::<0xDD>(a, b))));
+                (even, odd)
+            };
+            let (a, b) = split(p0);
+            let (c, d) = split(p1);
+            // max_ps(v, m) is `v > m ? v : m`: the scalar `if v > best`, in the same order.
+            _mm256_storeu_ps(out, _mm256_max_ps(d, _mm256_max_ps(c, _mm256_max_ps(b, a))));
+        }
+    }
+
+    /// 16 outputs from 32 values of the two input rows.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn block_u8(p0: *const u8, p1: *const u8, out: *mut u8) {
+        // SAFETY: the caller guarantees 32 readable bytes at p0 and p1, 16 writable at out.
+        unsafe {
+            let low = _mm256_set1_epi16(0xFF);
+            let a = _mm256_loadu_si256(p0 as *const __m256i);
+            let b = _mm256_loadu_si256(p1 as *const __m256i);
+            // Pairs (even, odd byte) as u16: the max of the four of each output.
+            let m = _mm256_max_epu16(
+                _mm256_max_epu16(_mm256_and_si256(a, low), _mm256_srli_epi16::<8>(a)),
+                _mm256_max_epu16(_mm256_and_si256(b, low), _mm256_srli_epi16::<8>(b)),
+            );
+            let packed = _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi16(m, m));
+            _mm_storeu_si128(out as *mut __m128i, _mm256_castsi256_si128(packed));
+        }
+    }
+
+    macro_rules! pool_impl {
+        ($name:ident, $t:ty, $lanes:expr, $block:ident) => {
+            #[target_feature(enable = "avx2")]
+            pub(super) fn $name(x: &[$t], g: &Window, y: &mut [$t]) {
+                const L: usize = $lanes;
+                let (oh, ow, w) = (g.out_height(), g.out_width(), g.width);
+                assert!(x.len() >= g.channels * g.height * w && y.len() >= g.channels * oh * ow);
+                for c in 0..g.channels {
+                    for oy in 0..oh {
+                        let r0 = (c * g.height + 2 * oy) * w;
+                        let o0 = (c * oh + oy) * ow;
+                        for ox in (0..ow).step_by(L) {
+                            let (i0, i1, o) = (r0 + 2 * ox, r0 + w + 2 * ox, o0 + ox);
+                            if i1 + 2 * L <= x.len() && o + L <= y.len() {
+                                // SAFETY: bounds just checked (i0 < i1).
+                                unsafe { $block(x.as_ptr().add(i0), x.as_ptr().add(i1), y.as_mut_ptr().add(o)) }
+                            } else {
+                                let (a, b) = (padded::<$t, { 2 * L }>(x, i0), padded::<$t, { 2 * L }>(x, i1));
+                                let mut out = [<$t>::default(); L];
+                                // SAFETY: local arrays of the right sizes.
+                                unsafe { $block(a.as_ptr(), b.as_ptr(), out.as_mut_ptr()) }
+                                let n = (ow - ox).min(L);
+                                y[o..o + n].copy_from_slice(&out[..n]);
+                            }
+                        }
+                    }
+                }
+            }
+        };
+    }
+    pool_impl!(f32, f32, 8, block_f32);
+    pool_impl!(u8, u8, 16, block_u8);
 }
 
 /// Any window; `ARG` says whether `argmax` is written.
@@ -527,7 +639,7 @@ pub fn argmax(x: &[f32]) -> usize {
 
 /// Splits `len` into the fewest tiles of at most `max`, as equal as possible:
 /// yields (start, size).
-fn direct_tiles(len: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn direct_tiles(len: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
     let t = len.div_ceil(max).max(1);
     let (base, extra) = (len / t, len % t);
     (0..t).scan(0, move |start, i| {
@@ -741,7 +853,7 @@ pub fn direct_weight_grad(g: &Window, oc: usize, x: &[f32], dy: &[f32], n: usize
 }
 
 #[cfg(target_arch = "x86_64")]
-mod direct {
+pub(crate) mod direct {
     //! The AVX2/FMA tiles. Callers have checked the features; inside, the unsafe
     //! operations are unaligned loads/stores whose bounds the drivers assert.
 
@@ -806,7 +918,7 @@ mod direct {
     /// 8×8 transpose: `out[j]` lane `i` = `r[i]` lane `j`.
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    pub(crate) fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
         let t1 = _mm256_unpackhi_ps(r[0], r[1]);
         let t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -1232,7 +1344,7 @@ mod tests {
     #[test]
     fn maxpool_2x2_fast_path_equals_the_general_window() {
         let mut rng = Rng::new(14);
-        for (h, w) in [(28, 28), (10, 10), (7, 9), (2, 2), (5, 4)] {
+        for (h, w) in [(28, 28), (10, 10), (7, 9), (2, 2), (5, 4), (40, 66), (3, 35)] {
             let g = Window { channels: 3, height: h, width: w, kernel: 2, stride: 2, padding: 0 };
             // Few distinct values, so ties happen and the first-on-ties rule is tested.
             let x: Vec<f32> = (0..3 * h * w).map(|_| rng.below(4) as f32).collect();
@@ -1244,6 +1356,19 @@ mod tests {
             let mut y3 = vec![0.0; len];
             maxpool(&x, &g, &mut y3, None);
             assert_eq!(y3, y1);
+            // NaNs and signed zeros: the vector path keeps the scalar comparison order.
+            let specials = [f32::NAN, 0.0, -0.0, 1.0, -1.0];
+            let x: Vec<f32> = (0..3 * h * w).map(|_| specials[rng.below(5) as usize]).collect();
+            let (mut y4, mut y5) = (vec![0.0f32; len], vec![0.0f32; len]);
+            maxpool(&x, &g, &mut y4, None);
+            maxpool_any::<f32, false>(&x, &g, &mut y5, &mut []);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y4), bits(&y5), "{h}x{w} specials");
+            let xu: Vec<u8> = (0..3 * h * w).map(|_| rng.below(256) as u8).collect();
+            let (mut y6, mut y7) = (vec![0u8; len], vec![0u8; len]);
+            maxpool(&xu, &g, &mut y6, None);
+            maxpool_any::<u8, false>(&xu, &g, &mut y7, &mut []);
+            assert_eq!(y6, y7, "{h}x{w} u8");
         }
     }
 
