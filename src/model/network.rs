@@ -50,6 +50,8 @@ pub struct Workspace {
     /// Conv nodes that run on the direct kernel (weights repacked every forward).
     direct: Vec<Option<DirectConv>>,
     direct_scratch: Vec<f32>,
+    /// During a backward pass: whether a value's gradient has been written yet.
+    written: Vec<bool>,
     /// Whether the loss gradient with respect to each value is needed: values that
     /// depend on no parameter (the input, its normalisation) get none.
     needs_grad: Vec<bool>,
@@ -170,6 +172,7 @@ impl Workspace {
             conv_tmp: vec![0.0; conv_tmp_len],
             direct,
             direct_scratch: Vec::new(),
+            written: vec![false; needs_grad.len()],
             needs_grad,
             argmax,
             param_grad: vec![0.0; model.params.len()],
@@ -277,13 +280,12 @@ impl Workspace {
         }
         let mut loss = 0.0f64;
         let mut correct = 0;
-        for (v, g) in self.grads.iter_mut().enumerate() {
-            if self.needs_grad[v] {
-                g[..n * self.value_len[v]].fill(0.0);
-            }
-        }
+        // Gradients are written, not cleared and accumulated: the first contribution to
+        // a value assigns, later ones add (`written`).
+        self.written.fill(false);
+        self.written[self.logits] = true;
         let logits = &self.acts[self.logits];
-        let dlogits = &mut self.grads[self.logits];
+        let dlogits = &mut self.grads[self.logits][..n * classes];
         let mut q = vec![0.0f32; classes];
         for (s, (&y, row)) in labels[..n].iter().zip(probs.chunks_exact(classes)).enumerate() {
             let y = y as usize;
@@ -319,7 +321,9 @@ impl Workspace {
         let p = &params.data;
         for si in (0..self.steps.len()).rev() {
             let step = &self.steps[si];
-            if (self.fused_softmax && step.out == self.head) || !self.needs_grad[step.out] {
+            // No gradient reached this output (e.g. a head the loss does not read): it
+            // is zero, and so is everything it would contribute.
+            if (self.fused_softmax && step.out == self.head) || !self.needs_grad[step.out] || !self.written[step.out] {
                 continue;
             }
             let ylen = self.value_len[step.out];
@@ -328,6 +332,8 @@ impl Workspace {
             let dy_buf = take(&mut self.grads[step.out]);
             let dy = &dy_buf[..n * ylen];
             let need_dx = self.needs_grad[xid];
+            // Whether this step's contribution to dx is the first (assign) or not (add).
+            let fresh = !self.written[xid];
             match step.op {
                 Op::Linear { in_features, out_features, .. } => {
                     let wr = step.weight.clone().unwrap();
@@ -342,7 +348,7 @@ impl Workspace {
                     }
                     if need_dx {
                         let dx = &mut self.grads[xid][..n * xlen];
-                        sgemm(n, in_features, out_features, MatRef::rows(dy, out_features), MatRef::rows(&p[wr], in_features), dx, in_features, true);
+                        sgemm(n, in_features, out_features, MatRef::rows(dy, out_features), MatRef::rows(&p[wr], in_features), dx, in_features, !fresh);
                     }
                 }
                 Op::Conv2d { out_channels, .. } => {
@@ -359,6 +365,9 @@ impl Workspace {
                         let x = &self.acts[xid][..n * xlen];
                         direct_weight_grad(&g, out_channels, x, dy, n, dw, db, &mut self.direct_scratch)
                     };
+                    if need_dx && fresh {
+                        self.grads[xid][..n * xlen].fill(0.0);
+                    }
                     let mut s0 = 0;
                     while s0 < n && (need_dx || !direct) {
                         let c = chunk.min(n - s0);
@@ -386,6 +395,9 @@ impl Workspace {
                 Op::MaxPool2d { .. } if need_dx => {
                     let am = &self.argmax[si];
                     let dx = &mut self.grads[xid];
+                    if fresh {
+                        dx[..n * xlen].fill(0.0);
+                    }
                     for s in 0..n {
                         let dxs = &mut dx[s * xlen..(s + 1) * xlen];
                         for (o, &src) in am[s * ylen..(s + 1) * ylen].iter().enumerate() {
@@ -397,22 +409,32 @@ impl Workspace {
                     // dx = dy / std (per channel)
                     let per = xlen / std.len();
                     for (i, (d, g)) in self.grads[xid][..n * xlen].iter_mut().zip(dy).enumerate() {
-                        *d += g / std[(i % xlen) / per];
+                        put(fresh, d, g / std[(i % xlen) / per]);
                     }
                 }
                 Op::Flatten if need_dx => {
-                    self.grads[xid][..n * xlen].iter_mut().zip(dy).for_each(|(d, g)| *d += g);
+                    let dx = &mut self.grads[xid][..n * xlen];
+                    if fresh {
+                        dx.copy_from_slice(dy);
+                    } else {
+                        dx.iter_mut().zip(dy).for_each(|(d, g)| *d += g);
+                    }
                 }
                 Op::Relu if need_dx => {
                     let y = &self.acts[step.out][..n * ylen];
-                    for ((d, &g), &yv) in self.grads[xid][..n * xlen].iter_mut().zip(dy).zip(y) {
-                        *d += if yv > 0.0 { g } else { 0.0 };
+                    let dx = &mut self.grads[xid][..n * xlen];
+                    if fresh {
+                        dx.iter_mut().zip(dy).zip(y).for_each(|((d, &g), &yv)| *d = if yv > 0.0 { g } else { 0.0 });
+                    } else {
+                        dx.iter_mut().zip(dy).zip(y).for_each(|((d, &g), &yv)| *d += if yv > 0.0 { g } else { 0.0 });
                     }
                 }
                 Op::Add => {
                     for &v in &step.inputs {
                         if self.needs_grad[v] {
-                            self.grads[v][..n * xlen].iter_mut().zip(dy).for_each(|(d, g)| *d += g);
+                            let fresh = !self.written[v];
+                            self.grads[v][..n * xlen].iter_mut().zip(dy).for_each(|(d, &g)| put(fresh, d, g));
+                            self.written[v] = true;
                         }
                     }
                 }
@@ -423,14 +445,27 @@ impl Workspace {
                     for ((dxr, dyr), yr) in dx.chunks_exact_mut(ylen).zip(dy.chunks_exact(ylen)).zip(y.chunks_exact(ylen)) {
                         let dot: f32 = dyr.iter().zip(yr).map(|(a, b)| a * b).sum();
                         for ((d, g), yv) in dxr.iter_mut().zip(dyr).zip(yr) {
-                            *d += yv * (g - dot);
+                            put(fresh, d, yv * (g - dot));
                         }
                     }
                 }
                 _ => {}
             }
+            if need_dx && !matches!(step.op, Op::Add) {
+                self.written[xid] = true;
+            }
             self.grads[step.out] = dy_buf;
         }
+    }
+}
+
+/// `*d = v` for the first contribution to a gradient, `*d += v` after.
+#[inline(always)]
+fn put(fresh: bool, d: &mut f32, v: f32) {
+    if fresh {
+        *d = v;
+    } else {
+        *d += v;
     }
 }
 

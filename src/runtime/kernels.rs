@@ -822,11 +822,10 @@ pub fn direct_weight_grad(g: &Window, oc: usize, x: &[f32], dy: &[f32], n: usize
             xs
         };
         let dys = &dy[s * yl..(s + 1) * yl];
-        for o in 0..oc {
-            let (blk, lane) = (o / bw, o % bw);
-            for (pos, &v) in dys[o * q..(o + 1) * q].iter().enumerate() {
-                dyt[(blk * q + pos) * bw + lane] = v;
-            }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 was checked above.
+        unsafe {
+            direct::to_lanes(dys, oc, q, bw, dyt)
         }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA were checked above; the buffers have the sizes the
@@ -1069,6 +1068,40 @@ pub(crate) mod direct {
                     let p = acc_out.add((r * NV + v) * LANES);
                     let sum = _mm256_add_ps(a0[r][v], a1[r][v]);
                     _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), sum));
+                }
+            }
+        }
+    }
+
+    /// `dyt[(blk·q + pos)·bw + lane] = dy[(blk·bw + lane)·q + pos]`: a sample's
+    /// `[oc, q]` values as `[blocks][q][bw]`, 8×8 blocks transposed in registers.
+    /// Lanes past `oc` are written as zero.
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn to_lanes(dy: &[f32], oc: usize, q: usize, bw: usize, dyt: &mut [f32]) {
+        let blocks = oc.div_ceil(bw);
+        assert!(dy.len() >= oc * q && dyt.len() >= blocks * q * bw && bw % LANES == 0);
+        for o0 in (0..blocks * bw).step_by(LANES) {
+            let (blk, v) = (o0 / bw, (o0 % bw) / LANES);
+            let valid = oc.saturating_sub(o0).min(LANES);
+            let mut pos0 = 0;
+            while pos0 + LANES <= q {
+                let mut rows = [_mm256_setzero_ps(); 8];
+                for (i, r) in rows.iter_mut().enumerate().take(valid) {
+                    // SAFETY: channel o0 + i < oc, positions pos0..pos0+8 <= q.
+                    *r = unsafe { _mm256_loadu_ps(dy.as_ptr().add((o0 + i) * q + pos0)) };
+                }
+                for (j, t) in transpose8(rows).iter().enumerate() {
+                    // SAFETY: (blk·q + pos0 + j)·bw + v·8 + 8 <= blocks·q·bw.
+                    unsafe { _mm256_storeu_ps(dyt.as_mut_ptr().add((blk * q + pos0 + j) * bw + v * LANES), *t) };
+                }
+                pos0 += LANES;
+            }
+            for pos in pos0..q {
+                for lane in 0..LANES {
+                    dyt[(blk * q + pos) * bw + v * LANES + lane] = if lane < valid { dy[(o0 + lane) * q + pos] } else { 0.0 };
                 }
             }
         }
