@@ -650,15 +650,15 @@ mod x86 {
                 let xr = x.add(off);
                 for (r, a) in acc.iter_mut().enumerate() {
                     let xv = _mm256_set1_epi32((xr.add(r) as *const i32).read_unaligned());
-                    for v in 0..NV {
-                        a[v] = _mm256_add_epi32(a[v], _mm256_madd_epi16(xv, wv[v]));
+                    for (a, w) in a.iter_mut().zip(&wv) {
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, *w));
                     }
                 }
             }
             for v in 0..NV {
                 let mut rows = [_mm256_setzero_ps(); 8];
-                for r in 0..R {
-                    rows[r] = _mm256_castsi256_ps(acc[r][v]);
+                for (row, a) in rows.iter_mut().zip(&acc) {
+                    *row = _mm256_castsi256_ps(a[v]);
                 }
                 let t = crate::runtime::kernels::direct::transpose8(rows);
                 for (lane, tv) in t.iter().enumerate().take(lanes.saturating_sub(v * 8)) {
@@ -1035,6 +1035,7 @@ struct DirectI8 {
 }
 
 impl DirectI8 {
+    #[allow(clippy::too_many_arguments)]
     fn new(w: &[i8], oc: usize, ic: usize, k: usize, hp: usize, wp: usize, ow: usize, init: &[i32]) -> DirectI8 {
         let nv = if oc <= 8 { 1 } else { 2 };
         let bw = nv * 8;

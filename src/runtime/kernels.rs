@@ -432,12 +432,13 @@ pub fn maxpool<T: Copy + PartialOrd + 'static>(x: &[T], g: &Window, y: &mut [T],
 
 /// 2×2, stride-2 max pooling without argmax on AVX2, 8 (f32) or 16 (u8) outputs at a
 /// time; the same comparisons in the same order as [`maxpool_2x2`], so the same values.
+///
+/// Blocks of outputs may run past the end of an output row: the extra lanes read the
+/// following input rows and write outputs that the next blocks (in increasing order)
+/// overwrite with their right values. Only the last block of the whole buffer, where
+/// that would leave the slices, goes through zero-padded copies.
 #[cfg(target_arch = "x86_64")]
 mod pool2x2_avx2 {
-    //! Blocks of outputs may run past the end of an output row: the extra lanes read
-    //! the following input rows and write outputs that the next blocks (in increasing
-    //! order) overwrite with their right values. Only the last block of the whole
-    //! buffer, where that would leave the slices, goes through zero-padded copies.
     use super::Window;
     use std::arch::x86_64::*;
 
@@ -887,15 +888,15 @@ pub(crate) mod direct {
                 let xp = x.add(off);
                 for (r, a) in acc.iter_mut().enumerate() {
                     let xv = _mm256_broadcast_ss(&*xp.add(r));
-                    for v in 0..NV {
-                        a[v] = _mm256_fmadd_ps(xv, wv[v], a[v]);
+                    for (a, w) in a.iter_mut().zip(&wv) {
+                        *a = _mm256_fmadd_ps(xv, *w, *a);
                     }
                 }
             }
             for v in 0..NV {
                 let mut rows = [_mm256_setzero_ps(); 8];
-                for r in 0..R {
-                    rows[r] = acc[r][v];
+                for (row, a) in rows.iter_mut().zip(&acc) {
+                    *row = a[v];
                 }
                 let t = transpose8(rows);
                 for (lane, tv) in t.iter().enumerate().take(lanes.saturating_sub(v * LANES)) {
@@ -1082,7 +1083,7 @@ pub(crate) mod direct {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn to_lanes(dy: &[f32], oc: usize, q: usize, bw: usize, dyt: &mut [f32]) {
         let blocks = oc.div_ceil(bw);
-        assert!(dy.len() >= oc * q && dyt.len() >= blocks * q * bw && bw % LANES == 0);
+        assert!(dy.len() >= oc * q && dyt.len() >= blocks * q * bw && bw.is_multiple_of(LANES));
         for o0 in (0..blocks * bw).step_by(LANES) {
             let (blk, v) = (o0 / bw, (o0 % bw) / LANES);
             let valid = oc.saturating_sub(o0).min(LANES);
