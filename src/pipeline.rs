@@ -41,6 +41,8 @@ pub enum PipelineError {
     UnknownZoo(String),
     #[error("shape mismatch: the model takes inputs of shape {model:?} with {classes} outputs, the data set has samples of shape {data:?} and {data_classes} classes")]
     ShapeMismatch { model: Vec<usize>, classes: usize, data: Vec<usize>, data_classes: usize },
+    #[error("distill: the teacher has {teacher} outputs, the student {student}")]
+    TeacherMismatch { teacher: usize, student: usize },
     #[error("recipe: a pass follows 'quantize'; quantize must be the last pass for now")]
     QuantizeNotLast,
     #[error("cannot write '{path}': {source}")]
@@ -201,6 +203,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
     let stage = measure_stage(&baseline_path, "baseline", baseline_wall, fp32_bytes, &splits, baseline_extra)?;
     on_event(Event::Measured(stage.clone()));
     let baseline_val = stage.validation_accuracy;
+    let baseline_model = model.clone();
     report.stages.push(stage);
 
     for (i, pass) in recipe.passes.iter().enumerate() {
@@ -305,6 +308,34 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 (quantize::store_f32(&model), false)
             }
             Pass::Code {} => (quantize::store_f32(&model), true),
+            Pass::Distill { teacher, temperature, alpha, epochs, fine_tune_epochs, lr } => {
+                let teacher_plan = match teacher {
+                    Some(path) => store::read(path)?.plan()?,
+                    None => store::model_plan(&baseline_model)?,
+                };
+                check_shapes(&teacher_plan, &model.graph.input_shape, &splits.train)?;
+                let student_classes = store::model_plan(&model)?.output_len();
+                if teacher_plan.output_len() != student_classes {
+                    return Err(PipelineError::TeacherMismatch { teacher: teacher_plan.output_len(), student: student_classes });
+                }
+                let probs = exec::teacher_outputs(&teacher_plan, &splits.train.images, *temperature)?;
+                let soft = train::Teacher { probs, alpha: *alpha, temperature: *temperature };
+                let cfg = TrainConfig {
+                    epochs: *epochs,
+                    lr: lr.unwrap_or(recipe.train.lr * 0.5),
+                    seed: recipe.seed.wrapping_add(1000 * (i as u64 + 1)),
+                    ..train_cfg.clone()
+                };
+                train::train_with(&mut model, &splits.train.images, &splits.train.labels, Some(&soft), &cfg, &mut |e| on_event(Event::Train(e)));
+                if *fine_tune_epochs > 0 {
+                    let ft = TrainConfig { epochs: *fine_tune_epochs, seed: cfg.seed + 1, ..cfg.clone() };
+                    train::train(&mut model, &splits.train.images, &splits.train.labels, &ft, &mut |e| on_event(Event::Train(e)));
+                }
+                extra.insert("teacher".into(), teacher.as_ref().map_or("baseline".to_string(), |p| p.display().to_string()).into());
+                extra.insert("temperature".into(), (*temperature as f64).into());
+                extra.insert("alpha".into(), (*alpha as f64).into());
+                (quantize::store_f32(&model), false)
+            }
             Pass::Trim { ratio, score, layers, per_layer, fine_tune_epochs, lr, calibration } => {
                 let cfg = trim::TrimConfig { ratio: *ratio, score: *score, layers: layers.clone(), per_layer: per_layer.clone() };
                 let n = (*calibration).min(splits.train.len());

@@ -184,6 +184,25 @@ pub enum Pass {
         #[serde(default = "default_calibration")]
         calibration: usize,
     },
+    /// Knowledge distillation as recovery: the current (compressed) model learns from
+    /// the teacher's softened outputs (`α·T²·KL + (1−α)·CE`) with every constraint held,
+    /// then fine-tunes on the true labels. The teacher is the recipe's baseline unless a
+    /// file is named.
+    Distill {
+        /// A teacher model file (relative to the recipe); default: the baseline.
+        teacher: Option<PathBuf>,
+        #[serde(default = "default_temperature")]
+        temperature: f32,
+        #[serde(default = "default_alpha")]
+        alpha: f32,
+        #[serde(default = "default_fine_tune")]
+        epochs: usize,
+        /// Epochs on the true labels afterwards.
+        #[serde(default)]
+        fine_tune_epochs: usize,
+        /// Learning rate (default: half the training rate).
+        lr: Option<f32>,
+    },
     /// Entropy coding: the same model written with Huffman-coded indices and positions
     /// (earlier stages are written with fixed-width codes, as the paper's stages).
     Code {},
@@ -207,6 +226,14 @@ fn default_calibration() -> usize {
     1000
 }
 
+fn default_temperature() -> f32 {
+    4.0
+}
+
+fn default_alpha() -> f32 {
+    0.9
+}
+
 fn default_steps() -> usize {
     1
 }
@@ -228,6 +255,7 @@ impl Pass {
             Pass::Quantize { mode: Mode::Weights, .. } => "int8-weights".into(),
             Pass::Share { .. } => "shared".into(),
             Pass::Trim { .. } => "trimmed".into(),
+            Pass::Distill { .. } => "distilled".into(),
             Pass::Code {} => "coded".into(),
         }
     }
@@ -257,6 +285,13 @@ impl Recipe {
             }
             _ => {}
         }
+        for p in r.passes.iter_mut() {
+            if let Pass::Distill { teacher: Some(t), .. } = p
+                && t.is_relative()
+            {
+                *t = path.parent().unwrap_or(Path::new(".")).join(&*t);
+            }
+        }
         if r.data.dataset != "fashion-mnist" {
             return Err(invalid(format!("data.dataset: expected \"fashion-mnist\", got \"{}\"", r.data.dataset)));
         }
@@ -284,6 +319,9 @@ impl Recipe {
                             return Err(invalid(format!("pass trim: {what}: expected a fraction in [0, 1), got {s}")));
                         }
                     }
+                }
+                Pass::Distill { temperature, alpha, .. } if !(*temperature > 0.0 && (0.0..=1.0).contains(alpha)) => {
+                    return Err(invalid(format!("pass distill: temperature must be positive and alpha in [0, 1], got {temperature} and {alpha}")));
                 }
                 Pass::Share { linear_bits, conv_bits, per_layer, .. } => {
                     for b in [linear_bits, conv_bits].into_iter().chain(per_layer.values()) {

@@ -98,6 +98,25 @@ fn soft_pruning_reports_a_hard_control_at_the_same_sparsity() {
 }
 
 #[test]
+fn distillation_recovers_a_pruned_model_with_masks_held() {
+    let d = Dir::new();
+    let data = data_dir(&d);
+    let passes = "[[pass]]\ntype = \"prune\"\nsparsity = 0.7\nfine_tune_epochs = 0\n[[pass]]\ntype = \"distill\"\nepochs = 1\nfine_tune_epochs = 1\n";
+    let r = recipe(&d, &data, "mlp", passes, 0.2);
+    let out = d.path("out");
+    let o = squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let stage = &report["stages"][2];
+    assert_eq!(stage["name"], "distilled");
+    assert_eq!(stage["extra"]["teacher"], "baseline");
+    assert_eq!(stage["nonzero_params"], report["stages"][1]["nonzero_params"], "the pruning mask held");
+    // A recipe with a bad temperature is refused before anything runs.
+    let bad = recipe(&d, &data, "mlp", "[[pass]]\ntype = \"distill\"\ntemperature = 0.0\n", 0.2);
+    assert_error(&squeeze(&["run", "--recipe", bad.to_str().unwrap(), "--out-dir", d.path("bad").to_str().unwrap()]), "temperature");
+}
+
+#[test]
 fn gate_failure_stops_with_exit_1_and_names_the_stage() {
     let d = Dir::new();
     let data = data_dir(&d);
