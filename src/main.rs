@@ -259,7 +259,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let graph = zoo::build(&model).with_context(|| format!("unknown zoo model '{model}' (known: {})", zoo_names()))?;
             let splits = data.load()?;
             let mut m = Model::init(graph, seed)?;
-            let cfg = TrainConfig { epochs, batch_size, lr, seed, workers: 2, l1: 0.0 };
+            let cfg = TrainConfig { epochs, batch_size, lr, seed, workers: 2, l1: 0.0, group_lasso: None };
             let mut bar = TrainBar::default();
             train::train(&mut m, &splits.train.images, &splits.train.labels, &cfg, &mut |e| bar.on(e));
             let bytes = store::write_safetensors(&out, &m)?;
@@ -292,7 +292,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ScopeArg::Global => prune::Scope::Global,
             };
             let summary = prune::magnitude(&mut m, sparsity, scope, &layers)?;
-            let cfg = TrainConfig { epochs: fine_tune_epochs, batch_size: 128, lr, seed, workers: 2, l1: 0.0 };
+            let cfg = TrainConfig { epochs: fine_tune_epochs, batch_size: 128, lr, seed, workers: 2, l1: 0.0, group_lasso: None };
             let mut bar = TrainBar::default();
             train::train(&mut m, &splits.train.images, &splits.train.labels, &cfg, &mut |e| bar.on(e));
             let bytes = write_model(&out, &m)?;
@@ -317,7 +317,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let n = calibration.min(splits.train.len());
             let cfg = trim::TrimConfig { ratio, score, layers, per_layer: Default::default() };
             let (mut t, summary) = trim::trim(&m, &cfg, &splits.train.images[..n * splits.train.sample_len()])?;
-            let tcfg = TrainConfig { epochs: fine_tune_epochs, batch_size: 128, lr, seed, workers: 2, l1: 0.0 };
+            let tcfg = TrainConfig { epochs: fine_tune_epochs, batch_size: 128, lr, seed, workers: 2, l1: 0.0, group_lasso: None };
             let mut bar = TrainBar::default();
             train::train(&mut t, &splits.train.images, &splits.train.labels, &tcfg, &mut |e| bar.on(e));
             let bytes = write_model(&out, &t)?;
@@ -641,8 +641,8 @@ fn distill(teacher_path: &Path, student: &str, a: &DistillArgs, out: &Path, data
     let mut bar = TrainBar::default();
     let mut rows = Vec::new();
     for seed in 1..=a.seeds {
-        let cfg = |epochs| TrainConfig { epochs, batch_size: 128, lr: a.lr, seed, workers: 2, l1: 0.0 };
-        let fine = TrainConfig { epochs: a.fine_tune_epochs, batch_size: 128, lr: a.fine_tune_lr, seed: seed + 1000, workers: 2, l1: 0.0 };
+        let cfg = |epochs| TrainConfig { epochs, batch_size: 128, lr: a.lr, seed, workers: 2, l1: 0.0, group_lasso: None };
+        let fine = TrainConfig { epochs: a.fine_tune_epochs, batch_size: 128, lr: a.fine_tune_lr, seed: seed + 1000, workers: 2, l1: 0.0, group_lasso: None };
         // The control: the same epochs and learning-rate schedule, on the true labels only.
         let mut alone = make_student(seed)?;
         train::train(&mut alone, &splits.train.images, &splits.train.labels, &cfg(a.epochs), &mut |e| bar.on(e));

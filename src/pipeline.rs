@@ -168,6 +168,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         seed: recipe.seed,
         workers: 2,
         l1: 0.0,
+        group_lasso: None,
     };
     let mut baseline_extra = serde_json::Map::new();
     let mut model = match (&recipe.model.zoo, &recipe.model.file) {
@@ -336,10 +337,22 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 extra.insert("alpha".into(), (*alpha as f64).into());
                 (quantize::store_f32(&model), false)
             }
-            Pass::Trim { ratio, score, layers, per_layer, fine_tune_epochs, lr, calibration } => {
+            Pass::Trim { ratio, score, layers, per_layer, fine_tune_epochs, lr, calibration, group_lasso, group_lasso_epochs } => {
                 let cfg = trim::TrimConfig { ratio: *ratio, score: *score, layers: layers.clone(), per_layer: per_layer.clone() };
                 let n = (*calibration).min(splits.train.len());
                 let calib = &splits.train.images[..n * splits.train.sample_len()];
+                if *group_lasso > 0.0 {
+                    let params = trim::scores(&model, &cfg, calib)?.into_keys().map(|l| format!("{l}.weight")).collect();
+                    let gl = train::GroupLasso { strength: *group_lasso, params };
+                    let soft = TrainConfig {
+                        epochs: *group_lasso_epochs,
+                        group_lasso: Some(gl),
+                        seed: recipe.seed.wrapping_add(555),
+                        ..train_cfg.clone()
+                    };
+                    train::train(&mut model, &splits.train.images, &splits.train.labels, &soft, &mut |e| on_event(Event::Train(e)));
+                    extra.insert("group_lasso".into(), serde_json::json!({ "strength": group_lasso, "epochs": group_lasso_epochs }));
+                }
                 let (trimmed, summary) = trim::trim(&model, &cfg, calib)?;
                 model = trimmed;
                 let tcfg = TrainConfig {

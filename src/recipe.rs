@@ -183,6 +183,13 @@ pub enum Pass {
         /// Training images used by data-driven scores.
         #[serde(default = "default_calibration")]
         calibration: usize,
+        /// Soft trimming: first train `group_lasso_epochs` with a group-lasso penalty of
+        /// this strength on the rows (neurons/filters) of the layers to trim, so that
+        /// whole units shrink towards zero before they are removed. 0 = off.
+        #[serde(default)]
+        group_lasso: f32,
+        #[serde(default = "default_fine_tune")]
+        group_lasso_epochs: usize,
     },
     /// Knowledge distillation as recovery: the current (compressed) model learns from
     /// the teacher's softened outputs (`α·T²·KL + (1−α)·CE`) with every constraint held,

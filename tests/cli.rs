@@ -117,6 +117,22 @@ fn distillation_recovers_a_pruned_model_with_masks_held() {
 }
 
 #[test]
+fn soft_trimming_shrinks_groups_then_removes_them() {
+    let d = Dir::new();
+    let data = data_dir(&d);
+    let passes = "[[pass]]\ntype = \"trim\"\nratio = 0.5\ngroup_lasso = 0.01\ngroup_lasso_epochs = 1\nfine_tune_epochs = 1\n";
+    let r = recipe(&d, &data, "mlp", passes, 0.2);
+    let out = d.path("out");
+    let o = squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let stage = &report["stages"][1];
+    assert_eq!(stage["name"], "trimmed");
+    assert_eq!(stage["params"], 25_450);
+    assert_eq!(stage["extra"]["group_lasso"]["epochs"], 1);
+}
+
+#[test]
 fn gate_failure_stops_with_exit_1_and_names_the_stage() {
     let d = Dir::new();
     let data = data_dir(&d);

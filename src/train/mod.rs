@@ -19,11 +19,21 @@ pub struct TrainConfig {
     /// Strength λ of an L1 penalty `λ·Σ|w|` on every weight tensor (not biases): the
     /// sparsity-inducing loss of soft pruning. 0 = off.
     pub l1: f32,
+    /// Group lasso `λ·Σ_rows ‖w_row‖₂` on the named weight tensors: drives whole neurons
+    /// (rows; filters for Conv2d) to zero, the soft form of trimming.
+    pub group_lasso: Option<GroupLasso>,
+}
+
+/// A group-lasso penalty: strength and the weight tensors whose rows are the groups.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupLasso {
+    pub strength: f32,
+    pub params: Vec<String>,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 10, batch_size: 128, lr: 1e-3, seed: 1234, workers: 2, l1: 0.0 }
+        TrainConfig { epochs: 10, batch_size: 128, lr: 1e-3, seed: 1234, workers: 2, l1: 0.0, group_lasso: None }
     }
 }
 
@@ -140,6 +150,13 @@ pub fn train_with(
     let mut rng = Rng::new(cfg.seed);
     let mut order: Vec<u32> = (0..n as u32).collect();
     let mut grad = vec![0.0f32; model.params.len()];
+    let group_rows: Vec<(std::ops::Range<usize>, usize)> = cfg
+        .group_lasso
+        .iter()
+        .flat_map(|gl| gl.params.iter())
+        .filter_map(|name| model.params.index(name))
+        .map(|i| (model.params.range(i), model.params.specs[i].shape[1..].iter().product::<usize>().max(1)))
+        .collect();
     let weight_ranges: Vec<std::ops::Range<usize>> = (0..model.params.specs.len())
         .filter(|&i| model.params.specs[i].kind == crate::spec::ParamKind::Weight)
         .map(|i| model.params.range(i))
@@ -195,6 +212,20 @@ pub fn train_with(
                     for (g, w) in grad[r.clone()].iter_mut().zip(&model.params.data[r.clone()]) {
                         if *w != 0.0 {
                             *g += cfg.l1 * w.signum();
+                        }
+                    }
+                }
+            }
+            if let Some(gl) = &cfg.group_lasso {
+                // d/dw λ‖w_g‖₂ = λ·w_g / ‖w_g‖₂ for each row g (0 for a zero row).
+                for (range, row) in &group_rows {
+                    for r in range.clone().step_by(*row) {
+                        let w = &model.params.data[r..r + row];
+                        let norm = w.iter().map(|v| v * v).sum::<f32>().sqrt();
+                        if norm > 0.0 {
+                            for (g, v) in grad[r..r + row].iter_mut().zip(w) {
+                                *g += gl.strength * v / norm;
+                            }
                         }
                     }
                 }
@@ -322,7 +353,7 @@ mod tests {
     #[test]
     fn learns_a_separable_problem_and_is_deterministic() {
         let (x, y) = toy(600, 1);
-        let cfg = TrainConfig { epochs: 5, batch_size: 32, lr: 1e-2, seed: 9, workers: 2, l1: 0.0 };
+        let cfg = TrainConfig { epochs: 5, batch_size: 32, lr: 1e-2, seed: 9, workers: 2, l1: 0.0, group_lasso: None };
         let mut a = toy_model(4);
         let stats = train(&mut a, &x, &y, &cfg, &mut |_| {});
         assert!(stats.last().unwrap().train_accuracy > 0.95, "{stats:?}");
@@ -335,7 +366,7 @@ mod tests {
     #[test]
     fn l1_penalty_shrinks_weights() {
         let (x, y) = toy(300, 5);
-        let cfg = TrainConfig { epochs: 3, batch_size: 32, lr: 1e-2, seed: 3, workers: 2, l1: 0.0 };
+        let cfg = TrainConfig { epochs: 3, batch_size: 32, lr: 1e-2, seed: 3, workers: 2, l1: 0.0, group_lasso: None };
         let mut plain = toy_model(8);
         train(&mut plain, &x, &y, &cfg, &mut |_| {});
         let mut sparse = toy_model(8);
@@ -345,12 +376,27 @@ mod tests {
     }
 
     #[test]
+    fn group_lasso_drives_whole_rows_towards_zero() {
+        let (x, y) = toy(300, 6);
+        let cfg = TrainConfig { epochs: 4, batch_size: 32, lr: 1e-2, seed: 4, workers: 2, l1: 0.0, group_lasso: None };
+        let mut plain = toy_model(9);
+        train(&mut plain, &x, &y, &cfg, &mut |_| {});
+        let mut soft = toy_model(9);
+        let gl = GroupLasso { strength: 0.05, params: vec!["fc1.weight".into()] };
+        train(&mut soft, &x, &y, &TrainConfig { group_lasso: Some(gl), ..cfg }, &mut |_| {});
+        let small_rows = |m: &Model| m.params.get("fc1.weight").unwrap().chunks(8).filter(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt() < 0.05).count();
+        assert!(small_rows(&soft) > small_rows(&plain) + 3, "{} vs {}", small_rows(&soft), small_rows(&plain));
+        // fc2 was not in the group: untouched by the penalty.
+        assert!(soft.params.get("fc2.weight").unwrap().iter().any(|v| v.abs() > 0.1));
+    }
+
+    #[test]
     fn masked_weights_stay_exactly_zero() {
         let (x, y) = toy(300, 2);
         let mut m = toy_model(5);
         let mask: Vec<bool> = (0..16 * 8).map(|i| i % 2 == 0).collect();
         m.set_mask("fc1.weight", mask.clone()).unwrap();
-        let cfg = TrainConfig { epochs: 2, batch_size: 16, lr: 1e-2, seed: 1, workers: 2, l1: 0.0 };
+        let cfg = TrainConfig { epochs: 2, batch_size: 16, lr: 1e-2, seed: 1, workers: 2, l1: 0.0, group_lasso: None };
         train(&mut m, &x, &y, &cfg, &mut |_| {});
         let w = m.params.get("fc1.weight").unwrap();
         for (v, keep) in w.iter().zip(&mask) {
@@ -370,7 +416,7 @@ mod tests {
         let cfg_share = crate::compress::share::ShareConfig { linear_bits: 2, conv_bits: 2, per_layer: Default::default(), layers: vec![] };
         crate::compress::share::share(&mut m, &cfg_share).unwrap();
         let before = m.constraints.codebooks["fc1.weight"].centroids.clone();
-        let cfg = TrainConfig { epochs: 2, batch_size: 16, lr: 1e-2, seed: 1, workers: 2, l1: 0.0 };
+        let cfg = TrainConfig { epochs: 2, batch_size: 16, lr: 1e-2, seed: 1, workers: 2, l1: 0.0, group_lasso: None };
         train(&mut m, &x, &y, &cfg, &mut |_| {});
         let cb = &m.constraints.codebooks["fc1.weight"];
         assert_ne!(cb.centroids, before, "centroids were trained");
@@ -384,7 +430,7 @@ mod tests {
     #[test]
     fn one_worker_and_two_workers_agree_closely() {
         let (x, y) = toy(200, 3);
-        let cfg1 = TrainConfig { epochs: 1, batch_size: 20, lr: 1e-2, seed: 1, workers: 1, l1: 0.0 };
+        let cfg1 = TrainConfig { epochs: 1, batch_size: 20, lr: 1e-2, seed: 1, workers: 1, l1: 0.0, group_lasso: None };
         let cfg2 = TrainConfig { workers: 2, ..cfg1.clone() };
         let mut a = toy_model(6);
         let mut b = toy_model(6);
