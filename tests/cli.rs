@@ -176,6 +176,13 @@ fn verbs_train_prune_quantize_inspect_chain() {
     let o = squeeze(&["distill", "--teacher", m.to_str().unwrap(), "--student", "mlp", "--epochs", "1", "--fine-tune-epochs", "1", "--seeds", "1", "--out", d.path("s.safetensors").to_str().unwrap(), "--data", ds, "--validation", "300"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("mean over 1 seeds") && d.path("s.safetensors").exists(), "{}", o.stdout);
+    let sh = d.path("shared.sqz");
+    let o = squeeze(&["share", "--epochs", "1", "--out", sh.to_str().unwrap(), "--data", ds, "--validation", "300"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("coarse") && o.stdout.contains("footwear") && o.stdout.contains("% of separate"), "{}", o.stdout);
+    let heads = squeeze::store::read(&sh).unwrap().plan().unwrap().run_all(&vec![0.5; 784], 1, &mut Default::default()).unwrap();
+    assert_eq!(heads.iter().map(|h| h.len()).collect::<Vec<_>>(), [10, 4, 2], "one file, three task heads");
+    assert_error(&squeeze(&["share", "--out", d.path("shared.txt").to_str().unwrap(), "--data", ds]), "must end in .sqz");
     let i = squeeze(&["inspect", q.to_str().unwrap()]);
     assert_eq!(i.code, 0, "{}", i.stderr);
     assert!(i.stdout.contains("fc1.weight") && i.stdout.contains("sparse-int8"), "{}", i.stdout);
