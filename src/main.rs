@@ -20,6 +20,21 @@ use squeeze::runtime::exec;
 use squeeze::store::{self, ModelFile};
 use squeeze::train::{self, TrainConfig, TrainEvent};
 
+/// `println!` that ends the process quietly when stdout is closed (`squeeze inspect m |
+/// head`), instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("squeeze: cannot write to stdout: {e}");
+            std::process::exit(2);
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(name = "squeeze", version, about = "Make trained neural networks smaller and faster, and prove they still work.")]
 #[command(after_help = "Main job:  squeeze run --recipe recipes/seed.toml --out-dir out/seed\n\
@@ -281,7 +296,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             train::train(&mut m, &splits.train.images, &splits.train.labels, &cfg, &mut |e| bar.on(e));
             let bytes = store::write_safetensors(&out, &m)?;
             let acc = exec::evaluate(&store::model_plan(&m)?, &splits.test.images, &splits.test.labels, 2)?;
-            println!("wrote {} ({} bytes); test accuracy {:.2}%", out.display(), bytes, acc * 100.0);
+            out!("wrote {} ({} bytes); test accuracy {:.2}%", out.display(), bytes, acc * 100.0);
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { model, data } => {
@@ -290,7 +305,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let splits = data.load()?;
             pipeline::check_shapes(&plan, &file.graph().input_shape, &splits.test)?;
             let acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
-            println!(
+            out!(
                 "{}: test accuracy {:.2}% ({} images), kernel {}",
                 model.display(),
                 acc * 100.0,
@@ -314,10 +329,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             train::train(&mut m, &splits.train.images, &splits.train.labels, &cfg, &mut |e| bar.on(e));
             let bytes = write_model(&out, &m)?;
             for (name, total, kept) in &summary.layers {
-                println!("{name}: kept {kept} of {total} ({:.1}%)", *kept as f64 * 100.0 / *total as f64);
+                out!("{name}: kept {kept} of {total} ({:.1}%)", *kept as f64 * 100.0 / *total as f64);
             }
             let acc = exec::evaluate(&store::read(&out)?.plan()?, &splits.test.images, &splits.test.labels, 2)?;
-            println!("wrote {} ({} bytes); test accuracy {:.2}%", out.display(), bytes, acc * 100.0);
+            out!("wrote {} ({} bytes); test accuracy {:.2}%", out.display(), bytes, acc * 100.0);
             Ok(ExitCode::SUCCESS)
         }
         Command::Trim { model, ratio, score, layers, fine_tune_epochs, lr, seed, calibration, out, data } => {
@@ -339,10 +354,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             train::train(&mut t, &splits.train.images, &splits.train.labels, &tcfg, &mut |e| bar.on(e));
             let bytes = write_model(&out, &t)?;
             for (name, before, after) in &summary.layers {
-                println!("{name}: {before} → {after} units");
+                out!("{name}: {before} → {after} units");
             }
             let acc = exec::evaluate(&store::read(&out)?.plan()?, &splits.test.images, &splits.test.labels, 2)?;
-            println!(
+            out!(
                 "wrote {} ({} bytes, {} → {} parameters); test accuracy {:.2}%",
                 out.display(),
                 bytes,
@@ -366,7 +381,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let bytes = store::write_sqz(&out, &stored)?;
             let plan = store::read(&out)?.plan()?;
             let acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
-            println!(
+            out!(
                 "wrote {} ({} bytes); test accuracy {:.2}%, kernel {}",
                 out.display(),
                 bytes,
@@ -428,7 +443,7 @@ fn cmd_run(recipe_path: &Path, out_dir: PathBuf, data: DataArgs) -> Result<ExitC
     let report = pipeline::run(&recipe, &opts, &mut |e| match e {
         Event::Stage(name) => eprintln!("== {name}"),
         Event::Train(t) => bar.on(t),
-        Event::Measured(s) => println!(
+        Event::Measured(s) => out!(
             "{:<14} test acc {:>6.2}%  val acc {:>6.2}%  {:>9} bytes  {:>6.2}×  {:>7.2} µs/img (b1)  {:>10.0} img/s (b256)  {}",
             s.name,
             s.accuracy * 100.0,
@@ -442,7 +457,7 @@ fn cmd_run(recipe_path: &Path, out_dir: PathBuf, data: DataArgs) -> Result<ExitC
     })?;
     let first = &report.stages[0];
     let last = report.stages.last().unwrap_or(first);
-    println!(
+    out!(
         "gate passed: final '{}' {:.2}% vs baseline {:.2}% (test), {} bytes, {:.1}× smaller than fp32; report: {}",
         last.name,
         last.accuracy * 100.0,
@@ -506,12 +521,12 @@ fn inspect(path: &Path) -> Result<()> {
         ModelFile::Sqz(_) => ".sqz container",
     };
     let params = graph.num_params();
-    println!("{}: {kind}, {bytes} bytes, {params} parameters ({:.2}× vs fp32 {} bytes)", path.display(), 4.0 * params as f64 / bytes as f64, 4 * params);
-    println!("\narchitecture: input {:?}, outputs {:?}", graph.input_shape, graph.outputs);
-    println!("  {:<10} {:<10} {:<14} {:<16} {:>9}", "node", "op", "reads", "output shape", "params");
+    out!("{}: {kind}, {bytes} bytes, {params} parameters ({:.2}× vs fp32 {} bytes)", path.display(), 4.0 * params as f64 / bytes as f64, 4 * params);
+    out!("\narchitecture: input {:?}, outputs {:?}", graph.input_shape, graph.outputs);
+    out!("  {:<10} {:<10} {:<14} {:<16} {:>9}", "node", "op", "reads", "output shape", "params");
     for node in &graph.nodes {
         let p: usize = graph.parameters().iter().filter(|s| s.node == node.name).map(|s| s.numel()).sum();
-        println!(
+        out!(
             "  {:<10} {:<10} {:<14} {:<16} {:>9}",
             node.name,
             node.op.kind(),
@@ -520,12 +535,12 @@ fn inspect(path: &Path) -> Result<()> {
             if p > 0 { p.to_string() } else { String::new() }
         );
     }
-    println!("\ntensors:");
-    println!("  {:<14} {:<16} {:>9} {:>9} {:>8}  encoding", "name", "shape", "stored", "bytes", "bits/el");
+    out!("\ntensors:");
+    out!("  {:<14} {:<16} {:>9} {:>9} {:>8}  encoding", "name", "shape", "stored", "bytes", "bits/el");
     match &file {
         ModelFile::Dense(d) => {
             for (name, shape, v) in &d.tensors {
-                println!("  {:<14} {:<16} {:>9} {:>9} {:>8.2}  f32 dense", name, format!("{shape:?}"), v.len(), v.len() * 4, 32.0);
+                out!("  {:<14} {:<16} {:>9} {:>9} {:>8.2}  f32 dense", name, format!("{shape:?}"), v.len(), v.len() * 4, 32.0);
             }
         }
         ModelFile::Sqz(s) => {
@@ -533,12 +548,12 @@ fn inspect(path: &Path) -> Result<()> {
             let sections = sqz::summarize(&raw, &Limits::default())?;
             for sec in &sections {
                 let Some(name) = &sec.tensor else {
-                    println!("  {:<14} {:<16} {:>9} {:>9} {:>8}  {}", format!("[{}]", sec.kind.trim()), "", "", sec.total_bytes, "", sec.encoding);
+                    out!("  {:<14} {:<16} {:>9} {:>9} {:>8}  {}", format!("[{}]", sec.kind.trim()), "", "", sec.total_bytes, "", sec.encoding);
                     continue;
                 };
                 let t = s.tensors.iter().find(|t| &t.name == name);
                 let (shape, stored, numel) = t.map_or((String::new(), 0, 1), |t| (format!("{:?}", t.shape), t.values.len(), t.numel()));
-                println!(
+                out!(
                     "  {:<14} {:<16} {:>9} {:>9} {:>8.2}  {}",
                     name,
                     shape,
@@ -550,12 +565,12 @@ fn inspect(path: &Path) -> Result<()> {
             }
             layer_table(s, &sections, bytes);
             if !s.quant.integer_nodes.is_empty() {
-                println!("\ninteger layers: {}", s.quant.integer_nodes.iter().cloned().collect::<Vec<_>>().join(", "));
+                out!("\ninteger layers: {}", s.quant.integer_nodes.iter().cloned().collect::<Vec<_>>().join(", "));
                 for (v, qp) in &s.quant.activations {
-                    println!("  activation {v:<12} scale {:.6} zero point {}", qp.scale, qp.zero_point);
+                    out!("  activation {v:<12} scale {:.6} zero point {}", qp.scale, qp.zero_point);
                 }
             }
-            println!("\nkernel: {}", store::sqz_plan(s)?.kernel_description());
+            out!("\nkernel: {}", store::sqz_plan(s)?.kernel_description());
         }
     }
     Ok(())
@@ -566,8 +581,8 @@ fn inspect(path: &Path) -> Result<()> {
 /// the layer's bytes (weight and bias sections, framing included), its share of the
 /// file and its ratio against fp32.
 fn layer_table(s: &sqz::SqzModel, sections: &[sqz::SectionSummary], file_bytes: u64) {
-    println!("\nper layer (weight bits and index bits are per kept weight):");
-    println!(
+    out!("\nper layer (weight bits and index bits are per kept weight):");
+    out!(
         "  {:<10} {:>9} {:>8} {:>12} {:>11} {:>9} {:>8} {:>8}",
         "layer", "params", "kept %", "weight bits", "index bits", "bytes", "share", "ratio"
     );
@@ -580,7 +595,7 @@ fn layer_table(s: &sqz::SqzModel, sections: &[sqz::SectionSummary], file_bytes: 
         let params = w.numel() + s.tensors.iter().find(|t| t.name == format!("{}.bias", node.name)).map_or(0, |b| b.numel());
         let kept = w.values.len().max(1);
         let bytes = ws.total_bytes + bias.map_or(0, |b| b.total_bytes);
-        println!(
+        out!(
             "  {:<10} {:>9} {:>7.1}% {:>12.2} {:>11.2} {:>9} {:>7.1}% {:>7.1}×",
             node.name,
             params,
@@ -600,7 +615,7 @@ fn layer_table(s: &sqz::SqzModel, sections: &[sqz::SectionSummary], file_bytes: 
         .filter(|t| t.name.ends_with(".weight"))
         .map(|t| t.values.len())
         .sum();
-    println!(
+    out!(
         "  {:<10} {:>9} {:>7.1}% {:>12} {:>11} {:>9} {:>7.1}% {:>7.1}×",
         "total",
         params,
@@ -653,7 +668,7 @@ fn distill(teacher_path: &Path, student: &str, a: &DistillArgs, out: &Path, data
     let teacher = exec::teacher_outputs(&plan, &splits.train.images, a.temperature)?;
     let teacher_acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
     let teacher_labels: Vec<u8> = teacher.chunks_exact(classes).map(|r| squeeze::runtime::kernels::argmax(r) as u8).collect();
-    println!("teacher {}: test accuracy {:.2}%", teacher_path.display(), teacher_acc * 100.0);
+    out!("teacher {}: test accuracy {:.2}%", teacher_path.display(), teacher_acc * 100.0);
     let soft = train::Teacher { probs: teacher, alpha: a.alpha, temperature: a.temperature };
     let total = a.epochs + a.fine_tune_epochs;
     let mut bar = TrainBar::default();
@@ -674,7 +689,7 @@ fn distill(teacher_path: &Path, student: &str, a: &DistillArgs, out: &Path, data
         train::train(&mut distilled, &splits.train.images, &splits.train.labels, &fine, &mut |e| bar.on(e));
         let acc_alone = exec::evaluate(&store::model_plan(&alone)?, &splits.test.images, &splits.test.labels, 2)?;
         let acc_dist = exec::evaluate(&store::model_plan(&distilled)?, &splits.test.images, &splits.test.labels, 2)?;
-        println!(
+        out!(
             "seed {seed}: student alone {:.2}%, distilled {:.2}% ({:+.2} points; {} epochs each)",
             acc_alone * 100.0,
             acc_dist * 100.0,
@@ -691,7 +706,7 @@ fn distill(teacher_path: &Path, student: &str, a: &DistillArgs, out: &Path, data
         let m = mean(f);
         (rows.iter().map(|r| (f(r) - m).powi(2)).sum::<f64>() / (rows.len().max(2) - 1) as f64).sqrt()
     };
-    println!(
+    out!(
         "mean over {} seeds: alone {:.2}% ± {:.2}, distilled {:.2}% ± {:.2}, gain {:+.2} ± {:.2} points ({} distillation, T = {}, alpha = {}); wrote {}",
         rows.len(),
         mean(&|r| r.0) * 100.0,
@@ -808,12 +823,12 @@ fn share_tasks(zoo_name: &str, epochs: usize, seed: u64, out: &Path, data: &Data
         }
     }
     let separate_bytes: usize = separate.iter().map(|s| s.2).sum();
-    println!("{:<10} {:>12} {:>12} {:>8}", "task", "separate", "shared", "Δ pts");
+    out!("{:<10} {:>12} {:>12} {:>8}", "task", "separate", "shared", "Δ pts");
     for (t, (task, _)) in TASKS.iter().enumerate() {
         let acc = correct[t] as f64 / n as f64;
-        println!("{:<10} {:>11.2}% {:>11.2}% {:>+8.2}", task, separate[t].1 * 100.0, acc * 100.0, (acc - separate[t].1) * 100.0);
+        out!("{:<10} {:>11.2}% {:>11.2}% {:>+8.2}", task, separate[t].1 * 100.0, acc * 100.0, (acc - separate[t].1) * 100.0);
     }
-    println!(
+    out!(
         "bytes: three separate models {separate_bytes}, one shared file {bytes} ({:.1}% of separate); wrote {}",
         bytes as f64 * 100.0 / separate_bytes as f64,
         out.display()
@@ -849,15 +864,15 @@ fn bench(model: &str, train_samples: usize, json: bool, data: &DataArgs) -> Resu
                 "encoding": n, "kernel": k, "latency_us_b1": l, "latency_us_b1_spread": sp, "throughput_b256": t.round()
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        out!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("model {model}, {}", squeeze::report::measure::machine_description());
-    println!("training: {:.0} samples/s (1 epoch of {n} images, batch 128, 2 workers)", train_sps);
-    println!("{:<6} {:<28} {:>14} {:>16} {:>10} {:>10}", "enc", "kernel", "b1 µs (±)", "b256 img/s", "b1 ×f32", "b256 ×f32");
+    out!("model {model}, {}", squeeze::report::measure::machine_description());
+    out!("training: {:.0} samples/s (1 epoch of {n} images, batch 128, 2 workers)", train_sps);
+    out!("{:<6} {:<28} {:>14} {:>16} {:>10} {:>10}", "enc", "kernel", "b1 µs (±)", "b256 img/s", "b1 ×f32", "b256 ×f32");
     let (base_lat, base_thr) = (rows[0].2, rows[0].4);
     for (name, kernel, lat, spread, thr) in &rows {
-        println!(
+        out!(
             "{:<6} {:<28} {:>8.2} ±{:<5.2} {:>16.0} {:>9.2}× {:>9.2}×",
             name,
             kernel,

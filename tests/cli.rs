@@ -279,3 +279,23 @@ fn shipped_recipes_parse() {
     }
     assert!(n >= 3);
 }
+
+#[test]
+fn closed_stdout_ends_quietly_without_a_panic() {
+    // `squeeze inspect m | head -1`: the reader goes away before squeeze writes.
+    let d = Dir::new();
+    let m = d.path("m.safetensors");
+    let graph = squeeze::model::zoo::build("lenet5").unwrap();
+    squeeze::store::write_safetensors(&m, &squeeze::model::Model::init(graph, 1).unwrap()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_squeeze"))
+        .args(["inspect", m.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+}
