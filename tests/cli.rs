@@ -1,6 +1,6 @@
 //! The command line end to end on a tiny data set, and its answers to bad input.
 
-use crate::util::{assert_error, recipe, squeeze, tiny_dataset, Dir};
+use crate::util::{assert_error, recipe, run_recipe, squeeze, tiny_dataset, Dir};
 
 const PRUNE_QUANT: &str = "[[pass]]\ntype = \"prune\"\nsparsity = 0.5\nfine_tune_epochs = 1\n[[pass]]\ntype = \"quantize\"\nmode = \"full\"\ncalibration = 200\n";
 
@@ -17,9 +17,8 @@ fn run_trains_prunes_quantizes_and_reports_what_eval_reproduces() {
     let data = data_dir(&d);
     let r = recipe(&d, &data, "mlp", PRUNE_QUANT, 0.05);
     let out = d.path("out");
-    let o = squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    let (o, report) = run_recipe(&r, &out);
     assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["result"], "passed");
     assert_eq!(report["schema_version"], 1);
     let stages = report["stages"].as_array().unwrap();
@@ -56,9 +55,8 @@ fn deep_compression_recipe_codes_smaller_and_eval_reproduces_it() {
     let passes = "[[pass]]\ntype = \"prune\"\nsparsity = 0.8\nschedule = \"cubic\"\nsteps = 2\nfine_tune_epochs = 1\n[pass.per_layer]\nfc2 = 0.5\n[[pass]]\ntype = \"share\"\nlinear_bits = 4\nfine_tune_epochs = 1\nhalf_precision = true\n[[pass]]\ntype = \"code\"\n";
     let r = recipe(&d, &data, "mlp", passes, 0.05);
     let out = d.path("out");
-    let o = squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    let (o, report) = run_recipe(&r, &out);
     assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let stages = report["stages"].as_array().unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["baseline", "pruned-80", "shared", "coded"]);
@@ -86,9 +84,8 @@ fn soft_pruning_reports_a_hard_control_at_the_same_sparsity() {
     let passes = "[[pass]]\ntype = \"prune\"\nsparsity = 0.6\nl1 = 0.001\nl1_epochs = 1\nfine_tune_epochs = 1\n";
     let r = recipe(&d, &data, "mlp", passes, 0.2);
     let out = d.path("out");
-    let o = squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    let (o, report) = run_recipe(&r, &out);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let stage = &report["stages"][1];
     assert_eq!(stage["name"], "pruned-60");
     let control = &stage["extra"]["hard_control"];
@@ -104,9 +101,8 @@ fn distillation_recovers_a_pruned_model_with_masks_held() {
     let passes = "[[pass]]\ntype = \"prune\"\nsparsity = 0.7\nfine_tune_epochs = 0\n[[pass]]\ntype = \"distill\"\nepochs = 1\nfine_tune_epochs = 1\n";
     let r = recipe(&d, &data, "mlp", passes, 0.2);
     let out = d.path("out");
-    let o = squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    let (o, report) = run_recipe(&r, &out);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let stage = &report["stages"][2];
     assert_eq!(stage["name"], "distilled");
     assert_eq!(stage["extra"]["teacher"], "baseline");
@@ -123,9 +119,8 @@ fn soft_trimming_shrinks_groups_then_removes_them() {
     let passes = "[[pass]]\ntype = \"trim\"\nratio = 0.5\ngroup_lasso = 0.01\ngroup_lasso_epochs = 1\nfine_tune_epochs = 1\n";
     let r = recipe(&d, &data, "mlp", passes, 0.2);
     let out = d.path("out");
-    let o = squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    let (o, report) = run_recipe(&r, &out);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let stage = &report["stages"][1];
     assert_eq!(stage["name"], "trimmed");
     assert_eq!(stage["params"], 25_450);
@@ -139,10 +134,9 @@ fn gate_failure_stops_with_exit_1_and_names_the_stage() {
     let passes = "[[pass]]\ntype = \"prune\"\nsparsity = 0.995\nfine_tune_epochs = 0\n[[pass]]\ntype = \"quantize\"\n";
     let r = recipe(&d, &data, "mlp", passes, 0.0);
     let out = d.path("out");
-    let o = squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    let (o, report) = run_recipe(&r, &out);
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(o.stderr.contains("gate failed at stage 'pruned-100'") || o.stderr.contains("gate failed at stage 'pruned-99'"), "{}", o.stderr);
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["result"], "failed");
     assert!(report["reason"].as_str().unwrap().contains("points"));
     assert_eq!(report["stages"].as_array().unwrap().len(), 2, "the run stopped at the failing stage");

@@ -89,3 +89,11 @@ pub fn recipe(dir: &Dir, data: &Path, zoo: &str, passes: &str, max_drop: f64) ->
         ),
     )
 }
+
+/// Runs `squeeze run --recipe recipe --out-dir out`; returns what it printed and the
+/// parsed `report.json` (`Null` when no report was written).
+pub fn run_recipe(recipe: &Path, out: &Path) -> (Output, serde_json::Value) {
+    let o = squeeze(&["run", "--recipe", recipe.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    let report = std::fs::read_to_string(out.join("report.json")).map_or(serde_json::Value::Null, |t| serde_json::from_str(&t).unwrap());
+    (o, report)
+}
