@@ -535,9 +535,9 @@ mod tests {
         total / labels.len() as f64
     }
 
-    #[test]
-    fn distillation_gradients_match_finite_differences() {
-        let g = crate::spec::Graph::chain(
+    /// 6 → 5 (ReLU) → 3 with a softmax head: small enough for finite differences.
+    fn tiny_mlp() -> crate::spec::Graph {
+        crate::spec::Graph::chain(
             vec![6],
             vec![
                 ("fc1", Op::Linear { in_features: 6, out_features: 5, bias: true }),
@@ -545,7 +545,12 @@ mod tests {
                 ("fc2", Op::Linear { in_features: 5, out_features: 3, bias: true }),
                 ("softmax", Op::Softmax),
             ],
-        );
+        )
+    }
+
+    #[test]
+    fn distillation_gradients_match_finite_differences() {
+        let g = tiny_mlp();
         check_gradients_with(&Model::init(g, 11).unwrap(), 12, 4, Some(&[0.7, 0.2, 0.1, 0.1, 0.1, 0.8, 0.3, 0.3, 0.4, 0.05, 0.9, 0.05]));
     }
 
@@ -585,15 +590,7 @@ mod tests {
 
     #[test]
     fn mlp_gradients_match_finite_differences() {
-        let g = crate::spec::Graph::chain(
-            vec![6],
-            vec![
-                ("fc1", Op::Linear { in_features: 6, out_features: 5, bias: true }),
-                ("relu", Op::Relu),
-                ("fc2", Op::Linear { in_features: 5, out_features: 3, bias: true }),
-                ("softmax", Op::Softmax),
-            ],
-        );
+        let g = tiny_mlp();
         check_gradients(&Model::init(g, 1).unwrap(), 2, 4);
     }
 
