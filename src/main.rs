@@ -194,13 +194,8 @@ enum Command {
     /// bottoms, footwear, bags; footwear or not) as one file with a shared trunk and a
     /// head per task, against three separately trained models.
     Share {
-        /// Zoo architecture of each task model (its last Linear becomes the task head).
-        #[arg(long, default_value = "mlp")]
-        model: String,
-        #[arg(long, default_value_t = 10)]
-        epochs: usize,
-        #[arg(long, default_value_t = 1234)]
-        seed: u64,
+        #[command(flatten)]
+        share: ShareArgs,
         /// The shared multi-head model (.sqz).
         #[arg(long)]
         out: PathBuf,
@@ -246,6 +241,34 @@ impl DataArgs {
         let dir = data::locate(self.data.as_deref())?;
         Ok(data::load_fashion_mnist(&dir, self.validation, self.train_limit, self.test_limit)?)
     }
+}
+
+#[derive(Args, Clone)]
+struct ShareArgs {
+    /// Zoo architecture of the task models (its last Linear becomes the task head):
+    /// one name for all tasks, or one per task, comma-separated (they must share a trunk).
+    #[arg(long = "model", value_delimiter = ',', default_value = "mlp")]
+    models: Vec<String>,
+    /// hard: the 10-class model's trunk with a head per task; soft: models trained with
+    /// a pull between their trunks, merged, heads fine-tuned.
+    #[arg(long, value_enum, default_value = "hard")]
+    form: FormArg,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Soft form: λ of the penalty λ·Σ‖θ_a − θ_b‖² between trunks.
+    #[arg(long, default_value_t = 0.01)]
+    penalty: f32,
+    /// Soft form: epochs of each head on the merged trunk.
+    #[arg(long, default_value_t = 2)]
+    head_epochs: usize,
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum FormArg {
+    Hard,
+    Soft,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -396,7 +419,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts = DistillArgs { epochs, fine_tune_epochs, temperature, alpha, hard, lr, fine_tune_lr, seeds };
             distill(&teacher, &student, &opts, &out, &data)
         }
-        Command::Share { model, epochs, seed, out, data } => share_tasks(&model, epochs, seed, &out, &data),
+        Command::Share { share, out, data } => share_tasks(&share, &out, &data),
         Command::Inspect { model } => {
             inspect(&model)?;
             Ok(ExitCode::SUCCESS)
@@ -723,114 +746,52 @@ fn distill(teacher_path: &Path, student: &str, a: &DistillArgs, out: &Path, data
     Ok(ExitCode::SUCCESS)
 }
 
-/// The three tasks: name and the label map from the 10 Fashion-MNIST classes
-/// (T-shirt, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot).
-const TASKS: [(&str, [u8; 10]); 3] = [
-    ("classes", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
-    // tops (incl. dress and coat) 0, bottoms 1, footwear 2, bags 3
-    ("coarse", [0, 1, 0, 0, 0, 2, 0, 2, 3, 2]),
-    ("footwear", [0, 0, 0, 0, 0, 1, 0, 1, 0, 1]),
-];
-
-fn share_tasks(zoo_name: &str, epochs: usize, seed: u64, out: &Path, data: &DataArgs) -> Result<ExitCode> {
-    use squeeze::spec::{Node, Op};
+fn share_tasks(a: &ShareArgs, out: &Path, data: &DataArgs) -> Result<ExitCode> {
+    use squeeze::compress::multitask::{self, MultitaskConfig, SoftConfig};
     if out.extension().and_then(|e| e.to_str()) != Some("sqz") {
         bail!("output '{}' must end in .sqz", out.display());
     }
-    let base = zoo::build(zoo_name).with_context(|| format!("unknown zoo model '{zoo_name}' (known: {})", zoo_names()))?;
-    let head_idx = base.nodes.iter().rposition(|n| matches!(n.op, Op::Linear { .. })).context("the model has no Linear layer to use as a task head")?;
-    let (head_name, feat_value, feat_dim) = match &base.nodes[head_idx] {
-        Node { name, inputs, op: Op::Linear { in_features, .. } } => (name.clone(), inputs[0].clone(), *in_features),
-        _ => unreachable!(),
-    };
+    let tasks = multitask::fashion_mnist_tasks();
+    if a.models.len() != 1 && a.models.len() != tasks.len() {
+        bail!("--model takes one zoo name for every task or one per task ({}), got {}", tasks.len(), a.models.len());
+    }
+    let mut graphs = Vec::new();
+    for t in 0..tasks.len() {
+        let name = &a.models[t.min(a.models.len() - 1)];
+        let g = zoo::build(name).with_context(|| format!("unknown zoo model '{name}' (known: {})", zoo_names()))?;
+        let head = multitask::find_head(&g)?;
+        graphs.push(multitask::task_graph(&g, &head, tasks[t].classes()));
+    }
+    multitask::check_trunks(&tasks, &graphs)?;
     let splits = data.load()?;
-    let relabel = |labels: &[u8], map: &[u8; 10]| -> Vec<u8> { labels.iter().map(|&l| map[l as usize]).collect() };
-    let classes_of = |map: &[u8; 10]| map.iter().copied().max().unwrap_or(0) as usize + 1;
+    multitask::check_tasks(&tasks, splits.train.num_classes)?;
+    let cfg = MultitaskConfig { train: TrainConfig { epochs: a.epochs, batch_size: 128, lr: 1e-3, seed: a.seed, workers: 2, l1: 0.0, group_lasso: None } };
     let mut bar = TrainBar::default();
-    let cfg = |epochs, seed| TrainConfig { epochs, batch_size: 128, lr: 1e-3, seed, workers: 2, l1: 0.0, group_lasso: None };
-
-    // Separate models: the same architecture with a head sized for each task.
-    let mut separate = Vec::new();
-    for (t, (task, map)) in TASKS.iter().enumerate() {
-        let mut g = base.clone();
-        if let Op::Linear { out_features, .. } = &mut g.nodes[head_idx].op {
-            *out_features = classes_of(map);
-        }
-        let mut m = Model::init(g, seed + t as u64)?;
-        train::train(&mut m, &splits.train.images, &relabel(&splits.train.labels, map), &cfg(epochs, seed + t as u64), &mut |e| bar.on(e));
-        let bytes = sqz::encode(&quantize::store_f32(&m))?.len();
-        let acc = exec::evaluate(&store::model_plan(&m)?, &splits.test.images, &relabel(&splits.test.labels, map), 2)?;
-        eprintln!("separate {task}: {:.2}%, {bytes} bytes", acc * 100.0);
-        separate.push((m, acc, bytes));
+    let separate = multitask::train_separate(&tasks, &graphs, &splits.train, &cfg, &mut |e| bar.on(e))?;
+    let mut separate_acc = Vec::new();
+    let mut separate_bytes = 0;
+    for (t, m) in separate.iter().enumerate() {
+        separate_bytes += sqz::encode(&quantize::store_f32(m))?.len();
+        separate_acc.push(multitask::task_accuracies(&store::model_plan(m)?, &tasks[t..=t], &splits.test)?[0]);
     }
-
-    // Shared: the 10-class model's trunk, and a head per other task trained on its features.
-    let trunk = &separate[0].0;
-    let plan = store::model_plan(trunk)?;
-    let features = |images: &[f32]| -> Result<Vec<f32>> {
-        let per = plan.input_len();
-        let n = images.len() / per;
-        let mut f = vec![0.0f32; n * feat_dim];
-        let mut ws = exec::Workspace::default();
-        for start in (0..n).step_by(256) {
-            let end = (start + 256).min(n);
-            plan.run_observe(&images[start * per..end * per], end - start, &mut ws, &mut |name, d| {
-                if name == feat_value {
-                    f[start * feat_dim..end * feat_dim].copy_from_slice(&d[..(end - start) * feat_dim]);
-                }
-            })?;
+    let shared = match a.form {
+        FormArg::Hard => multitask::share_hard(&tasks, &separate, &splits.train, &cfg, &mut |e| bar.on(e))?,
+        FormArg::Soft => {
+            let soft = SoftConfig { strength: a.penalty, epochs: a.epochs, head_epochs: a.head_epochs, head_lr: 1e-4 };
+            multitask::share_soft(&tasks, &graphs, &splits.train, &cfg, &soft, &mut |e| bar.on(e))?.0
         }
-        Ok(f)
     };
-    let train_features = features(&splits.train.images)?;
-    let mut graph = trunk.graph.clone();
-    let mut tensors: std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> =
-        trunk.params.iter().map(|(s, d)| (s.name.clone(), (s.shape.clone(), d.to_vec()))).collect();
-    for (t, (task, map)) in TASKS.iter().enumerate().skip(1) {
-        let k = classes_of(map);
-        let head = squeeze::spec::Graph::chain(vec![feat_dim], vec![("head", Op::Linear { in_features: feat_dim, out_features: k, bias: true }), ("softmax", Op::Softmax)]);
-        let mut hm = Model::init(head, seed + 100 + t as u64)?;
-        train::train(&mut hm, &train_features, &relabel(&splits.train.labels, map), &cfg(epochs, seed + 100 + t as u64), &mut |e| bar.on(e));
-        let node = format!("{head_name}_{task}");
-        graph.nodes.push(Node { name: node.clone(), inputs: vec![feat_value.clone()], op: Op::Linear { in_features: feat_dim, out_features: k, bias: true } });
-        graph.nodes.push(Node { name: format!("softmax_{task}"), inputs: vec![node.clone()], op: Op::Softmax });
-        graph.outputs.push(format!("softmax_{task}"));
-        for (suffix, v) in [("weight", hm.params.get("head.weight")), ("bias", hm.params.get("head.bias"))] {
-            let v = v.context("head parameters")?.to_vec();
-            let shape = if suffix == "weight" { vec![k, feat_dim] } else { vec![k] };
-            tensors.insert(format!("{node}.{suffix}"), (shape, v));
-        }
-    }
-    let shared = Model::from_tensors(graph, tensors)?;
     let bytes = store::write_sqz(out, &quantize::store_f32(&shared))?;
-
     // Every head runs from the one file.
-    let file_plan = store::read(out)?.plan()?;
-    let per = file_plan.input_len();
-    let n = splits.test.len();
-    let mut correct = [0usize; 3];
-    let mut ws = exec::Workspace::default();
-    for start in (0..n).step_by(256) {
-        let end = (start + 256).min(n);
-        let outs = file_plan.run_all(&splits.test.images[start * per..end * per], end - start, &mut ws)?;
-        for (t, (_, map)) in TASKS.iter().enumerate() {
-            let k = classes_of(map);
-            for (row, &y) in outs[t].chunks_exact(k).zip(&splits.test.labels[start..end]) {
-                if squeeze::runtime::kernels::argmax(row) == map[y as usize] as usize {
-                    correct[t] += 1;
-                }
-            }
-        }
-    }
-    let separate_bytes: usize = separate.iter().map(|s| s.2).sum();
+    let acc = multitask::task_accuracies(&store::read(out)?.plan()?, &tasks, &splits.test)?;
     out!("{:<10} {:>12} {:>12} {:>8}", "task", "separate", "shared", "Δ pts");
-    for (t, (task, _)) in TASKS.iter().enumerate() {
-        let acc = correct[t] as f64 / n as f64;
-        out!("{:<10} {:>11.2}% {:>11.2}% {:>+8.2}", task, separate[t].1 * 100.0, acc * 100.0, (acc - separate[t].1) * 100.0);
+    for (t, task) in tasks.iter().enumerate() {
+        out!("{:<10} {:>11.2}% {:>11.2}% {:>+8.2}", task.name, separate_acc[t] * 100.0, acc[t] * 100.0, (acc[t] - separate_acc[t]) * 100.0);
     }
     out!(
-        "bytes: three separate models {separate_bytes}, one shared file {bytes} ({:.1}% of separate); wrote {}",
+        "bytes: three separate models {separate_bytes}, one shared file {bytes} ({:.1}% of separate, {} form); wrote {}",
         bytes as f64 * 100.0 / separate_bytes as f64,
+        if matches!(a.form, FormArg::Hard) { "hard" } else { "soft" },
         out.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::format::safetensors::{self as st, DenseFile, SafetensorsError};
 use crate::format::sqz::{self, FormatError, Limits, SqzModel, Values};
 use crate::format::{is_sqz, write_atomic};
-use crate::model::{Codebook, Model, ModelError};
+use crate::model::{Codebook, HashKey, Model, ModelError};
 use crate::runtime::exec::{Plan, RuntimeError, Weights};
 use crate::spec::{Graph, QuantPlan};
 
@@ -81,7 +81,15 @@ impl ModelFile {
                                 Some(p) => p.iter().zip(indices).for_each(|(&i, &a)| assignment[i as usize] = a),
                                 None => assignment.copy_from_slice(indices),
                             }
-                            Some((t.name.clone(), Codebook { centroids: centroids.clone(), assignment }))
+                            Some((t.name.clone(), Codebook { centroids: centroids.clone(), assignment, ..Default::default() }))
+                        }
+                        Values::Hashed { buckets, seed, signed, len } => {
+                            let k = buckets.len() as u32;
+                            let assignment = (0..*len as u64).map(|i| crate::codec::hash::bucket(*seed, i, k) as u16).collect();
+                            let negated = if *signed { (0..*len as u64).map(|i| crate::codec::hash::negated(*seed, i)).collect() } else { Vec::new() };
+                            let hash = Some(HashKey { seed: *seed, signed: *signed });
+                            // More than 2^16 buckets cannot be a trainable codebook: the tensor stays plain.
+                            (buckets.len() <= 1 << 16).then(|| (t.name.clone(), Codebook { centroids: buckets.clone(), assignment, negated, hash }))
                         }
                         _ => None,
                     })
@@ -121,6 +129,9 @@ pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
         if matches!(t.values, Values::Codebook { .. }) {
             expanded.push("codebook");
         }
+        if matches!(t.values, Values::Hashed { .. }) {
+            expanded.push("hashed");
+        }
         let weights = match (&t.values, &t.positions) {
             (Values::I8 { q, scales }, None) => Weights::I8 { q: q.clone(), scales: scales.clone() },
             (Values::I8 { q, scales }, Some(pos)) => {
@@ -128,7 +139,7 @@ pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
                 pos.iter().zip(q).for_each(|(&i, &v)| dense[i as usize] = v);
                 Weights::I8 { q: dense, scales: scales.clone() }
             }
-            (Values::F32(_) | Values::Codebook { .. }, _) => Weights::F32(t.to_dense_f32()),
+            (Values::F32(_) | Values::Codebook { .. } | Values::Hashed { .. }, _) => Weights::F32(t.to_dense_f32()),
         };
         w.insert(t.name.clone(), weights);
     }

@@ -26,9 +26,10 @@
 //!
 //! Besides positions, this module packs fixed-width indices ([`pack_indices`]),
 //! and holds the Huffman coder ([`huffman`]) and an IEEE binary16 converter
-//! ([`f16`](mod@f16)).
+//! ([`f16`](mod@f16)), and the fixed hash of hashed weight sharing ([`hash`]).
 
 pub mod f16;
+pub mod hash;
 pub mod huffman;
 
 /// Largest element count a position list can address (positions are `u32`).

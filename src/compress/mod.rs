@@ -3,6 +3,8 @@
 //!
 //! [`Model`]: crate::model::Model
 
+pub mod hashed;
+pub mod multitask;
 pub mod prune;
 pub mod quantize;
 pub mod share;

@@ -58,8 +58,15 @@ pub fn store_f32(model: &Model) -> SqzModel {
         .params
         .iter()
         .map(|(spec, data)| {
+            let masked = model.constraints.masks.contains_key(&spec.name);
             let values = match model.constraints.codebooks.get(&spec.name) {
-                Some(cb) => Values::Codebook { indices: cb.assignment.clone(), centroids: cb.centroids.clone() },
+                // A hashed layer stores only its buckets and hash seed; pruned, it falls
+                // back to the values (stored sparse), since a hash cannot skip elements.
+                Some(cb) => match cb.hash {
+                    Some(h) if !masked => Values::Hashed { buckets: cb.centroids.clone(), seed: h.seed, signed: h.signed, len: data.len() },
+                    Some(_) => Values::F32(data.to_vec()),
+                    None => Values::Codebook { indices: cb.assignment.clone(), centroids: cb.centroids.clone() },
+                },
                 None => Values::F32(data.to_vec()),
             };
             stored(spec.name.clone(), spec.shape.clone(), model.constraints.masks.get(&spec.name), values)
@@ -78,6 +85,8 @@ fn stored(name: String, shape: Vec<usize>, mask: Option<&Vec<bool>>, values: Val
         Values::F32(v) => Values::F32(positions.iter().map(|&i| v[i as usize]).collect()),
         Values::I8 { q, scales } => Values::I8 { q: positions.iter().map(|&i| q[i as usize]).collect(), scales },
         Values::Codebook { indices, centroids } => Values::Codebook { indices: positions.iter().map(|&i| indices[i as usize]).collect(), centroids },
+        // store_f32 never pairs hashed values with a mask.
+        hashed @ Values::Hashed { .. } => return StoredTensor { name, shape, values: hashed, positions: None },
     };
     StoredTensor { name, shape, values, positions: Some(positions) }
 }

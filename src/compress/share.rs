@@ -123,7 +123,7 @@ pub fn share(model: &mut Model, cfg: &ShareConfig) -> Result<ShareSummary, Share
             w[i] = centroids[a as usize];
         }
         summary.layers.push((spec.name.clone(), kept.len(), centroids.len()));
-        model.constraints.codebooks.insert(spec.name.clone(), Codebook { centroids, assignment });
+        model.constraints.codebooks.insert(spec.name.clone(), Codebook { centroids, assignment, ..Default::default() });
     }
     Ok(summary)
 }

@@ -45,7 +45,15 @@
 //!     codebook:  u32 k (≤ 65536), u8 tag, centroids
 //!                                               tag 0 = f32 × k, 1 = f16 × k
 //!                positions, u8 tag, indices     tag 0 = packed, 2 = Huffman
+//!     hashed:    u64 seed, u8 flags (bit 0 = signs hashed; other bits 0),
+//!                u32 k (1 ≤ k ≤ max(numel, 1)), u8 tag, buckets
+//!                                               tag 0 = f32 × k, 1 = f16 × k
 //!   ```
+//!
+//!   Value type 3 = hashed (HashedNets): element `i` (flat row-major index) is
+//!   `buckets[bucket(seed, i, k)]`, negated when signs are hashed and
+//!   `negated(seed, i)` ([`crate::codec::hash`]). No per-element index is stored:
+//!   position coding must be 0 (dense), count = numel, body coding 2.
 //!
 //!   Component tags: 0 = plain, 1 = f16 (IEEE binary16 bits as u16, see
 //!   [`crate::codec::f16`]), 2 = Huffman (a [`crate::codec::huffman`] stream: code
@@ -56,8 +64,10 @@
 //! - `END ` (critical): empty.
 //!
 //! Value type 2, position coding 3 and body coding 2 are additions within version
-//! 1.0: files without them are byte-identical to before and still decode; a reader
-//! that predates them reports such a tensor as corrupt ("unknown value type").
+//! 1.0, value type 3 (hashed) one within 1.1: files without them are byte-identical
+//! to before and still decode; a reader that predates them reports such a tensor as
+//! corrupt ("unknown value type"). Writers put minor version 1 in the header only
+//! when a hashed tensor is present, so every other file stays 1.0.
 //!
 //! # Encoder choices
 //!
@@ -93,7 +103,8 @@ use crate::spec::{Graph, QuantPlan};
 
 /// The four magic bytes that open every `.sqz` file.
 pub const MAGIC: [u8; 4] = [0x89, b'S', b'Q', b'Z'];
-/// The (major, minor) version this build writes.
+/// The (major, minor) version this build writes (minor 1 only for files with hashed
+/// tensors, see the module docs).
 pub const VERSION: (u16, u16) = (1, 0);
 
 const HEADER_LEN: usize = 8;
@@ -113,6 +124,11 @@ const BODY_RAW: u8 = 0;
 const BODY_DEFLATE: u8 = 1;
 const BODY_TAGGED: u8 = 2;
 const VT_CODEBOOK: u8 = 2;
+const VT_HASHED: u8 = 3;
+/// Flag bit of a hashed tensor: signs are hashed too.
+const HASH_SIGNED: u8 = 1;
+/// The minor version that introduced hashed tensors.
+const MINOR_HASHED: u16 = 1;
 const POS_HUFF_GAPS: u8 = 3;
 /// Component tags of a tagged body.
 const C_PLAIN: u8 = 0;
@@ -169,6 +185,18 @@ pub enum Values {
         /// The shared values (at most [`MAX_CENTROIDS`]).
         centroids: Vec<f32>,
     },
+    /// Hashed weight sharing (HashedNets): element `i` is
+    /// `±buckets[codec::hash::bucket(seed, i, k)]`; only dense (no positions).
+    Hashed {
+        /// The `k` shared values.
+        buckets: Vec<f32>,
+        /// The tensor's hash seed.
+        seed: u64,
+        /// Whether the sign of each element is hashed too.
+        signed: bool,
+        /// Number of elements (the tensor's numel).
+        len: usize,
+    },
 }
 
 impl Values {
@@ -178,6 +206,7 @@ impl Values {
             Values::F32(v) => v.len(),
             Values::I8 { q, .. } => q.len(),
             Values::Codebook { indices, .. } => indices.len(),
+            Values::Hashed { len, .. } => *len,
         }
     }
 
@@ -220,6 +249,8 @@ impl StoredTensor {
             Values::F32(_) => "f32".to_string(),
             Values::I8 { .. } => "int8/ch".to_string(),
             Values::Codebook { centroids, .. } => format!("codebook-{}", centroids.len()),
+            Values::Hashed { buckets, signed: true, .. } => format!("hashed-signed-{}", buckets.len()),
+            Values::Hashed { buckets, signed: false, .. } => format!("hashed-{}", buckets.len()),
         };
         format!("{sparse}{ty}")
     }
@@ -254,6 +285,19 @@ impl StoredTensor {
             Values::Codebook { indices, centroids } => {
                 for (i, &x) in indices.iter().enumerate() {
                     if let (Some(j), Some(&v)) = (index(i), centroids.get(usize::from(x))) {
+                        f(j, v);
+                    }
+                }
+            }
+            Values::Hashed { buckets, seed, signed, len } => {
+                let Ok(k) = u32::try_from(buckets.len()) else { return };
+                if k == 0 {
+                    return;
+                }
+                for i in 0..*len {
+                    let v = buckets[codec::hash::bucket(*seed, i as u64, k) as usize];
+                    let v = if *signed && codec::hash::negated(*seed, i as u64) { -v } else { v };
+                    if let Some(j) = index(i) {
                         f(j, v);
                     }
                 }
@@ -461,8 +505,9 @@ pub fn encode_with(model: &SqzModel, opts: &EncodeOptions) -> Result<Vec<u8>, Fo
 
     let mut out = Vec::with_capacity(HEADER_LEN + json.len() + 64);
     out.extend_from_slice(&MAGIC);
+    let hashed = model.tensors.iter().any(|t| matches!(t.values, Values::Hashed { .. }));
     out.extend_from_slice(&VERSION.0.to_le_bytes());
-    out.extend_from_slice(&VERSION.1.to_le_bytes());
+    out.extend_from_slice(&(if hashed { MINOR_HASHED } else { VERSION.1 }).to_le_bytes());
     match deflate(&json).filter(|d| opts.entropy_coding && d.len() < json.len()) {
         Some(d) => push_section(&mut out, KIND_META_DEFLATED, &d)?,
         None => push_section(&mut out, KIND_META, &json)?,
@@ -544,6 +589,14 @@ fn check_tensor(t: &StoredTensor, limits: &Limits) -> Result<u64, FormatError> {
             Some(_) => {}
         }
     }
+    if let Values::Hashed { buckets, .. } = &t.values {
+        if t.positions.is_some() {
+            return Err(bad("hashed values are dense only (no positions)".into()));
+        }
+        if buckets.is_empty() || buckets.len() as u64 > numel.max(1) {
+            return Err(bad(format!("{} hash buckets for {numel} elements (need 1..=max(numel, 1))", buckets.len())));
+        }
+    }
     if let Values::Codebook { indices, centroids } = &t.values {
         if centroids.len() > MAX_CENTROIDS {
             return Err(bad(format!(
@@ -573,6 +626,7 @@ fn encode_tensor(t: &StoredTensor, limits: &Limits, entropy: bool) -> Result<Vec
         Values::F32(_) => VT_F32,
         Values::I8 { .. } => VT_I8,
         Values::Codebook { .. } => VT_CODEBOOK,
+        Values::Hashed { .. } => VT_HASHED,
     });
     match coding {
         None => p.push(POS_DENSE),
@@ -666,6 +720,23 @@ fn encode_tensor(t: &StoredTensor, limits: &Limits, entropy: bool) -> Result<Vec
             } else {
                 body.push(C_PLAIN);
                 body.extend(packed);
+            }
+            candidates.push((BODY_TAGGED, body));
+        }
+        Values::Hashed { buckets, seed, signed, .. } => {
+            let mut body = Vec::new();
+            body.extend_from_slice(&seed.to_le_bytes());
+            body.push(if *signed { HASH_SIGNED } else { 0 });
+            body.extend_from_slice(&(buckets.len() as u32).to_le_bytes());
+            match f16s(buckets) {
+                Some(h) => {
+                    body.push(C_F16);
+                    body.extend(h);
+                }
+                None => {
+                    body.push(C_PLAIN);
+                    f32s(buckets, &mut body);
+                }
             }
             candidates.push((BODY_TAGGED, body));
         }
@@ -939,6 +1010,41 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<(SqzModel, Vec<SectionSummary>
     Ok((model, summaries))
 }
 
+/// The body of a hashed tensor: seed, flags, k, tag, buckets.
+fn decode_hashed(name: String, shape: Vec<usize>, numel: u64, raw: &[u8]) -> Result<DecodedTensor, FormatError> {
+    let bad = |why: String| FormatError::Corrupt(format!("tensor '{name}': {why}"));
+    let mut b = Reader { bytes: raw, pos: 0 };
+    let short = |what: &str| bad(format!("body ends inside the {what}"));
+    let seed = b.take(8).map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes"))).ok_or_else(|| short("hash seed"))?;
+    let flags = b.u8().ok_or_else(|| short("hash flags"))?;
+    if flags & !HASH_SIGNED != 0 {
+        return Err(bad(format!("unknown hash flags {flags:#04x}")));
+    }
+    let k = u64::from(b.u32().ok_or_else(|| short("bucket count"))?);
+    if k == 0 || k > numel.max(1) {
+        return Err(bad(format!("{k} hash buckets for {numel} elements (need 1..=max(numel, 1))")));
+    }
+    let (size, desc) = match b.u8().ok_or_else(|| short("bucket tag"))? {
+        C_PLAIN => (4, "c-f32"),
+        C_F16 => (2, "c-f16"),
+        c => return Err(bad(format!("unknown bucket coding {c}"))),
+    };
+    let avail = b.remaining();
+    let bytes = b.take(k * size).ok_or_else(|| bad(format!("body ends inside the buckets: {} bytes needed, {avail} remain", k * size)))?;
+    let buckets: Vec<f32> = if size == 4 {
+        bytes.chunks_exact(4).map(|c| f32::from_bits(le_u32(c))).collect()
+    } else {
+        bytes.chunks_exact(2).map(|c| codec::f16::to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
+    };
+    if b.remaining() != 0 {
+        return Err(bad(format!("{} unused bytes after the buckets", b.remaining())));
+    }
+    let values = Values::Hashed { buckets, seed, signed: flags & HASH_SIGNED != 0, len: numel as usize };
+    let tensor = StoredTensor { name, shape, values, positions: None };
+    let encoding = format!("{} dense + {desc}", tensor.encoding_name());
+    Ok((tensor, encoding, 0, raw.len()))
+}
+
 /// The tensor name at the start of a (possibly truncated) TENS payload, if readable.
 fn peek_name(payload: &[u8]) -> Option<&str> {
     let mut r = Reader { bytes: payload, pos: 0 };
@@ -982,7 +1088,7 @@ fn decode_tensor(
         return Err(bad(format!("shape {shape:?} has 2^32 or more elements")));
     }
     let vt = match r.u8().ok_or_else(short)? {
-        v @ (VT_F32 | VT_I8 | VT_CODEBOOK) => v,
+        v @ (VT_F32 | VT_I8 | VT_CODEBOOK | VT_HASHED) => v,
         v => return Err(bad(format!("unknown value type {v}"))),
     };
     let coding = match r.u8().ok_or_else(short)? {
@@ -1032,6 +1138,22 @@ fn decode_tensor(
     };
     if vt == VT_CODEBOOK && !tagged {
         return Err(bad(format!("codebook values need body coding {BODY_TAGGED}")));
+    }
+    if vt == VT_HASHED {
+        if !tagged {
+            return Err(bad(format!("hashed values need body coding {BODY_TAGGED}")));
+        }
+        if coding.is_some() {
+            return Err(bad("hashed values are dense only (position coding 0)".into()));
+        }
+        // The runtime expands a hashed tensor to numel f32 values: a few bytes must not
+        // stand for gigabytes, so the expansion is charged to the inflation budget.
+        let expanded = numel.saturating_mul(4);
+        if expanded > *budget {
+            return Err(FormatError::LimitExceeded { what: format!("expanded hashed tensor '{name}'"), limit: limits.max_bytes as u64 });
+        }
+        *budget -= expanded;
+        return decode_hashed(name, shape, numel, r.rest());
     }
     let raw = r.rest();
     let body: Cow<[u8]> = if deflated {
@@ -2161,7 +2283,98 @@ mod tests {
 
     #[test]
     fn new_encodings_survive_flips_truncations_and_mutations() {
-        let m = codebook_model();
+        survives_flips_truncations_and_mutations(codebook_model(), 43);
+    }
+
+    /// Two hashed tensors (signed with f16 buckets, unsigned with f32 buckets) and
+    /// plain ones on the residual two-head graph.
+    fn hashed_model() -> SqzModel {
+        let mut m = sample_model();
+        let mut rng = Rng::new(8);
+        m.tensors[0].values = Values::Hashed {
+            buckets: (0..9).map(|_| f16_round(rng.uniform(1.0))).collect(),
+            seed: 0x0123_4567_89AB_CDEF,
+            signed: true,
+            len: 64,
+        };
+        m.tensors[0].positions = None;
+        let h1 = m.tensors.iter_mut().find(|t| t.name == "h1.weight").unwrap();
+        h1.values = Values::Hashed { buckets: vec![0.1, -0.3, 0.7], seed: 5, signed: false, len: 24 };
+        h1.positions = None;
+        m
+    }
+
+    #[test]
+    fn hashed_tensors_round_trip_and_expand_by_the_hash() {
+        let m = with_producer(hashed_model());
+        let bytes = encode(&m).unwrap();
+        assert_eq!(&bytes[4..8], &[1, 0, 1, 0], "a hashed tensor makes the file 1.1");
+        assert_eq!(decode(&bytes, &Limits::default()).unwrap(), m);
+        // Files without hashed tensors stay 1.0.
+        assert_eq!(&encode(&sample_model()).unwrap()[4..8], &[1, 0, 0, 0]);
+        let dense = m.tensors[0].to_dense_f32();
+        let Values::Hashed { buckets, seed, .. } = &m.tensors[0].values else { unreachable!() };
+        for (i, v) in dense.iter().enumerate() {
+            let b = buckets[codec::hash::bucket(*seed, i as u64, 9) as usize];
+            assert_eq!(*v, if codec::hash::negated(*seed, i as u64) { -b } else { b });
+        }
+        let (_, sums) = summaries(&m);
+        let a = sums.iter().find(|s| s.tensor.as_deref() == Some("a.weight")).unwrap();
+        assert_eq!(a.encoding, "hashed-signed-9 dense + c-f16");
+        // 9 buckets in f16 + seed, flags, k, tag: no per-weight index.
+        assert_eq!(a.value_bytes, 9 * 2 + 8 + 1 + 4 + 1);
+        let h1 = sums.iter().find(|s| s.tensor.as_deref() == Some("h1.weight")).unwrap();
+        assert_eq!(h1.encoding, "hashed-3 dense + c-f32");
+    }
+
+    #[test]
+    fn hashed_survives_flips_truncations_and_mutations() {
+        survives_flips_truncations_and_mutations(hashed_model(), 44);
+    }
+
+    #[test]
+    fn malformed_hashed_tensors_are_refused() {
+        let body = |seed: u64, flags: u8, k: u32, tag: u8, buckets: &[u8]| {
+            let mut b = seed.to_le_bytes().to_vec();
+            b.push(flags);
+            b.extend_from_slice(&k.to_le_bytes());
+            b.push(tag);
+            b.extend_from_slice(buckets);
+            b
+        };
+        let ok = tens_payload(&[2, 3], 3, &[0], 6, 2, &body(7, 1, 2, 0, &[0; 8]));
+        let d = decode(&file_with(&ok), &Limits::default()).unwrap();
+        assert!(matches!(d.tensors[0].values, Values::Hashed { signed: true, len: 6, .. }));
+        let err = |payload: Vec<u8>| decode(&file_with(&payload), &Limits::default()).unwrap_err().to_string();
+        let cases = [
+            (tens_payload(&[2, 3], 3, &[0], 6, 0, &body(7, 1, 2, 0, &[0; 8])), "body coding 2"),
+            (tens_payload(&[2, 3], 3, &[1], 6, 2, &[0; 1]), "dense only"),
+            (tens_payload(&[2, 3], 3, &[0], 6, 2, &body(7, 1, 0, 0, &[])), "0 hash buckets"),
+            (tens_payload(&[2, 3], 3, &[0], 6, 2, &body(7, 1, 7, 0, &[0; 28])), "7 hash buckets for 6"),
+            (tens_payload(&[2, 3], 3, &[0], 6, 2, &body(7, 2, 2, 0, &[0; 8])), "unknown hash flags"),
+            (tens_payload(&[2, 3], 3, &[0], 6, 2, &body(7, 1, 2, 5, &[0; 8])), "unknown bucket coding 5"),
+            (tens_payload(&[2, 3], 3, &[0], 6, 2, &body(7, 1, 2, 0, &[0; 7])), "inside the buckets"),
+            (tens_payload(&[2, 3], 3, &[0], 6, 2, &body(7, 1, 2, 0, &[0; 9])), "1 unused bytes"),
+            (tens_payload(&[2, 3], 3, &[0], 6, 2, &[1, 2, 3]), "hash seed"),
+        ];
+        for (payload, want) in cases {
+            let e = err(payload);
+            assert!(e.contains(want) && e.contains("'w'"), "{e} should contain {want:?}");
+        }
+        // A few bytes may not stand for gigabytes of expanded weights.
+        let bomb = tens_payload(&[65536, 65535], 3, &[0], u32::MAX - 65535 + 1 - 1, 2, &body(7, 0, 1, 0, &[0; 4]));
+        let e = decode(&file_with(&bomb), &Limits::default()).unwrap_err();
+        assert!(matches!(e, FormatError::LimitExceeded { .. }), "{e}");
+        // The encoder refuses hashed values with positions or a wrong bucket count.
+        let mut m = hashed_model();
+        m.tensors[0].positions = Some((0..64).collect());
+        assert!(encode(&m).unwrap_err().to_string().contains("dense only"));
+        let mut m = hashed_model();
+        m.tensors[0].values = Values::Hashed { buckets: vec![], seed: 1, signed: false, len: 64 };
+        assert!(encode(&m).unwrap_err().to_string().contains("0 hash buckets"));
+    }
+
+    fn survives_flips_truncations_and_mutations(m: SqzModel, seed: u64) {
         let bytes = encode(&m).unwrap();
         let original = decode(&bytes, &Limits::default()).unwrap();
         for i in 0..bytes.len() {
@@ -2176,7 +2389,7 @@ mod tests {
         for n in 0..bytes.len() {
             assert!(decode(&bytes[..n], &fuzz_limits()).is_err(), "length {n}");
         }
-        let mut rng = Rng::new(43);
+        let mut rng = Rng::new(seed);
         let mut accepted = 0;
         for _ in 0..20000 {
             let mut b = bytes.clone();

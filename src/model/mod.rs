@@ -89,12 +89,34 @@ impl Params {
     }
 }
 
-/// Shared values of one parameter: element `i` is `centroids[assignment[i]]` (unless a
-/// mask removes it).
+/// Shared values of one parameter: element `i` is `centroids[assignment[i]]`, negated
+/// where `negated[i]` (unless a mask removes it).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Codebook {
     pub centroids: Vec<f32>,
     pub assignment: Vec<u16>,
+    /// Per element: store the negated centroid (hashed signs); empty = none negated.
+    pub negated: Vec<bool>,
+    /// Set when the assignment (and `negated`) come from a fixed hash (HashedNets), so
+    /// a file may store just the hash seed instead of the assignment.
+    pub hash: Option<HashKey>,
+}
+
+/// The hash a [`Codebook`]'s assignment was computed from (see `codec::hash`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HashKey {
+    /// The tensor's hash seed.
+    pub seed: u64,
+    /// Whether signs are hashed too.
+    pub signed: bool,
+}
+
+impl Codebook {
+    /// The value of element `i` (mask not applied).
+    pub fn value(&self, i: usize) -> f32 {
+        let c = self.centroids[self.assignment[i] as usize];
+        if self.negated.get(i).copied().unwrap_or(false) { -c } else { c }
+    }
 }
 
 /// What later steps must keep about parameters.
@@ -202,8 +224,8 @@ impl Model {
             let mask = self.constraints.masks.get(name);
             if let Some(i) = self.params.index(name) {
                 let r = self.params.range(i);
-                for (j, (w, &a)) in self.params.data[r].iter_mut().zip(&cb.assignment).enumerate() {
-                    *w = if mask.is_some_and(|m| !m[j]) { 0.0 } else { cb.centroids[a as usize] };
+                for (j, w) in self.params.data[r].iter_mut().enumerate().take(cb.assignment.len()) {
+                    *w = if mask.is_some_and(|m| !m[j]) { 0.0 } else { cb.value(j) };
                 }
             }
         }

@@ -133,6 +133,78 @@ pub fn train_with(
     cfg: &TrainConfig,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Vec<EpochStats> {
+    train_inner(model, images, labels, teacher, None, cfg, on_event)
+}
+
+/// The soft form of parameter sharing across models: a penalty
+/// `λ·Σ_b ‖θ_r − θ_b,r‖²` pulling the named parameters `r` of the model being trained
+/// towards the same parameters of other models `b` (held fixed while this model trains).
+/// Training several models in turns with each other as anchors minimises
+/// `λ·Σ_{a<b} ‖θ_a − θ_b‖²` plus their losses by block coordinate descent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pull {
+    /// λ.
+    pub strength: f32,
+    /// Flat ranges of [`crate::model::Params::data`] the penalty covers.
+    pub ranges: Vec<std::ops::Range<usize>>,
+    /// The other models' whole flat parameter buffers (same layout over `ranges`).
+    pub anchors: Vec<Vec<f32>>,
+}
+
+impl Pull {
+    /// The penalty at `params`, summed in f64.
+    pub fn value(&self, params: &[f32]) -> f64 {
+        let p: Vec<f64> = params.iter().map(|&v| f64::from(v)).collect();
+        self.value_f64(&p)
+    }
+
+    /// The penalty at f64 parameters (for gradient checks).
+    pub fn value_f64(&self, params: &[f64]) -> f64 {
+        let mut sum = 0.0;
+        for anchor in &self.anchors {
+            for r in &self.ranges {
+                for (p, a) in params[r.clone()].iter().zip(&anchor[r.clone()]) {
+                    sum += (p - f64::from(*a)).powi(2);
+                }
+            }
+        }
+        f64::from(self.strength) * sum
+    }
+
+    /// Adds the penalty's gradient `2λ·Σ_b (θ − θ_b)` to `grad`.
+    pub fn add_gradient(&self, params: &[f32], grad: &mut [f32]) {
+        let two_lambda = 2.0 * self.strength;
+        for anchor in &self.anchors {
+            for r in &self.ranges {
+                for ((g, p), a) in grad[r.clone()].iter_mut().zip(&params[r.clone()]).zip(&anchor[r.clone()]) {
+                    *g += two_lambda * (p - a);
+                }
+            }
+        }
+    }
+}
+
+/// [`train`] with a [`Pull`] penalty added to the loss.
+pub fn train_pulled(
+    model: &mut Model,
+    images: &[f32],
+    labels: &[u8],
+    pull: &Pull,
+    cfg: &TrainConfig,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Vec<EpochStats> {
+    train_inner(model, images, labels, None, Some(pull), cfg, on_event)
+}
+
+fn train_inner(
+    model: &mut Model,
+    images: &[f32],
+    labels: &[u8],
+    teacher: Option<&Teacher>,
+    pull: Option<&Pull>,
+    cfg: &TrainConfig,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Vec<EpochStats> {
     let n = labels.len();
     let input_len = model.graph.input_len();
     assert_eq!(images.len(), n * input_len, "images and labels disagree");
@@ -230,6 +302,9 @@ pub fn train_with(
                     }
                 }
             }
+            if let Some(pull) = pull {
+                pull.add_gradient(&model.params.data, &mut grad);
+            }
             adam.step(&mut model.params.data, &grad, mask.as_deref());
             shared.step(&mut model.params.data, &grad, mask.as_deref());
             for (l, c) in results {
@@ -261,6 +336,8 @@ struct SharedWeights {
     /// (flat range of the parameter, offset of its centroids, its name)
     layers: Vec<(std::ops::Range<usize>, usize, String)>,
     assignments: Vec<Vec<u16>>,
+    /// Per layer: which elements hold the negated centroid (hashed signs); may be empty.
+    negated: Vec<Vec<bool>>,
     centroids: Vec<f32>,
     grad: Vec<f32>,
     adam: Adam,
@@ -270,16 +347,18 @@ impl SharedWeights {
     fn new(model: &Model, lr: f32) -> SharedWeights {
         let mut layers = Vec::new();
         let mut assignments = Vec::new();
+        let mut negated = Vec::new();
         let mut centroids = Vec::new();
         for (name, cb) in &model.constraints.codebooks {
             if let Some(i) = model.params.index(name) {
                 layers.push((model.params.range(i), centroids.len(), name.clone()));
                 assignments.push(cb.assignment.clone());
+                negated.push(cb.negated.clone());
                 centroids.extend_from_slice(&cb.centroids);
             }
         }
         let n = centroids.len();
-        SharedWeights { layers, assignments, centroids, grad: vec![0.0; n], adam: Adam::new(n, lr) }
+        SharedWeights { layers, assignments, negated, centroids, grad: vec![0.0; n], adam: Adam::new(n, lr) }
     }
 
     fn step(&mut self, params: &mut [f32], grad: &[f32], mask: Option<&[f32]>) {
@@ -288,19 +367,21 @@ impl SharedWeights {
         }
         self.grad.fill(0.0);
         let kept = |i: usize| mask.is_none_or(|m| m[i] != 0.0);
-        for ((range, off, _), assign) in self.layers.iter().zip(&self.assignments) {
+        // w_i = s_i·c_a(i) with s_i = ±1, so dL/dc = Σ_i s_i·dL/dw_i.
+        let sign = |neg: &[bool], j: usize| if neg.get(j).copied().unwrap_or(false) { -1.0 } else { 1.0 };
+        for (((range, off, _), assign), neg) in self.layers.iter().zip(&self.assignments).zip(&self.negated) {
             for (j, &a) in assign.iter().enumerate() {
                 let i = range.start + j;
                 if kept(i) {
-                    self.grad[off + a as usize] += grad[i];
+                    self.grad[off + a as usize] += sign(neg, j) * grad[i];
                 }
             }
         }
         self.adam.step(&mut self.centroids, &self.grad, None);
-        for ((range, off, _), assign) in self.layers.iter().zip(&self.assignments) {
+        for (((range, off, _), assign), neg) in self.layers.iter().zip(&self.assignments).zip(&self.negated) {
             for (j, &a) in assign.iter().enumerate() {
                 let i = range.start + j;
-                params[i] = if kept(i) { self.centroids[off + a as usize] } else { 0.0 };
+                params[i] = if kept(i) { sign(neg, j) * self.centroids[off + a as usize] } else { 0.0 };
             }
         }
     }
@@ -388,6 +469,46 @@ mod tests {
         assert!(small_rows(&soft) > small_rows(&plain) + 3, "{} vs {}", small_rows(&soft), small_rows(&plain));
         // fc2 was not in the group: untouched by the penalty.
         assert!(soft.params.get("fc2.weight").unwrap().iter().any(|v| v.abs() > 0.1));
+    }
+
+    #[test]
+    fn pull_gradient_matches_finite_differences_in_f64() {
+        let mut rng = Rng::new(11);
+        let len = 23;
+        let params: Vec<f32> = (0..len).map(|_| rng.uniform(1.0)).collect();
+        let anchors: Vec<Vec<f32>> = (0..3).map(|_| (0..len).map(|_| rng.uniform(1.0)).collect()).collect();
+        // Two ranges with a gap: entries outside them get no gradient.
+        let pull = Pull { strength: 0.37, ranges: vec![2..9, 13..21], anchors };
+        let mut grad = vec![0.0f32; len];
+        pull.add_gradient(&params, &mut grad);
+        let p64: Vec<f64> = params.iter().map(|&v| f64::from(v)).collect();
+        assert!((pull.value(&params) - pull.value_f64(&p64)).abs() < 1e-9);
+        let h = 1e-5;
+        for i in 0..len {
+            let (mut up, mut down) = (p64.clone(), p64.clone());
+            up[i] += h;
+            down[i] -= h;
+            let numeric = (pull.value_f64(&up) - pull.value_f64(&down)) / (2.0 * h);
+            assert!((numeric - f64::from(grad[i])).abs() < 1e-5 * (1.0 + numeric.abs()), "entry {i}: numeric {numeric}, analytic {}", grad[i]);
+            if !(2..9).contains(&i) && !(13..21).contains(&i) {
+                assert_eq!(grad[i], 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn pulled_training_stays_near_its_anchor() {
+        let (x, y) = toy(300, 8);
+        let cfg = TrainConfig { epochs: 3, batch_size: 32, lr: 1e-2, seed: 2, workers: 2, l1: 0.0, group_lasso: None };
+        let anchor = toy_model(1);
+        let fc1 = anchor.params.range(anchor.params.index("fc1.weight").unwrap());
+        let dist = |m: &Model| m.params.data[fc1.clone()].iter().zip(&anchor.params.data[fc1.clone()]).map(|(a, b)| (a - b).powi(2)).sum::<f32>();
+        let mut free = toy_model(1);
+        train(&mut free, &x, &y, &cfg, &mut |_| {});
+        let mut pulled = toy_model(1);
+        let pull = Pull { strength: 0.5, ranges: vec![fc1.clone()], anchors: vec![anchor.params.data.clone()] };
+        train_pulled(&mut pulled, &x, &y, &pull, &cfg, &mut |_| {});
+        assert!(dist(&pulled) < 0.2 * dist(&free), "{} vs {}", dist(&pulled), dist(&free));
     }
 
     #[test]
