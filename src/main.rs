@@ -256,11 +256,14 @@ struct ShareArgs {
     #[arg(long, default_value_t = 10)]
     epochs: usize,
     /// Soft form: λ of the penalty λ·Σ‖θ_a − θ_b‖² between trunks.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.001)]
     penalty: f32,
     /// Soft form: epochs of each head on the merged trunk.
     #[arg(long, default_value_t = 2)]
     head_epochs: usize,
+    /// Soft form: learning rate of the head fine-tuning.
+    #[arg(long, default_value_t = 1e-4)]
+    head_lr: f32,
     #[arg(long, default_value_t = 1234)]
     seed: u64,
 }
@@ -777,7 +780,7 @@ fn share_tasks(a: &ShareArgs, out: &Path, data: &DataArgs) -> Result<ExitCode> {
     let shared = match a.form {
         FormArg::Hard => multitask::share_hard(&tasks, &separate, &splits.train, &cfg, &mut |e| bar.on(e))?,
         FormArg::Soft => {
-            let soft = SoftConfig { strength: a.penalty, epochs: a.epochs, head_epochs: a.head_epochs, head_lr: 1e-4 };
+            let soft = SoftConfig { strength: a.penalty, epochs: a.epochs, head_epochs: a.head_epochs, head_lr: a.head_lr };
             multitask::share_soft(&tasks, &graphs, &splits.train, &cfg, &soft, &mut |e| bar.on(e))?.0
         }
     };

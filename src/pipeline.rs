@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::compress::{prune, quantize, share, trim};
+mod tasks;
+
+use crate::compress::{hashed, multitask, prune, quantize, share, trim};
 use crate::data::{self, DataError, Dataset, Splits};
 use crate::format::sqz::{self, Limits};
 use crate::format::write_atomic;
@@ -33,6 +35,10 @@ pub enum PipelineError {
     Share(#[from] share::ShareError),
     #[error("trim: {0}")]
     Trim(#[from] trim::TrimError),
+    #[error("hash: {0}")]
+    Hash(#[from] hashed::HashError),
+    #[error("share_tasks: {0}")]
+    Multitask(#[from] multitask::MultitaskError),
     #[error("quantize: {0}")]
     Quantize(#[from] quantize::QuantizeError),
     #[error("runtime: {0}")]
@@ -133,6 +139,9 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         && i + 1 != recipe.passes.len()
     {
         return Err(PipelineError::QuantizeNotLast);
+    }
+    if !recipe.tasks.is_empty() {
+        return tasks::run(recipe, opts, on_event);
     }
     let recipe_bytes = std::fs::read(&opts.recipe_path).unwrap_or_default();
     let splits = load_data(recipe, opts)?;
@@ -309,6 +318,32 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 (quantize::store_f32(&model), false)
             }
             Pass::Code {} => (quantize::store_f32(&model), true),
+            Pass::Hash { fraction, signed, layers, fine_tune_epochs, lr, half_precision } => {
+                let cfg = hashed::HashConfig { fraction: *fraction, signed: *signed, layers: layers.clone(), seed: recipe.seed };
+                let summary = hashed::hash_weights(&mut model, &cfg)?;
+                let tcfg = TrainConfig {
+                    epochs: *fine_tune_epochs,
+                    lr: lr.unwrap_or(recipe.train.lr),
+                    seed: recipe.seed.wrapping_add(1000 * (i as u64 + 1)),
+                    ..train_cfg.clone()
+                };
+                train::train(&mut model, &splits.train.images, &splits.train.labels, &tcfg, &mut |e| on_event(Event::Train(e)));
+                if *half_precision {
+                    share::round_to_half(&mut model);
+                }
+                let layers: Vec<serde_json::Value> = summary
+                    .layers
+                    .iter()
+                    .map(|(n, weights, k)| serde_json::json!({ "tensor": n, "weights": weights, "buckets": k }))
+                    .collect();
+                extra.insert("layers".into(), layers.into());
+                extra.insert("signed".into(), (*signed).into());
+                extra.insert("fine_tune_epochs".into(), (*fine_tune_epochs).into());
+                extra.insert("half_precision".into(), (*half_precision).into());
+                (quantize::store_f32(&model), true)
+            }
+            // Recipes with tasks run in `tasks::run`; without them there is nothing to share.
+            Pass::ShareTasks { .. } => return Err(multitask::MultitaskError::NoTasks.into()),
             Pass::Distill { teacher, temperature, alpha, epochs, fine_tune_epochs, lr } => {
                 let teacher_plan = match teacher {
                     Some(path) => store::read(path)?.plan()?,

@@ -59,6 +59,37 @@ pub struct Recipe {
     pub gate: GateSection,
     #[serde(default, rename = "pass")]
     pub passes: Vec<Pass>,
+    /// Parameter sharing across models: the tasks (`[[task]]` tables). A recipe with
+    /// tasks trains a model per task (the reference) and runs only `share_tasks` passes.
+    #[serde(default, rename = "task")]
+    pub tasks: Vec<TaskSection>,
+}
+
+/// One task of a multi-task recipe:
+///
+/// ```toml
+/// [[task]]
+/// name = "coarse"                        # unique; names the head and the report rows
+/// labels = [0, 1, 0, 0, 0, 2, 0, 2, 3, 2] # the task's label for each data-set class
+/// zoo = "mlp"                            # optional: this task's architecture (default [model])
+/// ```
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSection {
+    pub name: String,
+    pub labels: Vec<u8>,
+    pub zoo: Option<String>,
+}
+
+/// How a `share_tasks` pass shares the trunk.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareForm {
+    /// The first task's trunk, frozen, with a head per task.
+    #[default]
+    Hard,
+    /// Task models pulled together while training, merged, heads fine-tuned.
+    Soft,
 }
 
 fn default_seed() -> u64 {
@@ -210,6 +241,39 @@ pub enum Pass {
         /// Learning rate (default: half the training rate).
         lr: Option<f32>,
     },
+    /// Hashed weight sharing (HashedNets) within the model: each weight tensor's entries
+    /// are mapped by a fixed hash to `ceil(fraction · numel)` buckets (with hashed ±1
+    /// signs unless `signed = false`); the buckets are fine-tuned and the file stores
+    /// only them and the hash seed.
+    Hash {
+        /// Buckets per weight, in (0, 1]: 0.125 keeps 1/8 of the weights' values.
+        fraction: f64,
+        #[serde(default = "default_true")]
+        signed: bool,
+        #[serde(default)]
+        layers: Vec<String>,
+        #[serde(default = "default_fine_tune")]
+        fine_tune_epochs: usize,
+        /// Bucket learning rate (default: the training rate).
+        lr: Option<f32>,
+        /// Round buckets and biases to half precision so they are stored in 16 bits.
+        #[serde(default)]
+        half_precision: bool,
+    },
+    /// Parameter sharing across the recipe's `[[task]]` models: one file with one trunk
+    /// and a head per task, measured per task against the separately trained models.
+    ShareTasks {
+        #[serde(default)]
+        form: ShareForm,
+        /// Soft form: λ of the pull `λ·Σ‖θ_a − θ_b‖²` between the trunks.
+        #[serde(default = "default_penalty")]
+        penalty: f32,
+        /// Soft form: epochs of each head on the merged trunk.
+        #[serde(default = "default_head_epochs")]
+        head_epochs: usize,
+        /// Soft form: learning rate of the head fine-tuning (default a tenth of the training rate).
+        head_lr: Option<f32>,
+    },
     /// Entropy coding: the same model written with Huffman-coded indices and positions
     /// (earlier stages are written with fixed-width codes, as the paper's stages).
     Code {},
@@ -241,6 +305,18 @@ fn default_alpha() -> f32 {
     0.9
 }
 
+fn default_true() -> bool {
+    true
+}
+
+fn default_penalty() -> f32 {
+    0.001
+}
+
+fn default_head_epochs() -> usize {
+    2
+}
+
 fn default_steps() -> usize {
     1
 }
@@ -264,6 +340,9 @@ impl Pass {
             Pass::Trim { .. } => "trimmed".into(),
             Pass::Distill { .. } => "distilled".into(),
             Pass::Code {} => "coded".into(),
+            Pass::Hash { .. } => "hashed".into(),
+            Pass::ShareTasks { form: ShareForm::Hard, .. } => "shared-hard".into(),
+            Pass::ShareTasks { form: ShareForm::Soft, .. } => "shared-soft".into(),
         }
     }
 }
@@ -308,8 +387,26 @@ impl Recipe {
         if r.train.batch_size == 0 || r.train.lr <= 0.0 {
             return Err(invalid("train: batch_size and lr must be positive".into()));
         }
+        let task_passes = r.passes.iter().filter(|p| matches!(p, Pass::ShareTasks { .. })).count();
+        if !r.tasks.is_empty() || task_passes > 0 {
+            if r.tasks.is_empty() {
+                return Err(invalid("pass share_tasks needs the tasks: add [[task]] tables with name and labels".into()));
+            }
+            if task_passes != r.passes.len() || task_passes == 0 {
+                return Err(invalid("a recipe with [[task]] tables runs one or more share_tasks passes and no other pass".into()));
+            }
+            if r.model.zoo.is_none() {
+                return Err(invalid("a recipe with [[task]] tables trains its task models: [model] needs `zoo = \"name\"`".into()));
+            }
+        }
         for p in &r.passes {
             match p {
+                Pass::Hash { fraction, .. } if !(*fraction > 0.0 && *fraction <= 1.0) => {
+                    return Err(invalid(format!("pass hash: fraction: expected buckets per weight in (0, 1], got {fraction}")));
+                }
+                Pass::ShareTasks { penalty, .. } if !(penalty.is_finite() && *penalty >= 0.0) => {
+                    return Err(invalid(format!("pass share_tasks: penalty: expected a finite λ ≥ 0, got {penalty}")));
+                }
                 Pass::Prune { sparsity, per_layer, steps, .. } => {
                     for (what, s) in std::iter::once(("sparsity".to_string(), sparsity)).chain(per_layer.iter().map(|(k, v)| (format!("per_layer.{k}"), v))) {
                         if !(0.0..1.0).contains(s) {
@@ -369,6 +466,23 @@ mod tests {
         assert!(err.contains("spars"), "{err}");
         let text = "name = \"x\"\n[model]\nzoo = \"mlp\"\n[gate]\nmax_accuracy_drop = 0.01\n[[pass]]\ntype = \"shrink\"\n";
         assert!(Recipe::parse(text, Path::new("r.toml")).unwrap_err().to_string().contains("shrink"));
+    }
+
+    #[test]
+    fn task_recipes_are_checked() {
+        let base = "name = \"x\"\n[model]\nzoo = \"mlp\"\n[gate]\nmax_accuracy_drop = 0.005\n";
+        let task = "[[task]]\nname = \"a\"\nlabels = [0, 1]\n";
+        let ok = Recipe::parse(&format!("{base}{task}[[pass]]\ntype = \"share_tasks\"\nform = \"soft\"\n"), Path::new("r")).unwrap();
+        assert_eq!(ok.tasks[0], TaskSection { name: "a".into(), labels: vec![0, 1], zoo: None });
+        assert_eq!(ok.passes[0], Pass::ShareTasks { form: ShareForm::Soft, penalty: 0.001, head_epochs: 2, head_lr: None });
+        let err = |text: String| Recipe::parse(&text, Path::new("r.toml")).unwrap_err().to_string();
+        assert!(err(format!("{base}[[pass]]\ntype = \"share_tasks\"\n")).contains("[[task]]"));
+        assert!(err(format!("{base}{task}[[pass]]\ntype = \"prune\"\nsparsity = 0.5\n")).contains("no other pass"));
+        assert!(err(format!("{base}{task}labelz = [1]\n[[pass]]\ntype = \"share_tasks\"\n")).contains("labelz"));
+        assert!(err(format!("{base}{task}[[pass]]\ntype = \"share_tasks\"\nform = \"medium\"\n")).contains("medium"));
+        assert!(err(format!("{base}[[pass]]\ntype = \"hash\"\nfraction = 0.0\n")).contains("fraction"));
+        let h = Recipe::parse(&format!("{base}[[pass]]\ntype = \"hash\"\nfraction = 0.125\n"), Path::new("r")).unwrap();
+        assert!(matches!(h.passes[0], Pass::Hash { signed: true, fine_tune_epochs: 3, .. }));
     }
 
     #[test]

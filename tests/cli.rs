@@ -293,3 +293,88 @@ fn closed_stdout_ends_quietly_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "{:?} {stderr}", out.status);
 }
+
+const TASKS: &str = "[[task]]\nname = \"classes\"\nlabels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n[[task]]\nname = \"coarse\"\nlabels = [0, 1, 0, 0, 0, 2, 0, 2, 3, 2]\n[[task]]\nname = \"footwear\"\nlabels = [0, 0, 0, 0, 0, 1, 0, 1, 0, 1]\n";
+
+#[test]
+fn task_recipe_stores_every_task_in_one_file_and_reports_each() {
+    let d = Dir::new();
+    let data = data_dir(&d);
+    let passes = format!("{TASKS}[[pass]]\ntype = \"share_tasks\"\nform = \"hard\"\n[[pass]]\ntype = \"share_tasks\"\nform = \"soft\"\npenalty = 0.001\nhead_epochs = 1\n");
+    let r = recipe(&d, &data, "mlp", &passes, 0.5);
+    let out = d.path("out");
+    let (o, report) = run_recipe(&r, &out);
+    assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+    let stages = report["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["separate-classes", "separate-coarse", "separate-footwear", "shared-hard", "shared-soft"]);
+    let separate: u64 = stages[..3].iter().map(|s| s["bytes"].as_u64().unwrap()).sum();
+    for s in &stages[3..] {
+        assert_eq!(s["extra"]["separate_bytes"].as_u64().unwrap(), separate);
+        assert!(s["bytes"].as_u64().unwrap() * 100 < separate * 40, "one trunk for three tasks: {s}");
+        let tasks = s["extra"]["tasks"].as_array().unwrap();
+        assert_eq!(tasks.iter().map(|t| t["task"].as_str().unwrap()).collect::<Vec<_>>(), ["classes", "coarse", "footwear"]);
+        for (t, sep) in tasks.iter().zip(&stages[..3]) {
+            assert_eq!(t["separate_accuracy"], sep["accuracy"]);
+            assert!(t["accuracy"].as_f64().unwrap() > 0.7, "{t}");
+        }
+        // The stage's own accuracy is the first task's, run from the stored file.
+        assert_eq!(s["accuracy"], tasks[0]["accuracy"]);
+    }
+    assert!(stages[4]["extra"]["trunk_rms_distance_before_merge"].as_array().unwrap().len() == 3);
+    let heads = squeeze::store::read(&out.join("model.sqz")).unwrap().plan().unwrap().run_all(&vec![0.5; 784], 1, &mut Default::default()).unwrap();
+    assert_eq!(heads.iter().map(|h| h.len()).collect::<Vec<_>>(), [10, 4, 2]);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Per task") && md.contains("| shared-soft | footwear |"), "{md}");
+}
+
+#[test]
+fn sharing_mismatched_models_gets_one_clear_error() {
+    let d = Dir::new();
+    let data = data_dir(&d);
+    let ds = data.to_str().unwrap();
+    let out = d.path("o.sqz");
+    let outs = out.to_str().unwrap();
+    // Different architectures cannot share a trunk, on the command line and in a recipe.
+    assert_error(&squeeze(&["share", "--model", "mlp,lenet300,mlp", "--out", outs, "--data", ds]), "cannot share the trunk: task 'coarse'");
+    assert_error(&squeeze(&["share", "--model", "mlp,mlp", "--out", outs, "--data", ds]), "one per task");
+    assert!(!out.exists());
+    let pass = "[[pass]]\ntype = \"share_tasks\"\n";
+    let mixed = TASKS.replacen("name = \"coarse\"\n", "name = \"coarse\"\nzoo = \"lenet300\"\n", 1);
+    let r = recipe(&d, &data, "mlp", &format!("{mixed}{pass}"), 0.5);
+    let (o, _) = run_recipe(&r, &d.path("out1"));
+    assert_error(&o, "cannot share the trunk");
+    // A label map must give a label to every class of the data set.
+    let short = TASKS.replace("[0, 0, 0, 0, 0, 1, 0, 1, 0, 1]", "[0, 0, 1]");
+    let r = recipe(&d, &data, "mlp", &format!("{short}{pass}"), 0.5);
+    let (o, _) = run_recipe(&r, &d.path("out2"));
+    assert_error(&o, "task 'footwear': the label map has 3 entries, the data set has 10 classes");
+    // Tasks with another pass, or an unknown key in a task table.
+    let r = recipe(&d, &data, "mlp", &format!("{TASKS}{PRUNE_QUANT}"), 0.5);
+    assert_error(&run_recipe(&r, &d.path("out3")).0, "no other pass");
+    let r = recipe(&d, &data, "mlp", &format!("{}{pass}", TASKS.replace("labels", "label")), 0.5);
+    assert_error(&run_recipe(&r, &d.path("out4")).0, "label");
+    assert!(!d.path("out3").join("report.json").exists());
+}
+
+#[test]
+fn hashed_recipe_stores_buckets_and_the_runtime_runs_them() {
+    let d = Dir::new();
+    let data = data_dir(&d);
+    let r = recipe(&d, &data, "mlp", "[[pass]]\ntype = \"hash\"\nfraction = 0.125\nfine_tune_epochs = 2\n", 0.5);
+    let out = d.path("out");
+    let (o, report) = run_recipe(&r, &out);
+    assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+    let stages = report["stages"].as_array().unwrap();
+    let hashed = &stages[1];
+    assert_eq!(hashed["name"], "hashed");
+    assert!(hashed["kernel"].as_str().unwrap().contains("hashed expanded at load"), "{hashed}");
+    // About an eighth of the weights' values, no indices: well under a seventh of the dense file.
+    assert!(hashed["bytes"].as_u64().unwrap() * 7 < stages[0]["bytes"].as_u64().unwrap(), "{hashed}");
+    assert_eq!(hashed["extra"]["layers"][0]["buckets"], 6272);
+    let model = out.join("model.sqz");
+    let e = squeeze(&["eval", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--validation", "300"]);
+    assert!(e.stdout.contains(&format!("{:.2}%", hashed["accuracy"].as_f64().unwrap() * 100.0)), "{}", e.stdout);
+    let i = squeeze(&["inspect", model.to_str().unwrap()]);
+    assert!(i.stdout.contains("hashed-signed-6272"), "{}", i.stdout);
+}

@@ -227,7 +227,49 @@ impl Report {
             _ = write!(md, " (4 × {} params = {} B)", thousands(r.params), thousands(4 * r.params));
         }
         md += " / file bytes.\n";
+        self.tasks_markdown(&mut md);
         md
+    }
+
+    /// The per-task table of multi-task stages (`extra.tasks`, written by recipes with
+    /// `[[task]]` tables), if any.
+    fn tasks_markdown(&self, md: &mut String) {
+        let shared: Vec<&Stage> = self.stages.iter().filter(|s| s.extra.get("tasks").is_some_and(|t| t.is_array())).collect();
+        if shared.is_empty() {
+            return;
+        }
+        *md += "\n## Per task\n\n| Stage | Task | Test acc (%) | Separate model (%) | Δ (pts) | Val acc (%) | Separate val (%) |\n";
+        *md += "|---|---|--:|--:|--:|--:|--:|\n";
+        let f = |row: &serde_json::Value, key: &str| row.get(key).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+        for s in &shared {
+            for row in s.extra["tasks"].as_array().into_iter().flatten() {
+                _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    cell(&s.name),
+                    cell(row.get("task").and_then(serde_json::Value::as_str).unwrap_or("?")),
+                    num(100.0 * f(row, "accuracy"), 2, false),
+                    num(100.0 * f(row, "separate_accuracy"), 2, false),
+                    num(100.0 * (f(row, "accuracy") - f(row, "separate_accuracy")), 2, true),
+                    num(100.0 * f(row, "validation_accuracy"), 2, false),
+                    num(100.0 * f(row, "separate_validation_accuracy"), 2, false),
+                );
+            }
+        }
+        *md += "\n";
+        for s in &shared {
+            let sep = s.extra.get("separate_bytes").and_then(serde_json::Value::as_u64).unwrap_or(0);
+            if sep > 0 {
+                _ = writeln!(
+                    md,
+                    "- `{}`: one file of {} B holds every task: {}% of the separate models' {} B.",
+                    cell(&s.name),
+                    thousands(s.bytes),
+                    num(100.0 * s.bytes as f64 / sep as f64, 1, false),
+                    thousands(sep)
+                );
+            }
+        }
     }
 }
 
@@ -341,6 +383,25 @@ mod tests {
         }
         assert!(md.contains("4 × 50,890 params"), "{md}");
         assert!(sample(Outcome::Passed).to_markdown().contains("Result: passed"));
+    }
+
+    #[test]
+    fn markdown_shows_tasks_of_shared_stages() {
+        let mut r = sample(Outcome::Passed);
+        assert!(!r.to_markdown().contains("Per task"));
+        r.stages[1].name = "shared-hard".into();
+        r.stages[1].bytes = 191_370;
+        r.stages[1].extra.insert(
+            "tasks".into(),
+            serde_json::json!([{ "task": "coarse", "accuracy": 0.9876, "validation_accuracy": 0.99,
+                "separate_accuracy": 0.9886, "separate_validation_accuracy": 0.991, "delta_points": -0.1 }]),
+        );
+        r.stages[1].extra.insert("separate_bytes".into(), 565_286.into());
+        let md = r.to_markdown();
+        for needle in ["## Per task", "| shared-hard | coarse | 98.76 | 98.86 | -0.10 | 99.00 | 99.10 |", "191,370 B", "33.9%", "565,286 B"] {
+            assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+        }
+        assert_eq!(Report::from_json(&r.to_json()).unwrap(), r);
     }
 
     #[test]
