@@ -20,8 +20,10 @@
 //! - [`model`]: a trainable network built from a spec: flat parameters, layers with
 //!   forward and backward, the zoo.
 //! - [`train`]: Adam, cross-entropy, the data-parallel trainer with constraints.
-//! - [`compress`]: one file per technique (prune, quantize).
-//! - [`codec`]: bit-level coding (position encodings); depends on nothing else.
+//! - [`compress`]: one file per technique (prune, trim, quantize, share = k-means,
+//!   hashed = HashedNets, multitask = parameter sharing across models).
+//! - [`codec`]: bit-level coding (position encodings, Huffman, f16, the fixed hash of
+//!   hashed sharing); depends on nothing else.
 //! - [`format`]: the `.sqz` container and safetensors I/O, atomic writes.
 //! - [`runtime`]: inference kernels (f32, int8) and the executor that runs a stored
 //!   model; it never reaches `model`, `train` or `compress`.
