@@ -139,6 +139,8 @@ pub struct Plan {
     expanded: Vec<&'static str>,
     /// Per layer that had a choice of kernels: what was measured and chosen.
     choices: Vec<String>,
+    /// Only one step reads the input value (so it may read the caller's buffer).
+    input_read_once: bool,
     /// The value holding the first output's logits: the input of a final Softmax, else
     /// the output itself.
     logits_name: String,
@@ -182,6 +184,7 @@ impl Plan {
             dequantized_at_load: false,
             expanded: Vec::new(),
             choices: Vec::new(),
+            input_read_once: false,
             logits_name: match graph.node(&graph.outputs[0]) {
                 Some(n) if matches!(n.op, Op::Softmax) => n.inputs[0].clone(),
                 _ => graph.outputs[0].clone(),
@@ -353,6 +356,7 @@ impl Plan {
             let s = plan.convert(s, Repr::F32, &mut converted);
             plan.outputs.push(s);
         }
+        plan.input_read_once = plan.steps.iter().flat_map(|s| &s.inputs).filter(|&&i| i == input).count() == 1 && !plan.outputs.contains(&input);
         Ok(plan)
     }
 
@@ -510,10 +514,24 @@ impl Plan {
                 _ => {}
             }
         }
-        ws.f[0][..n * per].copy_from_slice(&x[..n * per]);
-        observe_slot(&self.slots[0], &ws.f[0][..n * per], observe);
-        for step in &self.steps {
+        // An integer model's input is read once, by its quantization: quantize straight
+        // from the caller's buffer instead of copying it into the workspace first.
+        let direct_quantize = match self.steps.first() {
+            Some(Step { kernel: Kernel::Quantize(qp), inputs, out }) if inputs[0] == 0 && self.input_read_once => Some((*qp, *out)),
+            _ => None,
+        };
+        if direct_quantize.is_none() {
+            ws.f[0][..n * per].copy_from_slice(&x[..n * per]);
+        }
+        observe_slot(&self.slots[0], &x[..n * per], observe);
+        for (si, step) in self.steps.iter().enumerate() {
             let (xi, o) = (step.inputs[0], step.out);
+            if si == 0
+                && let Some((qp, out)) = direct_quantize
+            {
+                int8::quantize_u8(&x[..n * per], qp, &mut ws.q[out][..n * self.slots[out].len]);
+                continue;
+            }
             let (xl, ol) = (self.slots[xi].len, self.slots[o].len);
             let kernel = match &step.kernel {
                 Kernel::ByBatch(by) => by.iter().find(|(bound, _)| n < *bound).map_or(&by[by.len() - 1].1, |(_, k)| k),
@@ -910,6 +928,40 @@ mod tests {
             let want = reference(&w, &x[s * 5..(s + 1) * 5]);
             for (a, b) in y[s * 3..(s + 1) * 3].iter().zip(&want) {
                 assert!((a - b).abs() < 0.05, "{a} vs {b}");
+            }
+        }
+    }
+
+    /// A pruned and weight-shared model run with its encodings (sparse/codebook kernels
+    /// timed and chosen per batch size) agrees with the dense plan at every batch size,
+    /// and the description says what was chosen for each layer.
+    #[test]
+    fn encoded_layers_agree_with_dense_at_every_batch() {
+        let g = Graph::chain(vec![37], vec![("fc1", lin(37, 29)), ("relu", Op::Relu), ("fc2", lin(29, 5))]);
+        let mut rng = Rng::new(6);
+        let mut w = weights(&g, &mut rng);
+        let centroids = vec![-0.4f32, -0.1, 0.2, 0.45];
+        let indices: Vec<u16> = (0..29 * 37).map(|_| rng.below(4) as u16).collect();
+        let kept: Vec<bool> = (0..29 * 37).map(|_| rng.below(10) < 7).collect();
+        w.insert("fc1.weight".into(), (0..29 * 37).map(|i| if kept[i] { centroids[indices[i] as usize] } else { 0.0 }).collect());
+        w.get_mut("fc2.weight").unwrap().iter_mut().enumerate().for_each(|(i, v)| if i % 10 != 0 { *v = 0.0 });
+        let dense = |w: &HashMap<String, Vec<f32>>| w.iter().map(|(k, v)| (k.clone(), Weights::F32(v.clone()))).collect::<HashMap<_, _>>();
+        let encodings: HashMap<String, Encoding> = [
+            ("fc1.weight".to_string(), Encoding { sparse: true, codebook: Some(CodebookIndices { indices, centroids, kept: Some(kept) }) }),
+            ("fc2.weight".to_string(), Encoding { sparse: true, codebook: None }),
+        ]
+        .into();
+        let plain = Plan::new(&g, dense(&w), &QuantPlan::default()).unwrap();
+        let encoded = Plan::with_encodings(&g, dense(&w), &QuantPlan::default(), &encodings).unwrap();
+        let desc = encoded.kernel_description();
+        assert_eq!(encoded.layer_choices().len(), 2, "{desc}");
+        assert!(desc.contains("fc1 (") && desc.contains("fc2 (90% zeros)"), "{desc}");
+        for batch in [1usize, 2, 15, 16, 17, 255, 256, 257] {
+            let x: Vec<f32> = (0..batch * 37).map(|_| rng.next_f32()).collect();
+            let a = plain.run(&x, batch, &mut Workspace::default()).unwrap().to_vec();
+            let b = encoded.run(&x, batch, &mut Workspace::default()).unwrap().to_vec();
+            for (p, q) in a.iter().zip(&b) {
+                assert!((p - q).abs() <= 1e-5 * (1.0 + p.abs()) * 37.0, "batch {batch}: {p} vs {q}");
             }
         }
     }

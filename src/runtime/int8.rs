@@ -1732,6 +1732,57 @@ mod tests {
         }
     }
 
+    /// The AVX2 quantization gives the same bytes as the scalar definition, including
+    /// ties, NaN, infinities and values far outside the range.
+    #[test]
+    fn vector_quantize_equals_scalar_quantize() {
+        let mut rng = Rng::new(23);
+        for qp in [QParams { scale: 1.0 / 255.0, zero_point: 0 }, QParams { scale: 0.1, zero_point: 100 }, QParams { scale: 0.037, zero_point: 255 }, QParams { scale: 3.0, zero_point: 7 }] {
+            let mut x: Vec<f32> = (0..1001).map(|_| rng.uniform(20.0 * qp.scale * 255.0)).collect();
+            // Exact ties around the zero point and specials.
+            for (i, t) in (-300..300).enumerate() {
+                x[i] = (t as f32 + 0.5) * qp.scale;
+            }
+            x.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e30, -1e30, f32::MIN_POSITIVE]);
+            let (mut got, mut want) = (vec![0u8; x.len()], vec![0u8; x.len()]);
+            quantize_u8(&x, qp, &mut got);
+            quantize_u8_impl(&x, qp, &mut want);
+            assert_eq!(got, want, "{qp:?}");
+        }
+    }
+
+    /// A Linear layer's u8 and f32 outputs equal the plain integer computation exactly
+    /// (reference product + bias/zero-point start, then `Requant::apply_u8` / scale), for
+    /// the dense and the sparse product, on odd shapes and batches 1 to 257.
+    #[test]
+    fn linear_outputs_equal_the_integer_reference() {
+        let mut rng = Rng::new(24);
+        for &(n, k) in &[(1, 1), (7, 5), (10, 64), (33, 63), (64, 785), (100, 31)] {
+            for &batch in &[1usize, 2, 3, 5, 17, 64, 257] {
+                for relu in [false, true] {
+                    let mut d = layer_data(&mut rng, batch * k, n, k);
+                    // Prune about half, as the sparse product expects.
+                    d.w.iter_mut().for_each(|v| if rng.below(2) == 0 { *v = 0 });
+                    let yq = QParams { scale: 0.03 + rng.next_f32(), zero_point: rng.below(256) as i32 };
+                    let dense = QuantizedLinear::new(&d.w, &d.ws, n, k, Some(&d.bias), d.xq, Some(yq), relu);
+                    let mut c = vec![0i32; batch * n];
+                    matmul_u8_i8_reference(&d.x, &d.w, batch, n, k, &mut c);
+                    let (zp, lo) = dense.epi.output_qp();
+                    let want_u8: Vec<u8> = c.iter().enumerate().map(|(i, &v)| dense.epi.requant[i % n].apply_u8(v.wrapping_add(dense.epi.init[i % n]), zp, lo)).collect();
+                    let want_f32: Vec<f32> = c.iter().enumerate().map(|(i, &v)| dense.epi.to_f32(i % n, v.wrapping_add(dense.epi.init[i % n]))).collect();
+                    for layer in [dense.clone(), dense.clone().with_sparse_product()] {
+                        let (mut yu, mut yf) = (vec![0u8; batch * n], vec![0f32; batch * n]);
+                        layer.forward_u8(&d.x, batch, &mut yu, &mut Vec::new());
+                        layer.forward_f32(&d.x, batch, &mut yf, &mut Vec::new());
+                        let sparse = layer.sparse.is_some();
+                        assert_eq!(yu, want_u8, "u8 n={n} k={k} batch={batch} relu={relu} sparse={sparse}");
+                        assert_eq!(yf, want_f32, "f32 n={n} k={k} batch={batch} relu={relu} sparse={sparse}");
+                    }
+                }
+            }
+        }
+    }
+
     /// Speed of the seed MLP (784→64 ReLU → 64→10), single thread and 2 threads.
     /// Run: `cargo test --release --lib int8::tests::bench -- --ignored --nocapture`.
     #[test]

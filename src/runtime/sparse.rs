@@ -14,6 +14,8 @@
 //! they agree with it to rounding: `|y − y_dense| ≤ 1e-5 · (1 + Σ_k |w·x|)` per output
 //! (the tolerance the tests check). Integer kernels are exact.
 
+use super::kernels::{sgemm, MatRef};
+
 /// A `[rows × cols]` f32 matrix as compressed sparse rows.
 #[derive(Clone, Debug)]
 pub struct CsrF32 {
@@ -171,8 +173,8 @@ pub struct CodebookF32 {
 }
 
 /// Rows decoded at a time for batched products (a panel of `PANEL × cols` f32 stays in
-/// L1/L2 and is reused for every sample of the batch).
-const PANEL: usize = 16;
+/// L2 and is reused for every sample of the batch by the f32 GEMM).
+const PANEL: usize = 64;
 
 impl CodebookF32 {
     /// From per-weight indices into `centroids`; `None` when there are more than 255
@@ -216,10 +218,13 @@ impl CodebookF32 {
             for (d, &i) in panel.iter_mut().zip(&self.index[r0 * cols..(r0 + pr) * cols]) {
                 *d = self.table[i as usize];
             }
-            for (xs, ys) in x.chunks_exact(cols.max(1)).zip(y.chunks_exact_mut(rows.max(1))) {
-                for (p, yo) in ys[r0..r0 + pr].iter_mut().enumerate() {
-                    *yo = dense_dot(&panel[p * cols..(p + 1) * cols], xs) + bias.map_or(0.0, |b| b[r0 + p]);
-                }
+            // Columns r0..r0+pr of y (row stride `rows`) from the decoded panel.
+            let b = MatRef::transposed(&panel[..pr * cols], cols);
+            sgemm(batch, pr, cols, MatRef::rows(x, cols), b, &mut y[r0..], rows, false);
+        }
+        if let Some(bias) = bias {
+            for row in y.chunks_exact_mut(rows.max(1)) {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
             }
         }
     }
@@ -243,21 +248,6 @@ fn lookup_dot(index: &[u8], table: &[f32], x: &[f32]) -> f32 {
         }
     }
     let tail: f32 = ic.remainder().iter().zip(xc.remainder()).map(|(&i, &v)| table[i as usize] * v).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `Σ_k a[k]·b[k]`.
-#[inline]
-fn dense_dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let mut ac = a.chunks_exact(16);
-    let mut bc = b.chunks_exact(16);
-    for (x, y) in (&mut ac).zip(&mut bc) {
-        for j in 0..16 {
-            acc[j] = x[j].mul_add(y[j], acc[j]);
-        }
-    }
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
     acc.iter().sum::<f32>() + tail
 }
 
