@@ -9,7 +9,7 @@ use crate::format::safetensors::{self as st, DenseFile, SafetensorsError};
 use crate::format::sqz::{self, FormatError, Limits, SqzModel, Values};
 use crate::format::{is_sqz, write_atomic};
 use crate::model::{Codebook, HashKey, Model, ModelError};
-use crate::runtime::exec::{Plan, RuntimeError, Weights};
+use crate::runtime::exec::{CodebookIndices, Encoding, Plan, RuntimeError, Weights};
 use crate::spec::{Graph, QuantPlan};
 
 /// Why a model file cannot be used.
@@ -121,17 +121,29 @@ impl ModelFile {
 /// stored sparse), f32 tensors are expanded to dense f32.
 pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
     let mut w = HashMap::new();
-    let mut expanded = Vec::new();
+    let mut encodings = HashMap::new();
+    let mut hashed = false;
     for t in &s.tensors {
-        if t.positions.is_some() && t.name.ends_with(".weight") {
-            expanded.push("sparse");
+        if t.name.ends_with(".weight") && (t.positions.is_some() || matches!(t.values, Values::Codebook { .. })) {
+            let kept = t.positions.as_ref().map(|p| {
+                let mut m = vec![false; t.numel()];
+                p.iter().for_each(|&i| m[i as usize] = true);
+                m
+            });
+            let codebook = match &t.values {
+                Values::Codebook { indices, centroids } => {
+                    let mut all = vec![0u16; t.numel()];
+                    match &t.positions {
+                        Some(p) => p.iter().zip(indices).for_each(|(&i, &a)| all[i as usize] = a),
+                        None => all.copy_from_slice(indices),
+                    }
+                    Some(CodebookIndices { indices: all, centroids: centroids.clone(), kept: kept.clone() })
+                }
+                _ => None,
+            };
+            encodings.insert(t.name.clone(), Encoding { sparse: t.positions.is_some(), codebook });
         }
-        if matches!(t.values, Values::Codebook { .. }) {
-            expanded.push("codebook");
-        }
-        if matches!(t.values, Values::Hashed { .. }) {
-            expanded.push("hashed");
-        }
+        hashed |= matches!(t.values, Values::Hashed { .. });
         let weights = match (&t.values, &t.positions) {
             (Values::I8 { q, scales }, None) => Weights::I8 { q: q.clone(), scales: scales.clone() },
             (Values::I8 { q, scales }, Some(pos)) => {
@@ -143,8 +155,10 @@ pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
         };
         w.insert(t.name.clone(), weights);
     }
-    let mut plan = Plan::new(&s.graph, w, &s.quant)?;
-    expanded.into_iter().for_each(|e| plan.note_expanded(e));
+    let mut plan = Plan::with_encodings(&s.graph, w, &s.quant, &encodings)?;
+    if hashed {
+        plan.note_expanded("hashed");
+    }
     Ok(plan)
 }
 

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use super::int8::{self, QuantizedConv2d, QuantizedLinear};
 use super::kernels::{conv2d_forward, conv_chunk, maxpool, sgemm, softmax_rows, DirectConv, MatRef, Window};
+use super::sparse::{CodebookF32, CsrF32};
 use crate::spec::{Graph, Op, QParams, QuantPlan, SpecError, INPUT};
 
 /// Why a stored model cannot run.
@@ -58,17 +59,48 @@ impl Weights {
     }
 }
 
+/// What a weight's stored encoding allows besides its dense values (from the reader):
+/// the kernels that may run it without expanding it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Encoding {
+    /// Stored sparse (positions and kept values).
+    pub sparse: bool,
+    /// Stored as indices into shared values.
+    pub codebook: Option<CodebookIndices>,
+}
+
+/// A weight-shared tensor as stored: one index per weight into `centroids`; `kept`
+/// marks the stored positions when the tensor is also sparse (the rest are zero).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CodebookIndices {
+    pub indices: Vec<u16>,
+    pub centroids: Vec<f32>,
+    pub kept: Option<Vec<bool>>,
+}
+
+/// Batches at which candidate kernels are timed when a plan is built; a winner at
+/// `TIMED_BATCHES[i]` runs batches up to (not including) `TIMED_BATCHES[i + 1]`.
+const TIMED_BATCHES: [usize; 3] = [1, 16, 256];
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Repr {
     F32,
     U8(QParams),
 }
 
+#[derive(Clone)]
 enum Kernel {
     LinearF32 { w: Vec<f32>, b: Option<Vec<f32>>, inf: usize, outf: usize },
     /// `direct` where the direct kernel applies (stride 1, AVX2/FMA), else im2col.
     ConvF32 { w: Vec<f32>, b: Option<Vec<f32>>, g: Window, oc: usize, direct: Option<Box<DirectConv>> },
     LinearI8(Box<QuantizedLinear>),
+    /// A pruned f32 layer on its non-zero weights.
+    LinearCsr { csr: CsrF32, b: Option<Vec<f32>> },
+    /// A weight-shared f32 layer from its indices and table.
+    LinearCodebook { cb: CodebookF32, b: Option<Vec<f32>> },
+    /// Different kernels by batch size: the first whose bound exceeds the batch runs
+    /// (measured at plan build, see [`TIMED_BATCHES`]).
+    ByBatch(Vec<(usize, Kernel)>),
     ConvI8(Box<QuantizedConv2d>),
     MaxPool(Window),
     Relu,
@@ -105,6 +137,10 @@ pub struct Plan {
     /// What the loader expanded to dense f32 (e.g. "sparse, codebook"), said in
     /// [`Plan::kernel_description`] because it means no speed gain from that encoding.
     expanded: Vec<&'static str>,
+    /// Per layer that had a choice of kernels: what was measured and chosen.
+    choices: Vec<String>,
+    /// Only one step reads the input value (so it may read the caller's buffer).
+    input_read_once: bool,
     /// The value holding the first output's logits: the input of a final Softmax, else
     /// the output itself.
     logits_name: String,
@@ -122,7 +158,20 @@ pub struct Workspace {
 
 impl Plan {
     /// Resolves `graph` with `weights` (by parameter name) and the quantization plan.
-    pub fn new(graph: &Graph, mut weights: HashMap<String, Weights>, quant: &QuantPlan) -> Result<Plan, RuntimeError> {
+    pub fn new(graph: &Graph, weights: HashMap<String, Weights>, quant: &QuantPlan) -> Result<Plan, RuntimeError> {
+        Plan::with_encodings(graph, weights, quant, &HashMap::new())
+    }
+
+    /// As [`Plan::new`], with the stored encodings of weights (by parameter name): a
+    /// Linear layer whose weight is stored sparse or as a codebook gets each kernel
+    /// that encoding allows timed on its real shape, and the fastest per batch size
+    /// runs (said in [`Plan::kernel_description`]). Other layers expand them to dense.
+    pub fn with_encodings(
+        graph: &Graph,
+        mut weights: HashMap<String, Weights>,
+        quant: &QuantPlan,
+        encodings: &HashMap<String, Encoding>,
+    ) -> Result<Plan, RuntimeError> {
         let shapes = graph.validate()?;
         let consumers = graph.consumers();
         let mut plan = Plan {
@@ -134,6 +183,8 @@ impl Plan {
             f32_layers: 0,
             dequantized_at_load: false,
             expanded: Vec::new(),
+            choices: Vec::new(),
+            input_read_once: false,
             logits_name: match graph.node(&graph.outputs[0]) {
                 Some(n) if matches!(n.op, Op::Softmax) => n.inputs[0].clone(),
                 _ => graph.outputs[0].clone(),
@@ -158,6 +209,16 @@ impl Plan {
             match &node.op {
                 Op::Linear { .. } | Op::Conv2d { .. } => {
                     let (w, b) = take_weights(&mut weights, graph, &node.name)?;
+                    let enc = encodings.get(&format!("{}.weight", node.name)).cloned().unwrap_or_default();
+                    let is_linear = matches!(node.op, Op::Linear { .. });
+                    if !is_linear {
+                        if enc.sparse {
+                            plan.note_expanded("sparse");
+                        }
+                        if enc.codebook.is_some() {
+                            plan.note_expanded("codebook");
+                        }
+                    }
                     if quant.integer_nodes.contains(&node.name) {
                         let Weights::I8 { q, scales } = w else {
                             return Err(RuntimeError::NotInt8 { node: node.name.clone() });
@@ -181,9 +242,17 @@ impl Plan {
                         let out_qp = quant.activations.get(&out_name).copied();
                         let repr = out_qp.map_or(Repr::F32, Repr::U8);
                         let kernel = match node.op {
-                            Op::Linear { in_features, out_features, .. } => Kernel::LinearI8(Box::new(QuantizedLinear::new(
-                                &q, &scales, out_features, in_features, b.as_deref(), xq.1, out_qp, relu.is_some(),
-                            ))),
+                            Op::Linear { in_features, out_features, .. } => {
+                                let dense = QuantizedLinear::new(&q, &scales, out_features, in_features, b.as_deref(), xq.1, out_qp, relu.is_some());
+                                if enc.sparse {
+                                    let zeros = dense.zero_fraction();
+                                    let sparse = dense.clone().with_sparse_product();
+                                    let cands = vec![("int8-dense", Kernel::LinearI8(Box::new(dense))), ("int8-sparse-csr", Kernel::LinearI8(Box::new(sparse)))];
+                                    plan.choose(&node.name, &format!("{:.0}% zeros", zeros * 100.0), cands, in_features, out_features, out_qp.is_some())
+                                } else {
+                                    Kernel::LinearI8(Box::new(dense))
+                                }
+                            }
                             Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
                                 Kernel::ConvI8(Box::new(QuantizedConv2d::new(
                                     &q, &scales, out_channels, in_channels, in_shape[1], in_shape[2], kernel, stride, padding,
@@ -205,7 +274,28 @@ impl Plan {
                     let w = w.to_f32();
                     let x = plan.convert(x, Repr::F32, &mut converted);
                     let kernel = match node.op {
-                        Op::Linear { in_features, out_features, .. } => Kernel::LinearF32 { w, b, inf: in_features, outf: out_features },
+                        Op::Linear { in_features, out_features, .. } => {
+                            let mut cands = Vec::new();
+                            let mut what = Vec::new();
+                            if enc.sparse {
+                                let csr = CsrF32::from_dense(&w, out_features, in_features);
+                                what.push(format!("{:.0}% zeros", 100.0 * (1.0 - csr.nnz() as f64 / w.len().max(1) as f64)));
+                                cands.push(("f32-sparse-csr", Kernel::LinearCsr { csr, b: b.clone() }));
+                            }
+                            if let Some(cb) = &enc.codebook
+                                && let Some(cb) = CodebookF32::new(&cb.indices, cb.kept.as_deref(), &cb.centroids, out_features, in_features)
+                            {
+                                what.push(format!("{} shared values", enc.codebook.as_ref().map_or(0, |c| c.centroids.len())));
+                                cands.push(("f32-codebook", Kernel::LinearCodebook { cb, b: b.clone() }));
+                            }
+                            let dense = Kernel::LinearF32 { w, b, inf: in_features, outf: out_features };
+                            if cands.is_empty() {
+                                dense
+                            } else {
+                                cands.insert(0, ("f32-dense", dense));
+                                plan.choose(&node.name, &what.join(", "), cands, in_features, out_features, false)
+                            }
+                        }
                         Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
                             let g = Window { channels: in_channels, height: in_shape[1], width: in_shape[2], kernel, stride, padding };
                             let direct = DirectConv::new(&g, &w, b.as_deref(), out_channels).map(Box::new);
@@ -266,7 +356,46 @@ impl Plan {
             let s = plan.convert(s, Repr::F32, &mut converted);
             plan.outputs.push(s);
         }
+        plan.input_read_once = plan.steps.iter().flat_map(|s| &s.inputs).filter(|&&i| i == input).count() == 1 && !plan.outputs.contains(&input);
         Ok(plan)
+    }
+
+    /// Times each candidate kernel of a Linear layer (`inf → outf`, the first candidate
+    /// being the dense one) at every batch of [`TIMED_BATCHES`] on synthetic input,
+    /// records what won and by how much, and returns the kernel (or a by-batch choice).
+    /// Every candidate computes the same function: integer ones bit for bit, float ones
+    /// to rounding.
+    fn choose(&mut self, node: &str, what: &str, cands: Vec<(&'static str, Kernel)>, inf: usize, outf: usize, u8_out: bool) -> Kernel {
+        let mut winners: Vec<(usize, usize, f64)> = Vec::new(); // (batch, candidate, speed-up over dense)
+        for &batch in &TIMED_BATCHES {
+            let times: Vec<f64> = cands.iter().map(|(_, k)| time_linear(k, batch, inf, outf, u8_out)).collect();
+            let best = (0..times.len()).min_by(|&a, &b| times[a].total_cmp(&times[b])).unwrap_or(0);
+            winners.push((batch, best, times[0] / times[best]));
+        }
+        let mut parts = Vec::new();
+        for (i, &(batch, best, gain)) in winners.iter().enumerate() {
+            if i > 0 && winners[i - 1].1 == best {
+                continue;
+            }
+            let mut p = format!("b{batch}+ {}", cands[best].0);
+            if best != 0 {
+                p.push_str(&format!(" {gain:.2}× dense"));
+            }
+            parts.push(p);
+        }
+        self.choices.push(format!("{node} ({what}): {}", parts.join(", ")));
+        let mut by_batch: Vec<(usize, usize)> = Vec::new(); // (upper bound, candidate)
+        for (i, &(_, best, _)) in winners.iter().enumerate() {
+            let bound = TIMED_BATCHES.get(i + 1).copied().unwrap_or(usize::MAX);
+            match by_batch.last_mut() {
+                Some(last) if last.1 == best => last.0 = bound,
+                _ => by_batch.push((bound, best)),
+            }
+        }
+        if by_batch.len() == 1 {
+            return cands.into_iter().nth(by_batch[0].1).expect("winner is a candidate").1;
+        }
+        Kernel::ByBatch(by_batch.iter().map(|&(bound, c)| (bound, cands[c].1.clone())).collect())
     }
 
     fn add_slot(&mut self, repr: Repr, len: usize, name: &str) -> usize {
@@ -323,13 +452,22 @@ impl Plan {
 
     /// Which kernels run the weighted layers, e.g. `int8-avx512-vnni` or `f32-dense`,
     /// and which stored encodings were expanded to dense at load.
+    /// Layers whose stored encoding offered several kernels add what was measured, e.g.
+    /// `fc1 (90% zeros): b1+ f32-sparse-csr 2.10× dense, b16+ f32-dense`.
     pub fn kernel_description(&self) -> String {
-        let base = self.base_kernel_description();
-        if self.expanded.is_empty() {
-            base
-        } else {
-            format!("{base} ({} expanded at load)", self.expanded.join(" + "))
+        let mut base = self.base_kernel_description();
+        if !self.expanded.is_empty() {
+            base = format!("{base} ({} expanded at load)", self.expanded.join(" + "));
         }
+        if !self.choices.is_empty() {
+            base = format!("{base}; {}", self.choices.join("; "));
+        }
+        base
+    }
+
+    /// What was measured and chosen for each layer that had a choice of kernels.
+    pub fn layer_choices(&self) -> &[String] {
+        &self.choices
     }
 
     fn base_kernel_description(&self) -> String {
@@ -376,21 +514,33 @@ impl Plan {
                 _ => {}
             }
         }
-        ws.f[0][..n * per].copy_from_slice(&x[..n * per]);
-        observe_slot(&self.slots[0], &ws.f[0][..n * per], observe);
-        for step in &self.steps {
+        // An integer model's input is read once, by its quantization: quantize straight
+        // from the caller's buffer instead of copying it into the workspace first.
+        let direct_quantize = match self.steps.first() {
+            Some(Step { kernel: Kernel::Quantize(qp), inputs, out }) if inputs[0] == 0 && self.input_read_once => Some((*qp, *out)),
+            _ => None,
+        };
+        if direct_quantize.is_none() {
+            ws.f[0][..n * per].copy_from_slice(&x[..n * per]);
+        }
+        observe_slot(&self.slots[0], &x[..n * per], observe);
+        for (si, step) in self.steps.iter().enumerate() {
             let (xi, o) = (step.inputs[0], step.out);
+            if si == 0
+                && let Some((qp, out)) = direct_quantize
+            {
+                int8::quantize_u8(&x[..n * per], qp, &mut ws.q[out][..n * self.slots[out].len]);
+                continue;
+            }
             let (xl, ol) = (self.slots[xi].len, self.slots[o].len);
-            match &step.kernel {
-                Kernel::LinearF32 { w, b, inf, outf } => {
+            let kernel = match &step.kernel {
+                Kernel::ByBatch(by) => by.iter().find(|(bound, _)| n < *bound).map_or(&by[by.len() - 1].1, |(_, k)| k),
+                k => k,
+            };
+            match kernel {
+                Kernel::LinearF32 { .. } | Kernel::LinearCsr { .. } | Kernel::LinearCodebook { .. } => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
-                    let y = &mut y[..n * ol];
-                    sgemm(n, *outf, *inf, MatRef::rows(&xs[..n * xl], *inf), MatRef::transposed(w, *inf), y, *outf, false);
-                    if let Some(b) = b {
-                        for row in y.chunks_exact_mut(*outf) {
-                            row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
-                        }
-                    }
+                    run_linear_f32(kernel, &xs[..n * xl], n, &mut y[..n * ol], &mut ws.tmp);
                 }
                 Kernel::ConvF32 { direct: Some(d), .. } => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
@@ -416,6 +566,7 @@ impl Plan {
                         s0 += c;
                     }
                 }
+                Kernel::ByBatch(_) => unreachable!("resolved above"),
                 Kernel::LinearI8(l) => {
                     match self.slots[o].repr {
                         Repr::U8(_) => {
@@ -482,6 +633,55 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// A float Linear kernel on `n` samples: `y = x·Wᵀ + b`.
+fn run_linear_f32(kernel: &Kernel, x: &[f32], n: usize, y: &mut [f32], scratch: &mut Vec<f32>) {
+    match kernel {
+        Kernel::LinearF32 { w, b, inf, outf } => {
+            sgemm(n, *outf, *inf, MatRef::rows(x, *inf), MatRef::transposed(w, *inf), y, *outf, false);
+            if let Some(b) = b {
+                for row in y.chunks_exact_mut(*outf) {
+                    row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
+                }
+            }
+        }
+        Kernel::LinearCsr { csr, b } => csr.forward(x, n, b.as_deref(), y),
+        Kernel::LinearCodebook { cb, b } => cb.forward(x, n, b.as_deref(), y, scratch),
+        _ => unreachable!("not a float Linear kernel"),
+    }
+}
+
+/// Best-of-several seconds for one call of a Linear kernel on `batch` synthetic samples.
+fn time_linear(kernel: &Kernel, batch: usize, inf: usize, outf: usize, u8_out: bool) -> f64 {
+    // Enough repetitions for a stable minimum, about the same total work per batch size.
+    let reps = (64 / batch).clamp(3, 32);
+    let mut best = f64::INFINITY;
+    match kernel {
+        Kernel::LinearI8(l) => {
+            let x: Vec<u8> = (0..batch * inf).map(|i| ((i * 7919) % 251) as u8).collect();
+            let (mut yq, mut yf, mut acc) = (vec![0u8; batch * outf], vec![0f32; batch * outf], Vec::new());
+            for _ in 0..reps {
+                let t = std::time::Instant::now();
+                if u8_out {
+                    l.forward_u8(&x, batch, &mut yq, &mut acc);
+                } else {
+                    l.forward_f32(&x, batch, &mut yf, &mut acc);
+                }
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+        _ => {
+            let x: Vec<f32> = (0..batch * inf).map(|i| ((i * 7919) % 251) as f32 / 251.0).collect();
+            let (mut y, mut scratch) = (vec![0f32; batch * outf], Vec::new());
+            for _ in 0..reps {
+                let t = std::time::Instant::now();
+                run_linear_f32(kernel, &x, batch, &mut y, &mut scratch);
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    best
 }
 
 fn observe_slot(slot: &Slot, data: &[f32], observe: &mut dyn FnMut(&str, &[f32])) {
@@ -728,6 +928,40 @@ mod tests {
             let want = reference(&w, &x[s * 5..(s + 1) * 5]);
             for (a, b) in y[s * 3..(s + 1) * 3].iter().zip(&want) {
                 assert!((a - b).abs() < 0.05, "{a} vs {b}");
+            }
+        }
+    }
+
+    /// A pruned and weight-shared model run with its encodings (sparse/codebook kernels
+    /// timed and chosen per batch size) agrees with the dense plan at every batch size,
+    /// and the description says what was chosen for each layer.
+    #[test]
+    fn encoded_layers_agree_with_dense_at_every_batch() {
+        let g = Graph::chain(vec![37], vec![("fc1", lin(37, 29)), ("relu", Op::Relu), ("fc2", lin(29, 5))]);
+        let mut rng = Rng::new(6);
+        let mut w = weights(&g, &mut rng);
+        let centroids = vec![-0.4f32, -0.1, 0.2, 0.45];
+        let indices: Vec<u16> = (0..29 * 37).map(|_| rng.below(4) as u16).collect();
+        let kept: Vec<bool> = (0..29 * 37).map(|_| rng.below(10) < 7).collect();
+        w.insert("fc1.weight".into(), (0..29 * 37).map(|i| if kept[i] { centroids[indices[i] as usize] } else { 0.0 }).collect());
+        w.get_mut("fc2.weight").unwrap().iter_mut().enumerate().for_each(|(i, v)| if i % 10 != 0 { *v = 0.0 });
+        let dense = |w: &HashMap<String, Vec<f32>>| w.iter().map(|(k, v)| (k.clone(), Weights::F32(v.clone()))).collect::<HashMap<_, _>>();
+        let encodings: HashMap<String, Encoding> = [
+            ("fc1.weight".to_string(), Encoding { sparse: true, codebook: Some(CodebookIndices { indices, centroids, kept: Some(kept) }) }),
+            ("fc2.weight".to_string(), Encoding { sparse: true, codebook: None }),
+        ]
+        .into();
+        let plain = Plan::new(&g, dense(&w), &QuantPlan::default()).unwrap();
+        let encoded = Plan::with_encodings(&g, dense(&w), &QuantPlan::default(), &encodings).unwrap();
+        let desc = encoded.kernel_description();
+        assert_eq!(encoded.layer_choices().len(), 2, "{desc}");
+        assert!(desc.contains("fc1 (") && desc.contains("fc2 (90% zeros)"), "{desc}");
+        for batch in [1usize, 2, 15, 16, 17, 255, 256, 257] {
+            let x: Vec<f32> = (0..batch * 37).map(|_| rng.next_f32()).collect();
+            let a = plain.run(&x, batch, &mut Workspace::default()).unwrap().to_vec();
+            let b = encoded.run(&x, batch, &mut Workspace::default()).unwrap().to_vec();
+            for (p, q) in a.iter().zip(&b) {
+                assert!((p - q).abs() <= 1e-5 * (1.0 + p.abs()) * 37.0, "batch {batch}: {p} vs {q}");
             }
         }
     }

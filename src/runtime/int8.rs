@@ -230,10 +230,42 @@ pub fn quantize_u8(x: &[f32], qp: QParams, out: &mut [u8]) {
     quantize_u8_impl(x, qp, out)
 }
 
+/// The same IEEE operations as [`quantize_u8_impl`], eight at a time (the compiler does
+/// not vectorize the saturating float→int casts of the scalar form).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn quantize_u8_avx2(x: &[f32], qp: QParams, out: &mut [u8]) {
-    quantize_u8_impl(x, qp, out)
+    use std::arch::x86_64::*;
+    let zp = qp.zero_point;
+    let n8 = x.len() / 8 * 8;
+    let scale = _mm256_set1_ps(qp.scale);
+    let (lo, hi) = (_mm256_set1_ps((-zp - 1) as f32), _mm256_set1_ps((256 - zp) as f32));
+    let (half, mhalf) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5));
+    let zpv = _mm256_set1_epi32(zp);
+    let zero = _mm256_setzero_si256();
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 <= n8 <= x.len() = out.len().
+        unsafe {
+            let v = _mm256_div_ps(_mm256_loadu_ps(x.as_ptr().add(i)), scale);
+            // NaN → 0 (the scalar `as i32` gives 0), then clamp as the scalar code.
+            let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+            let v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+            let t = _mm256_cvttps_epi32(v);
+            let frac = _mm256_sub_ps(v, _mm256_cvtepi32_ps(t));
+            // Mask lanes are -1: subtracting the "≥ 0.5" mask adds one.
+            let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half));
+            let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, mhalf));
+            let q = _mm256_add_epi32(_mm256_add_epi32(_mm256_sub_epi32(t, up), down), zpv);
+            // Saturating packs clamp to 0..=255 exactly like the scalar clamp.
+            let w = _mm256_packus_epi32(q, zero);
+            let b = _mm256_packus_epi16(w, zero);
+            let lo4 = _mm256_castsi256_si128(b);
+            let hi4 = _mm256_extracti128_si256::<1>(b);
+            let bytes = (_mm_cvtsi128_si32(lo4) as u32 as u64) | ((_mm_cvtsi128_si32(hi4) as u32 as u64) << 32);
+            (out.as_mut_ptr().add(i) as *mut u64).write_unaligned(bytes);
+        }
+    }
+    quantize_u8_impl(&x[n8..], qp, &mut out[n8..])
 }
 
 #[inline(always)]
@@ -581,6 +613,57 @@ mod x86 {
         n
     }
 
+    /// Rows of accumulators `c` (`rows × n`) to u8 with a multiplier and shift per
+    /// output lane (`mult`, and `sh_even`/`sh_odd` holding the shifts of the even/odd
+    /// lanes of each group of 8), exactly as `Requant::apply_u8`; does the first
+    /// `n / 8 · 8` outputs of every row and returns that count.
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn requant_rows_avx2(c: &[i32], n: usize, mult: &[i32], sh_even: &[i64], sh_odd: &[i64], zp: i32, lo: i32, y: &mut [u8]) -> usize {
+        let n8 = n / 8 * 8;
+        let rows = if n == 0 { 0 } else { c.len() / n };
+        assert!(y.len() >= rows * n && mult.len() >= n8 && sh_even.len() >= n8 / 2 && sh_odd.len() >= n8 / 2);
+        let zero = _mm256_setzero_si256();
+        let one = _mm256_set1_epi64x(1);
+        let (zpv, lov, hiv) = (_mm256_set1_epi64x(zp as i64), _mm256_set1_epi64x(lo as i64), _mm256_set1_epi64x(255));
+        let bytes = _mm256_setr_epi8(
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+        );
+        let gather = _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1);
+        for g in (0..n8).step_by(8) {
+            // SAFETY: g + 8 <= n8 <= mult.len(); g/2 + 4 <= sh_*.len().
+            let (mv, ce, co) = unsafe {
+                (
+                    _mm256_loadu_si256(mult.as_ptr().add(g) as *const __m256i),
+                    _mm256_loadu_si256(sh_even.as_ptr().add(g / 2) as *const __m256i),
+                    _mm256_loadu_si256(sh_odd.as_ptr().add(g / 2) as *const __m256i),
+                )
+            };
+            let mo = _mm256_srli_epi64::<32>(mv);
+            let (he, ho) = (_mm256_sllv_epi64(one, _mm256_sub_epi64(ce, one)), _mm256_sllv_epi64(one, _mm256_sub_epi64(co, one)));
+            let fix = |p: __m256i, half: __m256i, cnt: __m256i| {
+                let t = _mm256_add_epi64(_mm256_add_epi64(p, half), _mm256_cmpgt_epi64(zero, p));
+                let sign = _mm256_cmpgt_epi64(zero, t);
+                let r = _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(t, sign), cnt), sign);
+                let v = _mm256_add_epi64(r, zpv);
+                let v = _mm256_blendv_epi8(v, lov, _mm256_cmpgt_epi64(lov, v));
+                _mm256_blendv_epi8(v, hiv, _mm256_cmpgt_epi64(v, hiv))
+            };
+            for r in 0..rows {
+                // SAFETY: r·n + g + 8 <= rows·n <= c.len(), y.len().
+                unsafe {
+                    let a = _mm256_loadu_si256(c.as_ptr().add(r * n + g) as *const __m256i);
+                    let even = fix(_mm256_mul_epi32(a, mv), he, ce);
+                    let odd = fix(_mm256_mul_epi32(_mm256_srli_epi64::<32>(a), mo), ho, co);
+                    let v = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
+                    let packed = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, bytes), gather);
+                    _mm_storel_epi64(y.as_mut_ptr().add(r * n + g) as *mut __m128i, _mm256_castsi256_si128(packed));
+                }
+            }
+        }
+        n8
+    }
+
     /// One sample of the direct convolution: `xp` the padded u16 planes, `acc` the
     /// `[oc, oh·ow]` accumulators (bias and zero-point terms included).
     ///
@@ -695,6 +778,11 @@ mod x86 {
             let cols = NR.min(n - col0);
             let ini: &[i32; NR] = init[col0..col0 + NR].try_into().unwrap();
             let mut r = 0;
+            while r + 6 <= m {
+                let t = tile_avx2::<6>(&a[r * kw..], kw, wb, ini);
+                (0..6).for_each(|i| store_row(c, n, r + i, col0, cols, &t[i]));
+                r += 6;
+            }
             while r + 4 <= m {
                 let t = tile_avx2::<4>(&a[r * kw..], kw, wb, ini);
                 (0..4).for_each(|i| store_row(c, n, r + i, col0, cols, &t[i]));
@@ -853,6 +941,11 @@ struct Epilogue {
     acc_scale: Vec<f32>,
     /// Per output channel: requantization to the output scale (u8 output).
     requant: Vec<Requant>,
+    /// The requantization multipliers and shifts in the vector kernel's layout
+    /// (`Requant::multiplier` fits an i32; shifts of even and odd lanes per group of 8).
+    rq_mult: Vec<i32>,
+    rq_sh_even: Vec<i64>,
+    rq_sh_odd: Vec<i64>,
     output: Option<QParams>,
     relu: bool,
 }
@@ -881,7 +974,28 @@ impl Epilogue {
             }
             None => Vec::new(),
         };
-        Epilogue { init, acc_scale, requant, output, relu }
+        let rq_mult = requant.iter().map(|r| r.multiplier as i32).collect();
+        let rq_sh_even = requant.iter().step_by(2).map(|r| r.shift as i64).collect();
+        let rq_sh_odd = requant.iter().skip(1).step_by(2).map(|r| r.shift as i64).collect();
+        Epilogue { init, acc_scale, requant, rq_mult, rq_sh_even, rq_sh_odd, output, relu }
+    }
+
+    /// Requantize rows of `n` accumulators (`c`, `rows × n`) into `y`.
+    fn requant_rows(&self, c: &[i32], n: usize, y: &mut [u8]) {
+        let (zp, lo) = self.output_qp();
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if Kernel::Avx2.is_available() && !FORCE_SCALAR.load(Ordering::Relaxed) {
+            // SAFETY: AVX2 was just detected.
+            done = unsafe { x86::requant_rows_avx2(c, n, &self.rq_mult, &self.rq_sh_even, &self.rq_sh_odd, zp, lo, y) };
+        }
+        if done < n {
+            for (yr, cr) in y.chunks_exact_mut(n).zip(c.chunks_exact(n)) {
+                for ((y, &acc), rq) in yr[done..].iter_mut().zip(&cr[done..]).zip(&self.requant[done..n]) {
+                    *y = rq.apply_u8(acc, zp, lo);
+                }
+            }
+        }
     }
 
     /// Requantize accumulator `acc` of channel `o`.
@@ -908,6 +1022,9 @@ impl Epilogue {
 pub struct QuantizedLinear {
     weights: PackedMatrix,
     epi: Epilogue,
+    /// The kept weights as sparse rows, when the product runs on them instead
+    /// ([`with_sparse_product`](Self::with_sparse_product)); the same exact sums.
+    sparse: Option<super::sparse::CsrI8>,
 }
 
 impl QuantizedLinear {
@@ -933,7 +1050,21 @@ impl QuantizedLinear {
     ) -> QuantizedLinear {
         let weights = PackedMatrix::new(w, out_features, in_features);
         let epi = Epilogue::new(&weights, w_scales, bias, input, output, relu);
-        QuantizedLinear { weights, epi }
+        QuantizedLinear { weights, epi, sparse: None }
+    }
+
+    /// The same layer with its product on the non-zero weights only (compressed sparse
+    /// rows): bit-identical outputs, faster when most weights are zero and batches small.
+    pub fn with_sparse_product(mut self) -> QuantizedLinear {
+        let (n, k) = (self.weights.n, self.weights.k);
+        self.sparse = Some(super::sparse::CsrI8::from_dense(&self.weights.raw, n, k));
+        self
+    }
+
+    /// Fraction of zero weights.
+    pub fn zero_fraction(&self) -> f64 {
+        let raw = &self.weights.raw;
+        raw.iter().filter(|&&v| v == 0).count() as f64 / raw.len().max(1) as f64
     }
 
     /// Input features.
@@ -951,6 +1082,15 @@ impl QuantizedLinear {
     fn accumulate(&self, x: &[u8], batch: usize, scratch: &mut Vec<i32>) -> usize {
         let k = self.weights.k;
         assert_eq!(x.len(), batch * k, "x must be batch*in_features");
+        if let Some(sp) = &self.sparse {
+            let n = self.weights.n;
+            if scratch.len() < k + batch * n {
+                scratch.resize(k + batch * n, 0);
+            }
+            let (widened, c) = scratch.split_at_mut(k);
+            sp.product(x, batch, &self.epi.init, &mut c[..batch * n], widened);
+            return k;
+        }
         let kernel = self.weights.effective_kernel();
         let (a, c) = split_scratch(scratch, kernel, batch, &self.weights);
         pack_rows(kernel.elems_per_word(), x, batch, k, a);
@@ -963,15 +1103,8 @@ impl QuantizedLinear {
     pub fn forward_u8(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Vec<i32>) {
         let n = self.weights.n;
         assert_eq!(y.len(), batch * n, "y must be batch*out_features");
-        let (zp, lo) = self.epi.output_qp();
         let off = self.accumulate(x, batch, scratch);
-        let c = &scratch[off..off + batch * n];
-        let rq = &self.epi.requant[..n];
-        for (yr, cr) in y.chunks_exact_mut(n).zip(c.chunks_exact(n)) {
-            for ((y, &acc), rq) in yr.iter_mut().zip(cr).zip(rq) {
-                *y = rq.apply_u8(acc, zp, lo);
-            }
-        }
+        self.epi.requant_rows(&scratch[off..off + batch * n], n, y);
     }
 
     /// `x`: `[batch, in]` u8 → `y`: `[batch, out]` f32, `y = input.scale·w_scales[o]·acc`
@@ -1595,6 +1728,57 @@ mod tests {
                 let mut got = vec![0u8; acc.len()];
                 requant_row(&rq, zp, lo, &acc, &mut got);
                 assert_eq!(got, want, "m={m} zp={zp} lo={lo}");
+            }
+        }
+    }
+
+    /// The AVX2 quantization gives the same bytes as the scalar definition, including
+    /// ties, NaN, infinities and values far outside the range.
+    #[test]
+    fn vector_quantize_equals_scalar_quantize() {
+        let mut rng = Rng::new(23);
+        for qp in [QParams { scale: 1.0 / 255.0, zero_point: 0 }, QParams { scale: 0.1, zero_point: 100 }, QParams { scale: 0.037, zero_point: 255 }, QParams { scale: 3.0, zero_point: 7 }] {
+            let mut x: Vec<f32> = (0..1001).map(|_| rng.uniform(20.0 * qp.scale * 255.0)).collect();
+            // Exact ties around the zero point and specials.
+            for (i, t) in (-300..300).enumerate() {
+                x[i] = (t as f32 + 0.5) * qp.scale;
+            }
+            x.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e30, -1e30, f32::MIN_POSITIVE]);
+            let (mut got, mut want) = (vec![0u8; x.len()], vec![0u8; x.len()]);
+            quantize_u8(&x, qp, &mut got);
+            quantize_u8_impl(&x, qp, &mut want);
+            assert_eq!(got, want, "{qp:?}");
+        }
+    }
+
+    /// A Linear layer's u8 and f32 outputs equal the plain integer computation exactly
+    /// (reference product + bias/zero-point start, then `Requant::apply_u8` / scale), for
+    /// the dense and the sparse product, on odd shapes and batches 1 to 257.
+    #[test]
+    fn linear_outputs_equal_the_integer_reference() {
+        let mut rng = Rng::new(24);
+        for &(n, k) in &[(1, 1), (7, 5), (10, 64), (33, 63), (64, 785), (100, 31)] {
+            for &batch in &[1usize, 2, 3, 5, 17, 64, 257] {
+                for relu in [false, true] {
+                    let mut d = layer_data(&mut rng, batch * k, n, k);
+                    // Prune about half, as the sparse product expects.
+                    d.w.iter_mut().for_each(|v| if rng.below(2) == 0 { *v = 0 });
+                    let yq = QParams { scale: 0.03 + rng.next_f32(), zero_point: rng.below(256) as i32 };
+                    let dense = QuantizedLinear::new(&d.w, &d.ws, n, k, Some(&d.bias), d.xq, Some(yq), relu);
+                    let mut c = vec![0i32; batch * n];
+                    matmul_u8_i8_reference(&d.x, &d.w, batch, n, k, &mut c);
+                    let (zp, lo) = dense.epi.output_qp();
+                    let want_u8: Vec<u8> = c.iter().enumerate().map(|(i, &v)| dense.epi.requant[i % n].apply_u8(v.wrapping_add(dense.epi.init[i % n]), zp, lo)).collect();
+                    let want_f32: Vec<f32> = c.iter().enumerate().map(|(i, &v)| dense.epi.to_f32(i % n, v.wrapping_add(dense.epi.init[i % n]))).collect();
+                    for layer in [dense.clone(), dense.clone().with_sparse_product()] {
+                        let (mut yu, mut yf) = (vec![0u8; batch * n], vec![0f32; batch * n]);
+                        layer.forward_u8(&d.x, batch, &mut yu, &mut Vec::new());
+                        layer.forward_f32(&d.x, batch, &mut yf, &mut Vec::new());
+                        let sparse = layer.sparse.is_some();
+                        assert_eq!(yu, want_u8, "u8 n={n} k={k} batch={batch} relu={relu} sparse={sparse}");
+                        assert_eq!(yf, want_f32, "f32 n={n} k={k} batch={batch} relu={relu} sparse={sparse}");
+                    }
+                }
             }
         }
     }

@@ -4,8 +4,12 @@
 //! - [`kernels`]: f32 matrix product (gemm), im2col, pooling; shared with the trainer.
 //! - [`int8`]: u8 × i8 → i32 kernels (AVX-512 VNNI, AVX2, scalar reference) with
 //!   integer requantization.
-//! - [`exec`]: the executor that runs a graph from its stored weights.
+//! - [`sparse`]: Linear kernels on compressed sparse rows (f32 and int8) and on
+//!   codebook indices (weight sharing), without expanding the weights to dense f32.
+//! - [`exec`]: the executor that runs a graph from its stored weights, choosing per
+//!   layer the fastest kernel the stored encoding allows (timed at plan build).
 
 pub mod exec;
 pub mod int8;
 pub mod kernels;
+pub mod sparse;
