@@ -202,8 +202,24 @@ enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
-    /// Show what a model file holds: architecture, per-tensor encoding and bytes.
+    /// Show what a model file holds: architecture, per-tensor encoding and bytes
+    /// (.sqz, .safetensors, or an ONNX model with what squeeze imports from it).
     Inspect { model: PathBuf },
+    /// Export a model for other runtimes: ONNX (QDQ int8 when the model is quantized,
+    /// else fp32) or safetensors (dense f32). The file is imported again and checked
+    /// against the model before it is written.
+    Export {
+        /// A .sqz, .safetensors or .onnx model.
+        model: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// ONNX fp32 even when the model is quantized (weights dequantized).
+        #[arg(long)]
+        float: bool,
+    },
     /// Measure training speed and inference latency/throughput, f32 against int8, in one run.
     Bench {
         /// Zoo name (mlp, lenet300, lenet5); the same as --model.
@@ -289,6 +305,12 @@ enum ScoreArg {
     L2,
     MeanActivation,
     Taylor,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum ExportFormat {
+    Onnx,
+    Safetensors,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -426,6 +448,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             distill(&teacher, &student, &opts, &out, &data)
         }
         Command::Share { share, out, data } => share_tasks(&share, &out, &data),
+        Command::Export { model, format, out, float } => {
+            export(&model, format, &out, float)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inspect { model } => {
             inspect(&model)?;
             Ok(ExitCode::SUCCESS)
@@ -540,14 +566,51 @@ impl TrainBar {
     }
 }
 
+fn export(path: &Path, format: ExportFormat, out: &Path, float: bool) -> Result<()> {
+    use squeeze::format::onnx;
+    refuse_overwrite(out, &[path])?;
+    let file = store::read(path)?;
+    let bytes = match format {
+        ExportFormat::Safetensors => {
+            let model = file.into_model().with_context(|| format!("'{}'", path.display()))?;
+            let n = store::write_safetensors(out, &model)?;
+            out!("wrote {} ({n} bytes): safetensors, dense f32, {} parameters", out.display(), model.graph.num_params());
+            return Ok(());
+        }
+        ExportFormat::Onnx => match file {
+            ModelFile::Sqz(s) if !float && !s.quant.integer_nodes.is_empty() => {
+                let (bytes, check) = onnx::export_qdq(&s).with_context(|| format!("exporting '{}' as ONNX QDQ int8", path.display()))?;
+                out!(
+                    "ONNX opset {}, QDQ int8: {} integer layers with per-channel int8 weights and squeeze's calibrated u8 activations",
+                    onnx::export::EXPORT_OPSET,
+                    s.quant.integer_nodes.len()
+                );
+                out!("checked: imported again, max |difference| {:.2e} from the model run on dequantized weights ({} inputs)", check.max_diff, check.samples);
+                bytes
+            }
+            other => {
+                let model = other.into_model().with_context(|| format!("'{}'", path.display()))?;
+                let (bytes, check) = onnx::export_f32(&model.graph, &model.tensors()).with_context(|| format!("exporting '{}' as ONNX", path.display()))?;
+                out!("ONNX opset {}, fp32 (every tensor decoded to dense f32)", onnx::export::EXPORT_OPSET);
+                out!("checked: imported again, max |difference| {:.2e} from the model ({} inputs)", check.max_diff, check.samples);
+                bytes
+            }
+        },
+    };
+    squeeze::format::write_atomic(out, &bytes).with_context(|| format!("cannot write '{}'", out.display()))?;
+    out!("wrote {} ({} bytes)", out.display(), bytes.len());
+    Ok(())
+}
+
 fn inspect(path: &Path) -> Result<()> {
     let file = store::read(path)?;
     let bytes = std::fs::metadata(path).with_context(|| format!("cannot read '{}'", path.display()))?.len();
     let graph = file.graph().clone();
     let shapes = graph.validate()?;
     let kind = match &file {
-        ModelFile::Dense(_) => "safetensors (dense f32)",
-        ModelFile::Sqz(_) => ".sqz container",
+        ModelFile::Dense(_) => "safetensors (dense f32)".to_string(),
+        ModelFile::Sqz(_) => ".sqz container".to_string(),
+        ModelFile::Onnx(o) => format!("ONNX (opset {}, from {}), imported", o.opset, if o.producer.is_empty() { "?" } else { &o.producer }),
     };
     let params = graph.num_params();
     out!("{}: {kind}, {bytes} bytes, {params} parameters ({:.2}× vs fp32 {} bytes)", path.display(), 4.0 * params as f64 / bytes as f64, 4 * params);
@@ -571,6 +634,21 @@ fn inspect(path: &Path) -> Result<()> {
             for (name, shape, v) in &d.tensors {
                 out!("  {:<14} {:<16} {:>9} {:>9} {:>8.2}  f32 dense", name, format!("{shape:?}"), v.len(), v.len() * 4, 32.0);
             }
+        }
+        ModelFile::Onnx(o) => {
+            for (name, shape, v) in &o.tensors {
+                out!("  {:<14} {:<16} {:>9} {:>9} {:>8.2}  f32 dense (imported)", name, format!("{shape:?}"), v.len(), v.len() * 4, 32.0);
+            }
+            let ops: Vec<String> = o.op_counts.iter().map(|(op, n)| format!("{op} ×{n}")).collect();
+            out!("
+ONNX ops in the file: {}", ops.join(", "));
+            if !o.notes.is_empty() {
+                out!("import notes:");
+                for note in &o.notes {
+                    out!("  - {note}");
+                }
+            }
+            out!("imported: the model runs every squeeze pass (prune, trim, quantize, share, distill) and exports back to ONNX");
         }
         ModelFile::Sqz(s) => {
             let raw = std::fs::read(path)?;

@@ -503,6 +503,10 @@ pub fn file_counts(file: &ModelFile, path: &Path) -> Result<(u64, u64, f64), Sto
             let nonzero = d.tensors.iter().map(|(_, _, v)| v.iter().filter(|x| **x != 0.0).count()).sum::<usize>();
             Ok((graph.num_params() as u64, nonzero as u64, 32.0))
         }
+        ModelFile::Onnx(o) => {
+            let nonzero = o.tensors.iter().map(|(_, _, v)| v.iter().filter(|x| **x != 0.0).count()).sum::<usize>();
+            Ok((graph.num_params() as u64, nonzero as u64, 32.0))
+        }
         ModelFile::Sqz(s) => {
             let nonzero = s.tensors.iter().map(|t| t.nonzeros()).sum::<usize>();
             let bytes = std::fs::read(path).map_err(|source| StoreError::Io { path: path.into(), source })?;

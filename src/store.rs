@@ -1,10 +1,11 @@
-//! Model files of every kind squeeze reads: the `.sqz` container and safetensors with
-//! squeeze's architecture metadata. Sniffs the kind from the bytes, not the extension,
+//! Model files of every kind squeeze reads: the `.sqz` container, safetensors with
+//! squeeze's architecture metadata, and ONNX models (imported into a squeeze graph). Sniffs the kind from the bytes, not the extension,
 //! and turns a file into a trainable [`Model`] or a runnable [`Plan`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::format::onnx::{self, Imported, OnnxError};
 use crate::format::safetensors::{self as st, DenseFile, SafetensorsError};
 use crate::format::sqz::{self, FormatError, Limits, SqzModel, Values};
 use crate::format::{is_sqz, write_atomic};
@@ -19,10 +20,12 @@ pub enum StoreError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("cannot write '{path}': {source}")]
     Write { path: PathBuf, source: std::io::Error },
-    #[error("'{path}' is not a model file: expected a .sqz container or a safetensors file written by squeeze{hint}")]
+    #[error("'{path}' is not a model file: expected a .sqz container, a safetensors file written by squeeze, or an ONNX model{hint}")]
     NotAModel { path: PathBuf, hint: String },
     #[error("'{path}': {source}")]
     Sqz { path: PathBuf, source: FormatError },
+    #[error("'{path}': {source}")]
+    Onnx { path: PathBuf, source: OnnxError },
     #[error("'{path}': {source}")]
     Safetensors { path: PathBuf, source: SafetensorsError },
     #[error("'{path}': {source}")]
@@ -36,6 +39,8 @@ pub enum StoreError {
 pub enum ModelFile {
     Dense(DenseFile),
     Sqz(SqzModel),
+    /// An ONNX model, imported (dense f32 parameters).
+    Onnx(Imported),
 }
 
 impl ModelFile {
@@ -43,12 +48,14 @@ impl ModelFile {
         match self {
             ModelFile::Dense(d) => &d.graph,
             ModelFile::Sqz(s) => &s.graph,
+            ModelFile::Onnx(o) => &o.graph,
         }
     }
 
     /// A trainable model: int8 weights are dequantized, stored sparsity becomes masks.
     pub fn into_model(self) -> Result<Model, ModelError> {
         match self {
+            ModelFile::Onnx(o) => Model::from_tensors(o.graph, o.tensors.into_iter().map(|(n, s, v)| (n, (s, v))).collect()),
             ModelFile::Dense(d) => {
                 let masked = d.masked.clone();
                 let tensors = d.tensors.into_iter().map(|(n, s, v)| (n, (s, v))).collect();
@@ -113,6 +120,10 @@ impl ModelFile {
                 Plan::new(&d.graph, w, &QuantPlan::default())
             }
             ModelFile::Sqz(s) => sqz_plan(s),
+            ModelFile::Onnx(o) => {
+                let w = o.tensors.iter().map(|(n, _, v)| (n.clone(), Weights::F32(v.clone()))).collect();
+                Plan::new(&o.graph, w, &QuantPlan::default())
+            }
         }
     }
 }
@@ -178,6 +189,12 @@ pub fn read(path: &Path) -> Result<ModelFile, StoreError> {
     if st::is_safetensors(&bytes) {
         let d = st::decode(&bytes).map_err(|source| StoreError::Safetensors { path: path.into(), source })?;
         return Ok(ModelFile::Dense(d));
+    }
+    // ONNX has no magic number: a `.onnx` name or a protobuf that decodes as a model.
+    let onnx_name = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+    if onnx_name || onnx::is_onnx(&bytes) {
+        let m = onnx::import(&bytes).map_err(|source| StoreError::Onnx { path: path.into(), source })?;
+        return Ok(ModelFile::Onnx(m));
     }
     let hint = if bytes.is_empty() {
         " (the file is empty)".to_string()

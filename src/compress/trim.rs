@@ -202,7 +202,8 @@ fn reach(graph: &Graph, shapes: &HashMap<String, Vec<usize>>, idx: usize) -> Res
                     }
                     stack.push(reader.name.clone());
                 }
-                Op::MaxPool2d { .. } | Op::Flatten => stack.push(reader.name.clone()),
+                // Per-unit ops: a removed unit's channel simply disappears from them.
+                Op::MaxPool2d { .. } | Op::AvgPool2d { .. } | Op::Flatten | Op::Sigmoid | Op::Tanh => stack.push(reader.name.clone()),
                 Op::Normalize { mean, .. } => {
                     if mean.len() > 1 {
                         out.normalizes.push(reader.name.clone());

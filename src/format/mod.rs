@@ -1,6 +1,7 @@
 //! File formats: the native `.sqz` container ([`sqz`]), dense models as
 //! [`safetensors`], and atomic file writes.
 
+pub mod onnx;
 pub mod safetensors;
 pub mod sqz;
 

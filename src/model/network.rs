@@ -3,7 +3,7 @@
 use std::mem::take;
 
 use super::{Model, Params};
-use crate::runtime::kernels::{col2im_add_batch, conv2d_forward, conv_chunk, direct_weight_grad, im2col_batch, maxpool, samples_to_channels, sgemm, softmax_rows, DirectConv, MatRef, Window};
+use crate::runtime::kernels::{avgpool, avgpool_backward_add, col2im_add_batch, conv2d_forward, conv_chunk, direct_weight_grad, im2col_batch, maxpool, samples_to_channels, sgemm, softmax_rows, DirectConv, MatRef, Window};
 use crate::spec::{Graph, Op, INPUT};
 
 /// Teacher probabilities for knowledge distillation (Hinton et al. 2015): the loss
@@ -96,6 +96,14 @@ impl Workspace {
                     kernel,
                     stride,
                     padding: 0,
+                }),
+                Op::AvgPool2d { kernel, stride, padding } => Some(Window {
+                    channels: in_shape[0],
+                    height: in_shape[1],
+                    width: in_shape[2],
+                    kernel,
+                    stride,
+                    padding,
                 }),
                 _ => None,
             };
@@ -239,6 +247,14 @@ impl Workspace {
                         maxpool(&x[s * xlen..(s + 1) * xlen], &g, &mut y_n[s * ylen..(s + 1) * ylen], Some(&mut am[s * ylen..(s + 1) * ylen]));
                     }
                 }
+                Op::AvgPool2d { .. } => {
+                    let g = step.window.unwrap();
+                    for s in 0..n {
+                        avgpool(&x[s * xlen..(s + 1) * xlen], &g, &mut y_n[s * ylen..(s + 1) * ylen]);
+                    }
+                }
+                Op::Sigmoid => crate::runtime::kernels::sigmoid(x, y_n),
+                Op::Tanh => crate::runtime::kernels::tanh(x, y_n),
                 Op::Flatten => y_n.copy_from_slice(x),
                 Op::Normalize { ref mean, ref std } => {
                     crate::runtime::kernels::normalize(x, mean, std, xlen, y_n);
@@ -403,6 +419,30 @@ impl Workspace {
                         for (o, &src) in am[s * ylen..(s + 1) * ylen].iter().enumerate() {
                             dxs[src as usize] += dy[s * ylen + o];
                         }
+                    }
+                }
+                Op::AvgPool2d { .. } if need_dx => {
+                    let g = step.window.unwrap();
+                    let dx = &mut self.grads[xid];
+                    if fresh {
+                        dx[..n * xlen].fill(0.0);
+                    }
+                    for s in 0..n {
+                        avgpool_backward_add(&dy[s * ylen..(s + 1) * ylen], &g, &mut dx[s * xlen..(s + 1) * xlen]);
+                    }
+                }
+                Op::Sigmoid if need_dx => {
+                    // dx = dy · y (1 − y)
+                    let y = &self.acts[step.out][..n * ylen];
+                    for ((d, &g), &yv) in self.grads[xid][..n * xlen].iter_mut().zip(dy).zip(y) {
+                        put(fresh, d, g * yv * (1.0 - yv));
+                    }
+                }
+                Op::Tanh if need_dx => {
+                    // dx = dy · (1 − y²)
+                    let y = &self.acts[step.out][..n * ylen];
+                    for ((d, &g), &yv) in self.grads[xid][..n * xlen].iter_mut().zip(dy).zip(y) {
+                        put(fresh, d, g * (1.0 - yv * yv));
                     }
                 }
                 Op::Normalize { ref std, .. } if need_dx => {
@@ -609,6 +649,29 @@ mod tests {
             ],
         );
         check_gradients(&Model::init(g, 3).unwrap(), 4, 3);
+    }
+
+    /// The ops ONNX import brings: sigmoid, tanh, padded average pooling and a global
+    /// average pool (the kernel covering the map).
+    #[test]
+    fn sigmoid_tanh_avgpool_gradients_match_finite_differences() {
+        let g = crate::spec::Graph::chain(
+            vec![2, 7, 7],
+            vec![
+                ("c1", Op::Conv2d { in_channels: 2, out_channels: 3, kernel: 3, stride: 1, padding: 1, bias: true }),
+                ("t1", Op::Tanh),
+                ("a1", Op::AvgPool2d { kernel: 3, stride: 2, padding: 1 }),
+                ("c2", Op::Conv2d { in_channels: 3, out_channels: 4, kernel: 2, stride: 1, padding: 0, bias: true }),
+                ("s1", Op::Sigmoid),
+                ("gap", Op::AvgPool2d { kernel: 3, stride: 3, padding: 0 }),
+                ("f", Op::Flatten),
+                ("fc", Op::Linear { in_features: 4, out_features: 3, bias: true }),
+            ],
+        );
+        let shapes = g.validate().unwrap();
+        assert_eq!(shapes["a1"], vec![3, 4, 4]);
+        assert_eq!(shapes["gap"], vec![4, 1, 1]);
+        check_gradients(&Model::init(g, 13).unwrap(), 14, 3);
     }
 
     #[test]

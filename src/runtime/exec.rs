@@ -103,6 +103,9 @@ enum Kernel {
     ByBatch(Vec<(usize, Kernel)>),
     ConvI8(Box<QuantizedConv2d>),
     MaxPool(Window),
+    AvgPool(Window),
+    Sigmoid,
+    Tanh,
     Relu,
     ReluU8(u8),
     Add,
@@ -313,6 +316,25 @@ impl Plan {
                     let repr = plan.slots[x].repr;
                     let out = plan.add_slot(repr, out_len, &node.name);
                     plan.steps.push(Step { kernel: Kernel::MaxPool(g), inputs: vec![x], out });
+                    slot_of.insert(node.name.clone(), out);
+                }
+                // Float-only ops: in an int8 plan they run in f32 between integer layers.
+                Op::AvgPool2d { .. } | Op::Sigmoid | Op::Tanh => {
+                    let x = plan.convert(x, Repr::F32, &mut converted);
+                    let kernel = match node.op {
+                        Op::AvgPool2d { kernel, stride, padding } => Kernel::AvgPool(Window {
+                            channels: in_shape[0],
+                            height: in_shape[1],
+                            width: in_shape[2],
+                            kernel,
+                            stride,
+                            padding,
+                        }),
+                        Op::Sigmoid => Kernel::Sigmoid,
+                        _ => Kernel::Tanh,
+                    };
+                    let out = plan.add_slot(Repr::F32, out_len, &node.name);
+                    plan.steps.push(Step { kernel, inputs: vec![x], out });
                     slot_of.insert(node.name.clone(), out);
                 }
                 Op::Flatten => {
@@ -599,6 +621,20 @@ impl Plan {
                         }
                     }
                 },
+                Kernel::AvgPool(g) => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    for s in 0..n {
+                        super::kernels::avgpool(&xs[s * xl..(s + 1) * xl], g, &mut y[s * ol..(s + 1) * ol]);
+                    }
+                }
+                Kernel::Sigmoid => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    super::kernels::sigmoid(&xs[..n * xl], &mut y[..n * ol]);
+                }
+                Kernel::Tanh => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    super::kernels::tanh(&xs[..n * xl], &mut y[..n * ol]);
+                }
                 Kernel::Relu => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     y[..n * ol].iter_mut().zip(&xs[..n * xl]).for_each(|(v, &i)| *v = i.max(0.0));

@@ -1417,3 +1417,70 @@ mod tests {
         assert_eq!(idx, [1, 6]);
     }
 }
+
+/// Average pooling of one `[C, H, W]` sample: each output is the window's sum over
+/// `kernel²` (zero padding counts, as ONNX `count_include_pad = 1` and PyTorch's default).
+pub fn avgpool(x: &[f32], g: &Window, y: &mut [f32]) {
+    let (oh, ow) = (g.out_height(), g.out_width());
+    assert!(x.len() >= g.channels * g.height * g.width && y.len() >= g.channels * oh * ow, "avgpool: buffer too short");
+    let inv = 1.0 / (g.kernel * g.kernel) as f32;
+    for c in 0..g.channels {
+        let base = c * g.height * g.width;
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = 0.0f32;
+                for ki in 0..g.kernel {
+                    let iy = (oy * g.stride + ki) as isize - g.padding as isize;
+                    if iy < 0 || iy >= g.height as isize {
+                        continue;
+                    }
+                    let row = base + iy as usize * g.width;
+                    for kj in 0..g.kernel {
+                        let ix = (ox * g.stride + kj) as isize - g.padding as isize;
+                        if ix >= 0 && ix < g.width as isize {
+                            acc += x[row + ix as usize];
+                        }
+                    }
+                }
+                y[(c * oh + oy) * ow + ox] = acc * inv;
+            }
+        }
+    }
+}
+
+/// Adds the gradient of [`avgpool`] for one sample: `dx[window] += dy / kernel²`.
+pub fn avgpool_backward_add(dy: &[f32], g: &Window, dx: &mut [f32]) {
+    let (oh, ow) = (g.out_height(), g.out_width());
+    let inv = 1.0 / (g.kernel * g.kernel) as f32;
+    for c in 0..g.channels {
+        let base = c * g.height * g.width;
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let d = dy[(c * oh + oy) * ow + ox] * inv;
+                for ki in 0..g.kernel {
+                    let iy = (oy * g.stride + ki) as isize - g.padding as isize;
+                    if iy < 0 || iy >= g.height as isize {
+                        continue;
+                    }
+                    let row = base + iy as usize * g.width;
+                    for kj in 0..g.kernel {
+                        let ix = (ox * g.stride + kj) as isize - g.padding as isize;
+                        if ix >= 0 && ix < g.width as isize {
+                            dx[row + ix as usize] += d;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Logistic function, element-wise.
+pub fn sigmoid(x: &[f32], y: &mut [f32]) {
+    y.iter_mut().zip(x).for_each(|(o, &i)| *o = 1.0 / (1.0 + (-i).exp()));
+}
+
+/// Hyperbolic tangent, element-wise.
+pub fn tanh(x: &[f32], y: &mut [f32]) {
+    y.iter_mut().zip(x).for_each(|(o, &i)| *o = i.tanh());
+}

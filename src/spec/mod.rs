@@ -56,9 +56,17 @@ pub enum Op {
     },
     /// Max pooling on `[C, H, W]`, no padding.
     MaxPool2d { kernel: usize, stride: usize },
+    /// Average pooling on `[C, H, W]` with zero padding counted in the average
+    /// (ONNX `count_include_pad = 1`, PyTorch's default); a global average pool is the
+    /// kernel covering the whole map.
+    AvgPool2d { kernel: usize, stride: usize, padding: usize },
     /// Any shape to 1-D.
     Flatten,
     Relu,
+    /// Logistic `1 / (1 + e^−x)`, element-wise.
+    Sigmoid,
+    /// Hyperbolic tangent, element-wise.
+    Tanh,
     /// Element-wise sum of two values of the same shape (residual connections).
     Add,
     /// Input preprocessing `y = (x − mean) / std`, one value for all elements or one
@@ -90,6 +98,9 @@ impl Op {
             Op::Linear { .. } => "Linear",
             Op::Conv2d { .. } => "Conv2d",
             Op::MaxPool2d { .. } => "MaxPool2d",
+            Op::AvgPool2d { .. } => "AvgPool2d",
+            Op::Sigmoid => "Sigmoid",
+            Op::Tanh => "Tanh",
             Op::Flatten => "Flatten",
             Op::Relu => "ReLU",
             Op::Add => "Add",
@@ -287,8 +298,17 @@ pub fn output_shape(name: &str, op: &Op, ins: &[Vec<usize>]) -> Result<Vec<usize
             }
             Ok(vec![x[0], (x[1] - kernel) / stride + 1, (x[2] - kernel) / stride + 1])
         }
+        &Op::AvgPool2d { kernel, stride, padding } => {
+            if x.len() != 3 {
+                return Err(bad("AvgPool2d expects [C, H, W]".into()));
+            }
+            if stride == 0 || kernel == 0 || padding >= kernel || x[1] + 2 * padding < kernel || x[2] + 2 * padding < kernel {
+                return Err(bad(format!("pool kernel {kernel} / stride {stride} / padding {padding} do not fit")));
+            }
+            Ok(vec![x[0], (x[1] + 2 * padding - kernel) / stride + 1, (x[2] + 2 * padding - kernel) / stride + 1])
+        }
         Op::Flatten => Ok(vec![x.iter().product()]),
-        Op::Relu => Ok(x.clone()),
+        Op::Relu | Op::Sigmoid | Op::Tanh => Ok(x.clone()),
         Op::Normalize { mean, std } => {
             let channels = if x.len() == 3 { x[0] } else { 1 };
             let fits = |v: &Vec<f32>| v.len() == 1 || v.len() == channels;

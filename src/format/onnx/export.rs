@@ -1,0 +1,418 @@
+//! squeeze graph → ONNX (opset 13).
+//!
+//! - [`export_f32`]: any graph with dense f32 parameters (a stored model decoded from any
+//!   encoding: dense, sparse, codebook, int8 dequantized) as plain ONNX.
+//! - [`export_qdq`]: a quantized `.sqz` model as ONNX QDQ: every integer layer reads its
+//!   input through QuantizeLinear → DequantizeLinear with squeeze's calibrated u8 scale
+//!   and zero point, its int8 weight through DequantizeLinear with the per-output-channel
+//!   scales (axis 0), its bias as int32 at scale `input_scale · weight_scale[o]` (as
+//!   squeeze's integer kernels round it), and a calibrated output is quantized again.
+//!   ONNX Runtime fuses these patterns into integer kernels (QLinearConv, QGemm/MatMulInteger).
+//!
+//! Both check themselves before returning: the bytes are imported again by squeeze's
+//! own importer and run on a few inputs against the model they came from; a mismatch
+//! is an [`ExportError::Mismatch`], never a silent success.
+
+use std::collections::HashMap;
+
+use prost::Message;
+
+use super::import::{import, OnnxError};
+use super::proto::{
+    attr_type, data_type, AttributeProto, Dimension, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto,
+};
+use crate::format::sqz::{SqzModel, Values};
+use crate::rng::Rng;
+use crate::runtime::exec::{Plan, RuntimeError, Weights, Workspace};
+use crate::spec::{Graph, Op, QParams, QuantPlan, INPUT};
+
+/// The opset squeeze writes: per-axis DequantizeLinear needs 13.
+pub const EXPORT_OPSET: i64 = 13;
+
+/// Why a model cannot be exported.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("tensor '{0}' is missing")]
+    MissingTensor(String),
+    #[error("the model has no integer layers to export as QDQ int8 (quantize it with mode = \"full\" first, or export fp32)")]
+    NotQuantized,
+    #[error("integer layer '{node}' reads '{value}', which has no calibrated quantization")]
+    MissingQParams { node: String, value: String },
+    #[error("integer layer '{0}' has no int8 weight")]
+    NotInt8(String),
+    #[error("the exported ONNX does not import back: {0}")]
+    Reimport(#[from] OnnxError),
+    #[error("cannot run the model to check the export: {0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("the exported ONNX disagrees with the model: max |difference| {max_diff:.3e} on {samples} check inputs (allowed {tolerance:.1e}); nothing was written")]
+    Mismatch { max_diff: f32, tolerance: f32, samples: usize },
+}
+
+/// What an export checked, for the caller to print.
+#[derive(Clone, Debug)]
+pub struct ExportCheck {
+    pub samples: usize,
+    pub max_diff: f32,
+    pub tolerance: f32,
+}
+
+fn tensor_f32(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
+    TensorProto {
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(data_type::FLOAT),
+        name: Some(name.into()),
+        raw_data: Some(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+fn tensor_i8(name: &str, dims: &[usize], data: &[i8]) -> TensorProto {
+    TensorProto {
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(data_type::INT8),
+        name: Some(name.into()),
+        raw_data: Some(data.iter().map(|&v| v as u8).collect()),
+        ..Default::default()
+    }
+}
+
+fn tensor_u8(name: &str, dims: &[usize], data: &[u8]) -> TensorProto {
+    TensorProto { dims: dims.iter().map(|&d| d as i64).collect(), data_type: Some(data_type::UINT8), name: Some(name.into()), raw_data: Some(data.to_vec()), ..Default::default() }
+}
+
+fn tensor_i32(name: &str, dims: &[usize], data: &[i32]) -> TensorProto {
+    TensorProto {
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(data_type::INT32),
+        name: Some(name.into()),
+        raw_data: Some(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, v: &[usize]) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), ints: v.iter().map(|&x| x as i64).collect(), r#type: Some(attr_type::INTS), ..Default::default() }
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), i: Some(v), r#type: Some(attr_type::INT), ..Default::default() }
+}
+
+fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
+    let mut dim = vec![Dimension { dim_value: None, dim_param: Some("N".into()) }];
+    dim.extend(shape.iter().map(|&d| Dimension { dim_value: Some(d as i64), dim_param: None }));
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto { tensor_type: Some(TypeProtoTensor { elem_type: Some(data_type::FLOAT), shape: Some(TensorShapeProto { dim }) }) }),
+        doc_string: None,
+    }
+}
+
+/// Integer-layer data for a QDQ export.
+struct Int8 {
+    plan: QuantPlan,
+    weights: HashMap<String, (Vec<i8>, Vec<f32>)>,
+}
+
+struct Writer {
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    /// squeeze value → the ONNX name its float consumers read.
+    name: HashMap<String, String>,
+    /// Quantize/dequantize pairs already written: (value, zero point, scale bits) → name.
+    qdq: HashMap<(String, i32, u32), String>,
+}
+
+impl Writer {
+    fn node(&mut self, op: &str, name: &str, inputs: Vec<String>, output: String, attribute: Vec<AttributeProto>) {
+        self.nodes.push(NodeProto { input: inputs, output: vec![output], name: Some(name.into()), op_type: Some(op.into()), attribute, ..Default::default() });
+    }
+
+    /// `onnx_value` through QuantizeLinear → DequantizeLinear with `qp` (once per pair).
+    fn fake_quant(&mut self, value: &str, onnx_value: &str, qp: QParams) -> String {
+        let key = (value.to_string(), qp.zero_point, qp.scale.to_bits());
+        if let Some(n) = self.qdq.get(&key) {
+            return n.clone();
+        }
+        let k = self.qdq.len();
+        let base = if k == 0 || !self.qdq.keys().any(|(v, _, _)| v == value) { value.to_string() } else { format!("{value}.{k}") };
+        let (s, z) = (format!("{base}.scale"), format!("{base}.zero_point"));
+        self.inits.push(tensor_f32(&s, &[], &[qp.scale]));
+        self.inits.push(tensor_u8(&z, &[], &[qp.zero_point.clamp(0, 255) as u8]));
+        let (q, dq) = (format!("{base}.q"), format!("{base}.dq"));
+        self.node("QuantizeLinear", &format!("{base}.quantize"), vec![onnx_value.into(), s.clone(), z.clone()], q.clone(), vec![]);
+        self.node("DequantizeLinear", &format!("{base}.dequantize"), vec![q, s, z], dq.clone(), vec![]);
+        self.qdq.insert(key, dq.clone());
+        dq
+    }
+}
+
+fn build(graph: &Graph, tensors: &HashMap<String, Vec<f32>>, int8: Option<&Int8>) -> Result<ModelProto, ExportError> {
+    let shapes = graph.validate().map_err(|e| ExportError::Runtime(RuntimeError::Spec(e)))?;
+    let consumers = graph.consumers();
+    let mut w = Writer { nodes: Vec::new(), inits: Vec::new(), name: HashMap::new(), qdq: HashMap::new() };
+    w.name.insert(INPUT.into(), INPUT.into());
+    // Mirror of the runtime's representation of each value (exec.rs): Some(qp) where
+    // squeeze holds it as u8, so the ONNX graph quantizes at the same places.
+    let mut repr: HashMap<String, Option<QParams>> = HashMap::new();
+    repr.insert(INPUT.into(), None);
+    let mut fused_relu: HashMap<String, Option<QParams>> = HashMap::new();
+    let get = |n: &str| tensors.get(n).ok_or_else(|| ExportError::MissingTensor(n.into()));
+    for node in &graph.nodes {
+        let x_value = &node.inputs[0];
+        let x = w.name[x_value].clone();
+        let out = node.name.clone();
+        let in_shape = &shapes[x_value];
+        let mut out_repr: Option<QParams> = None;
+        let integer = int8.filter(|q| q.plan.integer_nodes.contains(&node.name) && node.op.has_weight());
+        match &node.op {
+            Op::Linear { .. } | Op::Conv2d { .. } => {
+                let wname = format!("{}.weight", node.name);
+                let bname = format!("{}.bias", node.name);
+                let wshape = graph.parameters().into_iter().find(|p| p.name == wname).map(|p| p.shape).ok_or_else(|| ExportError::MissingTensor(wname.clone()))?;
+                let bias = graph.parameters().into_iter().any(|p| p.name == bname);
+                let mut inputs = Vec::new();
+                if let Some(q) = integer {
+                    let in_qp = match repr.get(x_value).copied().flatten() {
+                        Some(qp) => qp,
+                        None => *q.plan.activations.get(x_value).ok_or_else(|| ExportError::MissingQParams { node: node.name.clone(), value: x_value.clone() })?,
+                    };
+                    let float_x = w.name[x_value].clone();
+                    let xq = match repr.get(x_value).copied().flatten() {
+                        Some(_) => float_x,
+                        None => w.fake_quant(x_value, &float_x, in_qp),
+                    };
+                    let (wq, ws) = q.weights.get(&wname).ok_or_else(|| ExportError::NotInt8(node.name.clone()))?;
+                    let oc = wshape[0];
+                    w.inits.push(tensor_i8(&format!("{wname}.q"), &wshape, wq));
+                    w.inits.push(tensor_f32(&format!("{wname}.scale"), &[oc], ws));
+                    w.inits.push(tensor_i8(&format!("{wname}.zero_point"), &[oc], &vec![0; oc]));
+                    w.node(
+                        "DequantizeLinear",
+                        &format!("{wname}.dequantize"),
+                        vec![format!("{wname}.q"), format!("{wname}.scale"), format!("{wname}.zero_point")],
+                        format!("{wname}.dq"),
+                        vec![int("axis", 0)],
+                    );
+                    inputs.push(xq);
+                    inputs.push(format!("{wname}.dq"));
+                    if bias {
+                        let b = get(&bname)?;
+                        let scales: Vec<f32> = ws.iter().map(|s| (in_qp.scale as f64 * *s as f64) as f32).collect();
+                        let bq: Vec<i32> = b.iter().zip(ws).map(|(v, s)| (*v as f64 / (in_qp.scale as f64 * *s as f64)).round() as i32).collect();
+                        w.inits.push(tensor_i32(&format!("{bname}.q"), &[oc], &bq));
+                        w.inits.push(tensor_f32(&format!("{bname}.scale"), &[oc], &scales));
+                        w.inits.push(tensor_i32(&format!("{bname}.zero_point"), &[oc], &vec![0; oc]));
+                        w.node(
+                            "DequantizeLinear",
+                            &format!("{bname}.dequantize"),
+                            vec![format!("{bname}.q"), format!("{bname}.scale"), format!("{bname}.zero_point")],
+                            format!("{bname}.dq"),
+                            vec![int("axis", 0)],
+                        );
+                        inputs.push(format!("{bname}.dq"));
+                    }
+                    let relu = graph
+                        .nodes
+                        .iter()
+                        .find(|n| n.inputs.first() == Some(&node.name) && matches!(n.op, Op::Relu))
+                        .filter(|r| consumers.get(&node.name) == Some(&1) && q.plan.activations.contains_key(&r.name));
+                    match relu {
+                        Some(r) => {
+                            fused_relu.insert(r.name.clone(), q.plan.activations.get(&r.name).copied());
+                        }
+                        None => out_repr = q.plan.activations.get(&node.name).copied(),
+                    }
+                } else {
+                    w.inits.push(tensor_f32(&wname, &wshape, get(&wname)?));
+                    inputs.push(x.clone());
+                    inputs.push(wname.clone());
+                    if bias {
+                        let b = get(&bname)?;
+                        w.inits.push(tensor_f32(&bname, &[b.len()], b));
+                        inputs.push(bname);
+                    }
+                }
+                match node.op {
+                    Op::Linear { .. } => w.node("Gemm", &node.name, inputs, out.clone(), vec![int("transB", 1)]),
+                    Op::Conv2d { kernel, stride, padding, .. } => w.node(
+                        "Conv",
+                        &node.name,
+                        inputs,
+                        out.clone(),
+                        vec![ints("kernel_shape", &[kernel, kernel]), ints("strides", &[stride, stride]), ints("pads", &[padding; 4])],
+                    ),
+                    _ => unreachable!(),
+                }
+            }
+            Op::MaxPool2d { kernel, stride } => {
+                w.node("MaxPool", &node.name, vec![x], out.clone(), vec![ints("kernel_shape", &[*kernel, *kernel]), ints("strides", &[*stride, *stride])]);
+                out_repr = repr[x_value];
+            }
+            Op::AvgPool2d { kernel, stride, padding } => w.node(
+                "AveragePool",
+                &node.name,
+                vec![x],
+                out.clone(),
+                vec![
+                    ints("kernel_shape", &[*kernel, *kernel]),
+                    ints("strides", &[*stride, *stride]),
+                    ints("pads", &[*padding; 4]),
+                    int("count_include_pad", 1),
+                ],
+            ),
+            Op::Flatten => {
+                w.node("Flatten", &node.name, vec![x], out.clone(), vec![int("axis", 1)]);
+                out_repr = repr[x_value];
+            }
+            Op::Relu => {
+                w.node("Relu", &node.name, vec![x], out.clone(), vec![]);
+                out_repr = match fused_relu.get(&node.name) {
+                    Some(qp) => *qp,
+                    None => repr[x_value],
+                };
+            }
+            Op::Sigmoid => w.node("Sigmoid", &node.name, vec![x], out.clone(), vec![]),
+            Op::Tanh => w.node("Tanh", &node.name, vec![x], out.clone(), vec![]),
+            Op::Add => {
+                let y = w.name[&node.inputs[1]].clone();
+                w.node("Add", &node.name, vec![x, y], out.clone(), vec![]);
+            }
+            Op::Softmax => w.node("Softmax", &node.name, vec![x], out.clone(), vec![int("axis", -1)]),
+            Op::Normalize { mean, std } => {
+                // Per channel of [C, H, W] as [C, 1, 1]; one value as a scalar.
+                let dims: Vec<usize> = if mean.len() > 1 { vec![mean.len(), 1, 1] } else { vec![] };
+                let (m, s) = (format!("{}.mean", node.name), format!("{}.std", node.name));
+                w.inits.push(tensor_f32(&m, &dims, mean));
+                w.inits.push(tensor_f32(&s, &dims, std));
+                let centered = format!("{}.centered", node.name);
+                w.node("Sub", &format!("{}.sub", node.name), vec![x, m], centered.clone(), vec![]);
+                w.node("Div", &node.name, vec![centered, s], out.clone(), vec![]);
+                let _ = in_shape;
+            }
+        }
+        repr.insert(out.clone(), out_repr);
+        let name = match out_repr {
+            Some(qp) => w.fake_quant(&out, &out, qp),
+            None => out.clone(),
+        };
+        w.name.insert(out, name);
+    }
+    // Graph outputs keep squeeze's value names; a value read through Q/DQ gets an
+    // Identity so the output name stays the node's.
+    let mut outputs = Vec::new();
+    for o in &graph.outputs {
+        let onnx = w.name[o].clone();
+        let name = if onnx == *o {
+            o.clone()
+        } else {
+            let n = format!("{o}.output");
+            w.node("Identity", &n, vec![onnx], n.clone(), vec![]);
+            n
+        };
+        outputs.push(value_info(&name, &shapes[o]));
+    }
+    let g = GraphProto {
+        node: w.nodes,
+        name: Some("squeeze".into()),
+        initializer: w.inits,
+        doc_string: None,
+        input: vec![value_info(INPUT, &graph.input_shape)],
+        output: outputs,
+        value_info: Vec::new(),
+    };
+    Ok(ModelProto {
+        ir_version: Some(7),
+        producer_name: Some("squeeze".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        domain: None,
+        model_version: None,
+        doc_string: Some(if int8.is_some() { "squeeze QDQ int8 export".into() } else { "squeeze fp32 export".into() }),
+        graph: Some(g),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(EXPORT_OPSET) }],
+        metadata_props: Vec::new(),
+    })
+}
+
+/// Deterministic check inputs in [0, 1] (the range of squeeze's pixel data).
+fn check_inputs(graph: &Graph, samples: usize) -> Vec<f32> {
+    let mut rng = Rng::new(0x5eed_0000);
+    (0..samples * graph.input_len()).map(|_| rng.next_f32()).collect()
+}
+
+/// Imports `bytes` again and compares its outputs with `reference` on check inputs.
+fn verify(bytes: &[u8], graph: &Graph, reference: &Plan, tolerance: f32) -> Result<ExportCheck, ExportError> {
+    let back = import(bytes)?;
+    let w = back.tensors.iter().map(|(n, _, v)| (n.clone(), Weights::F32(v.clone()))).collect();
+    let plan = Plan::new(&back.graph, w, &QuantPlan::default())?;
+    let samples = 8;
+    let x = check_inputs(graph, samples);
+    let want = reference.run_all(&x, samples, &mut Workspace::default())?;
+    let got = plan.run_all(&x, samples, &mut Workspace::default())?;
+    let mut max_diff = 0.0f32;
+    let mut scale = 1.0f32;
+    if want.len() != got.len() {
+        return Err(ExportError::Mismatch { max_diff: f32::INFINITY, tolerance, samples });
+    }
+    for (a, b) in want.iter().zip(&got) {
+        if a.len() != b.len() {
+            return Err(ExportError::Mismatch { max_diff: f32::INFINITY, tolerance, samples });
+        }
+        for (u, v) in a.iter().zip(b) {
+            max_diff = max_diff.max((u - v).abs());
+            scale = scale.max(u.abs());
+        }
+    }
+    // Relative to the outputs' magnitude (logits can be large).
+    let allowed = tolerance * scale;
+    if !(max_diff <= allowed) {
+        return Err(ExportError::Mismatch { max_diff, tolerance: allowed, samples });
+    }
+    Ok(ExportCheck { samples, max_diff, tolerance: allowed })
+}
+
+/// ONNX fp32 of `graph` with dense parameters `tensors` (by name), checked by importing
+/// it again: outputs agree within 1e-5 relative to their magnitude.
+pub fn export_f32(graph: &Graph, tensors: &HashMap<String, Vec<f32>>) -> Result<(Vec<u8>, ExportCheck), ExportError> {
+    let bytes = build(graph, tensors, None)?.encode_to_vec();
+    let w = tensors.iter().map(|(k, v)| (k.clone(), Weights::F32(v.clone()))).collect();
+    let reference = Plan::new(graph, w, &QuantPlan::default())?;
+    let check = verify(&bytes, graph, &reference, 1e-5)?;
+    Ok((bytes, check))
+}
+
+/// ONNX QDQ int8 of a quantized stored model. The check imports the bytes again (int8
+/// weights dequantized, activation Q/DQ read as float) and compares with the stored
+/// model run in float from its dequantized weights: structure, weights, scales and
+/// biases must agree (within 1e-3 relative: the int32 bias rounding); the activation
+/// quantization itself is what ONNX Runtime then runs, checked by the test suite.
+pub fn export_qdq(model: &SqzModel) -> Result<(Vec<u8>, ExportCheck), ExportError> {
+    if model.quant.integer_nodes.is_empty() {
+        return Err(ExportError::NotQuantized);
+    }
+    let mut dense = HashMap::new();
+    let mut weights = HashMap::new();
+    let mut reference_weights = HashMap::new();
+    for t in &model.tensors {
+        let f = t.to_dense_f32();
+        if let Values::I8 { q, scales } = &t.values {
+            let mut full = vec![0i8; t.numel()];
+            match &t.positions {
+                Some(p) => p.iter().zip(q).for_each(|(&i, &v)| full[i as usize] = v),
+                None => full.copy_from_slice(q),
+            }
+            weights.insert(t.name.clone(), (full.clone(), scales.clone()));
+            reference_weights.insert(t.name.clone(), Weights::I8 { q: full, scales: scales.clone() });
+        } else {
+            reference_weights.insert(t.name.clone(), Weights::F32(f.clone()));
+        }
+        dense.insert(t.name.clone(), f);
+    }
+    let int8 = Int8 { plan: model.quant.clone(), weights };
+    let bytes = build(&model.graph, &dense, Some(&int8))?.encode_to_vec();
+    // The float run of the same weights (int8 dequantized at load).
+    let reference = Plan::new(&model.graph, reference_weights, &QuantPlan::default())?;
+    let check = verify(&bytes, &model.graph, &reference, 1e-3)?;
+    Ok((bytes, check))
+}

@@ -1,0 +1,19 @@
+//! ONNX import and export.
+//!
+//! - [`import`]: an ONNX model (opsets 11 to 21) becomes an ordinary squeeze graph with
+//!   dense f32 parameters. Each ONNX node maps through an op registry onto squeeze ops;
+//!   BatchNormalization, constant bias adds and constant scales fold into the layer before
+//!   them, constant affine steps on the input fold into a `Normalize` node, layout-only
+//!   Reshape/Transpose/Flatten become `Flatten` or nothing. Exporter post-processing that
+//!   does not feed a float output (skl2onnx's ArgMax, Cast, ZipMap, ...) is skipped.
+//! - [`export`]: any graph squeeze holds as ONNX fp32, and a quantized model as ONNX QDQ
+//!   int8 (QuantizeLinear/DequantizeLinear around integer layers).
+//!
+//! The protobuf messages are a hand-written subset of `onnx.proto` ([`proto`]).
+
+pub mod export;
+pub mod import;
+pub mod proto;
+
+pub use export::{export_f32, export_qdq, ExportCheck, ExportError};
+pub use import::{import, is_onnx, Imported, OnnxError, SUPPORTED_OPS};
