@@ -209,6 +209,31 @@ enum Command {
     },
     /// Show what a model file holds: architecture, per-tensor encoding and bytes.
     Inspect { model: PathBuf },
+    /// Import a PyTorch state dict (.pth/.pt zip or .safetensors) with an architecture
+    /// description (TOML layer list naming its keys); writes a squeeze model file.
+    Import {
+        /// The state dict: a torch.save zip (.pth/.pt) or a .safetensors file.
+        state_dict: PathBuf,
+        /// The architecture description (see recipes/models/*.arch.toml).
+        #[arg(long)]
+        arch: PathBuf,
+        /// Output (.safetensors keeps the PyTorch key names; or .sqz).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Export a model file (any stored encoding) for other tools.
+    Export {
+        /// A .sqz or .safetensors model.
+        model: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Inputs on which the re-read export must give the model's outputs.
+        #[arg(long, default_value_t = 16)]
+        check_inputs: usize,
+    },
     /// Measure training speed and inference latency/throughput, f32 against int8, in one run.
     Bench {
         /// Zoo name (mlp, lenet300, lenet5).
@@ -239,10 +264,20 @@ struct DataArgs {
     /// Training images held out for validation.
     #[arg(long, value_name = "N", default_value_t = 5000)]
     validation: usize,
+    /// Your own training data instead of Fashion-MNIST: train.npz (arrays x, y) or inputs.npy,labels.npy.
+    #[arg(long, value_name = "NPZ|X.npy,Y.npy", requires = "test_arrays")]
+    train_arrays: Option<String>,
+    /// Your own test data (with --train-arrays): test.npz (arrays x, y) or inputs.npy,labels.npy.
+    #[arg(long, value_name = "NPZ|X.npy,Y.npy", requires = "train_arrays")]
+    test_arrays: Option<String>,
 }
 
 impl DataArgs {
     fn load(&self) -> Result<Splits> {
+        if let (Some(train), Some(test)) = (&self.train_arrays, &self.test_arrays) {
+            let (train, test) = (data::npy::ArraySource::parse(train), data::npy::ArraySource::parse(test));
+            return Ok(data::load_arrays(&train, &test, self.validation, self.train_limit, self.test_limit)?);
+        }
         let dir = data::locate(self.data.as_deref())?;
         Ok(data::load_fashion_mnist(&dir, self.validation, self.train_limit, self.test_limit)?)
     }
@@ -260,6 +295,12 @@ enum ScoreArg {
     L2,
     MeanActivation,
     Taylor,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum ExportFormat {
+    /// Dense f32 tensors (PyTorch key names for imported models), checked by re-reading.
+    Safetensors,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -402,6 +443,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { model, train_samples, json, data } => bench(&model, train_samples, json, &data),
+        Command::Import { state_dict, arch, out } => {
+            refuse_overwrite(&out, &[&state_dict, &arch])?;
+            let m = store::import_pytorch(&state_dict, &arch)?;
+            let bytes = write_model(&out, &m)?;
+            for (spec, _) in m.params.iter() {
+                out!("{:<24} {:?}", spec.name, spec.shape);
+            }
+            out!("wrote {} ({} bytes, {} parameters, input {:?})", out.display(), bytes, m.graph.num_params(), m.graph.input_shape);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { model, format, out, check_inputs } => {
+            refuse_overwrite(&out, &[&model])?;
+            let file = store::read(&model)?;
+            match format {
+                ExportFormat::Safetensors => {
+                    let s = store::export_safetensors(&file, &out, check_inputs)?;
+                    out!(
+                        "wrote {} ({} bytes, {} tensors, dense f32); re-read and checked on {} inputs: max |Δ| {:e} against the decoded model, {:e} against the stored encoding's runtime",
+                        out.display(),
+                        s.bytes,
+                        s.tensors,
+                        s.checked_inputs,
+                        s.max_abs_diff,
+                        s.max_abs_diff_vs_stored
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -431,6 +501,9 @@ fn refuse_overwrite(out: &Path, inputs: &[&Path]) -> Result<()> {
 }
 
 fn cmd_run(recipe_path: &Path, out_dir: PathBuf, data: DataArgs) -> Result<ExitCode> {
+    if data.train_arrays.is_some() {
+        bail!("`run` takes its data from the recipe: set [data] dataset = \"numpy\", train = ..., test = ... there");
+    }
     let recipe = Recipe::load(recipe_path)?;
     let opts = RunOptions {
         recipe_path: recipe_path.to_path_buf(),
