@@ -205,9 +205,21 @@ enum Command {
     /// Show what a model file holds: architecture, per-tensor encoding and bytes
     /// (.sqz, .safetensors, or an ONNX model with what squeeze imports from it).
     Inspect { model: PathBuf },
+    /// Import a PyTorch state dict (.pth/.pt zip or .safetensors) with an architecture
+    /// description (TOML layer list naming its keys); writes a squeeze model file.
+    Import {
+        /// The state dict: a torch.save zip (.pth/.pt) or a .safetensors file.
+        state_dict: PathBuf,
+        /// The architecture description (see recipes/models/*.arch.toml).
+        #[arg(long)]
+        arch: PathBuf,
+        /// Output (.safetensors keeps the PyTorch key names; or .sqz).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Export a model for other runtimes: ONNX (QDQ int8 when the model is quantized,
-    /// else fp32) or safetensors (dense f32). The file is imported again and checked
-    /// against the model before it is written.
+    /// else fp32) or safetensors (dense f32, PyTorch key names for imported models).
+    /// The file is read again and checked against the model before it is written.
     Export {
         /// A .sqz, .safetensors or .onnx model.
         model: PathBuf,
@@ -219,6 +231,9 @@ enum Command {
         /// ONNX fp32 even when the model is quantized (weights dequantized).
         #[arg(long)]
         float: bool,
+        /// Inputs on which the re-read export must give the model's outputs (safetensors).
+        #[arg(long, default_value_t = 16)]
+        check_inputs: usize,
     },
     /// Measure training speed and inference latency/throughput, f32 against int8, in one run.
     Bench {
@@ -253,10 +268,20 @@ struct DataArgs {
     /// Training images held out for validation.
     #[arg(long, value_name = "N", default_value_t = 5000)]
     validation: usize,
+    /// Your own training data instead of Fashion-MNIST: train.npz (arrays x, y) or inputs.npy,labels.npy.
+    #[arg(long, value_name = "NPZ|X.npy,Y.npy", requires = "test_arrays")]
+    train_arrays: Option<String>,
+    /// Your own test data (with --train-arrays): test.npz (arrays x, y) or inputs.npy,labels.npy.
+    #[arg(long, value_name = "NPZ|X.npy,Y.npy", requires = "train_arrays")]
+    test_arrays: Option<String>,
 }
 
 impl DataArgs {
     fn load(&self) -> Result<Splits> {
+        if let (Some(train), Some(test)) = (&self.train_arrays, &self.test_arrays) {
+            let (train, test) = (data::npy::ArraySource::parse(train), data::npy::ArraySource::parse(test));
+            return Ok(data::load_arrays(&train, &test, self.validation, self.train_limit, self.test_limit)?);
+        }
         let dir = data::locate(self.data.as_deref())?;
         Ok(data::load_fashion_mnist(&dir, self.validation, self.train_limit, self.test_limit)?)
     }
@@ -309,7 +334,9 @@ enum ScoreArg {
 
 #[derive(clap::ValueEnum, Clone, Copy)]
 enum ExportFormat {
+    /// ONNX: QDQ int8 for a quantized model, else fp32; checked by importing it again.
     Onnx,
+    /// Dense f32 tensors (PyTorch key names for imported models), checked by re-reading.
     Safetensors,
 }
 
@@ -448,8 +475,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             distill(&teacher, &student, &opts, &out, &data)
         }
         Command::Share { share, out, data } => share_tasks(&share, &out, &data),
-        Command::Export { model, format, out, float } => {
-            export(&model, format, &out, float)?;
+        Command::Export { model, format, out, float, check_inputs } => {
+            export(&model, format, &out, float, check_inputs)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { model } => {
@@ -457,6 +484,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { model_name, model, train_samples, json, data } => bench(model_name.as_deref().unwrap_or(&model), train_samples, json, &data),
+        Command::Import { state_dict, arch, out } => {
+            refuse_overwrite(&out, &[&state_dict, &arch])?;
+            let m = store::import_pytorch(&state_dict, &arch)?;
+            let bytes = write_model(&out, &m)?;
+            for (spec, _) in m.params.iter() {
+                out!("{:<24} {:?}", spec.name, spec.shape);
+            }
+            out!("wrote {} ({} bytes, {} parameters, input {:?})", out.display(), bytes, m.graph.num_params(), m.graph.input_shape);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -486,6 +523,9 @@ fn refuse_overwrite(out: &Path, inputs: &[&Path]) -> Result<()> {
 }
 
 fn cmd_run(recipe_path: &Path, out_dir: PathBuf, data: DataArgs) -> Result<ExitCode> {
+    if data.train_arrays.is_some() {
+        bail!("`run` takes its data from the recipe: set [data] dataset = \"numpy\", train = ..., test = ... there");
+    }
     let recipe = Recipe::load(recipe_path)?;
     let opts = RunOptions {
         recipe_path: recipe_path.to_path_buf(),
@@ -566,15 +606,22 @@ impl TrainBar {
     }
 }
 
-fn export(path: &Path, format: ExportFormat, out: &Path, float: bool) -> Result<()> {
+fn export(path: &Path, format: ExportFormat, out: &Path, float: bool, check_inputs: usize) -> Result<()> {
     use squeeze::format::onnx;
     refuse_overwrite(out, &[path])?;
     let file = store::read(path)?;
     let bytes = match format {
         ExportFormat::Safetensors => {
-            let model = file.into_model().with_context(|| format!("'{}'", path.display()))?;
-            let n = store::write_safetensors(out, &model)?;
-            out!("wrote {} ({n} bytes): safetensors, dense f32, {} parameters", out.display(), model.graph.num_params());
+            let s = store::export_safetensors(&file, out, check_inputs)?;
+            out!(
+                "wrote {} ({} bytes, {} tensors, dense f32); re-read and checked on {} inputs: max |Δ| {:e} against the decoded model, {:e} against the stored encoding's runtime",
+                out.display(),
+                s.bytes,
+                s.tensors,
+                s.checked_inputs,
+                s.max_abs_diff,
+                s.max_abs_diff_vs_stored
+            );
             return Ok(());
         }
         ExportFormat::Onnx => match file {

@@ -92,6 +92,17 @@ pub struct Measurement {
 
 /// Loads the data set the recipe names, with command-line overrides.
 pub fn load_data(recipe: &Recipe, opts: &RunOptions) -> Result<Splits, DataError> {
+    if let (Some(train), Some(test)) = (&recipe.data.train, &recipe.data.test) {
+        let base = opts.recipe_path.parent().unwrap_or(Path::new("."));
+        let source = |spec: &str| data::npy::ArraySource::parse(spec).relative_to(base);
+        return data::load_arrays(
+            &source(train),
+            &source(test),
+            recipe.data.validation,
+            opts.train_limit.or(recipe.data.train_limit),
+            opts.test_limit.or(recipe.data.test_limit),
+        );
+    }
     let explicit = opts.data_dir.clone().or_else(|| recipe.data.dir.clone());
     let dir = data::locate(explicit.as_deref())?;
     data::load_fashion_mnist(
@@ -197,7 +208,16 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
             baseline_extra.insert("source".into(), file.display().to_string().into());
             model
         }
-        (None, None) => unreachable!("Recipe::parse checks the model source"),
+        (None, None) => {
+            let (Some(state_dict), Some(arch)) = (&recipe.model.state_dict, &recipe.model.architecture) else {
+                unreachable!("Recipe::parse checks the model source")
+            };
+            let model = store::import_pytorch(state_dict, arch)?;
+            check_shapes(&store::model_plan(&model)?, &model.graph.input_shape, &splits.train)?;
+            baseline_extra.insert("source".into(), state_dict.display().to_string().into());
+            baseline_extra.insert("architecture".into(), arch.display().to_string().into());
+            model
+        }
     };
     let baseline_wall = t.elapsed().as_secs_f64();
     let params = model.graph.num_params() as u64;
@@ -447,11 +467,12 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
 
 /// Refuses to write over the recipe's own model file.
 fn guard_input(recipe: &Recipe, out: &Path) -> Result<(), PipelineError> {
-    if let Some(input) = &recipe.model.file
-        && let (Ok(a), Ok(b)) = (std::fs::canonicalize(input), std::fs::canonicalize(out))
-        && a == b
-    {
-        return Err(PipelineError::WouldOverwriteInput(out.to_path_buf()));
+    for input in [&recipe.model.file, &recipe.model.state_dict].into_iter().flatten() {
+        if let (Ok(a), Ok(b)) = (std::fs::canonicalize(input), std::fs::canonicalize(out))
+            && a == b
+        {
+            return Err(PipelineError::WouldOverwriteInput(out.to_path_buf()));
+        }
     }
     Ok(())
 }

@@ -104,6 +104,11 @@ pub struct ModelSource {
     /// A trained model (`.safetensors` or `.sqz`), relative to the recipe's directory;
     /// it is the baseline and is not retrained.
     pub file: Option<PathBuf>,
+    /// A PyTorch state dict (`.pth`/`.pt` zip or `.safetensors`), relative to the
+    /// recipe; needs `architecture`. It is the baseline and is not retrained.
+    pub state_dict: Option<PathBuf>,
+    /// The architecture description (TOML layer list) for `state_dict`.
+    pub architecture: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Clone, Debug, PartialEq)]
@@ -115,11 +120,16 @@ pub struct DataSection {
     pub validation: usize,
     pub train_limit: Option<usize>,
     pub test_limit: Option<usize>,
+    /// With `dataset = "numpy"`: the training arrays, `train.npz` (arrays `x`, `y`) or
+    /// `inputs.npy,labels.npy`, relative to the recipe.
+    pub train: Option<String>,
+    /// With `dataset = "numpy"`: the test arrays, as `train`.
+    pub test: Option<String>,
 }
 
 impl Default for DataSection {
     fn default() -> Self {
-        DataSection { dataset: "fashion-mnist".into(), dir: None, validation: 5000, train_limit: None, test_limit: None }
+        DataSection { dataset: "fashion-mnist".into(), dir: None, validation: 5000, train_limit: None, test_limit: None, train: None, test: None }
     }
 }
 
@@ -362,14 +372,18 @@ impl Recipe {
                 + &e.span().map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1)).unwrap_or_default(),
         })?;
         let invalid = |message: String| RecipeError::Invalid { path: path.into(), message };
-        match (&r.model.zoo, &r.model.file) {
-            (Some(_), Some(_)) | (None, None) => {
-                return Err(invalid("[model] needs exactly one of `zoo = \"name\"` or `file = \"path\"`".into()));
+        let sources = [r.model.zoo.is_some(), r.model.file.is_some(), r.model.state_dict.is_some()];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(invalid("[model] needs exactly one of `zoo = \"name\"`, `file = \"path\"` or `state_dict = \"path\"` (with `architecture`)".into()));
+        }
+        if r.model.state_dict.is_some() != r.model.architecture.is_some() {
+            return Err(invalid("[model] `state_dict` and `architecture` go together: a PyTorch state dict needs its architecture description".into()));
+        }
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        for f in [&mut r.model.file, &mut r.model.state_dict, &mut r.model.architecture].into_iter().flatten() {
+            if f.is_relative() {
+                *f = base.join(&*f);
             }
-            (None, Some(f)) if f.is_relative() => {
-                r.model.file = Some(path.parent().unwrap_or(Path::new(".")).join(f));
-            }
-            _ => {}
         }
         for p in r.passes.iter_mut() {
             if let Pass::Distill { teacher: Some(t), .. } = p
@@ -378,8 +392,11 @@ impl Recipe {
                 *t = path.parent().unwrap_or(Path::new(".")).join(&*t);
             }
         }
-        if r.data.dataset != "fashion-mnist" {
-            return Err(invalid(format!("data.dataset: expected \"fashion-mnist\", got \"{}\"", r.data.dataset)));
+        match (r.data.dataset.as_str(), &r.data.train, &r.data.test) {
+            ("fashion-mnist", None, None) | ("numpy", Some(_), Some(_)) => {}
+            ("fashion-mnist", _, _) => return Err(invalid("data.train/data.test name NumPy arrays: set dataset = \"numpy\"".into())),
+            ("numpy", _, _) => return Err(invalid("dataset = \"numpy\" needs data.train and data.test (each `file.npz` with arrays x, y, or `inputs.npy,labels.npy`)".into())),
+            (other, _, _) => return Err(invalid(format!("data.dataset: expected \"fashion-mnist\" or \"numpy\", got \"{other}\""))),
         }
         if !(0.0..=1.0).contains(&r.gate.max_accuracy_drop) {
             return Err(invalid(format!("gate.max_accuracy_drop: expected a fraction in [0, 1], got {}", r.gate.max_accuracy_drop)));

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::format::arch::{ArchError, Architecture};
 use crate::format::onnx::{self, Imported, OnnxError};
+use crate::format::pytorch::{self, PytorchError};
 use crate::format::safetensors::{self as st, DenseFile, SafetensorsError};
 use crate::format::sqz::{self, FormatError, Limits, SqzModel, Values};
 use crate::format::{is_sqz, write_atomic};
@@ -32,6 +34,12 @@ pub enum StoreError {
     Model { path: PathBuf, source: ModelError },
     #[error("'{path}': {source}")]
     Runtime { path: PathBuf, source: RuntimeError },
+    #[error("'{path}': {source}")]
+    StateDict { path: PathBuf, source: PytorchError },
+    #[error("{source} (state dict '{state_dict}', architecture '{arch}')")]
+    Import { state_dict: PathBuf, arch: PathBuf, source: ArchError },
+    #[error("export to '{path}' failed its check: {why}; nothing was written")]
+    ExportCheck { path: PathBuf, why: String },
 }
 
 /// A model file as read.
@@ -196,7 +204,9 @@ pub fn read(path: &Path) -> Result<ModelFile, StoreError> {
         let m = onnx::import(&bytes).map_err(|source| StoreError::Onnx { path: path.into(), source })?;
         return Ok(ModelFile::Onnx(m));
     }
-    let hint = if bytes.is_empty() {
+    let hint = if bytes.starts_with(b"PK\x03\x04") {
+        " (it is a zip archive, e.g. a PyTorch .pth: import it with `squeeze import FILE --arch ARCH.toml --out model.safetensors`, or name it as `state_dict` with an `architecture` in a recipe)".to_string()
+    } else if bytes.is_empty() {
         " (the file is empty)".to_string()
     } else if bytes.iter().take(64).all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()) {
         " (it looks like a text file)".to_string()
@@ -243,4 +253,87 @@ pub fn write_sqz(path: &Path, model: &SqzModel) -> Result<u64, StoreError> {
     let bytes = sqz::encode(model).map_err(|source| StoreError::Sqz { path: path.into(), source })?;
     write_atomic(path, &bytes).map_err(|source| StoreError::Write { path: path.into(), source })?;
     Ok(bytes.len() as u64)
+}
+
+/// Reads a PyTorch state dict (`.pth`/`.pt` zip or `.safetensors`) and maps it onto the
+/// architecture description `arch` (see [`crate::format::arch`]). The model's parameter
+/// names are the state dict's keys.
+pub fn import_pytorch(state_dict: &Path, arch: &Path) -> Result<Model, StoreError> {
+    let text = std::fs::read_to_string(arch).map_err(|source| StoreError::Io { path: arch.into(), source })?;
+    let import_err = |source| StoreError::Import { state_dict: state_dict.into(), arch: arch.into(), source };
+    let description = Architecture::parse(&text, &arch.display().to_string()).map_err(import_err)?;
+    let bytes = std::fs::read(state_dict).map_err(|source| StoreError::Io { path: state_dict.into(), source })?;
+    let state = pytorch::read_state_dict(&bytes).map_err(|source| StoreError::StateDict { path: state_dict.into(), source })?;
+    let (graph, tensors) = description.build(&state).map_err(import_err)?;
+    Model::from_tensors(graph, tensors).map_err(|source| StoreError::Model { path: state_dict.into(), source })
+}
+
+/// What [`export_safetensors`] wrote and checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportSummary {
+    pub bytes: u64,
+    pub tensors: usize,
+    /// Inputs compared between the model and the re-read file.
+    pub checked_inputs: usize,
+    /// Largest output difference between the decoded model and the re-read file (0 when
+    /// the file holds exactly the model's values).
+    pub max_abs_diff: f32,
+    /// Largest output difference between the re-read file (f32) and the stored model run
+    /// from its own encoding (non-zero for int8 models: their activations are quantized).
+    pub max_abs_diff_vs_stored: f32,
+}
+
+/// Outputs of `plan` on `x` (`n` samples).
+fn outputs(plan: &Plan, x: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
+    let mut ws = crate::runtime::exec::Workspace::default();
+    Ok(plan.run(x, n, &mut ws)?.to_vec())
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return f32::INFINITY;
+    }
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
+}
+
+/// Writes any model squeeze holds as a dense f32 safetensors file (every stored encoding
+/// decoded; parameter names as in the model, i.e. the PyTorch keys of an imported
+/// model; the architecture in the metadata). Before the file is put in place, its bytes
+/// are read back as a plain state dict (as PyTorch or any safetensors reader sees them)
+/// and run on `check_inputs` deterministic inputs in `[0, 1)`: any output difference
+/// from the model is an error and nothing is written.
+pub fn export_safetensors(file: &ModelFile, path: &Path, check_inputs: usize) -> Result<ExportSummary, StoreError> {
+    let model = file.clone().into_model().map_err(|source| StoreError::Model { path: path.into(), source })?;
+    let dense = dense_file(&model);
+    let bytes = st::encode(&dense).map_err(|source| StoreError::Safetensors { path: path.into(), source })?;
+    let check = |why: String| StoreError::ExportCheck { path: path.into(), why };
+    let runtime = |source| StoreError::Runtime { path: path.into(), source };
+
+    // Re-read through the generic state-dict reader, not the writer's own decoder.
+    let state = pytorch::read_state_dict(&bytes).map_err(|e| check(format!("the written bytes do not read back: {e}")))?;
+    let specs = model.graph.parameters();
+    if state.len() != specs.len() {
+        return Err(check(format!("{} tensors read back, the model has {}", state.len(), specs.len())));
+    }
+    let tensors = state.into_iter().map(|(k, t)| (k, (t.shape, t.values))).collect();
+    let reread = Model::from_tensors(model.graph.clone(), tensors).map_err(|e| check(e.to_string()))?;
+
+    let n = check_inputs.max(1);
+    let mut rng = crate::rng::Rng::new(0x5eed);
+    let x: Vec<f32> = (0..n * model.graph.input_len()).map(|_| rng.next_f32()).collect();
+    let want = outputs(&model_plan(&model).map_err(runtime)?, &x, n).map_err(runtime)?;
+    let got = outputs(&model_plan(&reread).map_err(runtime)?, &x, n).map_err(runtime)?;
+    let diff = max_abs_diff(&want, &got);
+    if diff > 0.0 {
+        return Err(check(format!("outputs of the re-read file differ from the model's by up to {diff:e}")));
+    }
+    let stored = outputs(&file.plan().map_err(runtime)?, &x, n).map_err(runtime)?;
+    write_atomic(path, &bytes).map_err(|source| StoreError::Write { path: path.into(), source })?;
+    Ok(ExportSummary {
+        bytes: bytes.len() as u64,
+        tensors: specs.len(),
+        checked_inputs: n,
+        max_abs_diff: diff,
+        max_abs_diff_vs_stored: max_abs_diff(&got, &stored),
+    })
 }

@@ -7,6 +7,7 @@
 //! bad input.
 
 mod idx;
+pub mod npy;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -132,6 +133,22 @@ pub enum DataError {
         requested: usize,
         /// Images in the training file.
         available: usize,
+    },
+    /// A NumPy `.npy`/`.npz` file that cannot be used as data.
+    #[error("'{}': {why}", .path.display())]
+    Npy {
+        /// The file (for an array inside a `.npz`: `archive.npz/name.npy`).
+        path: PathBuf,
+        /// What is wrong and what to do.
+        why: String,
+    },
+    /// The two splits of a NumPy data set disagree on the sample shape.
+    #[error("test inputs have per-sample shape {test:?}, training inputs {train:?}; both splits must hold the same kind of sample")]
+    ArrayShapes {
+        /// Per-sample shape of the training inputs.
+        train: Vec<usize>,
+        /// Per-sample shape of the test inputs.
+        test: Vec<usize>,
     },
     /// No dataset directory was found (or it lacks one of the four files).
     #[error(
@@ -326,6 +343,33 @@ pub fn load_fashion_mnist(
         validation: decode(&tr_img, &tr_lab, train_end..total, CLASSES),
         test: decode(&te_img, &te_lab, 0..test_n, CLASSES),
     })
+}
+
+/// Loads a user data set from NumPy arrays (see [`npy`]): the validation split is the
+/// *last* `validation` samples of `train`, as for Fashion-MNIST; the number of classes
+/// is the largest label of either split plus one.
+pub fn load_arrays(
+    train: &npy::ArraySource,
+    test: &npy::ArraySource,
+    validation: usize,
+    train_limit: Option<usize>,
+    test_limit: Option<usize>,
+) -> Result<Splits, DataError> {
+    let (full, test) = (npy::load(train)?, npy::load(test)?);
+    if full.sample_shape != test.sample_shape {
+        return Err(DataError::ArrayShapes { train: full.sample_shape, test: test.sample_shape });
+    }
+    if validation >= full.len() {
+        return Err(DataError::Validation { requested: validation, available: full.len() });
+    }
+    let num_classes = full.num_classes.max(test.num_classes);
+    let train_end = full.len() - validation;
+    let train_n = train_limit.map_or(train_end, |l| l.min(train_end));
+    let mut splits = Splits { train: full.subset(0..train_n), validation: full.subset(train_end..full.len()), test: test.take(test_limit.unwrap_or(usize::MAX)) };
+    for d in [&mut splits.train, &mut splits.validation, &mut splits.test] {
+        d.num_classes = num_classes;
+    }
+    Ok(splits)
 }
 
 #[cfg(test)]

@@ -1,7 +1,12 @@
 //! File formats: the native `.sqz` container ([`sqz`]), dense models as
-//! [`safetensors`], and atomic file writes.
+//! [`safetensors`], ONNX models ([`onnx`]), PyTorch state dicts ([`pytorch`], read with the restricted
+//! [`pickle`] reader) mapped by an architecture description ([`arch`]), and atomic
+//! file writes.
 
+pub mod arch;
 pub mod onnx;
+pub mod pickle;
+pub mod pytorch;
 pub mod safetensors;
 pub mod sqz;
 

@@ -1,0 +1,258 @@
+//! PyTorch state dicts: `.pth`/`.pt` files in the zip format that `torch.save` writes
+//! by default since PyTorch 1.6, and `.safetensors` files of any origin.
+//!
+//! A `torch.save` zip holds one directory (named after the file, often `archive`) with
+//! `data.pkl` (the pickled object), `data/<key>` (the raw little-endian bytes of each
+//! storage), `version`, and in newer releases `byteorder`. Tensors in the pickle are
+//! `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)` calls over
+//! storages named by persistent ids `('storage', torch.FloatStorage, key, 'cpu', numel)`.
+//! The pickle is read by [`super::pickle`], which executes nothing. Views (storage
+//! offsets, any strides, shared storages) are gathered into dense row-major tensors.
+//! Every floating or integer dtype is converted to f32.
+//!
+//! The state dict is the pickled dict itself when its values are tensors, or a dict of
+//! tensors found under `state_dict`, `model_state_dict` or `model` in a training
+//! checkpoint.
+
+use std::collections::BTreeMap;
+use std::io::{Cursor, Read};
+
+use safetensors::tensor::{Dtype, SafeTensors};
+
+use super::pickle::{self, PickleError, StorageType, TensorRef, Value};
+
+/// One tensor of a state dict, dense row-major f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+    /// The dtype it was stored in (e.g. `float16`).
+    pub dtype: &'static str,
+}
+
+/// Named tensors, sorted by name.
+pub type StateDict = BTreeMap<String, Tensor>;
+
+/// Why a state dict cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PytorchError {
+    #[error("not a PyTorch zip archive: {0}")]
+    Zip(String),
+    #[error("the archive has no data.pkl; it is not a file written by torch.save")]
+    NoPickle,
+    #[error("this is PyTorch's legacy (pre-1.6) format; load it in PyTorch and save it again with torch.save (the zip format is the default) or as safetensors")]
+    Legacy,
+    #[error("{0}")]
+    Pickle(#[from] PickleError),
+    #[error("the archive's byteorder is '{0}', expected 'little' or 'big'")]
+    ByteOrder(String),
+    #[error("tensor '{name}': {why}")]
+    Tensor { name: String, why: String },
+    #[error("no state dict found: {0}")]
+    NoStateDict(String),
+    #[error("not a valid safetensors file: {0}")]
+    Safetensors(String),
+    #[error("not a PyTorch state dict: expected a .pth/.pt zip written by torch.save or a .safetensors file{0}")]
+    Unknown(String),
+}
+
+/// Reads a state dict from the bytes of a `.pth`/`.pt` zip or a `.safetensors` file
+/// (sniffed from the content).
+pub fn read_state_dict(bytes: &[u8]) -> Result<StateDict, PytorchError> {
+    if bytes.starts_with(b"PK\x03\x04") {
+        return read_torch_zip(bytes);
+    }
+    if super::safetensors::is_safetensors(bytes) {
+        return read_safetensors(bytes);
+    }
+    // Legacy torch.save: a pickled magic number first (protocol 2, LONG1 of 10 bytes).
+    if bytes.starts_with(b"\x80\x02\x8a\x0a") {
+        return Err(PytorchError::Legacy);
+    }
+    Err(PytorchError::Unknown(if bytes.is_empty() { " (the file is empty)".into() } else { String::new() }))
+}
+
+/// Reads every tensor of a safetensors file (F32, F16, BF16, F64 and integer dtypes).
+pub fn read_safetensors(bytes: &[u8]) -> Result<StateDict, PytorchError> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| PytorchError::Safetensors(e.to_string()))?;
+    let mut out = StateDict::new();
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            Dtype::F32 => StorageType::F32,
+            Dtype::F16 => StorageType::F16,
+            Dtype::BF16 => StorageType::BF16,
+            Dtype::F64 => StorageType::F64,
+            Dtype::I64 => StorageType::I64,
+            Dtype::I32 => StorageType::I32,
+            Dtype::I16 => StorageType::I16,
+            Dtype::I8 => StorageType::I8,
+            Dtype::U8 => StorageType::U8,
+            Dtype::BOOL => StorageType::Bool,
+            other => return Err(PytorchError::Tensor { name, why: format!("dtype {other:?} is not supported") }),
+        };
+        let data = view.data();
+        let numel: usize = view.shape().iter().product();
+        if data.len() != numel * dtype.size() {
+            return Err(PytorchError::Tensor { name, why: "data length does not match its shape".into() });
+        }
+        let values = (0..numel).map(|i| dtype.read_f32(data, i)).collect();
+        out.insert(name, Tensor { shape: view.shape().to_vec(), values, dtype: dtype.name() });
+    }
+    Ok(out)
+}
+
+/// The most bytes one archive entry may inflate to (4 GiB): a guard against zip bombs.
+const MAX_ENTRY: u64 = 4 << 30;
+
+fn read_entry(zip: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str) -> Result<Option<Vec<u8>>, PytorchError> {
+    let mut f = match zip.by_name(name) {
+        Ok(f) => f,
+        Err(zip::result::ZipError::FileNotFound) => return Ok(None),
+        Err(e) => return Err(PytorchError::Zip(format!("{name}: {e}"))),
+    };
+    if f.size() > MAX_ENTRY {
+        return Err(PytorchError::Zip(format!("{name}: entry of {} bytes is too large", f.size())));
+    }
+    let mut buf = Vec::with_capacity(f.size() as usize);
+    f.read_to_end(&mut buf).map_err(|e| PytorchError::Zip(format!("{name}: {e}")))?;
+    Ok(Some(buf))
+}
+
+/// Reads a `torch.save` zip archive.
+pub fn read_torch_zip(bytes: &[u8]) -> Result<StateDict, PytorchError> {
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| PytorchError::Zip(e.to_string()))?;
+    // The archive's one top directory, e.g. `archive/` or `<file stem>/`.
+    let pkl = zip
+        .file_names()
+        .filter_map(Result::ok)
+        .map(|n| n.into_owned())
+        .filter(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
+        .min()
+        .ok_or(PytorchError::NoPickle)?;
+    let prefix = pkl.trim_end_matches("data.pkl").to_string();
+    let big_endian = match read_entry(&mut zip, &format!("{prefix}byteorder"))? {
+        None => false,
+        Some(b) if b == b"little" => false,
+        Some(b) if b == b"big" => true,
+        Some(b) => return Err(PytorchError::ByteOrder(String::from_utf8_lossy(&b).into())),
+    };
+    let pickled = read_entry(&mut zip, &pkl)?.ok_or(PytorchError::NoPickle)?;
+    let root = pickle::load(&pickled)?;
+    let entries = state_dict_entries(root)?;
+    let mut storages: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut out = StateDict::new();
+    for (name, t) in entries {
+        if !storages.contains_key(&t.key) {
+            let entry = format!("{prefix}data/{}", t.key);
+            let mut data = read_entry(&mut zip, &entry)?
+                .ok_or_else(|| PytorchError::Tensor { name: name.clone(), why: format!("its storage '{entry}' is missing from the archive") })?;
+            if big_endian {
+                data.chunks_exact_mut(t.dtype.size()).for_each(|c| c.reverse());
+            }
+            storages.insert(t.key.clone(), data);
+        }
+        let tensor = gather(&t, &storages[&t.key]).map_err(|why| PytorchError::Tensor { name: name.clone(), why })?;
+        out.insert(name, tensor);
+    }
+    Ok(out)
+}
+
+/// The (name, tensor) pairs of the state dict inside `root`.
+fn state_dict_entries(root: Value) -> Result<Vec<(String, TensorRef)>, PytorchError> {
+    let Value::Dict(items) = root else {
+        return Err(PytorchError::NoStateDict("the file holds a single value, not a dict of tensors; save model.state_dict()".into()));
+    };
+    let all_tensors = !items.is_empty() && items.iter().all(|(_, v)| matches!(v, Value::Tensor(_)));
+    let items = if all_tensors {
+        items
+    } else {
+        const NESTED: [&str; 3] = ["state_dict", "model_state_dict", "model"];
+        let keys: Vec<String> = items.iter().map(|(k, _)| match k {
+            Value::Str(s) => s.clone(),
+            other => format!("{other:?}"),
+        }).collect();
+        let found = items.into_iter().find_map(|(k, v)| match (k, v) {
+            (Value::Str(k), Value::Dict(d)) if NESTED.contains(&k.as_str()) && d.iter().all(|(_, v)| matches!(v, Value::Tensor(_))) => Some(d),
+            _ => None,
+        });
+        found.ok_or_else(|| {
+            PytorchError::NoStateDict(format!(
+                "the top-level dict (keys: {}) is neither a dict of tensors nor holds one under 'state_dict', 'model_state_dict' or 'model'",
+                keys.join(", ")
+            ))
+        })?
+    };
+    items
+        .into_iter()
+        .map(|(k, v)| match (k, v) {
+            (Value::Str(k), Value::Tensor(t)) => Ok((k, t)),
+            (k, _) => Err(PytorchError::NoStateDict(format!("key {k:?} is not a string naming a tensor"))),
+        })
+        .collect()
+}
+
+/// Copies the view `t` out of its storage bytes into a dense row-major tensor.
+fn gather(t: &TensorRef, storage: &[u8]) -> Result<Tensor, String> {
+    let size = t.dtype.size();
+    let have = storage.len() / size;
+    if have < t.storage_numel {
+        return Err(format!("storage holds {have} elements, the pickle says {}", t.storage_numel));
+    }
+    let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
+    let mut values = Vec::with_capacity(numel);
+    if numel > 0 {
+        // The furthest element the view reaches must lie inside the storage.
+        let last = t.shape.iter().zip(&t.stride).try_fold(t.offset, |a, (&d, &s)| (d - 1).checked_mul(s).and_then(|x| x.checked_add(a)));
+        match last {
+            Some(l) if l < t.storage_numel => {}
+            _ => {
+                return Err(format!(
+                    "view (offset {}, size {:?}, stride {:?}) reaches beyond its storage of {} elements",
+                    t.offset, t.shape, t.stride, t.storage_numel
+                ));
+            }
+        }
+        let mut idx = vec![0usize; t.shape.len()];
+        for _ in 0..numel {
+            let at = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
+            values.push(t.dtype.read_f32(storage, at));
+            for d in (0..idx.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < t.shape[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+    }
+    Ok(Tensor { shape: t.shape.clone(), values, dtype: t.dtype.name() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fview(offset: usize, shape: Vec<usize>, stride: Vec<usize>) -> TensorRef {
+        TensorRef { key: "0".into(), dtype: StorageType::F32, storage_numel: 12, offset, shape, stride }
+    }
+
+    #[test]
+    fn gathers_offsets_and_strides() {
+        let storage: Vec<u8> = (0..12).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        // A transposed 3x4 matrix (stride [1, 3]) starting at 0.
+        let t = gather(&fview(0, vec![4, 3], vec![1, 4]), &storage).unwrap();
+        assert_eq!(t.values, vec![0., 4., 8., 1., 5., 9., 2., 6., 10., 3., 7., 11.]);
+        let t = gather(&fview(5, vec![2, 2], vec![2, 1]), &storage).unwrap();
+        assert_eq!(t.values, vec![5., 6., 7., 8.]);
+        assert!(gather(&fview(5, vec![3, 3], vec![3, 1]), &storage).unwrap_err().contains("beyond"));
+        let t = gather(&fview(0, vec![], vec![]), &storage).unwrap();
+        assert_eq!(t.values, vec![0.0]);
+    }
+
+    #[test]
+    fn unknown_bytes_are_clear_errors() {
+        assert!(matches!(read_state_dict(b""), Err(PytorchError::Unknown(_))));
+        assert!(matches!(read_state_dict(b"\x80\x02\x8a\x0a\x6c\xfc"), Err(PytorchError::Legacy)));
+        assert!(matches!(read_state_dict(b"PK\x03\x04 truncated"), Err(PytorchError::Zip(_))));
+    }
+}
