@@ -4,8 +4,10 @@
 //! - [`kernels`]: f32 matrix product (gemm), im2col, pooling; shared with the trainer.
 //! - [`int8`]: u8 × i8 → i32 kernels (AVX-512 VNNI, AVX2, scalar reference) with
 //!   integer requantization.
+//! - [`recurrent`]: LSTM and GRU forward over a batch of sequences (shared with the trainer).
 //! - [`exec`]: the executor that runs a graph from its stored weights.
 
 pub mod exec;
 pub mod int8;
 pub mod kernels;
+pub mod recurrent;
