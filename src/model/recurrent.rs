@@ -83,14 +83,18 @@ impl RecurrentLayer {
         let sc = &self.scratch;
         let dh_carry = &mut self.dh_carry[..n * h];
         dh_carry.fill(0.0);
-        // The gradient entering h_t from the output.
-        let out_grad = |s: usize, t: usize, k: usize| -> f32 {
-            if self.geo.sequence {
-                dy[(s * steps + t) * h + k]
+        let sequence = self.geo.sequence;
+        // Adds the gradient entering h_t from the output to the carried one.
+        let add_output_grad = |dh: &mut [f32], s: usize, t: usize| {
+            let from = if sequence {
+                Some(&dy[(s * steps + t) * h..(s * steps + t + 1) * h])
             } else if t + 1 == steps {
-                dy[s * h + k]
+                Some(&dy[s * h..(s + 1) * h])
             } else {
-                0.0
+                None
+            };
+            if let Some(from) = from {
+                dh.iter_mut().zip(from).for_each(|(a, b)| *a += b);
             }
         };
         match self.geo.cell {
@@ -101,21 +105,27 @@ impl RecurrentLayer {
                 for t in (0..steps).rev() {
                     for s in 0..n {
                         let row = (s * steps + t) * g;
+                        let at = (s * steps + t) * h;
+                        let dh = &mut dh_carry[s * h..(s + 1) * h];
+                        add_output_grad(dh, s, t);
+                        let dc_next = &mut dc_carry[s * h..(s + 1) * h];
                         let gt = &sc.gates[row..row + g];
-                        let da = &mut d_in[row..row + g];
-                        let c_off = (s * steps + t) * h;
+                        let (i, rest) = gt.split_at(h);
+                        let (f, rest) = rest.split_at(h);
+                        let (gg, o) = rest.split_at(h);
+                        let tc = &sc.tanh_cells[at..at + h];
+                        // c_{t−1}: the zero state at t = 0 (tanh_cells' row is any h values there, times 0).
+                        let (cp, cp_scale) = if t > 0 { (&sc.cells[at - h..at], 1.0) } else { (tc, 0.0) };
+                        let (di, rest) = d_in[row..row + g].split_at_mut(h);
+                        let (df, rest) = rest.split_at_mut(h);
+                        let (dg, dout) = rest.split_at_mut(h);
                         for k in 0..h {
-                            let (iv, fv, gv, ov) = (gt[k], gt[h + k], gt[2 * h + k], gt[3 * h + k]);
-                            let c = sc.cells[c_off + k];
-                            let cp = if t > 0 { sc.cells[c_off - h + k] } else { 0.0 };
-                            let tc = c.tanh();
-                            let dh = dh_carry[s * h + k] + out_grad(s, t, k);
-                            let dc = dc_carry[s * h + k] + dh * ov * (1.0 - tc * tc);
-                            dc_carry[s * h + k] = dc * fv;
-                            da[k] = dc * gv * iv * (1.0 - iv);
-                            da[h + k] = dc * cp * fv * (1.0 - fv);
-                            da[2 * h + k] = dc * iv * (1.0 - gv * gv);
-                            da[3 * h + k] = dh * tc * ov * (1.0 - ov);
+                            let dc = dc_next[k] + dh[k] * o[k] * (1.0 - tc[k] * tc[k]);
+                            dc_next[k] = dc * f[k];
+                            di[k] = dc * gg[k] * i[k] * (1.0 - i[k]);
+                            df[k] = dc * cp[k] * cp_scale * f[k] * (1.0 - f[k]);
+                            dg[k] = dc * i[k] * (1.0 - gg[k] * gg[k]);
+                            dout[k] = dh[k] * tc[k] * o[k] * (1.0 - o[k]);
                         }
                     }
                     if t > 0 {
@@ -130,27 +140,34 @@ impl RecurrentLayer {
                 for t in (0..steps).rev() {
                     for s in 0..n {
                         let row = (s * steps + t) * g;
+                        let at = (s * steps + t) * h;
+                        let dh = &mut dh_carry[s * h..(s + 1) * h];
+                        add_output_grad(dh, s, t);
                         let gt = &sc.gates[row..row + g];
-                        let hh = &sc.hh[row..row + g];
-                        let hp = &sc.hprev[(s * steps + t) * h..(s * steps + t + 1) * h];
+                        let (rg, rest) = gt.split_at(h);
+                        let (zg, ng) = rest.split_at(h);
+                        let hn = &sc.hh[row + 2 * h..row + g];
+                        let hp = &sc.hprev[at..at + h];
+                        let (dir, rest) = d_in[row..row + g].split_at_mut(h);
+                        let (diz, din) = rest.split_at_mut(h);
+                        let (drr, rest) = d_rec[row..row + g].split_at_mut(h);
+                        let (drz, drn) = rest.split_at_mut(h);
                         for k in 0..h {
-                            let (rv, zv, nv) = (gt[k], gt[h + k], gt[2 * h + k]);
-                            let dh = dh_carry[s * h + k] + out_grad(s, t, k);
-                            let dn = dh * (1.0 - zv);
-                            let dz = dh * (hp[k] - nv);
-                            let dan = dn * (1.0 - nv * nv);
-                            let dar = dan * hh[2 * h + k] * rv * (1.0 - rv);
-                            let daz = dz * zv * (1.0 - zv);
-                            d_in[row + k] = dar;
-                            d_in[row + h + k] = daz;
-                            d_in[row + 2 * h + k] = dan;
-                            d_rec[row + k] = dar;
-                            d_rec[row + h + k] = daz;
-                            d_rec[row + 2 * h + k] = dan * rv;
-                            dh_carry[s * h + k] = dh * zv;
+                            let (rv, zv, nv) = (rg[k], zg[k], ng[k]);
+                            let dan = dh[k] * (1.0 - zv) * (1.0 - nv * nv);
+                            let dar = dan * hn[k] * rv * (1.0 - rv);
+                            let daz = dh[k] * (hp[k] - nv) * zv * (1.0 - zv);
+                            dir[k] = dar;
+                            diz[k] = daz;
+                            din[k] = dan;
+                            drr[k] = dar;
+                            drz[k] = daz;
+                            drn[k] = dan * rv;
+                            dh[k] *= zv;
                         }
                     }
                     if t > 0 {
+                        // dh_{t−1} = z·dh_t + dA_t · W_hh
                         sgemm(n, h, g, MatRef { data: &d_rec[t * g..], rs: sg, cs: 1 }, MatRef::rows(w_hh, h), dh_carry, h, true);
                     }
                 }
