@@ -220,6 +220,9 @@ fn reach(graph: &Graph, shapes: &HashMap<String, Vec<usize>>, idx: usize) -> Res
                 Op::Softmax => {
                     return Err(format!("its output feeds the Softmax '{}' directly (its units are the classes)", reader.name));
                 }
+                Op::Lstm { .. } | Op::Gru { .. } => {
+                    return Err(format!("its output feeds the recurrent node '{}' (trimming into a recurrent input is not supported)", reader.name));
+                }
             }
         }
     }

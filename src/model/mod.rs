@@ -10,6 +10,7 @@
 //! ```
 
 mod network;
+mod recurrent;
 pub mod zoo;
 
 use std::collections::{BTreeMap, HashMap};
@@ -138,14 +139,17 @@ pub struct Model {
 
 impl Model {
     /// A freshly initialised model: weights and biases uniform in ±1/√fan_in (PyTorch's
-    /// default for Linear and Conv2d), drawn from `seed`.
+    /// default for Linear and Conv2d; ±1/√hidden for LSTM/GRU), drawn from `seed`.
     pub fn init(graph: Graph, seed: u64) -> Result<Model, ModelError> {
         graph.validate()?;
         let mut params = Params::zeros(graph.parameters());
         let mut rng = Rng::new(seed);
         for i in 0..params.specs.len() {
             let spec = &params.specs[i];
+            let recurrent = graph.node(&spec.node).and_then(|n| n.op.recurrent());
             let fan_in = match spec.kind {
+                // PyTorch's LSTM/GRU: every parameter uniform in ±1/√hidden.
+                _ if recurrent.is_some() => recurrent.map_or(1, |r| r.hidden),
                 ParamKind::Weight => spec.shape[1..].iter().product::<usize>(),
                 // The bias shares its layer's fan-in: the weight precedes it.
                 ParamKind::Bias => params.specs[i - 1].shape[1..].iter().product::<usize>(),

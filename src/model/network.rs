@@ -2,6 +2,7 @@
 
 use std::mem::take;
 
+use super::recurrent::RecurrentLayer;
 use super::{Model, Params};
 use crate::runtime::kernels::{avgpool, avgpool_backward_add, col2im_add_batch, conv2d_forward, conv_chunk, direct_weight_grad, im2col_batch, maxpool, samples_to_channels, sgemm, softmax_rows, DirectConv, MatRef, Window};
 use crate::spec::{Graph, Op, INPUT};
@@ -56,6 +57,8 @@ pub struct Workspace {
     /// depend on no parameter (the input, its normalisation) get none.
     needs_grad: Vec<bool>,
     argmax: Vec<Vec<u32>>,
+    /// LSTM/GRU nodes: parameter ranges and their forward/backward buffers.
+    recurrent: Vec<Option<RecurrentLayer>>,
     /// Gradient of the loss with respect to every parameter, same layout as [`Params::data`].
     pub param_grad: Vec<f32>,
     head: usize,
@@ -142,7 +145,7 @@ impl Workspace {
             .collect();
         let mut needs_grad = vec![false; value_len.len()];
         for s in &steps {
-            needs_grad[s.out] = s.op.has_weight() || s.inputs.iter().any(|&v| needs_grad[v]);
+            needs_grad[s.out] = s.op.has_params() || s.inputs.iter().any(|&v| needs_grad[v]);
         }
         let dcols = steps
             .iter()
@@ -168,8 +171,20 @@ impl Workspace {
                 _ => Vec::new(),
             })
             .collect();
+        let recurrent = graph
+            .nodes
+            .iter()
+            .zip(&steps)
+            .map(|(node, s)| {
+                let geo = s.op.recurrent()?;
+                let steps_len = shapes[&node.inputs[0]][0];
+                let ranges = crate::spec::RECURRENT_PARAMS.map(|(suffix, _)| range(&model.params, format!("{}.{suffix}", node.name)));
+                Some(RecurrentLayer::new(geo, steps_len, ranges, capacity))
+            })
+            .collect();
         let classes = value_len[head];
         Workspace {
+            recurrent,
             capacity,
             steps,
             value_len,
@@ -269,6 +284,10 @@ impl Workspace {
                 Op::Softmax => {
                     y_n.copy_from_slice(x);
                     softmax_rows(y_n, ylen);
+                }
+                Op::Lstm { .. } | Op::Gru { .. } => {
+                    let layer = self.recurrent[si].as_mut().expect("recurrent nodes have a layer");
+                    layer.forward(p, x, n, y_n);
                 }
             }
             self.acts[step.out] = y;
@@ -489,6 +508,12 @@ impl Workspace {
                         }
                     }
                 }
+                Op::Lstm { .. } | Op::Gru { .. } => {
+                    let layer = self.recurrent[si].as_mut().expect("recurrent nodes have a layer");
+                    let x = &self.acts[xid][..n * xlen];
+                    let dx = need_dx.then(|| (&mut self.grads[xid][..n * xlen], fresh));
+                    layer.backward(p, x, dy, n, &mut self.param_grad, dx);
+                }
                 _ => {}
             }
             if need_dx && !matches!(step.op, Op::Add) {
@@ -497,6 +522,11 @@ impl Workspace {
             self.grads[step.out] = dy_buf;
         }
     }
+}
+
+/// The flat range of parameter `name`, if the model has it.
+fn range(params: &Params, name: String) -> Option<std::ops::Range<usize>> {
+    params.index(&name).map(|j| params.range(j))
 }
 
 /// `*d = v` for the first contribution to a gradient, `*d += v` after.
@@ -691,6 +721,52 @@ mod tests {
             outputs: vec!["head".into(), "aux".into()],
         };
         check_gradients(&Model::init(g, 5).unwrap(), 6, 5);
+    }
+
+    /// Two stacked recurrent layers (the first returns its sequence) and a head:
+    /// 4 steps of 3 features → 5 units per step → 4 units → 3 classes.
+    fn tiny_recurrent(cell: &str) -> Graph {
+        let rec = |input_size, hidden, sequence| match cell {
+            "lstm" => Op::Lstm { input_size, hidden, bias: true, sequence },
+            _ => Op::Gru { input_size, hidden, bias: true, sequence },
+        };
+        Graph::chain(
+            vec![4, 3],
+            vec![
+                ("r1", rec(3, 5, true)),
+                ("r2", rec(5, 4, false)),
+                ("fc", Op::Linear { in_features: 4, out_features: 3, bias: true }),
+                ("softmax", Op::Softmax),
+            ],
+        )
+    }
+
+    #[test]
+    fn lstm_and_gru_gradients_match_finite_differences() {
+        for (i, cell) in ["lstm", "gru"].into_iter().enumerate() {
+            let mut model = Model::init(tiny_recurrent(cell), 20 + i as u64).unwrap();
+            // Larger weights than the default init, so the gates leave their linear range.
+            model.params.data.iter_mut().for_each(|v| *v *= 2.0);
+            check_gradients(&model, 30 + i as u64, 3);
+        }
+    }
+
+    #[test]
+    fn recurrent_gradients_hold_with_masked_weights_and_no_bias() {
+        for cell in ["lstm", "gru"] {
+            let mut g = tiny_recurrent(cell);
+            if let Op::Lstm { bias, .. } | Op::Gru { bias, .. } = &mut g.nodes[1].op {
+                *bias = false;
+            }
+            let mut model = Model::init(g, 40).unwrap();
+            model.params.data.iter_mut().for_each(|v| *v *= 2.0);
+            for name in ["r1.weight_hh", "r1.weight_ih", "r2.weight_hh"] {
+                let len = model.params.get(name).unwrap().len();
+                model.set_mask(name, (0..len).map(|j| j % 3 != 1).collect()).unwrap();
+            }
+            assert!(model.params.get("r2.bias_ih").is_none());
+            check_gradients(&model, 41, 4);
+        }
     }
 
     /// The batched, chunked conv path (LeNet-5's conv1 runs in chunks of 4 samples)

@@ -8,6 +8,8 @@ pub const MODELS: &[(&str, &str)] = &[
     ("mlp", "the seed: Dense(784→64, ReLU) + Dense(64→10, softmax), 50,890 parameters"),
     ("lenet300", "LeNet-300-100: 784-300-100-10 fully connected, 266,610 parameters"),
     ("lenet5", "LeNet-5: conv 6@5×5 pad 2, pool, conv 16@5×5, pool, 120, 84, 10; 61,706 parameters"),
+    ("lstm", "LSTM: the image as 28 rows of 28 pixels (a 28-step sequence), LSTM(28→128), Linear 128→10; 82,186 parameters"),
+    ("gru", "GRU: the image as 28 rows of 28 pixels (a 28-step sequence), GRU(28→128), Linear 128→10; 61,962 parameters"),
     ("cnn", "a wider CNN (teacher for distillation): conv 32@3×3, pool, conv 64@3×3, pool, 128, 10; 421,642 parameters"),
 ];
 
@@ -77,8 +79,18 @@ pub fn build(name: &str) -> Option<Graph> {
                 ("softmax", Op::Softmax),
             ],
         ),
+        "lstm" => recurrent(Op::Lstm { input_size: 28, hidden: 128, bias: true, sequence: false }),
+        "gru" => recurrent(Op::Gru { input_size: 28, hidden: 128, bias: true, sequence: false }),
         _ => return None,
     })
+}
+
+/// One recurrent layer over the image read row by row, the last hidden state into a
+/// linear classifier. The input shape `[28, 28]` (steps, features) holds the same 784
+/// values as `[1, 28, 28]`, so no reshape is needed.
+fn recurrent(layer: Op) -> Graph {
+    let name = if matches!(layer, Op::Lstm { .. }) { "lstm" } else { "gru" };
+    Graph::chain(vec![28, 28], vec![("normalize", normalize()), (name, layer), ("fc", linear(128, 10)), ("softmax", Op::Softmax)])
 }
 
 #[cfg(test)]
@@ -87,7 +99,7 @@ mod tests {
 
     #[test]
     fn zoo_models_validate_with_documented_sizes() {
-        for (name, want) in [("mlp", 50_890), ("lenet300", 266_610), ("lenet5", 61_706), ("cnn", 421_642)] {
+        for (name, want) in [("mlp", 50_890), ("lenet300", 266_610), ("lenet5", 61_706), ("cnn", 421_642), ("lstm", 82_186), ("gru", 61_962)] {
             let g = build(name).unwrap();
             let shapes = g.validate().unwrap();
             assert_eq!(g.num_params(), want, "{name}");

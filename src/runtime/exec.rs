@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 
 use super::int8::{self, QuantizedConv2d, QuantizedLinear};
+use super::recurrent;
 use super::kernels::{conv2d_forward, conv_chunk, maxpool, sgemm, softmax_rows, DirectConv, MatRef, Window};
 use super::sparse::{CodebookF32, CsrF32};
-use crate::spec::{Graph, Op, QParams, QuantPlan, SpecError, INPUT};
+use crate::spec::{Graph, Op, QParams, QuantPlan, Recurrent, SpecError, INPUT, RECURRENT_PARAMS};
 
 /// Why a stored model cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,8 @@ pub enum RuntimeError {
     MissingQParams { node: String, value: String },
     #[error("node '{node}' is listed as integer but its weight is not stored as int8")]
     NotInt8 { node: String },
+    #[error("node '{node}' is recurrent (LSTM/GRU), which runs in f32 only: remove it from the integer layers (int8 weights are fine)")]
+    IntegerRecurrent { node: String },
     #[error("input has {got} values, expected a multiple of {per_sample} (shape {shape:?})")]
     InputShape { got: usize, per_sample: usize, shape: Vec<usize> },
 }
@@ -113,6 +116,18 @@ enum Kernel {
     Normalize { mean: Vec<f32>, std: Vec<f32> },
     Quantize(QParams),
     Dequantize(QParams),
+    Recurrent(Box<RecurrentKernel>),
+}
+
+/// An LSTM/GRU node with its dense f32 weights.
+#[derive(Clone)]
+struct RecurrentKernel {
+    geo: Recurrent,
+    steps: usize,
+    w_ih: Vec<f32>,
+    w_hh: Vec<f32>,
+    b_ih: Option<Vec<f32>>,
+    b_hh: Option<Vec<f32>>,
 }
 
 struct Step {
@@ -157,6 +172,7 @@ pub struct Workspace {
     acc: Vec<i32>,
     col: Vec<f32>,
     tmp: Vec<f32>,
+    recurrent: recurrent::Scratch,
 }
 
 impl Plan {
@@ -355,6 +371,31 @@ impl Plan {
                     let x = plan.convert(x, Repr::F32, &mut converted);
                     let out = plan.add_slot(Repr::F32, out_len, &node.name);
                     plan.steps.push(Step { kernel: Kernel::Normalize { mean: mean.clone(), std: std.clone() }, inputs: vec![x], out });
+                    slot_of.insert(node.name.clone(), out);
+                }
+                Op::Lstm { .. } | Op::Gru { .. } => {
+                    if quant.integer_nodes.contains(&node.name) {
+                        return Err(RuntimeError::IntegerRecurrent { node: node.name.clone() });
+                    }
+                    let geo = node.op.recurrent().expect("a recurrent op");
+                    let specs = graph.parameters();
+                    let mut take = |suffix: &str| -> Result<Option<Vec<f32>>, RuntimeError> {
+                        let name = format!("{}.{suffix}", node.name);
+                        let Some(spec) = specs.iter().find(|p| p.name == name) else { return Ok(None) };
+                        let w = weights.remove(&name).ok_or_else(|| RuntimeError::MissingTensor { name: name.clone() })?;
+                        if w.len() != spec.numel() {
+                            return Err(RuntimeError::TensorSize { name, expected: spec.numel(), got: w.len() });
+                        }
+                        plan.dequantized_at_load |= matches!(w, Weights::I8 { .. });
+                        Ok(Some(w.to_f32()))
+                    };
+                    let [w_ih, w_hh, b_ih, b_hh] = [take(RECURRENT_PARAMS[0].0)?, take(RECURRENT_PARAMS[1].0)?, take(RECURRENT_PARAMS[2].0)?, take(RECURRENT_PARAMS[3].0)?];
+                    let (w_ih, w_hh) = (w_ih.unwrap_or_default(), w_hh.unwrap_or_default());
+                    let kernel = RecurrentKernel { geo, steps: in_shape[0], w_ih, w_hh, b_ih, b_hh };
+                    let x = plan.convert(x, Repr::F32, &mut converted);
+                    plan.f32_layers += 1;
+                    let out = plan.add_slot(Repr::F32, out_len, &node.name);
+                    plan.steps.push(Step { kernel: Kernel::Recurrent(Box::new(kernel)), inputs: vec![x], out });
                     slot_of.insert(node.name.clone(), out);
                 }
                 Op::Add | Op::Softmax => {
@@ -659,6 +700,12 @@ impl Plan {
                 Kernel::Normalize { mean, std } => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     super::kernels::normalize(&xs[..n * xl], mean, std, xl, &mut y[..n * ol]);
+                }
+                Kernel::Recurrent(r) => {
+                    ws.recurrent.reserve(&r.geo, r.steps, n);
+                    let w = recurrent::CellWeights { w_ih: &r.w_ih, w_hh: &r.w_hh, b_ih: r.b_ih.as_deref(), b_hh: r.b_hh.as_deref() };
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    recurrent::forward(&r.geo, r.steps, &w, &xs[..n * xl], n, &mut ws.recurrent, &mut y[..n * ol]);
                 }
                 Kernel::Quantize(qp) => int8::quantize_u8(&ws.f[xi][..n * xl], *qp, &mut ws.q[o][..n * ol]),
                 Kernel::Dequantize(qp) => int8::dequantize_u8(&ws.q[xi][..n * xl], *qp, &mut ws.f[o][..n * ol]),

@@ -76,7 +76,69 @@ pub enum Op {
     /// Softmax over a 1-D value. As a graph output it marks a classifier head: the
     /// trainer fuses it with cross-entropy and reads the logits before it.
     Softmax,
+    /// LSTM over a sequence `[steps, input_size]` (batch-first, as PyTorch's
+    /// `batch_first=True` sees one sample), zero initial state. Parameters in PyTorch's
+    /// layout and gate order (i, f, g, o): `weight_ih [4H, I]`, `weight_hh [4H, H]`,
+    /// `bias_ih [4H]`, `bias_hh [4H]`. The output is the last hidden state `[H]`, or
+    /// every step's hidden state `[steps, H]` with `sequence` (to stack layers).
+    Lstm {
+        input_size: usize,
+        hidden: usize,
+        bias: bool,
+        #[serde(default)]
+        sequence: bool,
+    },
+    /// GRU over a sequence `[steps, input_size]`, zero initial state, PyTorch's layout
+    /// and gate order (r, z, n): `weight_ih [3H, I]`, `weight_hh [3H, H]`, `bias_ih
+    /// [3H]`, `bias_hh [3H]` (kept apart: `b_hn` sits inside the reset product).
+    /// Output as for [`Op::Lstm`].
+    Gru {
+        input_size: usize,
+        hidden: usize,
+        bias: bool,
+        #[serde(default)]
+        sequence: bool,
+    },
 }
+
+/// The shape of a recurrent node, as its kernels see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recurrent {
+    pub cell: Cell,
+    pub input_size: usize,
+    pub hidden: usize,
+    pub bias: bool,
+    /// Whether every step's hidden state is returned (else only the last).
+    pub sequence: bool,
+}
+
+/// Which recurrent cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cell {
+    Lstm,
+    Gru,
+}
+
+impl Cell {
+    /// Gates per hidden unit: 4 for LSTM (i, f, g, o), 3 for GRU (r, z, n).
+    pub fn gates(self) -> usize {
+        match self {
+            Cell::Lstm => 4,
+            Cell::Gru => 3,
+        }
+    }
+}
+
+impl Recurrent {
+    /// Rows of `weight_ih`/`weight_hh` and length of each bias: gates × hidden.
+    pub fn gate_rows(&self) -> usize {
+        self.cell.gates() * self.hidden
+    }
+}
+
+/// Suffixes of a recurrent node's parameters, in [`Graph::parameters`] order.
+pub const RECURRENT_PARAMS: [(&str, ParamKind); 4] =
+    [("weight_ih", ParamKind::Weight), ("weight_hh", ParamKind::Weight), ("bias_ih", ParamKind::Bias), ("bias_hh", ParamKind::Bias)];
 
 impl Op {
     /// How many values the op reads.
@@ -90,6 +152,20 @@ impl Op {
     /// Whether the op has a `weight` (and possibly `bias`) parameter.
     pub fn has_weight(&self) -> bool {
         matches!(self, Op::Linear { .. } | Op::Conv2d { .. })
+    }
+
+    /// Whether the op has trainable parameters of any kind (weighted or recurrent).
+    pub fn has_params(&self) -> bool {
+        self.has_weight() || self.recurrent().is_some()
+    }
+
+    /// The recurrent geometry of an LSTM or GRU node.
+    pub fn recurrent(&self) -> Option<Recurrent> {
+        match *self {
+            Op::Lstm { input_size, hidden, bias, sequence } => Some(Recurrent { cell: Cell::Lstm, input_size, hidden, bias, sequence }),
+            Op::Gru { input_size, hidden, bias, sequence } => Some(Recurrent { cell: Cell::Gru, input_size, hidden, bias, sequence }),
+            _ => None,
+        }
     }
 
     /// A short human name, as `inspect` prints it.
@@ -106,6 +182,8 @@ impl Op {
             Op::Add => "Add",
             Op::Softmax => "Softmax",
             Op::Normalize { .. } => "Normalize",
+            Op::Lstm { .. } => "LSTM",
+            Op::Gru { .. } => "GRU",
         }
     }
 }
@@ -208,6 +286,19 @@ impl Graph {
     pub fn parameters(&self) -> Vec<ParamSpec> {
         let mut out = Vec::new();
         for node in &self.nodes {
+            if let Some(r) = node.op.recurrent() {
+                let rows = r.gate_rows();
+                for (suffix, kind) in RECURRENT_PARAMS {
+                    let shape = match suffix {
+                        "weight_ih" => vec![rows, r.input_size],
+                        "weight_hh" => vec![rows, r.hidden],
+                        _ if r.bias => vec![rows],
+                        _ => continue,
+                    };
+                    out.push(ParamSpec { name: format!("{}.{suffix}", node.name), node: node.name.clone(), kind, shape });
+                }
+                continue;
+            }
             let (wshape, bias_len, bias) = match node.op {
                 Op::Linear { in_features, out_features, bias } => {
                     (vec![out_features, in_features], out_features, bias)
@@ -325,6 +416,20 @@ pub fn output_shape(name: &str, op: &Op, ins: &[Vec<usize>]) -> Result<Vec<usize
                 return Err(bad("Softmax expects a 1-D value".into()));
             }
             Ok(x.clone())
+        }
+        Op::Lstm { .. } | Op::Gru { .. } => {
+            let r = op.recurrent().expect("a recurrent op");
+            let kind = op.kind();
+            if r.hidden == 0 || r.input_size == 0 {
+                return Err(bad(format!("{kind} needs input_size and hidden of at least 1")));
+            }
+            if x.len() != 2 || x[1] != r.input_size || x[0] == 0 {
+                return Err(bad(format!(
+                    "{kind} expects a sequence [steps, {}] (steps ≥ 1, {} features per step)",
+                    r.input_size, r.input_size
+                )));
+            }
+            Ok(if r.sequence { vec![x[0], r.hidden] } else { vec![r.hidden] })
         }
         Op::Add => {
             if ins[1] != *x {

@@ -35,6 +35,8 @@ pub const EXPORT_OPSET: i64 = 13;
 pub enum ExportError {
     #[error("tensor '{0}' is missing")]
     MissingTensor(String),
+    #[error("node '{node}' is a {op} layer, which the ONNX exporter does not write yet (supported: Linear, Conv2d, pooling, activations, Flatten, Add, Softmax, Normalize)")]
+    UnsupportedOp { node: String, op: &'static str },
     #[error("the model has no integer layers to export as QDQ int8 (quantize it with mode = \"full\" first, or export fp32)")]
     NotQuantized,
     #[error("integer layer '{node}' reads '{value}', which has no calibrated quantization")]
@@ -280,6 +282,8 @@ fn build(graph: &Graph, tensors: &HashMap<String, Vec<f32>>, int8: Option<&Int8>
                 w.node("Add", &node.name, vec![x, y], out.clone(), vec![]);
             }
             Op::Softmax => w.node("Softmax", &node.name, vec![x], out.clone(), vec![int("axis", -1)]),
+            Op::Lstm { .. } => return Err(ExportError::UnsupportedOp { node: node.name.clone(), op: "LSTM" }),
+            Op::Gru { .. } => return Err(ExportError::UnsupportedOp { node: node.name.clone(), op: "GRU" }),
             Op::Normalize { mean, std } => {
                 // Per channel of [C, H, W] as [C, 1, 1]; one value as a scalar.
                 let dims: Vec<usize> = if mean.len() > 1 { vec![mean.len(), 1, 1] } else { vec![] };
