@@ -82,6 +82,12 @@ fn main() {
         let mut shared = m.clone();
         share::share(&mut shared, &share::ShareConfig { linear_bits: 5, conv_bits: 8, per_layer: Default::default(), layers: vec![] }).unwrap();
         encodings.push(("codebook".into(), store::sqz_plan(&quantize::store_f32(&shared)).unwrap()));
+        // Building a plan times the kernels an encoding allows: show what that costs.
+        for (enc, file) in [("f32-pruned90", quantize::store_f32(&p90)), ("codebook", quantize::store_f32(&shared))] {
+            let t = Instant::now();
+            let _ = store::sqz_plan(&file).unwrap();
+            println!("{name}: building the {enc} plan (kernels timed) took {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+        }
         let images = &splits.test.images;
         let mut lat = vec![Vec::new(); encodings.len()];
         let mut thr1 = vec![Vec::new(); encodings.len()];

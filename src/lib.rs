@@ -25,7 +25,7 @@
 //! - [`codec`]: bit-level coding (position encodings, Huffman, f16, the fixed hash of
 //!   hashed sharing); depends on nothing else.
 //! - [`format`]: the `.sqz` container and safetensors I/O, atomic writes.
-//! - [`runtime`]: inference kernels (f32, int8) and the executor that runs a stored
+//! - [`runtime`]: inference kernels (f32, int8, sparse, codebook) and the executor that runs a stored
 //!   model; it never reaches `model`, `train` or `compress`.
 //! - [`report`]: the report schema (JSON + Markdown) and measurement helpers.
 
