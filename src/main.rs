@@ -896,7 +896,7 @@ fn share_tasks(a: &ShareArgs, out: &Path, data: &DataArgs) -> Result<ExitCode> {
     multitask::check_trunks(&tasks, &graphs)?;
     let splits = data.load()?;
     multitask::check_tasks(&tasks, splits.train.num_classes)?;
-    let cfg = MultitaskConfig { train: TrainConfig { epochs: a.epochs, batch_size: 128, lr: 1e-3, seed: a.seed, workers: 2, l1: 0.0, group_lasso: None } };
+    let cfg = MultitaskConfig { train: TrainConfig { epochs: a.epochs, batch_size: 128, lr: 1e-3, seed: a.seed, ..TrainConfig::default() } };
     let mut bar = TrainBar::default();
     let separate = multitask::train_separate(&tasks, &graphs, &splits.train, &cfg, &mut |e| bar.on(e))?;
     let mut separate_acc = Vec::new();

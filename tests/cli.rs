@@ -176,6 +176,10 @@ fn verbs_train_prune_quantize_inspect_chain() {
     assert!(o.stdout.contains("coarse") && o.stdout.contains("footwear") && o.stdout.contains("% of separate"), "{}", o.stdout);
     let heads = squeeze::store::read(&sh).unwrap().plan().unwrap().run_all(&vec![0.5; 784], 1, &mut Default::default()).unwrap();
     assert_eq!(heads.iter().map(|h| h.len()).collect::<Vec<_>>(), [10, 4, 2], "one file, three task heads");
+    let soft = d.path("soft.sqz");
+    let o = squeeze(&["share", "--form", "soft", "--penalty", "0.001", "--epochs", "1", "--out", soft.to_str().unwrap(), "--data", ds, "--validation", "300"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("soft form") && soft.exists(), "{}", o.stdout);
     assert_error(&squeeze(&["share", "--out", d.path("shared.txt").to_str().unwrap(), "--data", ds]), "must end in .sqz");
     let i = squeeze(&["inspect", q.to_str().unwrap()]);
     assert_eq!(i.code, 0, "{}", i.stderr);

@@ -525,7 +525,7 @@ mod tests {
         let base = tiny_graph();
         let head = find_head(&base).unwrap();
         let graphs: Vec<Graph> = tasks.iter().map(|t| task_graph(&base, &head, t.classes())).collect();
-        let cfg = MultitaskConfig { train: TrainConfig { epochs: 6, batch_size: 32, lr: 1e-2, seed: 5, workers: 2, l1: 0.0, group_lasso: None } };
+        let cfg = MultitaskConfig { train: TrainConfig { epochs: 6, batch_size: 32, lr: 1e-2, seed: 5, ..TrainConfig::default() } };
         let separate = train_separate(&tasks, &graphs, &data, &cfg, &mut |_| {}).unwrap();
         let hard = share_hard(&tasks, &separate, &data, &cfg, &mut |_| {}).unwrap();
         // One trunk, two heads: fc1 + fc2 (4 classes) + fc2_pairs (2 classes).

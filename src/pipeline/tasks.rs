@@ -75,9 +75,7 @@ pub(super) fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(E
             batch_size: recipe.train.batch_size,
             lr: recipe.train.lr,
             seed: recipe.seed,
-            workers: 2,
-            l1: 0.0,
-            group_lasso: None,
+            ..TrainConfig::default()
         },
     };
     // Measuring reads only the validation and test splits.

@@ -278,6 +278,9 @@ fn train_inner(
             for ws in &spaces[1..parts.len()] {
                 grad.iter_mut().zip(&ws.param_grad).for_each(|(g, w)| *g += w);
             }
+            if let Some(pull) = pull {
+                pull.add_gradient(&model.params.data, &mut grad);
+            }
             if cfg.l1 > 0.0 {
                 // d/dw λ|w| = λ·sign(w) (0 at 0).
                 for r in &weight_ranges {
@@ -301,9 +304,6 @@ fn train_inner(
                         }
                     }
                 }
-            }
-            if let Some(pull) = pull {
-                pull.add_gradient(&model.params.data, &mut grad);
             }
             adam.step(&mut model.params.data, &grad, mask.as_deref());
             shared.step(&mut model.params.data, &grad, mask.as_deref());
@@ -499,7 +499,7 @@ mod tests {
     #[test]
     fn pulled_training_stays_near_its_anchor() {
         let (x, y) = toy(300, 8);
-        let cfg = TrainConfig { epochs: 3, batch_size: 32, lr: 1e-2, seed: 2, workers: 2, l1: 0.0, group_lasso: None };
+        let cfg = TrainConfig { epochs: 3, batch_size: 32, lr: 1e-2, seed: 2, ..TrainConfig::default() };
         let anchor = toy_model(1);
         let fc1 = anchor.params.range(anchor.params.index("fc1.weight").unwrap());
         let dist = |m: &Model| m.params.data[fc1.clone()].iter().zip(&anchor.params.data[fc1.clone()]).map(|(a, b)| (a - b).powi(2)).sum::<f32>();
