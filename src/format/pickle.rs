@@ -18,6 +18,7 @@ use std::collections::HashMap;
 /// Callables a checkpoint may name besides the `torch.*Storage` types.
 pub const ALLOWED_GLOBALS: &[(&str, &str)] = &[
     ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor"),
     ("torch._utils", "_rebuild_tensor_v2"),
     ("torch._utils", "_rebuild_parameter"),
 ];
@@ -208,6 +209,16 @@ impl<'a> Reader<'a> {
 
 /// Reads one pickled object from `bytes` (which must end right after its STOP).
 pub fn load(bytes: &[u8]) -> Result<Value, PickleError> {
+    let (v, used) = load_prefix(bytes)?;
+    if used != bytes.len() {
+        return Err(PickleError::Malformed { at: used, why: "bytes follow STOP".into() });
+    }
+    Ok(v)
+}
+
+/// Reads the pickled object at the start of `bytes`; returns it and the bytes it took
+/// (PyTorch's legacy format writes several pickles and raw data one after another).
+pub fn load_prefix(bytes: &[u8]) -> Result<(Value, usize), PickleError> {
     let mut r = Reader { bytes, pos: 0 };
     let mut stack: Vec<Value> = Vec::new();
     let mut marks: Vec<usize> = Vec::new();
@@ -242,10 +253,7 @@ pub fn load(bytes: &[u8]) -> Result<Value, PickleError> {
             }
             b'.' => {
                 let v = pop!();
-                if r.pos != bytes.len() {
-                    return Err(bad("bytes follow STOP"));
-                }
-                return Ok(v);
+                return Ok((v, r.pos));
             }
             b'(' => marks.push(stack.len()),
             b'}' => stack.push(Value::Dict(Vec::new())),
@@ -401,7 +409,11 @@ fn global(module: &str, name: &str) -> Result<Value, PickleError> {
 fn persistent_load(pid: Value) -> Result<Value, String> {
     let Value::Tuple(items) = pid else { return Err(format!("persistent id is a {}, expected a tuple", pid.kind())) };
     match items.as_slice() {
-        [Value::Str(tag), Value::StorageClass(dtype), key, Value::Str(_location), Value::Int(numel)] if tag == "storage" => {
+        // The zip format's 5 fields; the legacy format adds a 6th, the view (None).
+        [Value::Str(tag), Value::StorageClass(dtype), key, Value::Str(_location), Value::Int(numel)]
+        | [Value::Str(tag), Value::StorageClass(dtype), key, Value::Str(_location), Value::Int(numel), Value::None]
+            if tag == "storage" =>
+        {
             let key = match key {
                 Value::Str(s) => s.clone(),
                 Value::Int(i) => i.to_string(),
@@ -438,12 +450,13 @@ fn reduce(func: Value, args: Value) -> Result<Value, String> {
                 Err("OrderedDict(...) with arguments is not supported".into())
             }
         }
-        ("torch._utils", "_rebuild_tensor_v2") => {
-            if !(6..=7).contains(&args.len()) {
-                return Err(format!("_rebuild_tensor_v2 takes 6 or 7 arguments, got {}", args.len()));
+        ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
+            let arity = if name == "_rebuild_tensor" { 4..=4 } else { 6..=7 };
+            if !arity.contains(&args.len()) {
+                return Err(format!("{name} takes {arity:?} arguments, got {}", args.len()));
             }
-            let Value::Storage { dtype, key, numel } = &args[0] else { return Err("_rebuild_tensor_v2: first argument is not a storage".into()) };
-            let Value::Int(offset) = args[1] else { return Err("_rebuild_tensor_v2: storage offset is not an int".into()) };
+            let Value::Storage { dtype, key, numel } = &args[0] else { return Err(format!("{name}: first argument is not a storage")) };
+            let Value::Int(offset) = args[1] else { return Err(format!("{name}: storage offset is not an int")) };
             let offset = usize::try_from(offset).map_err(|_| "negative storage offset".to_string())?;
             let shape = usizes(&args[2], "size")?;
             let stride = usizes(&args[3], "stride")?;
