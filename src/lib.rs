@@ -10,19 +10,20 @@
 //! cli (main.rs) ─► compress ─► train ─► model ─► spec
 //!       │             ├─► codec     │       └─► runtime kernels (f32, int8)
 //!       │             │             └─► data
-//!       │             └─► format (.sqz, safetensors) ─► spec, codec
+//!       │             └─► format (.sqz, safetensors, PyTorch) ─► spec, codec
 //!       ├─► report
 //!       └─► runtime ─► spec, format's .sqz reader
 //! ```
 //!
 //! - [`spec`]: the architecture as plain data (graph, shapes, quantization plan).
-//! - [`data`]: IDX (MNIST-format) datasets, splits, batching.
+//! - [`data`]: IDX (MNIST-format) datasets and NumPy `.npy`/`.npz` arrays, splits, batching.
 //! - [`model`]: a trainable network built from a spec: flat parameters, layers with
 //!   forward and backward, the zoo.
 //! - [`train`]: Adam, cross-entropy, the data-parallel trainer with constraints.
 //! - [`compress`]: one file per technique (prune, quantize).
 //! - [`codec`]: bit-level coding (position encodings); depends on nothing else.
-//! - [`format`]: the `.sqz` container and safetensors I/O, atomic writes.
+//! - [`format`]: the `.sqz` container, safetensors I/O, PyTorch state dicts (restricted
+//!   pickle reader) with architecture descriptions, atomic writes.
 //! - [`runtime`]: inference kernels (f32, int8) and the executor that runs a stored
 //!   model; it never reaches `model`, `train` or `compress`.
 //! - [`report`]: the report schema (JSON + Markdown) and measurement helpers.

@@ -290,6 +290,11 @@ pub fn load_prefix(bytes: &[u8]) -> Result<(Value, usize), PickleError> {
                 let s = std::str::from_utf8(r.take(n)?).map_err(|_| bad("string is not UTF-8"))?;
                 stack.push(Value::Str(s.to_string()));
             }
+            // Python 2 byte strings (checkpoints saved under Python 2): read as Latin-1 text.
+            b'T' | b'U' => {
+                let n = if op == b'T' { r.u32()? as usize } else { usize::from(r.u8()?) };
+                stack.push(Value::Str(r.take(n)?.iter().map(|&b| char::from(b)).collect()));
+            }
             b'B' | b'C' => {
                 let n = if op == b'B' { r.u32()? as usize } else { usize::from(r.u8()?) };
                 stack.push(Value::Bytes(r.take(n)?.to_vec()));
@@ -497,6 +502,8 @@ X\x01\x00\x00\x00bq\x03G?\xf8\x00\x00\x00\x00\x00\x00X\x01\x00\x00\x00xq\x04\x86
         // LONG1 of 2**40 and of -129.
         let v = load(b"\x80\x02\x8a\x06\x00\x00\x00\x00\x00\x01\x8a\x02\x7f\xff\x86.").unwrap();
         assert_eq!(v, Value::Tuple(vec![Value::Int(1 << 40), Value::Int(-129)]));
+        // Python 2 strings.
+        assert_eq!(load(b"\x80\x02U\x03cpu.").unwrap(), Value::Str("cpu".into()));
     }
 
     #[test]
