@@ -449,10 +449,19 @@ fn reduce(func: Value, args: Value) -> Result<Value, String> {
     let Value::Tuple(args) = args else { return Err(format!("REDUCE arguments are a {}, expected a tuple", args.kind())) };
     match (module.as_str(), name.as_str()) {
         ("collections", "OrderedDict") => {
-            if args.is_empty() {
-                Ok(Value::Dict(Vec::new()))
-            } else {
-                Err("OrderedDict(...) with arguments is not supported".into())
+            // Python 3 pickles OrderedDict() then SETITEMS; Python 2 passes the items,
+            // `OrderedDict([[key, value], ...])`.
+            match args.as_slice() {
+                [] => Ok(Value::Dict(Vec::new())),
+                [Value::List(items) | Value::Tuple(items)] => items
+                    .iter()
+                    .map(|kv| match kv {
+                        Value::List(p) | Value::Tuple(p) if p.len() == 2 => Ok((p[0].clone(), p[1].clone())),
+                        _ => Err("OrderedDict item is not a (key, value) pair".to_string()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Value::Dict),
+                _ => Err("OrderedDict(...) arguments are not a list of pairs".into()),
             }
         }
         ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
@@ -504,6 +513,9 @@ X\x01\x00\x00\x00bq\x03G?\xf8\x00\x00\x00\x00\x00\x00X\x01\x00\x00\x00xq\x04\x86
         assert_eq!(v, Value::Tuple(vec![Value::Int(1 << 40), Value::Int(-129)]));
         // Python 2 strings.
         assert_eq!(load(b"\x80\x02U\x03cpu.").unwrap(), Value::Str("cpu".into()));
+        // Python 2's OrderedDict([[k, v]]).
+        let v = load(b"\x80\x02ccollections\nOrderedDict\n]U\x01aK\x01\x86a\x85R.").unwrap();
+        assert_eq!(v, Value::Dict(vec![(Value::Str("a".into()), Value::Int(1))]));
     }
 
     #[test]
