@@ -319,6 +319,13 @@ fn published_legacy_checkpoint_reads_and_runs_as_python_computes_it() {
         assert_eq!(sd[k].shape, shape, "{k}");
         assert_eq!(sd[k].values, values.iter().map(|v| *v as f32).collect::<Vec<_>>(), "{k}");
     }
+    // Every truncation of it, and of a zip fixture, is an error, never a panic.
+    for name in ["lpips-alex-v0.1.pth", "tiny_mlp.pth", "checkpoint.pt"] {
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(pytorch::read_state_dict(&bytes[..cut]).is_err(), "{name} cut at {cut}");
+        }
+    }
     // Its first layer as a squeeze model: a 1x1 convolution over 64 channels.
     let d = Dir::new();
     let others: Vec<String> = tensors.keys().filter(|k| !k.starts_with("lin0")).map(|k| format!("\"{k}\"")).collect();

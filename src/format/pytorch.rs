@@ -132,7 +132,8 @@ pub fn read_legacy(bytes: &[u8]) -> Result<StateDict, PytorchError> {
         let count = bytes.get(pos..pos + 8).ok_or_else(|| legacy("truncated before a storage".into()))?;
         let count = u64::from_le_bytes(count.try_into().expect("8 bytes"));
         let len = usize::try_from(count).ok().and_then(|c| c.checked_mul(dtype.size())).ok_or_else(|| legacy("storage size overflows".into()))?;
-        let data = bytes.get(pos + 8..pos + 8 + len).ok_or_else(|| legacy(format!("storage '{key}' is truncated")))?;
+        let end = (pos + 8).checked_add(len).ok_or_else(|| legacy("storage size overflows".into()))?;
+        let data = bytes.get(pos + 8..end).ok_or_else(|| legacy(format!("storage '{key}' is truncated")))?;
         storages.insert(key, data.to_vec());
         pos += 8 + len;
     }
