@@ -10,13 +10,13 @@
 //! cli (main.rs) ─► compress ─► train ─► model ─► spec
 //!       │             ├─► codec     │       └─► runtime kernels (f32, int8)
 //!       │             │             └─► data
-//!       │             └─► format (.sqz, safetensors) ─► spec, codec
+//!       │             └─► format (.sqz, safetensors, PyTorch) ─► spec, codec
 //!       ├─► report
 //!       └─► runtime ─► spec, format's .sqz reader
 //! ```
 //!
 //! - [`spec`]: the architecture as plain data (graph, shapes, quantization plan).
-//! - [`data`]: IDX (MNIST-format) datasets, splits, batching.
+//! - [`data`]: IDX (MNIST-format) datasets and NumPy `.npy`/`.npz` arrays, splits, batching.
 //! - [`model`]: a trainable network built from a spec: flat parameters, layers with
 //!   forward and backward, the zoo.
 //! - [`train`]: Adam, cross-entropy, the data-parallel trainer with constraints.
@@ -24,8 +24,9 @@
 //!   hashed = HashedNets, multitask = parameter sharing across models).
 //! - [`codec`]: bit-level coding (position encodings, Huffman, f16, the fixed hash of
 //!   hashed sharing); depends on nothing else.
-//! - [`format`]: the `.sqz` container and safetensors I/O, atomic writes.
-//! - [`runtime`]: inference kernels (f32, int8, sparse, codebook) and the executor that runs a stored
+//! - [`format`]: the `.sqz` container, safetensors I/O, ONNX import/export, PyTorch state
+//!   dicts (restricted pickle reader) with architecture descriptions, atomic writes.
+//! - [`runtime`]: inference kernels (f32, int8, sparse, codebook, recurrent) and the executor that runs a stored
 //!   model; it never reaches `model`, `train` or `compress`.
 //! - [`report`]: the report schema (JSON + Markdown) and measurement helpers.
 

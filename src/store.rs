@@ -34,10 +34,11 @@ pub enum StoreError {
     Model { path: PathBuf, source: ModelError },
     #[error("'{path}': {source}")]
     Runtime { path: PathBuf, source: RuntimeError },
-    #[error("'{path}': {source}")]
-    StateDict { path: PathBuf, source: PytorchError },
-    #[error("{source} (state dict '{state_dict}', architecture '{arch}')")]
-    Import { state_dict: PathBuf, arch: PathBuf, source: ArchError },
+    // The inner errors are fields, not sources, so that a printed chain says them once.
+    #[error("'{path}': {reason}")]
+    StateDict { path: PathBuf, reason: PytorchError },
+    #[error("{reason} (state dict '{state_dict}', architecture '{arch}')")]
+    Import { state_dict: PathBuf, arch: PathBuf, reason: ArchError },
     #[error("export to '{path}' failed its check: {why}; nothing was written")]
     ExportCheck { path: PathBuf, why: String },
 }
@@ -260,10 +261,10 @@ pub fn write_sqz(path: &Path, model: &SqzModel) -> Result<u64, StoreError> {
 /// names are the state dict's keys.
 pub fn import_pytorch(state_dict: &Path, arch: &Path) -> Result<Model, StoreError> {
     let text = std::fs::read_to_string(arch).map_err(|source| StoreError::Io { path: arch.into(), source })?;
-    let import_err = |source| StoreError::Import { state_dict: state_dict.into(), arch: arch.into(), source };
+    let import_err = |reason| StoreError::Import { state_dict: state_dict.into(), arch: arch.into(), reason };
     let description = Architecture::parse(&text, &arch.display().to_string()).map_err(import_err)?;
     let bytes = std::fs::read(state_dict).map_err(|source| StoreError::Io { path: state_dict.into(), source })?;
-    let state = pytorch::read_state_dict(&bytes).map_err(|source| StoreError::StateDict { path: state_dict.into(), source })?;
+    let state = pytorch::read_state_dict(&bytes).map_err(|reason| StoreError::StateDict { path: state_dict.into(), reason })?;
     let (graph, tensors) = description.build(&state).map_err(import_err)?;
     Model::from_tensors(graph, tensors).map_err(|source| StoreError::Model { path: state_dict.into(), source })
 }

@@ -187,7 +187,7 @@ fn verbs_train_prune_quantize_inspect_chain() {
     assert!(i.stdout.contains("integer layers: fc1, fc2"), "{}", i.stdout);
     let i = squeeze(&["inspect", m.to_str().unwrap()]);
     assert!(i.stdout.contains("f32 dense") && i.stdout.contains("Linear"), "{}", i.stdout);
-    for verb in ["run", "train", "eval", "prune", "trim", "quantize", "distill", "share", "inspect", "bench"] {
+    for verb in ["run", "train", "eval", "prune", "trim", "quantize", "distill", "share", "inspect", "bench", "import", "export"] {
         let h = squeeze(&[verb, "--help"]);
         assert_eq!(h.code, 0);
         assert!(h.stdout.contains("Usage"), "{verb}");

@@ -83,7 +83,6 @@ impl Array {
         match (self.kind, self.size) {
             (Kind::Float, 4) => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             (Kind::Float, 8) => f64::from_le_bytes(b),
-            (Kind::Float, 2) => f64::from(crate::codec::f16::to_f32(u16::from_le_bytes([b[0], b[1]]))),
             (_, _) => self.int(i) as f64,
         }
     }
@@ -149,7 +148,7 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<Array, DataError> {
         _ => return Err(err(format!("unsupported dtype '{descr}' (expected float, signed or unsigned integers)"))),
     };
     let size: usize = descr[2..].parse().map_err(|_| err(format!("unsupported dtype '{descr}'")))?;
-    if !matches!((kind, size), (Kind::Float, 2 | 4 | 8) | (Kind::Int | Kind::Uint, 1 | 2 | 4 | 8)) {
+    if !matches!((kind, size), (Kind::Float, 4 | 8) | (Kind::Int | Kind::Uint, 1 | 2 | 4 | 8)) {
         return Err(err(format!("unsupported dtype '{descr}'")));
     }
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| err("shape overflows".into()))?;

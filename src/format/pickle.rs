@@ -18,6 +18,7 @@ use std::collections::HashMap;
 /// Callables a checkpoint may name besides the `torch.*Storage` types.
 pub const ALLOWED_GLOBALS: &[(&str, &str)] = &[
     ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor"),
     ("torch._utils", "_rebuild_tensor_v2"),
     ("torch._utils", "_rebuild_parameter"),
 ];
@@ -208,6 +209,16 @@ impl<'a> Reader<'a> {
 
 /// Reads one pickled object from `bytes` (which must end right after its STOP).
 pub fn load(bytes: &[u8]) -> Result<Value, PickleError> {
+    let (v, used) = load_prefix(bytes)?;
+    if used != bytes.len() {
+        return Err(PickleError::Malformed { at: used, why: "bytes follow STOP".into() });
+    }
+    Ok(v)
+}
+
+/// Reads the pickled object at the start of `bytes`; returns it and the bytes it took
+/// (PyTorch's legacy format writes several pickles and raw data one after another).
+pub fn load_prefix(bytes: &[u8]) -> Result<(Value, usize), PickleError> {
     let mut r = Reader { bytes, pos: 0 };
     let mut stack: Vec<Value> = Vec::new();
     let mut marks: Vec<usize> = Vec::new();
@@ -242,10 +253,7 @@ pub fn load(bytes: &[u8]) -> Result<Value, PickleError> {
             }
             b'.' => {
                 let v = pop!();
-                if r.pos != bytes.len() {
-                    return Err(bad("bytes follow STOP"));
-                }
-                return Ok(v);
+                return Ok((v, r.pos));
             }
             b'(' => marks.push(stack.len()),
             b'}' => stack.push(Value::Dict(Vec::new())),
@@ -281,6 +289,11 @@ pub fn load(bytes: &[u8]) -> Result<Value, PickleError> {
                 };
                 let s = std::str::from_utf8(r.take(n)?).map_err(|_| bad("string is not UTF-8"))?;
                 stack.push(Value::Str(s.to_string()));
+            }
+            // Python 2 byte strings (checkpoints saved under Python 2): read as Latin-1 text.
+            b'T' | b'U' => {
+                let n = if op == b'T' { r.u32()? as usize } else { usize::from(r.u8()?) };
+                stack.push(Value::Str(r.take(n)?.iter().map(|&b| char::from(b)).collect()));
             }
             b'B' | b'C' => {
                 let n = if op == b'B' { r.u32()? as usize } else { usize::from(r.u8()?) };
@@ -401,7 +414,11 @@ fn global(module: &str, name: &str) -> Result<Value, PickleError> {
 fn persistent_load(pid: Value) -> Result<Value, String> {
     let Value::Tuple(items) = pid else { return Err(format!("persistent id is a {}, expected a tuple", pid.kind())) };
     match items.as_slice() {
-        [Value::Str(tag), Value::StorageClass(dtype), key, Value::Str(_location), Value::Int(numel)] if tag == "storage" => {
+        // The zip format's 5 fields; the legacy format adds a 6th, the view (None).
+        [Value::Str(tag), Value::StorageClass(dtype), key, Value::Str(_location), Value::Int(numel)]
+        | [Value::Str(tag), Value::StorageClass(dtype), key, Value::Str(_location), Value::Int(numel), Value::None]
+            if tag == "storage" =>
+        {
             let key = match key {
                 Value::Str(s) => s.clone(),
                 Value::Int(i) => i.to_string(),
@@ -432,18 +449,28 @@ fn reduce(func: Value, args: Value) -> Result<Value, String> {
     let Value::Tuple(args) = args else { return Err(format!("REDUCE arguments are a {}, expected a tuple", args.kind())) };
     match (module.as_str(), name.as_str()) {
         ("collections", "OrderedDict") => {
-            if args.is_empty() {
-                Ok(Value::Dict(Vec::new()))
-            } else {
-                Err("OrderedDict(...) with arguments is not supported".into())
+            // Python 3 pickles OrderedDict() then SETITEMS; Python 2 passes the items,
+            // `OrderedDict([[key, value], ...])`.
+            match args.as_slice() {
+                [] => Ok(Value::Dict(Vec::new())),
+                [Value::List(items) | Value::Tuple(items)] => items
+                    .iter()
+                    .map(|kv| match kv {
+                        Value::List(p) | Value::Tuple(p) if p.len() == 2 => Ok((p[0].clone(), p[1].clone())),
+                        _ => Err("OrderedDict item is not a (key, value) pair".to_string()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Value::Dict),
+                _ => Err("OrderedDict(...) arguments are not a list of pairs".into()),
             }
         }
-        ("torch._utils", "_rebuild_tensor_v2") => {
-            if !(6..=7).contains(&args.len()) {
-                return Err(format!("_rebuild_tensor_v2 takes 6 or 7 arguments, got {}", args.len()));
+        ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
+            let arity = if name == "_rebuild_tensor" { 4..=4 } else { 6..=7 };
+            if !arity.contains(&args.len()) {
+                return Err(format!("{name} takes {arity:?} arguments, got {}", args.len()));
             }
-            let Value::Storage { dtype, key, numel } = &args[0] else { return Err("_rebuild_tensor_v2: first argument is not a storage".into()) };
-            let Value::Int(offset) = args[1] else { return Err("_rebuild_tensor_v2: storage offset is not an int".into()) };
+            let Value::Storage { dtype, key, numel } = &args[0] else { return Err(format!("{name}: first argument is not a storage")) };
+            let Value::Int(offset) = args[1] else { return Err(format!("{name}: storage offset is not an int")) };
             let offset = usize::try_from(offset).map_err(|_| "negative storage offset".to_string())?;
             let shape = usizes(&args[2], "size")?;
             let stride = usizes(&args[3], "stride")?;
@@ -484,6 +511,11 @@ X\x01\x00\x00\x00bq\x03G?\xf8\x00\x00\x00\x00\x00\x00X\x01\x00\x00\x00xq\x04\x86
         // LONG1 of 2**40 and of -129.
         let v = load(b"\x80\x02\x8a\x06\x00\x00\x00\x00\x00\x01\x8a\x02\x7f\xff\x86.").unwrap();
         assert_eq!(v, Value::Tuple(vec![Value::Int(1 << 40), Value::Int(-129)]));
+        // Python 2 strings.
+        assert_eq!(load(b"\x80\x02U\x03cpu.").unwrap(), Value::Str("cpu".into()));
+        // Python 2's OrderedDict([[k, v]]).
+        let v = load(b"\x80\x02ccollections\nOrderedDict\n]U\x01aK\x01\x86a\x85R.").unwrap();
+        assert_eq!(v, Value::Dict(vec![(Value::Str("a".into()), Value::Int(1))]));
     }
 
     #[test]

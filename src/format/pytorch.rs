@@ -10,6 +10,9 @@
 //! offsets, any strides, shared storages) are gathered into dense row-major tensors.
 //! Every floating or integer dtype is converted to f32.
 //!
+//! The legacy format (before 1.6, or `_use_new_zipfile_serialization=False`) is read
+//! too: see [`read_legacy`].
+//!
 //! The state dict is the pickled dict itself when its values are tensors, or a dict of
 //! tensors found under `state_dict`, `model_state_dict` or `model` in a training
 //! checkpoint.
@@ -40,9 +43,9 @@ pub enum PytorchError {
     Zip(String),
     #[error("the archive has no data.pkl; it is not a file written by torch.save")]
     NoPickle,
-    #[error("this is PyTorch's legacy (pre-1.6) format; load it in PyTorch and save it again with torch.save (the zip format is the default) or as safetensors")]
-    Legacy,
-    #[error("{0}")]
+    #[error("PyTorch legacy (pre-1.6) format: {0}; load it in PyTorch and save it again with torch.save (the zip format is the default) or as safetensors")]
+    Legacy(String),
+    #[error(transparent)]
     Pickle(#[from] PickleError),
     #[error("the archive's byteorder is '{0}', expected 'little' or 'big'")]
     ByteOrder(String),
@@ -66,10 +69,81 @@ pub fn read_state_dict(bytes: &[u8]) -> Result<StateDict, PytorchError> {
         return read_safetensors(bytes);
     }
     // Legacy torch.save: a pickled magic number first (protocol 2, LONG1 of 10 bytes).
-    if bytes.starts_with(b"\x80\x02\x8a\x0a") {
-        return Err(PytorchError::Legacy);
+    if bytes.starts_with(LEGACY_MAGIC) {
+        return read_legacy(bytes);
     }
     Err(PytorchError::Unknown(if bytes.is_empty() { " (the file is empty)".into() } else { String::new() }))
+}
+
+/// The legacy format's first pickle: protocol 2, LONG1 of the 10-byte magic number
+/// 0x1950a86a20f9469cfc6c, STOP.
+const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.";
+
+/// Every tensor view anywhere in `v`.
+fn tensor_refs<'a>(v: &'a Value, out: &mut Vec<&'a TensorRef>) {
+    match v {
+        Value::Tensor(t) => out.push(t),
+        Value::Tuple(items) | Value::List(items) => items.iter().for_each(|x| tensor_refs(x, out)),
+        Value::Dict(items) => items.iter().for_each(|(k, x)| {
+            tensor_refs(k, out);
+            tensor_refs(x, out)
+        }),
+        _ => {}
+    }
+}
+
+/// Reads PyTorch's legacy (pre-1.6, `_use_new_zipfile_serialization=False`) format:
+/// pickles of the magic number, the protocol version (1001) and system info, then the
+/// object, then the list of storage keys, then each storage as an 8-byte element
+/// count and its raw little-endian bytes.
+pub fn read_legacy(bytes: &[u8]) -> Result<StateDict, PytorchError> {
+    let legacy = |why: String| PytorchError::Legacy(why);
+    let mut pos = LEGACY_MAGIC.len();
+    let next = |pos: &mut usize| -> Result<Value, PytorchError> {
+        let (v, used) = pickle::load_prefix(&bytes[*pos..])?;
+        *pos += used;
+        Ok(v)
+    };
+    match next(&mut pos)? {
+        Value::Int(1001) => {}
+        other => return Err(legacy(format!("protocol version {other:?}, expected 1001"))),
+    }
+    let sys_info = next(&mut pos)?;
+    if let Value::Dict(items) = &sys_info
+        && items.iter().any(|(k, v)| *k == Value::Str("little_endian".into()) && *v == Value::Bool(false))
+    {
+        return Err(legacy("written on a big-endian machine".into()));
+    }
+    let root = next(&mut pos)?;
+    let keys = match next(&mut pos)? {
+        Value::List(keys) => keys,
+        other => return Err(legacy(format!("storage key list is a {other:?}"))),
+    };
+    let mut refs = Vec::new();
+    tensor_refs(&root, &mut refs);
+    let mut storages: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for key in keys {
+        let key = match key {
+            Value::Str(s) => s,
+            Value::Int(i) => i.to_string(),
+            other => return Err(legacy(format!("storage key {other:?} is not a string"))),
+        };
+        let dtype = refs.iter().find(|t| t.key == key).map(|t| t.dtype).ok_or_else(|| legacy(format!("storage '{key}' is used by no tensor")))?;
+        let count = bytes.get(pos..pos + 8).ok_or_else(|| legacy("truncated before a storage".into()))?;
+        let count = u64::from_le_bytes(count.try_into().expect("8 bytes"));
+        let len = usize::try_from(count).ok().and_then(|c| c.checked_mul(dtype.size())).ok_or_else(|| legacy("storage size overflows".into()))?;
+        let end = (pos + 8).checked_add(len).ok_or_else(|| legacy("storage size overflows".into()))?;
+        let data = bytes.get(pos + 8..end).ok_or_else(|| legacy(format!("storage '{key}' is truncated")))?;
+        storages.insert(key, data.to_vec());
+        pos += 8 + len;
+    }
+    let mut out = StateDict::new();
+    for (name, t) in state_dict_entries(root)? {
+        let storage = storages.get(&t.key).ok_or_else(|| PytorchError::Tensor { name: name.clone(), why: format!("storage '{}' is missing", t.key) })?;
+        let tensor = gather(&t, storage).map_err(|why| PytorchError::Tensor { name: name.clone(), why })?;
+        out.insert(name, tensor);
+    }
+    Ok(out)
 }
 
 /// Reads every tensor of a safetensors file (F32, F16, BF16, F64 and integer dtypes).
@@ -252,7 +326,7 @@ mod tests {
     #[test]
     fn unknown_bytes_are_clear_errors() {
         assert!(matches!(read_state_dict(b""), Err(PytorchError::Unknown(_))));
-        assert!(matches!(read_state_dict(b"\x80\x02\x8a\x0a\x6c\xfc"), Err(PytorchError::Legacy)));
+        assert!(matches!(read_state_dict(LEGACY_MAGIC), Err(PytorchError::Pickle(PickleError::Truncated(_)))));
         assert!(matches!(read_state_dict(b"PK\x03\x04 truncated"), Err(PytorchError::Zip(_))));
     }
 }
