@@ -10,7 +10,7 @@
 //! cli (main.rs) ─► compress ─► train ─► model ─► spec
 //!       │             ├─► codec     │       └─► runtime kernels (f32, int8)
 //!       │             │             └─► data
-//!       │             └─► format (.sqz, safetensors) ─► spec, codec
+//!       │             └─► format (.sqz, safetensors, ONNX) ─► spec, codec
 //!       ├─► report
 //!       └─► runtime ─► spec, format's .sqz reader
 //! ```
@@ -22,7 +22,10 @@
 //! - [`train`]: Adam, cross-entropy, the data-parallel trainer with constraints.
 //! - [`compress`]: one file per technique (prune, quantize).
 //! - [`codec`]: bit-level coding (position encodings); depends on nothing else.
-//! - [`format`]: the `.sqz` container and safetensors I/O, atomic writes.
+//! - [`format`]: the `.sqz` container, safetensors I/O, ONNX import and export
+//!   (encoding only: [`store::export_onnx`] runs the re-import check), atomic writes.
+//! - [`store`]: reads any model file (sniffed by content), writes `.sqz`/safetensors,
+//!   and exports ONNX after checking it imports back and computes the same.
 //! - [`runtime`]: inference kernels (f32, int8) and the executor that runs a stored
 //!   model; it never reaches `model`, `train` or `compress`.
 //! - [`report`]: the report schema (JSON + Markdown) and measurement helpers.

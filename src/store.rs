@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::format::onnx::{self, Imported, OnnxError};
+use crate::format::onnx::{self, ExportError, Imported, OnnxError};
 use crate::format::safetensors::{self as st, DenseFile, SafetensorsError};
 use crate::format::sqz::{self, FormatError, Limits, SqzModel, Values};
 use crate::format::{is_sqz, write_atomic};
@@ -26,6 +26,14 @@ pub enum StoreError {
     Sqz { path: PathBuf, source: FormatError },
     #[error("'{path}': {source}")]
     Onnx { path: PathBuf, source: OnnxError },
+    #[error("exporting as ONNX: {0}")]
+    Export(#[from] ExportError),
+    #[error("the exported ONNX does not import back: {0}")]
+    Reimport(OnnxError),
+    #[error("cannot run the model to check the export: {0}")]
+    ExportRun(RuntimeError),
+    #[error("the exported ONNX disagrees with the model: max |difference| {max_diff:.3e} on {samples} check inputs (allowed {tolerance:.1e}); nothing was written")]
+    ExportMismatch { max_diff: f32, tolerance: f32, samples: usize },
     #[error("'{path}': {source}")]
     Safetensors { path: PathBuf, source: SafetensorsError },
     #[error("'{path}': {source}")]
@@ -218,4 +226,82 @@ pub fn write_sqz(path: &Path, model: &SqzModel) -> Result<u64, StoreError> {
     let bytes = sqz::encode(model).map_err(|source| StoreError::Sqz { path: path.into(), source })?;
     write_atomic(path, &bytes).map_err(|source| StoreError::Write { path: path.into(), source })?;
     Ok(bytes.len() as u64)
+}
+
+/// An ONNX export and what its check measured.
+#[derive(Clone, Debug)]
+pub struct OnnxExport {
+    pub bytes: Vec<u8>,
+    /// Integer layers written as QDQ (0 for an fp32 export).
+    pub int8_layers: usize,
+    /// Inputs the re-imported file was run on, the largest output difference from the
+    /// model, and what was allowed.
+    pub samples: usize,
+    pub max_diff: f32,
+    pub tolerance: f32,
+}
+
+/// ONNX bytes of a model file: QDQ int8 when it is a quantized `.sqz` (unless `float`),
+/// else fp32 of its parameters decoded from any encoding. Before returning, the bytes
+/// are imported again by squeeze's importer and run on 8 inputs in [0, 1] against the
+/// model: fp32 must agree within 1e-5 (relative to the outputs' magnitude); QDQ is
+/// compared with the stored model run in float from its dequantized weights, within 1e-3
+/// (the int32 bias rounding). The activation quantization itself is what ONNX Runtime
+/// runs (checked against squeeze's integer kernels by the test suite).
+pub fn export_onnx(path: &Path, file: ModelFile, float: bool) -> Result<OnnxExport, StoreError> {
+    let (graph, bytes, reference, tolerance, int8_layers) = match file {
+        ModelFile::Sqz(s) if !float && !s.quant.integer_nodes.is_empty() => {
+            let bytes = onnx::encode_qdq(&s)?;
+            // The float run of the same weights (int8 dequantized at load).
+            let w = s
+                .tensors
+                .iter()
+                .map(|t| {
+                    let v = match &t.values {
+                        Values::I8 { q, scales } => {
+                            let mut full = vec![0i8; t.numel()];
+                            match &t.positions {
+                                Some(p) => p.iter().zip(q).for_each(|(&i, &v)| full[i as usize] = v),
+                                None => full.copy_from_slice(q),
+                            }
+                            Weights::I8 { q: full, scales: scales.clone() }
+                        }
+                        _ => Weights::F32(t.to_dense_f32()),
+                    };
+                    (t.name.clone(), v)
+                })
+                .collect();
+            let plan = Plan::new(&s.graph, w, &QuantPlan::default()).map_err(StoreError::ExportRun)?;
+            (s.graph.clone(), bytes, plan, 1e-3, s.quant.integer_nodes.len())
+        }
+        other => {
+            let model = other.into_model().map_err(|source| StoreError::Model { path: path.into(), source })?;
+            let bytes = onnx::encode_f32(&model.graph, &model.tensors())?;
+            let plan = model_plan(&model).map_err(StoreError::ExportRun)?;
+            (model.graph, bytes, plan, 1e-5, 0)
+        }
+    };
+    let back = onnx::import(&bytes).map_err(StoreError::Reimport)?;
+    let w = back.tensors.iter().map(|(n, _, v)| (n.clone(), Weights::F32(v.clone()))).collect();
+    let plan = Plan::new(&back.graph, w, &QuantPlan::default()).map_err(StoreError::ExportRun)?;
+    let samples = 8;
+    let mut rng = crate::rng::Rng::new(0x5eed_0000);
+    let x: Vec<f32> = (0..samples * graph.input_len()).map(|_| rng.next_f32()).collect();
+    let want = reference.run_all(&x, samples, &mut Default::default()).map_err(StoreError::ExportRun)?;
+    let got = plan.run_all(&x, samples, &mut Default::default()).map_err(StoreError::ExportRun)?;
+    let (mut max_diff, mut scale) = (0.0f32, 1.0f32);
+    let shapes_agree = want.len() == got.len() && want.iter().zip(&got).all(|(a, b)| a.len() == b.len());
+    if !shapes_agree {
+        return Err(StoreError::ExportMismatch { max_diff: f32::INFINITY, tolerance, samples });
+    }
+    for (u, v) in want.iter().flatten().zip(got.iter().flatten()) {
+        max_diff = max_diff.max((u - v).abs());
+        scale = scale.max(u.abs());
+    }
+    // Relative to the outputs' magnitude (logits can be large).
+    let allowed = tolerance * scale;
+    if !(max_diff <= allowed) {
+        return Err(StoreError::ExportMismatch { max_diff, tolerance: allowed, samples });
+    }
+    Ok(OnnxExport { bytes, int8_layers, samples, max_diff, tolerance: allowed })
 }

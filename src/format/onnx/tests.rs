@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::format::onnx::{export_f32, export_qdq, ExportError};
+use crate::format::onnx::{encode_f32, encode_qdq, ExportError};
+use crate::store::{export_onnx, ModelFile};
+use std::path::Path;
 use crate::runtime::exec::{Plan, Weights, Workspace};
 use crate::spec::QuantPlan;
 
@@ -93,9 +95,10 @@ fn pytorch_style_view_flatten_folds_its_shape_arithmetic() {
 fn every_zoo_model_exports_and_imports_back() {
     for (name, _) in crate::model::zoo::MODELS {
         let model = crate::model::Model::init(crate::model::zoo::build(name).unwrap(), 3).unwrap();
-        let (bytes, check) = export_f32(&model.graph, &model.tensors()).unwrap();
+        let check = export_onnx(Path::new(name), ModelFile::Dense(crate::store::dense_file(&model)), false).unwrap();
         assert!(check.max_diff <= check.tolerance, "{name}");
-        let back = import(&bytes).unwrap();
+        assert_eq!(encode_f32(&model.graph, &model.tensors()).unwrap(), check.bytes);
+        let back = import(&check.bytes).unwrap();
         let kinds = |g: &crate::spec::Graph| g.nodes.iter().map(|n| n.op.kind()).collect::<Vec<_>>();
         assert_eq!(kinds(&back.graph), kinds(&model.graph), "{name}");
         assert_eq!(back.graph.num_params(), model.graph.num_params(), "{name}");
@@ -124,14 +127,16 @@ fn qdq_export_of_a_quantized_conv_model_imports_back() {
     let mut rng = crate::rng::Rng::new(6);
     let calibration: Vec<f32> = (0..64 * 64).map(|_| rng.next_f32()).collect();
     let q = quantize(&model, Mode::Full, &[], &calibration).unwrap();
-    let (bytes, check) = export_qdq(&q).unwrap();
-    assert!(check.max_diff <= check.tolerance);
-    let back = import(&bytes).unwrap();
+    let check = export_onnx(Path::new("q"), ModelFile::Sqz(q.clone()), false).unwrap();
+    assert!(check.max_diff <= check.tolerance && check.int8_layers == 3);
+    let back = import(&check.bytes).unwrap();
     assert!(back.notes.iter().any(|n| n.contains("QDQ pairs are dropped")), "{:?}", back.notes);
     assert_eq!(back.graph.nodes.iter().filter(|n| n.op.has_weight()).count(), 3);
     // A float model has nothing to export as QDQ.
     let f = crate::compress::quantize::store_f32(&model);
-    assert!(matches!(export_qdq(&f), Err(ExportError::NotQuantized)));
+    assert!(matches!(encode_qdq(&f), Err(ExportError::NotQuantized)));
+    // --float: the same quantized model as fp32 (weights dequantized).
+    assert_eq!(export_onnx(Path::new("q"), ModelFile::Sqz(q), true).unwrap().int8_layers, 0);
 }
 
 #[test]
