@@ -24,10 +24,11 @@ pub enum StoreError {
     NotAModel { path: PathBuf, hint: String },
     #[error("'{path}': {source}")]
     Sqz { path: PathBuf, source: FormatError },
-    #[error("'{path}': {source}")]
-    Onnx { path: PathBuf, source: OnnxError },
-    #[error("exporting as ONNX: {0}")]
-    Export(#[from] ExportError),
+    // The ONNX errors are printed, not chained as sources: `{err:#}` would repeat them.
+    #[error("'{path}': {error}")]
+    Onnx { path: PathBuf, error: OnnxError },
+    #[error("{0}")]
+    Export(ExportError),
     #[error("the exported ONNX does not import back: {0}")]
     Reimport(OnnxError),
     #[error("cannot run the model to check the export: {0}")]
@@ -176,7 +177,7 @@ pub fn read(path: &Path) -> Result<ModelFile, StoreError> {
     // ONNX has no magic number: a `.onnx` name or a protobuf that decodes as a model.
     let onnx_name = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
     if onnx_name || onnx::is_onnx(&bytes) {
-        let m = onnx::import(&bytes).map_err(|source| StoreError::Onnx { path: path.into(), source })?;
+        let m = onnx::import(&bytes).map_err(|error| StoreError::Onnx { path: path.into(), error })?;
         return Ok(ModelFile::Onnx(m));
     }
     let hint = if bytes.is_empty() {
@@ -226,6 +227,12 @@ pub fn write_sqz(path: &Path, model: &SqzModel) -> Result<u64, StoreError> {
     let bytes = sqz::encode(model).map_err(|source| StoreError::Sqz { path: path.into(), source })?;
     write_atomic(path, &bytes).map_err(|source| StoreError::Write { path: path.into(), source })?;
     Ok(bytes.len() as u64)
+}
+
+impl From<ExportError> for StoreError {
+    fn from(e: ExportError) -> StoreError {
+        StoreError::Export(e)
+    }
 }
 
 /// An ONNX export and what its check measured.
