@@ -167,6 +167,26 @@ def reshape_layout():
     save("reshape_layout", nodes, inits, [64], [3], 15)
 
 
+def view_flatten():
+    """PyTorch's `x.view(x.size(0), -1)` as its exporter writes it (Shape, Gather,
+    Unsqueeze, Concat, Reshape) after a Conv + MaxPool; opset 12 (Unsqueeze axes as an
+    attribute)."""
+    c1, cb1 = w(3, 1, 3, 3), w(3)
+    fc, fcb = w(4, 3 * 3 * 3), w(4)
+    nodes = [
+        helper.make_node("Conv", ["x", "c1", "cb1"], ["a"], name="/conv1/Conv", kernel_shape=[3, 3]),
+        helper.make_node("MaxPool", ["a"], ["p"], name="/pool/MaxPool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Shape", ["p"], ["s"], name="/Shape"),
+        helper.make_node("Gather", ["s", "zero"], ["b"], name="/Gather", axis=0),
+        helper.make_node("Unsqueeze", ["b"], ["bu"], name="/Unsqueeze", axes=[0]),
+        helper.make_node("Concat", ["bu", "minus_one"], ["target"], name="/Concat", axis=0),
+        helper.make_node("Reshape", ["p", "target"], ["f"], name="/Reshape"),
+        helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], name="/fc/Gemm", transB=1),
+    ]
+    inits = [init("c1", c1), init("cb1", cb1), init("zero", np.array(0, dtype=np.int64)), init("minus_one", np.array([-1], dtype=np.int64)), init("fc", fc), init("fcb", fcb)]
+    save("view_flatten", nodes, inits, [1, 8, 8], [4], 12)
+
+
 def bad_models():
     """Files that must fail with one clear error."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
@@ -194,4 +214,5 @@ if __name__ == "__main__":
     matmul_constants()
     pools_normalize()
     reshape_layout()
+    view_flatten()
     bad_models()

@@ -10,7 +10,7 @@
 //! cli (main.rs) ─► compress ─► train ─► model ─► spec
 //!       │             ├─► codec     │       └─► runtime kernels (f32, int8)
 //!       │             │             └─► data
-//!       │             └─► format (.sqz, safetensors, PyTorch) ─► spec, codec
+//!       │             └─► format (.sqz, safetensors, ONNX, PyTorch) ─► spec, codec
 //!       ├─► report
 //!       └─► runtime ─► spec, format's .sqz reader
 //! ```
@@ -24,8 +24,11 @@
 //!   hashed = HashedNets, multitask = parameter sharing across models).
 //! - [`codec`]: bit-level coding (position encodings, Huffman, f16, the fixed hash of
 //!   hashed sharing); depends on nothing else.
-//! - [`format`]: the `.sqz` container, safetensors I/O, ONNX import/export, PyTorch state
+//! - [`format`]: the `.sqz` container, safetensors I/O, ONNX import and export
+//!   (encoding only: [`store::export_onnx`] runs the re-import check), PyTorch state
 //!   dicts (restricted pickle reader) with architecture descriptions, atomic writes.
+//! - [`store`]: reads any model file (sniffed by content), writes `.sqz`/safetensors,
+//!   and exports ONNX/safetensors after checking the file reads back and computes the same.
 //! - [`runtime`]: inference kernels (f32, int8, sparse, codebook, recurrent) and the executor that runs a stored
 //!   model; it never reaches `model`, `train` or `compress`.
 //! - [`report`]: the report schema (JSON + Markdown) and measurement helpers.

@@ -624,25 +624,17 @@ fn export(path: &Path, format: ExportFormat, out: &Path, float: bool, check_inpu
             );
             return Ok(());
         }
-        ExportFormat::Onnx => match file {
-            ModelFile::Sqz(s) if !float && !s.quant.integer_nodes.is_empty() => {
-                let (bytes, check) = onnx::export_qdq(&s).with_context(|| format!("exporting '{}' as ONNX QDQ int8", path.display()))?;
-                out!(
-                    "ONNX opset {}, QDQ int8: {} integer layers with per-channel int8 weights and squeeze's calibrated u8 activations",
-                    onnx::export::EXPORT_OPSET,
-                    s.quant.integer_nodes.len()
-                );
-                out!("checked: imported again, max |difference| {:.2e} from the model run on dequantized weights ({} inputs)", check.max_diff, check.samples);
-                bytes
-            }
-            other => {
-                let model = other.into_model().with_context(|| format!("'{}'", path.display()))?;
-                let (bytes, check) = onnx::export_f32(&model.graph, &model.tensors()).with_context(|| format!("exporting '{}' as ONNX", path.display()))?;
+        ExportFormat::Onnx => {
+            let e = store::export_onnx(path, file, float).with_context(|| format!("exporting '{}' as ONNX", path.display()))?;
+            if e.int8_layers > 0 {
+                out!("ONNX opset {}, QDQ int8: {} integer layers with per-channel int8 weights and squeeze's calibrated u8 activations", onnx::export::EXPORT_OPSET, e.int8_layers);
+                out!("checked: imported again, max |difference| {:.2e} from the model run on dequantized weights ({} inputs)", e.max_diff, e.samples);
+            } else {
                 out!("ONNX opset {}, fp32 (every tensor decoded to dense f32)", onnx::export::EXPORT_OPSET);
-                out!("checked: imported again, max |difference| {:.2e} from the model ({} inputs)", check.max_diff, check.samples);
-                bytes
+                out!("checked: imported again, max |difference| {:.2e} from the model ({} inputs)", e.max_diff, e.samples);
             }
-        },
+            e.bytes
+        }
     };
     squeeze::format::write_atomic(out, &bytes).with_context(|| format!("cannot write '{}'", out.display()))?;
     out!("wrote {} ({} bytes)", out.display(), bytes.len());

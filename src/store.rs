@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::format::arch::{ArchError, Architecture};
-use crate::format::onnx::{self, Imported, OnnxError};
+use crate::format::onnx::{self, ExportError, Imported, OnnxError};
 use crate::format::pytorch::{self, PytorchError};
 use crate::format::safetensors::{self as st, DenseFile, SafetensorsError};
 use crate::format::sqz::{self, FormatError, Limits, SqzModel, Values};
@@ -26,8 +26,17 @@ pub enum StoreError {
     NotAModel { path: PathBuf, hint: String },
     #[error("'{path}': {source}")]
     Sqz { path: PathBuf, source: FormatError },
-    #[error("'{path}': {source}")]
-    Onnx { path: PathBuf, source: OnnxError },
+    // The ONNX errors are printed, not chained as sources: `{err:#}` would repeat them.
+    #[error("'{path}': {error}")]
+    Onnx { path: PathBuf, error: OnnxError },
+    #[error("{0}")]
+    Export(ExportError),
+    #[error("the exported ONNX does not import back: {0}")]
+    Reimport(OnnxError),
+    #[error("cannot run the model to check the export: {0}")]
+    ExportRun(RuntimeError),
+    #[error("the exported ONNX disagrees with the model: max |difference| {max_diff:.3e} on {samples} check inputs (allowed {tolerance:.1e}); nothing was written")]
+    ExportMismatch { max_diff: f32, tolerance: f32, samples: usize },
     #[error("'{path}': {source}")]
     Safetensors { path: PathBuf, source: SafetensorsError },
     #[error("'{path}': {source}")]
@@ -202,7 +211,7 @@ pub fn read(path: &Path) -> Result<ModelFile, StoreError> {
     // ONNX has no magic number: a `.onnx` name or a protobuf that decodes as a model.
     let onnx_name = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
     if onnx_name || onnx::is_onnx(&bytes) {
-        let m = onnx::import(&bytes).map_err(|source| StoreError::Onnx { path: path.into(), source })?;
+        let m = onnx::import(&bytes).map_err(|error| StoreError::Onnx { path: path.into(), error })?;
         return Ok(ModelFile::Onnx(m));
     }
     let hint = if bytes.starts_with(b"PK\x03\x04") {
@@ -337,4 +346,88 @@ pub fn export_safetensors(file: &ModelFile, path: &Path, check_inputs: usize) ->
         max_abs_diff: diff,
         max_abs_diff_vs_stored: max_abs_diff(&got, &stored),
     })
+}
+
+impl From<ExportError> for StoreError {
+    fn from(e: ExportError) -> StoreError {
+        StoreError::Export(e)
+    }
+}
+
+/// An ONNX export and what its check measured.
+#[derive(Clone, Debug)]
+pub struct OnnxExport {
+    pub bytes: Vec<u8>,
+    /// Integer layers written as QDQ (0 for an fp32 export).
+    pub int8_layers: usize,
+    /// Inputs the re-imported file was run on, the largest output difference from the
+    /// model, and what was allowed.
+    pub samples: usize,
+    pub max_diff: f32,
+    pub tolerance: f32,
+}
+
+/// ONNX bytes of a model file: QDQ int8 when it is a quantized `.sqz` (unless `float`),
+/// else fp32 of its parameters decoded from any encoding. Before returning, the bytes
+/// are imported again by squeeze's importer and run on 8 inputs in [0, 1] against the
+/// model: fp32 must agree within 1e-5 (relative to the outputs' magnitude); QDQ is
+/// compared with the stored model run in float from its dequantized weights, within 1e-3
+/// (the int32 bias rounding). The activation quantization itself is what ONNX Runtime
+/// runs (checked against squeeze's integer kernels by the test suite).
+pub fn export_onnx(path: &Path, file: ModelFile, float: bool) -> Result<OnnxExport, StoreError> {
+    let (graph, bytes, reference, tolerance, int8_layers) = match file {
+        ModelFile::Sqz(s) if !float && !s.quant.integer_nodes.is_empty() => {
+            let bytes = onnx::encode_qdq(&s)?;
+            // The float run of the same weights (int8 dequantized at load).
+            let w = s
+                .tensors
+                .iter()
+                .map(|t| {
+                    let v = match &t.values {
+                        Values::I8 { q, scales } => {
+                            let mut full = vec![0i8; t.numel()];
+                            match &t.positions {
+                                Some(p) => p.iter().zip(q).for_each(|(&i, &v)| full[i as usize] = v),
+                                None => full.copy_from_slice(q),
+                            }
+                            Weights::I8 { q: full, scales: scales.clone() }
+                        }
+                        _ => Weights::F32(t.to_dense_f32()),
+                    };
+                    (t.name.clone(), v)
+                })
+                .collect();
+            let plan = Plan::new(&s.graph, w, &QuantPlan::default()).map_err(StoreError::ExportRun)?;
+            (s.graph.clone(), bytes, plan, 1e-3, s.quant.integer_nodes.len())
+        }
+        other => {
+            let model = other.into_model().map_err(|source| StoreError::Model { path: path.into(), source })?;
+            let bytes = onnx::encode_f32(&model.graph, &model.tensors())?;
+            let plan = model_plan(&model).map_err(StoreError::ExportRun)?;
+            (model.graph, bytes, plan, 1e-5, 0)
+        }
+    };
+    let back = onnx::import(&bytes).map_err(StoreError::Reimport)?;
+    let w = back.tensors.iter().map(|(n, _, v)| (n.clone(), Weights::F32(v.clone()))).collect();
+    let plan = Plan::new(&back.graph, w, &QuantPlan::default()).map_err(StoreError::ExportRun)?;
+    let samples = 8;
+    let mut rng = crate::rng::Rng::new(0x5eed_0000);
+    let x: Vec<f32> = (0..samples * graph.input_len()).map(|_| rng.next_f32()).collect();
+    let want = reference.run_all(&x, samples, &mut Default::default()).map_err(StoreError::ExportRun)?;
+    let got = plan.run_all(&x, samples, &mut Default::default()).map_err(StoreError::ExportRun)?;
+    let (mut max_diff, mut scale) = (0.0f32, 1.0f32);
+    let shapes_agree = want.len() == got.len() && want.iter().zip(&got).all(|(a, b)| a.len() == b.len());
+    if !shapes_agree {
+        return Err(StoreError::ExportMismatch { max_diff: f32::INFINITY, tolerance, samples });
+    }
+    for (u, v) in want.iter().flatten().zip(got.iter().flatten()) {
+        max_diff = max_diff.max((u - v).abs());
+        scale = scale.max(u.abs());
+    }
+    // Relative to the outputs' magnitude (logits can be large).
+    let allowed = tolerance * scale;
+    if !(max_diff <= allowed) {
+        return Err(StoreError::ExportMismatch { max_diff, tolerance: allowed, samples });
+    }
+    Ok(OnnxExport { bytes, int8_layers, samples, max_diff, tolerance: allowed })
 }

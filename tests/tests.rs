@@ -3,5 +3,6 @@
 mod util;
 
 mod cli;
+mod onnx;
 mod pytorch;
 mod roundtrip;

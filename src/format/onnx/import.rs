@@ -72,12 +72,14 @@ const REGISTRY: &[(&str, Handler)] = &[
     ("BatchNormalization", Builder::batch_norm),
     ("Cast", Builder::cast),
     ("Constant", Builder::constant),
+    ("Concat", Builder::concat),
     ("Conv", Builder::conv),
     ("DequantizeLinear", Builder::dequantize),
     ("Div", |b, n, name| b.binary(n, name, Arith::Div)),
     ("Dropout", Builder::alias),
     ("Flatten", Builder::flatten),
     ("Gemm", Builder::gemm),
+    ("Gather", Builder::gather),
     ("GlobalAveragePool", |b, n, name| b.pool(n, name, PoolKind::GlobalAverage)),
     ("Identity", Builder::alias),
     ("MatMul", Builder::matmul),
@@ -86,18 +88,22 @@ const REGISTRY: &[(&str, Handler)] = &[
     ("QuantizeLinear", Builder::quantize),
     ("Relu", |b, n, name| b.unary(n, name, Op::Relu)),
     ("Reshape", Builder::reshape),
+    ("Shape", Builder::shape),
     ("Sigmoid", |b, n, name| b.unary(n, name, Op::Sigmoid)),
     ("Softmax", Builder::softmax),
+    ("Squeeze", |b, n, name| b.unsqueeze(n, name, false)),
     ("Sub", |b, n, name| b.binary(n, name, Arith::Sub)),
     ("Tanh", |b, n, name| b.unary(n, name, Op::Tanh)),
     ("Transpose", Builder::transpose),
+    ("Unsqueeze", |b, n, name| b.unsqueeze(n, name, true)),
 ];
 
 /// The ONNX op types the importer maps (the registry's keys).
 pub const SUPPORTED_OPS: &[&str] = &[
-    "Add", "AveragePool", "BatchNormalization", "Cast", "Constant", "Conv", "DequantizeLinear", "Div", "Dropout",
-    "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MatMul", "MaxPool", "Mul", "QuantizeLinear", "Relu",
-    "Reshape", "Sigmoid", "Softmax", "Sub", "Tanh", "Transpose",
+    "Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "DequantizeLinear", "Div",
+    "Dropout", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "MatMul", "MaxPool", "Mul",
+    "QuantizeLinear", "Relu", "Reshape", "Shape", "Sigmoid", "Softmax", "Squeeze", "Sub", "Tanh", "Transpose",
+    "Unsqueeze",
 ];
 
 /// Whether `bytes` look like an ONNX model: a protobuf that decodes as a ModelProto with
@@ -1043,6 +1049,83 @@ impl Builder {
             return Ok(());
         }
         Err(node_err(n, name, format!("perm {perm:?} turns {shape:?} into {new_shape:?}, a layout squeeze has no op for")))
+    }
+
+    /// The shape of a runtime value, as a constant whose batch entry is a placeholder
+    /// (1): PyTorch's `x.view(x.size(0), -1)` exports Shape → Gather → Unsqueeze →
+    /// Concat → Reshape, and squeeze's Reshape treats the first entry as the batch.
+    fn shape(&mut self, n: &NodeProto, name: &str) -> Result<(), OnnxError> {
+        let data: Vec<f64> = match self.get(n, name, 0)?.clone() {
+            Val::Act { shape, .. } => std::iter::once(1.0).chain(shape.iter().map(|&d| d as f64)).collect(),
+            Val::Const(c) => c.dims.iter().map(|&d| d as f64).collect(),
+        };
+        let c = Const { dims: vec![data.len()], data, data_type: data_type::INT64 };
+        self.vals.insert(Self::out_name(n, name)?, Val::Const(c));
+        Ok(())
+    }
+
+    /// Gather on constants (shape arithmetic), along axis 0 of a 1-D constant.
+    fn gather(&mut self, n: &NodeProto, name: &str) -> Result<(), OnnxError> {
+        let data = self.constant_input(n, name, 0)?.ok_or_else(|| node_err(n, name, "has no data"))?;
+        let idx = self.constant_input(n, name, 1)?.ok_or_else(|| node_err(n, name, "has no indices"))?;
+        if data.dims.len() != 1 || attr_int(n, "axis", 0) != 0 {
+            return Err(node_err(n, name, "squeeze folds Gather of 1-D constants only (shape arithmetic)"));
+        }
+        let len = data.numel() as i64;
+        let mut out = Vec::with_capacity(idx.numel());
+        for &i in &idx.data {
+            let i = if i < 0.0 { i as i64 + len } else { i as i64 };
+            out.push(*data.data.get(i as usize).filter(|_| i >= 0).ok_or_else(|| node_err(n, name, format!("index {i} out of range")))?);
+        }
+        let c = Const { dims: idx.dims.clone(), data: out, data_type: data.data_type };
+        self.vals.insert(Self::out_name(n, name)?, Val::Const(c));
+        Ok(())
+    }
+
+    /// Unsqueeze/Squeeze of constants (axes as attribute before opset 13, input after).
+    fn unsqueeze(&mut self, n: &NodeProto, name: &str, add: bool) -> Result<(), OnnxError> {
+        let mut c = match self.get(n, name, 0)?.clone() {
+            Val::Const(c) => c,
+            Val::Act { .. } => return Err(node_err(n, name, "squeeze folds Squeeze/Unsqueeze of constants only")),
+        };
+        let axes: Vec<i64> = match (attr_ints(n, "axes"), self.constant_input(n, name, 1)?) {
+            (Some(a), _) => a,
+            (None, Some(a)) => a.data.iter().map(|&v| v as i64).collect(),
+            (None, None) => Vec::new(),
+        };
+        if add {
+            let rank = (c.dims.len() + axes.len()) as i64;
+            let mut axes: Vec<usize> = axes.iter().map(|&a| if a < 0 { a + rank } else { a } as usize).collect();
+            axes.sort_unstable();
+            for a in axes {
+                c.dims.insert(a.min(c.dims.len()), 1);
+            }
+        } else if axes.is_empty() {
+            c.dims.retain(|&d| d != 1);
+        } else {
+            let rank = c.dims.len() as i64;
+            let drop: Vec<usize> = axes.iter().map(|&a| if a < 0 { a + rank } else { a } as usize).collect();
+            c.dims = c.dims.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, &d)| d).collect();
+        }
+        self.vals.insert(Self::out_name(n, name)?, Val::Const(c));
+        Ok(())
+    }
+
+    /// Concat of 1-D constants (shape arithmetic).
+    fn concat(&mut self, n: &NodeProto, name: &str) -> Result<(), OnnxError> {
+        let mut data = Vec::new();
+        let mut data_type = data_type::INT64;
+        for i in 0..n.input.len() {
+            let c = self.constant_input(n, name, i)?.ok_or_else(|| node_err(n, name, format!("input {i} is missing")))?;
+            if c.dims.len() > 1 {
+                return Err(node_err(n, name, "squeeze folds Concat of 1-D constants only (shape arithmetic)"));
+            }
+            data_type = c.data_type;
+            data.extend(c.data);
+        }
+        let c = Const { dims: vec![data.len()], data, data_type };
+        self.vals.insert(Self::out_name(n, name)?, Val::Const(c));
+        Ok(())
     }
 
     fn softmax(&mut self, n: &NodeProto, name: &str) -> Result<(), OnnxError> {

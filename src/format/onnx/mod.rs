@@ -7,7 +7,9 @@
 //!   Reshape/Transpose/Flatten become `Flatten` or nothing. Exporter post-processing that
 //!   does not feed a float output (skl2onnx's ArgMax, Cast, ZipMap, ...) is skipped.
 //! - [`export`]: any graph squeeze holds as ONNX fp32, and a quantized model as ONNX QDQ
-//!   int8 (QuantizeLinear/DequantizeLinear around integer layers).
+//!   int8 (QuantizeLinear/DequantizeLinear around integer layers). The check that an
+//!   export imports back and computes the same is `store::export_onnx` (it runs models,
+//!   which the format layer does not).
 //!
 //! The protobuf messages are a hand-written subset of `onnx.proto` ([`proto`]).
 
@@ -15,5 +17,5 @@ pub mod export;
 pub mod import;
 pub mod proto;
 
-pub use export::{export_f32, export_qdq, ExportCheck, ExportError};
+pub use export::{encode_f32, encode_qdq, ExportError};
 pub use import::{import, is_onnx, Imported, OnnxError, SUPPORTED_OPS};

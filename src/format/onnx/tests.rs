@@ -5,6 +5,9 @@
 use std::path::PathBuf;
 
 use super::*;
+use crate::format::onnx::{encode_f32, encode_qdq, ExportError};
+use crate::store::{export_onnx, ModelFile};
+use std::path::Path;
 use crate::runtime::exec::{Plan, Weights, Workspace};
 use crate::spec::QuantPlan;
 
@@ -75,6 +78,65 @@ fn layout_only_reshapes_and_transposes_match_onnxruntime() {
     let (m, diff) = max_diff_against_onnxruntime("reshape_layout");
     assert!(diff < 1e-5, "max difference {diff}");
     assert_eq!(m.graph.input_shape, vec![1, 8, 8], "the input reshape becomes the model's input shape");
+}
+
+#[test]
+fn pytorch_style_view_flatten_folds_its_shape_arithmetic() {
+    let (m, diff) = max_diff_against_onnxruntime("view_flatten");
+    assert!(diff < 1e-5, "max difference {diff}");
+    let kinds: Vec<&str> = m.graph.nodes.iter().map(|n| n.op.kind()).collect();
+    assert_eq!(kinds, ["Conv2d", "MaxPool2d", "Flatten", "Linear"]);
+    assert_eq!(m.graph.nodes[0].name, "conv1_Conv", "PyTorch's /conv1/Conv, sanitised");
+}
+
+/// Every zoo model exports to ONNX fp32 and imports back to the same graph (the export
+/// itself checks the outputs on 8 inputs).
+#[test]
+fn every_zoo_model_exports_and_imports_back() {
+    for (name, _) in crate::model::zoo::MODELS {
+        let model = crate::model::Model::init(crate::model::zoo::build(name).unwrap(), 3).unwrap();
+        let check = export_onnx(Path::new(name), ModelFile::Dense(crate::store::dense_file(&model)), false).unwrap();
+        assert!(check.max_diff <= check.tolerance, "{name}");
+        assert_eq!(encode_f32(&model.graph, &model.tensors()).unwrap(), check.bytes);
+        let back = import(&check.bytes).unwrap();
+        let kinds = |g: &crate::spec::Graph| g.nodes.iter().map(|n| n.op.kind()).collect::<Vec<_>>();
+        assert_eq!(kinds(&back.graph), kinds(&model.graph), "{name}");
+        assert_eq!(back.graph.num_params(), model.graph.num_params(), "{name}");
+    }
+}
+
+/// A quantized conv model (int8 weights, calibrated activations, a residual-free chain
+/// with Normalize, conv, ReLU, pool, flatten, linear) as QDQ, and the errors around it.
+#[test]
+fn qdq_export_of_a_quantized_conv_model_imports_back() {
+    use crate::compress::quantize::{quantize, Mode};
+    let graph = crate::spec::Graph::chain(
+        vec![1, 8, 8],
+        vec![
+            ("norm", crate::spec::Op::Normalize { mean: vec![0.3], std: vec![0.4] }),
+            ("conv", crate::spec::Op::Conv2d { in_channels: 1, out_channels: 3, kernel: 3, stride: 1, padding: 1, bias: true }),
+            ("relu", crate::spec::Op::Relu),
+            ("pool", crate::spec::Op::MaxPool2d { kernel: 2, stride: 2 }),
+            ("flat", crate::spec::Op::Flatten),
+            ("fc", crate::spec::Op::Linear { in_features: 48, out_features: 5, bias: true }),
+            ("sig", crate::spec::Op::Sigmoid),
+            ("out", crate::spec::Op::Linear { in_features: 5, out_features: 4, bias: true }),
+        ],
+    );
+    let model = crate::model::Model::init(graph, 5).unwrap();
+    let mut rng = crate::rng::Rng::new(6);
+    let calibration: Vec<f32> = (0..64 * 64).map(|_| rng.next_f32()).collect();
+    let q = quantize(&model, Mode::Full, &[], &calibration).unwrap();
+    let check = export_onnx(Path::new("q"), ModelFile::Sqz(q.clone()), false).unwrap();
+    assert!(check.max_diff <= check.tolerance && check.int8_layers == 3);
+    let back = import(&check.bytes).unwrap();
+    assert!(back.notes.iter().any(|n| n.contains("QDQ pairs are dropped")), "{:?}", back.notes);
+    assert_eq!(back.graph.nodes.iter().filter(|n| n.op.has_weight()).count(), 3);
+    // A float model has nothing to export as QDQ.
+    let f = crate::compress::quantize::store_f32(&model);
+    assert!(matches!(encode_qdq(&f), Err(ExportError::NotQuantized)));
+    // --float: the same quantized model as fp32 (weights dequantized).
+    assert_eq!(export_onnx(Path::new("q"), ModelFile::Sqz(q), true).unwrap().int8_layers, 0);
 }
 
 #[test]
