@@ -114,8 +114,10 @@ impl ModelFile {
 pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
     let mut w = HashMap::new();
     let mut expanded = Vec::new();
+    let weight_names: std::collections::HashSet<String> =
+        s.graph.parameters().into_iter().filter(|p| p.kind == crate::spec::ParamKind::Weight).map(|p| p.name).collect();
     for t in &s.tensors {
-        if t.positions.is_some() && t.name.ends_with(".weight") {
+        if t.positions.is_some() && weight_names.contains(&t.name) {
             expanded.push("sparse");
         }
         if matches!(t.values, Values::Codebook { .. }) {
