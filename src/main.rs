@@ -59,7 +59,7 @@ enum Command {
     },
     /// Train a zoo model and save it as safetensors (architecture in its metadata).
     Train {
-        /// Zoo name (mlp, lenet300, lenet5).
+        /// Zoo name (mlp, lenet300, lenet5, cnn, lstm, gru).
         #[arg(long, default_value = "mlp")]
         model: String,
         /// Output file (.safetensors).
@@ -211,7 +211,7 @@ enum Command {
     Inspect { model: PathBuf },
     /// Measure training speed and inference latency/throughput, f32 against int8, in one run.
     Bench {
-        /// Zoo name (mlp, lenet300, lenet5).
+        /// Zoo name (mlp, lenet300, lenet5, cnn, lstm, gru).
         #[arg(long, default_value = "mlp")]
         model: String,
         /// Training images for the training-speed epoch.
