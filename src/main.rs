@@ -59,7 +59,7 @@ enum Command {
     },
     /// Train a zoo model and save it as safetensors (architecture in its metadata).
     Train {
-        /// Zoo name (mlp, lenet300, lenet5).
+        /// Zoo name (mlp, lenet300, lenet5, cnn, lstm, gru).
         #[arg(long, default_value = "mlp")]
         model: String,
         /// Output file (.safetensors).
@@ -237,10 +237,10 @@ enum Command {
     },
     /// Measure training speed and inference latency/throughput, f32 against int8, in one run.
     Bench {
-        /// Zoo name (mlp, lenet300, lenet5); the same as --model.
+        /// Zoo name (mlp, lenet300, lenet5, cnn, lstm, gru); the same as --model.
         #[arg(value_name = "MODEL")]
         model_name: Option<String>,
-        /// Zoo name (mlp, lenet300, lenet5).
+        /// Zoo name (mlp, lenet300, lenet5, cnn, lstm, gru).
         #[arg(long, default_value = "mlp")]
         model: String,
         /// Training images for the training-speed epoch.
@@ -733,21 +733,30 @@ fn layer_table(s: &sqz::SqzModel, sections: &[sqz::SectionSummary], file_bytes: 
         "layer", "params", "kept %", "weight bits", "index bits", "bytes", "share", "ratio"
     );
     let section = |name: &str| sections.iter().find(|x| x.tensor.as_deref() == Some(name));
-    for node in s.graph.nodes.iter().filter(|n| n.op.has_weight()) {
-        let wname = format!("{}.weight", node.name);
-        let Some(w) = s.tensors.iter().find(|t| t.name == wname) else { continue };
-        let Some(ws) = section(&wname) else { continue };
-        let bias = section(&format!("{}.bias", node.name));
-        let params = w.numel() + s.tensors.iter().find(|t| t.name == format!("{}.bias", node.name)).map_or(0, |b| b.numel());
-        let kept = w.values.len().max(1);
-        let bytes = ws.total_bytes + bias.map_or(0, |b| b.total_bytes);
+    let specs = s.graph.parameters();
+    for node in s.graph.nodes.iter().filter(|n| n.op.has_params()) {
+        // Every weight matrix of the node (one for Linear/Conv2d; weight_ih and
+        // weight_hh for LSTM/GRU) and its biases.
+        let mine: Vec<&squeeze::spec::ParamSpec> = specs.iter().filter(|p| p.node == node.name).collect();
+        let tensor = |name: &str| s.tensors.iter().find(|t| t.name == name);
+        let weights: Vec<_> = mine.iter().filter(|p| p.kind == squeeze::spec::ParamKind::Weight).filter_map(|p| Some((tensor(&p.name)?, section(&p.name)?))).collect();
+        if weights.is_empty() {
+            continue;
+        }
+        let params: usize = mine.iter().map(|p| p.numel()).sum();
+        let numel: usize = weights.iter().map(|(t, _)| t.numel()).sum();
+        let stored: usize = weights.iter().map(|(t, _)| t.values.len()).sum();
+        let kept = stored.max(1);
+        let bytes: usize = mine.iter().filter_map(|p| section(&p.name)).map(|x| x.total_bytes).sum();
+        let value_bytes: usize = weights.iter().map(|(_, x)| x.value_bytes).sum();
+        let index_bytes: usize = weights.iter().map(|(_, x)| x.index_bytes).sum();
         out!(
             "  {:<10} {:>9} {:>7.1}% {:>12.2} {:>11.2} {:>9} {:>7.1}% {:>7.1}×",
             node.name,
             params,
-            100.0 * w.values.len() as f64 / w.numel().max(1) as f64,
-            ws.value_bytes as f64 * 8.0 / kept as f64,
-            ws.index_bytes as f64 * 8.0 / kept as f64,
+            100.0 * stored as f64 / numel.max(1) as f64,
+            value_bytes as f64 * 8.0 / kept as f64,
+            index_bytes as f64 * 8.0 / kept as f64,
             bytes,
             100.0 * bytes as f64 / file_bytes as f64,
             4.0 * params as f64 / bytes as f64
@@ -758,7 +767,7 @@ fn layer_table(s: &sqz::SqzModel, sections: &[sqz::SectionSummary], file_bytes: 
     let kept: usize = s
         .tensors
         .iter()
-        .filter(|t| t.name.ends_with(".weight"))
+        .filter(|t| specs.iter().any(|p| p.name == t.name && p.kind == squeeze::spec::ParamKind::Weight))
         .map(|t| t.values.len())
         .sum();
     out!(

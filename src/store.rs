@@ -152,8 +152,10 @@ pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
     let mut w = HashMap::new();
     let mut encodings = HashMap::new();
     let mut hashed = false;
+    let weight_names: std::collections::HashSet<String> =
+        s.graph.parameters().into_iter().filter(|p| p.kind == crate::spec::ParamKind::Weight).map(|p| p.name).collect();
     for t in &s.tensors {
-        if t.name.ends_with(".weight") && (t.positions.is_some() || matches!(t.values, Values::Codebook { .. })) {
+        if weight_names.contains(&t.name) && (t.positions.is_some() || matches!(t.values, Values::Codebook { .. })) {
             let kept = t.positions.as_ref().map(|p| {
                 let mut m = vec![false; t.numel()];
                 p.iter().for_each(|&i| m[i as usize] = true);

@@ -382,3 +382,67 @@ fn hashed_recipe_stores_buckets_and_the_runtime_runs_them() {
     let i = squeeze(&["inspect", model.to_str().unwrap()]);
     assert!(i.stdout.contains("hashed-signed-6272"), "{}", i.stdout);
 }
+
+#[test]
+fn lstm_recipe_prunes_quantizes_and_inspect_lists_the_recurrent_layer() {
+    let d = Dir::new();
+    let data = d.path("data");
+    std::fs::create_dir(&data).unwrap();
+    tiny_dataset(&data, 600, 200);
+    let passes = "[[pass]]\ntype = \"prune\"\nsparsity = 0.5\nfine_tune_epochs = 1\n[[pass]]\ntype = \"quantize\"\nmode = \"full\"\ncalibration = 100\n";
+    let r = recipe(&d, &data, "lstm", passes, 0.2);
+    let out = d.path("out");
+    let (o, report) = run_recipe(&r, &out);
+    assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+    let stages = report["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["baseline", "pruned-50", "int8"]);
+    assert!(stages[0]["accuracy"].as_f64().unwrap() > 0.5, "the bands are rows: an LSTM over rows learns them: {}", stages[0]);
+    // Half of every weight matrix pruned (weight_ih, weight_hh, the head).
+    let nz = stages[1]["nonzero_params"].as_u64().unwrap() as f64 / stages[1]["params"].as_u64().unwrap() as f64;
+    assert!((0.49..0.53).contains(&nz), "{nz}");
+    assert!(stages[2]["ratio"].as_f64().unwrap() > 5.0, "{}", stages[2]);
+    assert!(stages[2]["kernel"].as_str().unwrap().starts_with("mixed"), "{}", stages[2]);
+    let model = out.join("model.sqz");
+    let i = squeeze(&["inspect", model.to_str().unwrap()]);
+    assert_eq!(i.code, 0, "{}", i.stderr);
+    for want in ["LSTM", "lstm.weight_hh", "lstm.weight_ih", "[512, 128]", "per layer"] {
+        assert!(i.stdout.contains(want), "inspect lacks '{want}': {}", i.stdout);
+    }
+    let layer_row = i.stdout.lines().find(|l| l.trim_start().starts_with("lstm ") && l.contains('%')).expect("a per-layer row for lstm");
+    assert!(layer_row.contains("50.0%"), "{layer_row}");
+    let e = squeeze(&["eval", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--validation", "300"]);
+    let want = format!("{:.2}%", stages[2]["accuracy"].as_f64().unwrap() * 100.0);
+    assert!(e.stdout.contains(&want), "eval printed {}, report says {want}", e.stdout);
+}
+
+#[test]
+fn sequence_shapes_that_do_not_fit_are_one_clear_error() {
+    use squeeze::spec::{Graph, Op};
+    let d = Dir::new();
+    let data = d.path("data");
+    std::fs::create_dir(&data).unwrap();
+    tiny_dataset(&data, 400, 100);
+    let ds = data.to_str().unwrap();
+    let head = |h| ("fc", Op::Linear { in_features: h, out_features: 10, bias: true });
+    // A model reading 27 features per step: the data holds 28×28 images.
+    let narrow = d.path("narrow.safetensors");
+    let g = Graph::chain(vec![28, 27], vec![("lstm", Op::Lstm { input_size: 27, hidden: 8, bias: true, sequence: false }), head(8)]);
+    squeeze::store::write_safetensors(&narrow, &squeeze::model::Model::init(g, 1).unwrap()).unwrap();
+    assert_error(&squeeze(&["eval", narrow.to_str().unwrap(), "--data", ds, "--validation", "100"]), "shape mismatch");
+    // A stored graph whose GRU width does not match its sequence: refused when read.
+    let g = Graph::chain(vec![28, 28], vec![("gru", Op::Gru { input_size: 28, hidden: 8, bias: true, sequence: false }), head(8)]);
+    let good = squeeze::model::Model::init(g, 1).unwrap();
+    let bytes = squeeze::format::safetensors::encode(&squeeze::store::dense_file(&good)).unwrap();
+    // Edit the graph in the header (escaped JSON in the metadata) to input_size 14: same
+    // length, so the header's length prefix stays right.
+    let mut bytes = bytes;
+    let at = bytes.windows(15).position(|w| w.starts_with(b"input_size\\\":28") || w.starts_with(b"input_size\":28")).expect("the header names input_size");
+    let digits = at + bytes[at..].iter().position(|b| *b == b'2').unwrap();
+    bytes[digits..digits + 2].copy_from_slice(b"14");
+    let bad = d.path("bad.safetensors");
+    std::fs::write(&bad, &bytes).unwrap();
+    for args in [vec!["eval", bad.to_str().unwrap(), "--data", ds], vec!["inspect", bad.to_str().unwrap()]] {
+        assert_error(&squeeze(&args), "GRU expects a sequence [steps, 14]");
+    }
+}

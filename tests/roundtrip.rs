@@ -56,3 +56,58 @@ fn two_head_residual_model_round_trips_safetensors_and_sqz() {
     assert_eq!((heads[0].len(), heads[1].len()), (10, 4));
     let ModelFile::Sqz(_) = store::read(&f).unwrap() else { panic!("sniffed as sqz") };
 }
+
+/// Two stacked recurrent layers (an LSTM returning its sequence into a GRU) and a head.
+fn recurrent_stack() -> Graph {
+    Graph::chain(
+        vec![5, 3],
+        vec![
+            ("lstm", Op::Lstm { input_size: 3, hidden: 6, bias: true, sequence: true }),
+            ("gru", Op::Gru { input_size: 6, hidden: 4, bias: true, sequence: false }),
+            ("fc", Op::Linear { in_features: 4, out_features: 3, bias: true }),
+            ("softmax", Op::Softmax),
+        ],
+    )
+}
+
+#[test]
+fn recurrent_model_round_trips_every_format_and_runs_partly_int8() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = Model::init(recurrent_stack(), 5).unwrap();
+    let names: Vec<&str> = model.params.specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(&names[..4], ["lstm.weight_ih", "lstm.weight_hh", "lstm.bias_ih", "lstm.bias_hh"]);
+    assert_eq!(model.params.specs[1].shape, vec![24, 6], "PyTorch layout [4H, H]");
+    assert_eq!(model.params.specs[4].shape, vec![12, 6], "GRU weight_ih [3H, I]");
+    model.set_mask("lstm.weight_hh", (0..24 * 6).map(|i| i % 4 != 0).collect()).unwrap();
+
+    let st = dir.path().join("m.safetensors");
+    store::write_safetensors(&st, &model).unwrap();
+    assert_eq!(store::read_model(&st).unwrap(), model, "safetensors: graph, weights and masks");
+    let f = dir.path().join("m.sqz");
+    store::write_sqz(&f, &quantize::store_f32(&model)).unwrap();
+    assert_eq!(store::read_model(&f).unwrap(), model, ".sqz f32: graph, weights and masks");
+
+    let x: Vec<f32> = (0..4 * 15).map(|i| ((i * 7) % 11) as f32 / 11.0 - 0.4).collect();
+    let want = store::model_plan(&model).unwrap().run(&x, 4, &mut Default::default()).unwrap().to_vec();
+    let got = store::read(&f).unwrap().plan().unwrap().run(&x, 4, &mut Default::default()).unwrap().to_vec();
+    assert_eq!(want, got, "runs from the decoded file");
+
+    // Full quantization: the head runs on integer kernels, the recurrent layers keep f32
+    // arithmetic from int8 weights (stored int8, dequantized at load).
+    let q = quantize::quantize(&model, Mode::Full, &[], &x).unwrap();
+    assert_eq!(q.quant.integer_nodes.iter().collect::<Vec<_>>(), ["fc"]);
+    assert!(q.tensors.iter().filter(|t| t.name.contains("weight")).all(|t| matches!(t.values, sqz::Values::I8 { .. })));
+    let qf = dir.path().join("q.sqz");
+    store::write_sqz(&qf, &q).unwrap();
+    let plan = store::read(&qf).unwrap().plan().unwrap();
+    assert!(plan.kernel_description().starts_with("mixed"), "{}", plan.kernel_description());
+    let y = plan.run(&x, 4, &mut Default::default()).unwrap().to_vec();
+    for (a, b) in y.iter().zip(&want) {
+        assert!((a - b).abs() < 0.03, "int8 {a} vs f32 {b}");
+    }
+    // An integer plan that names a recurrent node is refused with a clear error.
+    let mut bad = q.clone();
+    bad.quant.integer_nodes.insert("gru".into());
+    let e = store::sqz_plan(&bad).err().expect("refused").to_string();
+    assert!(e.contains("'gru'") && e.contains("f32"), "{e}");
+}

@@ -5,7 +5,8 @@
 //! activation on sample images (min/max, asymmetric u8) and marks the layers as integer:
 //! the runtime then runs u8 × i8 → i32 with integer requantization end to end. *Weights*
 //! mode stores int8 weights only; they are dequantized when the model is loaded.
-//! Either mode can be limited to named layers (the rest stays f32).
+//! Either mode can be limited to named layers (the rest stays f32). LSTM and GRU nodes
+//! get int8 weights in both modes but compute in f32 (weights dequantized at load).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -30,7 +31,7 @@ pub enum Mode {
 /// Errors of the quantization pass.
 #[derive(Debug, thiserror::Error)]
 pub enum QuantizeError {
-    #[error("layer '{0}' is not a Linear or Conv2d node of this model")]
+    #[error("layer '{0}' is not a Linear, Conv2d, LSTM or GRU node of this model")]
     UnknownLayer(String),
     #[error("full quantization needs calibration images, none were given")]
     NoCalibration,
@@ -91,10 +92,12 @@ fn stored(name: String, shape: Vec<usize>, mask: Option<&Vec<bool>>, values: Val
     StoredTensor { name, shape, values, positions: Some(positions) }
 }
 
-/// Quantizes `model`; `layers` limits it to named Linear/Conv2d nodes (all when empty).
+/// Quantizes `model`; `layers` limits it to named Linear/Conv2d/LSTM/GRU nodes (all when empty).
 /// Full mode calibrates on `calibration` (`n × input_len` images).
 pub fn quantize(model: &Model, mode: Mode, layers: &[String], calibration: &[f32]) -> Result<SqzModel, QuantizeError> {
-    let weighted: Vec<&str> = model.graph.nodes.iter().filter(|n| n.op.has_weight()).map(|n| n.name.as_str()).collect();
+    // Recurrent nodes get int8 weights in either mode but keep f32 arithmetic (their
+    // weights are dequantized at load): integer recurrent steps are not implemented.
+    let weighted: Vec<&str> = model.graph.nodes.iter().filter(|n| n.op.has_params()).map(|n| n.name.as_str()).collect();
     for l in layers {
         if !weighted.contains(&l.as_str()) {
             return Err(QuantizeError::UnknownLayer(l.clone()));
@@ -115,7 +118,10 @@ pub fn quantize(model: &Model, mode: Mode, layers: &[String], calibration: &[f32
     }
     let quant = match mode {
         Mode::Weights => QuantPlan::default(),
-        Mode::Full => QuantPlan { integer_nodes: chosen, activations: calibrate(model, calibration)? },
+        Mode::Full => {
+            let integer_nodes = chosen.into_iter().filter(|n| model.graph.node(n).is_some_and(|n| n.op.has_weight())).collect();
+            QuantPlan { integer_nodes, activations: calibrate(model, calibration)? }
+        }
     };
     Ok(SqzModel { graph: model.graph.clone(), quant, tensors, metadata: BTreeMap::new() })
 }

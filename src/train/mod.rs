@@ -529,6 +529,35 @@ mod tests {
         }
     }
 
+    /// The toy's 8 features read as 4 steps of 2: an LSTM or GRU learns it; magnitude
+    /// pruning masks every weight matrix (recurrent ones included, biases never), and
+    /// fine-tuning keeps the removed weights at exactly zero.
+    #[test]
+    fn recurrent_models_learn_and_pruned_recurrent_weights_stay_zero() {
+        let (x, y) = toy(400, 3);
+        for cell in ["lstm", "gru"] {
+            let rec = match cell {
+                "lstm" => Op::Lstm { input_size: 2, hidden: 8, bias: true, sequence: false },
+                _ => Op::Gru { input_size: 2, hidden: 8, bias: true, sequence: false },
+            };
+            let g = Graph::chain(vec![4, 2], vec![("rec", rec), ("fc", Op::Linear { in_features: 8, out_features: 3, bias: true }), ("softmax", Op::Softmax)]);
+            let mut m = Model::init(g, 6).unwrap();
+            let cfg = TrainConfig { epochs: 6, batch_size: 32, lr: 2e-2, seed: 2, workers: 2, l1: 0.0, group_lasso: None };
+            let stats = train(&mut m, &x, &y, &cfg, &mut |_| {});
+            assert!(stats.last().unwrap().train_accuracy > 0.9, "{cell}: {stats:?}");
+            let summary = crate::compress::prune::magnitude(&mut m, 0.5, crate::compress::prune::Scope::Layer, &[]).unwrap();
+            let pruned: Vec<&str> = summary.layers.iter().map(|l| l.0.as_str()).collect();
+            assert_eq!(pruned, ["rec.weight_ih", "rec.weight_hh", "fc.weight"], "{cell}");
+            train(&mut m, &x, &y, &TrainConfig { epochs: 2, ..cfg }, &mut |_| {});
+            for name in ["rec.weight_ih", "rec.weight_hh"] {
+                let (w, mask) = (m.params.get(name).unwrap(), &m.constraints.masks[name]);
+                assert_eq!(mask.iter().filter(|k| !**k).count(), w.len() / 2, "{cell} {name}");
+                assert!(w.iter().zip(mask).all(|(v, keep)| *keep || *v == 0.0), "{cell} {name}: a pruned weight moved");
+            }
+            assert!(m.params.get("rec.bias_hh").unwrap().iter().all(|b| *b != 0.0), "biases are not pruned");
+        }
+    }
+
     #[test]
     fn shared_weights_stay_shared_and_centroids_train() {
         let (x, y) = toy(300, 4);
