@@ -3,6 +3,7 @@
 //!
 //! [`Model`]: crate::model::Model
 
+pub mod distill;
 pub mod prune;
 pub mod quantize;
 pub mod share;
