@@ -199,7 +199,8 @@ enum Command {
         /// Largest shift of a copy, in pixels.
         #[arg(long, default_value_t = DistillConfig::default().max_shift)]
         max_shift: usize,
-        /// Seeds to run (each: distilled student and control student).
+        /// Seeds to run (each: distilled student and control student); 0 = only
+        /// train (and --save-teacher) the teachers.
         #[arg(long, default_value_t = 3)]
         seeds: u64,
         /// Where to write the distilled student of the first seed (.safetensors or .sqz).
@@ -737,6 +738,11 @@ fn cmd_distill(t: &TeacherArgs, student: &str, cfg: &DistillConfig, seeds: u64, 
         let acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
         out!("teacher {source}: test accuracy {:.2}%", acc * 100.0);
         plans.push(plan);
+    }
+    if seeds == 0 {
+        // Teachers only (e.g. to train and --save-teacher one): nothing to compare.
+        out!("--seeds 0: no student trained");
+        return Ok(ExitCode::SUCCESS);
     }
     let make_student = |seed: u64| -> Result<Model, distill::DistillError> {
         match zoo::build(student) {

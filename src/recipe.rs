@@ -413,6 +413,23 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_recipe_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Recipe::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 3);
+        let r = Recipe::load(&dir.join("distill-mlp.toml")).unwrap();
+        assert!(matches!(&r.passes[0], Pass::Distill { student: Some(s), seeds: 3, .. } if s == "mlp"));
+        assert_eq!(r.train.schedule, LrSchedule::Cosine);
+    }
+
+    #[test]
     fn bad_values_are_errors() {
         let base = "name = \"x\"\n[model]\nzoo = \"mlp\"\n";
         assert!(Recipe::parse(&format!("{base}[gate]\nmax_accuracy_drop = 5.0\n"), Path::new("r")).is_err());

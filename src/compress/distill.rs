@@ -55,8 +55,8 @@ pub enum Mode {
     Hard,
 }
 
-/// Distillation settings; [`Default`] is the measured recipe for the seed MLP (see the
-/// README's Distillation section).
+/// Distillation settings; [`Default`] is the best setting measured for the seed MLP
+/// from the zoo CNN (see the README's Distillation section).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DistillConfig {
     pub mode: Mode,
@@ -82,14 +82,14 @@ impl Default for DistillConfig {
     fn default() -> Self {
         DistillConfig {
             mode: Mode::Soft,
-            temperature: 4.0,
-            alpha: 0.9,
-            epochs: 10,
+            temperature: 1.0,
+            alpha: 1.0,
+            epochs: 30,
             fine_tune_epochs: 0,
             lr: 1e-3,
             fine_tune_lr: 1e-4,
             batch_size: 128,
-            schedule: LrSchedule::Constant,
+            schedule: LrSchedule::Cosine,
             shifted_copies: 0,
             max_shift: 2,
         }
