@@ -84,7 +84,7 @@ impl Default for DistillConfig {
             mode: Mode::Soft,
             temperature: 1.0,
             alpha: 1.0,
-            epochs: 30,
+            epochs: 45,
             fine_tune_epochs: 0,
             lr: 1e-3,
             fine_tune_lr: 1e-4,
