@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use squeeze::compress::distill::{self, DistillConfig};
 use squeeze::compress::{prune, quantize, share, trim};
 use squeeze::data::{self, Splits};
 use squeeze::format::sqz::{self, Limits};
@@ -18,7 +19,7 @@ use squeeze::recipe::Recipe;
 use squeeze::report::measure::median_and_spread;
 use squeeze::runtime::exec;
 use squeeze::store::{self, ModelFile};
-use squeeze::train::{self, TrainConfig, TrainEvent};
+use squeeze::train::{self, LrSchedule, TrainConfig, TrainEvent};
 
 /// `println!` that ends the process quietly when stdout is closed (`squeeze inspect m |
 /// head`), instead of panicking on the broken pipe.
@@ -153,35 +154,53 @@ enum Command {
     },
     /// Distil a student from a teacher (soft targets at temperature T, or the teacher's
     /// labels with --hard), then fine-tune on the true labels; compares each seed with
-    /// the same student trained alone for the same number of epochs.
+    /// the same student trained alone on the same inputs for the same epochs.
     Distill {
-        /// The teacher: a trained model file (.safetensors or .sqz).
+        /// The teacher: a model file (.safetensors or .sqz) or a zoo name (trained first
+        /// for --teacher-epochs). Repeat for an ensemble (softened outputs averaged).
+        #[arg(long, required = true)]
+        teacher: Vec<String>,
+        /// Epochs to train a zoo-name teacher (cosine schedule).
+        #[arg(long, default_value_t = 15)]
+        teacher_epochs: usize,
+        /// Save a zoo-name teacher after training it (.safetensors or .sqz).
         #[arg(long)]
-        teacher: PathBuf,
+        save_teacher: Option<PathBuf>,
         /// The student: a zoo name (trained from scratch) or a model file.
         #[arg(long, default_value = "mlp")]
         student: String,
         /// Distillation epochs.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = DistillConfig::default().epochs)]
         epochs: usize,
         /// Fine-tuning epochs on the true labels after distillation.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = DistillConfig::default().fine_tune_epochs)]
         fine_tune_epochs: usize,
-        #[arg(long, default_value_t = 4.0)]
+        #[arg(long, default_value_t = DistillConfig::default().temperature)]
         temperature: f32,
         /// Weight of the distillation term (1 − alpha goes to the true labels).
-        #[arg(long, default_value_t = 0.9)]
+        #[arg(long, default_value_t = DistillConfig::default().alpha)]
         alpha: f32,
         /// Hard distillation: learn the teacher's predicted labels.
         #[arg(long)]
         hard: bool,
-        #[arg(long, default_value_t = 1e-3)]
+        #[arg(long, default_value_t = DistillConfig::default().lr)]
         lr: f32,
-        /// Learning rate of the last --fine-tune-epochs, for both the distilled student
+        /// Learning rate of the fine-tuning epochs, for both the distilled student
         /// and the control (same schedule); default lr / 10.
         #[arg(long)]
         fine_tune_lr: Option<f32>,
-        /// Seeds to run (each: distilled student and control student).
+        /// Learning-rate schedule of each phase, for both students.
+        #[arg(long, value_enum, default_value_t = ScheduleArg::from(DistillConfig::default().schedule))]
+        schedule: ScheduleArg,
+        /// Shifted copies of each training image added to the transfer set (both
+        /// students train on them; the teacher labels them once).
+        #[arg(long, default_value_t = DistillConfig::default().shifted_copies)]
+        shifted_copies: usize,
+        /// Largest shift of a copy, in pixels.
+        #[arg(long, default_value_t = DistillConfig::default().max_shift)]
+        max_shift: usize,
+        /// Seeds to run (each: distilled student and control student); 0 = only
+        /// train (and --save-teacher) the teachers.
         #[arg(long, default_value_t = 3)]
         seeds: u64,
         /// Where to write the distilled student of the first seed (.safetensors or .sqz).
@@ -319,6 +338,30 @@ enum FormArg {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
+enum ScheduleArg {
+    Constant,
+    Cosine,
+}
+
+impl From<LrSchedule> for ScheduleArg {
+    fn from(s: LrSchedule) -> Self {
+        match s {
+            LrSchedule::Constant => ScheduleArg::Constant,
+            LrSchedule::Cosine => ScheduleArg::Cosine,
+        }
+    }
+}
+
+impl From<ScheduleArg> for LrSchedule {
+    fn from(s: ScheduleArg) -> Self {
+        match s {
+            ScheduleArg::Constant => LrSchedule::Constant,
+            ScheduleArg::Cosine => LrSchedule::Cosine,
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
 enum ScopeArg {
     Layer,
     Global,
@@ -369,7 +412,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let graph = zoo::build(&model).with_context(|| format!("unknown zoo model '{model}' (known: {})", zoo_names()))?;
             let splits = data.load()?;
             let mut m = Model::init(graph, seed)?;
-            let cfg = TrainConfig { epochs, batch_size, lr, seed, workers: 2, l1: 0.0, group_lasso: None };
+            let cfg = TrainConfig { epochs, batch_size, lr, seed, workers: 2, l1: 0.0, group_lasso: None, schedule: Default::default() };
             let mut bar = TrainBar::default();
             train::train(&mut m, &splits.train.images, &splits.train.labels, &cfg, &mut |e| bar.on(e));
             let bytes = store::write_safetensors(&out, &m)?;
@@ -402,7 +445,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ScopeArg::Global => prune::Scope::Global,
             };
             let summary = prune::magnitude(&mut m, sparsity, scope, &layers)?;
-            let cfg = TrainConfig { epochs: fine_tune_epochs, batch_size: 128, lr, seed, workers: 2, l1: 0.0, group_lasso: None };
+            let cfg = TrainConfig { epochs: fine_tune_epochs, batch_size: 128, lr, seed, workers: 2, l1: 0.0, group_lasso: None, schedule: Default::default() };
             let mut bar = TrainBar::default();
             train::train(&mut m, &splits.train.images, &splits.train.labels, &cfg, &mut |e| bar.on(e));
             let bytes = write_model(&out, &m)?;
@@ -427,7 +470,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let n = calibration.min(splits.train.len());
             let cfg = trim::TrimConfig { ratio, score, layers, per_layer: Default::default() };
             let (mut t, summary) = trim::trim(&m, &cfg, &splits.train.images[..n * splits.train.sample_len()])?;
-            let tcfg = TrainConfig { epochs: fine_tune_epochs, batch_size: 128, lr, seed, workers: 2, l1: 0.0, group_lasso: None };
+            let tcfg = TrainConfig { epochs: fine_tune_epochs, batch_size: 128, lr, seed, workers: 2, l1: 0.0, group_lasso: None, schedule: Default::default() };
             let mut bar = TrainBar::default();
             train::train(&mut t, &splits.train.images, &splits.train.labels, &tcfg, &mut |e| bar.on(e));
             let bytes = write_model(&out, &t)?;
@@ -468,11 +511,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Distill { teacher, student, epochs, fine_tune_epochs, temperature, alpha, hard, lr, fine_tune_lr, seeds, out, data } => {
-            refuse_overwrite(&out, &[&teacher])?;
-            let fine_tune_lr = fine_tune_lr.unwrap_or(lr / 10.0);
-            let opts = DistillArgs { epochs, fine_tune_epochs, temperature, alpha, hard, lr, fine_tune_lr, seeds };
-            distill(&teacher, &student, &opts, &out, &data)
+        Command::Distill {
+            teacher,
+            teacher_epochs,
+            save_teacher,
+            student,
+            epochs,
+            fine_tune_epochs,
+            temperature,
+            alpha,
+            hard,
+            lr,
+            fine_tune_lr,
+            schedule,
+            shifted_copies,
+            max_shift,
+            seeds,
+            out,
+            data,
+        } => {
+            let inputs: Vec<&Path> = teacher.iter().map(Path::new).chain([Path::new(&student)]).collect();
+            refuse_overwrite(&out, &inputs)?;
+            let cfg = DistillConfig {
+                mode: if hard { distill::Mode::Hard } else { distill::Mode::Soft },
+                temperature,
+                alpha,
+                epochs,
+                fine_tune_epochs,
+                lr,
+                fine_tune_lr: fine_tune_lr.unwrap_or(lr / 10.0),
+                batch_size: 128,
+                schedule: schedule.into(),
+                shifted_copies,
+                max_shift,
+            };
+            cfg.check().context("distill")?;
+            let teacher = TeacherArgs { sources: teacher, epochs: teacher_epochs, save: save_teacher };
+            cmd_distill(&teacher, &student, &cfg, seeds, &out, &data)
         }
         Command::Share { share, out, data } => share_tasks(&share, &out, &data),
         Command::Export { model, format, out, float, check_inputs } => {
@@ -783,96 +858,116 @@ fn layer_table(s: &sqz::SqzModel, sections: &[sqz::SectionSummary], file_bytes: 
     );
 }
 
-struct DistillArgs {
+/// Where the teachers come from.
+struct TeacherArgs {
+    /// Files or zoo names.
+    sources: Vec<String>,
+    /// Epochs for a zoo-name teacher.
     epochs: usize,
-    fine_tune_epochs: usize,
-    temperature: f32,
-    alpha: f32,
-    hard: bool,
-    lr: f32,
-    fine_tune_lr: f32,
-    seeds: u64,
+    save: Option<PathBuf>,
 }
 
-fn distill(teacher_path: &Path, student: &str, a: &DistillArgs, out: &Path, data: &DataArgs) -> Result<ExitCode> {
-    if !(a.temperature > 0.0) || !(0.0..=1.0).contains(&a.alpha) {
-        bail!("--temperature must be positive and --alpha in [0, 1]");
+fn cmd_distill(t: &TeacherArgs, student: &str, cfg: &DistillConfig, seeds: u64, out: &Path, data: &DataArgs) -> Result<ExitCode> {
+    if !matches!(out.extension().and_then(|e| e.to_str()), Some("sqz" | "safetensors")) {
+        bail!("output '{}' must end in .sqz or .safetensors", out.display());
     }
     let splits = data.load()?;
-    let teacher_file = store::read(teacher_path)?;
-    let plan = teacher_file.plan()?;
-    pipeline::check_shapes(&plan, &teacher_file.graph().input_shape, &splits.train)?;
-    let make_student = |seed: u64| -> Result<Model> {
+    let mut bar = TrainBar::default();
+    let mut plans = Vec::new();
+    for (i, source) in t.sources.iter().enumerate() {
+        let plan = match zoo::build(source) {
+            Some(_) => {
+                let m = distill::train_teacher(source, &splits.train.images, &splits.train.labels, t.epochs, 1234 + i as u64, &mut |e| bar.on(e))?;
+                if let Some(path) = &t.save {
+                    let path = if i == 0 { path.clone() } else { path.with_extension(format!("{i}.{}", path.extension().and_then(|e| e.to_str()).unwrap_or("safetensors"))) };
+                    write_model(&path, &m)?;
+                    out!("saved teacher {source} to {}", path.display());
+                }
+                store::model_plan(&m)?
+            }
+            None => store::read(Path::new(source))
+                .with_context(|| format!("teacher '{source}' is neither a zoo name ({}) nor a readable model file", zoo_names()))?
+                .plan()?,
+        };
+        pipeline::check_shapes(&plan, &[plan.input_len()], &splits.train).with_context(|| format!("teacher '{source}'"))?;
+        let acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
+        out!("teacher {source}: test accuracy {:.2}%", acc * 100.0);
+        plans.push(plan);
+    }
+    if seeds == 0 {
+        // Teachers only (e.g. to train and --save-teacher one): nothing to compare.
+        out!("--seeds 0: no student trained");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let make_student = |seed: u64| -> Result<Model, distill::DistillError> {
         match zoo::build(student) {
             Some(g) => Ok(Model::init(g, seed)?),
-            None => Ok(store::read_model(Path::new(student))
-                .with_context(|| format!("student '{student}' is neither a zoo name ({}) nor a readable model file", zoo_names()))?),
+            None => store::read_model(Path::new(student)).map_err(|e| distill::DistillError::Student(e.to_string())),
         }
     };
-    let probe = make_student(0)?;
-    let classes = plan.output_len();
-    let student_classes = store::model_plan(&probe)?.output_len();
-    if student_classes != classes || probe.graph.input_len() != plan.input_len() {
-        bail!(
-            "student and teacher do not match: teacher takes {} inputs and has {classes} outputs, student takes {} and has {student_classes}",
-            plan.input_len(),
-            probe.graph.input_len()
-        );
+    let probe = make_student(0).with_context(|| format!("student '{student}' is neither a zoo name ({}) nor a readable model file", zoo_names()))?;
+    distill::check_pair(&plans[0], &probe).context("distill")?;
+    let set = distill::transfer_set(
+        &splits.train.images,
+        &splits.train.labels,
+        &splits.train.sample_shape,
+        cfg.shifted_copies,
+        cfg.max_shift,
+        7,
+    )?;
+    let refs: Vec<&exec::Plan> = plans.iter().collect();
+    let teacher = distill::teacher_outputs(&refs, &set.images, cfg.temperature)?;
+    if plans.len() > 1 {
+        let agree = teacher.labels[..splits.train.len()].iter().zip(&splits.train.labels).filter(|(a, b)| a == b).count();
+        out!("ensemble of {}: agrees with {:.2}% of the training labels", plans.len(), 100.0 * agree as f64 / splits.train.len() as f64);
     }
-    // Teacher outputs, computed once: softened probabilities and predicted labels.
-    let teacher = exec::teacher_outputs(&plan, &splits.train.images, a.temperature)?;
-    let teacher_acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
-    let teacher_labels: Vec<u8> = teacher.chunks_exact(classes).map(|r| squeeze::runtime::kernels::argmax(r) as u8).collect();
-    out!("teacher {}: test accuracy {:.2}%", teacher_path.display(), teacher_acc * 100.0);
-    let soft = train::Teacher { probs: teacher, alpha: a.alpha, temperature: a.temperature };
-    let total = a.epochs + a.fine_tune_epochs;
-    let mut bar = TrainBar::default();
-    let mut rows = Vec::new();
-    for seed in 1..=a.seeds {
-        let cfg = |epochs| TrainConfig { epochs, batch_size: 128, lr: a.lr, seed, workers: 2, l1: 0.0, group_lasso: None };
-        let fine = TrainConfig { epochs: a.fine_tune_epochs, batch_size: 128, lr: a.fine_tune_lr, seed: seed + 1000, workers: 2, l1: 0.0, group_lasso: None };
-        // The control: the same epochs and learning-rate schedule, on the true labels only.
-        let mut alone = make_student(seed)?;
-        train::train(&mut alone, &splits.train.images, &splits.train.labels, &cfg(a.epochs), &mut |e| bar.on(e));
-        train::train(&mut alone, &splits.train.images, &splits.train.labels, &fine, &mut |e| bar.on(e));
-        let mut distilled = make_student(seed)?;
-        if a.hard {
-            train::train(&mut distilled, &splits.train.images, &teacher_labels, &cfg(a.epochs), &mut |e| bar.on(e));
-        } else {
-            train::train_with(&mut distilled, &splits.train.images, &splits.train.labels, Some(&soft), &cfg(a.epochs), &mut |e| bar.on(e));
-        }
-        train::train(&mut distilled, &splits.train.images, &splits.train.labels, &fine, &mut |e| bar.on(e));
-        let acc_alone = exec::evaluate(&store::model_plan(&alone)?, &splits.test.images, &splits.test.labels, 2)?;
-        let acc_dist = exec::evaluate(&store::model_plan(&distilled)?, &splits.test.images, &splits.test.labels, 2)?;
-        out!(
-            "seed {seed}: student alone {:.2}%, distilled {:.2}% ({:+.2} points; {} epochs each)",
-            acc_alone * 100.0,
-            acc_dist * 100.0,
-            (acc_dist - acc_alone) * 100.0,
-            total
-        );
-        if seed == 1 {
-            write_model(out, &distilled)?;
-        }
-        rows.push((acc_alone, acc_dist));
-    }
-    let mean = |f: &dyn Fn(&(f64, f64)) -> f64| rows.iter().map(f).sum::<f64>() / rows.len() as f64;
-    let sd = |f: &dyn Fn(&(f64, f64)) -> f64| {
-        let m = mean(f);
-        (rows.iter().map(|r| (f(r) - m).powi(2)).sum::<f64>() / (rows.len().max(2) - 1) as f64).sqrt()
-    };
+    let seed_list: Vec<u64> = (1..=seeds).collect();
+    let mut wrote = false;
+    let cmp = distill::compare(
+        &make_student,
+        &seed_list,
+        &set,
+        &teacher,
+        cfg,
+        &splits.test.images,
+        &splits.test.labels,
+        &mut |e| bar.on(e),
+        &mut |r, m| {
+            out!(
+                "seed {}: student alone {:.2}%, distilled {:.2}% ({:+.2} points; {} epochs each over {} samples)",
+                r.seed,
+                r.control_accuracy * 100.0,
+                r.distilled_accuracy * 100.0,
+                r.gain() * 100.0,
+                cfg.total_epochs(),
+                set.len()
+            );
+            if !wrote {
+                wrote = true;
+                if let Err(e) = write_model(out, m) {
+                    eprintln!("squeeze: {e:#}");
+                    std::process::exit(2);
+                }
+            }
+        },
+    )?;
+    let (c, cs) = cmp.control();
+    let (d, ds) = cmp.distilled();
+    let (g, gs) = cmp.gain();
     out!(
-        "mean over {} seeds: alone {:.2}% ± {:.2}, distilled {:.2}% ± {:.2}, gain {:+.2} ± {:.2} points ({} distillation, T = {}, alpha = {}); wrote {}",
-        rows.len(),
-        mean(&|r| r.0) * 100.0,
-        sd(&|r| r.0) * 100.0,
-        mean(&|r| r.1) * 100.0,
-        sd(&|r| r.1) * 100.0,
-        mean(&|r| r.1 - r.0) * 100.0,
-        sd(&|r| r.1 - r.0) * 100.0,
-        if a.hard { "hard" } else { "soft" },
-        a.temperature,
-        a.alpha,
+        "mean over {} seeds: alone {:.2}% ± {:.2}, distilled {:.2}% ± {:.2}, gain {:+.2} ± {:.2} points ({} distillation, T = {}, alpha = {}, {:?} schedule, {} shifted copies); wrote {}",
+        cmp.seeds.len(),
+        c * 100.0,
+        cs * 100.0,
+        d * 100.0,
+        ds * 100.0,
+        g * 100.0,
+        gs * 100.0,
+        if cfg.mode == distill::Mode::Hard { "hard" } else { "soft" },
+        cfg.temperature,
+        cfg.alpha,
+        cfg.schedule,
+        cfg.shifted_copies,
         out.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -8,14 +8,14 @@ use std::time::Instant;
 
 mod tasks;
 
-use crate::compress::{hashed, multitask, prune, quantize, share, trim};
+use crate::compress::{distill, hashed, multitask, prune, quantize, share, trim};
 use crate::data::{self, DataError, Dataset, Splits};
 use crate::format::sqz::{self, Limits};
 use crate::format::write_atomic;
 use crate::model::{zoo, Model, ModelError};
 use crate::recipe::{Pass, Recipe};
 use crate::report::measure::{machine_description, median_and_spread, peak_rss_bytes, sha256_hex, squeeze_version};
-use crate::report::{Gate, Outcome, Report, Stage};
+use crate::report::{Distillation, DistillSeed, Gate, Outcome, Report, Stage};
 use crate::runtime::exec::{self, Plan, RuntimeError};
 use crate::store::{self, ModelFile, StoreError};
 use crate::train::{self, TrainConfig, TrainEvent};
@@ -47,8 +47,8 @@ pub enum PipelineError {
     UnknownZoo(String),
     #[error("shape mismatch: the model takes inputs of shape {model:?} with {classes} outputs, the data set has samples of shape {data:?} and {data_classes} classes")]
     ShapeMismatch { model: Vec<usize>, classes: usize, data: Vec<usize>, data_classes: usize },
-    #[error("distill: the teacher has {teacher} outputs, the student {student}")]
-    TeacherMismatch { teacher: usize, student: usize },
+    #[error("distill: {0}")]
+    Distill(#[from] distill::DistillError),
     #[error("recipe: a pass follows 'quantize'; quantize must be the last pass for now")]
     QuantizeNotLast,
     #[error("cannot write '{path}': {source}")]
@@ -189,6 +189,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         workers: 2,
         l1: 0.0,
         group_lasso: None,
+        schedule: recipe.train.schedule,
     };
     let mut baseline_extra = serde_json::Map::new();
     let mut model = match (&recipe.model.zoo, &recipe.model.file) {
@@ -241,6 +242,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         on_event(Event::Stage(name.clone()));
         let t = Instant::now();
         let mut extra = serde_json::Map::new();
+        let mut distillation = None;
         let is_last = i + 1 == last;
         let (stored, entropy_coding) = match pass {
             Pass::Prune { sparsity, scope, layers, per_layer, schedule, steps, fine_tune_epochs, lr, l1, l1_epochs } => {
@@ -364,32 +366,93 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
             }
             // Recipes with tasks run in `tasks::run`; without them there is nothing to share.
             Pass::ShareTasks { .. } => return Err(multitask::MultitaskError::NoTasks.into()),
-            Pass::Distill { teacher, temperature, alpha, epochs, fine_tune_epochs, lr } => {
+            Pass::Distill {
+                teacher,
+                student,
+                seeds,
+                mode,
+                temperature,
+                alpha,
+                epochs,
+                fine_tune_epochs,
+                lr,
+                fine_tune_lr,
+                schedule,
+                shifted_copies,
+                max_shift,
+            } => {
                 let teacher_plan = match teacher {
                     Some(path) => store::read(path)?.plan()?,
                     None => store::model_plan(&baseline_model)?,
                 };
                 check_shapes(&teacher_plan, &model.graph.input_shape, &splits.train)?;
-                let student_classes = store::model_plan(&model)?.output_len();
-                if teacher_plan.output_len() != student_classes {
-                    return Err(PipelineError::TeacherMismatch { teacher: teacher_plan.output_len(), student: student_classes });
-                }
-                let probs = exec::teacher_outputs(&teacher_plan, &splits.train.images, *temperature)?;
-                let soft = train::Teacher { probs, alpha: *alpha, temperature: *temperature };
-                let cfg = TrainConfig {
+                let lr = lr.unwrap_or(if student.is_some() { recipe.train.lr } else { recipe.train.lr * 0.5 });
+                let cfg = distill::DistillConfig {
+                    mode: *mode,
+                    temperature: *temperature,
+                    alpha: *alpha,
                     epochs: *epochs,
-                    lr: lr.unwrap_or(recipe.train.lr * 0.5),
-                    seed: recipe.seed.wrapping_add(1000 * (i as u64 + 1)),
-                    ..train_cfg.clone()
+                    fine_tune_epochs: *fine_tune_epochs,
+                    lr,
+                    fine_tune_lr: fine_tune_lr.unwrap_or(lr / 10.0),
+                    batch_size: recipe.train.batch_size,
+                    schedule: *schedule,
+                    shifted_copies: *shifted_copies,
+                    max_shift: *max_shift,
                 };
-                train::train_with(&mut model, &splits.train.images, &splits.train.labels, Some(&soft), &cfg, &mut |e| on_event(Event::Train(e)));
-                if *fine_tune_epochs > 0 {
-                    let ft = TrainConfig { epochs: *fine_tune_epochs, seed: cfg.seed + 1, ..cfg.clone() };
-                    train::train(&mut model, &splits.train.images, &splits.train.labels, &ft, &mut |e| on_event(Event::Train(e)));
-                }
+                let stage_seed = recipe.seed.wrapping_add(1000 * (i as u64 + 1));
+                let set = distill::transfer_set(
+                    &splits.train.images,
+                    &splits.train.labels,
+                    &splits.train.sample_shape,
+                    *shifted_copies,
+                    *max_shift,
+                    stage_seed,
+                )?;
+                let teacher_accuracy = exec::evaluate(&teacher_plan, &splits.test.images, &splits.test.labels, 2)?;
+                let figures = match student {
+                    None => {
+                        distill::check_pair(&teacher_plan, &model)?;
+                        let outputs = distill::teacher_outputs(&[&teacher_plan], &set.images, *temperature)?;
+                        distill::distill(&mut model, &set, &outputs, &cfg, stage_seed, &mut |e| on_event(Event::Train(e)))?;
+                        None
+                    }
+                    Some(name) => {
+                        let graph = zoo::build(name).ok_or_else(|| PipelineError::UnknownZoo(name.clone()))?;
+                        let make = |seed: u64| Ok(Model::init(graph.clone(), seed)?);
+                        distill::check_pair(&teacher_plan, &make(0)?)?;
+                        let outputs = distill::teacher_outputs(&[&teacher_plan], &set.images, *temperature)?;
+                        let seed_list: Vec<u64> = (0..*seeds as u64).map(|k| recipe.seed.wrapping_add(k)).collect();
+                        let mut first: Option<Model> = None;
+                        let cmp = distill::compare(
+                            &make,
+                            &seed_list,
+                            &set,
+                            &outputs,
+                            &cfg,
+                            &splits.test.images,
+                            &splits.test.labels,
+                            &mut |e| on_event(Event::Train(e)),
+                            &mut |_, m| {
+                                if first.is_none() {
+                                    first = Some(m.clone());
+                                }
+                            },
+                        )?;
+                        model = first.expect("at least one seed (checked by the recipe)");
+                        Some(distillation_figures(name, teacher_accuracy, &cmp, &cfg, set.len()))
+                    }
+                };
                 extra.insert("teacher".into(), teacher.as_ref().map_or("baseline".to_string(), |p| p.display().to_string()).into());
+                extra.insert("teacher_accuracy".into(), teacher_accuracy.into());
+                extra.insert("mode".into(), serde_json::to_value(mode).unwrap_or_default());
                 extra.insert("temperature".into(), (*temperature as f64).into());
                 extra.insert("alpha".into(), (*alpha as f64).into());
+                extra.insert("epochs".into(), (*epochs).into());
+                extra.insert("fine_tune_epochs".into(), (*fine_tune_epochs).into());
+                extra.insert("schedule".into(), serde_json::to_value(schedule).unwrap_or_default());
+                extra.insert("transfer_samples".into(), set.len().into());
+                distillation = figures;
                 (quantize::store_f32(&model), false)
             }
             Pass::Trim { ratio, score, layers, per_layer, fine_tune_epochs, lr, calibration, group_lasso, group_lasso_epochs } => {
@@ -442,7 +505,8 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         guard_input(recipe, &path)?;
         store::write_sqz_with(&path, &stored, entropy_coding)?;
         let wall = t.elapsed().as_secs_f64();
-        let stage = measure_stage(&path, &name, wall, fp32_bytes, &splits, extra)?;
+        let mut stage = measure_stage(&path, &name, wall, fp32_bytes, &splits, extra)?;
+        stage.distillation = distillation;
         on_event(Event::Measured(stage.clone()));
         let drop = baseline_val - stage.validation_accuracy;
         let failed = drop > recipe.gate.max_accuracy_drop;
@@ -463,6 +527,36 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
     }
     write_report(&report, &opts.out_dir)?;
     Ok(report)
+}
+
+/// The report's figures for a distillation compared with its control.
+pub fn distillation_figures(student: &str, teacher_accuracy: f64, cmp: &distill::Comparison, cfg: &distill::DistillConfig, transfer_samples: usize) -> Distillation {
+    let (control_accuracy, control_spread) = cmp.control();
+    let (distilled_accuracy, distilled_spread) = cmp.distilled();
+    let (gain, gain_spread) = cmp.gain();
+    Distillation {
+        student: student.to_string(),
+        teacher_accuracy,
+        mode: match cfg.mode {
+            distill::Mode::Soft => "soft".into(),
+            distill::Mode::Hard => "hard".into(),
+        },
+        temperature: cfg.temperature as f64,
+        alpha: cfg.alpha as f64,
+        epochs: cfg.total_epochs(),
+        transfer_samples,
+        control_accuracy,
+        control_spread,
+        distilled_accuracy,
+        distilled_spread,
+        gain,
+        gain_spread,
+        seeds: cmp
+            .seeds
+            .iter()
+            .map(|r| DistillSeed { seed: r.seed, control_accuracy: r.control_accuracy, distilled_accuracy: r.distilled_accuracy })
+            .collect(),
+    }
 }
 
 /// Refuses to write over the recipe's own model file.
@@ -509,6 +603,7 @@ fn measure_stage(
         peak_rss_bytes: peak_rss_bytes(),
         file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         extra: extra.into_iter().collect(),
+        distillation: None,
     })
 }
 

@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 
 use crate::compress::prune::{Schedule, Scope};
 use crate::compress::quantize::Mode;
+use crate::train::LrSchedule;
 
 /// Why a recipe cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -139,11 +140,13 @@ pub struct TrainSection {
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f32,
+    /// `"constant"` (default) or `"cosine"` decay to 0 over the run.
+    pub schedule: LrSchedule,
 }
 
 impl Default for TrainSection {
     fn default() -> Self {
-        TrainSection { epochs: 10, batch_size: 128, lr: 1e-3 }
+        TrainSection { epochs: 10, batch_size: 128, lr: 1e-3, schedule: LrSchedule::Constant }
     }
 }
 
@@ -232,13 +235,22 @@ pub enum Pass {
         #[serde(default = "default_fine_tune")]
         group_lasso_epochs: usize,
     },
-    /// Knowledge distillation as recovery: the current (compressed) model learns from
-    /// the teacher's softened outputs (`α·T²·KL + (1−α)·CE`) with every constraint held,
-    /// then fine-tunes on the true labels. The teacher is the recipe's baseline unless a
-    /// file is named.
+    /// Knowledge distillation. Without `student`: recovery, the current (compressed)
+    /// model learns from the teacher with every constraint held. With `student` (a zoo
+    /// name): a fresh student is distilled and compared over `seeds` seeds with the same
+    /// student trained alone on the same inputs for the same epochs; the stage is the
+    /// first seed's distilled student. The teacher is the recipe's baseline unless a file
+    /// is named.
     Distill {
         /// A teacher model file (relative to the recipe); default: the baseline.
         teacher: Option<PathBuf>,
+        /// A zoo student trained from scratch (else the current model is distilled).
+        student: Option<String>,
+        /// Seeds of the comparison with a student trained alone (with `student`).
+        #[serde(default = "default_distill_seeds")]
+        seeds: usize,
+        #[serde(default)]
+        mode: crate::compress::distill::Mode,
         #[serde(default = "default_temperature")]
         temperature: f32,
         #[serde(default = "default_alpha")]
@@ -248,8 +260,18 @@ pub enum Pass {
         /// Epochs on the true labels afterwards.
         #[serde(default)]
         fine_tune_epochs: usize,
-        /// Learning rate (default: half the training rate).
+        /// Learning rate (default: half the training rate for recovery, the training
+        /// rate for a fresh student).
         lr: Option<f32>,
+        /// Learning rate of the fine-tuning epochs (default: lr / 10).
+        fine_tune_lr: Option<f32>,
+        #[serde(default)]
+        schedule: LrSchedule,
+        /// Shifted copies of each training image in the transfer set.
+        #[serde(default)]
+        shifted_copies: usize,
+        #[serde(default = "default_max_shift")]
+        max_shift: usize,
     },
     /// Hashed weight sharing (HashedNets) within the model: each weight tensor's entries
     /// are mapped by a fixed hash to `ceil(fraction · numel)` buckets (with hashed ±1
@@ -309,6 +331,14 @@ fn default_calibration() -> usize {
 
 fn default_temperature() -> f32 {
     4.0
+}
+
+fn default_distill_seeds() -> usize {
+    1
+}
+
+fn default_max_shift() -> usize {
+    2
 }
 
 fn default_alpha() -> f32 {
@@ -441,8 +471,19 @@ impl Recipe {
                         }
                     }
                 }
-                Pass::Distill { temperature, alpha, .. } if !(*temperature > 0.0 && (0.0..=1.0).contains(alpha)) => {
-                    return Err(invalid(format!("pass distill: temperature must be positive and alpha in [0, 1], got {temperature} and {alpha}")));
+                Pass::Distill { temperature, alpha, student, seeds, .. } => {
+                    if !(*temperature > 0.0 && (0.0..=1.0).contains(alpha)) {
+                        return Err(invalid(format!("pass distill: temperature must be positive and alpha in [0, 1], got {temperature} and {alpha}")));
+                    }
+                    if let Some(name) = student
+                        && crate::model::zoo::build(name).is_none()
+                    {
+                        let known: Vec<&str> = crate::model::zoo::MODELS.iter().map(|(n, _)| *n).collect();
+                        return Err(invalid(format!("pass distill: student: unknown zoo model '{name}' (known: {})", known.join(", "))));
+                    }
+                    if *seeds == 0 {
+                        return Err(invalid("pass distill: seeds: expected at least 1, got 0".into()));
+                    }
                 }
                 Pass::Share { linear_bits, conv_bits, per_layer, .. } => {
                     for b in [linear_bits, conv_bits].into_iter().chain(per_layer.values()) {
@@ -500,6 +541,23 @@ mod tests {
         assert!(err(format!("{base}[[pass]]\ntype = \"hash\"\nfraction = 0.0\n")).contains("fraction"));
         let h = Recipe::parse(&format!("{base}[[pass]]\ntype = \"hash\"\nfraction = 0.125\n"), Path::new("r")).unwrap();
         assert!(matches!(h.passes[0], Pass::Hash { signed: true, fine_tune_epochs: 3, .. }));
+    }
+
+    #[test]
+    fn every_shipped_recipe_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Recipe::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 3);
+        let r = Recipe::load(&dir.join("distill-mlp.toml")).unwrap();
+        assert!(matches!(&r.passes[0], Pass::Distill { student: Some(s), seeds: 3, .. } if s == "mlp"));
+        assert_eq!(r.train.schedule, LrSchedule::Cosine);
     }
 
     #[test]

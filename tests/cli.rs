@@ -113,6 +113,38 @@ fn distillation_recovers_a_pruned_model_with_masks_held() {
 }
 
 #[test]
+fn distillation_recipe_compares_a_fresh_student_with_its_control_over_seeds() {
+    let d = Dir::new();
+    let data = data_dir(&d);
+    // The baseline (lenet300) is the teacher; the stage is a fresh mlp student.
+    let passes = "[[pass]]\ntype = \"distill\"\nstudent = \"mlp\"\nseeds = 2\nepochs = 1\nfine_tune_epochs = 1\nschedule = \"cosine\"\nshifted_copies = 1\nalpha = 1.0\n";
+    let r = recipe(&d, &data, "lenet300", passes, 0.5);
+    let out = d.path("out");
+    let (o, report) = run_recipe(&r, &out);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let stage = &report["stages"][1];
+    assert_eq!(stage["name"], "distilled");
+    assert_eq!(stage["params"], 50_890, "the stage is the student");
+    let dist = &stage["distillation"];
+    assert_eq!(dist["student"], "mlp");
+    assert_eq!(dist["epochs"], 2);
+    assert_eq!(dist["transfer_samples"], 2 * (1500 - 300), "training images and one shifted copy each");
+    assert_eq!(dist["seeds"].as_array().unwrap().len(), 2);
+    assert_eq!(dist["teacher_accuracy"], report["stages"][0]["accuracy"], "the teacher is the baseline");
+    let first = &dist["seeds"][0];
+    assert_eq!(first["distilled_accuracy"], stage["accuracy"], "the stage's file is the first seed's distilled student");
+    let mean = (first["control_accuracy"].as_f64().unwrap() + dist["seeds"][1]["control_accuracy"].as_f64().unwrap()) / 2.0;
+    assert!((dist["control_accuracy"].as_f64().unwrap() - mean).abs() < 1e-12);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Distillation") && md.contains("mean ± sd"), "{md}");
+    // An unknown student and a wrong alpha are refused before anything runs.
+    let bad = recipe(&d, &data, "mlp", "[[pass]]\ntype = \"distill\"\nstudent = \"resnet\"\n", 0.2);
+    assert_error(&squeeze(&["run", "--recipe", bad.to_str().unwrap(), "--out-dir", d.path("bad").to_str().unwrap()]), "resnet");
+    let bad = recipe(&d, &data, "mlp", "[[pass]]\ntype = \"distill\"\nstudent = \"mlp\"\nalpha = 1.5\n", 0.2);
+    assert_error(&squeeze(&["run", "--recipe", bad.to_str().unwrap(), "--out-dir", d.path("bad").to_str().unwrap()]), "alpha");
+}
+
+#[test]
 fn soft_trimming_shrinks_groups_then_removes_them() {
     let d = Dir::new();
     let data = data_dir(&d);
@@ -170,6 +202,16 @@ fn verbs_train_prune_quantize_inspect_chain() {
     let o = squeeze(&["distill", "--teacher", m.to_str().unwrap(), "--student", "mlp", "--epochs", "1", "--fine-tune-epochs", "1", "--seeds", "1", "--out", d.path("s.safetensors").to_str().unwrap(), "--data", ds, "--validation", "300"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("mean over 1 seeds") && d.path("s.safetensors").exists(), "{}", o.stdout);
+    // A zoo-name teacher trained first, an ensemble with the file, hard labels, shifted
+    // copies, and a lenet5 student.
+    let o = squeeze(&[
+        "distill", "--teacher", "mlp", "--teacher-epochs", "1", "--teacher", m.to_str().unwrap(), "--student", "lenet5", "--hard", "--epochs", "1",
+        "--shifted-copies", "1", "--schedule", "cosine", "--seeds", "2", "--out", d.path("s5.sqz").to_str().unwrap(), "--data", ds, "--validation", "300",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("teacher mlp: test accuracy") && o.stdout.contains("ensemble of 2"), "{}", o.stdout);
+    assert!(o.stdout.contains("seed 2:") && o.stdout.contains("over 2400 samples") && o.stdout.contains("mean over 2 seeds"), "{}", o.stdout);
+    assert_eq!(squeeze::store::read_model(&d.path("s5.sqz")).unwrap().graph.num_params(), 61_706, "the lenet5 student was written");
     let sh = d.path("shared.sqz");
     let o = squeeze(&["share", "--epochs", "1", "--out", sh.to_str().unwrap(), "--data", ds, "--validation", "300"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
@@ -248,10 +290,14 @@ fn bad_input_gets_one_clear_error_and_no_output_file() {
     let g5 = squeeze::spec::Graph::chain(vec![1, 28, 28], vec![("flat", squeeze::spec::Op::Flatten), ("fc", squeeze::spec::Op::Linear { in_features: 784, out_features: 5, bias: true })]);
     squeeze::store::write_safetensors(&five, &squeeze::model::Model::init(g5, 1).unwrap()).unwrap();
     let student_out = d.path("student.safetensors");
-    assert_error(
-        &squeeze(&["distill", "--teacher", m.to_str().unwrap(), "--student", five.to_str().unwrap(), "--out", student_out.to_str().unwrap(), "--data", ds, "--validation", "300"]),
-        "do not match",
-    );
+    let so = student_out.to_str().unwrap();
+    let ms = m.to_str().unwrap();
+    assert_error(&squeeze(&["distill", "--teacher", ms, "--student", five.to_str().unwrap(), "--out", so, "--data", ds, "--validation", "300"]), "same classes");
+    // A student reading other inputs (10 values, not 28×28).
+    assert_error(&squeeze(&["distill", "--teacher", ms, "--student", odd.to_str().unwrap(), "--out", so, "--data", ds, "--validation", "300"]), "same samples");
+    assert_error(&squeeze(&["distill", "--teacher", ms, "--temperature", "0", "--out", so, "--data", ds]), "temperature must be positive");
+    assert_error(&squeeze(&["distill", "--teacher", ms, "--alpha", "1.2", "--out", so, "--data", ds]), "alpha must be in [0, 1]");
+    assert_error(&squeeze(&["distill", "--teacher", "resnet", "--out", so, "--data", ds, "--validation", "300"]), "neither a zoo name");
     assert!(!student_out.exists());
 
     // Missing data set: the error says how to get it.

@@ -3,6 +3,7 @@
 //!
 //! [`Model`]: crate::model::Model
 
+pub mod distill;
 pub mod hashed;
 pub mod multitask;
 pub mod prune;

@@ -135,6 +135,60 @@ pub struct Stage {
     /// Technique-specific facts (e.g. sparsity per layer), free-form JSON.
     #[serde(default)]
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// A distillation stage's comparison with the student trained alone (present only
+    /// on a distill stage with a fresh student; added in schema 1 without breaking it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distillation: Option<Distillation>,
+}
+
+/// Distillation against its control: the same student architecture trained alone on the
+/// same inputs for the same epochs, per seed and as mean ± sample standard deviation.
+/// Accuracies are test-set fractions; `gain` is distilled − alone.
+///
+/// ```json
+/// { "student": "mlp", "teacher_accuracy": 0.9204, "mode": "soft", "temperature": 4.0,
+///   "alpha": 0.9, "epochs": 30, "transfer_samples": 165000,
+///   "control_accuracy": 0.8868, "control_spread": 0.0006,
+///   "distilled_accuracy": 0.8927, "distilled_spread": 0.0011,
+///   "gain": 0.0059, "gain_spread": 0.0014,
+///   "seeds": [ { "seed": 1234, "control_accuracy": 0.8864, "distilled_accuracy": 0.8931 } ] }
+/// ```
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Distillation {
+    pub student: String,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub teacher_accuracy: f64,
+    /// `"soft"` or `"hard"`.
+    pub mode: String,
+    pub temperature: f64,
+    pub alpha: f64,
+    /// Total epochs of each student (distillation + fine-tuning; the control the same).
+    pub epochs: usize,
+    /// Samples in the transfer set (training images and their shifted copies).
+    pub transfer_samples: usize,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub control_accuracy: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub control_spread: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub distilled_accuracy: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub distilled_spread: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub gain: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub gain_spread: f64,
+    pub seeds: Vec<DistillSeed>,
+}
+
+/// One seed of a [`Distillation`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DistillSeed {
+    pub seed: u64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub control_accuracy: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub distilled_accuracy: f64,
 }
 
 /// Reads a number, or `null` (how serde_json writes NaN and infinities) as NaN.
@@ -228,6 +282,43 @@ impl Report {
         }
         md += " / file bytes.\n";
         self.tasks_markdown(&mut md);
+        for st in &self.stages {
+            let Some(d) = &st.distillation else { continue };
+            _ = write!(
+                md,
+                "\n## Distillation (`{}`)\n\nStudent `{}` from a teacher at {}% test accuracy ({} distillation, T = {}, α = {}; \
+                 {} epochs each over {} samples). The control is the same student trained alone on the same inputs for the \
+                 same epochs.\n\n| Seed | Alone (%) | Distilled (%) | Gain (pts) |\n|--:|--:|--:|--:|\n",
+                cell(&st.name),
+                cell(&d.student),
+                num(100.0 * d.teacher_accuracy, 2, false),
+                cell(&d.mode),
+                d.temperature,
+                d.alpha,
+                d.epochs,
+                thousands(d.transfer_samples as u64),
+            );
+            for r in &d.seeds {
+                _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} |",
+                    r.seed,
+                    num(100.0 * r.control_accuracy, 2, false),
+                    num(100.0 * r.distilled_accuracy, 2, false),
+                    num(100.0 * (r.distilled_accuracy - r.control_accuracy), 2, true)
+                );
+            }
+            _ = writeln!(
+                md,
+                "| mean ± sd | {} ± {} | {} ± {} | {} ± {} |",
+                num(100.0 * d.control_accuracy, 2, false),
+                num(100.0 * d.control_spread, 2, false),
+                num(100.0 * d.distilled_accuracy, 2, false),
+                num(100.0 * d.distilled_spread, 2, false),
+                num(100.0 * d.gain, 2, true),
+                num(100.0 * d.gain_spread, 2, false)
+            );
+        }
         md
     }
 
@@ -333,6 +424,7 @@ mod tests {
             peak_rss_bytes: Some(61_000_000),
             file: format!("{name}.safetensors"),
             extra: BTreeMap::from([("sparsity".to_string(), serde_json::json!({"fc1": 0.9}))]),
+            distillation: None,
         };
         let failed = result == Outcome::Failed;
         Report {
@@ -402,6 +494,34 @@ mod tests {
             assert!(md.contains(needle), "missing {needle:?} in\n{md}");
         }
         assert_eq!(Report::from_json(&r.to_json()).unwrap(), r);
+    }
+
+    #[test]
+    fn distillation_figures_round_trip_and_render() {
+        let mut r = sample(Outcome::Passed);
+        r.stages[1].distillation = Some(Distillation {
+            student: "mlp".into(),
+            teacher_accuracy: 0.9204,
+            mode: "soft".into(),
+            temperature: 4.0,
+            alpha: 0.9,
+            epochs: 30,
+            transfer_samples: 165_000,
+            control_accuracy: 0.8868,
+            control_spread: 0.0006,
+            distilled_accuracy: 0.8927,
+            distilled_spread: 0.0011,
+            gain: 0.0059,
+            gain_spread: 0.0014,
+            seeds: vec![DistillSeed { seed: 1234, control_accuracy: 0.8864, distilled_accuracy: 0.8931 }],
+        });
+        assert_eq!(Report::from_json(&r.to_json()).unwrap(), r);
+        let md = r.to_markdown();
+        for needle in ["## Distillation", "92.04", "88.68 ± 0.06", "+0.59 ± 0.14", "| 1234 | 88.64 | 89.31 | +0.67 |", "165,000"] {
+            assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+        }
+        // A report without the field (written before it existed) still reads.
+        assert!(!sample(Outcome::Passed).to_json().contains("distillation"));
     }
 
     #[test]

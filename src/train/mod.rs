@@ -22,6 +22,31 @@ pub struct TrainConfig {
     /// Group lasso `λ·Σ_rows ‖w_row‖₂` on the named weight tensors: drives whole neurons
     /// (rows; filters for Conv2d) to zero, the soft form of trimming.
     pub group_lasso: Option<GroupLasso>,
+    /// How the learning rate moves over the run; constant by default.
+    pub schedule: LrSchedule,
+}
+
+/// The learning rate over a run of `train`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// `lr` at every step.
+    #[default]
+    Constant,
+    /// Cosine decay from `lr` at the first step to 0 after the last:
+    /// `lr·(1 + cos(π·step/steps))/2`. Small late steps settle the weights in a minimum
+    /// instead of leaving them wherever the last noisy constant-rate step put them.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The factor on the base rate at `step` of `steps` (0-based).
+    pub fn factor(self, step: usize, steps: usize) -> f32 {
+        match self {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / steps.max(1) as f64).cos()) as f32,
+        }
+    }
 }
 
 /// A group-lasso penalty: strength and the weight tensors whose rows are the groups.
@@ -33,7 +58,7 @@ pub struct GroupLasso {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 10, batch_size: 128, lr: 1e-3, seed: 1234, workers: 2, l1: 0.0, group_lasso: None }
+        TrainConfig { epochs: 10, batch_size: 128, lr: 1e-3, seed: 1234, workers: 2, l1: 0.0, group_lasso: None, schedule: LrSchedule::Constant }
     }
 }
 
@@ -234,6 +259,8 @@ fn train_inner(
         .map(|i| model.params.range(i))
         .collect();
     let mut stats = Vec::with_capacity(cfg.epochs);
+    let total_steps = cfg.epochs * n.div_ceil(batch);
+    let mut step = 0usize;
     for epoch in 1..=cfg.epochs {
         let start = std::time::Instant::now();
         rng.shuffle(&mut order);
@@ -305,6 +332,10 @@ fn train_inner(
                     }
                 }
             }
+            let lr = cfg.lr * cfg.schedule.factor(step, total_steps);
+            step += 1;
+            adam.lr = lr;
+            shared.adam.lr = lr;
             adam.step(&mut model.params.data, &grad, mask.as_deref());
             shared.step(&mut model.params.data, &grad, mask.as_deref());
             for (l, c) in results {
@@ -434,7 +465,7 @@ mod tests {
     #[test]
     fn learns_a_separable_problem_and_is_deterministic() {
         let (x, y) = toy(600, 1);
-        let cfg = TrainConfig { epochs: 5, batch_size: 32, lr: 1e-2, seed: 9, workers: 2, l1: 0.0, group_lasso: None };
+        let cfg = TrainConfig { epochs: 5, batch_size: 32, lr: 1e-2, seed: 9, workers: 2, l1: 0.0, group_lasso: None, schedule: LrSchedule::Constant };
         let mut a = toy_model(4);
         let stats = train(&mut a, &x, &y, &cfg, &mut |_| {});
         assert!(stats.last().unwrap().train_accuracy > 0.95, "{stats:?}");
@@ -445,9 +476,27 @@ mod tests {
     }
 
     #[test]
+    fn cosine_schedule_decays_to_zero_and_constant_stays() {
+        assert_eq!(LrSchedule::Constant.factor(7, 10), 1.0);
+        assert_eq!(LrSchedule::Cosine.factor(0, 10), 1.0);
+        assert!((LrSchedule::Cosine.factor(5, 10) - 0.5).abs() < 1e-6);
+        assert!(LrSchedule::Cosine.factor(9, 10) < 0.03);
+        // The default keeps every earlier result: a constant rate.
+        assert_eq!(TrainConfig::default().schedule, LrSchedule::Constant);
+        let (x, y) = toy(300, 8);
+        let cfg = TrainConfig { epochs: 3, batch_size: 32, lr: 1e-2, seed: 3, ..TrainConfig::default() };
+        let mut cosine = toy_model(2);
+        let stats = train(&mut cosine, &x, &y, &TrainConfig { schedule: LrSchedule::Cosine, ..cfg.clone() }, &mut |_| {});
+        assert!(stats.last().unwrap().train_accuracy > 0.9, "{stats:?}");
+        let mut constant = toy_model(2);
+        train(&mut constant, &x, &y, &cfg, &mut |_| {});
+        assert_ne!(cosine.params.data, constant.params.data);
+    }
+
+    #[test]
     fn l1_penalty_shrinks_weights() {
         let (x, y) = toy(300, 5);
-        let cfg = TrainConfig { epochs: 3, batch_size: 32, lr: 1e-2, seed: 3, workers: 2, l1: 0.0, group_lasso: None };
+        let cfg = TrainConfig { epochs: 3, batch_size: 32, lr: 1e-2, seed: 3, workers: 2, l1: 0.0, group_lasso: None, schedule: LrSchedule::Constant };
         let mut plain = toy_model(8);
         train(&mut plain, &x, &y, &cfg, &mut |_| {});
         let mut sparse = toy_model(8);
@@ -459,7 +508,7 @@ mod tests {
     #[test]
     fn group_lasso_drives_whole_rows_towards_zero() {
         let (x, y) = toy(300, 6);
-        let cfg = TrainConfig { epochs: 4, batch_size: 32, lr: 1e-2, seed: 4, workers: 2, l1: 0.0, group_lasso: None };
+        let cfg = TrainConfig { epochs: 4, batch_size: 32, lr: 1e-2, seed: 4, workers: 2, l1: 0.0, group_lasso: None, schedule: LrSchedule::Constant };
         let mut plain = toy_model(9);
         train(&mut plain, &x, &y, &cfg, &mut |_| {});
         let mut soft = toy_model(9);
@@ -517,7 +566,7 @@ mod tests {
         let mut m = toy_model(5);
         let mask: Vec<bool> = (0..16 * 8).map(|i| i % 2 == 0).collect();
         m.set_mask("fc1.weight", mask.clone()).unwrap();
-        let cfg = TrainConfig { epochs: 2, batch_size: 16, lr: 1e-2, seed: 1, workers: 2, l1: 0.0, group_lasso: None };
+        let cfg = TrainConfig { epochs: 2, batch_size: 16, lr: 1e-2, seed: 1, workers: 2, l1: 0.0, group_lasso: None, schedule: LrSchedule::Constant };
         train(&mut m, &x, &y, &cfg, &mut |_| {});
         let w = m.params.get("fc1.weight").unwrap();
         for (v, keep) in w.iter().zip(&mask) {
@@ -566,7 +615,7 @@ mod tests {
         let cfg_share = crate::compress::share::ShareConfig { linear_bits: 2, conv_bits: 2, per_layer: Default::default(), layers: vec![] };
         crate::compress::share::share(&mut m, &cfg_share).unwrap();
         let before = m.constraints.codebooks["fc1.weight"].centroids.clone();
-        let cfg = TrainConfig { epochs: 2, batch_size: 16, lr: 1e-2, seed: 1, workers: 2, l1: 0.0, group_lasso: None };
+        let cfg = TrainConfig { epochs: 2, batch_size: 16, lr: 1e-2, seed: 1, workers: 2, l1: 0.0, group_lasso: None, schedule: LrSchedule::Constant };
         train(&mut m, &x, &y, &cfg, &mut |_| {});
         let cb = &m.constraints.codebooks["fc1.weight"];
         assert_ne!(cb.centroids, before, "centroids were trained");
@@ -580,7 +629,7 @@ mod tests {
     #[test]
     fn one_worker_and_two_workers_agree_closely() {
         let (x, y) = toy(200, 3);
-        let cfg1 = TrainConfig { epochs: 1, batch_size: 20, lr: 1e-2, seed: 1, workers: 1, l1: 0.0, group_lasso: None };
+        let cfg1 = TrainConfig { epochs: 1, batch_size: 20, lr: 1e-2, seed: 1, workers: 1, l1: 0.0, group_lasso: None, schedule: LrSchedule::Constant };
         let cfg2 = TrainConfig { workers: 2, ..cfg1.clone() };
         let mut a = toy_model(6);
         let mut b = toy_model(6);
