@@ -591,7 +591,7 @@ mod tests {
             };
             let g = Graph::chain(vec![4, 2], vec![("rec", rec), ("fc", Op::Linear { in_features: 8, out_features: 3, bias: true }), ("softmax", Op::Softmax)]);
             let mut m = Model::init(g, 6).unwrap();
-            let cfg = TrainConfig { epochs: 6, batch_size: 32, lr: 2e-2, seed: 2, workers: 2, l1: 0.0, group_lasso: None };
+            let cfg = TrainConfig { epochs: 6, batch_size: 32, lr: 2e-2, seed: 2, workers: 2, l1: 0.0, group_lasso: None, ..TrainConfig::default() };
             let stats = train(&mut m, &x, &y, &cfg, &mut |_| {});
             assert!(stats.last().unwrap().train_accuracy > 0.9, "{cell}: {stats:?}");
             let summary = crate::compress::prune::magnitude(&mut m, 0.5, crate::compress::prune::Scope::Layer, &[]).unwrap();
