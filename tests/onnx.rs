@@ -162,3 +162,78 @@ fn bad_onnx_input_is_one_clear_error_and_no_output() {
     assert_error(&o, "is the input file");
     assert!(!out.exists(), "no output file after an error");
 }
+
+/// Test images for the ONNX Runtime cross-checks: the whole Fashion-MNIST test set when
+/// the data set is installed (CI installs it), else `tiny` generated ones.
+fn test_images(d: &Dir, tiny: usize) -> (Vec<f32>, Vec<u8>, usize, bool) {
+    let (data, real) = match squeeze::data::locate(None) {
+        Ok(dir) => (dir, true),
+        Err(_) => {
+            let data = d.path("data");
+            std::fs::create_dir_all(&data).unwrap();
+            tiny_dataset(&data, 100, tiny);
+            (data, false)
+        }
+    };
+    let test = squeeze::data::load_fashion_mnist(&data, 0, Some(10), None).unwrap().test;
+    let n = test.labels.len();
+    (test.images, test.labels, n, real)
+}
+
+/// Every feed-forward zoo model exports to fp32 ONNX that ONNX Runtime runs to squeeze's
+/// outputs: max |difference| ≤ 1e-4 and the same top-1 on ≥ 99.9% of the test set.
+/// Random weights (seeded): the agreement is what is checked, and close calls between
+/// near-equal random logits are the hard case for it. (lstm and gru are covered with
+/// their own export.)
+#[test]
+fn every_feed_forward_zoo_model_exports_fp32_that_onnxruntime_agrees_with() {
+    let d = Dir::new();
+    let (x, _, n, real) = test_images(&d, 200);
+    let ort = onnxruntime_available();
+    for (seed, name) in ["mlp", "lenet300", "lenet5", "cnn"].into_iter().enumerate() {
+        let model = squeeze::model::Model::init(squeeze::model::zoo::build(name).unwrap(), seed as u64 + 7).unwrap();
+        let st = d.path(&format!("{name}.safetensors"));
+        squeeze::store::write_safetensors(&st, &model).unwrap();
+        let onnx = d.path(&format!("{name}.onnx"));
+        let o = squeeze(&["export", s(&st), "--format", "onnx", "--out", s(&onnx)]);
+        assert_eq!(o.code, 0, "{name}: {}", o.stderr);
+        if !ort {
+            continue;
+        }
+        let want = squeeze_outputs(&st, &x, n);
+        let got = onnxruntime(&d, &onnx, &x, n);
+        assert_eq!(want.len(), got.len(), "{name}");
+        let max = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let agree = want.chunks(10).zip(got.chunks(10)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+        eprintln!("{name} fp32 ({} data, {n} images): max |squeeze − onnxruntime| {max:.2e}, top-1 agreement {agree}/{n}", if real { "Fashion-MNIST" } else { "tiny" });
+        assert!(max <= 1e-4, "{name}: max |squeeze − onnxruntime| = {max}");
+        assert!(agree * 1000 >= n * 999, "{name}: top-1 agreement {agree}/{n}");
+    }
+}
+
+/// A CNN with BatchNorm that another exporter wrote (scripts/make-bn-cnn-onnx.py: numpy
+/// training, onnx.helper), trained on Fashion-MNIST: squeeze imports it (BatchNorm folded
+/// into the convolutions, Sub/Div input scaling kept) and its accuracy on the test set is
+/// ONNX Runtime's, recorded in the JSON next to it, within 0.05 points. Needs the real
+/// data set (skipped without it, like the other full-data checks).
+#[test]
+fn batchnorm_cnn_from_another_exporter_evaluates_to_its_origin_accuracy() {
+    let Ok(data) = squeeze::data::locate(None) else {
+        eprintln!("Fashion-MNIST not installed: the BatchNorm CNN accuracy check is skipped");
+        return;
+    };
+    let model = fixture("fashion_bn_cnn.onnx");
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("fashion_bn_cnn.json")).unwrap()).unwrap();
+    let origin = record["onnxruntime_test_accuracy"].as_f64().unwrap();
+    let o = squeeze(&["inspect", s(&model)]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("BatchNormalization"), "{}", o.stdout);
+    let test = squeeze::data::load_fashion_mnist(&data, 0, Some(10), None).unwrap().test;
+    let n = test.labels.len();
+    let out = squeeze_outputs(&model, &test.images, n);
+    let correct = out.chunks(10).zip(&test.labels).filter(|(row, y)| argmax(row) == **y as usize).count();
+    let accuracy = correct as f64 / n as f64;
+    eprintln!("BatchNorm CNN: squeeze {:.2}% vs ONNX Runtime {:.2}% on {n} test images", accuracy * 100.0, origin * 100.0);
+    assert_eq!(n, record["test_images"].as_u64().unwrap() as usize);
+    assert!((accuracy - origin).abs() <= 0.0005, "squeeze {accuracy} vs origin {origin}");
+}
