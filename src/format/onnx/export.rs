@@ -100,7 +100,7 @@ pub(crate) fn onnx_gate_order(cell: Cell) -> &'static [usize] {
 
 /// The blocks of `data` (`blocks` blocks of `block_len` values) in the order `order`:
 /// block `k` of the result is block `order[k]` of `data`.
-pub(crate) fn reorder_blocks(data: &[f32], block_len: usize, order: &[usize]) -> Vec<f32> {
+pub(crate) fn reorder_blocks<T: Copy>(data: &[T], block_len: usize, order: &[usize]) -> Vec<T> {
     order.iter().flat_map(|&k| data[k * block_len..(k + 1) * block_len].iter().copied()).collect()
 }
 
@@ -115,14 +115,27 @@ fn recurrent(
     x: &str,
     r: &Recurrent,
     tensors: &HashMap<String, Vec<f32>>,
+    int8_weights: Option<&HashMap<String, (Vec<i8>, Vec<f32>)>>,
 ) -> Result<(), ExportError> {
     let get = |n: &str| tensors.get(n).ok_or_else(|| ExportError::MissingTensor(n.into()));
     let (h, i, g) = (r.hidden, r.input_size, r.gate_rows());
     let order = onnx_gate_order(r.cell);
     let [w_ih, w_hh, b_ih, b_hh] = RECURRENT_PARAMS.map(|(suffix, _)| format!("{name}.{suffix}"));
     let (wn, rn, bn) = (format!("{name}.W"), format!("{name}.R"), format!("{name}.B"));
-    w.inits.push(tensor_f32(&wn, &[1, g, i], &reorder_blocks(get(&w_ih)?, h * i, order)));
-    w.inits.push(tensor_f32(&rn, &[1, g, h], &reorder_blocks(get(&w_hh)?, h * h, order)));
+    for (param, onnx, cols) in [(&w_ih, &wn, i), (&w_hh, &rn, h)] {
+        match int8_weights.and_then(|m| m.get(param)) {
+            // int8 weights stay int8 in the file: DequantizeLinear per gate row (axis 1 of
+            // [1, rows, cols]), the float product squeeze's runtime forms at load.
+            Some((q, scales)) if q.len() == g * cols && scales.len() == g => {
+                let (qn, sn, zn) = (format!("{onnx}.q"), format!("{onnx}.scale"), format!("{onnx}.zero_point"));
+                w.inits.push(tensor_i8(&qn, &[1, g, cols], &reorder_blocks(q, h * cols, order)));
+                w.inits.push(tensor_f32(&sn, &[g], &reorder_blocks(scales, h, order)));
+                w.inits.push(tensor_i8(&zn, &[g], &vec![0; g]));
+                w.node("DequantizeLinear", &format!("{onnx}.dequantize"), vec![qn, sn, zn], onnx.clone(), vec![int("axis", 1)]);
+            }
+            _ => w.inits.push(tensor_f32(onnx, &[1, g, cols], &reorder_blocks(get(param)?, h * cols, order))),
+        }
+    }
     let mut inputs = vec![format!("{name}.x_time_major"), wn, rn];
     if r.bias {
         let mut b = reorder_blocks(get(&b_ih)?, h, order);
@@ -344,7 +357,7 @@ fn build(graph: &Graph, tensors: &HashMap<String, Vec<f32>>, int8: Option<&Int8>
             Op::Softmax => w.node("Softmax", &node.name, vec![x], out.clone(), vec![int("axis", -1)]),
             Op::Lstm { .. } | Op::Gru { .. } => {
                 let r = node.op.recurrent().expect("a recurrent op");
-                recurrent(&mut w, &node.name, &x, &r, tensors)?;
+                recurrent(&mut w, &node.name, &x, &r, tensors, int8.map(|q| &q.weights))?;
             }
             Op::Normalize { mean, std } => {
                 // Per channel of [C, H, W] as [C, 1, 1]; one value as a scalar.

@@ -128,4 +128,12 @@ fn qdq_export_of_a_quantized_lstm_model() {
     assert!(check.max_diff <= check.tolerance, "{} > {}", check.max_diff, check.tolerance);
     assert_eq!(check.int8_layers, 1);
     assert_eq!(kinds(&import(&check.bytes).unwrap().graph), ["LSTM", "Linear"]);
+    // The LSTM weights stay int8 in the file, dequantized per gate row.
+    let model = <proto::ModelProto as prost::Message>::decode(&check.bytes[..]).unwrap();
+    let graph = model.graph.unwrap();
+    for t in ["lstm.W.q", "lstm.R.q"] {
+        let tensor = graph.initializer.iter().find(|i| i.name.as_deref() == Some(t)).unwrap_or_else(|| panic!("{t} missing"));
+        assert_eq!(tensor.data_type, Some(proto::data_type::INT8), "{t}");
+    }
+    assert!(graph.node.iter().any(|n| n.name.as_deref() == Some("lstm.W.dequantize")));
 }
