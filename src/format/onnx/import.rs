@@ -461,7 +461,7 @@ impl Builder {
                 continue;
             }
             let op = n.op_type.clone().unwrap_or_default();
-            let name = n.name.clone().filter(|s| !s.is_empty()).or_else(|| n.output.first().cloned()).unwrap_or_else(|| format!("{op}_{i}"));
+            let name = n.name.clone().filter(|s| !s.is_empty()).or_else(|| n.output.iter().find(|s| !s.is_empty()).cloned()).unwrap_or_else(|| format!("{op}_{i}"));
             if !matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx")) {
                 return Err(OnnxError::Unsupported { op: format!("{}:{op}", n.domain.clone().unwrap_or_default()), node: name });
             }
