@@ -237,3 +237,47 @@ fn batchnorm_cnn_from_another_exporter_evaluates_to_its_origin_accuracy() {
     assert_eq!(n, record["test_images"].as_u64().unwrap() as usize);
     assert!((accuracy - origin).abs() <= 0.0005, "squeeze {accuracy} vs origin {origin}");
 }
+
+/// The recurrent zoo models (LSTM and GRU, one short epoch on tiny data) through fp32
+/// and QDQ int8 export: ONNX Runtime runs each file and agrees with squeeze. In the int8
+/// model only the classifier runs integer; the recurrent layer's int8 weights are written
+/// dequantized into a float LSTM/GRU, as squeeze runs them.
+#[test]
+fn recurrent_zoo_models_export_and_onnxruntime_agrees() {
+    let d = Dir::new();
+    let data = d.path("data");
+    std::fs::create_dir(&data).unwrap();
+    tiny_dataset(&data, 120, 64);
+    let ort = onnxruntime_available();
+    for model in ["lstm", "gru"] {
+        let m = d.path(&format!("{model}.safetensors"));
+        let o = squeeze(&["train", "--model", model, "--epochs", "1", "--data", s(&data), "--validation", "40", "--out", s(&m)]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let q = d.path(&format!("{model}-q.sqz"));
+        let o = squeeze(&["quantize", s(&m), "--calibration", "40", "--data", s(&data), "--validation", "40", "--out", s(&q)]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let (f, i) = (d.path(&format!("{model}.onnx")), d.path(&format!("{model}-q.onnx")));
+        let o = squeeze(&["export", s(&m), "--format", "onnx", "--out", s(&f)]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let o = squeeze(&["export", s(&q), "--format", "onnx", "--out", s(&i)]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        // squeeze reads its own export back as the same layer.
+        let back = squeeze::format::onnx::import(&std::fs::read(&f).unwrap()).unwrap();
+        let kinds: Vec<&str> = back.graph.nodes.iter().map(|n| n.op.kind()).collect();
+        assert_eq!(kinds, ["Normalize", if model == "lstm" { "LSTM" } else { "GRU" }, "Linear", "Softmax"]);
+        if !ort {
+            continue;
+        }
+        let n = 32;
+        let x = squeeze::data::load_fashion_mnist(&data, 0, None, Some(n)).unwrap().test.images;
+        let (want, got) = (squeeze_outputs(&m, &x, n), onnxruntime(&d, &f, &x, n));
+        assert_eq!(want.len(), got.len());
+        let max_f32 = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let (want, got) = (squeeze_outputs(&q, &x, n), onnxruntime(&d, &i, &x, n));
+        let max_int8 = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let agree = want.chunks(10).zip(got.chunks(10)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+        eprintln!("{model}: fp32 max |diff| {max_f32:.2e}; int8 max |diff| {max_int8:.2e}, top-1 agreement {agree}/{n}");
+        assert!(max_f32 <= 1e-4, "{model} fp32: max |squeeze − onnxruntime| = {max_f32}");
+        assert!(agree * 100 >= n * 90, "{model} int8 top-1 agreement {agree}/{n}");
+    }
+}

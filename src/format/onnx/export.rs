@@ -22,7 +22,7 @@ use super::proto::{
     TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto,
 };
 use crate::format::sqz::{SqzModel, Values};
-use crate::spec::{Graph, Op, QParams, QuantPlan, SpecError, INPUT};
+use crate::spec::{Cell, Graph, Op, QParams, QuantPlan, Recurrent, SpecError, INPUT, RECURRENT_PARAMS};
 
 /// The opset squeeze writes: per-axis DequantizeLinear needs 13.
 pub const EXPORT_OPSET: i64 = 13;
@@ -32,7 +32,7 @@ pub const EXPORT_OPSET: i64 = 13;
 pub enum ExportError {
     #[error("tensor '{0}' is missing")]
     MissingTensor(String),
-    #[error("node '{node}' is a {op} layer, which the ONNX exporter does not write yet (supported: Linear, Conv2d, pooling, activations, Flatten, Add, Softmax, Normalize)")]
+    #[error("node '{node}' is a {op} layer, which the ONNX exporter does not write yet (supported: Linear, Conv2d, pooling, activations, Flatten, Add, Softmax, Normalize, LSTM, GRU)")]
     UnsupportedOp { node: String, op: &'static str },
     #[error("the model has no integer layers to export as QDQ int8 (quantize it with mode = \"full\" first, or export fp32)")]
     NotQuantized,
@@ -76,6 +76,94 @@ fn tensor_i32(name: &str, dims: &[usize], data: &[i32]) -> TensorProto {
         raw_data: Some(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
         ..Default::default()
     }
+}
+
+fn tensor_i64(name: &str, dims: &[usize], data: &[i64]) -> TensorProto {
+    TensorProto {
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(data_type::INT64),
+        name: Some(name.into()),
+        raw_data: Some(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+/// ONNX gate block `k` of a recurrent weight is squeeze's (PyTorch's) block `order[k]`:
+/// ONNX LSTM gates are (i, o, f, c) where PyTorch has (i, f, g, o); ONNX GRU gates are
+/// (z, r, h) where PyTorch has (r, z, n).
+pub(crate) fn onnx_gate_order(cell: Cell) -> &'static [usize] {
+    match cell {
+        Cell::Lstm => &[0, 3, 1, 2],
+        Cell::Gru => &[1, 0, 2],
+    }
+}
+
+/// The blocks of `data` (`blocks` blocks of `block_len` values) in the order `order`:
+/// block `k` of the result is block `order[k]` of `data`.
+pub(crate) fn reorder_blocks<T: Copy>(data: &[T], block_len: usize, order: &[usize]) -> Vec<T> {
+    order.iter().flat_map(|&k| data[k * block_len..(k + 1) * block_len].iter().copied()).collect()
+}
+
+/// An LSTM/GRU node as ONNX: squeeze's batch-first sequence `[N, T, I]` is transposed to
+/// ONNX's time-major `[T, N, I]` (opset 13 has no batch-first `layout`), the weights
+/// regrouped into ONNX's gate order with a leading direction axis, and the output
+/// brought back to squeeze's layout: the last hidden state `Y_h [1, N, H]` squeezed to
+/// `[N, H]`, or the whole sequence `Y [T, 1, N, H]` squeezed and transposed to `[N, T, H]`.
+fn recurrent(
+    w: &mut Writer,
+    name: &str,
+    x: &str,
+    r: &Recurrent,
+    tensors: &HashMap<String, Vec<f32>>,
+    int8_weights: Option<&HashMap<String, (Vec<i8>, Vec<f32>)>>,
+) -> Result<(), ExportError> {
+    let get = |n: &str| tensors.get(n).ok_or_else(|| ExportError::MissingTensor(n.into()));
+    let (h, i, g) = (r.hidden, r.input_size, r.gate_rows());
+    let order = onnx_gate_order(r.cell);
+    let [w_ih, w_hh, b_ih, b_hh] = RECURRENT_PARAMS.map(|(suffix, _)| format!("{name}.{suffix}"));
+    let (wn, rn, bn) = (format!("{name}.W"), format!("{name}.R"), format!("{name}.B"));
+    for (param, onnx, cols) in [(&w_ih, &wn, i), (&w_hh, &rn, h)] {
+        match int8_weights.and_then(|m| m.get(param)) {
+            // int8 weights stay int8 in the file: DequantizeLinear per gate row (axis 1 of
+            // [1, rows, cols]), the float product squeeze's runtime forms at load.
+            Some((q, scales)) if q.len() == g * cols && scales.len() == g => {
+                let (qn, sn, zn) = (format!("{onnx}.q"), format!("{onnx}.scale"), format!("{onnx}.zero_point"));
+                w.inits.push(tensor_i8(&qn, &[1, g, cols], &reorder_blocks(q, h * cols, order)));
+                w.inits.push(tensor_f32(&sn, &[g], &reorder_blocks(scales, h, order)));
+                w.inits.push(tensor_i8(&zn, &[g], &vec![0; g]));
+                w.node("DequantizeLinear", &format!("{onnx}.dequantize"), vec![qn, sn, zn], onnx.clone(), vec![int("axis", 1)]);
+            }
+            _ => w.inits.push(tensor_f32(onnx, &[1, g, cols], &reorder_blocks(get(param)?, h * cols, order))),
+        }
+    }
+    let mut inputs = vec![format!("{name}.x_time_major"), wn, rn];
+    if r.bias {
+        let mut b = reorder_blocks(get(&b_ih)?, h, order);
+        b.extend(reorder_blocks(get(&b_hh)?, h, order));
+        w.inits.push(tensor_f32(&bn, &[1, 2 * g], &b));
+        inputs.push(bn);
+    }
+    w.node("Transpose", &format!("{name}.to_time_major"), vec![x.into()], inputs[0].clone(), vec![ints("perm", &[1, 0, 2])]);
+    let (op, mut attrs) = match r.cell {
+        Cell::Lstm => ("LSTM", vec![]),
+        // PyTorch's GRU applies the reset gate after the recurrent product.
+        Cell::Gru => ("GRU", vec![int("linear_before_reset", 1)]),
+    };
+    attrs.push(int("hidden_size", h as i64));
+    let (y, y_h) = (format!("{name}.Y"), format!("{name}.Y_h"));
+    let outputs = if r.sequence { vec![y.clone()] } else { vec![String::new(), y_h.clone()] };
+    w.nodes.push(NodeProto { input: inputs, output: outputs, name: Some(name.into()), op_type: Some(op.into()), attribute: attrs, ..Default::default() });
+    let axes = format!("{name}.squeeze_axes");
+    if r.sequence {
+        w.inits.push(tensor_i64(&axes, &[1], &[1]));
+        let seq = format!("{name}.Y_time_major");
+        w.node("Squeeze", &format!("{name}.squeeze"), vec![y, axes], seq.clone(), vec![]);
+        w.node("Transpose", &format!("{name}.to_batch_first"), vec![seq], name.into(), vec![ints("perm", &[1, 0, 2])]);
+    } else {
+        w.inits.push(tensor_i64(&axes, &[1], &[0]));
+        w.node("Squeeze", &format!("{name}.squeeze"), vec![y_h, axes], name.into(), vec![]);
+    }
+    Ok(())
 }
 
 fn ints(name: &str, v: &[usize]) -> AttributeProto {
@@ -267,8 +355,10 @@ fn build(graph: &Graph, tensors: &HashMap<String, Vec<f32>>, int8: Option<&Int8>
                 w.node("Add", &node.name, vec![x, y], out.clone(), vec![]);
             }
             Op::Softmax => w.node("Softmax", &node.name, vec![x], out.clone(), vec![int("axis", -1)]),
-            Op::Lstm { .. } => return Err(ExportError::UnsupportedOp { node: node.name.clone(), op: "LSTM" }),
-            Op::Gru { .. } => return Err(ExportError::UnsupportedOp { node: node.name.clone(), op: "GRU" }),
+            Op::Lstm { .. } | Op::Gru { .. } => {
+                let r = node.op.recurrent().expect("a recurrent op");
+                recurrent(&mut w, &node.name, &x, &r, tensors, int8.map(|q| &q.weights))?;
+            }
             Op::Normalize { mean, std } => {
                 // Per channel of [C, H, W] as [C, 1, 1]; one value as a scalar.
                 let dims: Vec<usize> = if mean.len() > 1 { vec![mean.len(), 1, 1] } else { vec![] };

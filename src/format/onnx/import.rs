@@ -21,7 +21,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use prost::Message;
 
 use super::proto::{attr_type, data_type, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
-use crate::spec::{output_shape, Graph, Node, Op, INPUT};
+use crate::spec::{output_shape, Cell, Graph, Node, Op, INPUT};
+
+mod recurrent;
+use recurrent::View;
 
 /// The ai.onnx opsets the importer accepts.
 pub const OPSETS: std::ops::RangeInclusive<i64> = 11..=21;
@@ -81,7 +84,9 @@ const REGISTRY: &[(&str, Handler)] = &[
     ("Gemm", Builder::gemm),
     ("Gather", Builder::gather),
     ("GlobalAveragePool", |b, n, name| b.pool(n, name, PoolKind::GlobalAverage)),
+    ("GRU", |b, n, name| b.recurrent(n, name, Cell::Gru)),
     ("Identity", Builder::alias),
+    ("LSTM", |b, n, name| b.recurrent(n, name, Cell::Lstm)),
     ("MatMul", Builder::matmul),
     ("MaxPool", |b, n, name| b.pool(n, name, PoolKind::Max)),
     ("Mul", |b, n, name| b.binary(n, name, Arith::Mul)),
@@ -101,7 +106,7 @@ const REGISTRY: &[(&str, Handler)] = &[
 /// The ONNX op types the importer maps (the registry's keys).
 pub const SUPPORTED_OPS: &[&str] = &[
     "Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "DequantizeLinear", "Div",
-    "Dropout", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "MatMul", "MaxPool", "Mul",
+    "Dropout", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "GRU", "Identity", "LSTM", "MatMul", "MaxPool", "Mul",
     "QuantizeLinear", "Relu", "Reshape", "Shape", "Sigmoid", "Softmax", "Squeeze", "Sub", "Tanh", "Transpose",
     "Unsqueeze",
 ];
@@ -206,6 +211,11 @@ struct Builder {
     notes: Vec<String>,
     needed: Vec<bool>,
     outputs: Vec<String>,
+    /// ONNX values that hold a squeeze value in another layout than batch-first
+    /// (time-major sequences and LSTM/GRU outputs, before they are brought back).
+    views: HashMap<String, View>,
+    /// Parameters of imported LSTM/GRU nodes by parameter name (`node.weight_ih`, …).
+    recurrent: HashMap<String, Vec<f32>>,
 }
 
 fn node_err(n: &NodeProto, name: &str, why: impl Into<String>) -> OnnxError {
@@ -226,6 +236,10 @@ fn attr_float(n: &NodeProto, key: &str, default: f32) -> f32 {
 
 fn attr_ints(n: &NodeProto, key: &str) -> Option<Vec<i64>> {
     attr(n, key).map(|a| a.ints.clone())
+}
+
+fn attr_strings(n: &NodeProto, key: &str) -> Option<Vec<String>> {
+    attr(n, key).map(|a| a.strings.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect())
 }
 
 fn attr_string(n: &NodeProto, key: &str) -> Option<String> {
@@ -406,8 +420,8 @@ impl Builder {
                 }
             }
         }
-        if !matches!(input_shape.len(), 1 | 3) {
-            return Err(OnnxError::Input(format!("'{input_name}' has shape [{}]; squeeze takes [N, features] or [N, C, H, W]", show.join(", "))));
+        if !matches!(input_shape.len(), 1..=3) {
+            return Err(OnnxError::Input(format!("'{input_name}' has shape [{}]; squeeze takes [N, features], [N, steps, features] or [N, C, H, W]", show.join(", "))));
         }
         let mut uses: HashMap<String, usize> = HashMap::new();
         for (n, _) in graph.node.iter().zip(&needed).filter(|(_, k)| **k) {
@@ -436,6 +450,8 @@ impl Builder {
             notes,
             needed,
             outputs,
+            views: HashMap::new(),
+            recurrent: HashMap::new(),
         })
     }
 
@@ -445,7 +461,7 @@ impl Builder {
                 continue;
             }
             let op = n.op_type.clone().unwrap_or_default();
-            let name = n.name.clone().filter(|s| !s.is_empty()).or_else(|| n.output.first().cloned()).unwrap_or_else(|| format!("{op}_{i}"));
+            let name = n.name.clone().filter(|s| !s.is_empty()).or_else(|| n.output.iter().find(|s| !s.is_empty()).cloned()).unwrap_or_else(|| format!("{op}_{i}"));
             if !matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx")) {
                 return Err(OnnxError::Unsupported { op: format!("{}:{op}", n.domain.clone().unwrap_or_default()), node: name });
             }
@@ -454,7 +470,11 @@ impl Builder {
             };
             // This node consumes one read of each runtime input.
             for input in n.input.iter().filter(|s| !s.is_empty()) {
-                if let Some(Val::Act { value, .. }) = self.vals.get(input)
+                let read = match self.vals.get(input) {
+                    Some(Val::Act { value, .. }) => Some(value),
+                    _ => self.views.get(input).map(|v| &v.value),
+                };
+                if let Some(value) = read
                     && let Some(p) = self.pending.get_mut(value)
                 {
                     *p = p.saturating_sub(1);
@@ -479,6 +499,10 @@ impl Builder {
         graph.validate().map_err(|e| OnnxError::Graph(e.to_string()))?;
         let mut tensors = Vec::new();
         for spec in graph.parameters() {
+            if let Some(data) = self.recurrent.get(&spec.name) {
+                tensors.push((spec.name.clone(), spec.shape.clone(), data.clone()));
+                continue;
+            }
             let p = &self.params[&spec.node];
             let data = match spec.kind {
                 crate::spec::ParamKind::Weight => p.weight.clone(),
@@ -492,6 +516,9 @@ impl Builder {
 
     fn get(&self, n: &NodeProto, name: &str, i: usize) -> Result<&Val, OnnxError> {
         let v = n.input.get(i).filter(|s| !s.is_empty()).ok_or_else(|| node_err(n, name, format!("input {i} is missing")))?;
+        if let Some(view) = self.views.get(v) {
+            return Err(node_err(n, name, format!("reads '{v}', {}", view.describe())));
+        }
         self.vals.get(v).ok_or_else(|| node_err(n, name, format!("reads '{v}', which is not defined before it")))
     }
 
@@ -527,6 +554,13 @@ impl Builder {
 
     /// Adds a squeeze node reading `inputs`, named after the ONNX node, bound to output 0.
     fn add(&mut self, n: &NodeProto, name: &str, inputs: Vec<String>, op: Op) -> Result<String, OnnxError> {
+        let (unique, shape) = self.add_node(n, name, inputs, op)?;
+        self.bind(n, name, unique.clone(), shape)?;
+        Ok(unique)
+    }
+
+    /// Adds a squeeze node reading `inputs`, named after the ONNX node; binds nothing.
+    fn add_node(&mut self, n: &NodeProto, name: &str, inputs: Vec<String>, op: Op) -> Result<(String, Vec<usize>), OnnxError> {
         let mut base = sanitize(name);
         if base.is_empty() || base.starts_with(|c: char| c.is_ascii_digit()) {
             base = format!("{}{}", n.op_type.as_deref().unwrap_or("node").to_ascii_lowercase(), if base.is_empty() { String::new() } else { format!("_{base}") });
@@ -543,8 +577,7 @@ impl Builder {
         self.shapes.insert(unique.clone(), shape.clone());
         self.pending.insert(unique.clone(), 0);
         self.nodes.push(Node { name: unique.clone(), inputs, op });
-        self.bind(n, name, unique.clone(), shape)?;
-        Ok(unique)
+        Ok((unique, shape))
     }
 
     fn producer(&self, value: &str) -> Option<usize> {
@@ -1026,6 +1059,9 @@ impl Builder {
     }
 
     fn transpose(&mut self, n: &NodeProto, name: &str) -> Result<(), OnnxError> {
+        if self.is_view(n, 0) || attr_ints(n, "perm").is_some_and(|p| p.first().is_some_and(|&a| a != 0)) {
+            return self.transpose_view(n, name);
+        }
         let (x, shape) = self.act(n, name, 0)?;
         let perm = attr_ints(n, "perm").unwrap_or_else(|| (0..=shape.len() as i64).rev().collect());
         if perm.len() != shape.len() + 1 || perm[0] != 0 {
@@ -1084,6 +1120,9 @@ impl Builder {
 
     /// Unsqueeze/Squeeze of constants (axes as attribute before opset 13, input after).
     fn unsqueeze(&mut self, n: &NodeProto, name: &str, add: bool) -> Result<(), OnnxError> {
+        if !add && (self.is_view(n, 0) || matches!(self.get(n, name, 0), Ok(Val::Act { .. }))) {
+            return self.squeeze_view(n, name);
+        }
         let mut c = match self.get(n, name, 0)?.clone() {
             Val::Const(c) => c,
             Val::Act { .. } => return Err(node_err(n, name, "squeeze folds Squeeze/Unsqueeze of constants only")),

@@ -16,6 +16,8 @@
 pub mod export;
 pub mod import;
 pub mod proto;
+#[cfg(test)]
+mod recurrent_tests;
 
 pub use export::{encode_f32, encode_qdq, ExportError};
 pub use import::{import, is_onnx, Imported, OnnxError, SUPPORTED_OPS};

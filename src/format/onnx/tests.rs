@@ -95,12 +95,6 @@ fn pytorch_style_view_flatten_folds_its_shape_arithmetic() {
 fn every_zoo_model_exports_and_imports_back() {
     for (name, _) in crate::model::zoo::MODELS {
         let model = crate::model::Model::init(crate::model::zoo::build(name).unwrap(), 3).unwrap();
-        if model.graph.nodes.iter().any(|n| n.op.recurrent().is_some()) {
-            // LSTM/GRU export is not written yet: it must say so, not panic.
-            let e = export_onnx(Path::new(name), ModelFile::Dense(crate::store::dense_file(&model)), false).unwrap_err();
-            assert!(e.to_string().contains("does not write yet"), "{name}: {e}");
-            continue;
-        }
         let check = export_onnx(Path::new(name), ModelFile::Dense(crate::store::dense_file(&model)), false).unwrap();
         assert!(check.max_diff <= check.tolerance, "{name}");
         assert_eq!(encode_f32(&model.graph, &model.tensors()).unwrap(), check.bytes);

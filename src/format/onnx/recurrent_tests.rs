@@ -1,0 +1,139 @@
+//! ONNX LSTM/GRU: import of models written by onnx.helper and run by ONNX Runtime
+//! (scripts/make-onnx-recurrent-fixtures.py stored their inputs and outputs), export of
+//! squeeze's recurrent layers and the exact round trip of their parameters.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::model::Model;
+use crate::runtime::exec::{Plan, Weights, Workspace};
+use crate::spec::{Graph, Op, QuantPlan};
+use crate::store::{export_onnx, ModelFile};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx").join(name)
+}
+
+fn plan_of(m: &Imported) -> Plan {
+    let w = m.tensors.iter().map(|(n, _, v)| (n.clone(), Weights::F32(v.clone()))).collect();
+    Plan::new(&m.graph, w, &QuantPlan::default()).unwrap()
+}
+
+/// Imports `name`.onnx, runs its stored inputs and returns the largest absolute
+/// difference from ONNX Runtime's outputs.
+fn max_diff_against_onnxruntime(name: &str) -> (Imported, f32) {
+    let m = import(&std::fs::read(fixture(&format!("{name}.onnx"))).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture(&format!("{name}.json"))).unwrap()).unwrap();
+    let floats = |k: &str| reference[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect::<Vec<f32>>();
+    let (x, want) = (floats("input"), floats("output"));
+    let batch = reference["batch"].as_u64().unwrap() as usize;
+    let plan = plan_of(&m);
+    assert_eq!(plan.output_len(), reference["output_per_sample"].as_u64().unwrap() as usize, "{name}");
+    let got = plan.run(&x, batch, &mut Workspace::default()).unwrap().to_vec();
+    assert_eq!(got.len(), want.len(), "{name}");
+    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    eprintln!("{name}: max |squeeze − onnxruntime| = {diff:.2e}");
+    (m, diff)
+}
+
+fn kinds(g: &Graph) -> Vec<&'static str> {
+    g.nodes.iter().map(|n| n.op.kind()).collect()
+}
+
+#[test]
+fn stacked_lstms_from_onnx_helper_match_onnxruntime() {
+    let (m, diff) = max_diff_against_onnxruntime("lstm_stack");
+    assert!(diff < 1e-5, "max difference {diff}");
+    assert_eq!(kinds(&m.graph), ["LSTM", "LSTM", "Linear"]);
+    assert_eq!(m.graph.input_shape, vec![6, 5]);
+    assert!(matches!(m.graph.nodes[0].op, Op::Lstm { input_size: 5, hidden: 4, bias: true, sequence: true }));
+    assert!(matches!(m.graph.nodes[1].op, Op::Lstm { input_size: 4, hidden: 3, bias: true, sequence: false }));
+}
+
+#[test]
+fn gru_without_bias_from_onnx_helper_matches_onnxruntime() {
+    let (m, diff) = max_diff_against_onnxruntime("gru_no_bias");
+    assert!(diff < 1e-5, "max difference {diff}");
+    assert_eq!(kinds(&m.graph), ["GRU", "Linear"]);
+    assert!(matches!(m.graph.nodes[0].op, Op::Gru { input_size: 4, hidden: 6, bias: false, sequence: false }));
+}
+
+#[test]
+fn gru_sequence_output_from_onnx_helper_matches_onnxruntime() {
+    let (m, diff) = max_diff_against_onnxruntime("gru_sequence");
+    assert!(diff < 1e-5, "max difference {diff}");
+    assert_eq!(kinds(&m.graph), ["GRU"]);
+    assert!(matches!(m.graph.nodes[0].op, Op::Gru { input_size: 3, hidden: 5, bias: true, sequence: true }));
+}
+
+#[test]
+fn recurrent_variants_squeeze_cannot_run_are_one_clear_error() {
+    let err = |name: &str| import(&std::fs::read(fixture(name)).unwrap()).unwrap_err().to_string();
+    let e = err("gru_reset_before.onnx");
+    assert!(e.contains("linear_before_reset = 0") && e.contains("node 'h' (GRU)"), "{e}");
+    let e = err("lstm_bidirectional.onnx");
+    assert!(e.contains("direction 'bidirectional'"), "{e}");
+}
+
+/// squeeze → ONNX → squeeze keeps every recurrent parameter exactly (the gate blocks
+/// are permuted there and back) for stacked LSTM/GRU layers, with and without bias,
+/// sequence and last-state outputs.
+#[test]
+fn recurrent_layers_round_trip_exactly() {
+    let graph = Graph::chain(
+        vec![5, 3],
+        vec![
+            ("norm", Op::Normalize { mean: vec![0.2], std: vec![0.5] }),
+            ("lstm", Op::Lstm { input_size: 3, hidden: 4, bias: true, sequence: true }),
+            ("gru", Op::Gru { input_size: 4, hidden: 3, bias: false, sequence: true }),
+            ("last", Op::Lstm { input_size: 3, hidden: 2, bias: false, sequence: false }),
+        ],
+    );
+    let model = Model::init(graph, 11).unwrap();
+    let check = export_onnx(Path::new("rnn"), ModelFile::Dense(crate::store::dense_file(&model)), false).unwrap();
+    assert!(check.max_diff <= check.tolerance, "{} > {}", check.max_diff, check.tolerance);
+    let back = import(&check.bytes).unwrap();
+    assert_eq!(kinds(&back.graph), kinds(&model.graph));
+    assert_eq!(back.graph.input_shape, model.graph.input_shape);
+    let original = model.tensors();
+    assert_eq!(back.tensors.len(), original.len());
+    for (name, _, values) in &back.tensors {
+        assert_eq!(values, &original[name], "{name}");
+    }
+    // The whole-sequence output as the graph output.
+    let seq = Graph::chain(vec![4, 2], vec![("gru", Op::Gru { input_size: 2, hidden: 3, bias: true, sequence: true })]);
+    let model = Model::init(seq, 12).unwrap();
+    let check = export_onnx(Path::new("seq"), ModelFile::Dense(crate::store::dense_file(&model)), false).unwrap();
+    assert!(check.max_diff <= check.tolerance);
+    assert_eq!(import(&check.bytes).unwrap().graph.outputs.len(), 1);
+}
+
+/// A quantized recurrent model as QDQ: the classifier runs integer, the LSTM is written
+/// as a float LSTM holding its int8 weights dequantized (as squeeze runs it).
+#[test]
+fn qdq_export_of_a_quantized_lstm_model() {
+    use crate::compress::quantize::{quantize, Mode};
+    let graph = Graph::chain(
+        vec![6, 4],
+        vec![
+            ("lstm", Op::Lstm { input_size: 4, hidden: 5, bias: true, sequence: false }),
+            ("fc", Op::Linear { in_features: 5, out_features: 3, bias: true }),
+        ],
+    );
+    let model = Model::init(graph, 7).unwrap();
+    let mut rng = crate::rng::Rng::new(8);
+    let calibration: Vec<f32> = (0..32 * 24).map(|_| rng.next_f32()).collect();
+    let q = quantize(&model, Mode::Full, &[], &calibration).unwrap();
+    let check = export_onnx(Path::new("q"), ModelFile::Sqz(q), false).unwrap();
+    assert!(check.max_diff <= check.tolerance, "{} > {}", check.max_diff, check.tolerance);
+    assert_eq!(check.int8_layers, 1);
+    assert_eq!(kinds(&import(&check.bytes).unwrap().graph), ["LSTM", "Linear"]);
+    // The LSTM weights stay int8 in the file, dequantized per gate row.
+    let model = <proto::ModelProto as prost::Message>::decode(&check.bytes[..]).unwrap();
+    let graph = model.graph.unwrap();
+    for t in ["lstm.W.q", "lstm.R.q"] {
+        let tensor = graph.initializer.iter().find(|i| i.name.as_deref() == Some(t)).unwrap_or_else(|| panic!("{t} missing"));
+        assert_eq!(tensor.data_type, Some(proto::data_type::INT8), "{t}");
+    }
+    assert!(graph.node.iter().any(|n| n.name.as_deref() == Some("lstm.W.dequantize")));
+}
