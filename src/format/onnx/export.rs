@@ -32,8 +32,6 @@ pub const EXPORT_OPSET: i64 = 13;
 pub enum ExportError {
     #[error("tensor '{0}' is missing")]
     MissingTensor(String),
-    #[error("node '{node}' is a {op} layer, which the ONNX exporter does not write yet (supported: Linear, Conv2d, pooling, activations, Flatten, Add, Softmax, Normalize, LSTM, GRU)")]
-    UnsupportedOp { node: String, op: &'static str },
     #[error("the model has no integer layers to export as QDQ int8 (quantize it with mode = \"full\" first, or export fp32)")]
     NotQuantized,
     #[error("integer layer '{node}' reads '{value}', which has no calibrated quantization")]
