@@ -1200,4 +1200,4 @@ fn broadcast_const(a: &Const, b: &Const, kind: Arith) -> Option<Const> {
 
 #[cfg(test)]
 #[path = "tests.rs"]
-mod tests;
+pub(super) mod tests;

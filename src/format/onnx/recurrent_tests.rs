@@ -2,39 +2,13 @@
 //! (scripts/make-onnx-recurrent-fixtures.py stored their inputs and outputs), export of
 //! squeeze's recurrent layers and the exact round trip of their parameters.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::*;
+use super::import::tests::{fixture, max_diff_against_onnxruntime};
 use crate::model::Model;
-use crate::runtime::exec::{Plan, Weights, Workspace};
-use crate::spec::{Graph, Op, QuantPlan};
+use crate::spec::{Graph, Op};
 use crate::store::{export_onnx, ModelFile};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx").join(name)
-}
-
-fn plan_of(m: &Imported) -> Plan {
-    let w = m.tensors.iter().map(|(n, _, v)| (n.clone(), Weights::F32(v.clone()))).collect();
-    Plan::new(&m.graph, w, &QuantPlan::default()).unwrap()
-}
-
-/// Imports `name`.onnx, runs its stored inputs and returns the largest absolute
-/// difference from ONNX Runtime's outputs.
-fn max_diff_against_onnxruntime(name: &str) -> (Imported, f32) {
-    let m = import(&std::fs::read(fixture(&format!("{name}.onnx"))).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture(&format!("{name}.json"))).unwrap()).unwrap();
-    let floats = |k: &str| reference[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect::<Vec<f32>>();
-    let (x, want) = (floats("input"), floats("output"));
-    let batch = reference["batch"].as_u64().unwrap() as usize;
-    let plan = plan_of(&m);
-    assert_eq!(plan.output_len(), reference["output_per_sample"].as_u64().unwrap() as usize, "{name}");
-    let got = plan.run(&x, batch, &mut Workspace::default()).unwrap().to_vec();
-    assert_eq!(got.len(), want.len(), "{name}");
-    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    eprintln!("{name}: max |squeeze − onnxruntime| = {diff:.2e}");
-    (m, diff)
-}
 
 fn kinds(g: &Graph) -> Vec<&'static str> {
     g.nodes.iter().map(|n| n.op.kind()).collect()

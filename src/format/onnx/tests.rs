@@ -22,7 +22,7 @@ pub(crate) fn plan_of(m: &Imported) -> Plan {
 
 /// Imports `name`.onnx, runs its stored inputs and returns the largest absolute
 /// difference from ONNX Runtime's outputs.
-fn max_diff_against_onnxruntime(name: &str) -> (Imported, f32) {
+pub(crate) fn max_diff_against_onnxruntime(name: &str) -> (Imported, f32) {
     let m = import(&std::fs::read(fixture(&format!("{name}.onnx"))).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
     let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture(&format!("{name}.json"))).unwrap()).unwrap();
     let floats = |k: &str| reference[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect::<Vec<f32>>();
@@ -33,6 +33,7 @@ fn max_diff_against_onnxruntime(name: &str) -> (Imported, f32) {
     let got = plan.run(&x, batch, &mut Workspace::default()).unwrap().to_vec();
     assert_eq!(got.len(), want.len(), "{name}");
     let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    eprintln!("{name}: max |squeeze − onnxruntime| = {diff:.2e}");
     (m, diff)
 }
 
