@@ -144,6 +144,26 @@ pub fn measure(plan: &Plan, splits: &Splits) -> Result<Measurement, RuntimeError
     })
 }
 
+/// An empty report for a run of `recipe`: provenance (version, machine, the recipe's
+/// path and hash) and the gate, on `metric` against the stage `against`.
+pub(crate) fn new_report(recipe: &Recipe, opts: &RunOptions, metric: &str, against: &str) -> Report {
+    let recipe_bytes = std::fs::read(&opts.recipe_path).unwrap_or_default();
+    Report {
+        schema_version: crate::report::SCHEMA_VERSION,
+        squeeze_version: squeeze_version(),
+        machine: machine_description(),
+        recipe: opts.recipe_path.display().to_string(),
+        recipe_sha256: sha256_hex(&recipe_bytes),
+        seed: recipe.seed,
+        dataset: recipe.data.dataset.clone(),
+        gate: Gate { metric: metric.into(), max_drop: recipe.gate.max_accuracy_drop, against: against.into(), split: "validation".into() },
+        result: Outcome::Passed,
+        failed_stage: None,
+        reason: None,
+        stages: Vec::new(),
+    }
+}
+
 /// Runs `recipe`; writes stage files, `report.json` and `report.md` into `opts.out_dir`.
 pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<Report, PipelineError> {
     if let Some(i) = recipe.passes.iter().position(|p| matches!(p, Pass::Quantize { .. }))
@@ -154,29 +174,10 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
     if !recipe.tasks.is_empty() {
         return tasks::run(recipe, opts, on_event);
     }
-    let recipe_bytes = std::fs::read(&opts.recipe_path).unwrap_or_default();
     let splits = load_data(recipe, opts)?;
     std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
 
-    let mut report = Report {
-        schema_version: crate::report::SCHEMA_VERSION,
-        squeeze_version: squeeze_version(),
-        machine: machine_description(),
-        recipe: opts.recipe_path.display().to_string(),
-        recipe_sha256: sha256_hex(&recipe_bytes),
-        seed: recipe.seed,
-        dataset: recipe.data.dataset.clone(),
-        gate: Gate {
-            metric: "accuracy".into(),
-            max_drop: recipe.gate.max_accuracy_drop,
-            against: "baseline".into(),
-            split: "validation".into(),
-        },
-        result: Outcome::Passed,
-        failed_stage: None,
-        reason: None,
-        stages: Vec::new(),
-    };
+    let mut report = new_report(recipe, opts, "accuracy", "baseline");
 
     // Baseline.
     on_event(Event::Stage("baseline".into()));

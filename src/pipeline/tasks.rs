@@ -18,8 +18,7 @@ use crate::compress::quantize;
 use crate::data::{Dataset, Splits};
 use crate::model::zoo;
 use crate::recipe::{Pass, Recipe, ShareForm};
-use crate::report::measure::{machine_description, sha256_hex, squeeze_version};
-use crate::report::{Gate, Outcome, Report};
+use crate::report::{Outcome, Report};
 use crate::store;
 use crate::train::TrainConfig;
 
@@ -36,7 +35,6 @@ fn relabeled(data: &Dataset, task: &Task) -> Dataset {
 
 /// Runs a recipe with tasks (see the module docs).
 pub(super) fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<Report, PipelineError> {
-    let recipe_bytes = std::fs::read(&opts.recipe_path).unwrap_or_default();
     let splits = load_data(recipe, opts)?;
     let tasks: Vec<Task> = recipe.tasks.iter().map(|t| Task { name: t.name.clone(), labels: t.labels.clone() }).collect();
     multitask::check_tasks(&tasks, splits.train.num_classes)?;
@@ -50,25 +48,7 @@ pub(super) fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(E
     multitask::check_trunks(&tasks, &graphs)?;
     std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
 
-    let mut report = Report {
-        schema_version: crate::report::SCHEMA_VERSION,
-        squeeze_version: squeeze_version(),
-        machine: machine_description(),
-        recipe: opts.recipe_path.display().to_string(),
-        recipe_sha256: sha256_hex(&recipe_bytes),
-        seed: recipe.seed,
-        dataset: recipe.data.dataset.clone(),
-        gate: Gate {
-            metric: "accuracy (every task)".into(),
-            max_drop: recipe.gate.max_accuracy_drop,
-            against: format!("separate-{}", tasks[0].name),
-            split: "validation".into(),
-        },
-        result: Outcome::Passed,
-        failed_stage: None,
-        reason: None,
-        stages: Vec::new(),
-    };
+    let mut report = super::new_report(recipe, opts, "accuracy (every task)", &format!("separate-{}", tasks[0].name));
     let cfg = MultitaskConfig {
         train: TrainConfig {
             epochs: recipe.train.epochs,
