@@ -400,7 +400,10 @@ pub fn export_onnx(path: &Path, file: ModelFile, float: bool) -> Result<OnnxExpo
                 })
                 .collect();
             let plan = Plan::new(&s.graph, w, &QuantPlan::default()).map_err(StoreError::ExportRun)?;
-            (s.graph.clone(), bytes, plan, 1e-3, s.quant.integer_nodes.len())
+            // Integer LSTM/GRU nodes are written as float recurrent ops holding their
+            // dequantized int8 weights: not integer layers of the ONNX graph.
+            let int8_layers = s.quant.integer_nodes.iter().filter(|n| s.graph.node(n).is_some_and(|n| n.op.has_weight())).count();
+            (s.graph.clone(), bytes, plan, 1e-3, int8_layers)
         }
         other => {
             let model = other.into_model().map_err(|source| StoreError::Model { path: path.into(), source })?;

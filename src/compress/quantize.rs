@@ -6,7 +6,9 @@
 //! the runtime then runs u8 × i8 → i32 with integer requantization end to end. *Weights*
 //! mode stores int8 weights only; they are dequantized when the model is loaded.
 //! Either mode can be limited to named layers (the rest stays f32). LSTM and GRU nodes
-//! get int8 weights in both modes but compute in f32 (weights dequantized at load).
+//! in full mode run their input and recurrent products on integers (the hidden state at
+//! a static u8 scale over [−1, 1], the input sequence calibrated) with the gates in f32;
+//! in weights mode they compute in f32 from int8 weights dequantized at load.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -95,8 +97,6 @@ fn stored(name: String, shape: Vec<usize>, mask: Option<&Vec<bool>>, values: Val
 /// Quantizes `model`; `layers` limits it to named Linear/Conv2d/LSTM/GRU nodes (all when empty).
 /// Full mode calibrates on `calibration` (`n × input_len` images).
 pub fn quantize(model: &Model, mode: Mode, layers: &[String], calibration: &[f32]) -> Result<SqzModel, QuantizeError> {
-    // Recurrent nodes get int8 weights in either mode but keep f32 arithmetic (their
-    // weights are dequantized at load): integer recurrent steps are not implemented.
     let weighted: Vec<&str> = model.graph.nodes.iter().filter(|n| n.op.has_params()).map(|n| n.name.as_str()).collect();
     for l in layers {
         if !weighted.contains(&l.as_str()) {
@@ -119,7 +119,7 @@ pub fn quantize(model: &Model, mode: Mode, layers: &[String], calibration: &[f32
     let quant = match mode {
         Mode::Weights => QuantPlan::default(),
         Mode::Full => {
-            let integer_nodes = chosen.into_iter().filter(|n| model.graph.node(n).is_some_and(|n| n.op.has_weight())).collect();
+            let integer_nodes = chosen.into_iter().filter(|n| model.graph.node(n).is_some_and(|n| n.op.has_params())).collect();
             QuantPlan { integer_nodes, activations: calibrate(model, calibration)? }
         }
     };
@@ -170,6 +170,10 @@ fn calibrate(model: &Model, images: &[f32]) -> Result<BTreeMap<String, QParams>,
             if n.op.has_weight() {
                 v.push(n.inputs[0].as_str());
                 v.push(n.name.as_str());
+            }
+            // A recurrent node reads its input sequence as u8; its output stays f32.
+            if n.op.recurrent().is_some() {
+                v.push(n.inputs[0].as_str());
             }
             if matches!(n.op, Op::Relu) && weighted(&n.inputs[0]) {
                 v.push(n.name.as_str());

@@ -28,8 +28,6 @@ pub enum RuntimeError {
     MissingQParams { node: String, value: String },
     #[error("node '{node}' is listed as integer but its weight is not stored as int8")]
     NotInt8 { node: String },
-    #[error("node '{node}' is recurrent (LSTM/GRU), which runs in f32 only: remove it from the integer layers (int8 weights are fine)")]
-    IntegerRecurrent { node: String },
     #[error("input has {got} values, expected a multiple of {per_sample} (shape {shape:?})")]
     InputShape { got: usize, per_sample: usize, shape: Vec<usize> },
 }
@@ -117,6 +115,8 @@ enum Kernel {
     Quantize(QParams),
     Dequantize(QParams),
     Recurrent(Box<RecurrentKernel>),
+    /// An LSTM/GRU node on integer products (u8 input sequence, f32 output).
+    RecurrentI8 { cell: Box<recurrent::QuantizedRecurrent>, steps: usize },
 }
 
 /// An LSTM/GRU node with its dense f32 weights.
@@ -173,6 +173,7 @@ pub struct Workspace {
     col: Vec<f32>,
     tmp: Vec<f32>,
     recurrent: recurrent::Scratch,
+    recurrent_quant: recurrent::QuantScratch,
 }
 
 impl Plan {
@@ -374,10 +375,15 @@ impl Plan {
                     slot_of.insert(node.name.clone(), out);
                 }
                 Op::Lstm { .. } | Op::Gru { .. } => {
-                    if quant.integer_nodes.contains(&node.name) {
-                        return Err(RuntimeError::IntegerRecurrent { node: node.name.clone() });
-                    }
                     let geo = node.op.recurrent().expect("a recurrent op");
+                    if quant.integer_nodes.contains(&node.name) {
+                        let kernel = plan.integer_recurrent(graph, node, geo, in_shape[0], &mut weights, quant, x, &mut converted)?;
+                        let out = plan.add_slot(Repr::F32, out_len, &node.name);
+                        plan.steps.push(Step { kernel: kernel.0, inputs: vec![kernel.1], out });
+                        slot_of.insert(node.name.clone(), out);
+                        plan.int_layers += 1;
+                        continue;
+                    }
                     let specs = graph.parameters();
                     let mut take = |suffix: &str| -> Result<Option<Vec<f32>>, RuntimeError> {
                         let name = format!("{}.{suffix}", node.name);
@@ -421,6 +427,46 @@ impl Plan {
         }
         plan.input_read_once = plan.steps.iter().flat_map(|s| &s.inputs).filter(|&&i| i == input).count() == 1 && !plan.outputs.contains(&input);
         Ok(plan)
+    }
+
+    /// An integer LSTM/GRU node: its int8 weights, its input converted to u8 at the
+    /// calibrated parameters. Returns the kernel and the slot it reads.
+    #[allow(clippy::too_many_arguments)]
+    fn integer_recurrent(
+        &mut self,
+        graph: &Graph,
+        node: &crate::spec::Node,
+        geo: Recurrent,
+        steps: usize,
+        weights: &mut HashMap<String, Weights>,
+        quant: &QuantPlan,
+        x: usize,
+        converted: &mut HashMap<usize, usize>,
+    ) -> Result<(Kernel, usize), RuntimeError> {
+        let specs = graph.parameters();
+        let mut take = |suffix: &str| -> Result<Option<Weights>, RuntimeError> {
+            let name = format!("{}.{suffix}", node.name);
+            let Some(spec) = specs.iter().find(|p| p.name == name) else { return Ok(None) };
+            let w = weights.remove(&name).ok_or_else(|| RuntimeError::MissingTensor { name: name.clone() })?;
+            if w.len() != spec.numel() {
+                return Err(RuntimeError::TensorSize { name, expected: spec.numel(), got: w.len() });
+            }
+            Ok(Some(w))
+        };
+        let [w_ih, w_hh, b_ih, b_hh] = [take(RECURRENT_PARAMS[0].0)?, take(RECURRENT_PARAMS[1].0)?, take(RECURRENT_PARAMS[2].0)?, take(RECURRENT_PARAMS[3].0)?];
+        let (Some(Weights::I8 { q: q_ih, scales: s_ih }), Some(Weights::I8 { q: q_hh, scales: s_hh })) = (w_ih, w_hh) else {
+            return Err(RuntimeError::NotInt8 { node: node.name.clone() });
+        };
+        let input_qp = match self.slots[x].repr {
+            Repr::U8(qp) => qp,
+            Repr::F32 => *quant
+                .activations
+                .get(&node.inputs[0])
+                .ok_or_else(|| RuntimeError::MissingQParams { node: node.name.clone(), value: node.inputs[0].clone() })?,
+        };
+        let xq = self.convert(x, Repr::U8(input_qp), converted);
+        let cell = recurrent::QuantizedRecurrent::new(geo, (&q_ih, &s_ih), (&q_hh, &s_hh), b_ih.map(|b| b.to_f32()), b_hh.map(|b| b.to_f32()), input_qp);
+        Ok((Kernel::RecurrentI8 { cell: Box::new(cell), steps }, xq))
     }
 
     /// Times each candidate kernel of a Linear layer (`inf → outf`, the first candidate
@@ -706,6 +752,10 @@ impl Plan {
                     let w = recurrent::CellWeights { w_ih: &r.w_ih, w_hh: &r.w_hh, b_ih: r.b_ih.as_deref(), b_hh: r.b_hh.as_deref() };
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     recurrent::forward(&r.geo, r.steps, &w, &xs[..n * xl], n, &mut ws.recurrent, &mut y[..n * ol]);
+                }
+                Kernel::RecurrentI8 { cell, steps } => {
+                    ws.recurrent.reserve(cell.geometry(), *steps, n);
+                    cell.forward(*steps, &ws.q[xi][..n * xl], n, &mut ws.recurrent, &mut ws.recurrent_quant, &mut ws.f[o][..n * ol]);
                 }
                 Kernel::Quantize(qp) => int8::quantize_u8(&ws.f[xi][..n * xl], *qp, &mut ws.q[o][..n * ol]),
                 Kernel::Dequantize(qp) => int8::dequantize_u8(&ws.q[xi][..n * xl], *qp, &mut ws.f[o][..n * ol]),

@@ -12,8 +12,9 @@
 //! - GRU (r, z, n): `r = σ(W_ir x + b_ir + W_hr h + b_hr)`, `z` likewise,
 //!   `n = tanh(W_in x + b_in + r·(W_hn h + b_hn))`, `h_t = (1 − z)·n + z·h_{t−1}`.
 
+use super::int8::{quantize_u8, QuantizedLinear};
 use super::kernels::{sgemm, MatRef};
-use crate::spec::{Cell, Recurrent};
+use crate::spec::{Cell, QParams, Recurrent};
 
 /// A recurrent node's parameters (PyTorch layouts, see [`crate::spec::Op::Lstm`]).
 #[derive(Clone, Copy, Debug)]
@@ -137,33 +138,55 @@ unsafe fn tanh_avx2(v: &mut [f32]) {
 pub fn forward(r: &Recurrent, steps: usize, w: &CellWeights, x: &[f32], n: usize, scratch: &mut Scratch, y: &mut [f32]) {
     let (h, isz, g) = (r.hidden, r.input_size, r.gate_rows());
     let rows = n * steps;
-    let gates = &mut scratch.gates[..rows * g];
     // Input projection of every step at once: gates = X · W_ihᵀ (+ biases).
-    sgemm(rows, g, isz, MatRef::rows(&x[..rows * isz], isz), MatRef::transposed(w.w_ih, isz), gates, g, false);
-    if let Some(b) = w.b_ih {
+    sgemm(rows, g, isz, MatRef::rows(&x[..rows * isz], isz), MatRef::transposed(w.w_ih, isz), &mut scratch.gates[..rows * g], g, false);
+    add_input_biases(r, w.b_ih, w.b_hh, &mut scratch.gates[..rows * g]);
+    let (sh, sg) = (steps * h, steps * g);
+    let accumulate = r.cell == Cell::Lstm;
+    run_steps(r, steps, w.b_hh, n, scratch, y, &mut |hp, dst| {
+        // LSTM: gates[:, t] += h_{t−1} · W_hhᵀ; GRU: hh[:, t] = h_{t−1} · W_hhᵀ.
+        sgemm(n, g, h, MatRef { data: hp, rs: sh, cs: 1 }, MatRef::transposed(w.w_hh, h), dst, sg, accumulate);
+    });
+}
+
+/// Adds `b_ih` (and for an LSTM `b_hh`, which simply adds to the same pre-activations)
+/// to every row of the input projection.
+fn add_input_biases(r: &Recurrent, b_ih: Option<&[f32]>, b_hh: Option<&[f32]>, gates: &mut [f32]) {
+    let g = r.gate_rows();
+    let lstm_b_hh = if r.cell == Cell::Lstm { b_hh } else { None };
+    for b in [b_ih, lstm_b_hh].into_iter().flatten() {
         for row in gates.chunks_exact_mut(g) {
             row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
         }
     }
-    // LSTM: b_hh simply adds to the same pre-activations.
-    if let (Cell::Lstm, Some(b)) = (r.cell, w.b_hh) {
-        for row in gates.chunks_exact_mut(g) {
-            row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
-        }
-    }
+}
+
+/// The steps after the input projection (in `scratch.gates`): per step, the recurrent
+/// product from `recurrent_product(h_{t−1} rows, destination rows)` — both start at step
+/// `t` of sample 0 with rows `steps·H` and `steps·gates·H` apart; an LSTM adds into the
+/// gates, a GRU overwrites `scratch.hh` — then the gates and the state update in f32.
+fn run_steps(
+    r: &Recurrent,
+    steps: usize,
+    b_hh: Option<&[f32]>,
+    n: usize,
+    scratch: &mut Scratch,
+    y: &mut [f32],
+    recurrent_product: &mut dyn FnMut(&[f32], &mut [f32]),
+) {
+    let (h, g) = (r.hidden, r.gate_rows());
+    let rows = n * steps;
+    let gates = &mut scratch.gates[..rows * g];
     let hprev = &mut scratch.hprev[..rows * h];
     for s in 0..n {
         hprev[s * steps * h..(s * steps + 1) * h].fill(0.0);
     }
-    let (sh, sg) = (steps * h, steps * g);
     let zeros = &scratch.zeros[..h];
     for t in 0..steps {
         if t > 0 {
-            let hp = MatRef { data: &hprev[t * h..], rs: sh, cs: 1 };
             match r.cell {
-                // gates[:, t] += h_{t−1} · W_hhᵀ
-                Cell::Lstm => sgemm(n, g, h, hp, MatRef::transposed(w.w_hh, h), &mut gates[t * g..], sg, true),
-                Cell::Gru => sgemm(n, g, h, hp, MatRef::transposed(w.w_hh, h), &mut scratch.hh[t * g..], sg, false),
+                Cell::Lstm => recurrent_product(&hprev[t * h..], &mut gates[t * g..]),
+                Cell::Gru => recurrent_product(&hprev[t * h..], &mut scratch.hh[t * g..]),
             }
         }
         for s in 0..n {
@@ -196,7 +219,7 @@ pub fn forward(r: &Recurrent, steps: usize, w: &CellWeights, x: &[f32], n: usize
                     if t == 0 {
                         hrow.fill(0.0);
                     }
-                    if let Some(b) = w.b_hh {
+                    if let Some(b) = b_hh {
                         hrow.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
                     }
                     for k in 0..2 * h {
@@ -225,6 +248,103 @@ pub fn forward(r: &Recurrent, steps: usize, w: &CellWeights, x: &[f32], n: usize
                 y[s * h..(s + 1) * h].copy_from_slice(h_new);
             }
         }
+    }
+}
+
+/// The static quantization of a recurrent hidden state fed back into the recurrent
+/// product: an LSTM's `h = σ(o)·tanh(c)` and a GRU's `h` (a convex mix of tanh values,
+/// starting from 0) lie in [−1, 1], so no calibration is needed. Zero point 128 makes
+/// the zero initial state exact; the step is 2/255.
+pub const HIDDEN_QPARAMS: QParams = QParams { scale: 2.0 / 255.0, zero_point: 128 };
+
+/// An LSTM/GRU node on integer products: `weight_ih` and `weight_hh` as symmetric int8
+/// per gate row, the input sequence as u8 (calibrated [`QParams`]) and the hidden state
+/// as u8 at [`HIDDEN_QPARAMS`]; u8 × i8 → exact i32, dequantized to f32 per gate row.
+/// Biases, gate nonlinearities and the state update stay f32 (the same code as
+/// [`forward`]). The input projection of all steps is one integer product.
+#[derive(Clone, Debug)]
+pub struct QuantizedRecurrent {
+    geo: Recurrent,
+    input_qp: QParams,
+    w_ih: QuantizedLinear,
+    w_hh: QuantizedLinear,
+    b_ih: Option<Vec<f32>>,
+    b_hh: Option<Vec<f32>>,
+}
+
+/// Per-call buffers of [`QuantizedRecurrent::forward`].
+#[derive(Clone, Debug, Default)]
+pub struct QuantScratch {
+    /// `[n, H]`: `h_{t−1}` quantized.
+    hq: Vec<u8>,
+    /// `[n, gates·H]`: the recurrent product of one step.
+    rec: Vec<f32>,
+    acc: Vec<i32>,
+}
+
+impl QuantizedRecurrent {
+    /// `w_ih`/`w_hh` as `(int8 values, one scale per gate row)` in PyTorch's layout;
+    /// `input_qp` quantizes the input sequence.
+    pub fn new(
+        geo: Recurrent,
+        w_ih: (&[i8], &[f32]),
+        w_hh: (&[i8], &[f32]),
+        b_ih: Option<Vec<f32>>,
+        b_hh: Option<Vec<f32>>,
+        input_qp: QParams,
+    ) -> QuantizedRecurrent {
+        let g = geo.gate_rows();
+        QuantizedRecurrent {
+            geo,
+            input_qp,
+            w_ih: QuantizedLinear::new(w_ih.0, w_ih.1, g, geo.input_size, None, input_qp, None, false),
+            w_hh: QuantizedLinear::new(w_hh.0, w_hh.1, g, geo.hidden, None, HIDDEN_QPARAMS, None, false),
+            b_ih,
+            b_hh,
+        }
+    }
+
+    /// The node's geometry.
+    pub fn geometry(&self) -> &Recurrent {
+        &self.geo
+    }
+
+    /// The quantization the input sequence must arrive in.
+    pub fn input_qparams(&self) -> QParams {
+        self.input_qp
+    }
+
+    /// As [`forward`], from the input quantized at [`Self::input_qparams`].
+    pub fn forward(&self, steps: usize, x: &[u8], n: usize, scratch: &mut Scratch, quant: &mut QuantScratch, y: &mut [f32]) {
+        let r = &self.geo;
+        let (h, g) = (r.hidden, r.gate_rows());
+        let rows = n * steps;
+        self.w_ih.forward_f32(&x[..rows * r.input_size], rows, &mut scratch.gates[..rows * g], &mut quant.acc);
+        add_input_biases(r, self.b_ih.as_deref(), self.b_hh.as_deref(), &mut scratch.gates[..rows * g]);
+        let (sh, sg) = (steps * h, steps * g);
+        if quant.hq.len() < n * h {
+            quant.hq.resize(n * h, 0);
+        }
+        if quant.rec.len() < n * g {
+            quant.rec.resize(n * g, 0.0);
+        }
+        let QuantScratch { hq, rec, acc } = quant;
+        let (hq, rec) = (&mut hq[..n * h], &mut rec[..n * g]);
+        let accumulate = r.cell == Cell::Lstm;
+        run_steps(r, steps, self.b_hh.as_deref(), n, scratch, y, &mut |hp, dst| {
+            for (s, q) in hq.chunks_exact_mut(h).enumerate() {
+                quantize_u8(&hp[s * sh..s * sh + h], HIDDEN_QPARAMS, q);
+            }
+            self.w_hh.forward_f32(hq, n, rec, acc);
+            for (s, p) in rec.chunks_exact(g).enumerate() {
+                let d = &mut dst[s * sg..s * sg + g];
+                if accumulate {
+                    d.iter_mut().zip(p).for_each(|(v, p)| *v += p);
+                } else {
+                    d.copy_from_slice(p);
+                }
+            }
+        });
     }
 }
 
@@ -268,6 +388,111 @@ mod tests {
             out.push(hs.clone());
         }
         out
+    }
+
+    /// The integer cell plainly, one sequence: u8 input and hidden state, exact integer
+    /// dot products, each scaled by `s_x·s_w[row]` in f32, biases added in the kernel's
+    /// order, gates by this module's scalar `sigmoid`/`tanh`.
+    #[allow(clippy::too_many_arguments)]
+    fn int8_reference(r: &Recurrent, steps: usize, q_ih: &[i8], s_ih: &[f32], q_hh: &[i8], s_hh: &[f32], b_ih: Option<&[f32]>, b_hh: Option<&[f32]>, xq: &[u8], xqp: QParams) -> Vec<Vec<f32>> {
+        let (h, isz, g) = (r.hidden, r.input_size, r.gate_rows());
+        let hq_p = HIDDEN_QPARAMS;
+        let quant = |v: f32| -> u8 {
+            let s = (v / hq_p.scale).clamp((-hq_p.zero_point - 1) as f32, (256 - hq_p.zero_point) as f32) as f64;
+            (s.round() as i32 + hq_p.zero_point).clamp(0, 255) as u8
+        };
+        let dot = |q: &[i8], row: usize, cols: usize, a: &[u8], zp: i32| -> i32 { (0..cols).map(|c| (a[c] as i32 - zp) * q[row * cols + c] as i32).sum() };
+        let (mut hs, mut cs) = (vec![0.0f32; h], vec![0.0f32; h]);
+        let mut out = Vec::new();
+        for t in 0..steps {
+            let xt = &xq[t * isz..(t + 1) * isz];
+            let hq: Vec<u8> = hs.iter().map(|&v| quant(v)).collect();
+            let mut pre: Vec<f32> = (0..g).map(|j| (xqp.scale * s_ih[j]) * dot(q_ih, j, isz, xt, xqp.zero_point) as f32).collect();
+            for (j, p) in pre.iter_mut().enumerate() {
+                if let Some(b) = b_ih {
+                    *p += b[j];
+                }
+                if let (Cell::Lstm, Some(b)) = (r.cell, b_hh) {
+                    *p += b[j];
+                }
+            }
+            let rec: Vec<f32> = (0..g).map(|j| if t == 0 { 0.0 } else { (hq_p.scale * s_hh[j]) * dot(q_hh, j, h, &hq, hq_p.zero_point) as f32 }).collect();
+            let mut next = vec![0.0f32; h];
+            match r.cell {
+                Cell::Lstm => {
+                    let a: Vec<f32> = (0..g).map(|j| if t == 0 { pre[j] } else { pre[j] + rec[j] }).collect();
+                    for k in 0..h {
+                        let c = sigmoid(a[h + k]) * cs[k] + sigmoid(a[k]) * tanh(a[2 * h + k]);
+                        cs[k] = c;
+                        next[k] = sigmoid(a[3 * h + k]) * tanh(c);
+                    }
+                }
+                Cell::Gru => {
+                    let hh: Vec<f32> = (0..g).map(|j| rec[j] + b_hh.map_or(0.0, |b| b[j])).collect();
+                    for k in 0..h {
+                        let rv = sigmoid(pre[k] + hh[k]);
+                        let zv = sigmoid(pre[h + k] + hh[h + k]);
+                        let nv = tanh(pre[2 * h + k] + rv * hh[2 * h + k]);
+                        next[k] = (1.0 - zv) * nv + zv * hs[k];
+                    }
+                }
+            }
+            hs = next;
+            out.push(hs.clone());
+        }
+        out
+    }
+
+    #[test]
+    fn integer_cell_matches_the_plain_integer_reference_on_odd_shapes() {
+        use crate::runtime::int8::quantize_u8;
+        let mut rng = Rng::new(77);
+        let quantize_rows = |w: &[f32], rows: usize| -> (Vec<i8>, Vec<f32>) {
+            let cols = w.len() / rows;
+            let mut q = Vec::new();
+            let mut scales = Vec::new();
+            for row in w.chunks(cols) {
+                let s = row.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6) / 127.0;
+                scales.push(s);
+                q.extend(row.iter().map(|v| (v / s).round().clamp(-127.0, 127.0) as i8));
+            }
+            (q, scales)
+        };
+        for cell in [Cell::Lstm, Cell::Gru] {
+            for (isz, hidden, steps, n, bias, sequence) in [(3, 5, 4, 3, true, false), (7, 2, 1, 2, false, true), (1, 9, 6, 5, true, true), (29, 17, 3, 1, true, false)] {
+                let r = Recurrent { cell, input_size: isz, hidden, bias, sequence };
+                let g = r.gate_rows();
+                let mut v = |len: usize, a: f32| -> Vec<f32> { (0..len).map(|_| rng.uniform(a)).collect() };
+                let (w_ih, w_hh, b_ih, b_hh) = (v(g * isz, 0.8), v(g * hidden, 0.8), v(g, 0.5), v(g, 0.5));
+                let x = v(n * steps * isz, 1.5);
+                let xqp = QParams::from_range(-1.5, 1.5);
+                let mut xq = vec![0u8; x.len()];
+                quantize_u8(&x, xqp, &mut xq);
+                let ((q_ih, s_ih), (q_hh, s_hh)) = (quantize_rows(&w_ih, g), quantize_rows(&w_hh, g));
+                let (bi, bh) = (bias.then(|| b_ih.clone()), bias.then(|| b_hh.clone()));
+                let cellq = QuantizedRecurrent::new(r, (&q_ih, &s_ih), (&q_hh, &s_hh), bi.clone(), bh.clone(), xqp);
+                let mut scratch = Scratch::default();
+                scratch.reserve(&r, steps, n);
+                let out_len = if sequence { steps * hidden } else { hidden };
+                let mut y = vec![0.0; n * out_len];
+                cellq.forward(steps, &xq, n, &mut scratch, &mut QuantScratch::default(), &mut y);
+                // And the float cell on the same (unquantized) weights, for the size of the quantization error.
+                let wf = CellWeights { w_ih: &w_ih, w_hh: &w_hh, b_ih: bi.as_deref(), b_hh: bh.as_deref() };
+                for s in 0..n {
+                    let xs = &xq[s * steps * isz..(s + 1) * steps * isz];
+                    let want = int8_reference(&r, steps, &q_ih, &s_ih, &q_hh, &s_hh, bi.as_deref(), bh.as_deref(), xs, xqp);
+                    let want: Vec<f32> = if sequence { want.concat() } else { want.last().unwrap().clone() };
+                    for (a, b) in y[s * out_len..(s + 1) * out_len].iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-5, "{cell:?} {isz}x{hidden}: {a} vs {b}");
+                    }
+                    let float = reference(&r, steps, &wf, &x[s * steps * isz..(s + 1) * steps * isz]);
+                    let float: Vec<f64> = if sequence { float.concat() } else { float.last().unwrap().clone() };
+                    for (a, b) in y[s * out_len..(s + 1) * out_len].iter().zip(&float) {
+                        assert!((*a as f64 - b).abs() < 0.06, "{cell:?} {isz}x{hidden}: int8 {a} vs float {b}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -83,7 +83,8 @@ fn recurrent_layers_round_trip_exactly() {
 }
 
 /// A quantized recurrent model as QDQ: the classifier runs integer, the LSTM is written
-/// as a float LSTM holding its int8 weights dequantized (as squeeze runs it).
+/// as a float LSTM holding its int8 weights dequantized (squeeze itself runs the LSTM's
+/// products on integers; ONNX's LSTM op has no integer form).
 #[test]
 fn qdq_export_of_a_quantized_lstm_model() {
     use crate::compress::quantize::{quantize, Mode};
