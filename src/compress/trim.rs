@@ -12,6 +12,13 @@
 //! (residual connection), a Softmax or a graph output cannot be trimmed: its units are
 //! the shape of a residual sum, the classes, or something the caller reads.
 //!
+//! Recurrent hidden units: removing unit `k` of an LSTM/GRU removes row `k` of every
+//! gate's block of `weight_ih`, `weight_hh` and both biases, column `k` of `weight_hh`,
+//! and the matching input column of the next layer (a Linear head reading the last
+//! hidden state, or the next LSTM/GRU's `weight_ih` reading the sequence). A unit is
+//! scored by the weights of all its gate rows (`weight_ih` and `weight_hh`), or by its
+//! mean |h|; the Taylor score is not defined for recurrent units.
+//!
 //! Constraints: pruning masks are sliced with their tensors (rows of removed units,
 //! columns of removed inputs are dropped). Weight-sharing codebooks are **all cleared**:
 //! the parameters keep their (shared) values, but the assignment is no longer a
@@ -78,7 +85,7 @@ pub struct TrimConfig {
     pub ratio: f64,
     /// The importance score.
     pub score: Score,
-    /// Node names to trim. Empty: every Linear/Conv2d whose output feeds another
+    /// Node names to trim. Empty: every Linear/Conv2d/LSTM/GRU whose output feeds another
     /// weighted layer through element-wise/per-channel ops only (so never the last
     /// classifier layer); layers that cannot be trimmed are skipped silently. A named
     /// layer that cannot be trimmed is an error.
@@ -113,8 +120,8 @@ pub enum TrimError {
         /// The ratio given.
         ratio: f64,
     },
-    /// A requested layer is not a Linear or Conv2d node of the model.
-    #[error("layer '{0}' is not a Linear or Conv2d node of this model")]
+    /// A requested layer is not a Linear, Conv2d, LSTM or GRU node of the model.
+    #[error("layer '{0}' is not a Linear, Conv2d, LSTM or GRU node of this model")]
     UnknownLayer(String),
     /// A requested layer cannot be trimmed.
     #[error("layer '{layer}' cannot be trimmed: {reason}")]
@@ -135,6 +142,9 @@ pub enum TrimError {
         /// Values per image.
         per_sample: usize,
     },
+    /// The Taylor score's identity needs a unit's output to be linear in its weights.
+    #[error("the Taylor score is not defined for the recurrent node '{0}': use l1, l2 or mean-activation")]
+    TaylorRecurrent(String),
     /// Taylor scores label images with u8 class indices.
     #[error("Taylor scores label calibration images with the model's own prediction, which needs at most 256 classes; the head has {0}")]
     TooManyClasses(usize),
@@ -162,6 +172,9 @@ struct Reach {
     activation: String,
     /// Weighted nodes reading the units, with the elements per unit in their input.
     consumers: Vec<(String, usize)>,
+    /// The unit is the last dimension of the output (a recurrent node's `[H]` or
+    /// `[steps, H]`), so its elements are `units` apart instead of one block.
+    unit_last: bool,
     /// Per-channel Normalize nodes on the way, whose mean/std are sliced.
     normalizes: Vec<String>,
 }
@@ -172,14 +185,16 @@ fn reach(graph: &Graph, shapes: &HashMap<String, Vec<usize>>, idx: usize) -> Res
     let units = match node.op {
         Op::Linear { out_features, .. } => out_features,
         Op::Conv2d { out_channels, .. } => out_channels,
-        _ => return Err("it is not a Linear or Conv2d node".into()),
+        Op::Lstm { hidden, .. } | Op::Gru { hidden, .. } => hidden,
+        _ => return Err("it is not a Linear, Conv2d, LSTM or GRU node".into()),
     };
+    let recurrent = node.op.recurrent().is_some();
     if units == 0 {
         return Err("it has no units".into());
     }
     let numel = |v: &str| shapes.get(v).map_or(0, |s| s.iter().product::<usize>());
     let positions = numel(&node.name) / units.max(1);
-    let mut out = Reach { units, positions, activation: node.name.clone(), consumers: Vec::new(), normalizes: Vec::new() };
+    let mut out = Reach { units, positions, activation: node.name.clone(), consumers: Vec::new(), normalizes: Vec::new(), unit_last: recurrent };
     let mut first_relu: Option<usize> = None;
     let mut stack = vec![node.name.clone()];
     let mut seen = BTreeSet::new();
@@ -210,7 +225,23 @@ fn reach(graph: &Graph, shapes: &HashMap<String, Vec<usize>>, idx: usize) -> Res
                     }
                     stack.push(reader.name.clone());
                 }
+                // A recurrent node's units are the last dimension: a Linear must read
+                // them as its features (the last hidden state), not a flattened sequence.
+                &Op::Linear { in_features, .. } if recurrent => {
+                    if in_features != units {
+                        return Err(format!(
+                            "the Linear '{}' reads its output flattened ({in_features} features from {units} units per step); only a Linear on the last hidden state or another LSTM/GRU can follow a trimmed recurrent node",
+                            reader.name
+                        ));
+                    }
+                    out.consumers.push((reader.name.clone(), 1));
+                }
+                Op::Conv2d { .. } if recurrent => {
+                    return Err(format!("its output feeds the Conv2d '{}'", reader.name));
+                }
                 Op::Linear { .. } | Op::Conv2d { .. } => out.consumers.push((reader.name.clone(), numel(&v) / units.max(1))),
+                // The next recurrent node reads the units as its input features: columns of its weight_ih.
+                Op::Lstm { .. } | Op::Gru { .. } if recurrent => out.consumers.push((reader.name.clone(), 1)),
                 Op::Add => {
                     return Err(format!(
                         "its output reaches the Add '{}' (a residual connection, whose inputs must keep the same shape)",
@@ -227,7 +258,7 @@ fn reach(graph: &Graph, shapes: &HashMap<String, Vec<usize>>, idx: usize) -> Res
         }
     }
     if out.consumers.is_empty() {
-        return Err("its output does not reach another Linear or Conv2d layer".into());
+        return Err("its output does not reach another Linear, Conv2d, LSTM or GRU layer".into());
     }
     if let Some(r) = first_relu {
         out.activation = graph.nodes[r].name.clone();
@@ -253,7 +284,7 @@ fn select(model: &Model, cfg: &TrimConfig) -> Result<Vec<(String, f64, Reach)>, 
     if let Some((l, r)) = cfg.per_layer.iter().find(|(_, r)| !(0.0..1.0).contains(*r)) {
         return Err(TrimError::LayerRatio { layer: l.clone(), ratio: *r });
     }
-    let index_of = |name: &str| graph.nodes.iter().position(|n| n.name == name && n.op.has_weight());
+    let index_of = |name: &str| graph.nodes.iter().position(|n| n.name == name && n.op.has_params());
     let mut chosen: BTreeMap<usize, Reach> = BTreeMap::new();
     for name in cfg.layers.iter().chain(cfg.per_layer.keys()) {
         let i = index_of(name).ok_or_else(|| TrimError::UnknownLayer(name.clone()))?;
@@ -262,7 +293,7 @@ fn select(model: &Model, cfg: &TrimConfig) -> Result<Vec<(String, f64, Reach)>, 
     }
     if cfg.layers.is_empty() {
         for i in 0..graph.nodes.len() {
-            if graph.nodes[i].op.has_weight()
+            if graph.nodes[i].op.has_params()
                 && !chosen.contains_key(&i)
                 && let Ok(r) = reach(graph, &shapes, i)
             {
@@ -302,9 +333,30 @@ fn compute_scores(model: &Model, score: Score, layers: &[(String, Reach)], calib
     } else {
         0
     };
-    let weight_rows = |name: &str, units: usize| -> Result<Vec<&[f32]>, TrimError> {
-        let w = model.params.get(&format!("{name}.weight")).ok_or_else(|| ModelError::MissingTensor { name: format!("{name}.weight") })?;
-        Ok(w.chunks_exact(w.len() / units.max(1)).collect())
+    // Every incoming weight of each unit: its row, or for a recurrent node its row in
+    // each gate block of weight_ih and of weight_hh.
+    let weight_rows = |name: &str, units: usize| -> Result<Vec<Vec<f32>>, TrimError> {
+        let tensor = |suffix: &str| model.params.get(&format!("{name}.{suffix}")).ok_or_else(|| ModelError::MissingTensor { name: format!("{name}.{suffix}") });
+        match model.graph.node(name).and_then(|n| n.op.recurrent()) {
+            Some(r) => {
+                let (w_ih, w_hh) = (tensor("weight_ih")?, tensor("weight_hh")?);
+                Ok((0..units)
+                    .map(|k| {
+                        let mut row = Vec::new();
+                        for q in 0..r.cell.gates() {
+                            let at = q * r.hidden + k;
+                            row.extend_from_slice(&w_ih[at * r.input_size..(at + 1) * r.input_size]);
+                            row.extend_from_slice(&w_hh[at * r.hidden..(at + 1) * r.hidden]);
+                        }
+                        row
+                    })
+                    .collect())
+            }
+            None => {
+                let w = tensor("weight")?;
+                Ok(w.chunks_exact(w.len() / units.max(1)).map(|r| r.to_vec()).collect())
+            }
+        }
     };
     let mut out = BTreeMap::new();
     match score {
@@ -326,12 +378,19 @@ fn compute_scores(model: &Model, score: Score, layers: &[(String, Reach)], calib
             // Activation value → (units, elements per unit, Σ|a| per unit).
             let mut sums: HashMap<&str, (usize, usize, Vec<f64>)> =
                 layers.iter().map(|(_, r)| (r.activation.as_str(), (r.units, 1, vec![0.0; r.units]))).collect();
+            let unit_last: BTreeSet<&str> = layers.iter().filter(|(_, r)| r.unit_last).map(|(_, r)| r.activation.as_str()).collect();
             const BATCH: usize = 64;
             for start in (0..n).step_by(BATCH) {
                 let b = BATCH.min(n - start);
                 plan.run_observe(&calibration[start * per..(start + b) * per], b, &mut ws, &mut |value, data| {
                     if let Some((units, block, acc)) = sums.get_mut(value) {
                         *block = (data.len() / b / *units).max(1);
+                        if unit_last.contains(value) {
+                            for step in data.chunks_exact(*units) {
+                                acc.iter_mut().zip(step).for_each(|(a, v)| *a += v.abs() as f64);
+                            }
+                            return;
+                        }
                         for sample in data.chunks_exact(*block * *units) {
                             for (a, unit) in acc.iter_mut().zip(sample.chunks_exact(*block)) {
                                 *a += unit.iter().map(|v| v.abs() as f64).sum::<f64>();
@@ -346,6 +405,9 @@ fn compute_scores(model: &Model, score: Score, layers: &[(String, Reach)], calib
             }
         }
         Score::Taylor => {
+            if let Some((name, _)) = layers.iter().find(|(_, r)| r.unit_last) {
+                return Err(TrimError::TaylorRecurrent(name.clone()));
+            }
             let mut ws = Workspace::new(model, 1);
             let classes = ws.head_output(1).len();
             if classes > 256 {
@@ -443,6 +505,10 @@ pub fn trim(model: &Model, cfg: &TrimConfig, calibration: &[f32]) -> Result<(Mod
     let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
     let mut masks = BTreeMap::new();
     for node in &mut graph.nodes {
+        if let Some(r) = node.op.recurrent() {
+            trim_recurrent(model, node, r, out_keep.get(&node.name), in_keep.get(&node.name).map(|k| &k.0), &mut tensors, &mut masks)?;
+            continue;
+        }
         let (rows, cols, inner) = match node.op {
             Op::Linear { in_features, out_features, .. } => (out_features, in_features, 1),
             Op::Conv2d { in_channels, out_channels, kernel, .. } => (out_channels, in_channels, kernel * kernel),
@@ -494,6 +560,38 @@ pub fn trim(model: &Model, cfg: &TrimConfig, calibration: &[f32]) -> Result<(Mod
     trimmed.constraints.masks = masks;
     summary.params_after = trimmed.graph.num_params();
     Ok((trimmed, summary))
+}
+
+/// Slices a recurrent node: `keep` of its own hidden units (rows of every gate block,
+/// columns of `weight_hh`), `input_keep` of its input features (columns of `weight_ih`).
+fn trim_recurrent(
+    model: &Model,
+    node: &mut crate::spec::Node,
+    r: crate::spec::Recurrent,
+    keep: Option<&Vec<usize>>,
+    input_keep: Option<&Vec<usize>>,
+    tensors: &mut HashMap<String, (Vec<usize>, Vec<f32>)>,
+    masks: &mut BTreeMap<String, Vec<bool>>,
+) -> Result<(), TrimError> {
+    let units: Vec<usize> = keep.cloned().unwrap_or_else(|| (0..r.hidden).collect());
+    let inputs: Vec<usize> = input_keep.cloned().unwrap_or_else(|| (0..r.input_size).collect());
+    let rows: Vec<usize> = (0..r.cell.gates()).flat_map(|q| units.iter().map(move |&k| q * r.hidden + k)).collect();
+    if let Op::Lstm { input_size, hidden, .. } | Op::Gru { input_size, hidden, .. } = &mut node.op {
+        (*input_size, *hidden) = (inputs.len(), units.len());
+    }
+    for (suffix, cols, cols_kept) in [("weight_ih", r.input_size, &inputs[..]), ("weight_hh", r.hidden, &units[..]), ("bias_ih", 1, &[0][..]), ("bias_hh", 1, &[0][..])] {
+        let pname = format!("{}.{suffix}", node.name);
+        let Some(data) = model.params.get(&pname) else { continue };
+        let shape = if cols == 1 && suffix.starts_with("bias") { vec![rows.len()] } else { vec![rows.len(), cols_kept.len()] };
+        tensors.insert(pname.clone(), (shape, slice(data, cols, 1, &rows, cols_kept)));
+        if let Some(mask) = model.constraints.masks.get(&pname) {
+            if mask.len() != data.len() {
+                return Err(ModelError::MaskLength { name: pname, expected: data.len(), got: mask.len() }.into());
+            }
+            masks.insert(pname, slice(mask, cols, 1, &rows, cols_kept));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -746,6 +844,65 @@ mod tests {
         let (same, s) = trim(&r, &cfg(0.5, Score::L1, &[], &[]), &[]).unwrap();
         assert!(s.layers.is_empty());
         assert_eq!(same.params, r.params);
+    }
+
+    /// Two stacked recurrent layers and a head, with some hidden units dead (every gate
+    /// row and bias zero: h stays exactly 0 for an LSTM and a GRU alike).
+    fn stacked_recurrent(cell: &str, dead1: &[usize], dead2: &[usize]) -> Model {
+        let rec = |i, h, sequence| match cell {
+            "lstm" => Op::Lstm { input_size: i, hidden: h, bias: true, sequence },
+            _ => Op::Gru { input_size: i, hidden: h, bias: true, sequence },
+        };
+        let g = Graph::chain(vec![5, 3], vec![("r1", rec(3, 6, true)), ("r2", rec(6, 7, false)), ("fc", Op::Linear { in_features: 7, out_features: 4, bias: true })]);
+        let mut m = Model::init(g, 21).unwrap();
+        for (name, dead) in [("r1", dead1), ("r2", dead2)] {
+            let r = m.graph.node(name).unwrap().op.recurrent().unwrap();
+            for suffix in ["weight_ih", "weight_hh", "bias_ih", "bias_hh"] {
+                let w = m.params.get_mut(&format!("{name}.{suffix}")).unwrap();
+                let row = w.len() / r.gate_rows();
+                for q in 0..r.cell.gates() {
+                    for &k in dead {
+                        let at = q * r.hidden + k;
+                        w[at * row..(at + 1) * row].fill(0.0);
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn trimming_dead_recurrent_units_keeps_the_function_and_shrinks_the_next_layers() {
+        let x = images(4, 15, 3);
+        for cell in ["lstm", "gru"] {
+            let mut m = stacked_recurrent(cell, &[1, 4], &[0, 3, 6]);
+            let w = m.params.get("r2.weight_hh").unwrap();
+            m.set_mask("r2.weight_hh", w.iter().enumerate().map(|(i, _)| i % 3 != 0).collect()).unwrap();
+            for score in [Score::L1, Score::L2, Score::MeanActivation] {
+                let c = cfg(0.0, score, &[], &[("r1", 2.0 / 6.0), ("r2", 3.0 / 7.0)]);
+                let (t, s) = trim(&m, &c, &x).unwrap();
+                assert_eq!(s.layers, vec![("r1".into(), 6, 4), ("r2".into(), 7, 4)], "{cell} {score:?}");
+                assert_eq!(t.graph.node("r2").unwrap().op.recurrent().map(|r| (r.input_size, r.hidden)), Some((4, 4)));
+                assert_eq!(t.graph.node("fc").unwrap().op, Op::Linear { in_features: 4, out_features: 4, bias: true });
+                assert_eq!(s.params_after, t.params.len());
+                let gates = if cell == "lstm" { 4 } else { 3 };
+                assert_eq!(t.constraints.masks["r2.weight_hh"].len(), gates * 4 * 4);
+                assert_close(&outputs(&m, &x, 4), &outputs(&t, &x, 4));
+            }
+            // By default both recurrent nodes are trimmed (fc is the graph output).
+            let (_, s) = trim(&m, &cfg(0.5, Score::L1, &[], &[]), &[]).unwrap();
+            assert_eq!(s.layers.iter().map(|l| (l.0.as_str(), l.2)).collect::<Vec<_>>(), vec![("r1", 3), ("r2", 3)]);
+            let e = trim(&m, &cfg(0.5, Score::Taylor, &["r2"], &[]), &x).unwrap_err();
+            assert!(matches!(e, TrimError::TaylorRecurrent(ref n) if n == "r2"), "{e}");
+        }
+        // A Linear reading a whole sequence flattened cannot follow a trimmed recurrent node.
+        let g = Graph::chain(
+            vec![5, 3],
+            vec![("r", Op::Lstm { input_size: 3, hidden: 4, bias: true, sequence: true }), ("f", Op::Flatten), ("fc", Op::Linear { in_features: 20, out_features: 2, bias: true })],
+        );
+        let m = Model::init(g, 1).unwrap();
+        let e = trim(&m, &cfg(0.5, Score::L1, &["r"], &[]), &[]).unwrap_err();
+        assert!(e.to_string().contains("flattened"), "{e}");
     }
 
     #[test]
