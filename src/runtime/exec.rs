@@ -79,6 +79,23 @@ pub struct CodebookIndices {
     pub kept: Option<Vec<bool>>,
 }
 
+/// Rows per block of a fused integer chain ([`IntChain`]): a multiple of the int8
+/// kernel's 6-row tile whose u8 rows, widened copies and accumulators stay in L2 next
+/// to the weights, while the caller's f32 input streams through once.
+const CHAIN_ROWS: usize = 48;
+
+/// The plan's first steps when they are `Quantize(input)` followed by integer Linear
+/// layers each reading only the previous one's output (e.g. a whole int8 MLP): they run
+/// block by block of [`CHAIN_ROWS`] samples, every layer on a block before the next
+/// block is quantized, so the intermediate values never leave the cache. Rows are
+/// independent and the integer arithmetic exact, so the results are the same bits as
+/// running the steps one after another over the whole batch.
+#[derive(Clone, Copy, Debug)]
+struct IntChain {
+    /// Steps covered (the Quantize step and the Linear steps after it).
+    steps: usize,
+}
+
 /// Batches at which candidate kernels are timed when a plan is built; a winner at
 /// `TIMED_BATCHES[i]` runs batches up to (not including) `TIMED_BATCHES[i + 1]`.
 const TIMED_BATCHES: [usize; 3] = [1, 16, 256];
@@ -159,6 +176,8 @@ pub struct Plan {
     choices: Vec<String>,
     /// Only one step reads the input value (so it may read the caller's buffer).
     input_read_once: bool,
+    /// The fused integer prefix of the steps, if there is one.
+    chain: Option<IntChain>,
     /// The value holding the first output's logits: the input of a final Softmax, else
     /// the output itself.
     logits_name: String,
@@ -205,6 +224,7 @@ impl Plan {
             expanded: Vec::new(),
             choices: Vec::new(),
             input_read_once: false,
+            chain: None,
             logits_name: match graph.node(&graph.outputs[0]) {
                 Some(n) if matches!(n.op, Op::Softmax) => n.inputs[0].clone(),
                 _ => graph.outputs[0].clone(),
@@ -426,6 +446,7 @@ impl Plan {
             plan.outputs.push(s);
         }
         plan.input_read_once = plan.steps.iter().flat_map(|s| &s.inputs).filter(|&&i| i == input).count() == 1 && !plan.outputs.contains(&input);
+        plan.chain = plan.find_chain();
         Ok(plan)
     }
 
@@ -505,6 +526,60 @@ impl Plan {
             return cands.into_iter().nth(by_batch[0].1).expect("winner is a candidate").1;
         }
         Kernel::ByBatch(by_batch.iter().map(|&(bound, c)| (bound, cands[c].1.clone())).collect())
+    }
+
+    /// The longest `Quantize(input) → LinearI8 → … → LinearI8` prefix whose intermediate
+    /// values have no other reader (see [`IntChain`]).
+    fn find_chain(&self) -> Option<IntChain> {
+        match self.steps.first() {
+            Some(Step { kernel: Kernel::Quantize(_), inputs, .. }) if inputs[0] == 0 && self.input_read_once => {}
+            _ => return None,
+        }
+        let readers = |slot: usize| self.steps.iter().flat_map(|s| &s.inputs).filter(|&&i| i == slot).count();
+        let mut len = 1;
+        while let Some(step) = self.steps.get(len) {
+            let prev = self.steps[len - 1].out;
+            let linear = match &step.kernel {
+                Kernel::LinearI8(_) => true,
+                Kernel::ByBatch(by) => by.iter().all(|(_, k)| matches!(k, Kernel::LinearI8(_))),
+                _ => false,
+            };
+            if !linear || step.inputs[0] != prev || readers(prev) != 1 || self.outputs.contains(&prev) {
+                break;
+            }
+            len += 1;
+        }
+        (len >= 2).then_some(IntChain { steps: len })
+    }
+
+    /// Runs the fused prefix on `n` samples of `x` (see [`IntChain`]); the last chain
+    /// step's output slot receives all rows, earlier slots serve as per-block buffers.
+    fn run_chain(&self, chain: IntChain, x: &[f32], n: usize, ws: &mut Workspace) {
+        let per = self.input_len();
+        let Kernel::Quantize(qp) = self.steps[0].kernel else { unreachable!("a chain starts with Quantize") };
+        let last = chain.steps - 1;
+        let mut r0 = 0;
+        while r0 < n {
+            let m = CHAIN_ROWS.min(n - r0);
+            let q0 = self.steps[0].out;
+            int8::quantize_u8(&x[r0 * per..(r0 + m) * per], qp, &mut ws.q[q0][..m * per]);
+            for (si, step) in self.steps[1..chain.steps].iter().enumerate().map(|(i, s)| (i + 1, s)) {
+                let (xi, o) = (step.inputs[0], step.out);
+                let (xl, ol) = (self.slots[xi].len, self.slots[o].len);
+                let Kernel::LinearI8(l) = resolve(&step.kernel, n) else { unreachable!("a chain holds integer Linear layers") };
+                // Earlier steps write the block at the start of their slot; the last one
+                // writes its rows in place.
+                let at = if si == last { r0 * ol } else { 0 };
+                match self.slots[o].repr {
+                    Repr::U8(_) => {
+                        let (xs, y) = pair(&mut ws.q, xi, o);
+                        l.forward_u8(&xs[..m * xl], m, &mut y[at..at + m * ol], &mut ws.acc);
+                    }
+                    Repr::F32 => l.forward_f32(&ws.q[xi][..m * xl], m, &mut ws.f[o][at..at + m * ol], &mut ws.acc),
+                }
+            }
+            r0 += m;
+        }
     }
 
     fn add_slot(&mut self, repr: Repr, len: usize, name: &str) -> usize {
@@ -590,23 +665,25 @@ impl Plan {
 
     /// Runs `n` samples of `x` and returns the first output (`n × output_len`).
     pub fn run<'w>(&self, x: &[f32], n: usize, ws: &'w mut Workspace) -> Result<&'w [f32], RuntimeError> {
-        self.execute(x, n, ws, &mut |_, _| {})?;
+        self.execute(x, n, ws, true, &mut |_, _| {})?;
         let o = self.outputs[0];
         Ok(&ws.f[o][..n * self.slots[o].len])
     }
 
     /// Every output, in graph order.
     pub fn run_all(&self, x: &[f32], n: usize, ws: &mut Workspace) -> Result<Vec<Vec<f32>>, RuntimeError> {
-        self.execute(x, n, ws, &mut |_, _| {})?;
+        self.execute(x, n, ws, true, &mut |_, _| {})?;
         Ok(self.outputs.iter().map(|&o| ws.f[o][..n * self.slots[o].len].to_vec()).collect())
     }
 
     /// Runs and shows every f32 graph value (by name) to `observe`: used for calibration.
     pub fn run_observe(&self, x: &[f32], n: usize, ws: &mut Workspace, observe: &mut dyn FnMut(&str, &[f32])) -> Result<(), RuntimeError> {
-        self.execute(x, n, ws, observe)
+        self.execute(x, n, ws, false, observe)
     }
 
-    fn execute(&self, x: &[f32], n: usize, ws: &mut Workspace, observe: &mut dyn FnMut(&str, &[f32])) -> Result<(), RuntimeError> {
+    /// Runs the steps; `fuse` lets the fused integer prefix run block by block (its
+    /// intermediate values are then not whole, so observers turn it off).
+    fn execute(&self, x: &[f32], n: usize, ws: &mut Workspace, fuse: bool, observe: &mut dyn FnMut(&str, &[f32])) -> Result<(), RuntimeError> {
         let per = self.input_len();
         if x.len() < n * per {
             return Err(RuntimeError::InputShape { got: x.len(), per_sample: per, shape: self.input_shape.clone() });
@@ -629,11 +706,15 @@ impl Plan {
             Some(Step { kernel: Kernel::Quantize(qp), inputs, out }) if inputs[0] == 0 && self.input_read_once => Some((*qp, *out)),
             _ => None,
         };
+        let chain = self.chain.filter(|_| fuse);
         if direct_quantize.is_none() {
             ws.f[0][..n * per].copy_from_slice(&x[..n * per]);
         }
         observe_slot(&self.slots[0], &x[..n * per], observe);
-        for (si, step) in self.steps.iter().enumerate() {
+        if let Some(c) = chain {
+            self.run_chain(c, x, n, ws);
+        }
+        for (si, step) in self.steps.iter().enumerate().skip(chain.map_or(0, |c| c.steps)) {
             let (xi, o) = (step.inputs[0], step.out);
             if si == 0
                 && let Some((qp, out)) = direct_quantize
@@ -642,10 +723,7 @@ impl Plan {
                 continue;
             }
             let (xl, ol) = (self.slots[xi].len, self.slots[o].len);
-            let kernel = match &step.kernel {
-                Kernel::ByBatch(by) => by.iter().find(|(bound, _)| n < *bound).map_or(&by[by.len() - 1].1, |(_, k)| k),
-                k => k,
-            };
+            let kernel = resolve(&step.kernel, n);
             match kernel {
                 Kernel::LinearF32 { .. } | Kernel::LinearCsr { .. } | Kernel::LinearCodebook { .. } => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
@@ -765,6 +843,14 @@ impl Plan {
             }
         }
         Ok(())
+    }
+}
+
+/// The kernel that runs a batch of `n` (a by-batch choice resolved).
+fn resolve(kernel: &Kernel, n: usize) -> &Kernel {
+    match kernel {
+        Kernel::ByBatch(by) => by.iter().find(|(bound, _)| n < *bound).map_or(&by[by.len() - 1].1, |(_, k)| k),
+        k => k,
     }
 }
 
@@ -1062,6 +1148,50 @@ mod tests {
             for (a, b) in y[s * 3..(s + 1) * 3].iter().zip(&want) {
                 assert!((a - b).abs() < 0.05, "{a} vs {b}");
             }
+        }
+    }
+
+    /// An all-integer MLP (odd widths, one layer stored sparse so its kernel is chosen
+    /// per batch) runs as one fused chain, block by block, and gives exactly the bits of
+    /// the same steps run one after another over the whole batch, at batches around
+    /// the block size.
+    #[test]
+    fn fused_integer_chain_equals_step_by_step() {
+        let g = Graph::chain(
+            vec![37],
+            vec![("fc1", lin(37, 29)), ("r1", Op::Relu), ("fc2", lin(29, 23)), ("r2", Op::Relu), ("fc3", lin(23, 5)), ("sm", Op::Softmax)],
+        );
+        let mut rng = Rng::new(31);
+        let mut stored = HashMap::new();
+        for p in g.parameters() {
+            let v: Vec<f32> = (0..p.numel()).map(|i| if p.name == "fc2.weight" && i % 3 != 0 { 0.0 } else { rng.uniform(0.5) }).collect();
+            if p.name.ends_with("weight") {
+                let rows = p.shape[0];
+                let scales: Vec<f32> = v.chunks(v.len() / rows).map(|r| r.iter().fold(1e-6f32, |m, x| m.max(x.abs())) / 127.0).collect();
+                let q = v.iter().enumerate().map(|(i, x)| (x / scales[i / (v.len() / rows)]).round() as i8).collect();
+                stored.insert(p.name.clone(), Weights::I8 { q, scales });
+            } else {
+                stored.insert(p.name.clone(), Weights::F32(v));
+            }
+        }
+        let quant = QuantPlan {
+            integer_nodes: ["fc1", "fc2", "fc3"].iter().map(|s| s.to_string()).collect(),
+            activations: [("input", (0.0, 1.0)), ("r1", (0.0, 3.0)), ("r2", (0.0, 2.5))]
+                .iter()
+                .map(|(n, (lo, hi))| (n.to_string(), QParams::from_range(*lo, *hi)))
+                .collect(),
+        };
+        let encodings: HashMap<String, Encoding> = [("fc2.weight".to_string(), Encoding { sparse: true, codebook: None })].into();
+        let plan = Plan::with_encodings(&g, stored, &quant, &encodings).unwrap();
+        assert_eq!(plan.chain.map(|c| c.steps), Some(4), "quantize + three integer layers");
+        for batch in [1usize, 5, CHAIN_ROWS - 1, CHAIN_ROWS, CHAIN_ROWS + 1, 3 * CHAIN_ROWS + 7, 256] {
+            let x: Vec<f32> = (0..batch * 37).map(|_| rng.next_f32() * 1.2 - 0.1).collect();
+            let fused = plan.run(&x, batch, &mut Workspace::default()).unwrap().to_vec();
+            let mut ws = Workspace::default();
+            plan.execute(&x, batch, &mut ws, false, &mut |_, _| {}).unwrap();
+            let o = plan.outputs[0];
+            assert_eq!(fused, ws.f[o][..batch * 5], "batch {batch}");
+            assert!(fused.iter().all(|v| v.is_finite() && *v >= 0.0));
         }
     }
 
