@@ -36,6 +36,7 @@
 pub mod codec;
 pub mod recipe;
 pub mod store;
+pub mod text;
 pub mod compress;
 pub mod pipeline;
 pub mod data;

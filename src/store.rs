@@ -152,6 +152,7 @@ pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
     let mut w = HashMap::new();
     let mut encodings = HashMap::new();
     let mut hashed = false;
+    let mut int4 = false;
     let weight_names: std::collections::HashSet<String> =
         s.graph.parameters().into_iter().filter(|p| p.kind == crate::spec::ParamKind::Weight).map(|p| p.name).collect();
     for t in &s.tensors {
@@ -182,6 +183,11 @@ pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
                 pos.iter().zip(q).for_each(|(&i, &v)| dense[i as usize] = v);
                 Weights::I8 { q: dense, scales: scales.clone() }
             }
+            // Int4 weights are dequantized at load: the compute is f32.
+            (Values::I4 { .. }, _) => {
+                int4 = true;
+                Weights::F32(t.to_dense_f32())
+            }
             (Values::F32(_) | Values::Codebook { .. } | Values::Hashed { .. }, _) => Weights::F32(t.to_dense_f32()),
         };
         w.insert(t.name.clone(), weights);
@@ -189,6 +195,9 @@ pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
     let mut plan = Plan::with_encodings(&s.graph, w, &s.quant, &encodings)?;
     if hashed {
         plan.note_expanded("hashed");
+    }
+    if int4 {
+        plan.note_expanded("int4");
     }
     Ok(plan)
 }

@@ -1,8 +1,15 @@
 //! Hard pruning by magnitude: remove the connections with the smallest |w|, either the
 //! same fraction in every layer (layer-wise) or one threshold over all weights (global).
 //! The removal is recorded as a mask constraint, so fine-tuning keeps it.
+//!
+//! [`prune_scored`] ranks weights within each output row instead, by magnitude or by
+//! Wanda's activation-aware score `|W_ij| · ‖X_j‖₂` (Sun et al., 2023: the input
+//! feature's L2 norm over calibration rows, [`input_norms`]), and also prunes to an
+//! N:M pattern (2:4: in every block of 4 consecutive inputs of a row, keep 2).
 
 use serde::{Deserialize, Serialize};
+
+use std::collections::HashMap;
 
 use crate::model::Model;
 use crate::spec::ParamKind;
@@ -50,6 +57,10 @@ impl Schedule {
 pub enum PruneError {
     #[error("sparsity must be in [0, 1), got {0}")]
     Sparsity(f64),
+    #[error("{0}")]
+    Pattern(String),
+    #[error("calibration run failed: {0}")]
+    Calibration(String),
     #[error("layer '{0}' is not a weight of this model")]
     UnknownLayer(String),
 }
@@ -130,6 +141,180 @@ pub fn magnitude_per_layer(
     Ok(summary)
 }
 
+/// What ranks a weight within its output row.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Score {
+    /// `|W_ij|`.
+    #[default]
+    Magnitude,
+    /// `|W_ij| · ‖X_j‖₂` over calibration rows (Wanda).
+    Wanda,
+}
+
+/// Which weights compete for removal.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pattern {
+    /// The given fraction of every output row.
+    Rows { sparsity: f64 },
+    /// Keep `n` of every `m` consecutive inputs of a row (2:4 = semi-structured).
+    NofM { n: usize, m: usize },
+}
+
+/// The weight tensors a row-wise pass can prune, with the graph value each one reads
+/// (its input features): a Linear's weight reads the node's input; an attention
+/// node's query/key/value weights read the attention input. The attention output
+/// projection reads the attention context, which is internal to the node: it is
+/// listed with no input value (Wanda scores it by magnitude).
+pub fn row_prunable(model: &Model) -> Vec<(String, String, Option<String>)> {
+    let mut out = Vec::new();
+    for node in &model.graph.nodes {
+        match &node.op {
+            crate::spec::Op::Linear { .. } => out.push((node.name.clone(), format!("{}.weight", node.name), Some(node.inputs[0].clone()))),
+            _ => {
+                for (suffix, reads_input) in attention_projections(&node.op) {
+                    out.push((node.name.clone(), format!("{}.{suffix}.weight", node.name), reads_input.then(|| node.inputs[0].clone())));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The projections of an attention node and whether each reads the node's input.
+pub fn attention_projections(op: &crate::spec::Op) -> Vec<(&'static str, bool)> {
+    // ATTN-MERGE: SelfAttention arm added once the attention op is merged.
+    let _ = op;
+    Vec::new()
+}
+
+/// Per graph value read by a row-prunable weight: the L2 norm of each feature (last
+/// dim) over every calibration row. `inputs` holds `n` samples; with `valid`, rows of a
+/// `[seq, features]` value at positions at or past a sample's valid length (padding)
+/// are left out.
+pub fn input_norms(model: &Model, inputs: &[f32], n: usize, valid: Option<&[usize]>) -> Result<HashMap<String, Vec<f32>>, PruneError> {
+    use crate::runtime::exec::{Plan, Weights, Workspace};
+    let calib = |e: String| PruneError::Calibration(e);
+    let shapes = model.graph.validate().map_err(|e| calib(e.to_string()))?;
+    let seq = model.graph.input_shape.first().copied().unwrap_or(0);
+    let wanted: HashMap<String, usize> = row_prunable(model)
+        .into_iter()
+        .filter_map(|(_, _, v)| v)
+        .filter_map(|v| {
+            let shape = if v == crate::spec::INPUT { model.graph.input_shape.clone() } else { shapes.get(&v)?.clone() };
+            Some((v, *shape.last()?))
+        })
+        .collect();
+    let weights: HashMap<String, Weights> = model.tensors().into_iter().map(|(k, v)| (k, Weights::F32(v))).collect();
+    let plan = Plan::new(&model.graph, weights, &crate::spec::QuantPlan::default()).map_err(|e| calib(e.to_string()))?;
+    let per = model.graph.input_len();
+    if n == 0 || inputs.len() != n * per {
+        return Err(calib(format!("{} calibration values are not {n} samples of {per}", inputs.len())));
+    }
+    let mut sums: HashMap<String, Vec<f64>> = wanted.iter().map(|(k, &f)| (k.clone(), vec![0.0; f])).collect();
+    let mut ws = Workspace::default();
+    let batch = 16;
+    for start in (0..n).step_by(batch) {
+        let end = (start + batch).min(n);
+        let mut observe = |name: &str, data: &[f32]| {
+            let (Some(&features), Some(acc)) = (wanted.get(name), sums.get_mut(name)) else { return };
+            let per_sample = data.len() / (end - start);
+            let rows = per_sample / features;
+            for s in 0..end - start {
+                let limit = match valid {
+                    Some(v) if rows == seq => v.get(start + s).copied().unwrap_or(rows).min(rows),
+                    _ => rows,
+                };
+                for r in 0..limit {
+                    let row = &data[s * per_sample + r * features..][..features];
+                    acc.iter_mut().zip(row).for_each(|(a, &x)| *a += f64::from(x) * f64::from(x));
+                }
+            }
+        };
+        plan.run_observe(&inputs[start * per..end * per], end - start, &mut ws, &mut observe).map_err(|e| calib(e.to_string()))?;
+    }
+    Ok(sums.into_iter().map(|(k, v)| (k, v.into_iter().map(|x| x.sqrt() as f32).collect())).collect())
+}
+
+/// Prunes the row-prunable weights of `layers` (all when empty; see [`row_prunable`])
+/// by `score` within each output row, to `pattern`. Wanda needs `norms` from
+/// [`input_norms`]; a weight whose input has no norm (the attention output
+/// projection) is scored by magnitude. Weights already masked stay removed.
+pub fn prune_scored(
+    model: &mut Model,
+    pattern: Pattern,
+    score: Score,
+    norms: &HashMap<String, Vec<f32>>,
+    layers: &[String],
+) -> Result<PruneSummary, PruneError> {
+    let targets = row_prunable(model);
+    for l in layers {
+        if !targets.iter().any(|(node, _, _)| node == l) {
+            return Err(PruneError::UnknownLayer(l.clone()));
+        }
+    }
+    match pattern {
+        Pattern::Rows { sparsity } if !(0.0..1.0).contains(&sparsity) => return Err(PruneError::Sparsity(sparsity)),
+        Pattern::NofM { n, m } if n == 0 || n > m => return Err(PruneError::Pattern(format!("{n}:{m} must keep between 1 and {m} of every {m}"))),
+        _ => {}
+    }
+    let mut summary = PruneSummary { layers: Vec::new() };
+    for (node, name, input) in targets {
+        if !layers.is_empty() && !layers.contains(&node) {
+            continue;
+        }
+        let spec = model.params.specs.iter().find(|s| s.name == name).expect("row_prunable lists parameters").clone();
+        let (rows, cols) = (spec.shape[0], spec.numel() / spec.shape[0].max(1));
+        let norm = match (score, &input) {
+            (Score::Wanda, Some(v)) => {
+                let n = norms.get(v).ok_or_else(|| PruneError::Calibration(format!("no input norms for '{v}' (read by '{name}')")))?;
+                if n.len() != cols {
+                    return Err(PruneError::Calibration(format!("'{v}' has {} norms, '{name}' has {cols} inputs", n.len())));
+                }
+                Some(n.clone())
+            }
+            _ => None,
+        };
+        let w = model.params.get(&name).expect("listed parameter");
+        let old = model.constraints.masks.get(&name);
+        let scores: Vec<f32> = w
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if old.is_some_and(|k| !k[i]) { -1.0 } else { v.abs() * norm.as_ref().map_or(1.0, |n| n[i % cols]) })
+            .collect();
+        let mut mask = vec![true; w.len()];
+        for r in 0..rows {
+            let row = &scores[r * cols..(r + 1) * cols];
+            let keep = &mut mask[r * cols..(r + 1) * cols];
+            match pattern {
+                Pattern::Rows { sparsity } => {
+                    let remove = ((cols as f64) * sparsity).round() as usize;
+                    let mut order: Vec<usize> = (0..cols).collect();
+                    // Stable: among equal scores the earlier input goes first.
+                    order.sort_by(|&a, &b| row[a].total_cmp(&row[b]));
+                    order[..remove].iter().for_each(|&j| keep[j] = false);
+                    row.iter().zip(keep.iter_mut()).for_each(|(s, k)| *k &= *s >= 0.0);
+                }
+                Pattern::NofM { n, m } => {
+                    if cols % m != 0 {
+                        return Err(PruneError::Pattern(format!("'{name}' has {cols} inputs per row, not a multiple of {m} ({n}:{m} pruning)")));
+                    }
+                    for b in (0..cols).step_by(m) {
+                        let mut order: Vec<usize> = (b..b + m).collect();
+                        order.sort_by(|&a, &c| row[c].total_cmp(&row[a]));
+                        order[n..].iter().for_each(|&j| keep[j] = false);
+                        order[..n].iter().for_each(|&j| keep[j] &= row[j] >= 0.0);
+                    }
+                }
+            }
+        }
+        let kept = mask.iter().filter(|k| **k).count();
+        summary.layers.push((name.clone(), mask.len(), kept));
+        model.set_mask(&name, mask).expect("mask has the parameter's length");
+    }
+    Ok(summary)
+}
+
 /// The magnitude at rank `sparsity·n` and how many entries equal to it must go too, so
 /// that exactly `round(sparsity·n)` entries are removed.
 fn kth_threshold(v: &mut [f32], sparsity: f64) -> (f32, usize) {
@@ -169,6 +354,7 @@ fn keep_above(mags: &[f32], t: f32, ties: Option<usize>) -> (Vec<bool>, usize) {
 mod tests {
     use super::*;
     use crate::model::zoo;
+    use crate::spec::Graph;
 
     #[test]
     fn layerwise_removes_exactly_the_fraction_of_smallest_weights() {
@@ -226,6 +412,94 @@ mod tests {
         let s = magnitude_per_layer(&mut m, 0.5, Scope::Layer, &[], &per).unwrap();
         let frac: Vec<f64> = s.layers.iter().map(|l| 1.0 - l.2 as f64 / l.1 as f64).collect();
         assert!((frac[0] - 0.95).abs() < 1e-3 && (frac[1] - 0.5).abs() < 1e-3 && (frac[2] - 0.2).abs() < 1e-3, "{frac:?}");
+    }
+
+    /// lenet300's layers (Linear 784-300-100-10, no input normalisation) with calibration inputs whose features have
+    /// very different scales, so that Wanda and magnitude disagree.
+    fn plain_lenet300() -> Graph {
+        let linear = |i, o| crate::spec::Op::Linear { in_features: i, out_features: o, bias: true };
+        use crate::spec::Op::Relu;
+        Graph::chain(vec![784], vec![("fc1", linear(784, 300)), ("relu1", Relu), ("fc2", linear(300, 100)), ("relu2", Relu), ("fc3", linear(100, 10))])
+    }
+
+    fn scaled_inputs(n: usize) -> Vec<f32> {
+        let mut rng = crate::rng::Rng::new(11);
+        (0..n * 784).map(|i| rng.uniform(1.0) * if (i % 784) % 2 == 0 { 10.0 } else { 0.01 }).collect()
+    }
+
+    #[test]
+    fn input_norms_are_the_l2_norm_of_each_feature_over_rows() {
+        let m = Model::init(plain_lenet300(), 4).unwrap();
+        let x = scaled_inputs(5);
+        let norms = input_norms(&m, &x, 5, None).unwrap();
+        let want: Vec<f32> = (0..784).map(|j| (0..5).map(|s| (x[s * 784 + j] as f64).powi(2)).sum::<f64>().sqrt() as f32).collect();
+        let got = &norms[crate::spec::INPUT];
+        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5 * b.max(1.0)));
+        // fc2 reads fc1's ReLU: 300 features.
+        let fc2_input = &m.graph.node("fc2").unwrap().inputs[0];
+        assert_eq!(norms[fc2_input].len(), 300);
+        assert!(matches!(input_norms(&m, &x[..10], 5, None), Err(PruneError::Calibration(_))));
+    }
+
+    #[test]
+    fn wanda_prunes_each_row_by_weight_times_input_norm() {
+        let x = scaled_inputs(8);
+        let mut a = Model::init(plain_lenet300(), 4).unwrap();
+        let mut b = a.clone();
+        let norms = input_norms(&a, &x, 8, None).unwrap();
+        let w = a.params.get("fc1.weight").unwrap().to_vec();
+        let s = prune_scored(&mut a, Pattern::Rows { sparsity: 0.5 }, Score::Wanda, &norms, &[]).unwrap();
+        prune_scored(&mut b, Pattern::Rows { sparsity: 0.5 }, Score::Magnitude, &norms, &[]).unwrap();
+        assert_eq!(s.layers.len(), 3);
+        let mask = &a.constraints.masks["fc1.weight"];
+        let n = &norms[crate::spec::INPUT];
+        for r in 0..300 {
+            let row = r * 784..(r + 1) * 784;
+            assert_eq!(mask[row.clone()].iter().filter(|k| **k).count(), 392, "row {r} keeps half");
+            let score = |j: usize| w[r * 784 + j].abs() * n[j];
+            let max_removed = (0..784).filter(|&j| !mask[r * 784 + j]).map(score).fold(0.0, f32::max);
+            let min_kept = (0..784).filter(|&j| mask[r * 784 + j]).map(score).fold(f32::MAX, f32::min);
+            assert!(max_removed <= min_kept, "row {r}");
+        }
+        // With inputs 1000x apart in scale, Wanda keeps mostly the loud (even) inputs;
+        // magnitude does not look at the inputs.
+        let even_kept = |m: &Model| m.constraints.masks["fc1.weight"].iter().enumerate().filter(|(i, k)| **k && (i % 784) % 2 == 0).count();
+        assert!(even_kept(&a) > 300 * 380, "{}", even_kept(&a));
+        assert!(even_kept(&b) < 300 * 250, "{}", even_kept(&b));
+        // Output error on the calibration inputs: Wanda's is smaller.
+        let dense = Model::init(plain_lenet300(), 4).unwrap();
+        let run = |m: &Model| {
+            let p = crate::store::model_plan(m).unwrap();
+            p.run(&x, 8, &mut Default::default()).unwrap().to_vec()
+        };
+        let (yd, ya, yb) = (run(&dense), run(&a), run(&b));
+        let err = |y: &[f32]| y.iter().zip(&yd).map(|(p, q)| (p - q).powi(2)).sum::<f32>();
+        assert!(err(&ya) < err(&yb), "wanda {} vs magnitude {}", err(&ya), err(&yb));
+    }
+
+    #[test]
+    fn two_four_keeps_the_two_best_of_every_four_and_old_removals_stay() {
+        let mut m = Model::init(plain_lenet300(), 6).unwrap();
+        magnitude(&mut m, 0.3, Scope::Layer, &["fc2".into()]).unwrap();
+        let old = m.constraints.masks["fc2.weight"].clone();
+        let w = m.params.get("fc1.weight").unwrap().to_vec();
+        prune_scored(&mut m, Pattern::NofM { n: 2, m: 4 }, Score::Magnitude, &HashMap::new(), &["fc1".into(), "fc2".into()]).unwrap();
+        let mask = &m.constraints.masks["fc1.weight"];
+        for b in (0..w.len()).step_by(4) {
+            let kept: Vec<usize> = (b..b + 4).filter(|&i| mask[i]).collect();
+            assert_eq!(kept.len(), 2, "block {b}");
+            let min_kept = kept.iter().map(|&i| w[i].abs()).fold(f32::MAX, f32::min);
+            assert!((b..b + 4).filter(|&i| !mask[i]).all(|i| w[i].abs() <= min_kept));
+        }
+        let new = &m.constraints.masks["fc2.weight"];
+        assert!(old.iter().zip(new).all(|(o, n)| *o || !*n), "a removed weight came back");
+        assert!(!m.constraints.masks.contains_key("fc3.weight"));
+        // fc3 has 100 inputs per row: fine for 2:4, not for 3:8.
+        let e = prune_scored(&mut m, Pattern::NofM { n: 3, m: 8 }, Score::Magnitude, &HashMap::new(), &["fc3".into()]).unwrap_err();
+        assert!(e.to_string().contains("not a multiple of 8"), "{e}");
+        assert!(matches!(prune_scored(&mut m, Pattern::NofM { n: 5, m: 4 }, Score::Magnitude, &HashMap::new(), &[]), Err(PruneError::Pattern(_))));
+        // Wanda without norms for a layer is an error, not a silent magnitude fallback.
+        assert!(matches!(prune_scored(&mut m, Pattern::Rows { sparsity: 0.5 }, Score::Wanda, &HashMap::new(), &[]), Err(PruneError::Calibration(_))));
     }
 
     #[test]

@@ -55,6 +55,62 @@ pub fn quantize_per_channel(w: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
     (q, scales)
 }
 
+/// Symmetric int4 in groups of `group` consecutive (flat row-major) elements:
+/// `scale = max|w| / 7` per group, rounded up to the next f16 (scales are stored as
+/// f16), `q = round(w / scale)` in `-7..=7`; zeros stay exactly zero. Returns (q, scales).
+pub fn quantize_groups_int4(w: &[f32], group: usize) -> (Vec<i8>, Vec<f32>) {
+    use crate::codec::f16;
+    let group = group.max(1);
+    let mut q = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(w.len().div_ceil(group));
+    for g in w.chunks(group) {
+        let max = g.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let want = max / 7.0;
+        let mut bits = f16::from_f32(want);
+        // Rounding the scale down would push the largest |w| past 7.
+        if f16::to_f32(bits) < want {
+            bits += 1;
+        }
+        let scale = match f16::to_f32(bits) {
+            _ if max == 0.0 => 1.0,
+            // Beyond f16's range (|w| > 7 × 65504): clamp, the largest weights saturate.
+            x if !x.is_finite() => 65504.0,
+            // Below f16's smallest subnormal: those weights store as zero.
+            0.0 => f16::to_f32(1),
+            x => x,
+        };
+        scales.push(scale);
+        q.extend(g.iter().map(|v| (v / scale).round().clamp(-7.0, 7.0) as i8));
+    }
+    (q, scales)
+}
+
+/// Weight-only int4 (group-wise) of `model`'s weight tensors; `layers` limits it to
+/// named nodes (all weighted nodes when empty), the rest stays f32 (mixed precision:
+/// e.g. keep the embeddings or the first block at f32 by leaving them out). Compute
+/// stays f32: the runtime dequantizes int4 weights at load.
+pub fn quantize_int4(model: &Model, group: usize, layers: &[String]) -> Result<SqzModel, QuantizeError> {
+    let weighted: BTreeSet<&str> =
+        model.params.specs.iter().filter(|s| s.kind == ParamKind::Weight).map(|s| s.node.as_str()).collect();
+    if let Some(l) = layers.iter().find(|l| !weighted.contains(l.as_str())) {
+        return Err(QuantizeError::UnknownLayer(l.clone()));
+    }
+    let tensors = model
+        .params
+        .iter()
+        .map(|(spec, data)| {
+            let chosen = spec.kind == ParamKind::Weight && (layers.is_empty() || layers.contains(&spec.node));
+            if chosen {
+                let (q, scales) = quantize_groups_int4(data, group);
+                StoredTensor { name: spec.name.clone(), shape: spec.shape.clone(), values: Values::I4 { q, group: group.max(1), scales }, positions: None }
+            } else {
+                stored(spec.name.clone(), spec.shape.clone(), model.constraints.masks.get(&spec.name), Values::F32(data.to_vec()))
+            }
+        })
+        .collect();
+    Ok(SqzModel { graph: model.graph.clone(), quant: QuantPlan::default(), tensors, metadata: BTreeMap::new() })
+}
+
 /// The stored form of a float model: f32 tensors, sparse where a mask says so.
 pub fn store_f32(model: &Model) -> SqzModel {
     let tensors = model
@@ -88,8 +144,9 @@ fn stored(name: String, shape: Vec<usize>, mask: Option<&Vec<bool>>, values: Val
         Values::F32(v) => Values::F32(positions.iter().map(|&i| v[i as usize]).collect()),
         Values::I8 { q, scales } => Values::I8 { q: positions.iter().map(|&i| q[i as usize]).collect(), scales },
         Values::Codebook { indices, centroids } => Values::Codebook { indices: positions.iter().map(|&i| indices[i as usize]).collect(), centroids },
-        // store_f32 never pairs hashed values with a mask.
-        hashed @ Values::Hashed { .. } => return StoredTensor { name, shape, values: hashed, positions: None },
+        // store_f32 never pairs hashed values with a mask; int4 stays dense (its zeros
+        // are stored as zero codes).
+        dense @ (Values::Hashed { .. } | Values::I4 { .. }) => return StoredTensor { name, shape, values: dense, positions: None },
     };
     StoredTensor { name, shape, values, positions: Some(positions) }
 }
@@ -191,6 +248,48 @@ fn calibrate(model: &Model, images: &[f32]) -> Result<BTreeMap<String, QParams>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn int4_groups_keep_zeros_bound_the_error_and_store_f16_scales() {
+        let mut rng = crate::rng::Rng::new(3);
+        // 70 values in groups of 32: the last group is partial; one group is all zero.
+        let mut w: Vec<f32> = (0..70).map(|_| rng.uniform(1.0)).collect();
+        w[32..64].iter_mut().for_each(|v| *v = 0.0);
+        w[5] = 0.0;
+        let (q, s) = quantize_groups_int4(&w, 32);
+        assert_eq!(s.len(), 3);
+        assert_eq!(q[5], 0);
+        assert!(q[32..64].iter().all(|&v| v == 0));
+        for (i, (&v, &qq)) in w.iter().zip(&q).enumerate() {
+            let scale = s[i / 32];
+            assert!(crate::codec::f16::exact(scale).is_some());
+            assert!((-7..=7).contains(&qq));
+            assert!((v - scale * qq as f32).abs() <= scale / 2.0 + 1e-6, "{i}: {v} vs {}", scale * qq as f32);
+        }
+        // The largest magnitude of a group lands on ±7 or just inside it (scale rounded up).
+        let max_q = q[..32].iter().map(|v| v.abs()).max().unwrap();
+        assert!(max_q >= 6, "{max_q}");
+    }
+
+    #[test]
+    fn int4_model_round_trips_through_the_container_and_runs() {
+        let graph = crate::model::zoo::build("mlp").unwrap();
+        let model = Model::init(graph, 5).unwrap();
+        let sqz = quantize_int4(&model, 32, &[]).unwrap();
+        let bytes = crate::format::sqz::encode(&sqz).unwrap();
+        let back = crate::format::sqz::decode(&bytes, &Default::default()).unwrap();
+        assert_eq!(back.tensors, sqz.tensors);
+        let plan = crate::store::sqz_plan(&back).unwrap();
+        let float = crate::store::model_plan(&model).unwrap();
+        let x: Vec<f32> = (0..model.graph.input_len() * 2).map(|i| (i % 7) as f32 / 7.0).collect();
+        let (mut a, mut b) = (Workspace::default(), Workspace::default());
+        let ya = plan.run(&x, 2, &mut a).unwrap().to_vec();
+        let yb = float.run(&x, 2, &mut b).unwrap().to_vec();
+        let rel = ya.iter().zip(&yb).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max) / yb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(rel < 0.25, "int4 output differs by {rel} of the output range");
+        assert!(plan.kernel_description().contains("int4"), "{}", plan.kernel_description());
+        assert!(matches!(quantize_int4(&model, 32, &["nope".into()]), Err(QuantizeError::UnknownLayer(_))));
+    }
 
     #[test]
     fn per_channel_keeps_zeros_and_bounds_the_error() {

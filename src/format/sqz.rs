@@ -55,6 +55,15 @@
 //!   `negated(seed, i)` ([`crate::codec::hash`]). No per-element index is stored:
 //!   position coding must be 0 (dense), count = numel, body coding 2.
 //!
+//!   Value type 4 = int4 group-wise (minor version 2): element `i` (flat row-major
+//!   index) is `scales[i / group] · q[i]` with `q` in `-8..=7`. Dense only (position
+//!   coding 0), count = numel, body coding 2:
+//!
+//!   ```text
+//!   u32 group (1..=65536), u8 tag 1, f16 scales × ceil(numel / group),
+//!   u8 tag 0, q packed two per byte (element 2j in the low nibble, two's complement)
+//!   ```
+//!
 //!   Component tags: 0 = plain, 1 = f16 (IEEE binary16 bits as u16, see
 //!   [`crate::codec::f16`]), 2 = Huffman (a [`crate::codec::huffman`] stream: code
 //!   length table then code words, zero-padded to a byte; int8 values are coded as
@@ -66,8 +75,9 @@
 //! Value type 2, position coding 3 and body coding 2 are additions within version
 //! 1.0, value type 3 (hashed) one within 1.1: files without them are byte-identical
 //! to before and still decode; a reader that predates them reports such a tensor as
-//! corrupt ("unknown value type"). Writers put minor version 1 in the header only
-//! when a hashed tensor is present, so every other file stays 1.0.
+//! corrupt ("unknown value type"). Writers put minor version 2 in the header only
+//! when an int4 tensor is present, else 1 when a hashed tensor is present, so every
+//! other file stays 1.0.
 //!
 //! # Encoder choices
 //!
@@ -129,6 +139,12 @@ const VT_HASHED: u8 = 3;
 const HASH_SIGNED: u8 = 1;
 /// The minor version that introduced hashed tensors.
 const MINOR_HASHED: u16 = 1;
+/// Int4 group-wise values (see the module docs).
+const VT_I4: u8 = 4;
+/// The minor version that introduced int4 tensors.
+const MINOR_INT4: u16 = 2;
+/// Largest int4 group.
+pub const MAX_I4_GROUP: usize = 1 << 16;
 const POS_HUFF_GAPS: u8 = 3;
 /// Component tags of a tagged body.
 const C_PLAIN: u8 = 0;
@@ -185,6 +201,16 @@ pub enum Values {
         /// The shared values (at most [`MAX_CENTROIDS`]).
         centroids: Vec<f32>,
     },
+    /// Int4 group-wise: element `i` is `scales[i / group] · q[i]`, `q` in `-8..=7`,
+    /// scales exact in f16 (they are stored as f16); dense only (no positions).
+    I4 {
+        /// One value in `-8..=7` per element.
+        q: Vec<i8>,
+        /// Elements per scale (consecutive in flat row-major order).
+        group: usize,
+        /// `ceil(numel / group)` scales, each exactly representable in f16.
+        scales: Vec<f32>,
+    },
     /// Hashed weight sharing (HashedNets): element `i` is
     /// `±buckets[codec::hash::bucket(seed, i, k)]`; only dense (no positions).
     Hashed {
@@ -205,6 +231,7 @@ impl Values {
         match self {
             Values::F32(v) => v.len(),
             Values::I8 { q, .. } => q.len(),
+            Values::I4 { q, .. } => q.len(),
             Values::Codebook { indices, .. } => indices.len(),
             Values::Hashed { len, .. } => *len,
         }
@@ -248,6 +275,7 @@ impl StoredTensor {
         let ty = match &self.values {
             Values::F32(_) => "f32".to_string(),
             Values::I8 { .. } => "int8/ch".to_string(),
+            Values::I4 { group, .. } => format!("int4/g{group}"),
             Values::Codebook { centroids, .. } => format!("codebook-{}", centroids.len()),
             Values::Hashed { buckets, signed: true, .. } => format!("hashed-signed-{}", buckets.len()),
             Values::Hashed { buckets, signed: false, .. } => format!("hashed-{}", buckets.len()),
@@ -279,6 +307,14 @@ impl StoredTensor {
                     if let Some(j) = index(i) {
                         let s = scales.get(j / row_len).copied().unwrap_or(0.0);
                         f(j, s * f32::from(x));
+                    }
+                }
+            }
+            Values::I4 { q, group, scales } => {
+                let group = (*group).max(1);
+                for (i, &x) in q.iter().enumerate() {
+                    if let Some(j) = index(i) {
+                        f(j, scales.get(i / group).copied().unwrap_or(0.0) * f32::from(x));
                     }
                 }
             }
@@ -506,8 +542,16 @@ pub fn encode_with(model: &SqzModel, opts: &EncodeOptions) -> Result<Vec<u8>, Fo
     let mut out = Vec::with_capacity(HEADER_LEN + json.len() + 64);
     out.extend_from_slice(&MAGIC);
     let hashed = model.tensors.iter().any(|t| matches!(t.values, Values::Hashed { .. }));
+    let int4 = model.tensors.iter().any(|t| matches!(t.values, Values::I4 { .. }));
+    let minor = if int4 {
+        MINOR_INT4
+    } else if hashed {
+        MINOR_HASHED
+    } else {
+        VERSION.1
+    };
     out.extend_from_slice(&VERSION.0.to_le_bytes());
-    out.extend_from_slice(&(if hashed { MINOR_HASHED } else { VERSION.1 }).to_le_bytes());
+    out.extend_from_slice(&minor.to_le_bytes());
     match deflate(&json).filter(|d| opts.entropy_coding && d.len() < json.len()) {
         Some(d) => push_section(&mut out, KIND_META_DEFLATED, &d)?,
         None => push_section(&mut out, KIND_META, &json)?,
@@ -589,6 +633,26 @@ fn check_tensor(t: &StoredTensor, limits: &Limits) -> Result<u64, FormatError> {
             Some(_) => {}
         }
     }
+    if let Values::I4 { q, group, scales } = &t.values {
+        if t.positions.is_some() {
+            return Err(bad("int4 values are dense only (no positions)".into()));
+        }
+        if !(1..=MAX_I4_GROUP).contains(group) {
+            return Err(bad(format!("int4 group {group} is not in 1..={MAX_I4_GROUP}")));
+        }
+        if scales.len() as u64 != numel.div_ceil(*group as u64) {
+            return Err(bad(format!("{} int4 scales for {numel} elements in groups of {group}", scales.len())));
+        }
+        if let Some(v) = q.iter().find(|v| !(-8..=7).contains(*v)) {
+            return Err(bad(format!("int4 value {v} is outside -8..=7")));
+        }
+        if let Some(s) = scales.iter().find(|s| !s.is_finite()) {
+            return Err(bad(format!("int4 scale {s} is not finite")));
+        }
+        if let Some(s) = scales.iter().find(|s| codec::f16::exact(**s).is_none()) {
+            return Err(bad(format!("int4 scale {s} is not exact in f16")));
+        }
+    }
     if let Values::Hashed { buckets, .. } = &t.values {
         if t.positions.is_some() {
             return Err(bad("hashed values are dense only (no positions)".into()));
@@ -625,6 +689,7 @@ fn encode_tensor(t: &StoredTensor, limits: &Limits, entropy: bool) -> Result<Vec
     p.push(match t.values {
         Values::F32(_) => VT_F32,
         Values::I8 { .. } => VT_I8,
+        Values::I4 { .. } => VT_I4,
         Values::Codebook { .. } => VT_CODEBOOK,
         Values::Hashed { .. } => VT_HASHED,
     });
@@ -721,6 +786,15 @@ fn encode_tensor(t: &StoredTensor, limits: &Limits, entropy: bool) -> Result<Vec
                 body.push(C_PLAIN);
                 body.extend(packed);
             }
+            candidates.push((BODY_TAGGED, body));
+        }
+        Values::I4 { q, group, scales } => {
+            let mut body = Vec::with_capacity(6 + scales.len() * 2 + q.len().div_ceil(2));
+            body.extend_from_slice(&(*group as u32).to_le_bytes());
+            body.push(C_F16);
+            body.extend(f16s(scales).ok_or_else(|| FormatError::Invalid(format!("tensor '{}': int4 scale not exact in f16", t.name)))?);
+            body.push(C_PLAIN);
+            body.extend(q.chunks(2).map(|p| (p[0] as u8 & 0x0F) | ((*p.get(1).unwrap_or(&0) as u8 & 0x0F) << 4)));
             candidates.push((BODY_TAGGED, body));
         }
         Values::Hashed { buckets, seed, signed, .. } => {
@@ -1045,6 +1119,43 @@ fn decode_hashed(name: String, shape: Vec<usize>, numel: u64, raw: &[u8]) -> Res
     Ok((tensor, encoding, 0, raw.len()))
 }
 
+/// The body of an int4 tensor: group, f16 scales, packed nibbles.
+fn decode_int4(name: String, shape: Vec<usize>, numel: u64, raw: &[u8]) -> Result<DecodedTensor, FormatError> {
+    let bad = |why: String| FormatError::Corrupt(format!("tensor '{name}': {why}"));
+    let mut b = Reader { bytes: raw, pos: 0 };
+    let short = |what: &str| bad(format!("body ends inside the {what}"));
+    let group = u64::from(b.u32().ok_or_else(|| short("int4 group"))?);
+    if group == 0 || group > MAX_I4_GROUP as u64 {
+        return Err(bad(format!("int4 group {group} is not in 1..={MAX_I4_GROUP}")));
+    }
+    if b.u8().ok_or_else(|| short("scale tag"))? != C_F16 {
+        return Err(bad("int4 scales must be f16 (tag 1)".into()));
+    }
+    let n_scales = numel.div_ceil(group);
+    let avail = b.remaining();
+    let s = b.take(n_scales * 2).ok_or_else(|| bad(format!("body ends inside the scales: {} bytes needed, {avail} remain", n_scales * 2)))?;
+    let scales: Vec<f32> = s.chunks_exact(2).map(|c| codec::f16::to_f32(u16::from_le_bytes([c[0], c[1]]))).collect();
+    if let Some(s) = scales.iter().find(|s| !s.is_finite()) {
+        return Err(bad(format!("int4 scale {s} is not finite")));
+    }
+    if b.u8().ok_or_else(|| short("value tag"))? != C_PLAIN {
+        return Err(bad("int4 values must be packed nibbles (tag 0)".into()));
+    }
+    let packed_len = numel.div_ceil(2);
+    let avail = b.remaining();
+    let packed = b.take(packed_len).ok_or_else(|| bad(format!("body ends inside the values: {packed_len} bytes needed, {avail} remain")))?;
+    if b.remaining() != 0 {
+        return Err(bad(format!("{} unused bytes after the values", b.remaining())));
+    }
+    // Sign-extend each nibble: shifting it to the top of an i8 and back.
+    let mut q: Vec<i8> = packed.iter().flat_map(|&byte| [((byte << 4) as i8) >> 4, (byte as i8) >> 4]).collect();
+    q.truncate(numel as usize);
+    let values = Values::I4 { q, group: group as usize, scales };
+    let tensor = StoredTensor { name, shape, values, positions: None };
+    let encoding = format!("{} dense + s-f16", tensor.encoding_name());
+    Ok((tensor, encoding, 0, raw.len()))
+}
+
 /// The tensor name at the start of a (possibly truncated) TENS payload, if readable.
 fn peek_name(payload: &[u8]) -> Option<&str> {
     let mut r = Reader { bytes: payload, pos: 0 };
@@ -1088,7 +1199,7 @@ fn decode_tensor(
         return Err(bad(format!("shape {shape:?} has 2^32 or more elements")));
     }
     let vt = match r.u8().ok_or_else(short)? {
-        v @ (VT_F32 | VT_I8 | VT_CODEBOOK | VT_HASHED) => v,
+        v @ (VT_F32 | VT_I8 | VT_CODEBOOK | VT_HASHED | VT_I4) => v,
         v => return Err(bad(format!("unknown value type {v}"))),
     };
     let coding = match r.u8().ok_or_else(short)? {
@@ -1154,6 +1265,15 @@ fn decode_tensor(
         }
         *budget -= expanded;
         return decode_hashed(name, shape, numel, r.rest());
+    }
+    if vt == VT_I4 {
+        if !tagged {
+            return Err(bad(format!("int4 values need body coding {BODY_TAGGED}")));
+        }
+        if coding.is_some() {
+            return Err(bad("int4 values are dense only (position coding 0)".into()));
+        }
+        return decode_int4(name, shape, numel, r.rest());
     }
     let raw = r.rest();
     let body: Cow<[u8]> = if deflated {
@@ -2372,6 +2492,92 @@ mod tests {
         let mut m = hashed_model();
         m.tensors[0].values = Values::Hashed { buckets: vec![], seed: 1, signed: false, len: 64 };
         assert!(encode(&m).unwrap_err().to_string().contains("0 hash buckets"));
+    }
+
+    /// One int4 tensor (group 5, so the last group is partial and the last byte holds
+    /// one nibble when numel is odd) on the residual two-head graph.
+    fn int4_model() -> SqzModel {
+        let mut m = sample_model();
+        let mut rng = Rng::new(9);
+        let n = m.tensors[0].numel();
+        m.tensors[0].values = Values::I4 {
+            q: (0..n).map(|_| rng.below(16) as i8 - 8).collect(),
+            group: 5,
+            scales: (0..n.div_ceil(5)).map(|_| f16_round(rng.uniform(1.0).abs() + 0.01)).collect(),
+        };
+        m.tensors[0].positions = None;
+        m
+    }
+
+    #[test]
+    fn int4_tensors_round_trip_in_a_minor_2_file() {
+        let m = with_producer(int4_model());
+        let bytes = encode(&m).unwrap();
+        assert_eq!(&bytes[4..8], &[1, 0, 2, 0], "an int4 tensor makes the file 1.2");
+        assert_eq!(decode(&bytes, &Limits::default()).unwrap(), m);
+        let Values::I4 { q, scales, .. } = &m.tensors[0].values else { unreachable!() };
+        for (i, v) in m.tensors[0].to_dense_f32().iter().enumerate() {
+            assert_eq!(*v, scales[i / 5] * f32::from(q[i]));
+        }
+        let (_, sums) = summaries(&m);
+        let a = sums.iter().find(|s| s.tensor.as_deref() == Some(m.tensors[0].name.as_str())).unwrap();
+        assert_eq!(a.encoding, "int4/g5 dense + s-f16");
+        let n = m.tensors[0].numel();
+        // group, two tags, f16 scales, half a byte per value.
+        assert_eq!(a.value_bytes, 4 + 2 + 2 * n.div_ceil(5) + n.div_ceil(2));
+    }
+
+    #[test]
+    fn int4_survives_flips_truncations_and_mutations() {
+        survives_flips_truncations_and_mutations(int4_model(), 45);
+    }
+
+    #[test]
+    fn malformed_int4_tensors_are_refused() {
+        let body = |group: u32, stag: u8, scales: &[u8], vtag: u8, packed: &[u8]| {
+            let mut b = group.to_le_bytes().to_vec();
+            b.push(stag);
+            b.extend_from_slice(scales);
+            b.push(vtag);
+            b.extend_from_slice(packed);
+            b
+        };
+        // 6 elements in groups of 4: 2 f16 scales, 3 packed bytes.
+        let ok = tens_payload(&[2, 3], 4, &[0], 6, 2, &body(4, 1, &[0; 4], 0, &[0xF7, 0x08, 0x10]));
+        let d = decode(&file_with(&ok), &Limits::default()).unwrap();
+        let Values::I4 { q, group: 4, .. } = &d.tensors[0].values else { panic!("{:?}", d.tensors[0].values) };
+        assert_eq!(q, &vec![7, -1, -8, 0, 0, 1]);
+        let err = |payload: Vec<u8>| decode(&file_with(&payload), &Limits::default()).unwrap_err().to_string();
+        let cases = [
+            (tens_payload(&[2, 3], 4, &[0], 6, 0, &body(4, 1, &[0; 4], 0, &[0; 3])), "body coding 2"),
+            (tens_payload(&[2, 3], 4, &[1], 6, 2, &[0; 1]), "dense only"),
+            (tens_payload(&[2, 3], 4, &[0], 6, 2, &body(0, 1, &[0; 4], 0, &[0; 3])), "int4 group 0"),
+            (tens_payload(&[2, 3], 4, &[0], 6, 2, &body(4, 0, &[0; 4], 0, &[0; 3])), "must be f16"),
+            (tens_payload(&[2, 3], 4, &[0], 6, 2, &[4, 0, 0, 0, 1, 0, 0, 0]), "inside the scales"),
+            (tens_payload(&[2, 3], 4, &[0], 6, 2, &body(4, 1, &[0, 0x7C, 0, 0], 0, &[0; 3])), "not finite"),
+            (tens_payload(&[2, 3], 4, &[0], 6, 2, &body(4, 1, &[0; 4], 2, &[0; 3])), "packed nibbles"),
+            (tens_payload(&[2, 3], 4, &[0], 6, 2, &body(4, 1, &[0; 4], 0, &[0; 2])), "inside the values"),
+            (tens_payload(&[2, 3], 4, &[0], 6, 2, &body(4, 1, &[0; 4], 0, &[0; 4])), "1 unused bytes"),
+            (tens_payload(&[2, 3], 4, &[0], 6, 2, &[1, 2]), "int4 group"),
+        ];
+        for (payload, want) in cases {
+            let e = err(payload);
+            assert!(e.contains(want) && e.contains("'w'"), "{e} should contain {want:?}");
+        }
+        // The encoder refuses int4 values it could not store faithfully.
+        let mut m = int4_model();
+        m.tensors[0].positions = Some((0..m.tensors[0].numel() as u32).collect());
+        assert!(encode(&m).unwrap_err().to_string().contains("dense only"));
+        let mut m = int4_model();
+        if let Values::I4 { q, .. } = &mut m.tensors[0].values {
+            q[0] = 8;
+        }
+        assert!(encode(&m).unwrap_err().to_string().contains("outside -8..=7"));
+        let mut m = int4_model();
+        if let Values::I4 { scales, .. } = &mut m.tensors[0].values {
+            scales[0] = 0.1;
+        }
+        assert!(encode(&m).unwrap_err().to_string().contains("not exact in f16"));
     }
 
     fn survives_flips_truncations_and_mutations(m: SqzModel, seed: u64) {
