@@ -491,4 +491,28 @@ fn sequence_shapes_that_do_not_fit_are_one_clear_error() {
     for args in [vec!["eval", bad.to_str().unwrap(), "--data", ds], vec!["inspect", bad.to_str().unwrap()]] {
         assert_error(&squeeze(&args), "GRU expects a sequence [steps, 14]");
     }
+    // Your own sequences that do not fit a [28, 28] model: 20 steps, or 30 features per step.
+    let model = d.path("lstm.safetensors");
+    let g = Graph::chain(vec![28, 28], vec![("lstm", Op::Lstm { input_size: 28, hidden: 8, bias: true, sequence: false }), head(8)]);
+    squeeze::store::write_safetensors(&model, &squeeze::model::Model::init(g, 1).unwrap()).unwrap();
+    for (steps, width) in [(20usize, 28usize), (28, 30)] {
+        let n = 40;
+        let x: Vec<u8> = (0..n * steps * width).flat_map(|i| ((i % 7) as f32 / 7.0).to_le_bytes()).collect();
+        let y: Vec<u8> = (0..n as i64).flat_map(|i| (i % 10).to_le_bytes()).collect();
+        let (xp, yp) = (d.path(&format!("x{steps}_{width}.npy")), d.path(&format!("y{steps}_{width}.npy")));
+        std::fs::write(&xp, squeeze::data::npy::npy_bytes("<f4", &[n, steps, width], &x)).unwrap();
+        std::fs::write(&yp, squeeze::data::npy::npy_bytes("<i8", &[n], &y)).unwrap();
+        let arrays = format!("{},{}", xp.display(), yp.display());
+        let data_args = ["--train-arrays", &arrays, "--test-arrays", &arrays, "--validation", "10"];
+        let mut eval = vec!["eval", model.to_str().unwrap()];
+        eval.extend(data_args);
+        let o = squeeze(&eval);
+        assert_error(&o, "shape mismatch");
+        assert!(o.stderr.contains(&format!("[{steps}, {width}]")), "the error names the data's shape: {}", o.stderr);
+        let q = d.path("q.sqz");
+        let mut quantize = vec!["quantize", model.to_str().unwrap(), "--out", q.to_str().unwrap()];
+        quantize.extend(data_args);
+        assert_error(&squeeze(&quantize), "shape mismatch");
+        assert!(!q.exists());
+    }
 }

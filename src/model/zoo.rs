@@ -10,6 +10,7 @@ pub const MODELS: &[(&str, &str)] = &[
     ("lenet5", "LeNet-5: conv 6@5×5 pad 2, pool, conv 16@5×5, pool, 120, 84, 10; 61,706 parameters"),
     ("lstm", "LSTM: the image as 28 rows of 28 pixels (a 28-step sequence), LSTM(28→128), Linear 128→10; 82,186 parameters"),
     ("gru", "GRU: the image as 28 rows of 28 pixels (a 28-step sequence), GRU(28→128), Linear 128→10; 61,962 parameters"),
+    ("lstm32", "a small LSTM (a distillation student): the image as 28 rows, LSTM(28→32), Linear 32→10; 8,266 parameters"),
     ("cnn", "a wider CNN (teacher for distillation): conv 32@3×3, pool, conv 64@3×3, pool, 128, 10; 421,642 parameters"),
 ];
 
@@ -81,6 +82,7 @@ pub fn build(name: &str) -> Option<Graph> {
         ),
         "lstm" => recurrent(Op::Lstm { input_size: 28, hidden: 128, bias: true, sequence: false }),
         "gru" => recurrent(Op::Gru { input_size: 28, hidden: 128, bias: true, sequence: false }),
+        "lstm32" => recurrent(Op::Lstm { input_size: 28, hidden: 32, bias: true, sequence: false }),
         _ => return None,
     })
 }
@@ -90,7 +92,8 @@ pub fn build(name: &str) -> Option<Graph> {
 /// values as `[1, 28, 28]`, so no reshape is needed.
 fn recurrent(layer: Op) -> Graph {
     let name = if matches!(layer, Op::Lstm { .. }) { "lstm" } else { "gru" };
-    Graph::chain(vec![28, 28], vec![("normalize", normalize()), (name, layer), ("fc", linear(128, 10)), ("softmax", Op::Softmax)])
+    let hidden = layer.recurrent().map_or(0, |r| r.hidden);
+    Graph::chain(vec![28, 28], vec![("normalize", normalize()), (name, layer), ("fc", linear(hidden, 10)), ("softmax", Op::Softmax)])
 }
 
 #[cfg(test)]
@@ -99,7 +102,7 @@ mod tests {
 
     #[test]
     fn zoo_models_validate_with_documented_sizes() {
-        for (name, want) in [("mlp", 50_890), ("lenet300", 266_610), ("lenet5", 61_706), ("cnn", 421_642), ("lstm", 82_186), ("gru", 61_962)] {
+        for (name, want) in [("mlp", 50_890), ("lenet300", 266_610), ("lenet5", 61_706), ("cnn", 421_642), ("lstm", 82_186), ("gru", 61_962), ("lstm32", 8_266)] {
             let g = build(name).unwrap();
             let shapes = g.validate().unwrap();
             assert_eq!(g.num_params(), want, "{name}");
