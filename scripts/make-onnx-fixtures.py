@@ -10,7 +10,8 @@ Runtime without Python at test time.
     python3 scripts/make-onnx-fixtures.py        # writes tests/fixtures/onnx/
 
 The Fashion-MNIST classifier made by scikit-learn + skl2onnx is written by
-scripts/make-sklearn-fashion-onnx.py (it trains on the full data set).
+scripts/make-sklearn-fashion-onnx.py (it trains on the full data set); grouped, depthwise
+and dilated convolutions and padded max pooling by scripts/make-onnx-conv-fixtures.py.
 """
 import json
 import os
@@ -199,12 +200,6 @@ def bad_models():
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "symbolic", [x], [y])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     onnx.save_model(m, os.path.join(OUT, "symbolic_input.onnx"))
-    # Grouped convolution.
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5, 5])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 3, 3])
-    g = helper.make_graph([helper.make_node("Conv", ["x", "k"], ["y"], name="dw", kernel_shape=[3, 3], group=4)], "grouped", [x], [y], initializer=[init("k", w(4, 1, 3, 3))])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    onnx.save_model(m, os.path.join(OUT, "grouped_conv.onnx"))
 
 
 if __name__ == "__main__":

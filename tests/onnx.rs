@@ -145,8 +145,6 @@ fn bad_onnx_input_is_one_clear_error_and_no_output() {
     assert_error(&o, "unsupported ONNX op 'LeakyRelu' in node 'leaky'");
     let o = squeeze(&["export", s(&fixture("symbolic_input.onnx")), "--format", "onnx", "--out", s(&out)]);
     assert_error(&o, "cannot be resolved");
-    let o = squeeze(&["eval", s(&fixture("grouped_conv.onnx"))]);
-    assert_error(&o, "group = 4");
     let bytes = std::fs::read(fixture("mlp_gemm.onnx")).unwrap();
     let cut = d.path("cut.onnx");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
@@ -280,4 +278,62 @@ fn recurrent_zoo_models_export_and_onnxruntime_agrees() {
         assert!(max_f32 <= 1e-4, "{model} fp32: max |squeeze − onnxruntime| = {max_f32}");
         assert!(agree * 100 >= n * 90, "{model} int8 top-1 agreement {agree}/{n}");
     }
+}
+
+/// Grouped, depthwise and dilated convolutions and a padded max pool
+/// (`grouped_dilated.onnx`, written by scripts/make-onnx-conv-fixtures.py) go through
+/// squeeze and back out: the fp32 export (from the CLI) and a QDQ int8 export run in ONNX
+/// Runtime with group, dilations and pads as squeeze runs them.
+#[test]
+fn grouped_dilated_convs_export_and_onnxruntime_agrees() {
+    let d = Dir::new();
+    let src = fixture("grouped_dilated.onnx");
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("grouped_dilated.json")).unwrap()).unwrap();
+    let floats = |k: &str| record[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect::<Vec<f32>>();
+    let (x, origin) = (floats("input"), floats("output"));
+    let n = record["batch"].as_u64().unwrap() as usize;
+    let f = d.path("f.onnx");
+    let o = squeeze(&["export", s(&src), "--format", "onnx", "--out", s(&f)]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // The int8 model: squeeze's quantizer calibrated on inputs like the fixture's.
+    let imported = squeeze::format::onnx::import(&std::fs::read(&src).unwrap()).unwrap();
+    let tensors = imported.tensors.iter().map(|(n, s, v)| (n.clone(), (s.clone(), v.clone()))).collect();
+    let model = squeeze::model::Model::from_tensors(imported.graph.clone(), tensors).unwrap();
+    let mut rng = squeeze::rng::Rng::new(8);
+    let calibration: Vec<f32> = (0..64 * x.len() / n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+    let q = squeeze::compress::quantize::quantize(&model, squeeze::compress::quantize::Mode::Full, &[], &calibration).unwrap();
+    let (qf, i) = (d.path("q.sqz"), d.path("q.onnx"));
+    squeeze::store::write_sqz(&qf, &q).unwrap();
+    let o = squeeze(&["export", s(&qf), "--format", "onnx", "--out", s(&i)]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("QDQ"), "{}", o.stdout);
+    if !onnxruntime_available() {
+        return;
+    }
+    let ours = squeeze_outputs(&src, &x, n);
+    let theirs = onnxruntime(&d, &f, &x, n);
+    let max = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+    assert!(max(&ours, &theirs) <= 1e-5 && max(&origin, &theirs) <= 1e-5, "fp32: {} / {}", max(&ours, &theirs), max(&origin, &theirs));
+    // int8 on 64 inputs like the calibration's. The two integer paths differ: squeeze
+    // requantizes in fixed point, ONNX Runtime in float, and ONNX Runtime's u8×s8 AVX2
+    // kernels (vpmaddubsw) saturate 16-bit pair sums, which its quantization docs warn
+    // about on machines without VNNI such as this one. Measured here: squeeze's int8 is
+    // within 1.1e-2 of the float model, ONNX Runtime's QDQ within 4.8e-2, outputs up to
+    // 0.45. What must hold is the same top-1 nearly everywhere and differences well
+    // below the outputs; squeeze's own int8 is held closer to the float model.
+    let m = 64;
+    let xq: Vec<f32> = (0..m * x.len() / n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+    let (want, got) = (squeeze_outputs(&qf, &xq, m), onnxruntime(&d, &i, &xq, m));
+    let range = want.iter().fold(0.0f32, |r, v| r.max(v.abs()));
+    let float = squeeze_outputs(&src, &xq, m);
+    let agree = want.chunks(5).zip(got.chunks(5)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+    eprintln!(
+        "grouped/dilated: fp32 max |diff| {:.2e}; int8 max |diff| {:.2e} (squeeze int8 vs float {:.2e}, outputs up to {range:.2}), top-1 agreement {agree}/{m}",
+        max(&ours, &theirs),
+        max(&want, &got),
+        max(&want, &float)
+    );
+    assert!(agree * 100 >= m * 90, "int8 top-1 agreement {agree}/{m}");
+    assert!(max(&want, &got) <= 0.15 * range, "int8: max |squeeze − onnxruntime| = {} with outputs up to {range}", max(&want, &got));
+    assert!(max(&want, &float) <= 0.05 * range, "squeeze int8 vs float: {} with outputs up to {range}", max(&want, &float));
 }

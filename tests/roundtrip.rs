@@ -12,7 +12,7 @@ fn two_heads_with_residual() -> Graph {
     Graph {
         input_shape: vec![1, 6, 6],
         nodes: vec![
-            Node { name: "conv".into(), inputs: vec![INPUT.into()], op: Op::Conv2d { in_channels: 1, out_channels: 2, kernel: 3, stride: 1, padding: 1, bias: true } },
+            Node { name: "conv".into(), inputs: vec![INPUT.into()], op: Op::Conv2d { in_channels: 1, out_channels: 2, kernel: 3, stride: 1, padding: 1, bias: true, groups: 1, dilation: 1 } },
             Node { name: "relu".into(), inputs: vec!["conv".into()], op: Op::Relu },
             Node { name: "flat".into(), inputs: vec!["relu".into()], op: Op::Flatten },
             Node { name: "fc".into(), inputs: vec!["flat".into()], op: lin(72, 72) },

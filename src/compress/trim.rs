@@ -184,6 +184,10 @@ fn reach(graph: &Graph, shapes: &HashMap<String, Vec<usize>>, idx: usize) -> Res
     let node = &graph.nodes[idx];
     let units = match node.op {
         Op::Linear { out_features, .. } => out_features,
+        // Removing a channel of a grouped conv would unbalance its groups.
+        Op::Conv2d { groups, .. } if groups > 1 => {
+            return Err(format!("it is a grouped convolution (groups = {groups}); trimming grouped convolutions is not supported"));
+        }
         Op::Conv2d { out_channels, .. } => out_channels,
         Op::Lstm { hidden, .. } | Op::Gru { hidden, .. } => hidden,
         _ => return Err("it is not a Linear, Conv2d, LSTM or GRU node".into()),
@@ -238,6 +242,12 @@ fn reach(graph: &Graph, shapes: &HashMap<String, Vec<usize>>, idx: usize) -> Res
                 }
                 Op::Conv2d { .. } if recurrent => {
                     return Err(format!("its output feeds the Conv2d '{}'", reader.name));
+                }
+                Op::Conv2d { groups, .. } if *groups > 1 => {
+                    return Err(format!(
+                        "its output feeds the grouped convolution '{}' (groups = {groups}); trimming into grouped convolutions is not supported",
+                        reader.name
+                    ));
                 }
                 Op::Linear { .. } | Op::Conv2d { .. } => out.consumers.push((reader.name.clone(), numel(&v) / units.max(1))),
                 // The next recurrent node reads the units as its input features: columns of its weight_ih.
@@ -520,7 +530,9 @@ pub fn trim(model: &Model, cfg: &TrimConfig, calibration: &[f32]) -> Result<(Mod
         }
         let (rows, cols, inner) = match node.op {
             Op::Linear { in_features, out_features, .. } => (out_features, in_features, 1),
-            Op::Conv2d { in_channels, out_channels, kernel, .. } => (out_channels, in_channels, kernel * kernel),
+            // A grouped conv is never trimmed nor trimmed into (refused above): its
+            // weight `[out, in / groups, k, k]` is copied whole.
+            Op::Conv2d { in_channels, out_channels, kernel, groups, .. } => (out_channels, in_channels / groups.max(1), kernel * kernel),
             Op::Normalize { ref mut mean, ref mut std } => {
                 if let Some(keep) = normalize_keep.get(&node.name) {
                     *mean = keep.iter().map(|&c| mean[c]).collect();
@@ -540,6 +552,7 @@ pub fn trim(model: &Model, cfg: &TrimConfig, calibration: &[f32]) -> Result<(Mod
             Op::Linear { in_features, out_features, .. } => {
                 (*in_features, *out_features) = (cols_kept.len(), rows_kept.len());
             }
+            Op::Conv2d { groups, .. } if *groups > 1 => {}
             Op::Conv2d { in_channels, out_channels, .. } => {
                 (*in_channels, *out_channels) = (cols_kept.len(), rows_kept.len());
             }
@@ -738,6 +751,38 @@ mod tests {
         }
     }
 
+    /// Grouped convs are refused by name, as the trimmed layer and as a reader; a
+    /// model that merely holds one still trims its other layers, the grouped weight
+    /// copied whole.
+    #[test]
+    fn grouped_convs_are_refused_clearly_and_copied_whole() {
+        let conv = |i, o, groups| Op::Conv2d { in_channels: i, out_channels: o, kernel: 3, stride: 1, padding: 1, bias: true, groups, dilation: 1 };
+        let g = Graph::chain(
+            vec![2, 6, 6],
+            vec![
+                ("a", conv(2, 4, 1)),
+                ("ra", Op::Relu),
+                ("dw", conv(4, 4, 4)),
+                ("rd", Op::Relu),
+                ("b", conv(4, 4, 1)),
+                ("rb", Op::Relu),
+                ("f", Op::Flatten),
+                ("fc1", Op::Linear { in_features: 144, out_features: 8, bias: true }),
+                ("r", Op::Relu),
+                ("fc2", Op::Linear { in_features: 8, out_features: 3, bias: true }),
+            ],
+        );
+        let m = Model::init(g, 3).unwrap();
+        let e = trim(&m, &cfg(0.5, Score::L2, &["dw"], &[]), &[]).unwrap_err().to_string();
+        assert!(e.contains("'dw'") && e.contains("grouped convolution (groups = 4)"), "{e}");
+        let e = trim(&m, &cfg(0.5, Score::L2, &["a"], &[]), &[]).unwrap_err().to_string();
+        assert!(e.contains("feeds the grouped convolution 'dw'"), "{e}");
+        let (t, _) = trim(&m, &cfg(0.5, Score::L2, &["b", "fc1"], &[]), &[]).unwrap();
+        assert_eq!(t.params.get("dw.weight").unwrap(), m.params.get("dw.weight").unwrap());
+        assert!(matches!(t.graph.node("dw").unwrap().op, Op::Conv2d { in_channels: 4, out_channels: 4, groups: 4, .. }));
+        assert_eq!(t.params.get("fc1.weight").unwrap().len(), 4 * 72);
+    }
+
     #[test]
     fn mlp_half_of_fc1_parameter_count() {
         let m = Model::init(zoo::build("mlp").unwrap(), 7).unwrap();
@@ -789,7 +834,7 @@ mod tests {
 
     #[test]
     fn per_channel_normalize_is_sliced() {
-        let conv = |i, o| Op::Conv2d { in_channels: i, out_channels: o, kernel: 3, stride: 1, padding: 1, bias: true };
+        let conv = |i, o| Op::Conv2d { in_channels: i, out_channels: o, kernel: 3, stride: 1, padding: 1, bias: true, groups: 1, dilation: 1 };
         let g = Graph::chain(
             vec![2, 6, 6],
             vec![

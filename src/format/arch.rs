@@ -22,8 +22,9 @@
 //! op = "softmax"                 # optional: marks a classifier head
 //! ```
 //!
-//! Layer ops: `linear`, `conv2d` (`stride`, `padding`; the kernel comes from the weight),
-//! `maxpool2d` (`kernel`, `stride` defaulting to the kernel), `flatten`, `relu`,
+//! Layer ops: `linear`, `conv2d` (`stride`, `padding`, `groups`, `dilation`; the kernel
+//! comes from the weight), `maxpool2d` (`kernel`, `stride` defaulting to the kernel,
+//! `padding`), `flatten`, `relu`,
 //! `softmax`. Widths and kernel sizes are read from the weights and every shape is
 //! inferred from `input`; what does not fit is reported key by key, all problems at
 //! once. Every state-dict key must be used by a layer or listed in `ignore`.
@@ -81,9 +82,20 @@ pub enum Layer {
         stride: usize,
         #[serde(default)]
         padding: usize,
+        /// PyTorch's `groups` (depthwise when it equals the input channels): the
+        /// weight is `[out, in / groups, k, k]`.
+        #[serde(default = "one")]
+        groups: usize,
+        #[serde(default = "one")]
+        dilation: usize,
     },
     #[serde(rename = "maxpool2d")]
-    MaxPool2d { kernel: usize, stride: Option<usize> },
+    MaxPool2d {
+        kernel: usize,
+        stride: Option<usize>,
+        #[serde(default)]
+        padding: usize,
+    },
     Flatten,
     Relu,
     Softmax,
@@ -185,18 +197,29 @@ impl Architecture {
                         (None, _) => (None, None),
                     };
                     let mut ok = true;
-                    let (out_n, kernel_n) = if let Layer::Conv2d { kernel, .. } = layer {
+                    let (out_n, kernel_n) = if let Layer::Conv2d { kernel, groups, .. } = layer {
                         let w = found_w.map(|t| t.shape.clone());
                         let fo = w.as_ref().filter(|w| w.len() == 4).map(|w| w[0]);
                         let fk = w.as_ref().filter(|w| w.len() == 4 && w[2] == w[3]).map(|w| w[2]);
                         let o = out.or(fo);
                         let k = kernel.or(fk);
+                        let groups = (*groups).max(1);
+                        if let Some(c) = in_dim.filter(|c| c % groups != 0) {
+                            problems.push(format!("{at} {weight}: groups = {groups} does not divide the {c} input channels"));
+                            ok = false;
+                        }
+                        let in_dim = in_dim.map(|c| c / groups);
                         if let Some(w) = &w {
                             let expect = [o, in_dim, k, k];
                             let fits = w.len() == 4 && expect.iter().zip(w).all(|(e, f)| e.is_none_or(|e| e == *f));
                             if !fits {
                                 let why = if w.len() == 4 && w[2] != w[3] { " (only square kernels are supported)" } else { "" };
-                                problems.push(format!("{weight}: expected {} for conv2d with {} input channels, found {w:?}{why}", dims(&expect), in_dim.map_or("?".into(), |c| c.to_string())));
+                                let per = if groups > 1 { format!(" per group (groups = {groups})") } else { String::new() };
+                                problems.push(format!(
+                                    "{weight}: expected {} for conv2d with {} input channels{per}, found {w:?}{why}",
+                                    dims(&expect),
+                                    in_dim.map_or("?".into(), |c| c.to_string())
+                                ));
                                 ok = false;
                             }
                         }
@@ -228,13 +251,15 @@ impl Architecture {
                     }
                     let op = match (in_dim, out_n, layer) {
                         (Some(i), Some(o), Layer::Linear { .. }) => Some(Op::Linear { in_features: i, out_features: o, bias: bias.is_some() }),
-                        (Some(i), Some(o), Layer::Conv2d { stride, padding, .. }) => kernel_n.map(|k| Op::Conv2d {
+                        (Some(i), Some(o), Layer::Conv2d { stride, padding, groups, dilation, .. }) => kernel_n.map(|k| Op::Conv2d {
                             in_channels: i,
                             out_channels: o,
                             kernel: k,
                             stride: *stride,
                             padding: *padding,
                             bias: bias.is_some(),
+                            groups: *groups,
+                            dilation: *dilation,
                         }),
                         _ => None,
                     };
@@ -252,7 +277,9 @@ impl Architecture {
                 }
                 other => {
                     let op = match other {
-                        Layer::MaxPool2d { kernel, stride } => Op::MaxPool2d { kernel: *kernel, stride: stride.unwrap_or(*kernel) },
+                        Layer::MaxPool2d { kernel, stride, padding } => {
+                            Op::MaxPool2d { kernel: *kernel, stride: stride.unwrap_or(*kernel), padding: *padding }
+                        }
                         Layer::Flatten => Op::Flatten,
                         Layer::Relu => Op::Relu,
                         _ => Op::Softmax,

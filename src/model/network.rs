@@ -7,7 +7,7 @@ use super::transformer::{affine, affine_backward, layer_norm_backward, Attention
 use crate::runtime::transformer::{self as tf, Heads, Patches, ValidLengths};
 use super::{Model, Params};
 use crate::runtime::kernels::{avgpool, avgpool_backward_add, col2im_add_batch, conv2d_forward, conv_chunk, direct_weight_grad, im2col_batch, maxpool, samples_to_channels, sgemm, softmax_rows, DirectConv, MatRef, Window};
-use crate::spec::{Graph, Op, PoolKind, ATTENTION_PROJECTIONS, INPUT};
+use crate::spec::{ConvExpansion, Graph, Op, PoolKind, ATTENTION_PROJECTIONS, INPUT};
 
 /// Teacher probabilities for knowledge distillation (Hinton et al. 2015): the loss
 /// becomes `α·T²·KL(teacher ‖ softmax(student/T)) + (1−α)·CE(student, labels)`, where
@@ -29,6 +29,8 @@ struct Step {
     weight: Option<std::ops::Range<usize>>,
     bias: Option<std::ops::Range<usize>>,
     window: Option<Window>,
+    /// A grouped or dilated conv, run as the plain conv of its expanded weight.
+    expansion: Option<ConvExpansion>,
 }
 
 /// Activations, gradients and scratch of one worker for batches of up to `capacity`
@@ -53,6 +55,10 @@ pub struct Workspace {
     /// Conv nodes that run on the direct kernel (weights repacked every forward).
     direct: Vec<Option<DirectConv>>,
     direct_scratch: Vec<f32>,
+    /// Per grouped or dilated conv node: its expanded weight (rebuilt every forward)
+    /// and that weight's gradient before it is gathered back.
+    expanded_w: Vec<Vec<f32>>,
+    expanded_dw: Vec<Vec<f32>>,
     /// During a backward pass: whether a value's gradient has been written yet.
     written: Vec<bool>,
     /// Whether the loss gradient with respect to each value is needed: values that
@@ -94,21 +100,21 @@ impl Workspace {
             let in_shape = &shapes[&node.inputs[0]];
             let range = |name: String| model.params.index(&name).map(|j| model.params.range(j));
             let window = match node.op {
-                Op::Conv2d { in_channels, kernel, stride, padding, .. } => Some(Window {
+                Op::Conv2d { in_channels, stride, padding, .. } => Some(Window {
                     channels: in_channels,
                     height: in_shape[1],
                     width: in_shape[2],
-                    kernel,
+                    kernel: ConvExpansion::of(&node.op).map_or(1, |e| e.effective_kernel()),
                     stride,
                     padding,
                 }),
-                Op::MaxPool2d { kernel, stride } => Some(Window {
+                Op::MaxPool2d { kernel, stride, padding } => Some(Window {
                     channels: in_shape[0],
                     height: in_shape[1],
                     width: in_shape[2],
                     kernel,
                     stride,
-                    padding: 0,
+                    padding,
                 }),
                 Op::AvgPool2d { kernel, stride, padding } => Some(Window {
                     channels: in_shape[0],
@@ -127,6 +133,7 @@ impl Workspace {
                 weight: range(format!("{}.weight", node.name)),
                 bias: range(format!("{}.bias", node.name)),
                 window,
+                expansion: ConvExpansion::of(&node.op).filter(|e| !e.is_plain()),
             });
             ids.insert(node.name.clone(), i + 1);
             value_len.push(shapes[&node.name].iter().product());
@@ -221,11 +228,14 @@ impl Workspace {
             .collect();
         let seq_len = graph.nodes.iter().map(|node| shapes[&node.inputs[0]].first().copied().unwrap_or(1)).collect();
         let classes = value_len[head];
+        let expanded_len = |s: &Step| s.expansion.map_or(0, |e| e.expanded_len());
         Workspace {
             attention,
             patches,
             seq_len,
             valid: ValidLengths::default(),
+            expanded_w: steps.iter().map(|s| vec![0.0; expanded_len(s)]).collect(),
+            expanded_dw: steps.iter().map(|s| vec![0.0; expanded_len(s)]).collect(),
             recurrent,
             capacity,
             steps,
@@ -276,7 +286,15 @@ impl Workspace {
                 }
                 Op::Conv2d { out_channels, .. } => {
                     let g = step.window.unwrap();
-                    let w = &p[step.weight.clone().unwrap()];
+                    let mut w = &p[step.weight.clone().unwrap()];
+                    if let Some(e) = step.expansion {
+                        let ew = &mut self.expanded_w[si];
+                        ew.fill(0.0);
+                        for (&v, i) in w.iter().zip(e.positions()) {
+                            ew[i] = v;
+                        }
+                        w = ew;
+                    }
                     let b = step.bias.clone().map(|r| &p[r]);
                     if let Some(d) = &mut self.direct[si] {
                         d.set_weights(w, b);
@@ -452,11 +470,18 @@ impl Workspace {
                     let g = step.window.unwrap();
                     let (chunk, pl, q) = (conv_chunk(&g), g.patch_len(), g.positions());
                     let wr = step.weight.clone().unwrap();
+                    // A grouped or dilated conv: the gradient of its expanded weight
+                    // goes to a buffer of its own and is gathered back at the end.
+                    let expanded = step.expansion.is_some();
+                    let mut dw_buf = take(&mut self.expanded_dw[si]);
+                    dw_buf.fill(0.0);
                     let direct = self.direct[si].is_some() && {
                         let (dw, db) = weight_and_bias(&mut self.param_grad, &wr, step.bias.as_ref());
+                        let dw = if expanded { &mut dw_buf[..] } else { dw };
                         let x = &self.acts[xid][..n * xlen];
                         direct_weight_grad(&g, out_channels, x, dy, n, dw, db, &mut self.direct_scratch)
                     };
+                    let w_full: &[f32] = if expanded { &self.expanded_w[si] } else { &p[wr.clone()] };
                     if need_dx && fresh {
                         self.grads[xid][..n * xlen].fill(0.0);
                     }
@@ -469,7 +494,8 @@ impl Workspace {
                         if !direct {
                             let col = &mut self.cols[si][..c * pl * q];
                             im2col_batch(&self.acts[xid][s0 * xlen..(s0 + c) * xlen], c, &g, 0.0, col);
-                            sgemm(out_channels, pl, cq, MatRef::rows(dyc, cq), MatRef::transposed(col, cq), &mut self.param_grad[wr.clone()], pl, true);
+                            let dw = if expanded { &mut dw_buf[..] } else { &mut self.param_grad[wr.clone()] };
+                            sgemm(out_channels, pl, cq, MatRef::rows(dyc, cq), MatRef::transposed(col, cq), dw, pl, true);
                             if let Some(br) = &step.bias {
                                 for (d, row) in self.param_grad[br.clone()].iter_mut().zip(dyc.chunks_exact(cq)) {
                                     *d += crate::runtime::kernels::sum(row);
@@ -478,11 +504,15 @@ impl Workspace {
                         }
                         if need_dx {
                             let dcol = &mut self.dcols[si][..pl * cq];
-                            sgemm(pl, cq, out_channels, MatRef::transposed(&p[wr.clone()], pl), MatRef::rows(dyc, cq), dcol, cq, false);
+                            sgemm(pl, cq, out_channels, MatRef::transposed(w_full, pl), MatRef::rows(dyc, cq), dcol, cq, false);
                             col2im_add_batch(dcol, c, &g, &mut self.grads[xid][s0 * xlen..(s0 + c) * xlen]);
                         }
                         s0 += c;
                     }
+                    if let Some(e) = step.expansion {
+                        e.gather_add(&dw_buf, &mut self.param_grad[wr.clone()]);
+                    }
+                    self.expanded_dw[si] = dw_buf;
                 }
                 Op::MaxPool2d { .. } if need_dx => {
                     let am = &self.argmax[si];
@@ -889,16 +919,97 @@ mod tests {
         let g = crate::spec::Graph::chain(
             vec![2, 7, 7],
             vec![
-                ("c1", Op::Conv2d { in_channels: 2, out_channels: 3, kernel: 3, stride: 1, padding: 1, bias: true }),
+                ("c1", Op::Conv2d { in_channels: 2, out_channels: 3, kernel: 3, stride: 1, padding: 1, bias: true, groups: 1, dilation: 1 }),
                 ("r1", Op::Relu),
                 ("n1", Op::Normalize { mean: vec![0.1, 0.2, 0.3], std: vec![0.5, 1.5, 2.0] }),
-                ("p1", Op::MaxPool2d { kernel: 2, stride: 2 }),
-                ("c2", Op::Conv2d { in_channels: 3, out_channels: 4, kernel: 2, stride: 2, padding: 0, bias: true }),
+                ("p1", Op::MaxPool2d { kernel: 2, stride: 2, padding: 0 }),
+                ("c2", Op::Conv2d { in_channels: 3, out_channels: 4, kernel: 2, stride: 2, padding: 0, bias: true, groups: 1, dilation: 1 }),
                 ("f", Op::Flatten),
                 ("fc", Op::Linear { in_features: 4, out_features: 3, bias: true }),
             ],
         );
         check_gradients(&Model::init(g, 3).unwrap(), 4, 3);
+    }
+
+    /// Grouped (2 groups), depthwise dilated (stride 1: the direct kernel where AVX2 is
+    /// there) and strided dilated convolutions and a padded max pool.
+    fn grouped_dilated_graph() -> Graph {
+        crate::spec::Graph::chain(
+            vec![4, 7, 7],
+            vec![
+                ("g", Op::Conv2d { in_channels: 4, out_channels: 6, kernel: 3, stride: 1, padding: 1, bias: true, groups: 2, dilation: 1 }),
+                ("r1", Op::Relu),
+                ("dw", Op::Conv2d { in_channels: 6, out_channels: 6, kernel: 3, stride: 1, padding: 2, bias: true, groups: 6, dilation: 2 }),
+                ("p", Op::MaxPool2d { kernel: 3, stride: 2, padding: 1 }),
+                ("d", Op::Conv2d { in_channels: 6, out_channels: 3, kernel: 2, stride: 2, padding: 1, bias: false, groups: 1, dilation: 2 }),
+                ("f", Op::Flatten),
+                ("fc", Op::Linear { in_features: 12, out_features: 3, bias: true }),
+            ],
+        )
+    }
+
+    #[test]
+    fn grouped_dilated_conv_and_padded_maxpool_gradients_match_finite_differences() {
+        let g = grouped_dilated_graph();
+        let shapes = g.validate().unwrap();
+        assert_eq!(shapes["dw"], vec![6, 7, 7]);
+        assert_eq!(shapes["p"], vec![6, 4, 4]);
+        assert_eq!(shapes["d"], vec![3, 2, 2]);
+        let model = Model::init(g, 21).unwrap();
+        assert_eq!(model.params.get("g.weight").unwrap().len(), 6 * 2 * 9);
+        assert_eq!(model.params.get("dw.weight").unwrap().len(), 6 * 9);
+        check_gradients(&model, 22, 3);
+    }
+
+    /// A grouped, dilated, strided, padded conv on odd shapes: the training forward and
+    /// the runtime's f32 plan against a plain loop over the definition.
+    #[test]
+    fn grouped_dilated_conv_matches_a_plain_reference() {
+        let (ic, oc, groups, k, stride, pad, dil, h, w) = (6, 9, 3, 3, 2, 2, 2, 9, 8);
+        let g = Graph::chain(
+            vec![ic, h, w],
+            vec![("c", Op::Conv2d { in_channels: ic, out_channels: oc, kernel: k, stride, padding: pad, bias: true, groups, dilation: dil })],
+        );
+        let shape = g.validate().unwrap()["c"].clone();
+        let model = Model::init(g, 4).unwrap();
+        let (wt, b) = (model.params.get("c.weight").unwrap(), model.params.get("c.bias").unwrap());
+        let n = 3;
+        let mut rng = Rng::new(5);
+        let x: Vec<f32> = (0..n * ic * h * w).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+        let (oh, ow, ig, og) = (shape[1], shape[2], ic / groups, oc / groups);
+        let mut want = vec![0.0f64; n * oc * oh * ow];
+        for s in 0..n {
+            for o in 0..oc {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = b[o] as f64;
+                        for c in 0..ig {
+                            let ci = (o / og) * ig + c;
+                            for ki in 0..k {
+                                for kj in 0..k {
+                                    let iy = (oy * stride + ki * dil) as isize - pad as isize;
+                                    let ix = (ox * stride + kj * dil) as isize - pad as isize;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                        let xv = x[((s * ic + ci) * h + iy as usize) * w + ix as usize] as f64;
+                                        acc += xv * wt[((o * ig + c) * k + ki) * k + kj] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        want[((s * oc + o) * oh + oy) * ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        let mut ws = Workspace::new(&model, n);
+        ws.forward(&model.params, &x, n);
+        let plan = crate::store::model_plan(&model).unwrap();
+        let ran = plan.run(&x, n, &mut crate::runtime::exec::Workspace::default()).unwrap().to_vec();
+        for (what, got) in [("training forward", &ws.acts[1][..n * oc * oh * ow]), ("runtime plan", &ran[..])] {
+            assert_eq!(got.len(), want.len());
+            let worst = got.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+            assert!(worst < 1e-5, "{what}: max difference {worst}");
+        }
     }
 
     /// The ops ONNX import brings: sigmoid, tanh, padded average pooling and a global
@@ -908,10 +1019,10 @@ mod tests {
         let g = crate::spec::Graph::chain(
             vec![2, 7, 7],
             vec![
-                ("c1", Op::Conv2d { in_channels: 2, out_channels: 3, kernel: 3, stride: 1, padding: 1, bias: true }),
+                ("c1", Op::Conv2d { in_channels: 2, out_channels: 3, kernel: 3, stride: 1, padding: 1, bias: true, groups: 1, dilation: 1 }),
                 ("t1", Op::Tanh),
                 ("a1", Op::AvgPool2d { kernel: 3, stride: 2, padding: 1 }),
-                ("c2", Op::Conv2d { in_channels: 3, out_channels: 4, kernel: 2, stride: 1, padding: 0, bias: true }),
+                ("c2", Op::Conv2d { in_channels: 3, out_channels: 4, kernel: 2, stride: 1, padding: 0, bias: true, groups: 1, dilation: 1 }),
                 ("s1", Op::Sigmoid),
                 ("gap", Op::AvgPool2d { kernel: 3, stride: 3, padding: 0 }),
                 ("f", Op::Flatten),

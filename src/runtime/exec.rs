@@ -327,7 +327,17 @@ impl Plan {
             };
             match &node.op {
                 Op::Linear { .. } | Op::Conv2d { .. } => {
-                    let (w, b) = take_weights(&mut weights, graph, &node.name)?;
+                    let (mut w, b) = take_weights(&mut weights, graph, &node.name)?;
+                    // Grouped and dilated convs run as the plain conv of their expanded
+                    // weight (exact zeros elsewhere), on the same kernels.
+                    let expansion = crate::spec::ConvExpansion::of(&node.op);
+                    if let Some(e) = expansion.filter(|e| !e.is_plain()) {
+                        w = match w {
+                            Weights::F32(v) => Weights::F32(e.expand(&v)),
+                            Weights::I8 { q, scales } => Weights::I8 { q: e.expand(&q), scales },
+                        };
+                    }
+                    let kernel_eff = expansion.map_or(1, |e| e.effective_kernel());
                     let enc = encodings.get(&format!("{}.weight", node.name)).cloned().unwrap_or_default();
                     let is_linear = matches!(node.op, Op::Linear { .. });
                     if !is_linear {
@@ -372,9 +382,9 @@ impl Plan {
                                     Kernel::LinearI8(Box::new(dense))
                                 }
                             }
-                            Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
+                            Op::Conv2d { in_channels, out_channels, stride, padding, .. } => {
                                 Kernel::ConvI8(Box::new(QuantizedConv2d::new(
-                                    &q, &scales, out_channels, in_channels, in_shape[1], in_shape[2], kernel, stride, padding,
+                                    &q, &scales, out_channels, in_channels, in_shape[1], in_shape[2], kernel_eff, stride, padding,
                                     b.as_deref(), xq.1, out_qp, relu.is_some(),
                                 )))
                             }
@@ -418,8 +428,8 @@ impl Plan {
                                 plan.choose(&node.name, &what.join(", "), cands, in_features, out_features, false)
                             }
                         }
-                        Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
-                            let g = Window { channels: in_channels, height: in_shape[1], width: in_shape[2], kernel, stride, padding };
+                        Op::Conv2d { in_channels, out_channels, stride, padding, .. } => {
+                            let g = Window { channels: in_channels, height: in_shape[1], width: in_shape[2], kernel: kernel_eff, stride, padding };
                             let direct = DirectConv::new(&g, &w, b.as_deref(), out_channels).map(Box::new);
                             Kernel::ConvF32 { w, b, g, oc: out_channels, direct }
                         }
@@ -433,8 +443,8 @@ impl Plan {
                     }
                     slot_of.insert(node.name.clone(), out);
                 }
-                Op::MaxPool2d { kernel, stride } => {
-                    let g = Window { channels: in_shape[0], height: in_shape[1], width: in_shape[2], kernel: *kernel, stride: *stride, padding: 0 };
+                Op::MaxPool2d { kernel, stride, padding } => {
+                    let g = Window { channels: in_shape[0], height: in_shape[1], width: in_shape[2], kernel: *kernel, stride: *stride, padding: *padding };
                     let repr = plan.slots[x].repr;
                     let out = plan.add_slot(repr, out_len, &node.name);
                     plan.steps.push(Step { kernel: Kernel::MaxPool(g), inputs: vec![x], out });

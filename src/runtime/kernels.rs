@@ -391,11 +391,20 @@ pub fn samples_to_channels(x: &[f32], n: usize, channels: usize, len: usize, out
     }
 }
 
-/// Max pooling of one sample `x[C,H,W]` into `y[C,OH,OW]` (no padding); when `argmax` is
-/// given it receives the flat input index of each maximum (first one on ties).
+/// Max pooling of one sample `x[C,H,W]` into `y[C,OH,OW]`; padding (smaller than the
+/// kernel) never wins, so each window's maximum is over its inputs inside the map.
+/// When `argmax` is given it receives the flat input index of each maximum (first one
+/// on ties).
 pub fn maxpool<T: Copy + PartialOrd + 'static>(x: &[T], g: &Window, y: &mut [T], argmax: Option<&mut [u32]>) {
     let (oh, ow) = (g.out_height(), g.out_width());
     assert!(x.len() >= g.channels * g.height * g.width && y.len() >= g.channels * oh * ow, "maxpool: buffer too short");
+    if g.padding > 0 {
+        assert!(g.padding < g.kernel, "maxpool: padding must be smaller than the kernel");
+        return match argmax {
+            Some(a) => maxpool_padded::<T, true>(x, g, y, a),
+            None => maxpool_padded::<T, false>(x, g, y, &mut []),
+        };
+    }
     match argmax {
         Some(a) => {
             assert!(a.len() >= g.channels * oh * ow, "maxpool: argmax too short");
@@ -545,6 +554,36 @@ fn maxpool_any<T: Copy + PartialOrd, const ARG: bool>(x: &[T], g: &Window, y: &m
                 y[o] = best;
                 if ARG {
                     argmax[o] = best_i as u32;
+                }
+            }
+        }
+    }
+}
+
+/// Any window with padding: only the taps inside the map count (every window holds
+/// one, as the padding is smaller than the kernel).
+fn maxpool_padded<T: Copy + PartialOrd, const ARG: bool>(x: &[T], g: &Window, y: &mut [T], argmax: &mut [u32]) {
+    let (oh, ow) = (g.out_height(), g.out_width());
+    let (h, w, p) = (g.height as isize, g.width as isize, g.padding as isize);
+    for c in 0..g.channels {
+        let base = c * g.height * g.width;
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (y0, x0) = ((oy * g.stride) as isize - p, (ox * g.stride) as isize - p);
+                let mut best: Option<(T, usize)> = None;
+                for iy in y0.max(0)..(y0 + g.kernel as isize).min(h) {
+                    for ix in x0.max(0)..(x0 + g.kernel as isize).min(w) {
+                        let i = base + (iy * w + ix) as usize;
+                        if best.is_none_or(|(b, _)| x[i] > b) {
+                            best = Some((x[i], i));
+                        }
+                    }
+                }
+                let (v, i) = best.expect("a window with padding smaller than the kernel holds an input");
+                let o = (c * oh + oy) * ow + ox;
+                y[o] = v;
+                if ARG {
+                    argmax[o] = i as u32;
                 }
             }
         }

@@ -47,7 +47,12 @@ pub enum Op {
     /// (every leading position is one row, so a Transformer's projections and FFN are
     /// ordinary Linear nodes).
     Linear { in_features: usize, out_features: usize, bias: bool },
-    /// 2-D convolution on `[C, H, W]` with square kernel, zero padding.
+    /// 2-D convolution on `[C, H, W]` with square kernel, zero padding. With `groups`
+    /// > 1 the channels split into that many groups convolved apart (depthwise when
+    /// `groups == in_channels`): the weight is `[out_channels, in_channels / groups, k,
+    /// k]`. `dilation` spaces the kernel taps (ONNX `dilations`, PyTorch `dilation`).
+    /// Both default to 1 and are left out of the JSON then, so files written before
+    /// they existed read (and write) unchanged.
     Conv2d {
         in_channels: usize,
         out_channels: usize,
@@ -55,9 +60,19 @@ pub enum Op {
         stride: usize,
         padding: usize,
         bias: bool,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        groups: usize,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        dilation: usize,
     },
-    /// Max pooling on `[C, H, W]`, no padding.
-    MaxPool2d { kernel: usize, stride: usize },
+    /// Max pooling on `[C, H, W]`; `padding` (default 0, smaller than the kernel) pads
+    /// each side with values that never win (ONNX `pads`, PyTorch `padding`).
+    MaxPool2d {
+        kernel: usize,
+        stride: usize,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        padding: usize,
+    },
     /// Average pooling on `[C, H, W]` with zero padding counted in the average
     /// (ONNX `count_include_pad = 1`, PyTorch's default); a global average pool is the
     /// kernel covering the whole map.
@@ -138,6 +153,89 @@ pub enum PoolKind {
 /// The projections of a [`Op::SelfAttention`] node, in parameter order; each has
 /// `<node>.<name>.weight [dim, dim]` and `<node>.<name>.bias [dim]`.
 pub const ATTENTION_PROJECTIONS: [&str; 4] = ["query", "key", "value", "output"];
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+/// A convolution's geometry as a plain (ungrouped, undilated) convolution computes
+/// it: the weight `[out_channels, in_channels / groups, k, k]` placed block-diagonally
+/// into `[out_channels, in_channels, k_eff, k_eff]` with its taps `dilation` apart,
+/// zeros elsewhere. Every kernel runs grouped and dilated convolutions this way: the
+/// extra terms are exact zeros, so sums are unchanged, at `groups × dilation²`-ish the
+/// work of a dedicated kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvExpansion {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub groups: usize,
+    pub dilation: usize,
+}
+
+impl ConvExpansion {
+    /// The expansion of a Conv2d op (None for any other op).
+    pub fn of(op: &Op) -> Option<ConvExpansion> {
+        match *op {
+            Op::Conv2d { in_channels, out_channels, kernel, groups, dilation, .. } => {
+                Some(ConvExpansion { in_channels, out_channels, kernel, groups: groups.max(1), dilation: dilation.max(1) })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the stored weight already is the plain one.
+    pub fn is_plain(&self) -> bool {
+        self.groups == 1 && self.dilation == 1
+    }
+
+    /// Kernel side of the equivalent plain convolution: `(k − 1)·dilation + 1`.
+    pub fn effective_kernel(&self) -> usize {
+        (self.kernel.max(1) - 1) * self.dilation + 1
+    }
+
+    /// For each value of the stored weight, its index in the expanded one.
+    pub fn positions(&self) -> impl Iterator<Item = usize> + '_ {
+        let (ig, og) = (self.in_channels / self.groups, self.out_channels / self.groups);
+        let (k, ke, d) = (self.kernel, self.effective_kernel(), self.dilation);
+        (0..self.out_channels).flat_map(move |o| {
+            let g = o / og.max(1);
+            (0..ig).flat_map(move |c| {
+                (0..k).flat_map(move |ki| (0..k).map(move |kj| ((o * self.in_channels + g * ig + c) * ke + ki * d) * ke + kj * d))
+            })
+        })
+    }
+
+    /// Values of the expanded weight.
+    pub fn expanded_len(&self) -> usize {
+        let ke = self.effective_kernel();
+        self.out_channels * self.in_channels * ke * ke
+    }
+
+    /// The expanded weight of a stored one (zeros off the groups and between taps).
+    pub fn expand<T: Copy + Default>(&self, w: &[T]) -> Vec<T> {
+        let mut out = vec![T::default(); self.expanded_len()];
+        for (&v, i) in w.iter().zip(self.positions()) {
+            out[i] = v;
+        }
+        out
+    }
+
+    /// Adds the stored weight's share of an expanded weight's gradient to `dw`.
+    pub fn gather_add(&self, expanded: &[f32], dw: &mut [f32]) {
+        for (d, i) in dw.iter_mut().zip(self.positions()) {
+            *d += expanded[i];
+        }
+    }
+}
 
 /// The shape of a recurrent node, as its kernels see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,8 +478,8 @@ impl Graph {
                 Op::Linear { in_features, out_features, bias } => {
                     (vec![out_features, in_features], out_features, bias)
                 }
-                Op::Conv2d { in_channels, out_channels, kernel, bias, .. } => {
-                    (vec![out_channels, in_channels, kernel, kernel], out_channels, bias)
+                Op::Conv2d { in_channels, out_channels, kernel, bias, groups, .. } => {
+                    (vec![out_channels, in_channels / groups.max(1), kernel, kernel], out_channels, bias)
                 }
                 _ => continue,
             };
@@ -446,27 +544,33 @@ pub fn output_shape(name: &str, op: &Op, ins: &[Vec<usize>]) -> Result<Vec<usize
             *y.last_mut().expect("not empty") = out_features;
             Ok(y)
         }
-        &Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
+        &Op::Conv2d { in_channels, out_channels, kernel, stride, padding, groups, dilation, .. } => {
             if x.len() != 3 || x[0] != in_channels {
                 return Err(bad(format!("Conv2d expects [{in_channels}, H, W]")));
             }
-            if stride == 0 || kernel == 0 {
-                return Err(bad("kernel and stride must be at least 1".into()));
+            if stride == 0 || kernel == 0 || dilation == 0 {
+                return Err(bad("kernel, stride and dilation must be at least 1".into()));
             }
+            if groups == 0 || in_channels % groups != 0 || out_channels % groups != 0 {
+                return Err(bad(format!(
+                    "groups = {groups} must divide both in_channels ({in_channels}) and out_channels ({out_channels})"
+                )));
+            }
+            let k = (kernel - 1) * dilation + 1;
             let (h, w) = (x[1] + 2 * padding, x[2] + 2 * padding);
-            if h < kernel || w < kernel {
-                return Err(bad(format!("kernel {kernel} is larger than the padded input")));
+            if h < k || w < k {
+                return Err(bad(format!("kernel {kernel} (dilation {dilation}) is larger than the padded input")));
             }
-            Ok(vec![out_channels, (h - kernel) / stride + 1, (w - kernel) / stride + 1])
+            Ok(vec![out_channels, (h - k) / stride + 1, (w - k) / stride + 1])
         }
-        &Op::MaxPool2d { kernel, stride } => {
+        &Op::MaxPool2d { kernel, stride, padding } => {
             if x.len() != 3 {
                 return Err(bad("MaxPool2d expects [C, H, W]".into()));
             }
-            if stride == 0 || kernel == 0 || x[1] < kernel || x[2] < kernel {
-                return Err(bad(format!("pool kernel {kernel} / stride {stride} do not fit")));
+            if stride == 0 || kernel == 0 || padding >= kernel || x[1] + 2 * padding < kernel || x[2] + 2 * padding < kernel {
+                return Err(bad(format!("pool kernel {kernel} / stride {stride} / padding {padding} do not fit")));
             }
-            Ok(vec![x[0], (x[1] - kernel) / stride + 1, (x[2] - kernel) / stride + 1])
+            Ok(vec![x[0], (x[1] + 2 * padding - kernel) / stride + 1, (x[2] + 2 * padding - kernel) / stride + 1])
         }
         &Op::AvgPool2d { kernel, stride, padding } => {
             if x.len() != 3 {
@@ -643,6 +747,49 @@ mod tests {
         assert_eq!(g.num_params(), 8 * 8 + 8 + 8 * 3 + 3 + 8 * 2 + 2);
     }
 
+    /// Graphs written before Conv2d had groups/dilation and MaxPool2d padding read
+    /// as before, and write the same JSON (so the same file bytes) when they use none.
+    #[test]
+    fn conv_groups_dilation_and_pool_padding_default_and_stay_out_of_old_json() {
+        let old = r#"[{"op":"conv2d","in_channels":4,"out_channels":6,"kernel":3,"stride":1,"padding":1,"bias":true},{"op":"max_pool2d","kernel":2,"stride":2}]"#;
+        let ops: Vec<Op> = serde_json::from_str(old).unwrap();
+        assert_eq!(ops[0], Op::Conv2d { in_channels: 4, out_channels: 6, kernel: 3, stride: 1, padding: 1, bias: true, groups: 1, dilation: 1 });
+        assert_eq!(ops[1], Op::MaxPool2d { kernel: 2, stride: 2, padding: 0 });
+        assert_eq!(serde_json::to_string(&ops).unwrap(), old);
+        let grouped = Op::Conv2d { in_channels: 4, out_channels: 6, kernel: 3, stride: 1, padding: 1, bias: true, groups: 2, dilation: 3 };
+        let json = serde_json::to_string(&grouped).unwrap();
+        assert!(json.contains(r#""groups":2"#) && json.contains(r#""dilation":3"#), "{json}");
+        assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), grouped);
+        // Weight per group; groups that do not divide the channels are a shape error.
+        let g = Graph::chain(vec![4, 9, 9], vec![("c", grouped)]);
+        assert_eq!(g.parameters()[0].shape, vec![6, 2, 3, 3]);
+        assert_eq!(g.validate().unwrap()["c"], vec![6, 5, 5]);
+        let bad = Graph::chain(vec![4, 9, 9], vec![("c", Op::Conv2d { in_channels: 4, out_channels: 6, kernel: 3, stride: 1, padding: 1, bias: true, groups: 3, dilation: 1 })]);
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("groups = 3 must divide"), "{e}");
+        let bad = Graph::chain(vec![1, 5, 5], vec![("p", Op::MaxPool2d { kernel: 2, stride: 2, padding: 2 })]);
+        assert!(bad.validate().is_err());
+    }
+
+    /// The expansion places each stored weight at its block-diagonal, dilated spot.
+    #[test]
+    fn conv_expansion_places_weights_by_group_and_dilation() {
+        let op = Op::Conv2d { in_channels: 4, out_channels: 2, kernel: 2, stride: 1, padding: 0, bias: false, groups: 2, dilation: 2 };
+        let e = ConvExpansion::of(&op).unwrap();
+        assert_eq!(e.effective_kernel(), 3);
+        let w: Vec<f32> = (1..=16).map(|v| v as f32).collect(); // [2 out, 2 in per group, 2, 2]
+        let full = e.expand(&w);
+        assert_eq!(full.len(), 2 * 4 * 9);
+        // Output 0 reads channels 0, 1; output 1 reads channels 2, 3. Taps at (0,0), (0,2), (2,0), (2,2).
+        let at = |o: usize, c: usize, y: usize, x: usize| full[((o * 4 + c) * 3 + y) * 3 + x];
+        assert_eq!([at(0, 0, 0, 0), at(0, 0, 0, 2), at(0, 0, 2, 0), at(0, 0, 2, 2)], [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!([at(0, 1, 0, 0), at(1, 2, 0, 0), at(1, 3, 2, 2)], [5.0, 9.0, 16.0]);
+        assert_eq!(full.iter().filter(|v| **v != 0.0).count(), 16);
+        let mut back = vec![0.0; 16];
+        e.gather_add(&full, &mut back);
+        assert_eq!(back, w);
+    }
+
     #[test]
     fn shape_mismatch_and_unknown_value_are_errors() {
         let mut g = two_head_residual();
@@ -658,10 +805,10 @@ mod tests {
         let g = Graph::chain(
             vec![1, 28, 28],
             vec![
-                ("c1", Op::Conv2d { in_channels: 1, out_channels: 6, kernel: 5, stride: 1, padding: 2, bias: true }),
-                ("p1", Op::MaxPool2d { kernel: 2, stride: 2 }),
-                ("c2", Op::Conv2d { in_channels: 6, out_channels: 16, kernel: 5, stride: 1, padding: 0, bias: true }),
-                ("p2", Op::MaxPool2d { kernel: 2, stride: 2 }),
+                ("c1", Op::Conv2d { in_channels: 1, out_channels: 6, kernel: 5, stride: 1, padding: 2, bias: true, groups: 1, dilation: 1 }),
+                ("p1", Op::MaxPool2d { kernel: 2, stride: 2, padding: 0 }),
+                ("c2", Op::Conv2d { in_channels: 6, out_channels: 16, kernel: 5, stride: 1, padding: 0, bias: true, groups: 1, dilation: 1 }),
+                ("p2", Op::MaxPool2d { kernel: 2, stride: 2, padding: 0 }),
                 ("f", Op::Flatten),
             ],
         );

@@ -321,18 +321,28 @@ fn build(graph: &Graph, tensors: &HashMap<String, Vec<f32>>, int8: Option<&Int8>
                 }
                 match node.op {
                     Op::Linear { .. } => w.node("Gemm", &node.name, inputs, out.clone(), vec![int("transB", 1)]),
-                    Op::Conv2d { kernel, stride, padding, .. } => w.node(
+                    Op::Conv2d { kernel, stride, padding, groups, dilation, .. } => w.node(
                         "Conv",
                         &node.name,
                         inputs,
                         out.clone(),
-                        vec![ints("kernel_shape", &[kernel, kernel]), ints("strides", &[stride, stride]), ints("pads", &[padding; 4])],
+                        vec![
+                            ints("kernel_shape", &[kernel, kernel]),
+                            ints("strides", &[stride, stride]),
+                            ints("pads", &[padding; 4]),
+                            ints("dilations", &[dilation, dilation]),
+                            int("group", groups as i64),
+                        ],
                     ),
                     _ => unreachable!(),
                 }
             }
-            Op::MaxPool2d { kernel, stride } => {
-                w.node("MaxPool", &node.name, vec![x], out.clone(), vec![ints("kernel_shape", &[*kernel, *kernel]), ints("strides", &[*stride, *stride])]);
+            Op::MaxPool2d { kernel, stride, padding } => {
+                let mut attrs = vec![ints("kernel_shape", &[*kernel, *kernel]), ints("strides", &[*stride, *stride])];
+                if *padding > 0 {
+                    attrs.push(ints("pads", &[*padding; 4]));
+                }
+                w.node("MaxPool", &node.name, vec![x], out.clone(), attrs);
                 out_repr = repr[x_value];
             }
             Op::AvgPool2d { kernel, stride, padding } => w.node(

@@ -868,9 +868,9 @@ impl Builder {
         self.layer(n, name, x, op, weight, None)
     }
 
-    /// Square kernel, equal strides, symmetric equal padding, dilation 1: the 2-D window
-    /// squeeze's Conv2d/pools take. Returns (kernel, stride, padding).
-    fn window(&self, n: &NodeProto, name: &str, shape: &[usize], kernel: Option<(usize, usize)>) -> Result<(usize, usize, usize), OnnxError> {
+    /// Square kernel, equal strides, symmetric equal padding, equal dilations: the 2-D
+    /// window squeeze's Conv2d/pools take. Returns (kernel, stride, padding, dilation).
+    fn window(&self, n: &NodeProto, name: &str, shape: &[usize], kernel: Option<(usize, usize)>) -> Result<(usize, usize, usize, usize), OnnxError> {
         if shape.len() != 3 {
             return Err(node_err(n, name, format!("input has per-sample shape {shape:?}; squeeze's 2-D windows take [C, H, W]")));
         }
@@ -887,11 +887,12 @@ impl Builder {
         if strides.len() != 2 || strides[0] != strides[1] || strides[0] < 1 {
             return Err(node_err(n, name, format!("strides {strides:?}: squeeze supports equal strides")));
         }
-        if let Some(d) = attr_ints(n, "dilations")
-            && d.iter().any(|&v| v != 1)
-        {
-            return Err(node_err(n, name, format!("dilations {d:?} are not supported (only 1)")));
+        let dilations = attr_ints(n, "dilations").unwrap_or_else(|| vec![1, 1]);
+        if dilations.len() != 2 || dilations[0] != dilations[1] || dilations[0] < 1 {
+            return Err(node_err(n, name, format!("dilations {dilations:?}: squeeze supports equal dilations")));
         }
+        let dilation = dilations[0] as usize;
+        let span = (kh.max(1) - 1) * dilation + 1;
         let stride = strides[0] as usize;
         let auto_pad = attr_string(n, "auto_pad").unwrap_or_else(|| "NOTSET".into());
         let pad = match auto_pad.as_str() {
@@ -903,10 +904,10 @@ impl Builder {
                 pads[0] as usize
             }
             "VALID" => 0,
-            "SAME_UPPER" | "SAME_LOWER" if stride == 1 && kh % 2 == 1 => (kh - 1) / 2,
+            "SAME_UPPER" | "SAME_LOWER" if stride == 1 && span % 2 == 1 => (span - 1) / 2,
             other => return Err(node_err(n, name, format!("auto_pad {other} with kernel {kh} and stride {stride} gives uneven padding, which squeeze does not support"))),
         };
-        Ok((kh, stride, pad))
+        Ok((kh, stride, pad, dilation))
     }
 
     fn conv(&mut self, n: &NodeProto, name: &str) -> Result<(), OnnxError> {
@@ -916,22 +917,27 @@ impl Builder {
             return Err(node_err(n, name, format!("weight has shape {:?}; squeeze imports 2-D convolutions", w.dims)));
         };
         let group = attr_int(n, "group", 1);
-        if group != 1 {
-            return Err(node_err(n, name, format!("group = {group} (grouped or depthwise convolution) is not supported yet; squeeze imports Conv with group = 1")));
+        if group < 1 || oc % group as usize != 0 {
+            return Err(node_err(n, name, format!("group = {group} does not divide the {oc} output channels")));
         }
-        let (kernel, stride, padding) = self.window(n, name, &shape, Some((kh, kw)))?;
+        let groups = group as usize;
+        let (kernel, stride, padding, dilation) = self.window(n, name, &shape, Some((kh, kw)))?;
         if kernel != kh || kh != kw {
             return Err(node_err(n, name, format!("kernel_shape does not match the weight {:?}", w.dims)));
         }
-        if ic != shape[0] {
-            return Err(node_err(n, name, format!("weight expects {ic} input channels, the input has {}", shape[0])));
+        if ic * groups != shape[0] {
+            return Err(node_err(
+                n,
+                name,
+                format!("weight expects {} input channels ({ic} per group × group {groups}), the input has {}", ic * groups, shape[0]),
+            ));
         }
         let bias = match self.constant_input(n, name, 2)? {
             None => None,
             Some(c) if c.numel() == oc => Some(c.data.iter().map(|&v| v as f32).collect()),
             Some(c) => return Err(node_err(n, name, format!("bias has {} values, expected {oc}", c.numel()))),
         };
-        let op = Op::Conv2d { in_channels: ic, out_channels: oc, kernel, stride, padding, bias: bias.is_some() };
+        let op = Op::Conv2d { in_channels: ic * groups, out_channels: oc, kernel, stride, padding, bias: bias.is_some(), groups, dilation };
         let weight = w.data.iter().map(|&v| v as f32).collect();
         self.layer(n, name, x, op, weight, bias)
     }
@@ -949,7 +955,10 @@ impl Builder {
             self.add(n, name, vec![x], Op::AvgPool2d { kernel: k, stride: k, padding: 0 })?;
             return Ok(());
         }
-        let (kernel, stride, padding) = self.window(n, name, &shape, None)?;
+        let (kernel, stride, padding, dilation) = self.window(n, name, &shape, None)?;
+        if dilation != 1 {
+            return Err(node_err(n, name, format!("pooling with dilation {dilation} is not supported (only 1)")));
+        }
         if attr_int(n, "ceil_mode", 0) != 0 {
             let floor = (shape[1] + 2 * padding).saturating_sub(kernel) / stride;
             let ceil = (shape[1] + 2 * padding).saturating_sub(kernel).div_ceil(stride);
@@ -959,13 +968,13 @@ impl Builder {
         }
         let op = match kind {
             PoolKind::Max => {
-                if padding != 0 {
-                    return Err(node_err(n, name, "padded max pooling is not supported"));
+                if padding >= kernel {
+                    return Err(node_err(n, name, format!("pads {padding} must be smaller than the kernel {kernel}")));
                 }
                 if attr_int(n, "storage_order", 0) != 0 {
                     return Err(node_err(n, name, "storage_order = 1 is not supported"));
                 }
-                Op::MaxPool2d { kernel, stride }
+                Op::MaxPool2d { kernel, stride, padding }
             }
             _ => {
                 if padding != 0 && attr_int(n, "count_include_pad", 0) == 0 {
