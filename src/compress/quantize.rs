@@ -176,11 +176,17 @@ pub fn quantize(model: &Model, mode: Mode, layers: &[String], calibration: &[f32
     let quant = match mode {
         Mode::Weights => QuantPlan::default(),
         Mode::Full => {
-            let integer_nodes = chosen.into_iter().filter(|n| model.graph.node(n).is_some_and(|n| n.op.has_weight())).collect();
+            let integer_nodes = chosen.into_iter().filter(|n| model.graph.node(n).is_some_and(|n| runs_on_integers(&n.op))).collect();
             QuantPlan { integer_nodes, activations: calibrate(model, calibration)? }
         }
     };
     Ok(SqzModel { graph: model.graph.clone(), quant, tensors, metadata: BTreeMap::new() })
+}
+
+/// Whether full quantization runs `op` on integer kernels: Linear, Conv2d and the
+/// projections of self-attention (its softmax stays f32).
+fn runs_on_integers(op: &Op) -> bool {
+    op.has_weight() || matches!(op, Op::SelfAttention { .. })
 }
 
 /// Min/max of every value over the calibration images, as u8 quantization parameters.
@@ -218,25 +224,31 @@ fn calibrate(model: &Model, images: &[f32]) -> Result<BTreeMap<String, QParams>,
     // output of a ReLU it feeds (fused). Every other value stays f32, so its range
     // need not be stored.
     let weighted = |name: &str| model.graph.node(name).is_some_and(|n| n.op.has_weight());
-    let used: BTreeSet<&str> = model
+    let used: BTreeSet<String> = model
         .graph
         .nodes
         .iter()
         .flat_map(|n| {
             let mut v = Vec::new();
             if n.op.has_weight() {
-                v.push(n.inputs[0].as_str());
-                v.push(n.name.as_str());
+                v.push(n.inputs[0].clone());
+                v.push(n.name.clone());
+            }
+            // Self-attention: its input (for the query/key/value projections) and its
+            // context (for the output projection); its output stays f32.
+            if matches!(n.op, Op::SelfAttention { .. }) {
+                v.push(n.inputs[0].clone());
+                v.push(format!("{}.context", n.name));
             }
             if matches!(n.op, Op::Relu) && weighted(&n.inputs[0]) {
-                v.push(n.name.as_str());
+                v.push(n.name.clone());
             }
             v
         })
         .collect();
     Ok(ranges
         .into_iter()
-        .filter(|(name, _)| used.contains(name.as_str()) && !float_only.contains(name.as_str()))
+        .filter(|(name, _)| used.contains(name) && !float_only.contains(name.as_str()))
         .map(|(name, (lo, hi))| (name, QParams::from_range(lo, hi)))
         .collect())
 }
@@ -244,6 +256,50 @@ fn calibrate(model: &Model, images: &[f32]) -> Result<BTreeMap<String, QParams>,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{zoo, Workspace as TrainWorkspace};
+    use crate::rng::Rng;
+
+    /// A small ViT (2 blocks) on random 28×28 images, with trained-looking weights
+    /// (init scaled up so attention is not uniform).
+    fn small_vit() -> (Model, Vec<f32>) {
+        let mut m = Model::init(zoo::vit(&zoo::VitShape { patch: 7, dim: 16, heads: 4, blocks: 2, ffn: 24 }), 5).unwrap();
+        let mut rng = Rng::new(6);
+        m.params.data.iter_mut().for_each(|v| *v = *v * 1.0 + rng.uniform(0.05));
+        let x: Vec<f32> = (0..40 * 784).map(|_| rng.next_f32()).collect();
+        (m, x)
+    }
+
+    /// The runtime's f32 plan computes what the trainer computes, and full int8 (every
+    /// Linear and attention projection on integer kernels) stays close to it.
+    #[test]
+    fn vit_runs_the_same_in_trainer_and_runtime_and_int8_stays_close() {
+        let (m, x) = small_vit();
+        let n = 40;
+        let mut ws = TrainWorkspace::new(&m, n);
+        ws.forward(&m.params, &x, n);
+        let want = ws.head_output(n).to_vec();
+        let plan = crate::store::model_plan(&m).unwrap();
+        let got = plan.run(&x, n, &mut Workspace::default()).unwrap().to_vec();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // Batch 1 runs the same as the batch.
+        let one = plan.run(&x[784..2 * 784], 1, &mut Workspace::default()).unwrap().to_vec();
+        for (a, b) in one.iter().zip(&want[10..20]) {
+            assert!((a - b).abs() < 1e-5);
+        }
+        let q = quantize(&m, Mode::Full, &[], &x).unwrap();
+        for node in ["b1_attn", "b2_attn", "b1_fc1", "b2_fc2", "head", "patch"] {
+            let integer = q.quant.integer_nodes.contains(node);
+            assert_eq!(integer, node != "patch", "{node}");
+        }
+        assert!(q.quant.activations.contains_key("b1_attn.context"));
+        let qplan = crate::store::sqz_plan(&q).unwrap();
+        assert!(qplan.kernel_description().starts_with("mixed: 7 int8-") && qplan.kernel_description().contains("+ 1 f32"), "{}", qplan.kernel_description());
+        let got = qplan.run(&x, n, &mut Workspace::default()).unwrap().to_vec();
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 0.05, "int8 probabilities differ by {worst}");
+    }
 
     #[test]
     fn int4_groups_keep_zeros_bound_the_error_and_store_f16_scales() {

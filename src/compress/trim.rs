@@ -223,6 +223,15 @@ fn reach(graph: &Graph, shapes: &HashMap<String, Vec<usize>>, idx: usize) -> Res
                 Op::Lstm { .. } | Op::Gru { .. } => {
                     return Err(format!("its output feeds the recurrent node '{}' (trimming into a recurrent input is not supported)", reader.name));
                 }
+                // Element-wise: a removed unit simply disappears from it.
+                Op::Gelu => stack.push(reader.name.clone()),
+                Op::Embedding { .. } | Op::PositionEmbedding { .. } | Op::ClsToken { .. } | Op::PatchEmbed { .. } | Op::LayerNorm { .. } | Op::SelfAttention { .. } | Op::Pool { .. } => {
+                    return Err(format!(
+                        "its output feeds the {} '{}', whose width is tied to the model width (trim attention heads or FFN neurons instead)",
+                        reader.op.kind(),
+                        reader.name
+                    ));
+                }
             }
         }
     }

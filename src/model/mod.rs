@@ -11,6 +11,7 @@
 
 mod network;
 mod recurrent;
+mod transformer;
 pub mod zoo;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +20,7 @@ pub use network::{SoftTargets, Workspace};
 
 
 use crate::rng::Rng;
-use crate::spec::{Graph, ParamKind, ParamSpec, SpecError};
+use crate::spec::{Graph, Op, ParamKind, ParamSpec, SpecError};
 
 /// Errors building a model from a graph and tensors.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +155,21 @@ impl Model {
                 // The bias shares its layer's fan-in: the weight precedes it.
                 ParamKind::Bias => params.specs[i - 1].shape[1..].iter().product::<usize>(),
             };
-            let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+            let mut bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+            let op = graph.node(&spec.node).map(|n| &n.op);
+            match op {
+                // LayerNorm starts as the identity: scale 1, shift 0.
+                Some(Op::LayerNorm { .. }) => {
+                    let v = if spec.name.ends_with(".weight") { 1.0 } else { 0.0 };
+                    let r = params.range(i);
+                    params.data[r].fill(v);
+                    continue;
+                }
+                // Tables and the CLS row: small values (std 0.02, as BERT and ViT), so
+                // they do not swamp the patch/token features at the start.
+                Some(Op::Embedding { .. } | Op::PositionEmbedding { .. } | Op::ClsToken { .. }) => bound = 0.02 * 3f32.sqrt(),
+                _ => {}
+            }
             let r = params.range(i);
             params.data[r].iter_mut().for_each(|w| *w = rng.uniform(bound));
         }

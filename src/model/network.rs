@@ -3,9 +3,11 @@
 use std::mem::take;
 
 use super::recurrent::RecurrentLayer;
+use super::transformer::{affine, affine_backward, layer_norm_backward, AttentionLayer, PatchLayer};
+use crate::runtime::transformer::{self as tf, Heads, Patches, ValidLengths};
 use super::{Model, Params};
 use crate::runtime::kernels::{avgpool, avgpool_backward_add, col2im_add_batch, conv2d_forward, conv_chunk, direct_weight_grad, im2col_batch, maxpool, samples_to_channels, sgemm, softmax_rows, DirectConv, MatRef, Window};
-use crate::spec::{Graph, Op, INPUT};
+use crate::spec::{Graph, Op, PoolKind, ATTENTION_PROJECTIONS, INPUT};
 
 /// Teacher probabilities for knowledge distillation (Hinton et al. 2015): the loss
 /// becomes `α·T²·KL(teacher ‖ softmax(student/T)) + (1−α)·CE(student, labels)`, where
@@ -59,6 +61,14 @@ pub struct Workspace {
     argmax: Vec<Vec<u32>>,
     /// LSTM/GRU nodes: parameter ranges and their forward/backward buffers.
     recurrent: Vec<Option<RecurrentLayer>>,
+    /// SelfAttention nodes: parameter ranges and the buffers their backward reads.
+    attention: Vec<Option<AttentionLayer>>,
+    /// PatchEmbed nodes: the gathered patches of the last forward.
+    patches: Vec<Option<PatchLayer>>,
+    /// Sequence values: positions per sample (for the Transformer ops).
+    seq_len: Vec<usize>,
+    /// Valid (non-padding) lengths of the current batch, set by an Embedding with a pad token.
+    valid: ValidLengths,
     /// Gradient of the loss with respect to every parameter, same layout as [`Params::data`].
     pub param_grad: Vec<f32>,
     head: usize,
@@ -182,8 +192,40 @@ impl Workspace {
                 Some(RecurrentLayer::new(geo, steps_len, ranges, capacity))
             })
             .collect();
+        let attention = graph
+            .nodes
+            .iter()
+            .zip(&steps)
+            .map(|(node, s)| {
+                let Op::SelfAttention { dim, heads, causal } = s.op else { return None };
+                let seq = shapes[&node.inputs[0]][0];
+                let mut ranges = Vec::new();
+                for proj in ATTENTION_PROJECTIONS {
+                    for part in ["weight", "bias"] {
+                        ranges.push(range(&model.params, format!("{}.{proj}.{part}", node.name)).expect("attention parameters exist"));
+                    }
+                }
+                let ranges: [std::ops::Range<usize>; 8] = ranges.try_into().expect("eight attention parameters");
+                Some(AttentionLayer::new(Heads { seq, dim, heads, causal }, ranges, capacity))
+            })
+            .collect();
+        let patches = graph
+            .nodes
+            .iter()
+            .zip(&steps)
+            .map(|(node, s)| {
+                let Op::PatchEmbed { channels, patch, dim } = s.op else { return None };
+                let x = &shapes[&node.inputs[0]];
+                Some(PatchLayer::new(Patches { channels, height: x[1], width: x[2], patch }, dim, capacity))
+            })
+            .collect();
+        let seq_len = graph.nodes.iter().map(|node| shapes[&node.inputs[0]].first().copied().unwrap_or(1)).collect();
         let classes = value_len[head];
         Workspace {
+            attention,
+            patches,
+            seq_len,
+            valid: ValidLengths::default(),
             recurrent,
             capacity,
             steps,
@@ -214,6 +256,7 @@ impl Workspace {
     /// Runs the graph on `n` samples `x[n × input_len]`.
     pub fn forward(&mut self, params: &Params, x: &[f32], n: usize) {
         assert!(n <= self.capacity, "batch of {n} exceeds workspace capacity {}", self.capacity);
+        self.valid.clear();
         let len0 = self.value_len[0];
         self.acts[0][..n * len0].copy_from_slice(&x[..n * len0]);
         let p = &params.data;
@@ -226,14 +269,10 @@ impl Workspace {
             let y_n = &mut y[..n * ylen];
             match step.op {
                 Op::Linear { in_features, out_features, .. } => {
+                    // Every leading position is a row: [n, .., in] → [n, .., out].
+                    let rows = n * xlen / in_features;
                     let w = &p[step.weight.clone().unwrap()];
-                    sgemm(n, out_features, in_features, MatRef::rows(x, in_features), MatRef::transposed(w, in_features), y_n, out_features, false);
-                    if let Some(b) = &step.bias {
-                        let b = &p[b.clone()];
-                        for row in y_n.chunks_exact_mut(out_features) {
-                            row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
-                        }
-                    }
+                    affine(x, rows, in_features, out_features, w, step.bias.clone().map(|b| &p[b]), y_n);
                 }
                 Op::Conv2d { out_channels, .. } => {
                     let g = step.window.unwrap();
@@ -288,6 +327,32 @@ impl Workspace {
                 Op::Lstm { .. } | Op::Gru { .. } => {
                     let layer = self.recurrent[si].as_mut().expect("recurrent nodes have a layer");
                     layer.forward(p, x, n, y_n);
+                }
+                Op::Embedding { dim, pad_token, .. } => {
+                    // Invalid ids give zero rows here; the runtime reports them (training
+                    // data are images or checked ids).
+                    if let Some(pad) = pad_token {
+                        self.valid.from_ids(x, n, xlen, pad);
+                    }
+                    tf::embed(x, &p[step.weight.clone().unwrap()], dim, y_n);
+                }
+                Op::PositionEmbedding { dim, .. } => {
+                    tf::add_positions(x, &p[step.weight.clone().unwrap()], self.seq_len[si], dim, y_n);
+                }
+                Op::ClsToken { dim } => tf::prepend_cls(x, &p[step.weight.clone().unwrap()], self.seq_len[si], dim, y_n),
+                Op::PatchEmbed { .. } => {
+                    let layer = self.patches[si].as_mut().expect("patch nodes have a layer");
+                    layer.forward(&p[step.weight.clone().unwrap()], &p[step.bias.clone().unwrap()], x, n, y_n);
+                }
+                Op::LayerNorm { dim, eps } => tf::layer_norm(x, dim, &p[step.weight.clone().unwrap()], &p[step.bias.clone().unwrap()], eps, y_n),
+                Op::Gelu => tf::gelu(x, y_n),
+                Op::SelfAttention { .. } => {
+                    let layer = self.attention[si].as_mut().expect("attention nodes have a layer");
+                    layer.forward(p, x, n, &self.valid, y_n);
+                }
+                Op::Pool { kind } => {
+                    let seq = self.seq_len[si];
+                    tf::pool(x, n, seq, xlen / seq, kind == PoolKind::Mean, &self.valid, y_n);
                 }
             }
             self.acts[step.out] = y;
@@ -371,20 +436,12 @@ impl Workspace {
             let fresh = !self.written[xid];
             match step.op {
                 Op::Linear { in_features, out_features, .. } => {
+                    let rows = n * xlen / in_features;
                     let wr = step.weight.clone().unwrap();
                     let x = &self.acts[xid][..n * xlen];
-                    let dw = &mut self.param_grad[wr.clone()];
-                    sgemm(out_features, in_features, n, MatRef::transposed(dy, out_features), MatRef::rows(x, in_features), dw, in_features, true);
-                    if let Some(br) = &step.bias {
-                        let db = &mut self.param_grad[br.clone()];
-                        for row in dy.chunks_exact(out_features) {
-                            db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
-                        }
-                    }
-                    if need_dx {
-                        let dx = &mut self.grads[xid][..n * xlen];
-                        sgemm(n, in_features, out_features, MatRef::rows(dy, out_features), MatRef::rows(&p[wr], in_features), dx, in_features, !fresh);
-                    }
+                    let (dw, db) = weight_and_bias(&mut self.param_grad, &wr, step.bias.as_ref());
+                    let dx = need_dx.then(|| (&mut self.grads[xid][..n * xlen], fresh));
+                    affine_backward(x, dy, rows, in_features, out_features, &p[wr.clone()], dw, db, dx);
                 }
                 Op::Conv2d { out_channels, .. } => {
                     // The weight gradient by the direct kernel where it applies, else
@@ -514,6 +571,83 @@ impl Workspace {
                     let dx = need_dx.then(|| (&mut self.grads[xid][..n * xlen], fresh));
                     layer.backward(p, x, dy, n, &mut self.param_grad, dx);
                 }
+                Op::Embedding { dim, .. } => {
+                    let dw = &mut self.param_grad[step.weight.clone().unwrap()];
+                    let vocab = dw.len() / dim;
+                    for (&t, row) in self.acts[xid][..n * xlen].iter().zip(dy.chunks_exact(dim)) {
+                        let id = t as usize;
+                        if t >= 0.0 && id < vocab {
+                            dw[id * dim..(id + 1) * dim].iter_mut().zip(row).for_each(|(a, &b)| *a += b);
+                        }
+                    }
+                }
+                Op::PositionEmbedding { dim, .. } => {
+                    let len = self.seq_len[si] * dim;
+                    let dw = &mut self.param_grad[step.weight.clone().unwrap()][..len];
+                    for row in dy.chunks_exact(len) {
+                        dw.iter_mut().zip(row).for_each(|(a, &b)| *a += b);
+                    }
+                    if need_dx {
+                        self.grads[xid][..n * xlen].iter_mut().zip(dy).for_each(|(d, &g)| put(fresh, d, g));
+                    }
+                }
+                Op::ClsToken { dim } => {
+                    let dw = &mut self.param_grad[step.weight.clone().unwrap()];
+                    for row in dy.chunks_exact(ylen) {
+                        dw.iter_mut().zip(&row[..dim]).for_each(|(a, &b)| *a += b);
+                    }
+                    if need_dx {
+                        let dx = &mut self.grads[xid][..n * xlen];
+                        for (dxs, dys) in dx.chunks_exact_mut(xlen).zip(dy.chunks_exact(ylen)) {
+                            dxs.iter_mut().zip(&dys[dim..]).for_each(|(d, &g)| put(fresh, d, g));
+                        }
+                    }
+                }
+                Op::PatchEmbed { .. } => {
+                    let layer = self.patches[si].as_mut().expect("patch nodes have a layer");
+                    let wr = step.weight.clone().unwrap();
+                    let (dw, db) = weight_and_bias(&mut self.param_grad, &wr, step.bias.as_ref());
+                    let dx = need_dx.then(|| (&mut self.grads[xid][..n * xlen], fresh));
+                    layer.backward(&p[wr.clone()], dy, n, dw, db.expect("PatchEmbed has a bias"), dx);
+                }
+                Op::LayerNorm { dim, eps } => {
+                    let wr = step.weight.clone().unwrap();
+                    let (dg, db) = weight_and_bias(&mut self.param_grad, &wr, step.bias.as_ref());
+                    let x = &self.acts[xid][..n * xlen];
+                    let dx = need_dx.then(|| (&mut self.grads[xid][..n * xlen], fresh));
+                    layer_norm_backward(x, dy, dim, eps, &p[wr.clone()], dg, db.expect("LayerNorm has a bias"), dx);
+                }
+                Op::Gelu if need_dx => {
+                    let (xs, dx) = pair_mut(&mut self.acts, &mut self.grads, xid);
+                    for ((d, &g), &xv) in dx[..n * xlen].iter_mut().zip(dy).zip(&xs[..n * xlen]) {
+                        put(fresh, d, g * tf::gelu_grad(xv));
+                    }
+                }
+                Op::SelfAttention { .. } => {
+                    let layer = self.attention[si].as_mut().expect("attention nodes have a layer");
+                    let x = &self.acts[xid][..n * xlen];
+                    let dx = need_dx.then(|| (&mut self.grads[xid][..n * xlen], fresh));
+                    layer.backward(p, x, dy, n, &self.valid, &mut self.param_grad, dx);
+                }
+                Op::Pool { kind } if need_dx => {
+                    let seq = self.seq_len[si];
+                    let dim = xlen / seq;
+                    let dx = &mut self.grads[xid][..n * xlen];
+                    for (s, (dxs, dys)) in dx.chunks_exact_mut(xlen).zip(dy.chunks_exact(dim)).enumerate() {
+                        let (rows, scale) = match kind {
+                            PoolKind::Cls => (1, 1.0),
+                            PoolKind::Mean => {
+                                let vl = self.valid.of(s, seq);
+                                (vl, 1.0 / vl as f32)
+                            }
+                        };
+                        for (r, row) in dxs.chunks_exact_mut(dim).enumerate() {
+                            for (d, &g) in row.iter_mut().zip(dys) {
+                                put(fresh, d, if r < rows { g * scale } else { 0.0 });
+                            }
+                        }
+                    }
+                }
                 _ => {}
             }
             if need_dx && !matches!(step.op, Op::Add) {
@@ -527,6 +661,11 @@ impl Workspace {
 /// The flat range of parameter `name`, if the model has it.
 fn range(params: &Params, name: String) -> Option<std::ops::Range<usize>> {
     params.index(&name).map(|j| params.range(j))
+}
+
+/// Reads `acts[i]` while writing `grads[i]` (different vectors of the same index).
+fn pair_mut<'a>(acts: &'a mut [Vec<f32>], grads: &'a mut [Vec<f32>], i: usize) -> (&'a [f32], &'a mut [f32]) {
+    (&acts[i], &mut grads[i])
 }
 
 /// `*d = v` for the first contribution to a gradient, `*d += v` after.
@@ -628,22 +767,30 @@ mod tests {
         let mut rng = Rng::new(seed);
         let x: Vec<f32> = (0..samples * model.graph.input_len()).map(|_| rng.next_f32()).collect();
         let labels: Vec<u8> = (0..samples).map(|_| rng.below(3) as u8).collect();
+        check_gradients_at(model, &x, &labels, teacher);
+    }
+
+    /// Analytic gradients against central differences of the f64 loss at inputs `x`.
+    fn check_gradients_at(model: &Model, x: &[f32], labels: &[u8], teacher: Option<&[f32]>) {
+        let samples = labels.len();
         let mut ws = Workspace::new(model, samples);
-        ws.forward(&model.params, &x, samples);
+        ws.forward(&model.params, x, samples);
         let soft = teacher.map(|probs| SoftTargets { probs, alpha: 0.7, temperature: 3.0 });
         ws.loss_and_backward(&model.params, &labels, soft, samples, 1.0 / samples as f32);
         let analytic = ws.param_grad.clone();
         // Central differences on a sample of parameters; f32 forward, so a relative
         // tolerance that f32 rounding allows with eps = 1e-2 on O(1) inputs.
         let mut m = model.clone();
-        let step = (m.params.len() / 60).max(1);
+        // Every parameter of a tiny model (so each tensor of each op is covered), a
+        // sample of a larger one.
+        let step = if m.params.len() < 1000 { 1 } else { (m.params.len() / 60).max(1) };
         let mut checked = 0;
         for i in (0..m.params.len()).step_by(step) {
             let orig = m.params.data[i];
             let eps = 1e-2f32;
             let f = |m: &Model| match teacher {
-                Some(t) => distill_loss(m, &x, &labels, t),
-                None => loss(m, &x, &labels),
+                Some(t) => distill_loss(m, x, labels, t),
+                None => loss(m, x, labels),
             };
             m.params.data[i] = orig + eps;
             let up = f(&m);
@@ -656,6 +803,79 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 10);
+    }
+
+    /// A tiny text encoder: token ids with padding → Embedding, positions, one post-norm
+    /// block (attention, Add, LayerNorm, Linear on the sequence, GELU, Linear, Add,
+    /// LayerNorm), mean pooling over valid positions, a 3-class head.
+    fn tiny_text_encoder(causal: bool) -> Graph {
+        let (d, seq) = (6, 5);
+        let lin = |i, o| Op::Linear { in_features: i, out_features: o, bias: true };
+        let node = |name: &str, inputs: &[&str], op: Op| Node { name: name.into(), inputs: inputs.iter().map(|s| s.to_string()).collect(), op };
+        Graph {
+            input_shape: vec![seq],
+            nodes: vec![
+                node("emb", &[INPUT], Op::Embedding { vocab: 7, dim: d, pad_token: Some(0) }),
+                node("pos", &["emb"], Op::PositionEmbedding { max_len: 8, dim: d }),
+                node("attn", &["pos"], Op::SelfAttention { dim: d, heads: 2, causal }),
+                node("res1", &["attn", "pos"], Op::Add),
+                node("ln1", &["res1"], Op::LayerNorm { dim: d, eps: 1e-5 }),
+                node("fc1", &["ln1"], lin(d, 8)),
+                node("gelu", &["fc1"], Op::Gelu),
+                node("fc2", &["gelu"], lin(8, d)),
+                node("res2", &["fc2", "ln1"], Op::Add),
+                node("ln2", &["res2"], Op::LayerNorm { dim: d, eps: 1e-5 }),
+                node("pool", &["ln2"], Op::Pool { kind: PoolKind::Mean }),
+                node("head", &["pool"], lin(d, 3)),
+                node("softmax", &["head"], Op::Softmax),
+            ],
+            outputs: vec!["softmax".into()],
+        }
+    }
+
+    /// Random non-default LayerNorm scales and shifts and larger weights, so no
+    /// gradient term hides behind an identity.
+    fn perturbed(graph: Graph, seed: u64) -> Model {
+        let mut model = Model::init(graph, seed).unwrap();
+        let mut rng = Rng::new(seed + 100);
+        for i in 0..model.params.specs.len() {
+            let r = model.params.range(i);
+            let (name, kind) = (model.params.specs[i].name.clone(), model.params.specs[i].kind);
+            for v in &mut model.params.data[r] {
+                *v = if name.starts_with("ln") && name.ends_with(".weight") { 1.0 + rng.uniform(0.5) } else if kind == crate::spec::ParamKind::Bias || name.contains("emb") || name.starts_with("pos") || name.starts_with("cls") { rng.uniform(0.5) } else { *v * 1.5 };
+            }
+        }
+        model
+    }
+
+    #[test]
+    fn text_encoder_gradients_match_finite_differences_with_padding_and_causal_masks() {
+        for causal in [false, true] {
+            let model = perturbed(tiny_text_encoder(causal), 50 + causal as u64);
+            // Three sequences: full, two padding positions, four (one valid token).
+            let x = [3.0, 1.0, 4.0, 6.0, 5.0, 2.0, 6.0, 5.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 0.0];
+            check_gradients_at(&model, &x, &[0, 2, 1], None);
+        }
+    }
+
+    /// A tiny pre-norm ViT: 2 channels of 4×6, 2×2 patches (6 patches + CLS), CLS pooling.
+    #[test]
+    fn vit_block_gradients_match_finite_differences() {
+        let shape = crate::model::zoo::VitShape { patch: 2, dim: 4, heads: 2, blocks: 1, ffn: 6 };
+        let mut g = zoo::vit(&shape);
+        // Re-shape the zoo graph to a tiny image and three classes.
+        g.input_shape = vec![2, 4, 6];
+        for n in &mut g.nodes {
+            match &mut n.op {
+                Op::PatchEmbed { channels, .. } => *channels = 2,
+                Op::PositionEmbedding { max_len, .. } => *max_len = 7,
+                Op::Normalize { .. } => n.op = Op::Normalize { mean: vec![0.1, 0.2], std: vec![0.9, 1.1] },
+                Op::Linear { out_features, .. } if n.name == "head" => *out_features = 3,
+                _ => {}
+            }
+        }
+        let model = perturbed(g, 60);
+        check_gradients(&model, 61, 3);
     }
 
     #[test]

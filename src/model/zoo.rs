@@ -1,7 +1,7 @@
 //! Ready architectures. The zoo only returns graphs: nothing outside this module
 //! knows these names.
 
-use crate::spec::{Graph, Op};
+use crate::spec::{Graph, Node, Op, PoolKind, INPUT};
 
 /// The names [`build`] knows, with a one-line description each.
 pub const MODELS: &[(&str, &str)] = &[
@@ -10,6 +10,7 @@ pub const MODELS: &[(&str, &str)] = &[
     ("lenet5", "LeNet-5: conv 6@5×5 pad 2, pool, conv 16@5×5, pool, 120, 84, 10; 61,706 parameters"),
     ("lstm", "LSTM: the image as 28 rows of 28 pixels (a 28-step sequence), LSTM(28→128), Linear 128→10; 82,186 parameters"),
     ("gru", "GRU: the image as 28 rows of 28 pixels (a 28-step sequence), GRU(28→128), Linear 128→10; 61,962 parameters"),
+    ("vit", "ViT: 7×7 patches (16 + CLS token), width 64, 4 heads, 2 pre-norm blocks with FFN 128, CLS → Linear 64→10; 72,074 parameters"),
     ("cnn", "a wider CNN (teacher for distillation): conv 32@3×3, pool, conv 64@3×3, pool, 128, 10; 421,642 parameters"),
 ];
 
@@ -79,6 +80,7 @@ pub fn build(name: &str) -> Option<Graph> {
                 ("softmax", Op::Softmax),
             ],
         ),
+        "vit" => vit(&VitShape { patch: 7, dim: 64, heads: 4, blocks: 2, ffn: 128 }),
         "lstm" => recurrent(Op::Lstm { input_size: 28, hidden: 128, bias: true, sequence: false }),
         "gru" => recurrent(Op::Gru { input_size: 28, hidden: 128, bias: true, sequence: false }),
         _ => return None,
@@ -93,13 +95,57 @@ fn recurrent(layer: Op) -> Graph {
     Graph::chain(vec![28, 28], vec![("normalize", normalize()), (name, layer), ("fc", linear(128, 10)), ("softmax", Op::Softmax)])
 }
 
+/// The shape of a small Vision Transformer on 28×28 images.
+#[derive(Clone, Copy, Debug)]
+pub struct VitShape {
+    pub patch: usize,
+    pub dim: usize,
+    pub heads: usize,
+    pub blocks: usize,
+    pub ffn: usize,
+}
+
+/// A pre-norm Vision Transformer (Dosovitskiy et al. 2021): patch embedding, CLS token,
+/// learned positions, `blocks` × [LayerNorm → self-attention → +x, LayerNorm → Linear →
+/// GELU → Linear → +x], a final LayerNorm, the CLS row into a linear classifier.
+/// Block `i`'s nodes are `b{i}_ln1`, `b{i}_attn`, `b{i}_res1`, `b{i}_ln2`, `b{i}_fc1`,
+/// `b{i}_gelu`, `b{i}_fc2`, `b{i}_res2`.
+pub fn vit(s: &VitShape) -> Graph {
+    let tokens = (28 / s.patch) * (28 / s.patch) + 1;
+    let mut nodes = Vec::new();
+    let mut push = |name: String, inputs: Vec<String>, op: Op| {
+        nodes.push(Node { name: name.clone(), inputs, op });
+        name
+    };
+    let x = push("normalize".into(), vec![INPUT.into()], normalize());
+    let x = push("patch".into(), vec![x], Op::PatchEmbed { channels: 1, patch: s.patch, dim: s.dim });
+    let x = push("cls".into(), vec![x], Op::ClsToken { dim: s.dim });
+    let mut x = push("pos".into(), vec![x], Op::PositionEmbedding { max_len: tokens, dim: s.dim });
+    let ln = || Op::LayerNorm { dim: s.dim, eps: 1e-6 };
+    for b in 1..=s.blocks {
+        let ln1 = push(format!("b{b}_ln1"), vec![x.clone()], ln());
+        let attn = push(format!("b{b}_attn"), vec![ln1], Op::SelfAttention { dim: s.dim, heads: s.heads, causal: false });
+        let res1 = push(format!("b{b}_res1"), vec![attn, x], Op::Add);
+        let ln2 = push(format!("b{b}_ln2"), vec![res1.clone()], ln());
+        let fc1 = push(format!("b{b}_fc1"), vec![ln2], linear(s.dim, s.ffn));
+        let gelu = push(format!("b{b}_gelu"), vec![fc1], Op::Gelu);
+        let fc2 = push(format!("b{b}_fc2"), vec![gelu], linear(s.ffn, s.dim));
+        x = push(format!("b{b}_res2"), vec![fc2, res1], Op::Add);
+    }
+    let x = push("ln".into(), vec![x], ln());
+    let x = push("pool".into(), vec![x], Op::Pool { kind: PoolKind::Cls });
+    let x = push("head".into(), vec![x], linear(s.dim, 10));
+    let out = push("softmax".into(), vec![x], Op::Softmax);
+    Graph { input_shape: vec![1, 28, 28], nodes, outputs: vec![out] }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn zoo_models_validate_with_documented_sizes() {
-        for (name, want) in [("mlp", 50_890), ("lenet300", 266_610), ("lenet5", 61_706), ("cnn", 421_642), ("lstm", 82_186), ("gru", 61_962)] {
+        for (name, want) in [("mlp", 50_890), ("lenet300", 266_610), ("lenet5", 61_706), ("cnn", 421_642), ("lstm", 82_186), ("gru", 61_962), ("vit", 72_074)] {
             let g = build(name).unwrap();
             let shapes = g.validate().unwrap();
             assert_eq!(g.num_params(), want, "{name}");

@@ -11,9 +11,10 @@ use std::collections::HashMap;
 
 use super::int8::{self, QuantizedConv2d, QuantizedLinear};
 use super::recurrent;
+use super::transformer::{self as tf, Heads, Patches, ValidLengths};
 use super::kernels::{conv2d_forward, conv_chunk, maxpool, sgemm, softmax_rows, DirectConv, MatRef, Window};
 use super::sparse::{CodebookF32, CsrF32};
-use crate::spec::{Graph, Op, QParams, QuantPlan, Recurrent, SpecError, INPUT, RECURRENT_PARAMS};
+use crate::spec::{Graph, Op, PoolKind, QParams, QuantPlan, Recurrent, SpecError, ATTENTION_PROJECTIONS, INPUT, RECURRENT_PARAMS};
 
 /// Why a stored model cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,10 @@ pub enum RuntimeError {
     NotInt8 { node: String },
     #[error("node '{node}' is recurrent (LSTM/GRU), which runs in f32 only: remove it from the integer layers (int8 weights are fine)")]
     IntegerRecurrent { node: String },
+    #[error("node '{node}': token id {id} is not an integer in 0..{vocab} (the model's vocabulary); check the tokenizer matches the model")]
+    TokenId { node: String, id: f32, vocab: usize },
+    #[error("node '{node}' ({op}) cannot run on integers: only Linear, Conv2d and SelfAttention nodes can (its weights may still be stored int8)")]
+    IntegerUnsupported { node: String, op: &'static str },
     #[error("input has {got} values, expected a multiple of {per_sample} (shape {shape:?})")]
     InputShape { got: usize, per_sample: usize, shape: Vec<usize> },
 }
@@ -117,6 +122,70 @@ enum Kernel {
     Quantize(QParams),
     Dequantize(QParams),
     Recurrent(Box<RecurrentKernel>),
+    /// Token ids → table rows; with a pad token, sets the batch's valid lengths.
+    Embedding { node: String, table: Vec<f32>, vocab: usize, dim: usize, pad: Option<usize> },
+    AddPositions { table: Vec<f32>, seq: usize, dim: usize },
+    PrependCls { row: Vec<f32>, seq: usize, dim: usize },
+    PatchEmbed { geo: Patches, w: Vec<f32>, b: Vec<f32>, dim: usize },
+    LayerNorm { gamma: Vec<f32>, beta: Vec<f32>, dim: usize, eps: f32 },
+    Gelu,
+    Attention(Box<AttentionKernel>),
+    Pool { seq: usize, dim: usize, mean: bool },
+}
+
+/// A self-attention node: the query, key and value projections fused into one
+/// `[3·dim, dim]` product, the output projection, f32 or int8 each.
+#[derive(Clone)]
+struct AttentionKernel {
+    geo: Heads,
+    qkv: Projection,
+    output: Projection,
+    /// The context value's name, `<node>.context`, as calibration observes it.
+    context: String,
+}
+
+#[derive(Clone)]
+enum Projection {
+    F32 { w: Vec<f32>, b: Vec<f32> },
+    /// u8 input at `input`, f32 output.
+    I8 { layer: Box<QuantizedLinear>, input: QParams },
+}
+
+impl Projection {
+    /// `y [rows, out] = x [rows, in] · Wᵀ + b`; an int8 projection quantizes `x` first.
+    #[allow(clippy::too_many_arguments)]
+    fn run(&self, x: &[f32], xq: Option<&[u8]>, rows: usize, inf: usize, outf: usize, y: &mut [f32], qbuf: &mut Vec<u8>, acc: &mut Vec<i32>) {
+        match self {
+            Projection::F32 { w, b } => {
+                sgemm(rows, outf, inf, MatRef::rows(x, inf), MatRef::transposed(w, inf), y, outf, false);
+                for row in y[..rows * outf].chunks_exact_mut(outf) {
+                    row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
+                }
+            }
+            Projection::I8 { layer, input } => {
+                let xq = match xq {
+                    Some(q) => q,
+                    None => {
+                        if qbuf.len() < rows * inf {
+                            qbuf.resize(rows * inf, 0);
+                        }
+                        int8::quantize_u8(&x[..rows * inf], *input, &mut qbuf[..rows * inf]);
+                        &qbuf[..rows * inf]
+                    }
+                };
+                layer.forward_f32(&xq[..rows * inf], rows, &mut y[..rows * outf], acc);
+            }
+        }
+    }
+}
+
+/// Buffers of the attention kernels.
+#[derive(Default)]
+struct AttentionScratch {
+    qkv: Vec<f32>,
+    probs: Vec<f32>,
+    ctx: Vec<f32>,
+    ctx_q: Vec<u8>,
 }
 
 /// An LSTM/GRU node with its dense f32 weights.
@@ -162,6 +231,8 @@ pub struct Plan {
     /// The value holding the first output's logits: the input of a final Softmax, else
     /// the output itself.
     logits_name: String,
+    /// Linear steps on sequences: rows per sample (a step not listed has one).
+    linear_rows: HashMap<usize, usize>,
 }
 
 /// Reusable buffers for [`Plan::run`]; grows to the largest batch seen.
@@ -173,6 +244,8 @@ pub struct Workspace {
     col: Vec<f32>,
     tmp: Vec<f32>,
     recurrent: recurrent::Scratch,
+    attention: AttentionScratch,
+    valid: ValidLengths,
 }
 
 impl Plan {
@@ -204,6 +277,7 @@ impl Plan {
             expanded: Vec::new(),
             choices: Vec::new(),
             input_read_once: false,
+            linear_rows: HashMap::new(),
             logits_name: match graph.node(&graph.outputs[0]) {
                 Some(n) if matches!(n.op, Op::Softmax) => n.inputs[0].clone(),
                 _ => graph.outputs[0].clone(),
@@ -225,6 +299,11 @@ impl Plan {
             let out_len: usize = shapes[&node.name].iter().product();
             let in_shape = &shapes[&node.inputs[0]];
             let x = slot_of[&node.inputs[0]];
+            // A Linear on a sequence runs one row per position.
+            let linear_rows = match node.op {
+                Op::Linear { in_features, .. } => in_shape.iter().product::<usize>() / in_features.max(1),
+                _ => 1,
+            };
             match &node.op {
                 Op::Linear { .. } | Op::Conv2d { .. } => {
                     let (w, b) = take_weights(&mut weights, graph, &node.name)?;
@@ -282,6 +361,9 @@ impl Plan {
                         };
                         let out = plan.add_slot(repr, out_len, &node.name);
                         plan.steps.push(Step { kernel, inputs: vec![xq.0], out });
+                        if linear_rows != 1 {
+                            plan.linear_rows.insert(plan.steps.len() - 1, linear_rows);
+                        }
                         slot_of.insert(node.name.clone(), out);
                         if let Some(r) = relu {
                             fused_relu.insert(r.name.clone(), node.name.clone());
@@ -325,6 +407,9 @@ impl Plan {
                     plan.f32_layers += 1;
                     let out = plan.add_slot(Repr::F32, out_len, &node.name);
                     plan.steps.push(Step { kernel, inputs: vec![x], out });
+                    if linear_rows != 1 {
+                        plan.linear_rows.insert(plan.steps.len() - 1, linear_rows);
+                    }
                     slot_of.insert(node.name.clone(), out);
                 }
                 Op::MaxPool2d { kernel, stride } => {
@@ -396,6 +481,96 @@ impl Plan {
                     plan.f32_layers += 1;
                     let out = plan.add_slot(Repr::F32, out_len, &node.name);
                     plan.steps.push(Step { kernel: Kernel::Recurrent(Box::new(kernel)), inputs: vec![x], out });
+                    slot_of.insert(node.name.clone(), out);
+                }
+                Op::Embedding { .. }
+                | Op::PositionEmbedding { .. }
+                | Op::ClsToken { .. }
+                | Op::PatchEmbed { .. }
+                | Op::LayerNorm { .. }
+                | Op::Gelu
+                | Op::SelfAttention { .. }
+                | Op::Pool { .. } => {
+                    let integer = quant.integer_nodes.contains(&node.name);
+                    if integer && !matches!(node.op, Op::SelfAttention { .. }) {
+                        return Err(RuntimeError::IntegerUnsupported { node: node.name.clone(), op: node.op.kind() });
+                    }
+                    let specs = graph.parameters();
+                    let mut take = |suffix: &str| -> Result<Weights, RuntimeError> {
+                        let name = format!("{}.{suffix}", node.name);
+                        let expected = specs.iter().find(|p| p.name == name).map_or(0, |p| p.numel());
+                        let w = weights.remove(&name).ok_or_else(|| RuntimeError::MissingTensor { name: name.clone() })?;
+                        if w.len() != expected {
+                            return Err(RuntimeError::TensorSize { name, expected, got: w.len() });
+                        }
+                        Ok(w)
+                    };
+                    let seq = in_shape.first().copied().unwrap_or(1);
+                    let kernel = match node.op {
+                        Op::Embedding { vocab, dim, pad_token } => {
+                            Kernel::Embedding { node: node.name.clone(), table: take("weight")?.to_f32(), vocab, dim, pad: pad_token }
+                        }
+                        Op::PositionEmbedding { dim, .. } => Kernel::AddPositions { table: take("weight")?.to_f32(), seq, dim },
+                        Op::ClsToken { dim } => Kernel::PrependCls { row: take("weight")?.to_f32(), seq, dim },
+                        Op::PatchEmbed { channels, patch, dim } => {
+                            let geo = Patches { channels, height: in_shape[1], width: in_shape[2], patch };
+                            plan.f32_layers += 1;
+                            Kernel::PatchEmbed { geo, w: take("weight")?.to_f32(), b: take("bias")?.to_f32(), dim }
+                        }
+                        Op::LayerNorm { dim, eps } => Kernel::LayerNorm { gamma: take("weight")?.to_f32(), beta: take("bias")?.to_f32(), dim, eps },
+                        Op::Gelu => Kernel::Gelu,
+                        Op::Pool { kind } => Kernel::Pool { seq, dim: in_shape[1], mean: kind == PoolKind::Mean },
+                        Op::SelfAttention { dim, heads, causal } => {
+                            let mut parts = Vec::new();
+                            for proj in ATTENTION_PROJECTIONS {
+                                parts.push((take(&format!("{proj}.weight"))?, take(&format!("{proj}.bias"))?.to_f32()));
+                            }
+                            let context = format!("{}.context", node.name);
+                            let (qkv, output) = if integer {
+                                let qp = |value: &str| {
+                                    quant.activations.get(value).copied().ok_or_else(|| RuntimeError::MissingQParams { node: node.name.clone(), value: value.to_string() })
+                                };
+                                let (in_qp, ctx_qp) = (qp(&node.inputs[0])?, qp(&context)?);
+                                let mut wq = Vec::with_capacity(3 * dim * dim);
+                                let mut scales = Vec::with_capacity(3 * dim);
+                                let mut bias = Vec::with_capacity(3 * dim);
+                                for (w, b) in &parts[..3] {
+                                    let Weights::I8 { q, scales: sc } = w else {
+                                        return Err(RuntimeError::NotInt8 { node: node.name.clone() });
+                                    };
+                                    wq.extend_from_slice(q);
+                                    scales.extend_from_slice(sc);
+                                    bias.extend_from_slice(b);
+                                }
+                                let Weights::I8 { q: oq, scales: osc } = &parts[3].0 else {
+                                    return Err(RuntimeError::NotInt8 { node: node.name.clone() });
+                                };
+                                let qkv = QuantizedLinear::new(&wq, &scales, 3 * dim, dim, Some(&bias), in_qp, None, false);
+                                let out = QuantizedLinear::new(oq, osc, dim, dim, Some(&parts[3].1), ctx_qp, None, false);
+                                plan.int_layers += 1;
+                                (Projection::I8 { layer: Box::new(qkv), input: in_qp }, Projection::I8 { layer: Box::new(out), input: ctx_qp })
+                            } else {
+                                let mut w = Vec::with_capacity(3 * dim * dim);
+                                let mut b = Vec::with_capacity(3 * dim);
+                                for (pw, pb) in &parts[..3] {
+                                    plan.dequantized_at_load |= matches!(pw, Weights::I8 { .. });
+                                    w.extend(pw.to_f32());
+                                    b.extend_from_slice(pb);
+                                }
+                                plan.dequantized_at_load |= matches!(parts[3].0, Weights::I8 { .. });
+                                plan.f32_layers += 1;
+                                (Projection::F32 { w, b }, Projection::F32 { w: parts[3].0.to_f32(), b: parts[3].1.clone() })
+                            };
+                            Kernel::Attention(Box::new(AttentionKernel { geo: Heads { seq, dim, heads, causal }, qkv, output, context }))
+                        }
+                        _ => unreachable!(),
+                    };
+                    let x = match (&kernel, plan.slots[x].repr) {
+                        (Kernel::Attention(a), Repr::U8(qp)) if matches!(&a.qkv, Projection::I8 { input, .. } if *input == qp) => x,
+                        _ => plan.convert(x, Repr::F32, &mut converted),
+                    };
+                    let out = plan.add_slot(Repr::F32, out_len, &node.name);
+                    plan.steps.push(Step { kernel, inputs: vec![x], out });
                     slot_of.insert(node.name.clone(), out);
                 }
                 Op::Add | Op::Softmax => {
@@ -587,6 +762,7 @@ impl Plan {
             ws.f[0][..n * per].copy_from_slice(&x[..n * per]);
         }
         observe_slot(&self.slots[0], &x[..n * per], observe);
+        ws.valid.clear();
         for (si, step) in self.steps.iter().enumerate() {
             let (xi, o) = (step.inputs[0], step.out);
             if si == 0
@@ -596,6 +772,9 @@ impl Plan {
                 continue;
             }
             let (xl, ol) = (self.slots[xi].len, self.slots[o].len);
+            // Linear kernels see rows: samples × positions.
+            let rows = self.linear_rows.get(&si).copied().unwrap_or(1);
+            let (n, xl, ol) = if rows == 1 { (n, xl, ol) } else { (n * rows, xl / rows, ol / rows) };
             let kernel = match &step.kernel {
                 Kernel::ByBatch(by) => by.iter().find(|(bound, _)| n < *bound).map_or(&by[by.len() - 1].1, |(_, k)| k),
                 k => k,
@@ -706,6 +885,66 @@ impl Plan {
                     let w = recurrent::CellWeights { w_ih: &r.w_ih, w_hh: &r.w_hh, b_ih: r.b_ih.as_deref(), b_hh: r.b_hh.as_deref() };
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     recurrent::forward(&r.geo, r.steps, &w, &xs[..n * xl], n, &mut ws.recurrent, &mut y[..n * ol]);
+                }
+                Kernel::Embedding { node, table, vocab, dim, pad } => {
+                    let ids = &ws.f[xi][..n * xl];
+                    if let Some(id) = tf::bad_token(ids, *vocab) {
+                        return Err(RuntimeError::TokenId { node: node.clone(), id, vocab: *vocab });
+                    }
+                    if let Some(pad) = pad {
+                        ws.valid.from_ids(ids, n, xl, *pad);
+                    }
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    tf::embed(&xs[..n * xl], table, *dim, &mut y[..n * ol]);
+                }
+                Kernel::AddPositions { table, seq, dim } => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    tf::add_positions(&xs[..n * xl], table, *seq, *dim, &mut y[..n * ol]);
+                }
+                Kernel::PrependCls { row, seq, dim } => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    tf::prepend_cls(&xs[..n * xl], row, *seq, *dim, &mut y[..n * ol]);
+                }
+                Kernel::PatchEmbed { geo, w, b, dim } => {
+                    let rows = n * geo.count();
+                    if ws.col.len() < rows * geo.len() {
+                        ws.col.resize(rows * geo.len(), 0.0);
+                    }
+                    geo.gather(&ws.f[xi][..n * xl], n, &mut ws.col);
+                    let y = &mut ws.f[o][..n * ol];
+                    sgemm(rows, *dim, geo.len(), MatRef::rows(&ws.col, geo.len()), MatRef::transposed(w, geo.len()), y, *dim, false);
+                    for row in y.chunks_exact_mut(*dim) {
+                        row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
+                    }
+                }
+                Kernel::LayerNorm { gamma, beta, dim, eps } => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    tf::layer_norm(&xs[..n * xl], *dim, gamma, beta, *eps, &mut y[..n * ol]);
+                }
+                Kernel::Gelu => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    tf::gelu(&xs[..n * xl], &mut y[..n * ol]);
+                }
+                Kernel::Pool { seq, dim, mean } => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    tf::pool(&xs[..n * xl], n, *seq, *dim, *mean, &ws.valid, &mut y[..n * ol]);
+                }
+                Kernel::Attention(a) => {
+                    let (geo, d) = (a.geo, a.geo.dim);
+                    let rows = n * geo.seq;
+                    let sc = &mut ws.attention;
+                    for (buf, len) in [(&mut sc.qkv, rows * 3 * d), (&mut sc.ctx, rows * d), (&mut sc.probs, n * geo.heads * geo.seq * geo.seq)] {
+                        if buf.len() < len {
+                            buf.resize(len, 0.0);
+                        }
+                    }
+                    let xq = matches!(self.slots[xi].repr, Repr::U8(_)).then(|| &ws.q[xi][..rows * d]);
+                    let xf: &[f32] = if xq.is_some() { &[] } else { &ws.f[xi][..rows * d] };
+                    a.qkv.run(xf, xq, rows, d, 3 * d, &mut sc.qkv, &mut sc.ctx_q, &mut ws.acc);
+                    let qkv = &sc.qkv[..rows * 3 * d];
+                    geo.attend(qkv, &qkv[d..], &qkv[2 * d..], 3 * d, n, &ws.valid, &mut sc.probs, &mut sc.ctx);
+                    observe(&a.context, &sc.ctx[..rows * d]);
+                    a.output.run(&sc.ctx[..rows * d], None, rows, d, d, &mut ws.f[o][..n * ol], &mut sc.ctx_q, &mut ws.acc);
                 }
                 Kernel::Quantize(qp) => int8::quantize_u8(&ws.f[xi][..n * xl], *qp, &mut ws.q[o][..n * ol]),
                 Kernel::Dequantize(qp) => int8::dequantize_u8(&ws.q[xi][..n * xl], *qp, &mut ws.f[o][..n * ol]),
@@ -1059,6 +1298,36 @@ mod tests {
         let mut missing = f;
         missing.remove("fc2.bias");
         assert!(matches!(Plan::new(&g, missing, &QuantPlan::default()), Err(RuntimeError::MissingTensor { .. })));
+    }
+
+    /// Token ids: padding masks attention keys (a padded sample gives the output of its
+    /// unpadded prefix through attention + mean pooling), and an id outside the
+    /// vocabulary is an error naming the node, not a panic.
+    #[test]
+    fn token_ids_padding_and_bad_ids() {
+        let g = Graph::chain(
+            vec![4],
+            vec![
+                ("emb", Op::Embedding { vocab: 6, dim: 4, pad_token: Some(0) }),
+                ("attn", Op::SelfAttention { dim: 4, heads: 2, causal: false }),
+                ("pool", Op::Pool { kind: PoolKind::Mean }),
+            ],
+        );
+        let w = weights(&g, &mut Rng::new(9));
+        let dense = |w: &HashMap<String, Vec<f32>>| w.iter().map(|(k, v)| (k.clone(), Weights::F32(v.clone()))).collect::<HashMap<_, _>>();
+        let plan = Plan::new(&g, dense(&w), &QuantPlan::default()).unwrap();
+        let padded = plan.run(&[3.0, 5.0, 0.0, 0.0], 1, &mut Workspace::default()).unwrap().to_vec();
+        let mut g2 = g.clone();
+        g2.input_shape = vec![2];
+        let short = Plan::new(&g2, dense(&w), &QuantPlan::default()).unwrap();
+        let want = short.run(&[3.0, 5.0], 1, &mut Workspace::default()).unwrap().to_vec();
+        for (a, b) in padded.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        for bad in [6.0, -1.0, 2.5, f32::NAN] {
+            let e = plan.run(&[1.0, bad, 0.0, 0.0], 1, &mut Workspace::default()).unwrap_err();
+            assert!(matches!(e, RuntimeError::TokenId { ref node, vocab: 6, .. } if node == "emb"), "{e}");
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`sparse`]: Linear kernels on compressed sparse rows (f32 and int8) and on
 //!   codebook indices (weight sharing), without expanding the weights to dense f32.
 //! - [`recurrent`]: LSTM and GRU forward over a batch of sequences (shared with the trainer).
+//! - [`transformer`]: Transformer ops (embeddings, LayerNorm, GELU, self-attention,
+//!   pooling), shared with the trainer.
 //! - [`exec`]: the executor that runs a graph from its stored weights, choosing per
 //!   layer the fastest kernel the stored encoding allows (timed at plan build).
 
@@ -15,3 +17,4 @@ pub mod int8;
 pub mod kernels;
 pub mod recurrent;
 pub mod sparse;
+pub mod transformer;

@@ -43,7 +43,9 @@ pub enum SpecError {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
-    /// `y = x · Wᵀ + b`, input must be 1-D `[in_features]`.
+    /// `y = x · Wᵀ + b` on the last dim: `[.., in_features]` → `[.., out_features]`
+    /// (every leading position is one row, so a Transformer's projections and FFN are
+    /// ordinary Linear nodes).
     Linear { in_features: usize, out_features: usize, bias: bool },
     /// 2-D convolution on `[C, H, W]` with square kernel, zero padding.
     Conv2d {
@@ -99,7 +101,43 @@ pub enum Op {
         #[serde(default)]
         sequence: bool,
     },
+    /// Token ids `[seq]` (f32 holding integers, exact below 2²⁴) → rows of
+    /// `weight [vocab, dim]`: `[seq, dim]`. With `pad_token`, trailing ids equal to it
+    /// are padding: attention does not attend to them and mean pooling skips them.
+    Embedding { vocab: usize, dim: usize, pad_token: Option<usize> },
+    /// Adds rows `0..seq` of `weight [max_len, dim]` to `[seq, dim]`.
+    PositionEmbedding { max_len: usize, dim: usize },
+    /// Prepends a learned row `weight [dim]`: `[seq, dim]` → `[seq + 1, dim]` (ViT's CLS token).
+    ClsToken { dim: usize },
+    /// Non-overlapping `patch`×`patch` patches of `[channels, H, W]`, each mapped by
+    /// `weight [dim, channels·patch·patch]` (patch flattened channel, row, column, as a
+    /// strided Conv2d's kernel) plus `bias [dim]`: `[(H/patch)·(W/patch), dim]`, patches in
+    /// row-major order.
+    PatchEmbed { channels: usize, patch: usize, dim: usize },
+    /// Layer normalisation over the last dim: `(x − mean) / √(var + eps) · weight + bias`.
+    LayerNorm { dim: usize, eps: f32 },
+    /// GELU, exact erf form `x · Φ(x)`, element-wise.
+    Gelu,
+    /// Multi-head scaled dot-product self-attention on `[seq, dim]` with query, key,
+    /// value and output projections (`[dim, dim]` weights and `[dim]` biases each, HF
+    /// BERT names). Padding keys (see [`Op::Embedding`]) are masked; `causal` also masks
+    /// every key after the query.
+    SelfAttention { dim: usize, heads: usize, causal: bool },
+    /// `[seq, dim]` → `[dim]`: the first row (`cls`) or the mean over valid (non-padding) rows.
+    Pool { kind: PoolKind },
 }
+
+/// How [`Op::Pool`] reduces a sequence.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolKind {
+    Cls,
+    Mean,
+}
+
+/// The projections of a [`Op::SelfAttention`] node, in parameter order; each has
+/// `<node>.<name>.weight [dim, dim]` and `<node>.<name>.bias [dim]`.
+pub const ATTENTION_PROJECTIONS: [&str; 4] = ["query", "key", "value", "output"];
 
 /// The shape of a recurrent node, as its kernels see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,9 +192,15 @@ impl Op {
         matches!(self, Op::Linear { .. } | Op::Conv2d { .. })
     }
 
-    /// Whether the op has trainable parameters of any kind (weighted or recurrent).
+    /// Whether the op has trainable parameters of any kind (weighted, recurrent or a
+    /// Transformer op's tables, projections and norms).
     pub fn has_params(&self) -> bool {
-        self.has_weight() || self.recurrent().is_some()
+        self.has_weight()
+            || self.recurrent().is_some()
+            || matches!(
+                self,
+                Op::Embedding { .. } | Op::PositionEmbedding { .. } | Op::ClsToken { .. } | Op::PatchEmbed { .. } | Op::LayerNorm { .. } | Op::SelfAttention { .. }
+            )
     }
 
     /// The recurrent geometry of an LSTM or GRU node.
@@ -184,6 +228,14 @@ impl Op {
             Op::Normalize { .. } => "Normalize",
             Op::Lstm { .. } => "LSTM",
             Op::Gru { .. } => "GRU",
+            Op::Embedding { .. } => "Embedding",
+            Op::PositionEmbedding { .. } => "PositionEmbedding",
+            Op::ClsToken { .. } => "ClsToken",
+            Op::PatchEmbed { .. } => "PatchEmbed",
+            Op::LayerNorm { .. } => "LayerNorm",
+            Op::Gelu => "GELU",
+            Op::SelfAttention { .. } => "SelfAttention",
+            Op::Pool { .. } => "Pool",
         }
     }
 }
@@ -299,6 +351,31 @@ impl Graph {
                 }
                 continue;
             }
+            let mut push = |suffix: &str, kind: ParamKind, shape: Vec<usize>| {
+                out.push(ParamSpec { name: format!("{}.{suffix}", node.name), node: node.name.clone(), kind, shape })
+            };
+            match node.op {
+                Op::Embedding { vocab, dim, .. } => push("weight", ParamKind::Weight, vec![vocab, dim]),
+                Op::PositionEmbedding { max_len, dim } => push("weight", ParamKind::Weight, vec![max_len, dim]),
+                // A single learned row: a vector like a bias (not pruned or quantized).
+                Op::ClsToken { dim } => push("weight", ParamKind::Bias, vec![dim]),
+                Op::PatchEmbed { channels, patch, dim } => {
+                    push("weight", ParamKind::Weight, vec![dim, channels * patch * patch]);
+                    push("bias", ParamKind::Bias, vec![dim]);
+                }
+                // The scale is a per-feature vector, kept float like a bias.
+                Op::LayerNorm { dim, .. } => {
+                    push("weight", ParamKind::Bias, vec![dim]);
+                    push("bias", ParamKind::Bias, vec![dim]);
+                }
+                Op::SelfAttention { dim, .. } => {
+                    for proj in ATTENTION_PROJECTIONS {
+                        push(&format!("{proj}.weight"), ParamKind::Weight, vec![dim, dim]);
+                        push(&format!("{proj}.bias"), ParamKind::Bias, vec![dim]);
+                    }
+                }
+                _ => {}
+            }
             let (wshape, bias_len, bias) = match node.op {
                 Op::Linear { in_features, out_features, bias } => {
                     (vec![out_features, in_features], out_features, bias)
@@ -362,10 +439,12 @@ pub fn output_shape(name: &str, op: &Op, ins: &[Vec<usize>]) -> Result<Vec<usize
     let x = &ins[0];
     match op {
         &Op::Linear { in_features, out_features, .. } => {
-            if x.len() != 1 || x[0] != in_features {
-                return Err(bad(format!("Linear expects [{in_features}]")));
+            if x.last() != Some(&in_features) {
+                return Err(bad(format!("Linear expects [.., {in_features}] (its last dim is the {in_features} input features)")));
             }
-            Ok(vec![out_features])
+            let mut y = x.clone();
+            *y.last_mut().expect("not empty") = out_features;
+            Ok(y)
         }
         &Op::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
             if x.len() != 3 || x[0] != in_channels {
@@ -430,6 +509,70 @@ pub fn output_shape(name: &str, op: &Op, ins: &[Vec<usize>]) -> Result<Vec<usize
                 )));
             }
             Ok(if r.sequence { vec![x[0], r.hidden] } else { vec![r.hidden] })
+        }
+        &Op::Embedding { vocab, dim, pad_token } => {
+            if vocab == 0 || dim == 0 {
+                return Err(bad("Embedding needs vocab and dim of at least 1".into()));
+            }
+            if pad_token.is_some_and(|p| p >= vocab) {
+                return Err(bad(format!("Embedding pad_token {} is not below vocab {vocab}", pad_token.unwrap_or(0))));
+            }
+            if x.len() != 1 || x[0] == 0 {
+                return Err(bad("Embedding expects token ids [seq] (seq ≥ 1)".into()));
+            }
+            Ok(vec![x[0], dim])
+        }
+        &Op::PositionEmbedding { max_len, dim } => {
+            if x.len() != 2 || x[1] != dim {
+                return Err(bad(format!("PositionEmbedding expects [seq, {dim}]")));
+            }
+            if x[0] > max_len {
+                return Err(bad(format!("sequence length {} exceeds the position table's max_len {max_len}", x[0])));
+            }
+            Ok(x.clone())
+        }
+        &Op::ClsToken { dim } => {
+            if x.len() != 2 || x[1] != dim {
+                return Err(bad(format!("ClsToken expects [seq, {dim}]")));
+            }
+            Ok(vec![x[0] + 1, dim])
+        }
+        &Op::PatchEmbed { channels, patch, dim } => {
+            if patch == 0 || dim == 0 {
+                return Err(bad("PatchEmbed needs patch and dim of at least 1".into()));
+            }
+            if x.len() != 3 || x[0] != channels {
+                return Err(bad(format!("PatchEmbed expects an image [{channels}, H, W]")));
+            }
+            if x[1] % patch != 0 || x[2] % patch != 0 || x[1] == 0 || x[2] == 0 {
+                return Err(bad(format!("image height {} and width {} must be multiples of the patch size {patch}", x[1], x[2])));
+            }
+            Ok(vec![(x[1] / patch) * (x[2] / patch), dim])
+        }
+        &Op::LayerNorm { dim, eps } => {
+            if x.last() != Some(&dim) {
+                return Err(bad(format!("LayerNorm expects [.., {dim}]")));
+            }
+            if !(eps.is_finite() && eps > 0.0) {
+                return Err(bad(format!("LayerNorm eps must be positive, got {eps}")));
+            }
+            Ok(x.clone())
+        }
+        Op::Gelu => Ok(x.clone()),
+        &Op::SelfAttention { dim, heads, .. } => {
+            if heads == 0 || dim == 0 || dim % heads != 0 {
+                return Err(bad(format!("SelfAttention needs a head count that divides the width: {heads} heads do not divide dim {dim}")));
+            }
+            if x.len() != 2 || x[1] != dim || x[0] == 0 {
+                return Err(bad(format!("SelfAttention expects a sequence [seq, {dim}] (seq ≥ 1)")));
+            }
+            Ok(x.clone())
+        }
+        Op::Pool { .. } => {
+            if x.len() != 2 || x[0] == 0 {
+                return Err(bad("Pool expects a sequence [seq, dim] (seq ≥ 1)".into()));
+            }
+            Ok(vec![x[1]])
         }
         Op::Add => {
             if ins[1] != *x {
@@ -526,6 +669,54 @@ mod tests {
         assert_eq!(s["p1"], vec![6, 14, 14]);
         assert_eq!(s["c2"], vec![16, 10, 10]);
         assert_eq!(s["f"], vec![400]);
+    }
+
+    /// Transformer shapes: a ViT stem and block validate; a head count that does not
+    /// divide the width, a patch that does not divide the image, a sequence longer than
+    /// the position table and a Linear of the wrong width are one clear error each.
+    #[test]
+    fn transformer_shapes_and_their_errors() {
+        let stem = |heads: usize, patch: usize, max_len: usize, fc_in: usize| {
+            Graph::chain(
+                vec![1, 28, 28],
+                vec![
+                    ("patch", Op::PatchEmbed { channels: 1, patch, dim: 64 }),
+                    ("cls", Op::ClsToken { dim: 64 }),
+                    ("pos", Op::PositionEmbedding { max_len, dim: 64 }),
+                    ("ln", Op::LayerNorm { dim: 64, eps: 1e-6 }),
+                    ("attn", Op::SelfAttention { dim: 64, heads, causal: false }),
+                    ("fc", Op::Linear { in_features: fc_in, out_features: 128, bias: true }),
+                    ("gelu", Op::Gelu),
+                    ("pool", Op::Pool { kind: PoolKind::Mean }),
+                ],
+            )
+        };
+        let s = stem(4, 7, 17, 64).validate().unwrap();
+        assert_eq!(s["patch"], vec![16, 64]);
+        assert_eq!(s["cls"], vec![17, 64]);
+        assert_eq!(s["fc"], vec![17, 128]);
+        assert_eq!(s["pool"], vec![128]);
+        let why = |g: Graph| match g.validate() {
+            Err(e @ SpecError::Shape { .. }) => e.to_string(),
+            other => panic!("expected a shape error, got {other:?}"),
+        };
+        assert!(why(stem(5, 7, 17, 64)).contains("5 heads do not divide dim 64"));
+        assert!(why(stem(4, 5, 17, 64)).contains("multiples of the patch size 5"));
+        assert!(why(stem(4, 7, 16, 64)).contains("sequence length 17 exceeds the position table's max_len 16"));
+        assert!(why(stem(4, 7, 17, 32)).contains("Linear expects [.., 32]"));
+        let g = stem(4, 7, 17, 64);
+        let names: Vec<String> = g.parameters().iter().map(|p| p.name.clone()).collect();
+        assert!(names.contains(&"attn.query.weight".to_string()) && names.contains(&"attn.output.bias".to_string()));
+        let p = g.parameters();
+        let kind = |n: &str| p.iter().find(|s| s.name == n).unwrap().kind;
+        assert_eq!(kind("attn.key.weight"), ParamKind::Weight);
+        assert_eq!(kind("ln.weight"), ParamKind::Bias);
+        assert_eq!(kind("cls.weight"), ParamKind::Bias);
+        let json = serde_json::to_string(&g).unwrap();
+        assert!(json.contains(r#""op":"self_attention""#) && json.contains(r#""kind":"mean""#), "{json}");
+        assert_eq!(serde_json::from_str::<Graph>(&json).unwrap(), g);
+        let emb = Graph::chain(vec![8], vec![("emb", Op::Embedding { vocab: 10, dim: 4, pad_token: Some(10) })]);
+        assert!(why(emb).contains("pad_token 10 is not below vocab 10"));
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub enum ExportError {
     NotInt8(String),
     #[error("invalid architecture: {0}")]
     Spec(#[from] SpecError),
+    #[error("node '{node}' ({op}) cannot be exported to ONNX yet: Transformer ops (embeddings, LayerNorm, GELU, self-attention, pooling, Linear on a sequence) are not supported by the ONNX exporter; keep the model as .sqz or safetensors")]
+    Unsupported { node: String, op: &'static str },
 }
 
 fn tensor_f32(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
@@ -223,6 +225,16 @@ impl Writer {
 
 fn build(graph: &Graph, tensors: &HashMap<String, Vec<f32>>, int8: Option<&Int8>) -> Result<ModelProto, ExportError> {
     let shapes = graph.validate()?;
+    if let Some(node) = graph.nodes.iter().find(|n| {
+        let seq_linear = matches!(n.op, Op::Linear { .. }) && shapes[&n.inputs[0]].len() > 1;
+        seq_linear
+            || matches!(
+                n.op,
+                Op::Embedding { .. } | Op::PositionEmbedding { .. } | Op::ClsToken { .. } | Op::PatchEmbed { .. } | Op::LayerNorm { .. } | Op::Gelu | Op::SelfAttention { .. } | Op::Pool { .. }
+            )
+    }) {
+        return Err(ExportError::Unsupported { node: node.name.clone(), op: node.op.kind() });
+    }
     let consumers = graph.consumers();
     let mut w = Writer { nodes: Vec::new(), inits: Vec::new(), name: HashMap::new(), qdq: HashMap::new() };
     w.name.insert(INPUT.into(), INPUT.into());
@@ -367,6 +379,9 @@ fn build(graph: &Graph, tensors: &HashMap<String, Vec<f32>>, int8: Option<&Int8>
                 w.node("Sub", &format!("{}.sub", node.name), vec![x, m], centered.clone(), vec![]);
                 w.node("Div", &node.name, vec![centered, s], out.clone(), vec![]);
                 let _ = in_shape;
+            }
+            Op::Embedding { .. } | Op::PositionEmbedding { .. } | Op::ClsToken { .. } | Op::PatchEmbed { .. } | Op::LayerNorm { .. } | Op::Gelu | Op::SelfAttention { .. } | Op::Pool { .. } => {
+                unreachable!("refused before the first node")
             }
         }
         repr.insert(out.clone(), out_repr);

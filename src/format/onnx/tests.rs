@@ -96,6 +96,12 @@ fn pytorch_style_view_flatten_folds_its_shape_arithmetic() {
 fn every_zoo_model_exports_and_imports_back() {
     for (name, _) in crate::model::zoo::MODELS {
         let model = crate::model::Model::init(crate::model::zoo::build(name).unwrap(), 3).unwrap();
+        if *name == "vit" {
+            // Transformer ops are refused with one clear error.
+            let e = export_onnx(Path::new(name), ModelFile::Dense(crate::store::dense_file(&model)), false).unwrap_err().to_string();
+            assert!(e.contains("'patch' (PatchEmbed) cannot be exported to ONNX yet"), "{e}");
+            continue;
+        }
         let check = export_onnx(Path::new(name), ModelFile::Dense(crate::store::dense_file(&model)), false).unwrap();
         assert!(check.max_diff <= check.tolerance, "{name}");
         assert_eq!(encode_f32(&model.graph, &model.tensors()).unwrap(), check.bytes);

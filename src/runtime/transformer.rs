@@ -1,0 +1,343 @@
+//! Forward kernels of the Transformer ops (embeddings, patch embedding, LayerNorm,
+//! GELU, self-attention, pooling), shared by the runtime executor and the training
+//! workspace (which keeps the buffers these leave behind for its backward pass).
+//!
+//! Layout: a sequence value of `n` samples is `[n, seq, dim]`, row-major. The valid
+//! length of each sample (the positions before its trailing padding, see
+//! [`crate::spec::Op::Embedding`]) is computed once from the token ids; attention and
+//! mean pooling read it through [`ValidLengths`].
+
+/// Per-sample valid lengths of the token sequence, or none (every position valid).
+#[derive(Clone, Debug, Default)]
+pub struct ValidLengths {
+    /// Valid positions per sample; empty when the graph has no padding token.
+    pub lens: Vec<usize>,
+    /// The sequence length the lengths count in (the Embedding's input).
+    pub seq: usize,
+}
+
+impl ValidLengths {
+    /// Valid positions of sample `s` in a sequence of `seq` positions. A sequence longer
+    /// than the token sequence (a prepended CLS row) has its extra leading rows valid.
+    /// At least one position stays valid, so attention always has a key.
+    pub fn of(&self, s: usize, seq: usize) -> usize {
+        match self.lens.get(s) {
+            None => seq,
+            Some(&l) => (l + seq.saturating_sub(self.seq)).clamp(1, seq),
+        }
+    }
+
+    /// Counts each sample's trailing `pad` ids in `ids [n, seq]`.
+    pub fn from_ids(&mut self, ids: &[f32], n: usize, seq: usize, pad: usize) {
+        self.seq = seq;
+        self.lens.clear();
+        for row in ids.chunks_exact(seq).take(n) {
+            let trailing = row.iter().rev().take_while(|&&t| t == pad as f32).count();
+            self.lens.push(seq - trailing);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.lens.clear();
+    }
+}
+
+/// The first id of `ids` that is not an integer in `0..vocab`, if any.
+pub fn bad_token(ids: &[f32], vocab: usize) -> Option<f32> {
+    ids.iter().copied().find(|&t| !(t >= 0.0 && t < vocab as f32 && t.fract() == 0.0))
+}
+
+/// `y[i] = table[ids[i]]`; ids must be checked with [`bad_token`] first (an invalid
+/// id gives a zero row).
+pub fn embed(ids: &[f32], table: &[f32], dim: usize, y: &mut [f32]) {
+    let vocab = table.len() / dim.max(1);
+    for (&t, row) in ids.iter().zip(y.chunks_exact_mut(dim)) {
+        let id = t as usize;
+        if t >= 0.0 && id < vocab {
+            row.copy_from_slice(&table[id * dim..(id + 1) * dim]);
+        } else {
+            row.fill(0.0);
+        }
+    }
+}
+
+/// `y = x + table[0..seq]` for each of the samples of `x [n, seq, dim]`.
+pub fn add_positions(x: &[f32], table: &[f32], seq: usize, dim: usize, y: &mut [f32]) {
+    let rows = &table[..seq * dim];
+    for (xs, ys) in x.chunks_exact(seq * dim).zip(y.chunks_exact_mut(seq * dim)) {
+        for ((o, &a), &p) in ys.iter_mut().zip(xs).zip(rows) {
+            *o = a + p;
+        }
+    }
+}
+
+/// `y = [cls; x]` per sample: `[n, seq, dim]` → `[n, seq + 1, dim]`.
+pub fn prepend_cls(x: &[f32], cls: &[f32], seq: usize, dim: usize, y: &mut [f32]) {
+    for (xs, ys) in x.chunks_exact(seq * dim).zip(y.chunks_exact_mut((seq + 1) * dim)) {
+        ys[..dim].copy_from_slice(cls);
+        ys[dim..].copy_from_slice(xs);
+    }
+}
+
+/// Geometry of a [`crate::spec::Op::PatchEmbed`] node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Patches {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub patch: usize,
+}
+
+impl Patches {
+    /// Patches per image.
+    pub fn count(&self) -> usize {
+        (self.height / self.patch) * (self.width / self.patch)
+    }
+
+    /// Values per patch (the weight's columns).
+    pub fn len(&self) -> usize {
+        self.channels * self.patch * self.patch
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Index in a `[C, H, W]` image of element `e` of patch `q` (flattened channel,
+    /// row, column like a Conv2d kernel).
+    #[inline]
+    fn source(&self, q: usize, e: usize) -> usize {
+        let p = self.patch;
+        let (c, r) = (e / (p * p), e % (p * p));
+        let (ky, kx) = (r / p, r % p);
+        let per_row = self.width / p;
+        let (py, px) = (q / per_row, q % per_row);
+        (c * self.height + py * p + ky) * self.width + px * p + kx
+    }
+
+    /// Gathers `x [n, C, H, W]` into `cols [n·count, len]`.
+    pub fn gather(&self, x: &[f32], n: usize, cols: &mut [f32]) {
+        let (img, cnt, len) = (self.channels * self.height * self.width, self.count(), self.len());
+        for s in 0..n {
+            let xs = &x[s * img..(s + 1) * img];
+            for q in 0..cnt {
+                let row = &mut cols[(s * cnt + q) * len..(s * cnt + q + 1) * len];
+                for (e, v) in row.iter_mut().enumerate() {
+                    *v = xs[self.source(q, e)];
+                }
+            }
+        }
+    }
+
+    /// Adds `dcols [n·count, len]` back into the image gradient `dx [n, C, H, W]`
+    /// (patches do not overlap, so every pixel receives at most one term).
+    pub fn scatter_add(&self, dcols: &[f32], n: usize, dx: &mut [f32]) {
+        let (img, cnt, len) = (self.channels * self.height * self.width, self.count(), self.len());
+        for s in 0..n {
+            let dxs = &mut dx[s * img..(s + 1) * img];
+            for q in 0..cnt {
+                let row = &dcols[(s * cnt + q) * len..(s * cnt + q + 1) * len];
+                for (e, v) in row.iter().enumerate() {
+                    dxs[self.source(q, e)] += v;
+                }
+            }
+        }
+    }
+}
+
+/// Layer normalisation of every `dim`-long row of `x` into `y`.
+pub fn layer_norm(x: &[f32], dim: usize, gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32]) {
+    for (xr, yr) in x.chunks_exact(dim).zip(y.chunks_exact_mut(dim)) {
+        let (mean, rstd) = row_stats(xr, eps);
+        for (((o, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
+            *o = (v - mean) * rstd * g + b;
+        }
+    }
+}
+
+/// Mean and `1/√(var + eps)` of a row (two passes, f64 sums: rows of 384+ values).
+#[inline]
+pub fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len().max(1) as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>() / n;
+    (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
+}
+
+/// GELU `x·Φ(x)` with the exact error function.
+pub fn gelu(x: &[f32], y: &mut [f32]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = gelu1(v);
+    }
+}
+
+#[inline]
+pub fn gelu1(v: f32) -> f32 {
+    0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// `d gelu / dx = Φ(x) + x·φ(x)`.
+#[inline]
+pub fn gelu_grad(v: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2));
+    let pdf = (-0.5 * v * v).exp() * 0.398_942_3;
+    cdf + v * pdf
+}
+
+/// Geometry of one self-attention node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    pub seq: usize,
+    pub dim: usize,
+    pub heads: usize,
+    pub causal: bool,
+}
+
+impl Heads {
+    pub fn head_dim(&self) -> usize {
+        self.dim / self.heads.max(1)
+    }
+
+    /// Keys query `i` of a sample with `valid` valid positions may attend to.
+    #[inline]
+    pub fn keys(&self, i: usize, valid: usize) -> usize {
+        if self.causal { valid.min(i + 1) } else { valid }
+    }
+
+    /// Scaled dot-product attention of projected queries, keys and values: row `i` of
+    /// sample `s` starts at `(s·seq + i)·ld` in each of `q`, `k`, `v` (so they may be
+    /// column blocks of one fused `[n·seq, 3·dim]` product). Writes the probabilities
+    /// `probs [n, heads, seq, seq]` (zero for masked keys) and the context
+    /// `ctx [n, seq, dim]` (head `h` in columns `h·hd..(h+1)·hd`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend(&self, q: &[f32], k: &[f32], v: &[f32], ld: usize, n: usize, valid: &ValidLengths, probs: &mut [f32], ctx: &mut [f32]) {
+        let (s_len, d, hd) = (self.seq, self.dim, self.head_dim());
+        let scale = 1.0 / (hd as f32).sqrt();
+        for s in 0..n {
+            let vl = valid.of(s, s_len);
+            let (base, cbase) = (s * s_len * ld, s * s_len * d);
+            for h in 0..self.heads {
+                let pbase = (s * self.heads + h) * s_len * s_len;
+                for i in 0..s_len {
+                    let prow = &mut probs[pbase + i * s_len..pbase + (i + 1) * s_len];
+                    let keys = self.keys(i, vl);
+                    let qi = &q[base + i * ld + h * hd..base + i * ld + (h + 1) * hd];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, p) in prow.iter_mut().enumerate().take(keys) {
+                        let kj = &k[base + j * ld + h * hd..base + j * ld + (h + 1) * hd];
+                        *p = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        max = max.max(*p);
+                    }
+                    let mut sum = 0.0;
+                    for p in prow[..keys].iter_mut() {
+                        *p = (*p - max).exp();
+                        sum += *p;
+                    }
+                    let inv = 1.0 / sum;
+                    prow[..keys].iter_mut().for_each(|p| *p *= inv);
+                    prow[keys..].fill(0.0);
+                    let ci = &mut ctx[cbase + i * d + h * hd..cbase + i * d + (h + 1) * hd];
+                    ci.fill(0.0);
+                    for (j, &p) in prow[..keys].iter().enumerate() {
+                        let vj = &v[base + j * ld + h * hd..base + j * ld + (h + 1) * hd];
+                        ci.iter_mut().zip(vj).for_each(|(c, &vv)| *c += p * vv);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `[n, seq, dim]` → `[n, dim]`: the first row, or the mean of the valid rows.
+pub fn pool(x: &[f32], n: usize, seq: usize, dim: usize, mean: bool, valid: &ValidLengths, y: &mut [f32]) {
+    for s in 0..n {
+        let xs = &x[s * seq * dim..(s + 1) * seq * dim];
+        let ys = &mut y[s * dim..(s + 1) * dim];
+        ys.copy_from_slice(&xs[..dim]);
+        if mean {
+            let vl = valid.of(s, seq);
+            for row in xs[dim..vl * dim].chunks_exact(dim) {
+                ys.iter_mut().zip(row).for_each(|(a, &b)| *a += b);
+            }
+            let inv = 1.0 / vl as f32;
+            ys.iter_mut().for_each(|a| *a *= inv);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attention against a direct f64 evaluation of softmax(q·kᵀ/√d)·v with the masks,
+    /// on an odd shape (seq 5, 3 heads of 3).
+    #[test]
+    fn attention_matches_a_plain_reference_with_padding_and_causal_masks() {
+        let mut rng = crate::rng::Rng::new(3);
+        let (n, seq, heads, hd) = (2, 5, 3, 3);
+        let d = heads * hd;
+        let mut r = |len: usize| (0..len).map(|_| rng.uniform(1.5)).collect::<Vec<f32>>();
+        let (q, k, v) = (r(n * seq * d), r(n * seq * d), r(n * seq * d));
+        for causal in [false, true] {
+            let geo = Heads { seq, dim: d, heads, causal };
+            let valid = ValidLengths { lens: vec![5, 3], seq };
+            let mut probs = vec![0.0; n * heads * seq * seq];
+            let mut ctx = vec![0.0; n * seq * d];
+            geo.attend(&q, &k, &v, d, n, &valid, &mut probs, &mut ctx);
+            for s in 0..n {
+                let vl = [5, 3][s];
+                for h in 0..heads {
+                    for i in 0..seq {
+                        let keys = if causal { vl.min(i + 1) } else { vl };
+                        let at = |t: &[f32], j: usize, c: usize| t[(s * seq + j) * d + h * hd + c] as f64;
+                        let scores: Vec<f64> = (0..keys).map(|j| (0..hd).map(|c| at(&q, i, c) * at(&k, j, c)).sum::<f64>() / (hd as f64).sqrt()).collect();
+                        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let z: f64 = scores.iter().map(|x| (x - m).exp()).sum();
+                        for c in 0..hd {
+                            let want: f64 = (0..keys).map(|j| (scores[j] - m).exp() / z * at(&v, j, c)).sum();
+                            let got = ctx[(s * seq + i) * d + h * hd + c] as f64;
+                            assert!((got - want).abs() < 1e-5, "s{s} h{h} i{i} c{c}: {got} vs {want}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn padding_lengths_count_trailing_pads_and_pool_means_valid_rows() {
+        let mut v = ValidLengths::default();
+        v.from_ids(&[5.0, 0.0, 7.0, 0.0, 0.0, 0.0, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0], 3, 4, 0);
+        assert_eq!(v.lens, vec![3, 4, 0]);
+        assert_eq!(v.of(0, 4), 3);
+        assert_eq!(v.of(2, 4), 1, "an all-padding sample keeps one key");
+        assert_eq!(v.of(0, 5), 4, "a prepended row is valid");
+        let x: Vec<f32> = (0..3 * 4 * 2).map(|i| i as f32).collect();
+        let mut y = vec![0.0; 6];
+        pool(&x, 3, 4, 2, true, &v, &mut y);
+        assert_eq!(&y[..2], &[2.0, 3.0]);
+        assert_eq!(&y[2..4], &[11.0, 12.0]);
+        pool(&x, 3, 4, 2, false, &v, &mut y);
+        assert_eq!(&y[..2], &[0.0, 1.0]);
+    }
+
+    #[test]
+    fn gelu_matches_known_values_and_patches_follow_conv_layout() {
+        assert!((gelu1(1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((gelu1(-2.0) + 0.045_500_26).abs() < 1e-6);
+        let h = 1e-3f32;
+        for x in [-2.5f32, -0.3, 0.0, 0.7, 3.0] {
+            let fd = (gelu1(x + h) - gelu1(x - h)) / (2.0 * h);
+            assert!((fd - gelu_grad(x)).abs() < 2e-3, "{x}");
+        }
+        // 2 channels, 4×6 image, patch 2: patch 4 is row 1, column 1 of the 2×3 grid.
+        let g = Patches { channels: 2, height: 4, width: 6, patch: 2 };
+        let x: Vec<f32> = (0..48).map(|i| i as f32).collect();
+        let mut cols = vec![0.0; g.count() * g.len()];
+        g.gather(&x, 1, &mut cols);
+        assert_eq!(&cols[4 * 8..5 * 8], &[14.0, 15.0, 20.0, 21.0, 38.0, 39.0, 44.0, 45.0]);
+        let mut back = vec![0.0; 48];
+        g.scatter_add(&cols, 1, &mut back);
+        assert_eq!(back, x);
+    }
+}
