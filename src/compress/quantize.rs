@@ -242,7 +242,7 @@ fn calibrate(model: &Model, images: &[f32]) -> Result<BTreeMap<String, QParams>,
             }
             // A recurrent node reads its input sequence as u8; its output stays f32.
             if n.op.recurrent().is_some() {
-                v.push(n.inputs[0].as_str());
+                v.push(n.inputs[0].clone());
             }
             if matches!(n.op, Op::Relu) && weighted(&n.inputs[0]) {
                 v.push(n.name.clone());

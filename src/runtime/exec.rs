@@ -896,12 +896,11 @@ impl Plan {
             ws.f[0][..n * per].copy_from_slice(&x[..n * per]);
         }
         observe_slot(&self.slots[0], &x[..n * per], observe);
+        ws.valid.clear();
         if let Some(c) = chain {
             self.run_chain(c, x, n, ws);
         }
         for (si, step) in self.steps.iter().enumerate().skip(chain.map_or(0, |c| c.steps)) {
-        ws.valid.clear();
-        for (si, step) in self.steps.iter().enumerate() {
             let (xi, o) = (step.inputs[0], step.out);
             if si == 0
                 && let Some((qp, out)) = direct_quantize
@@ -910,11 +909,10 @@ impl Plan {
                 continue;
             }
             let (xl, ol) = (self.slots[xi].len, self.slots[o].len);
-        ws.valid.clear();
-        if let Some(c) = chain {
-            self.run_chain(c, x, n, ws);
-        }
-        for (si, step) in self.steps.iter().enumerate().skip(chain.map_or(0, |c| c.steps)) {
+            // Linear kernels see rows: samples × positions.
+            let rows = self.linear_rows.get(&si).copied().unwrap_or(1);
+            let (n, xl, ol) = if rows == 1 { (n, xl, ol) } else { (n * rows, xl / rows, ol / rows) };
+            let kernel = resolve(&step.kernel, n);
             match kernel {
                 Kernel::LinearF32 { .. } | Kernel::LinearCsr { .. } | Kernel::LinearCodebook { .. } => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
@@ -1021,6 +1019,10 @@ impl Plan {
                     let w = recurrent::CellWeights { w_ih: &r.w_ih, w_hh: &r.w_hh, b_ih: r.b_ih.as_deref(), b_hh: r.b_hh.as_deref() };
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     recurrent::forward(&r.geo, r.steps, &w, &xs[..n * xl], n, &mut ws.recurrent, &mut y[..n * ol]);
+                }
+                Kernel::RecurrentI8 { cell, steps } => {
+                    ws.recurrent.reserve(cell.geometry(), *steps, n);
+                    cell.forward(*steps, &ws.q[xi][..n * xl], n, &mut ws.recurrent, &mut ws.recurrent_quant, &mut ws.f[o][..n * ol]);
                 }
                 Kernel::Embedding { node, table, vocab, dim, pad } => {
                     let ids = &ws.f[xi][..n * xl];
