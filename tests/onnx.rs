@@ -239,9 +239,10 @@ fn batchnorm_cnn_from_another_exporter_evaluates_to_its_origin_accuracy() {
 }
 
 /// The recurrent zoo models (LSTM and GRU, one short epoch on tiny data) through fp32
-/// and QDQ int8 export: ONNX Runtime runs each file and agrees with squeeze. In the int8
-/// model only the classifier runs integer; the recurrent layer's int8 weights are written
-/// dequantized into a float LSTM/GRU, as squeeze runs them.
+/// and QDQ int8 export: ONNX Runtime runs each file and agrees with squeeze. In the QDQ
+/// file only the classifier runs integer; the recurrent layer's int8 weights are written
+/// dequantized into a float LSTM/GRU (squeeze runs its products on integers, so the int8
+/// check is top-1 agreement).
 #[test]
 fn recurrent_zoo_models_export_and_onnxruntime_agrees() {
     let d = Dir::new();
