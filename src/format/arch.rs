@@ -53,12 +53,41 @@ pub struct Architecture {
     pub layers: Vec<Layer>,
 }
 
-/// `(x - mean) / std` on inputs in `[0, 1]`.
+/// Input preprocessing as part of the model: inputs arrive in `[0, 1]` (u8 pixels /
+/// 255, as torchvision's `ToTensor`); the model sees `(x · scale − mean) / std`.
+/// `scale` (default 1) is for models trained on another range, e.g. 255 for raw pixel
+/// values; `mean`/`std` (default 0 and 1) hold one value or one per channel, on the
+/// scaled values.
 #[derive(Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
+    #[serde(default)]
+    pub scale: Option<f32>,
+    #[serde(default)]
     pub mean: Vec<f32>,
+    #[serde(default)]
     pub std: Vec<f32>,
+}
+
+impl Preprocess {
+    /// The Normalize op doing this: `(x·s − m)/d = (x − m/s) / (d/s)`.
+    pub fn to_op(&self) -> Result<Op, String> {
+        let scale = self.scale.unwrap_or(1.0);
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(format!("preprocess scale must be a positive number, got {scale}"));
+        }
+        let mean = if self.mean.is_empty() { vec![0.0] } else { self.mean.clone() };
+        let std = if self.std.is_empty() { vec![1.0] } else { self.std.clone() };
+        if mean.len() != std.len() && mean.len() != 1 && std.len() != 1 {
+            return Err(format!("preprocess mean has {} values and std {}: give one value or one per channel", mean.len(), std.len()));
+        }
+        let n = mean.len().max(std.len());
+        let at = |v: &Vec<f32>, i: usize| if v.len() == 1 { v[0] } else { v[i] };
+        Ok(Op::Normalize {
+            mean: (0..n).map(|i| at(&mean, i) / scale).collect(),
+            std: (0..n).map(|i| at(&std, i) / scale).collect(),
+        })
+    }
 }
 
 /// One layer of the description.
@@ -155,7 +184,10 @@ impl Architecture {
         let mut shape: Option<Vec<usize>> = Some(self.input.clone());
 
         if let Some(p) = &self.preprocess {
-            layers.push(("normalize".into(), Op::Normalize { mean: p.mean.clone(), std: p.std.clone() }));
+            match p.to_op() {
+                Ok(op) => layers.push(("normalize".into(), op)),
+                Err(e) => problems.push(e),
+            }
             names.insert("normalize".into());
         }
         let dims = |s: &[Option<usize>]| format!("[{}]", s.iter().map(|d| d.map_or("_".into(), |d| d.to_string())).collect::<Vec<_>>().join(", "));
