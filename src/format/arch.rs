@@ -472,6 +472,48 @@ weight = "fc.weight"
         assert!(msg.contains("c.weight: expected [4, 1, _, _] for conv2d with 1 input channels, found [4, 2, 3, 2] (only square kernels"), "{msg}");
     }
 
+/// PyTorch's `groups`/`dilation` and a padded max pool: the weight is checked per
+    /// group, the graph carries them, and a preprocess `scale` folds into the Normalize.
+    #[test]
+    fn grouped_dilated_conv_padded_pool_and_scale() {
+        let text = r#"
+input = [4, 9, 9]
+[preprocess]
+scale = 255.0
+mean = [127.5]
+std = [51.0]
+[[layer]]
+op = "conv2d"
+weight = "dw.weight"
+groups = 4
+dilation = 2
+padding = 2
+[[layer]]
+op = "maxpool2d"
+kernel = 3
+stride = 2
+padding = 1
+[[layer]]
+op = "flatten"
+[[layer]]
+op = "linear"
+weight = "fc.weight"
+"#;
+        let arch = Architecture::parse(text, "g.toml").unwrap();
+        let mut s: StateDict = [("dw.weight", t(&[8, 1, 3, 3])), ("fc.weight", t(&[2, 8 * 5 * 5]))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let (g, _) = arch.build(&s).unwrap();
+        assert_eq!(g.nodes[0].op, Op::Normalize { mean: vec![0.5], std: vec![0.2] });
+        assert_eq!(g.nodes[1].op, Op::Conv2d { in_channels: 4, out_channels: 8, kernel: 3, stride: 1, padding: 2, bias: false, groups: 4, dilation: 2 });
+        assert_eq!(g.nodes[2].op, Op::MaxPool2d { kernel: 3, stride: 2, padding: 1 });
+        assert_eq!(g.validate().unwrap()["fc"], vec![2]);
+        s.insert("dw.weight".into(), t(&[8, 4, 3, 3]));
+        let msg = arch.build(&s).unwrap_err().to_string();
+        assert!(msg.contains("dw.weight: expected [8, 1, 3, 3] for conv2d with 1 input channels per group (groups = 4), found [8, 4, 3, 3]"), "{msg}");
+        let odd = Architecture::parse(&text.replace("groups = 4", "groups = 3"), "g.toml").unwrap();
+        let msg = odd.build(&s).unwrap_err().to_string();
+        assert!(msg.contains("groups = 3 does not divide the 4 input channels"), "{msg}");
+    }
+
     #[test]
     fn bad_descriptions_name_the_problem() {
         let e = Architecture::parse("input = [784]\n[[layer]]\nop = \"gelu\"\n", "a.toml").unwrap_err().to_string();
