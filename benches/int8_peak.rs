@@ -72,8 +72,9 @@ mod peak {
         let mut a = [_mm256_setzero_si256(); 8];
         for _ in 0..n {
             opaque!(x, y);
+            // Eight distinct (x, w) / (y, w') pairs, so no product is computed once for two.
             for i in 0..8 {
-                let s = _mm256_add_epi16(_mm256_maddubs_epi16(x, w[i % 4]), _mm256_maddubs_epi16(y, w[(i + 1) % 4]));
+                let s = _mm256_add_epi16(_mm256_maddubs_epi16(x, w[i % 4]), _mm256_maddubs_epi16(y, w[(i + 1 + i / 4) % 4]));
                 a[i] = _mm256_add_epi32(a[i], _mm256_madd_epi16(s, one));
             }
         }

@@ -29,6 +29,8 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error("model: {0}")]
     Model(#[from] ModelError),
+    #[error("{0}")]
+    Preprocess(String),
     #[error("prune: {0}")]
     Prune(#[from] prune::PruneError),
     #[error("share: {0}")]
@@ -206,7 +208,14 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
             model
         }
         (None, Some(file)) => {
-            let model = store::read_model(file)?;
+            let mut model = store::read_model(file)?;
+            if let Some(p) = &recipe.model.preprocess {
+                let op = p.to_op().map_err(|e| PipelineError::Preprocess(format!("[model.preprocess] in the recipe: {e}")))?;
+                let name = model.graph.prepend("preprocess", op);
+                model.graph.validate().map_err(|e| PipelineError::Preprocess(format!("[model.preprocess] in the recipe does not fit the model's input: {e}")))?;
+                baseline_extra.insert("preprocess".into(), format!("{:?} (node '{name}')", model.graph.nodes[0].op).into());
+            }
+            check_shapes(&store::model_plan(&model)?, &model.graph.input_shape, &splits.train)?;
             baseline_extra.insert("source".into(), file.display().to_string().into());
             model
         }

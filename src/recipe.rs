@@ -110,6 +110,10 @@ pub struct ModelSource {
     pub state_dict: Option<PathBuf>,
     /// The architecture description (TOML layer list) for `state_dict`.
     pub architecture: Option<PathBuf>,
+    /// Preprocessing to put in front of a `file` model (e.g. an ONNX file whose graph
+    /// does not normalise its input itself): `scale`, `mean`, `std` as in an
+    /// architecture description's `[preprocess]`. It becomes part of the model.
+    pub preprocess: Option<crate::format::arch::Preprocess>,
 }
 
 #[derive(Deserialize, Clone, Debug, PartialEq)]
@@ -409,6 +413,11 @@ impl Recipe {
         if r.model.state_dict.is_some() != r.model.architecture.is_some() {
             return Err(invalid("[model] `state_dict` and `architecture` go together: a PyTorch state dict needs its architecture description".into()));
         }
+        if r.model.preprocess.is_some() && r.model.file.is_none() {
+            return Err(invalid(
+                "[model.preprocess] applies to a `file` model; a state dict states it in its architecture description's [preprocess], a zoo model trains on the data as it is".into(),
+            ));
+        }
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         for f in [&mut r.model.file, &mut r.model.state_dict, &mut r.model.architecture].into_iter().flatten() {
             if f.is_relative() {
@@ -512,6 +521,24 @@ mod tests {
         let r = Recipe::parse(&text, Path::new("x.toml")).unwrap();
         assert_eq!(r.passes.len(), 2);
         assert_eq!(r.passes[1], Pass::Quantize { mode: Mode::Full, layers: vec![], calibration: 1000 });
+    }
+
+    /// `[model.preprocess]` in front of a file model becomes a Normalize op on
+    /// `x·scale`; it is refused for the sources that state it elsewhere.
+    #[test]
+    fn model_preprocess_is_read_for_file_models_only() {
+        let text = "name = \"x\"\n[model]\nfile = \"their.onnx\"\n[model.preprocess]\nscale = 255.0\nmean = [127.5]\nstd = [63.75]\n[gate]\nmax_accuracy_drop = 0.01\n";
+        let r = Recipe::parse(text, Path::new("r.toml")).unwrap();
+        let op = r.model.preprocess.unwrap().to_op().unwrap();
+        assert_eq!(op, crate::spec::Op::Normalize { mean: vec![0.5], std: vec![0.25] });
+        let text = "name = \"x\"\n[model]\nzoo = \"mlp\"\n[model.preprocess]\nscale = 255.0\n[gate]\nmax_accuracy_drop = 0.01\n";
+        let err = Recipe::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+        assert!(err.contains("[model.preprocess] applies to a `file` model"), "{err}");
+        let text = "name = \"x\"\n[model]\nfile = \"m.onnx\"\n[model.preprocess]\nscael = 255.0\n[gate]\nmax_accuracy_drop = 0.01\n";
+        let err = Recipe::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+        assert!(err.contains("scael"), "{err}");
+        let bad = crate::format::arch::Preprocess { scale: Some(0.0), mean: vec![], std: vec![] };
+        assert!(bad.to_op().unwrap_err().contains("positive"));
     }
 
     #[test]

@@ -448,7 +448,8 @@ fn lstm_recipe_prunes_quantizes_and_inspect_lists_the_recurrent_layer() {
     let nz = stages[1]["nonzero_params"].as_u64().unwrap() as f64 / stages[1]["params"].as_u64().unwrap() as f64;
     assert!((0.49..0.53).contains(&nz), "{nz}");
     assert!(stages[2]["ratio"].as_f64().unwrap() > 5.0, "{}", stages[2]);
-    assert!(stages[2]["kernel"].as_str().unwrap().starts_with("mixed"), "{}", stages[2]);
+    // The LSTM's products run on integer kernels too: every weighted layer is int8.
+    assert!(stages[2]["kernel"].as_str().unwrap().starts_with("int8-"), "{}", stages[2]);
     let model = out.join("model.sqz");
     let i = squeeze(&["inspect", model.to_str().unwrap()]);
     assert_eq!(i.code, 0, "{}", i.stderr);

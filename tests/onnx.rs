@@ -153,6 +153,11 @@ fn bad_onnx_input_is_one_clear_error_and_no_output() {
     let text = d.write("notes.onnx", "hello, this is not a model");
     let o = squeeze(&["inspect", s(&text)]);
     assert_error(&o, "not an ONNX model");
+    // The same through export, which would write a file: one error, nothing written.
+    let o = squeeze(&["export", s(&fixture("unsupported_op.onnx")), "--format", "onnx", "--out", s(&out)]);
+    assert_error(&o, "unsupported ONNX op 'LeakyRelu'");
+    let o = squeeze(&["export", s(&text), "--format", "onnx", "--out", s(&out)]);
+    assert_error(&o, "not an ONNX model");
     // Exporting over the input is refused.
     let copy = d.path("m.onnx");
     std::fs::copy(fixture("mlp_gemm.onnx"), &copy).unwrap();
@@ -237,9 +242,10 @@ fn batchnorm_cnn_from_another_exporter_evaluates_to_its_origin_accuracy() {
 }
 
 /// The recurrent zoo models (LSTM and GRU, one short epoch on tiny data) through fp32
-/// and QDQ int8 export: ONNX Runtime runs each file and agrees with squeeze. In the int8
-/// model only the classifier runs integer; the recurrent layer's int8 weights are written
-/// dequantized into a float LSTM/GRU, as squeeze runs them.
+/// and QDQ int8 export: ONNX Runtime runs each file and agrees with squeeze. In the QDQ
+/// file only the classifier runs integer; the recurrent layer's int8 weights are written
+/// dequantized into a float LSTM/GRU (squeeze runs its products on integers, so the int8
+/// check is top-1 agreement).
 #[test]
 fn recurrent_zoo_models_export_and_onnxruntime_agrees() {
     let d = Dir::new();
@@ -336,4 +342,45 @@ fn grouped_dilated_convs_export_and_onnxruntime_agrees() {
     assert!(agree * 100 >= m * 90, "int8 top-1 agreement {agree}/{m}");
     assert!(max(&want, &got) <= 0.15 * range, "int8: max |squeeze − onnxruntime| = {} with outputs up to {range}", max(&want, &got));
     assert!(max(&want, &float) <= 0.05 * range, "squeeze int8 vs float: {} with outputs up to {range}", max(&want, &float));
+}
+
+/// Preprocessing stated in a recipe for an ONNX model becomes its first node: the
+/// baseline file runs x as the original ONNX model runs 2·x (`scale = 2.0`), every
+/// stage keeps it, and a preprocessing that does not fit the input is one clear error.
+#[test]
+fn recipe_preprocess_for_an_onnx_model_becomes_part_of_the_model() {
+    let d = Dir::new();
+    let data = d.path("data");
+    std::fs::create_dir(&data).unwrap();
+    tiny_dataset(&data, 400, 100);
+    let write = |name: &str, pre: &str| {
+        d.write(
+            name,
+            &format!(
+                "name = \"p\"\nseed = 7\n[model]\nfile = \"{}\"\n[model.preprocess]\n{pre}\n[data]\ndir = \"{}\"\nvalidation = 100\n[gate]\nmax_accuracy_drop = 1.0\n[[pass]]\ntype = \"quantize\"\nmode = \"full\"\ncalibration = 100\n",
+                s(&fixture("sklearn_fashion_mlp.onnx")),
+                data.display()
+            ),
+        )
+    };
+    let r = write("scaled.toml", "scale = 2.0");
+    let out = d.path("out");
+    let o = squeeze(&["run", "--recipe", s(&r), "--out-dir", s(&out)]);
+    assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+    let baseline = squeeze::store::read(&out.join("baseline.safetensors")).unwrap();
+    let first = &baseline.graph().nodes[0];
+    assert_eq!(first.op, squeeze::spec::Op::Normalize { mean: vec![0.0], std: vec![0.5] });
+    assert!(matches!(squeeze::store::read(&out.join("model.sqz")).unwrap().graph().nodes[0].op, squeeze::spec::Op::Normalize { .. }));
+    let n = 16;
+    let x = squeeze::data::load_fashion_mnist(&data, 0, None, Some(n)).unwrap().test.images;
+    let doubled: Vec<f32> = x.iter().map(|v| v * 2.0).collect();
+    let (got, want) = (squeeze_outputs(&out.join("baseline.safetensors"), &x, n), squeeze_outputs(&fixture("sklearn_fashion_mlp.onnx"), &doubled, n));
+    let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(max <= 1e-5, "preprocessed model vs the ONNX model on 2·x: {max}");
+    // Three means for a [784] input: one error, no report.
+    let r = write("bad.toml", "mean = [0.1, 0.2, 0.3]\nstd = [1.0, 1.0, 1.0]");
+    let bad_out = d.path("bad");
+    let o = squeeze(&["run", "--recipe", s(&r), "--out-dir", s(&bad_out)]);
+    assert_error(&o, "[model.preprocess] in the recipe does not fit the model's input");
+    assert!(!bad_out.join("report.json").exists());
 }

@@ -53,12 +53,41 @@ pub struct Architecture {
     pub layers: Vec<Layer>,
 }
 
-/// `(x - mean) / std` on inputs in `[0, 1]`.
+/// Input preprocessing as part of the model: inputs arrive in `[0, 1]` (u8 pixels /
+/// 255, as torchvision's `ToTensor`); the model sees `(x · scale − mean) / std`.
+/// `scale` (default 1) is for models trained on another range, e.g. 255 for raw pixel
+/// values; `mean`/`std` (default 0 and 1) hold one value or one per channel, on the
+/// scaled values.
 #[derive(Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
+    #[serde(default)]
+    pub scale: Option<f32>,
+    #[serde(default)]
     pub mean: Vec<f32>,
+    #[serde(default)]
     pub std: Vec<f32>,
+}
+
+impl Preprocess {
+    /// The Normalize op doing this: `(x·s − m)/d = (x − m/s) / (d/s)`.
+    pub fn to_op(&self) -> Result<Op, String> {
+        let scale = self.scale.unwrap_or(1.0);
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(format!("preprocess scale must be a positive number, got {scale}"));
+        }
+        let mean = if self.mean.is_empty() { vec![0.0] } else { self.mean.clone() };
+        let std = if self.std.is_empty() { vec![1.0] } else { self.std.clone() };
+        if mean.len() != std.len() && mean.len() != 1 && std.len() != 1 {
+            return Err(format!("preprocess mean has {} values and std {}: give one value or one per channel", mean.len(), std.len()));
+        }
+        let n = mean.len().max(std.len());
+        let at = |v: &Vec<f32>, i: usize| if v.len() == 1 { v[0] } else { v[i] };
+        Ok(Op::Normalize {
+            mean: (0..n).map(|i| at(&mean, i) / scale).collect(),
+            std: (0..n).map(|i| at(&std, i) / scale).collect(),
+        })
+    }
 }
 
 /// One layer of the description.
@@ -155,7 +184,10 @@ impl Architecture {
         let mut shape: Option<Vec<usize>> = Some(self.input.clone());
 
         if let Some(p) = &self.preprocess {
-            layers.push(("normalize".into(), Op::Normalize { mean: p.mean.clone(), std: p.std.clone() }));
+            match p.to_op() {
+                Ok(op) => layers.push(("normalize".into(), op)),
+                Err(e) => problems.push(e),
+            }
             names.insert("normalize".into());
         }
         let dims = |s: &[Option<usize>]| format!("[{}]", s.iter().map(|d| d.map_or("_".into(), |d| d.to_string())).collect::<Vec<_>>().join(", "));
@@ -438,6 +470,48 @@ weight = "fc.weight"
         s.insert("c.weight".into(), t(&[4, 2, 3, 2]));
         let msg = arch.build(&s).unwrap_err().to_string();
         assert!(msg.contains("c.weight: expected [4, 1, _, _] for conv2d with 1 input channels, found [4, 2, 3, 2] (only square kernels"), "{msg}");
+    }
+
+/// PyTorch's `groups`/`dilation` and a padded max pool: the weight is checked per
+    /// group, the graph carries them, and a preprocess `scale` folds into the Normalize.
+    #[test]
+    fn grouped_dilated_conv_padded_pool_and_scale() {
+        let text = r#"
+input = [4, 9, 9]
+[preprocess]
+scale = 255.0
+mean = [127.5]
+std = [51.0]
+[[layer]]
+op = "conv2d"
+weight = "dw.weight"
+groups = 4
+dilation = 2
+padding = 2
+[[layer]]
+op = "maxpool2d"
+kernel = 3
+stride = 2
+padding = 1
+[[layer]]
+op = "flatten"
+[[layer]]
+op = "linear"
+weight = "fc.weight"
+"#;
+        let arch = Architecture::parse(text, "g.toml").unwrap();
+        let mut s: StateDict = [("dw.weight", t(&[8, 1, 3, 3])), ("fc.weight", t(&[2, 8 * 5 * 5]))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let (g, _) = arch.build(&s).unwrap();
+        assert_eq!(g.nodes[0].op, Op::Normalize { mean: vec![0.5], std: vec![0.2] });
+        assert_eq!(g.nodes[1].op, Op::Conv2d { in_channels: 4, out_channels: 8, kernel: 3, stride: 1, padding: 2, bias: false, groups: 4, dilation: 2 });
+        assert_eq!(g.nodes[2].op, Op::MaxPool2d { kernel: 3, stride: 2, padding: 1 });
+        assert_eq!(g.validate().unwrap()["fc"], vec![2]);
+        s.insert("dw.weight".into(), t(&[8, 4, 3, 3]));
+        let msg = arch.build(&s).unwrap_err().to_string();
+        assert!(msg.contains("dw.weight: expected [8, 1, 3, 3] for conv2d with 1 input channels per group (groups = 4), found [8, 4, 3, 3]"), "{msg}");
+        let odd = Architecture::parse(&text.replace("groups = 4", "groups = 3"), "g.toml").unwrap();
+        let msg = odd.build(&s).unwrap_err().to_string();
+        assert!(msg.contains("groups = 3 does not divide the 4 input channels"), "{msg}");
     }
 
     #[test]

@@ -89,16 +89,19 @@ pub struct CodebookIndices {
 /// to the weights, while the caller's f32 input streams through once.
 const CHAIN_ROWS: usize = 48;
 
-/// The plan's first steps when they are `Quantize(input)` followed by integer Linear
-/// layers each reading only the previous one's output (e.g. a whole int8 MLP): they run
+/// The plan's first steps when they are `Quantize(input)` (optionally after a
+/// `Normalize(input)`, as every zoo model starts) followed by integer Linear layers each
+/// reading only the previous one's output (e.g. a whole int8 MLP): they run
 /// block by block of [`CHAIN_ROWS`] samples, every layer on a block before the next
 /// block is quantized, so the intermediate values never leave the cache. Rows are
 /// independent and the integer arithmetic exact, so the results are the same bits as
 /// running the steps one after another over the whole batch.
 #[derive(Clone, Copy, Debug)]
 struct IntChain {
-    /// Steps covered (the Quantize step and the Linear steps after it).
+    /// Steps covered (the Normalize and Quantize steps and the Linear steps after them).
     steps: usize,
+    /// The chain starts with Normalize (then Quantize is its second step).
+    normalize: bool,
 }
 
 /// Batches at which candidate kernels are timed when a plan is built; a winner at
@@ -716,12 +719,25 @@ impl Plan {
     /// The longest `Quantize(input) → LinearI8 → … → LinearI8` prefix whose intermediate
     /// values have no other reader (see [`IntChain`]).
     fn find_chain(&self) -> Option<IntChain> {
-        match self.steps.first() {
-            Some(Step { kernel: Kernel::Quantize(_), inputs, .. }) if inputs[0] == 0 && self.input_read_once => {}
+        let readers = |slot: usize| self.steps.iter().flat_map(|s| &s.inputs).filter(|&&i| i == slot).count();
+        if !self.input_read_once {
+            return None;
+        }
+        let normalize = match self.steps.first() {
+            Some(Step { kernel: Kernel::Normalize { .. }, inputs, out }) if inputs[0] == 0 => {
+                if readers(*out) != 1 || self.outputs.contains(out) {
+                    return None;
+                }
+                true
+            }
+            _ => false,
+        };
+        let q = normalize as usize;
+        match self.steps.get(q) {
+            Some(Step { kernel: Kernel::Quantize(_), inputs, .. }) if inputs[0] == if normalize { self.steps[0].out } else { 0 } => {}
             _ => return None,
         }
-        let readers = |slot: usize| self.steps.iter().flat_map(|s| &s.inputs).filter(|&&i| i == slot).count();
-        let mut len = 1;
+        let mut len = q + 1;
         while let Some(step) = self.steps.get(len) {
             let prev = self.steps[len - 1].out;
             let linear = match &step.kernel {
@@ -734,21 +750,30 @@ impl Plan {
             }
             len += 1;
         }
-        (len >= 2).then_some(IntChain { steps: len })
+        (len > q + 1).then_some(IntChain { steps: len, normalize })
     }
 
     /// Runs the fused prefix on `n` samples of `x` (see [`IntChain`]); the last chain
     /// step's output slot receives all rows, earlier slots serve as per-block buffers.
     fn run_chain(&self, chain: IntChain, x: &[f32], n: usize, ws: &mut Workspace) {
         let per = self.input_len();
-        let Kernel::Quantize(qp) = self.steps[0].kernel else { unreachable!("a chain starts with Quantize") };
+        let first = chain.normalize as usize + 1;
+        let Kernel::Quantize(qp) = self.steps[first - 1].kernel else { unreachable!("a chain quantizes before its first Linear") };
         let last = chain.steps - 1;
         let mut r0 = 0;
         while r0 < n {
             let m = CHAIN_ROWS.min(n - r0);
-            let q0 = self.steps[0].out;
-            int8::quantize_u8(&x[r0 * per..(r0 + m) * per], qp, &mut ws.q[q0][..m * per]);
-            for (si, step) in self.steps[1..chain.steps].iter().enumerate().map(|(i, s)| (i + 1, s)) {
+            let xb = &x[r0 * per..(r0 + m) * per];
+            let q0 = self.steps[first - 1].out;
+            match &self.steps[0] {
+                Step { kernel: Kernel::Normalize { mean, std }, out, .. } if chain.normalize => {
+                    let nb = &mut ws.f[*out][..m * per];
+                    super::kernels::normalize(xb, mean, std, per, nb);
+                    int8::quantize_u8(nb, qp, &mut ws.q[q0][..m * per]);
+                }
+                _ => int8::quantize_u8(xb, qp, &mut ws.q[q0][..m * per]),
+            }
+            for (si, step) in self.steps[first..chain.steps].iter().enumerate().map(|(i, s)| (i + first, s)) {
                 let (xi, o) = (step.inputs[0], step.out);
                 let (xl, ol) = (self.slots[xi].len, self.slots[o].len);
                 let Kernel::LinearI8(l) = resolve(&step.kernel, n) else { unreachable!("a chain holds integer Linear layers") };
@@ -892,7 +917,8 @@ impl Plan {
             _ => None,
         };
         let chain = self.chain.filter(|_| fuse);
-        if direct_quantize.is_none() {
+        // A chain reads the caller's input itself (its first step is the only reader).
+        if direct_quantize.is_none() && chain.is_none() {
             ws.f[0][..n * per].copy_from_slice(&x[..n * per]);
         }
         observe_slot(&self.slots[0], &x[..n * per], observe);
@@ -1406,10 +1432,18 @@ mod tests {
     /// the block size.
     #[test]
     fn fused_integer_chain_equals_step_by_step() {
-        let g = Graph::chain(
-            vec![37],
-            vec![("fc1", lin(37, 29)), ("r1", Op::Relu), ("fc2", lin(29, 23)), ("r2", Op::Relu), ("fc3", lin(23, 5)), ("sm", Op::Softmax)],
-        );
+        for normalize in [false, true] {
+            fused_chain_case(normalize);
+        }
+    }
+
+    fn fused_chain_case(normalize: bool) {
+        let mut layers = vec![("fc1", lin(37, 29)), ("r1", Op::Relu), ("fc2", lin(29, 23)), ("r2", Op::Relu), ("fc3", lin(23, 5)), ("sm", Op::Softmax)];
+        if normalize {
+            // As the zoo models start: standardise, flatten.
+            layers.splice(0..0, [("norm", Op::Normalize { mean: vec![0.3], std: vec![0.45] }), ("flat", Op::Flatten)]);
+        }
+        let g = Graph::chain(if normalize { vec![1, 37] } else { vec![37] }, layers);
         let mut rng = Rng::new(31);
         let mut stored = HashMap::new();
         for p in g.parameters() {
@@ -1425,21 +1459,21 @@ mod tests {
         }
         let quant = QuantPlan {
             integer_nodes: ["fc1", "fc2", "fc3"].iter().map(|s| s.to_string()).collect(),
-            activations: [("input", (0.0, 1.0)), ("r1", (0.0, 3.0)), ("r2", (0.0, 2.5))]
+            activations: [(if normalize { "flat" } else { "input" }, (-0.7, 2.0)), ("r1", (0.0, 3.0)), ("r2", (0.0, 2.5))]
                 .iter()
                 .map(|(n, (lo, hi))| (n.to_string(), QParams::from_range(*lo, *hi)))
                 .collect(),
         };
         let encodings: HashMap<String, Encoding> = [("fc2.weight".to_string(), Encoding { sparse: true, codebook: None })].into();
         let plan = Plan::with_encodings(&g, stored, &quant, &encodings).unwrap();
-        assert_eq!(plan.chain.map(|c| c.steps), Some(4), "quantize + three integer layers");
+        assert_eq!(plan.chain.map(|c| c.steps), Some(4 + normalize as usize), "[normalize +] quantize + three integer layers");
         for batch in [1usize, 5, CHAIN_ROWS - 1, CHAIN_ROWS, CHAIN_ROWS + 1, 3 * CHAIN_ROWS + 7, 256] {
             let x: Vec<f32> = (0..batch * 37).map(|_| rng.next_f32() * 1.2 - 0.1).collect();
             let fused = plan.run(&x, batch, &mut Workspace::default()).unwrap().to_vec();
             let mut ws = Workspace::default();
             plan.execute(&x, batch, &mut ws, false, &mut |_, _| {}).unwrap();
             let o = plan.outputs[0];
-            assert_eq!(fused, ws.f[o][..batch * 5], "batch {batch}");
+            assert_eq!(fused, ws.f[o][..batch * 5], "batch {batch} normalize {normalize}");
             assert!(fused.iter().all(|v| v.is_finite() && *v >= 0.0));
         }
     }

@@ -379,6 +379,30 @@ impl ParamSpec {
 }
 
 impl Graph {
+    /// Puts `op` first: it reads the graph input and every node that read the input
+    /// reads it instead (e.g. preprocessing stated for an imported model). Its name is
+    /// `name`, with `_` appended until no node has it. Returns the name.
+    pub fn prepend(&mut self, name: &str, op: Op) -> String {
+        let mut name = name.to_string();
+        while self.nodes.iter().any(|n| n.name == name) {
+            name.push('_');
+        }
+        for node in &mut self.nodes {
+            for i in &mut node.inputs {
+                if i == INPUT {
+                    *i = name.clone();
+                }
+            }
+        }
+        for o in &mut self.outputs {
+            if o == INPUT {
+                *o = name.clone();
+            }
+        }
+        self.nodes.insert(0, Node { name: name.clone(), inputs: vec![INPUT.into()], op });
+        name
+    }
+
     /// A chain: each node reads the previous one (the first reads the input), the last
     /// is the single output.
     pub fn chain(input_shape: Vec<usize>, layers: Vec<(&str, Op)>) -> Graph {
@@ -788,6 +812,20 @@ mod tests {
         let mut back = vec![0.0; 16];
         e.gather_add(&full, &mut back);
         assert_eq!(back, w);
+    }
+
+    /// A node put in front of a graph takes over every read of the input.
+    #[test]
+    fn prepend_reroutes_the_input() {
+        let mut g = two_head_residual();
+        let readers = g.nodes.iter().filter(|n| n.inputs.iter().any(|i| i == INPUT)).count();
+        assert!(readers > 0);
+        let name = g.prepend(g.nodes[0].name.clone().as_str(), Op::Normalize { mean: vec![0.5], std: vec![2.0] });
+        assert!(name.ends_with('_'), "a taken name gets a suffix: {name}");
+        assert_eq!(g.nodes[0].inputs, vec![INPUT.to_string()]);
+        assert_eq!(g.nodes.iter().filter(|n| n.inputs.iter().any(|i| i == INPUT)).count(), 1);
+        assert_eq!(g.nodes.iter().filter(|n| n.inputs.contains(&name)).count(), readers);
+        g.validate().unwrap();
     }
 
     #[test]
