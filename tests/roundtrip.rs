@@ -116,3 +116,65 @@ fn recurrent_model_round_trips_every_format_and_runs_partly_int8() {
     assert!(e.contains("'fc'") || e.contains("'gru'") || e.contains("'lstm'"), "{e}");
     assert!(e.contains("not stored as int8"), "{e}");
 }
+
+/// A small ViT (and a padded text encoder) survive safetensors and `.sqz` (f32, int8,
+/// entropy coded) and run from the re-read file with the same outputs.
+#[test]
+fn transformer_models_round_trip_safetensors_and_sqz() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = squeeze::model::zoo::vit(&squeeze::model::zoo::VitShape { patch: 7, dim: 16, heads: 4, blocks: 2, ffn: 24 });
+    let model = Model::init(g, 3).unwrap();
+    let x: Vec<f32> = (0..3 * 784).map(|i| ((i * 37) % 101) as f32 / 101.0).collect();
+    let want = store::model_plan(&model).unwrap().run(&x, 3, &mut Default::default()).unwrap().to_vec();
+    let st = dir.path().join("vit.safetensors");
+    store::write_safetensors(&st, &model).unwrap();
+    let back = store::read_model(&st).unwrap();
+    assert_eq!(back.graph, model.graph);
+    assert_eq!(back.params.data, model.params.data);
+    let q = quantize::quantize(&model, Mode::Full, &[], &x).unwrap();
+    for (name, file) in [("f32.sqz", quantize::store_f32(&model)), ("int8.sqz", q.clone())] {
+        for coded in [false, true] {
+            let p = dir.path().join(format!("{coded}{name}"));
+            store::write_sqz_with(&p, &file, coded).unwrap();
+            let ModelFile::Sqz(read) = store::read(&p).unwrap() else { panic!("not sqz") };
+            assert_eq!(read.graph, file.graph);
+            assert_eq!(read.quant, file.quant);
+            let got = store::sqz_plan(&read).unwrap().run(&x, 3, &mut Default::default()).unwrap().to_vec();
+            let expect = store::sqz_plan(&file).unwrap().run(&x, 3, &mut Default::default()).unwrap().to_vec();
+            assert_eq!(got, expect, "{name} coded={coded}");
+            let tol = if name.starts_with("int8") { 0.05 } else { 1e-6 };
+            assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= tol), "{name}");
+        }
+    }
+}
+
+/// A model file whose Transformer graph does not fit (a head count that does not divide
+/// the width, a patch that does not divide the image): one clear error, exit 2.
+#[test]
+fn transformer_shape_errors_are_clean_cli_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = squeeze::model::zoo::vit(&squeeze::model::zoo::VitShape { patch: 7, dim: 16, heads: 4, blocks: 1, ffn: 24 });
+    let model = Model::init(g, 3).unwrap();
+    let good = dir.path().join("vit.safetensors");
+    store::write_safetensors(&good, &model).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let patch = |from: &str, to: &str, name: &str| {
+        assert_eq!(from.len(), to.len());
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = String::from_utf8(bytes[8..header_end].to_vec()).unwrap();
+        let _ = text;
+        let fixed = header.replace(from, to);
+        assert_ne!(fixed, header, "{from} not in the header");
+        let mut out = bytes[..8].to_vec();
+        out.extend_from_slice(fixed.as_bytes());
+        out.extend_from_slice(&bytes[header_end..]);
+        let p = dir.path().join(name);
+        std::fs::write(&p, out).unwrap();
+        p
+    };
+    for (from, to, needle) in [(r#"\"heads\":4"#, r#"\"heads\":3"#, "3 heads do not divide dim 16"), (r#"\"patch\":7"#, r#"\"patch\":5"#, "multiples of the patch size 5")] {
+        let p = patch(from, to, "bad.safetensors");
+        crate::util::assert_error(&crate::util::squeeze(&["inspect", p.to_str().unwrap()]), needle);
+    }
+}

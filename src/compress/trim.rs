@@ -168,6 +168,9 @@ struct Reach {
     units: usize,
     /// Elements per unit in the node's own output (positions of a filter; 1 for Linear).
     positions: usize,
+    /// Whether each unit's values are interleaved (`[positions, units]`, a Linear on a
+    /// sequence) rather than consecutive (`[units, positions]`, a Conv2d channel).
+    unit_last: bool,
     /// The value whose |activation| [`Score::MeanActivation`] averages.
     activation: String,
     /// Weighted nodes reading the units, with the elements per unit in their input.
@@ -198,7 +201,9 @@ fn reach(graph: &Graph, shapes: &HashMap<String, Vec<usize>>, idx: usize) -> Res
     }
     let numel = |v: &str| shapes.get(v).map_or(0, |s| s.iter().product::<usize>());
     let positions = numel(&node.name) / units.max(1);
-    let mut out = Reach { units, positions, activation: node.name.clone(), consumers: Vec::new(), normalizes: Vec::new(), unit_last: recurrent };
+    // A recurrent node's or a Linear on a sequence's units are the last dim, interleaved across steps/positions.
+    let unit_last = recurrent || (matches!(node.op, Op::Linear { .. }) && shapes.get(&node.name).is_some_and(|s| s.len() > 1));
+    let mut out = Reach { units, positions, activation: node.name.clone(), consumers: Vec::new(), normalizes: Vec::new(), unit_last };
     let mut first_relu: Option<usize> = None;
     let mut stack = vec![node.name.clone()];
     let mut seen = BTreeSet::new();
@@ -249,9 +254,13 @@ fn reach(graph: &Graph, shapes: &HashMap<String, Vec<usize>>, idx: usize) -> Res
                         reader.name
                     ));
                 }
-                Op::Linear { .. } | Op::Conv2d { .. } => out.consumers.push((reader.name.clone(), numel(&v) / units.max(1))),
                 // The next recurrent node reads the units as its input features: columns of its weight_ih.
                 Op::Lstm { .. } | Op::Gru { .. } if recurrent => out.consumers.push((reader.name.clone(), 1)),
+                // Elements per unit in the reader's input: a Linear after Flatten reads a
+                // channel's positions as consecutive columns; one on a sequence reads the
+                // units themselves (in_features = units, so 1).
+                &Op::Linear { in_features, .. } => out.consumers.push((reader.name.clone(), in_features / units.max(1))),
+                Op::Conv2d { .. } => out.consumers.push((reader.name.clone(), numel(&v) / units.max(1))),
                 Op::Add => {
                     return Err(format!(
                         "its output reaches the Add '{}' (a residual connection, whose inputs must keep the same shape)",
@@ -540,7 +549,17 @@ pub fn trim(model: &Model, cfg: &TrimConfig, calibration: &[f32]) -> Result<(Mod
                 }
                 continue;
             }
-            _ => continue,
+            // Other parameterised nodes (Transformer ops, LSTM/GRU) keep their tensors:
+            // their width is never trimmed.
+            _ => {
+                for (spec, data) in model.params.iter().filter(|(s, _)| s.node == node.name) {
+                    if let Some(m) = model.constraints.masks.get(&spec.name) {
+                        masks.insert(spec.name.clone(), m.clone());
+                    }
+                    tensors.insert(spec.name.clone(), (spec.shape.clone(), data.to_vec()));
+                }
+                continue;
+            }
         };
         let rows_kept = out_keep.get(&node.name).cloned().unwrap_or_else(|| (0..rows).collect());
         let cols_kept: Vec<usize> = match (in_keep.get(&node.name), &node.op) {
@@ -660,6 +679,27 @@ mod tests {
             layers: layers.iter().map(|s| s.to_string()).collect(),
             per_layer: per.iter().map(|(l, r)| (l.to_string(), *r)).collect(),
         }
+    }
+
+    /// ViT FFN neurons: trimming fc1's dead units (GELU(0) = 0) removes fc1 rows and
+    /// fc2 columns (Linear on the sequence: one column per unit) and keeps the function;
+    /// fc2, the attention and the head are not trimmable (residual width, classes).
+    #[test]
+    fn trimming_dead_ffn_neurons_of_a_vit_keeps_its_function() {
+        let x = images(6, 784, 7);
+        let mut m = Model::init(zoo::vit(&zoo::VitShape { patch: 7, dim: 16, heads: 4, blocks: 2, ffn: 12 }), 4).unwrap();
+        kill(&mut m, "b1_fc1", &[0, 3, 4, 9, 10, 11]);
+        kill(&mut m, "b2_fc1", &[1, 2, 5, 6, 7, 8]);
+        let (t, s) = trim(&m, &cfg(0.5, Score::L2, &[], &[]), &[]).unwrap();
+        assert_eq!(s.layers, vec![("b1_fc1".into(), 12, 6), ("b2_fc1".into(), 12, 6)]);
+        assert_eq!(t.graph.node("b2_fc2").unwrap().op, Op::Linear { in_features: 6, out_features: 16, bias: true });
+        assert_close(&outputs(&m, &x, 6), &outputs(&t, &x, 6));
+        // Mean |activation| on a sequence reads the units interleaved and ranks the dead ones last.
+        let sc = scores(&m, &cfg(0.5, Score::MeanActivation, &[], &[]), &x).unwrap();
+        let b1 = &sc["b1_fc1"];
+        assert!([0, 3, 4, 9, 10, 11].iter().all(|&u| b1[u] == 0.0) && [1, 2, 5].iter().all(|&u| b1[u] > 0.0), "{b1:?}");
+        let e = trim(&m, &cfg(0.5, Score::L2, &["b1_fc2"], &[]), &[]).unwrap_err();
+        assert!(matches!(&e, TrimError::NotTrimmable { reason, .. } if reason.contains("Add")), "{e}");
     }
 
     #[test]
