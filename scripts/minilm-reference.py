@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An independent fp32 computation of a Hugging Face BERT sentence embedder (NumPy only,
+"""An independent float64 computation of a Hugging Face BERT sentence embedder (NumPy only,
 plus the Python `tokenizers` package for the token ids), to check squeeze's embeddings.
 
 It reads config.json, model.safetensors (parsed here, no safetensors package) and
@@ -8,7 +8,7 @@ padding, so no mask is involved), mean-pools the last hidden states and, when th
 sentence-transformers modules.json lists a Normalize module, L2-normalises them.
 
     python3 scripts/minilm-reference.py models/all-MiniLM-L6-v2 data/shakespeare/heldout.txt \
-        --squeeze out/minilm-fp32/heldout.npy [--max-len 128] [--min-cosine 0.99999]
+        --squeeze out/minilm-fp32/heldout.npy [--max-len 128] [--min-cosine 0.99999] [--limit N] [--save ref.npy | --load ref.npy]
 
 `--squeeze` is the `[n, dim]` float32 .npy that `squeeze embed MODEL --file SENTENCES
 --out FILE.npy` writes. Prints the mean and minimum cosine per sentence and exits 1
@@ -41,7 +41,10 @@ def layer_norm(x, w, b, eps):
     return (x - mu) / np.sqrt(var + eps) * w + b
 
 
-_erf = np.vectorize(math.erf)
+try:
+    from scipy.special import erf as _erf  # vectorised, double precision
+except ImportError:  # slow but exact
+    _erf = np.vectorize(math.erf)
 
 
 def gelu(x):
@@ -57,7 +60,7 @@ def embed(ids, w, cfg):
     x = layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
     dim = x.shape[1]
     hd = dim // heads
-    lin = lambda v, p: v @ w[p + ".weight"].T + w[p + ".bias"]
+    lin = lambda v, p: v @ w[p + ".weight.T"] + w[p + ".bias"]
     for l in range(cfg["num_hidden_layers"]):
         p = f"encoder.layer.{l}."
         q = lin(x, p + "attention.self.query").reshape(seq, heads, hd).transpose(1, 0, 2)
@@ -78,7 +81,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model_dir")
     ap.add_argument("sentences")
-    ap.add_argument("--squeeze", required=True, help=".npy of squeeze's embeddings, one row per sentence")
+    ap.add_argument("--squeeze", help=".npy of squeeze's embeddings, one row per sentence")
+    ap.add_argument("--save", help="also write the reference embeddings (float64 .npy)")
+    ap.add_argument("--load", help="reuse reference embeddings written by --save instead of recomputing")
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--min-cosine", type=float, default=0.99999)
     ap.add_argument("--limit", type=int, default=0, help="only the first N sentences (0 = all)")
@@ -88,6 +93,9 @@ def main():
     d = Path(a.model_dir)
     cfg = json.loads((d / "config.json").read_text())
     w = read_safetensors(d / "model.safetensors")
+    # Transposed, contiguous copies once: `x @ W.T` on a view would copy W every call.
+    for name in [k for k in w if k.endswith(".weight") and w[k].ndim == 2]:
+        w[name + ".T"] = np.ascontiguousarray(w[name].T)
     tok = Tokenizer.from_file(str(d / "tokenizer.json"))
     tok.no_padding()
     tok.enable_truncation(a.max_len)
@@ -97,17 +105,24 @@ def main():
     sentences = [s for s in Path(a.sentences).read_text().splitlines() if s.strip()]
     if a.limit:
         sentences = sentences[:a.limit]
+    if a.load:
+        refs = np.load(a.load)[: len(sentences)]
+    else:
+        refs = []
+        for s in sentences:
+            e = embed(tok.encode(s).ids, w, cfg)
+            refs.append(e / np.linalg.norm(e) if normalise else e)
+        refs = np.array(refs)
+    if a.save:
+        np.save(a.save, refs)
+    if not a.squeeze:
+        print(f"computed {len(refs)} reference embeddings (normalised {normalise}, max_len {a.max_len})")
+        return
     ours = np.load(a.squeeze).astype(np.float64)
     if ours.shape[0] < len(sentences):
         sys.exit(f"{a.squeeze} has {ours.shape[0]} rows, {len(sentences)} sentences")
-    cos = []
-    for i, s in enumerate(sentences):
-        e = embed(tok.encode(s).ids, w, cfg)
-        if normalise:
-            e = e / np.linalg.norm(e)
-        o = ours[i]
-        cos.append(float(e @ o / (np.linalg.norm(e) * np.linalg.norm(o))))
-    cos = np.array(cos)
+    ours = ours[: len(sentences)]
+    cos = (refs * ours).sum(1) / (np.linalg.norm(refs, axis=1) * np.linalg.norm(ours, axis=1))
     worst = int(cos.argmin())
     print(f"sentences {len(cos)}  mean cosine {cos.mean():.8f}  min cosine {cos.min():.8f} (sentence {worst + 1})  "
           f"normalised {normalise}  max_len {a.max_len}")

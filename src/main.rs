@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use squeeze::compress::distill::{self, DistillConfig};
 use squeeze::compress::{prune, quantize, share, trim};
 use squeeze::data::{self, Splits};
+use squeeze::format::hf;
 use squeeze::format::sqz::{self, Limits};
 use squeeze::model::{zoo, Model};
 use squeeze::pipeline::{self, Event, PipelineError, RunOptions};
@@ -222,16 +223,44 @@ enum Command {
         data: DataArgs,
     },
     /// Show what a model file holds: architecture, per-tensor encoding and bytes
-    /// (.sqz, .safetensors, or an ONNX model with what squeeze imports from it).
+    /// (.sqz, .safetensors, an ONNX model with what squeeze imports from it, or a
+    /// Hugging Face BERT directory).
     Inspect { model: PathBuf },
+    /// Sentence embeddings from a text model (an imported Hugging Face embedder; its
+    /// tokenizer is stored in the file): one sentence with --text (printed), or a file
+    /// of sentences, one per line, with --file (written to --out as an [n, dim] .npy).
+    Embed {
+        model: PathBuf,
+        #[arg(long, conflicts_with = "file")]
+        text: Option<String>,
+        #[arg(long, requires = "out")]
+        file: Option<PathBuf>,
+        /// The .npy for --file's embeddings (mean-pooled, not normalised).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Tokens per sentence (default: the model's input length).
+        #[arg(long)]
+        seq_len: Option<usize>,
+        /// With --file: also time batch 1 and batch 32 on those sentences.
+        #[arg(long, requires = "file")]
+        time: bool,
+        /// With --file: embed at most this many sentences.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Import a PyTorch state dict (.pth/.pt zip or .safetensors) with an architecture
-    /// description (TOML layer list naming its keys); writes a squeeze model file.
+    /// description (TOML layer list naming its keys), or a Hugging Face BERT directory
+    /// (no --arch); writes a squeeze model file.
     Import {
-        /// The state dict: a torch.save zip (.pth/.pt) or a .safetensors file.
+        /// The state dict: a torch.save zip (.pth/.pt) or a .safetensors file; or a
+        /// Hugging Face directory (config.json, model.safetensors, tokenizer.json).
         state_dict: PathBuf,
         /// The architecture description (see recipes/models/*.arch.toml).
         #[arg(long)]
-        arch: PathBuf,
+        arch: Option<PathBuf>,
+        /// Tokens per input of a Hugging Face model (default: the tokenizer's length).
+        #[arg(long)]
+        seq_len: Option<usize>,
         /// Output (.safetensors keeps the PyTorch key names; or .sqz).
         #[arg(long)]
         out: PathBuf,
@@ -555,11 +584,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { model } => {
-            inspect(&model)?;
+            if model.is_dir() {
+                inspect_hf(&model)?;
+            } else {
+                inspect(&model)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Embed { model, text, file, out, seq_len, time, limit } => embed(&model, text, file, out, seq_len, time, limit),
         Command::Bench { model_name, model, train_samples, json, data } => bench(model_name.as_deref().unwrap_or(&model), train_samples, json, &data),
-        Command::Import { state_dict, arch, out } => {
+        Command::Import { state_dict, arch: None, seq_len, out } => {
+            if !state_dict.is_dir() {
+                bail!("'{}' is not a directory: a PyTorch state dict needs --arch (a Hugging Face model is imported from its directory)", state_dict.display());
+            }
+            if out.extension().and_then(|e| e.to_str()) != Some("sqz") {
+                bail!("output '{}' must end in .sqz (it carries the tokenizer)", out.display());
+            }
+            let imported = hf::import(&state_dict, seq_len)?;
+            let packed = squeeze::text::pack_tokenizer(&imported.tokenizer_json);
+            let m = Model::from_tensors(imported.graph, imported.tensors)?;
+            let mut sqz = quantize::store_f32(&m);
+            sqz.metadata.insert(squeeze::text::TOKENIZER_KEY.into(), packed);
+            let bytes = store::write_sqz(&out, &sqz)?;
+            out!("wrote {} ({} bytes, {} parameters, input {:?} token ids); not imported: {}", out.display(), bytes, m.graph.num_params(), m.graph.input_shape, imported.skipped.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import { state_dict, arch: Some(arch), seq_len, out } => {
+            if seq_len.is_some() {
+                bail!("--seq-len applies to Hugging Face directories only");
+            }
             refuse_overwrite(&out, &[&state_dict, &arch])?;
             let m = store::import_pytorch(&state_dict, &arch)?;
             let bytes = write_model(&out, &m)?;
@@ -570,6 +623,84 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `inspect` of a Hugging Face directory: what the importer makes of it.
+fn inspect_hf(dir: &Path) -> Result<()> {
+    let imported = hf::import(dir, None)?;
+    let graph = &imported.graph;
+    let shapes = graph.validate()?;
+    let weights = std::fs::metadata(dir.join("model.safetensors")).map(|m| m.len()).unwrap_or(0);
+    let encoder = squeeze::text::TextEncoder::from_json(&imported.tokenizer_json, graph.input_shape[0], imported.pad_token as u32)?;
+    out!(
+        "{}: Hugging Face BERT directory, model.safetensors {weights} bytes, {} parameters imported (fp32 {} bytes)",
+        dir.display(),
+        graph.num_params(),
+        4 * graph.num_params()
+    );
+    out!("tokenizer: {} tokens, inputs of {} token ids padded with id {}", encoder.vocab_size(), graph.input_shape[0], imported.pad_token);
+    out!("sentence embedding: {:?} pooling{}", graph.outputs, if imported.normalize { ", then L2 normalisation (sentence-transformers Normalize; not a graph node)" } else { "" });
+    out!("not imported: {}", if imported.skipped.is_empty() { "nothing".to_string() } else { imported.skipped.join(", ") });
+    out!("\narchitecture: input {:?}, outputs {:?}", graph.input_shape, graph.outputs);
+    out!("  {:<44} {:<17} {:<14} {:>9}", "node", "op", "output shape", "params");
+    for node in &graph.nodes {
+        let p: usize = graph.parameters().iter().filter(|s| s.node == node.name).map(|s| s.numel()).sum();
+        out!("  {:<44} {:<17} {:<14} {:>9}", node.name, node.op.kind(), format!("{:?}", shapes[&node.name]), if p > 0 { p.to_string() } else { String::new() });
+    }
+    Ok(())
+}
+
+/// `embed`: sentence embeddings from a model file that carries its tokenizer.
+fn embed(model: &Path, text: Option<String>, file: Option<PathBuf>, out: Option<PathBuf>, seq_len: Option<usize>, time: bool, limit: Option<usize>) -> Result<ExitCode> {
+    use squeeze::pipeline::embedding as emb;
+    let mut f = store::read(model)?;
+    if let Some(seq) = seq_len {
+        emb::set_seq_len(&mut f, seq)?;
+    }
+    let encoder = emb::encoder_for(&f)?;
+    let plan = f.plan()?;
+    let sentences: Vec<String> = match (&text, &file) {
+        (Some(t), None) => vec![t.clone()],
+        (None, Some(p)) => emb::read_sentences(p, limit)?,
+        _ => bail!("give --text \"a sentence\" or --file SENTENCES --out EMBEDDINGS.npy"),
+    };
+    let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let ids = encoder.encode(&refs)?;
+    let n = sentences.len();
+    let t = std::time::Instant::now();
+    let e = emb::embed_ids(&plan, &ids, n, 32)?;
+    let wall = t.elapsed().as_secs_f64();
+    let dim = e.len() / n;
+    match (text, file, out) {
+        (Some(_), _, _) => {
+            let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+            out!("{} dims, mean-pooled, L2 norm {norm:.6}; L2-normalised:", dim);
+            out!("{}", e.iter().map(|v| format!("{:.6}", v / norm)).collect::<Vec<_>>().join(" "));
+        }
+        (None, Some(_), Some(out_path)) => {
+            refuse_overwrite(&out_path, &[model])?;
+            let bytes: Vec<u8> = e.iter().flat_map(|v| v.to_le_bytes()).collect();
+            squeeze::format::write_atomic(&out_path, &squeeze::data::npy::npy_bytes("<f4", &[n, dim], &bytes))
+                .with_context(|| format!("cannot write '{}'", out_path.display()))?;
+            out!("wrote {} ({n} × {dim}) in {wall:.2} s with kernels {}", out_path.display(), plan.kernel_description());
+            if time {
+                let (b1, s1) = emb::time_batches(&plan, &ids, n, 1, 50)?;
+                let (b32, s32) = emb::time_batches(&plan, &ids, n, 32, 10)?;
+                out!(
+                    "seq {} tokens: batch 1 {:.2} ± {:.2} ms ({:.1} sentences/s), batch 32 {:.1} ± {:.1} ms ({:.1} sentences/s)",
+                    ids.len() / n,
+                    b1 * 1e3,
+                    s1 * 1e3,
+                    1.0 / b1,
+                    b32 * 1e3,
+                    s32 * 1e3,
+                    32.0 / b32
+                );
+            }
+        }
+        _ => bail!("--file needs --out EMBEDDINGS.npy"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn zoo_names() -> String {

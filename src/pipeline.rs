@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+pub mod embedding;
 mod tasks;
 
 use crate::compress::{distill, hashed, multitask, prune, quantize, share, trim};
@@ -57,6 +58,10 @@ pub enum PipelineError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("output '{0}' would overwrite the recipe's input model; choose another --out-dir")]
     WouldOverwriteInput(PathBuf),
+    #[error("{0}")]
+    Embedding(#[from] embedding::EmbeddingError),
+    #[error("{0}")]
+    EmbeddingOnly(String),
     #[error("validation gate failed at stage '{stage}': {reason} (report written to {report})")]
     GateFailed { stage: String, reason: String, report: PathBuf },
 }
@@ -175,6 +180,9 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
     }
     if !recipe.tasks.is_empty() {
         return tasks::run(recipe, opts, on_event);
+    }
+    if recipe.is_embedding() {
+        return embedding::run(recipe, opts, on_event);
     }
     let splits = load_data(recipe, opts)?;
     std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
@@ -376,6 +384,9 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
             }
             // Recipes with tasks run in `tasks::run`; without them there is nothing to share.
             Pass::ShareTasks { .. } => return Err(multitask::MultitaskError::NoTasks.into()),
+            Pass::PruneRows { .. } | Pass::Int4 { .. } => {
+                return Err(PipelineError::EmbeddingOnly(format!("pass '{}' runs in embedding recipes ([model] hf_dir) only", pass.stage_name())));
+            }
             Pass::Distill {
                 teacher,
                 student,

@@ -114,6 +114,12 @@ pub struct ModelSource {
     /// does not normalise its input itself): `scale`, `mean`, `std` as in an
     /// architecture description's `[preprocess]`. It becomes part of the model.
     pub preprocess: Option<crate::format::arch::Preprocess>,
+    /// A Hugging Face BERT directory (config.json, model.safetensors, tokenizer.json),
+    /// relative to the recipe: an embedding model, gated by cosine fidelity (needs
+    /// `[data] dataset = "text"` and the `[gate]` cosine bounds).
+    pub hf_dir: Option<PathBuf>,
+    /// Tokens per input of an `hf_dir` model (default: the tokenizer's truncation length).
+    pub seq_len: Option<usize>,
 }
 
 #[derive(Deserialize, Clone, Debug, PartialEq)]
@@ -130,11 +136,31 @@ pub struct DataSection {
     pub train: Option<String>,
     /// With `dataset = "numpy"`: the test arrays, as `train`.
     pub test: Option<String>,
+    /// With `dataset = "text"`: calibration sentences, one per line, relative to the recipe.
+    pub calibration: Option<PathBuf>,
+    /// With `dataset = "text"`: held-out sentences, one per line (the gate reads them).
+    pub heldout: Option<PathBuf>,
+    /// With `dataset = "text"`: use at most this many calibration sentences.
+    pub calibration_limit: Option<usize>,
+    /// With `dataset = "text"`: use at most this many held-out sentences.
+    pub heldout_limit: Option<usize>,
 }
 
 impl Default for DataSection {
     fn default() -> Self {
-        DataSection { dataset: "fashion-mnist".into(), dir: None, validation: 5000, train_limit: None, test_limit: None, train: None, test: None }
+        DataSection {
+            dataset: "fashion-mnist".into(),
+            dir: None,
+            validation: 5000,
+            train_limit: None,
+            test_limit: None,
+            train: None,
+            test: None,
+            calibration: None,
+            heldout: None,
+            calibration_limit: None,
+            heldout_limit: None,
+        }
     }
 }
 
@@ -157,8 +183,19 @@ impl Default for TrainSection {
 #[derive(Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GateSection {
-    /// Largest allowed drop of validation accuracy against the baseline, as a fraction.
+    /// Largest allowed drop of validation accuracy against the baseline, as a fraction
+    /// (classifiers; required unless the model is an `hf_dir` embedder).
+    #[serde(default = "not_set")]
     pub max_accuracy_drop: f64,
+    /// Embedders: smallest allowed mean cosine similarity to the fp32 embeddings over
+    /// the held-out sentences.
+    pub min_mean_cosine: Option<f64>,
+    /// Embedders: smallest allowed cosine of any single held-out sentence.
+    pub min_cosine: Option<f64>,
+}
+
+fn not_set() -> f64 {
+    f64::NAN
 }
 
 /// One compression step.
@@ -313,6 +350,33 @@ pub enum Pass {
     /// Entropy coding: the same model written with Huffman-coded indices and positions
     /// (earlier stages are written with fixed-width codes, as the paper's stages).
     Code {},
+    /// Row-wise pruning of Linear and attention projection weights by magnitude or
+    /// Wanda's activation-aware score, to a sparsity or an N:M pattern (`n_of_m =
+    /// [2, 4]`); one shot, no fine-tuning (embedding recipes).
+    PruneRows {
+        /// Fraction of each output row removed (exclusive with `n_of_m`).
+        sparsity: Option<f64>,
+        /// Keep n of every m consecutive inputs of a row.
+        n_of_m: Option<[usize; 2]>,
+        #[serde(default)]
+        score: crate::compress::prune::Score,
+        #[serde(default)]
+        layers: Vec<String>,
+        /// Calibration sentences for Wanda's input norms.
+        #[serde(default = "default_text_calibration")]
+        calibration: usize,
+    },
+    /// Weight-only int4, group-wise with f16 scales (compute stays f32).
+    Int4 {
+        #[serde(default = "default_int4_group")]
+        group: usize,
+        /// Nodes to quantize (all weighted nodes when empty); the rest stay f32.
+        #[serde(default)]
+        layers: Vec<String>,
+        /// Nodes kept at f32 (mixed precision), e.g. the embeddings.
+        #[serde(default)]
+        keep: Vec<String>,
+    },
     /// Post-training quantization to 8 bits.
     Quantize {
         #[serde(default)]
@@ -325,12 +389,58 @@ pub enum Pass {
     },
 }
 
+/// The checks of an embedding recipe: text data, cosine gate, passes it can run.
+fn check_embedding(r: Recipe, invalid: &dyn Fn(String) -> RecipeError) -> Result<Recipe, RecipeError> {
+    if r.data.dataset != "text" || r.data.heldout.is_none() {
+        return Err(invalid("an hf_dir model is evaluated on text: set [data] dataset = \"text\", heldout = \"sentences.txt\" (and calibration = ... for Wanda or full int8)".into()));
+    }
+    let (Some(mean), Some(min)) = (r.gate.min_mean_cosine, r.gate.min_cosine) else {
+        return Err(invalid("an hf_dir model is gated by fidelity: set [gate] min_mean_cosine and min_cosine (e.g. 0.999 and 0.995)".into()));
+    };
+    if !r.gate.max_accuracy_drop.is_nan() {
+        return Err(invalid("gate.max_accuracy_drop is for classifiers; an hf_dir model uses min_mean_cosine and min_cosine".into()));
+    }
+    for (what, v) in [("min_mean_cosine", mean), ("min_cosine", min)] {
+        if !(-1.0..=1.0).contains(&v) {
+            return Err(invalid(format!("gate.{what}: expected a cosine in [-1, 1], got {v}")));
+        }
+    }
+    if r.model.seq_len == Some(0) {
+        return Err(invalid("[model] seq_len must be at least 1".into()));
+    }
+    for p in &r.passes {
+        match p {
+            Pass::PruneRows { sparsity, n_of_m, .. } => match (sparsity, n_of_m) {
+                (Some(s), None) if (0.0..1.0).contains(s) => {}
+                (Some(s), None) => return Err(invalid(format!("pass prune_rows: sparsity: expected a fraction in [0, 1), got {s}"))),
+                (None, Some([n, m])) if *n >= 1 && n < m => {}
+                (None, Some([n, m])) => return Err(invalid(format!("pass prune_rows: n_of_m = [{n}, {m}] must keep 1 ≤ n < m"))),
+                _ => return Err(invalid("pass prune_rows: set exactly one of sparsity or n_of_m".into())),
+            },
+            Pass::Int4 { group, .. } if *group == 0 || *group > crate::format::sqz::MAX_I4_GROUP => {
+                return Err(invalid(format!("pass int4: group: expected 1..={}, got {group}", crate::format::sqz::MAX_I4_GROUP)));
+            }
+            Pass::Int4 { .. } | Pass::Quantize { .. } | Pass::Code {} => {}
+            other => return Err(invalid(format!("pass '{}' is not available for hf_dir models yet (they run prune_rows, int4, quantize)", other.stage_name()))),
+        }
+    }
+    Ok(r)
+}
+
 fn default_fine_tune() -> usize {
     3
 }
 
 fn default_calibration() -> usize {
     1000
+}
+
+fn default_text_calibration() -> usize {
+    128
+}
+
+fn default_int4_group() -> usize {
+    32
 }
 
 fn default_temperature() -> f32 {
@@ -378,6 +488,9 @@ impl Pass {
     pub fn stage_name(&self) -> String {
         match self {
             Pass::Prune { .. } => "pruned".into(),
+            Pass::PruneRows { n_of_m: Some([n, m]), score, .. } => format!("pruned-{n}of{m}-{}", score_name(*score)),
+            Pass::PruneRows { sparsity, score, .. } => format!("pruned-{:.0}-{}", 100.0 * sparsity.unwrap_or(0.0), score_name(*score)),
+            Pass::Int4 { group, .. } => format!("int4-g{group}"),
             Pass::Quantize { mode: Mode::Full, .. } => "int8".into(),
             Pass::Quantize { mode: Mode::Weights, .. } => "int8-weights".into(),
             Pass::Share { .. } => "shared".into(),
@@ -391,7 +504,19 @@ impl Pass {
     }
 }
 
+fn score_name(s: crate::compress::prune::Score) -> &'static str {
+    match s {
+        crate::compress::prune::Score::Magnitude => "magnitude",
+        crate::compress::prune::Score::Wanda => "wanda",
+    }
+}
+
 impl Recipe {
+    /// Whether this recipe compresses a sentence embedder (gated by cosine fidelity).
+    pub fn is_embedding(&self) -> bool {
+        self.model.hf_dir.is_some()
+    }
+
     /// Reads and checks a recipe file.
     pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
         let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io { path: path.into(), source })?;
@@ -406,9 +531,12 @@ impl Recipe {
                 + &e.span().map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1)).unwrap_or_default(),
         })?;
         let invalid = |message: String| RecipeError::Invalid { path: path.into(), message };
-        let sources = [r.model.zoo.is_some(), r.model.file.is_some(), r.model.state_dict.is_some()];
+        let sources = [r.model.zoo.is_some(), r.model.file.is_some(), r.model.state_dict.is_some(), r.model.hf_dir.is_some()];
         if sources.iter().filter(|s| **s).count() != 1 {
-            return Err(invalid("[model] needs exactly one of `zoo = \"name\"`, `file = \"path\"` or `state_dict = \"path\"` (with `architecture`)".into()));
+            return Err(invalid("[model] needs exactly one of `zoo = \"name\"`, `file = \"path\"`, `state_dict = \"path\"` (with `architecture`) or `hf_dir = \"path\"`".into()));
+        }
+        if r.model.seq_len.is_some() && r.model.hf_dir.is_none() {
+            return Err(invalid("[model] seq_len applies to an hf_dir model only".into()));
         }
         if r.model.state_dict.is_some() != r.model.architecture.is_some() {
             return Err(invalid("[model] `state_dict` and `architecture` go together: a PyTorch state dict needs its architecture description".into()));
@@ -419,7 +547,10 @@ impl Recipe {
             ));
         }
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        for f in [&mut r.model.file, &mut r.model.state_dict, &mut r.model.architecture].into_iter().flatten() {
+        for f in [&mut r.model.file, &mut r.model.state_dict, &mut r.model.architecture, &mut r.model.hf_dir, &mut r.data.calibration, &mut r.data.heldout]
+            .into_iter()
+            .flatten()
+        {
             if f.is_relative() {
                 *f = base.join(&*f);
             }
@@ -430,6 +561,18 @@ impl Recipe {
             {
                 *t = path.parent().unwrap_or(Path::new(".")).join(&*t);
             }
+        }
+        if r.is_embedding() {
+            return check_embedding(r, &invalid);
+        }
+        if r.data.calibration.is_some() || r.data.heldout.is_some() || r.gate.min_cosine.is_some() || r.gate.min_mean_cosine.is_some() {
+            return Err(invalid("data.calibration/heldout and gate.min_cosine/min_mean_cosine are for embedding recipes ([model] hf_dir)".into()));
+        }
+        if let Some(p) = r.passes.iter().find(|p| matches!(p, Pass::PruneRows { .. } | Pass::Int4 { .. })) {
+            return Err(invalid(format!("pass '{}' runs in embedding recipes only ([model] hf_dir) for now", p.stage_name())));
+        }
+        if r.gate.max_accuracy_drop.is_nan() {
+            return Err(invalid("[gate] needs max_accuracy_drop (a fraction, e.g. 0.005)".into()));
         }
         match (r.data.dataset.as_str(), &r.data.train, &r.data.test) {
             ("fashion-mnist", None, None) | ("numpy", Some(_), Some(_)) => {}
@@ -568,6 +711,31 @@ mod tests {
         assert!(err(format!("{base}[[pass]]\ntype = \"hash\"\nfraction = 0.0\n")).contains("fraction"));
         let h = Recipe::parse(&format!("{base}[[pass]]\ntype = \"hash\"\nfraction = 0.125\n"), Path::new("r")).unwrap();
         assert!(matches!(h.passes[0], Pass::Hash { signed: true, fine_tune_epochs: 3, .. }));
+    }
+
+    #[test]
+    fn embedding_recipes_need_text_data_and_a_cosine_gate() {
+        let model = "name = \"e\"\n[model]\nhf_dir = \"m\"\n";
+        let data = "[data]\ndataset = \"text\"\nheldout = \"h.txt\"\n";
+        let gate = "[gate]\nmin_mean_cosine = 0.999\nmin_cosine = 0.995\n";
+        let r = Recipe::parse(&format!("{model}{data}{gate}[[pass]]\ntype = \"int4\"\n"), Path::new("dir/r.toml")).unwrap();
+        assert!(r.is_embedding());
+        assert_eq!(r.model.hf_dir.as_deref(), Some(Path::new("dir/m")));
+        assert_eq!(r.data.heldout.as_deref(), Some(Path::new("dir/h.txt")));
+        assert!(matches!(r.passes[0], Pass::Int4 { group: 32, .. }));
+        assert_eq!(r.passes[0].stage_name(), "int4-g32");
+        let err = |text: String| Recipe::parse(&text, Path::new("r")).unwrap_err().to_string();
+        assert!(err(format!("{model}{gate}")).contains("dataset = \"text\""));
+        assert!(err(format!("{model}{data}[gate]\nmin_cosine = 0.9\n")).contains("min_mean_cosine"));
+        assert!(err(format!("{model}{data}[gate]\nmax_accuracy_drop = 0.01\nmin_mean_cosine = 0.9\nmin_cosine = 0.9\n")).contains("for classifiers"));
+        assert!(err(format!("{model}{data}{gate}[[pass]]\ntype = \"prune_rows\"\n")).contains("exactly one of sparsity or n_of_m"));
+        assert!(err(format!("{model}{data}{gate}[[pass]]\ntype = \"prune_rows\"\nn_of_m = [4, 4]\n")).contains("1 ≤ n < m"));
+        assert!(err(format!("{model}{data}{gate}[[pass]]\ntype = \"share\"\n")).contains("not available for hf_dir"));
+        assert!(err(format!("{model}{data}{gate}[[pass]]\ntype = \"int4\"\ngroup = 0\n")).contains("group"));
+        // Classifier recipes keep their accuracy gate and cannot use the text keys.
+        assert!(err("name = \"x\"\n[model]\nzoo = \"mlp\"\n[gate]\nmin_cosine = 0.9\n".into()).contains("embedding recipes"));
+        assert!(err("name = \"x\"\n[model]\nzoo = \"mlp\"\n[gate]\n".into()).contains("max_accuracy_drop"));
+        assert!(err("name = \"x\"\n[model]\nzoo = \"mlp\"\n[gate]\nmax_accuracy_drop = 0.01\n[[pass]]\ntype = \"int4\"\n".into()).contains("embedding recipes only"));
     }
 
     #[test]

@@ -183,9 +183,10 @@ pub fn row_prunable(model: &Model) -> Vec<(String, String, Option<String>)> {
 
 /// The projections of an attention node and whether each reads the node's input.
 pub fn attention_projections(op: &crate::spec::Op) -> Vec<(&'static str, bool)> {
-    // ATTN-MERGE: SelfAttention arm added once the attention op is merged.
-    let _ = op;
-    Vec::new()
+    match op {
+        crate::spec::Op::SelfAttention { .. } => vec![("query", true), ("key", true), ("value", true), ("output", false)],
+        _ => Vec::new(),
+    }
 }
 
 /// Per graph value read by a row-prunable weight: the L2 norm of each feature (last

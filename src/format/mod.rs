@@ -4,6 +4,7 @@
 //! file writes.
 
 pub mod arch;
+pub mod hf;
 pub mod onnx;
 pub mod pickle;
 pub mod pytorch;

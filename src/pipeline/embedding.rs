@@ -1,0 +1,340 @@
+//! The embedding pipeline: a Hugging Face BERT sentence embedder (`[model] hf_dir`)
+//! imported, compressed by the recipe's passes and gated by fidelity: the cosine
+//! similarity between each stage's embeddings and the fp32 baseline's on held-out
+//! sentences (mean and minimum). Every stage is written, read back and run from the
+//! file, like the classifier pipeline; its bytes are also compared with the source
+//! directory's `model.safetensors`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::compress::{prune, quantize};
+use crate::format::hf::{self, HfError};
+use crate::format::sqz::SqzModel;
+use crate::model::Model;
+use crate::recipe::{Pass, Recipe};
+use crate::report::measure::{median_and_spread, peak_rss_bytes};
+use crate::report::{Gate, Outcome, Report, Stage};
+use crate::runtime::exec::{Plan, RuntimeError, Workspace};
+use crate::spec::Op;
+use crate::store::{self, ModelFile};
+use crate::text::{self, TextEncoder, TextError};
+
+use super::{Event, PipelineError, RunOptions, file_counts, guard_input, new_report, write_report};
+
+/// Why text or an embedder cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddingError {
+    #[error(transparent)]
+    Hf(#[from] HfError),
+    #[error(transparent)]
+    Text(#[from] TextError),
+    #[error("cannot read sentences from '{path}': {why}")]
+    Sentences { path: PathBuf, why: String },
+    #[error("the model does not start with a token Embedding: it does not take text")]
+    NotText,
+}
+
+/// The token-embedding node's pad token and the input length of a graph that takes text.
+pub fn text_input(graph: &crate::spec::Graph) -> Result<(usize, u32), EmbeddingError> {
+    let pad = graph.nodes.iter().find_map(|n| match n.op {
+        Op::Embedding { pad_token, .. } if n.inputs[0] == crate::spec::INPUT => Some(pad_token.unwrap_or(0) as u32),
+        _ => None,
+    });
+    match (pad, graph.input_shape.as_slice()) {
+        (Some(pad), &[seq]) => Ok((seq, pad)),
+        _ => Err(EmbeddingError::NotText),
+    }
+}
+
+/// The tokenizer stored in a model file, producing rows of the model's input length.
+pub fn encoder_for(file: &ModelFile) -> Result<TextEncoder, EmbeddingError> {
+    let (seq, pad) = text_input(file.graph())?;
+    let metadata = match file {
+        ModelFile::Sqz(s) => &s.metadata,
+        ModelFile::Dense(d) => &d.metadata,
+        ModelFile::Onnx(_) => return Err(TextError::NoTokenizer.into()),
+    };
+    let packed = metadata.get(text::TOKENIZER_KEY).ok_or(TextError::NoTokenizer)?;
+    Ok(TextEncoder::from_json(&text::unpack_tokenizer(packed)?, seq, pad)?)
+}
+
+/// Sets the model's input length (token Embedding graphs only; the weights do not
+/// depend on it, up to the position table's length, which validation checks).
+pub fn set_seq_len(file: &mut ModelFile, seq: usize) -> Result<(), EmbeddingError> {
+    text_input(file.graph())?;
+    match file {
+        ModelFile::Sqz(s) => s.graph.input_shape = vec![seq],
+        ModelFile::Dense(d) => d.graph.input_shape = vec![seq],
+        ModelFile::Onnx(o) => o.graph.input_shape = vec![seq],
+    }
+    Ok(())
+}
+
+/// Reads non-empty lines of `path`, at most `limit`.
+pub fn read_sentences(path: &Path, limit: Option<usize>) -> Result<Vec<String>, EmbeddingError> {
+    let text = std::fs::read_to_string(path).map_err(|e| EmbeddingError::Sentences { path: path.into(), why: e.to_string() })?;
+    let mut s: Vec<String> = text::sentences(&text).into_iter().map(String::from).collect();
+    if let Some(n) = limit {
+        s.truncate(n);
+    }
+    if s.is_empty() {
+        return Err(EmbeddingError::Sentences { path: path.into(), why: "no sentences (one per line expected)".into() });
+    }
+    Ok(s)
+}
+
+/// Embeddings (`n × dim`, row per sample) of `n` id rows, in batches of `batch`.
+pub fn embed_ids(plan: &Plan, ids: &[f32], n: usize, batch: usize) -> Result<Vec<f32>, RuntimeError> {
+    let per = ids.len() / n.max(1);
+    let mut ws = Workspace::default();
+    let mut out = Vec::new();
+    for start in (0..n).step_by(batch.max(1)) {
+        let end = (start + batch.max(1)).min(n);
+        out.extend_from_slice(plan.run(&ids[start * per..end * per], end - start, &mut ws)?);
+    }
+    Ok(out)
+}
+
+/// Cosine similarity of each row of `a` with the same row of `b` (f64 sums).
+pub fn row_cosines(a: &[f32], b: &[f32], dim: usize) -> Vec<f64> {
+    a.chunks(dim)
+        .zip(b.chunks(dim))
+        .map(|(x, y)| {
+            let (mut xy, mut xx, mut yy) = (0.0f64, 0.0f64, 0.0f64);
+            for (&p, &q) in x.iter().zip(y) {
+                xy += f64::from(p) * f64::from(q);
+                xx += f64::from(p) * f64::from(p);
+                yy += f64::from(q) * f64::from(q);
+            }
+            if xx == 0.0 || yy == 0.0 { 0.0 } else { xy / (xx.sqrt() * yy.sqrt()) }
+        })
+        .collect()
+}
+
+/// Median seconds per call of `batch` rows, over `reps` calls on the first rows of `ids`
+/// (cycling through them), with the spread (half the inter-quartile range).
+pub fn time_batches(plan: &Plan, ids: &[f32], n: usize, batch: usize, reps: usize) -> Result<(f64, f64), RuntimeError> {
+    let per = ids.len() / n.max(1);
+    let batch = batch.min(n).max(1);
+    let mut ws = Workspace::default();
+    plan.run(&ids[..batch * per], batch, &mut ws)?;
+    let mut samples = Vec::with_capacity(reps);
+    for r in 0..reps {
+        let start = (r * batch) % (n - batch + 1);
+        let t = Instant::now();
+        plan.run(&ids[start * per..(start + batch) * per], batch, &mut ws)?;
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    let s = median_and_spread(&mut samples);
+    Ok((s.median, s.spread))
+}
+
+/// The figures of one stored stage.
+struct Measured {
+    stage: Stage,
+    embeddings: Vec<f32>,
+}
+
+/// Writes `sqz` (with the tokenizer) to `path`, reads it back and measures it.
+#[allow(clippy::too_many_arguments)]
+fn store_and_measure(
+    path: &Path,
+    name: &str,
+    mut sqz: SqzModel,
+    entropy_coding: bool,
+    packed_tokenizer: &str,
+    ids: &[f32],
+    n: usize,
+    reference: Option<&[f32]>,
+    fp32_bytes: f64,
+    hf_bytes: u64,
+    wall: Instant,
+    mut extra: serde_json::Map<String, serde_json::Value>,
+) -> Result<Measured, PipelineError> {
+    sqz.metadata.insert(text::TOKENIZER_KEY.into(), packed_tokenizer.into());
+    store::write_sqz_with(path, &sqz, entropy_coding)?;
+    drop(sqz);
+    let bytes = std::fs::metadata(path).map_err(|source| store::StoreError::Io { path: path.into(), source })?.len();
+    let file = store::read(path)?;
+    let (params, nonzero, bits) = file_counts(&file, path)?;
+    let plan = file.plan()?;
+    let dim = plan_output_dim(&file);
+    let embeddings = embed_ids(&plan, ids, n, 32)?;
+    let (b1, b1_spread) = time_batches(&plan, ids, n, 1, 30)?;
+    let (b32, _) = time_batches(&plan, ids, n, 32, 5)?;
+    if let Some(reference) = reference {
+        let cos = row_cosines(&embeddings, reference, dim);
+        let mean = cos.iter().sum::<f64>() / cos.len() as f64;
+        let (worst, min) = cos.iter().enumerate().fold((0, f64::INFINITY), |(wi, wm), (i, &c)| if c < wm { (i, c) } else { (wi, wm) });
+        extra.insert("mean_cosine".into(), mean.into());
+        extra.insert("min_cosine".into(), min.into());
+        extra.insert("min_cosine_sentence".into(), (worst + 1).into());
+    }
+    extra.insert("heldout_sentences".into(), n.into());
+    extra.insert("seq_len".into(), (ids.len() / n).into());
+    extra.insert("hf_safetensors_bytes".into(), hf_bytes.into());
+    extra.insert("fraction_of_hf_safetensors".into(), (bytes as f64 / hf_bytes as f64).into());
+    extra.insert("latency_ms_b32".into(), (b32 * 1e3).into());
+    extra.insert("sentences_per_s_b32".into(), (32.0_f64.min(n as f64) / b32).into());
+    let stage = Stage {
+        name: name.into(),
+        accuracy: f64::NAN,
+        validation_accuracy: f64::NAN,
+        bytes,
+        ratio: fp32_bytes / bytes as f64,
+        params,
+        nonzero_params: nonzero,
+        bits_per_weight: bits,
+        latency_us_b1: b1 * 1e6,
+        latency_us_b1_spread: b1_spread * 1e6,
+        throughput_b256: f64::NAN,
+        kernel: plan.kernel_description(),
+        wall_s: wall.elapsed().as_secs_f64(),
+        peak_rss_bytes: peak_rss_bytes(),
+        file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        extra: extra.into_iter().collect(),
+        distillation: None,
+    };
+    Ok(Measured { stage, embeddings })
+}
+
+fn plan_output_dim(file: &ModelFile) -> usize {
+    let g = file.graph();
+    g.validate().ok().and_then(|s| s.get(&g.outputs[0]).map(|v| v.iter().product())).unwrap_or(1)
+}
+
+/// Runs an embedding recipe (see the module docs).
+pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<Report, PipelineError> {
+    let dir = recipe.model.hf_dir.as_ref().expect("Recipe::parse: embedding recipes have hf_dir");
+    if let Some(i) = recipe.passes.iter().position(|p| matches!(p, Pass::Quantize { .. } | Pass::Int4 { .. }))
+        && i + 1 != recipe.passes.len()
+    {
+        return Err(PipelineError::QuantizeNotLast);
+    }
+    std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
+    let (min_mean, min_each) = (recipe.gate.min_mean_cosine.unwrap_or(1.0), recipe.gate.min_cosine.unwrap_or(1.0));
+    let mut report = new_report(recipe, opts, "cosine", "baseline");
+    report.gate = Gate {
+        metric: format!("cosine to the fp32 embeddings (mean ≥ {min_mean}, min ≥ {min_each})"),
+        max_drop: 1.0 - min_mean,
+        against: "baseline".into(),
+        split: "heldout".into(),
+    };
+
+    on_event(Event::Stage("baseline".into()));
+    let t = Instant::now();
+    let imported = hf::import(dir, recipe.model.seq_len).map_err(EmbeddingError::from)?;
+    let hf_bytes = std::fs::metadata(dir.join("model.safetensors")).map(|m| m.len()).unwrap_or(0);
+    let seq = imported.graph.input_shape[0];
+    let encoder = TextEncoder::from_json(&imported.tokenizer_json, seq, imported.pad_token as u32).map_err(EmbeddingError::from)?;
+    let packed = text::pack_tokenizer(&imported.tokenizer_json);
+    let mut extra = serde_json::Map::new();
+    extra.insert("source".into(), dir.display().to_string().into());
+    extra.insert("skipped_tensors".into(), imported.skipped.clone().into());
+    extra.insert("l2_normalised_by_users".into(), imported.normalize.into());
+    let mut model = Model::from_tensors(imported.graph, imported.tensors)?;
+    let heldout_path = recipe.data.heldout.as_ref().expect("Recipe::parse: embedding recipes have heldout");
+    let heldout = read_sentences(heldout_path, recipe.data.heldout_limit).map_err(EmbeddingError::from)?;
+    let refs: Vec<&str> = heldout.iter().map(String::as_str).collect();
+    let ids = encoder.encode(&refs).map_err(EmbeddingError::from)?;
+    let lengths = encoder.lengths(&refs).map_err(EmbeddingError::from)?;
+    extra.insert("truncated_sentences".into(), lengths.iter().filter(|&&l| l >= seq).count().into());
+    let n = heldout.len();
+    let params = model.graph.num_params() as u64;
+    let fp32_bytes = 4.0 * params as f64;
+    let last = recipe.passes.len();
+    let path_for = |name: &str, is_last: bool| -> PathBuf { opts.out_dir.join(if is_last { "model.sqz".to_string() } else { format!("{name}.sqz") }) };
+
+    let baseline_path = path_for("baseline", last == 0);
+    guard_input(recipe, &baseline_path)?;
+    let base = store_and_measure(&baseline_path, "baseline", quantize::store_f32(&model), false, &packed, &ids, n, None, fp32_bytes, hf_bytes, t, extra)?;
+    on_event(Event::Measured(base.stage.clone()));
+    report.stages.push(base.stage);
+    let reference = base.embeddings;
+
+    let calibration = match &recipe.data.calibration {
+        Some(p) => {
+            let s = read_sentences(p, recipe.data.calibration_limit).map_err(EmbeddingError::from)?;
+            let r: Vec<&str> = s.iter().map(String::as_str).collect();
+            Some((encoder.encode(&r).map_err(EmbeddingError::from)?, encoder.lengths(&r).map_err(EmbeddingError::from)?))
+        }
+        None => None,
+    };
+
+    for (i, pass) in recipe.passes.iter().enumerate() {
+        let name = pass.stage_name();
+        on_event(Event::Stage(name.clone()));
+        let t = Instant::now();
+        let mut extra = serde_json::Map::new();
+        let is_last = i + 1 == last;
+        let (stored, entropy) = match pass {
+            Pass::PruneRows { sparsity, n_of_m, score, layers, calibration: cal_n } => {
+                let norms = match score {
+                    prune::Score::Wanda => {
+                        let Some((cal_ids, cal_lens)) = &calibration else {
+                            return Err(PipelineError::Prune(prune::PruneError::Calibration("Wanda needs calibration sentences: set [data] calibration".into())));
+                        };
+                        let k = (*cal_n).min(cal_lens.len()).max(1);
+                        extra.insert("calibration_sentences".into(), k.into());
+                        prune::input_norms(&model, &cal_ids[..k * seq], k, Some(&cal_lens[..k]))?
+                    }
+                    prune::Score::Magnitude => Default::default(),
+                };
+                let pattern = match (sparsity, n_of_m) {
+                    (_, Some([n, m])) => prune::Pattern::NofM { n: *n, m: *m },
+                    (s, None) => prune::Pattern::Rows { sparsity: s.unwrap_or(0.0) },
+                };
+                let summary = prune::prune_scored(&mut model, pattern, *score, &norms, layers)?;
+                let (total, kept) = summary.layers.iter().fold((0, 0), |(t, k), l| (t + l.1, k + l.2));
+                extra.insert("pruned_weights".into(), (total - kept).into());
+                extra.insert("sparsity_of_pruned_layers".into(), ((total - kept) as f64 / total.max(1) as f64).into());
+                (quantize::store_f32(&model), false)
+            }
+            Pass::Int4 { group, layers, keep } => {
+                let chosen = chosen_layers(&model, layers, keep)?;
+                extra.insert("group".into(), (*group).into());
+                (quantize::quantize_int4(&model, *group, &chosen)?, false)
+            }
+            Pass::Quantize { mode, layers, calibration: _ } => {
+                if *mode == quantize::Mode::Full {
+                    return Err(PipelineError::Quantize(quantize::QuantizeError::UnknownLayer(
+                        "full int8 (u8 activations) of Transformer layers is not implemented yet: use mode = \"weights\"".into(),
+                    )));
+                }
+                (quantize::quantize(&model, *mode, layers, &[])?, false)
+            }
+            Pass::Code {} => (quantize::store_f32(&model), true),
+            other => return Err(PipelineError::EmbeddingOnly(format!("pass '{}' does not run on hf_dir models", other.stage_name()))),
+        };
+        let path = path_for(&name, is_last);
+        guard_input(recipe, &path)?;
+        let m = store_and_measure(&path, &name, stored, entropy, &packed, &ids, n, Some(&reference), fp32_bytes, hf_bytes, t, extra)?;
+        on_event(Event::Measured(m.stage.clone()));
+        let mean = m.stage.extra.get("mean_cosine").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        let min = m.stage.extra.get("min_cosine").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        report.stages.push(m.stage);
+        if !(mean >= min_mean && min >= min_each) {
+            let reason = format!("cosine to the fp32 embeddings on {n} held-out sentences: mean {mean:.6} (gate ≥ {min_mean}), min {min:.6} (gate ≥ {min_each})");
+            report.result = Outcome::Failed;
+            report.failed_stage = Some(name.clone());
+            report.reason = Some(reason.clone());
+            let report_path = write_report(&report, &opts.out_dir)?;
+            return Err(PipelineError::GateFailed { stage: name, reason, report: report_path });
+        }
+    }
+    write_report(&report, &opts.out_dir)?;
+    Ok(report)
+}
+
+/// Nodes to quantize: `layers` (all weighted nodes when empty) minus `keep`.
+fn chosen_layers(model: &Model, layers: &[String], keep: &[String]) -> Result<Vec<String>, quantize::QuantizeError> {
+    let weighted: Vec<String> = model.params.specs.iter().filter(|s| s.kind == crate::spec::ParamKind::Weight).map(|s| s.node.clone()).collect();
+    if let Some(l) = layers.iter().chain(keep).find(|l| !weighted.contains(l)) {
+        return Err(quantize::QuantizeError::UnknownLayer(l.clone()));
+    }
+    let mut out: Vec<String> = if layers.is_empty() { weighted } else { layers.to_vec() };
+    out.dedup();
+    out.retain(|l| !keep.contains(l));
+    Ok(out)
+}
