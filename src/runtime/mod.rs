@@ -12,6 +12,7 @@
 //! - [`exec`]: the executor that runs a graph from its stored weights, choosing per
 //!   layer the fastest kernel the stored encoding allows (timed at plan build).
 
+pub mod codebook;
 pub mod exec;
 pub mod int8;
 pub mod kernels;
