@@ -168,15 +168,13 @@ struct Reach {
     units: usize,
     /// Elements per unit in the node's own output (positions of a filter; 1 for Linear).
     positions: usize,
-    /// Whether each unit's values are interleaved (`[positions, units]`, a Linear on a
-    /// sequence) rather than consecutive (`[units, positions]`, a Conv2d channel).
-    unit_last: bool,
     /// The value whose |activation| [`Score::MeanActivation`] averages.
     activation: String,
     /// Weighted nodes reading the units, with the elements per unit in their input.
     consumers: Vec<(String, usize)>,
     /// The unit is the last dimension of the output (a recurrent node's `[H]` or
-    /// `[steps, H]`), so its elements are `units` apart instead of one block.
+    /// `[steps, H]`, a Linear on a sequence `[positions, units]`), so its elements are
+    /// `units` apart instead of one block (a Conv2d channel's `[units, positions]`).
     unit_last: bool,
     /// Per-channel Normalize nodes on the way, whose mean/std are sliced.
     normalizes: Vec<String>,
