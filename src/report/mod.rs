@@ -282,6 +282,7 @@ impl Report {
         }
         md += " / file bytes.\n";
         self.tasks_markdown(&mut md);
+        self.fidelity_markdown(&mut md);
         for st in &self.stages {
             let Some(d) = &st.distillation else { continue };
             _ = write!(
@@ -324,6 +325,33 @@ impl Report {
 
     /// The per-task table of multi-task stages (`extra.tasks`, written by recipes with
     /// `[[task]]` tables), if any.
+    /// An embedding model's stages: cosine to the fp32 embeddings, share of the original
+    /// safetensors, batch-32 speed (the classifier columns above stay empty for them).
+    fn fidelity_markdown(&self, md: &mut String) {
+        let stages: Vec<&Stage> = self.stages.iter().filter(|s| s.extra.contains_key("heldout_sentences")).collect();
+        if stages.is_empty() {
+            return;
+        }
+        *md += "\n## Embedding fidelity\n\n| Stage | Mean cosine | Min cosine (sentence) | % of the original safetensors | Latency b32 (ms) | Sentences/s b32 |\n";
+        *md += "|---|--:|--:|--:|--:|--:|\n";
+        let f = |s: &Stage, key: &str| s.extra.get(key).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+        for s in &stages {
+            let worst = s.extra.get("min_cosine_sentence").and_then(serde_json::Value::as_u64).map_or(String::new(), |i| format!(" (#{i})"));
+            _ = writeln!(
+                md,
+                "| {} | {} | {}{worst} | {} | {} | {} |",
+                cell(&s.name),
+                num(f(s, "mean_cosine"), 6, false),
+                num(f(s, "min_cosine"), 6, false),
+                num(100.0 * f(s, "fraction_of_hf_safetensors"), 2, false),
+                num(f(s, "latency_ms_b32"), 1, false),
+                num(f(s, "sentences_per_s_b32"), 1, false),
+            );
+        }
+        let n = stages[0].extra.get("heldout_sentences").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        _ = writeln!(md, "\nMeasured on {n} held-out sentences; the baseline is the reference, so its cosine is 1 by definition or absent.");
+    }
+
     fn tasks_markdown(&self, md: &mut String) {
         let shared: Vec<&Stage> = self.stages.iter().filter(|s| s.extra.get("tasks").is_some_and(|t| t.is_array())).collect();
         if shared.is_empty() {
