@@ -343,10 +343,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                     seed: recipe.seed.wrapping_add(1000 * (i as u64 + 1)),
                     ..train_cfg.clone()
                 };
-                train::train(&mut model, &splits.train.images, &splits.train.labels, &tcfg, &mut |e| on_event(Event::Train(e)));
-                if *half_precision {
-                    share::round_to_half(&mut model);
-                }
+                fine_tune_shared(&mut model, &splits, &tcfg, *half_precision, on_event);
                 let layers: Vec<serde_json::Value> = summary
                     .layers
                     .iter()
@@ -367,10 +364,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                     seed: recipe.seed.wrapping_add(1000 * (i as u64 + 1)),
                     ..train_cfg.clone()
                 };
-                train::train(&mut model, &splits.train.images, &splits.train.labels, &tcfg, &mut |e| on_event(Event::Train(e)));
-                if *half_precision {
-                    share::round_to_half(&mut model);
-                }
+                fine_tune_shared(&mut model, &splits, &tcfg, *half_precision, on_event);
                 let layers: Vec<serde_json::Value> = summary
                     .layers
                     .iter()
@@ -539,11 +533,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 recipe.gate.max_accuracy_drop * 100.0,
                 (drop - recipe.gate.max_accuracy_drop) * 100.0
             );
-            report.result = Outcome::Failed;
-            report.failed_stage = Some(name.clone());
-            report.reason = Some(reason.clone());
-            let report_path = write_report(&report, &opts.out_dir)?;
-            return Err(PipelineError::GateFailed { stage: name, reason, report: report_path });
+            return Err(gate_failed(&mut report, &opts.out_dir, name, reason));
         }
     }
     write_report(&report, &opts.out_dir)?;
@@ -659,6 +649,27 @@ pub fn file_counts(file: &ModelFile, path: &Path) -> Result<(u64, u64, f64), Sto
 }
 
 /// Writes `report.json` and `report.md` atomically; returns the JSON's path.
+/// Fine-tunes a weight-shared (k-means or hashed) model with its sharing held, then
+/// rounds its shared values to f16 when the pass asks for half precision.
+fn fine_tune_shared(model: &mut Model, splits: &Splits, cfg: &TrainConfig, half_precision: bool, on_event: &mut dyn FnMut(Event)) {
+    train::train(model, &splits.train.images, &splits.train.labels, cfg, &mut |e| on_event(Event::Train(e)));
+    if half_precision {
+        share::round_to_half(model);
+    }
+}
+
+/// Marks `report` failed at `stage` for `reason`, writes it to `dir`, and returns the
+/// error that names the stage and the written report (or the write's own error).
+fn gate_failed(report: &mut Report, dir: &Path, stage: String, reason: String) -> PipelineError {
+    report.result = Outcome::Failed;
+    report.failed_stage = Some(stage.clone());
+    report.reason = Some(reason.clone());
+    match write_report(report, dir) {
+        Ok(path) => PipelineError::GateFailed { stage, reason, report: path },
+        Err(e) => e,
+    }
+}
+
 pub fn write_report(report: &Report, dir: &Path) -> Result<PathBuf, PipelineError> {
     let json = dir.join("report.json");
     let md = dir.join("report.md");

@@ -14,13 +14,13 @@ use crate::format::sqz::SqzModel;
 use crate::model::Model;
 use crate::recipe::{Pass, Recipe};
 use crate::report::measure::{median_and_spread, peak_rss_bytes};
-use crate::report::{Gate, Outcome, Report, Stage};
+use crate::report::{Gate, Report, Stage};
 use crate::runtime::exec::{Plan, RuntimeError, Workspace};
 use crate::spec::Op;
 use crate::store::{self, ModelFile};
 use crate::text::{self, TextEncoder, TextError};
 
-use super::{Event, PipelineError, RunOptions, file_counts, guard_input, new_report, write_report};
+use super::{Event, PipelineError, RunOptions, file_counts, guard_input, new_report, write_report, gate_failed};
 
 /// Why text or an embedder cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -316,11 +316,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         report.stages.push(m.stage);
         if !(mean >= min_mean && min >= min_each) {
             let reason = format!("cosine to the fp32 embeddings on {n} held-out sentences: mean {mean:.6} (gate ≥ {min_mean}), min {min:.6} (gate ≥ {min_each})");
-            report.result = Outcome::Failed;
-            report.failed_stage = Some(name.clone());
-            report.reason = Some(reason.clone());
-            let report_path = write_report(&report, &opts.out_dir)?;
-            return Err(PipelineError::GateFailed { stage: name, reason, report: report_path });
+            return Err(gate_failed(&mut report, &opts.out_dir, name, reason));
         }
     }
     write_report(&report, &opts.out_dir)?;

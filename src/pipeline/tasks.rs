@@ -12,13 +12,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::{Event, PipelineError, RunOptions, guard_input, load_data, measure_stage, write_report};
+use super::{Event, PipelineError, RunOptions, guard_input, load_data, measure_stage, write_report, gate_failed};
 use crate::compress::multitask::{self, MultitaskConfig, SoftConfig, Task};
 use crate::compress::quantize;
 use crate::data::{Dataset, Splits};
 use crate::model::zoo;
 use crate::recipe::{Pass, Recipe, ShareForm};
-use crate::report::{Outcome, Report};
+use crate::report::Report;
 use crate::store;
 use crate::train::TrainConfig;
 
@@ -155,11 +155,7 @@ pub(super) fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(E
                 drop * 100.0,
                 recipe.gate.max_accuracy_drop * 100.0
             );
-            report.result = Outcome::Failed;
-            report.failed_stage = Some(name.clone());
-            report.reason = Some(reason.clone());
-            let report_path = write_report(&report, &opts.out_dir)?;
-            return Err(PipelineError::GateFailed { stage: name, reason, report: report_path });
+            return Err(gate_failed(&mut report, &opts.out_dir, name, reason));
         }
     }
     write_report(&report, &opts.out_dir)?;
