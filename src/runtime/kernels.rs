@@ -1463,39 +1463,27 @@ pub fn avgpool(x: &[f32], g: &Window, y: &mut [f32]) {
     let (oh, ow) = (g.out_height(), g.out_width());
     assert!(x.len() >= g.channels * g.height * g.width && y.len() >= g.channels * oh * ow, "avgpool: buffer too short");
     let inv = 1.0 / (g.kernel * g.kernel) as f32;
-    for c in 0..g.channels {
-        let base = c * g.height * g.width;
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut acc = 0.0f32;
-                for ki in 0..g.kernel {
-                    let iy = (oy * g.stride + ki) as isize - g.padding as isize;
-                    if iy < 0 || iy >= g.height as isize {
-                        continue;
-                    }
-                    let row = base + iy as usize * g.width;
-                    for kj in 0..g.kernel {
-                        let ix = (ox * g.stride + kj) as isize - g.padding as isize;
-                        if ix >= 0 && ix < g.width as isize {
-                            acc += x[row + ix as usize];
-                        }
-                    }
-                }
-                y[(c * oh + oy) * ow + ox] = acc * inv;
-            }
-        }
-    }
+    let y = &mut y[..g.channels * oh * ow];
+    y.fill(0.0);
+    window_taps(g, |o, i| y[o] += x[i]);
+    y.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// Adds the gradient of [`avgpool`] for one sample: `dx[window] += dy / kernel²`.
 pub fn avgpool_backward_add(dy: &[f32], g: &Window, dx: &mut [f32]) {
-    let (oh, ow) = (g.out_height(), g.out_width());
     let inv = 1.0 / (g.kernel * g.kernel) as f32;
+    window_taps(g, |o, i| dx[i] += dy[o] * inv);
+}
+
+/// Calls `f(output index, input index)` for every tap of every window of `g` that lies
+/// inside the input (padding taps are skipped), window by window, taps in row order.
+fn window_taps(g: &Window, mut f: impl FnMut(usize, usize)) {
+    let (oh, ow) = (g.out_height(), g.out_width());
     for c in 0..g.channels {
         let base = c * g.height * g.width;
         for oy in 0..oh {
             for ox in 0..ow {
-                let d = dy[(c * oh + oy) * ow + ox] * inv;
+                let o = (c * oh + oy) * ow + ox;
                 for ki in 0..g.kernel {
                     let iy = (oy * g.stride + ki) as isize - g.padding as isize;
                     if iy < 0 || iy >= g.height as isize {
@@ -1505,7 +1493,7 @@ pub fn avgpool_backward_add(dy: &[f32], g: &Window, dx: &mut [f32]) {
                     for kj in 0..g.kernel {
                         let ix = (ox * g.stride + kj) as isize - g.padding as isize;
                         if ix >= 0 && ix < g.width as isize {
-                            dx[row + ix as usize] += d;
+                            f(o, row + ix as usize);
                         }
                     }
                 }
