@@ -279,6 +279,12 @@ enum Command {
         /// ONNX fp32 even when the model is quantized (weights dequantized).
         #[arg(long)]
         float: bool,
+        /// How a QDQ export stores int8 weights: uint8 (value + 128, zero point 128; exact
+        /// in ONNX Runtime on every x86 CPU) or int8 (symmetric, zero point 0, as TensorRT
+        /// requires; ONNX Runtime's AVX2 u8×s8 kernels can saturate on it without VNNI).
+        /// The real weight values are the same either way.
+        #[arg(long, value_enum, default_value_t = WeightTypeArg::Uint8)]
+        weight_type: WeightTypeArg,
         /// Inputs on which the re-read export must give the model's outputs (safetensors).
         #[arg(long, default_value_t = 16)]
         check_inputs: usize,
@@ -410,6 +416,12 @@ enum ExportFormat {
     Onnx,
     /// Dense f32 tensors (PyTorch key names for imported models), checked by re-reading.
     Safetensors,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum WeightTypeArg {
+    Uint8,
+    Int8,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -579,8 +591,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd_distill(&teacher, &student, &cfg, seeds, &out, &data)
         }
         Command::Share { share, out, data } => share_tasks(&share, &out, &data),
-        Command::Export { model, format, out, float, check_inputs } => {
-            export(&model, format, &out, float, check_inputs)?;
+        Command::Export { model, format, out, float, weight_type, check_inputs } => {
+            let weight_type = match weight_type {
+                WeightTypeArg::Uint8 => squeeze::format::onnx::WeightType::Uint8,
+                WeightTypeArg::Int8 => squeeze::format::onnx::WeightType::Int8,
+            };
+            export(&model, format, &out, float, weight_type, check_inputs)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { model } => {
@@ -819,7 +835,7 @@ impl TrainBar {
     }
 }
 
-fn export(path: &Path, format: ExportFormat, out: &Path, float: bool, check_inputs: usize) -> Result<()> {
+fn export(path: &Path, format: ExportFormat, out: &Path, float: bool, weight_type: squeeze::format::onnx::WeightType, check_inputs: usize) -> Result<()> {
     use squeeze::format::onnx;
     refuse_overwrite(out, &[path])?;
     let file = store::read(path)?;
@@ -838,9 +854,13 @@ fn export(path: &Path, format: ExportFormat, out: &Path, float: bool, check_inpu
             return Ok(());
         }
         ExportFormat::Onnx => {
-            let e = store::export_onnx(path, file, float).with_context(|| format!("exporting '{}' as ONNX", path.display()))?;
+            let e = store::export_onnx(path, file, float, weight_type).with_context(|| format!("exporting '{}' as ONNX", path.display()))?;
             if e.int8_layers > 0 {
-                out!("ONNX opset {}, QDQ int8: {} integer layers with per-channel int8 weights and squeeze's calibrated u8 activations", onnx::export::EXPORT_OPSET, e.int8_layers);
+                let weights = match weight_type {
+                    onnx::WeightType::Uint8 => "int8 weights stored as uint8 (zero point 128)",
+                    onnx::WeightType::Int8 => "int8 weights (zero point 0)",
+                };
+                out!("ONNX opset {}, QDQ int8: {} integer layers with per-channel {weights} and squeeze's calibrated u8 activations", onnx::export::EXPORT_OPSET, e.int8_layers);
                 out!("checked: imported again, max |difference| {:.2e} from the model run on dequantized weights ({} inputs)", e.max_diff, e.samples);
             } else {
                 out!("ONNX opset {}, fp32 (every tensor decoded to dense f32)", onnx::export::EXPORT_OPSET);

@@ -384,11 +384,12 @@ pub struct OnnxExport {
 /// model: fp32 must agree within 1e-5 (relative to the outputs' magnitude); QDQ is
 /// compared with the stored model run in float from its dequantized weights, within 1e-3
 /// (the int32 bias rounding). The activation quantization itself is what ONNX Runtime
-/// runs (checked against squeeze's integer kernels by the test suite).
-pub fn export_onnx(path: &Path, file: ModelFile, float: bool) -> Result<OnnxExport, StoreError> {
+/// runs (checked against squeeze's integer kernels by the test suite). `weight_type`:
+/// how the QDQ file stores the integer layers' weights (see [`onnx::WeightType`]).
+pub fn export_onnx(path: &Path, file: ModelFile, float: bool, weight_type: onnx::WeightType) -> Result<OnnxExport, StoreError> {
     let (graph, bytes, reference, tolerance, int8_layers) = match file {
         ModelFile::Sqz(s) if !float && !s.quant.integer_nodes.is_empty() => {
-            let bytes = onnx::encode_qdq(&s)?;
+            let bytes = onnx::encode_qdq(&s, weight_type)?;
             // The float run of the same weights (int8 dequantized at load).
             let w = s
                 .tensors

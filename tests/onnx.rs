@@ -384,3 +384,55 @@ fn recipe_preprocess_for_an_onnx_model_becomes_part_of_the_model() {
     assert_error(&o, "[model.preprocess] in the recipe does not fit the model's input");
     assert!(!bad_out.join("report.json").exists());
 }
+
+/// A QDQ export computes what squeeze's integer path computes in ONNX Runtime's default
+/// (optimised) session, also where ONNX Runtime's x86 u8×s8 kernels without VNNI
+/// (`vpmaddubsw`) would saturate: inputs near 1 (u8 ≈ 255) times large same-sign weights
+/// (int8 64..127) make 16-bit sums of two products exceed 32767. The default export stores
+/// the weights as uint8 with zero point 128, which ONNX Runtime runs on its exact u8×u8
+/// kernels; `--weight-type int8` is the symmetric file (printed for comparison, not
+/// asserted: on a CPU with VNNI it is exact too).
+#[test]
+fn qdq_export_matches_squeeze_int8_where_u8s8_kernels_saturate() {
+    use squeeze::compress::quantize::{quantize, Mode};
+    use squeeze::spec::{Graph, Op};
+    let d = Dir::new();
+    let graph = Graph::chain(
+        vec![256],
+        vec![
+            ("fc", Op::Linear { in_features: 256, out_features: 16, bias: true }),
+            ("relu", Op::Relu),
+            ("out", Op::Linear { in_features: 16, out_features: 4, bias: true }),
+        ],
+    );
+    let mut model = squeeze::model::Model::init(graph, 7).unwrap();
+    // fc's weights all positive, between half and all of each row's maximum (init draws
+    // them in ±1/16): int8 codes 64..127.
+    let w = model.params.get_mut("fc.weight").unwrap();
+    w.iter_mut().for_each(|v| *v = 0.0625 + v.abs());
+    let mut rng = squeeze::rng::Rng::new(8);
+    let calibration: Vec<f32> = (0..64 * 256).map(|_| rng.next_f32()).collect();
+    let q = quantize(&model, Mode::Full, &[], &calibration).unwrap();
+    let sqz = d.path("q.sqz");
+    squeeze::store::write_sqz(&sqz, &q).unwrap();
+    let (u8_onnx, i8_onnx) = (d.path("u8.onnx"), d.path("i8.onnx"));
+    let o = squeeze(&["export", s(&sqz), "--format", "onnx", "--out", s(&u8_onnx)]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("stored as uint8 (zero point 128)"), "{}", o.stdout);
+    let o = squeeze(&["export", s(&sqz), "--format", "onnx", "--weight-type", "int8", "--out", s(&i8_onnx)]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    if !onnxruntime_available() {
+        return;
+    }
+    // Inputs in [0.9, 1]: u8 codes near 255.
+    let n = 32;
+    let x: Vec<f32> = (0..n * 256).map(|_| 0.9 + 0.1 * rng.next_f32()).collect();
+    let want = squeeze_outputs(&sqz, &x, n);
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = |got: &[f32]| got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let (u8_diff, i8_diff) = (diff(&onnxruntime(&d, &u8_onnx, &x, n)), diff(&onnxruntime(&d, &i8_onnx, &x, n)));
+    eprintln!("outputs up to {scale:.3}: max |squeeze int8 − onnxruntime| {u8_diff:.3e} (uint8 weights), {i8_diff:.3e} (int8 weights)");
+    // Fixed-point (squeeze) against float (ONNX Runtime) requantization: a step of fc's
+    // output scale at most, a small fraction of the outputs.
+    assert!(u8_diff <= 0.02 * scale, "uint8-weight export: max |diff| {u8_diff} with outputs up to {scale}");
+}

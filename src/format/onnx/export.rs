@@ -8,6 +8,13 @@
 //!   scales (axis 0), its bias as int32 at scale `input_scale · weight_scale[o]` (as
 //!   squeeze's integer kernels round it), and a calibrated output is quantized again.
 //!   ONNX Runtime fuses these patterns into integer kernels (QLinearConv, QGemm/MatMulInteger).
+//!   The weights are written as [`WeightType::Uint8`] by default: squeeze's int8 value
+//!   plus 128 with zero point 128, the same real values. ONNX Runtime's x86 u8×s8 kernels
+//!   on CPUs without VNNI (`vpmaddubsw`) saturate 16-bit sums of two products, so an
+//!   int8-weight file computes something else there; its u8×u8 kernels widen to 16 bits
+//!   first and are exact, so the uint8 file computes what squeeze's integer path does.
+//!   [`WeightType::Int8`] (symmetric, zero point 0) is for runtimes that require it
+//!   (TensorRT).
 //!
 //! This module only encodes (format depends on spec, not on the runtime); the check
 //! that the bytes import again and compute what the model computes is
@@ -26,6 +33,18 @@ use crate::spec::{Cell, Graph, Op, QParams, QuantPlan, Recurrent, SpecError, INP
 
 /// The opset squeeze writes: per-axis DequantizeLinear needs 13.
 pub const EXPORT_OPSET: i64 = 13;
+
+/// How a QDQ export stores the integer layers' weights (the real values are the same).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightType {
+    /// `q + 128` as uint8 with zero point 128: exact in ONNX Runtime's u8×u8 kernels on
+    /// every x86 CPU.
+    #[default]
+    Uint8,
+    /// `q` as int8 with zero point 0 (symmetric): what TensorRT requires; ONNX Runtime's
+    /// u8×s8 AVX2 kernels can saturate on it (CPUs without VNNI).
+    Int8,
+}
 
 /// Why a model cannot be exported.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +207,7 @@ fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
 struct Int8 {
     plan: QuantPlan,
     weights: HashMap<String, (Vec<i8>, Vec<f32>)>,
+    weight_type: WeightType,
 }
 
 struct Writer {
@@ -270,9 +290,18 @@ fn build(graph: &Graph, tensors: &HashMap<String, Vec<f32>>, int8: Option<&Int8>
                     };
                     let (wq, ws) = q.weights.get(&wname).ok_or_else(|| ExportError::NotInt8(node.name.clone()))?;
                     let oc = wshape[0];
-                    w.inits.push(tensor_i8(&format!("{wname}.q"), &wshape, wq));
+                    match q.weight_type {
+                        WeightType::Uint8 => {
+                            let shifted: Vec<u8> = wq.iter().map(|&v| (v as i16 + 128) as u8).collect();
+                            w.inits.push(tensor_u8(&format!("{wname}.q"), &wshape, &shifted));
+                            w.inits.push(tensor_u8(&format!("{wname}.zero_point"), &[oc], &vec![128; oc]));
+                        }
+                        WeightType::Int8 => {
+                            w.inits.push(tensor_i8(&format!("{wname}.q"), &wshape, wq));
+                            w.inits.push(tensor_i8(&format!("{wname}.zero_point"), &[oc], &vec![0; oc]));
+                        }
+                    }
                     w.inits.push(tensor_f32(&format!("{wname}.scale"), &[oc], ws));
-                    w.inits.push(tensor_i8(&format!("{wname}.zero_point"), &[oc], &vec![0; oc]));
                     w.node(
                         "DequantizeLinear",
                         &format!("{wname}.dequantize"),
@@ -442,9 +471,10 @@ pub fn encode_f32(graph: &Graph, tensors: &HashMap<String, Vec<f32>>) -> Result<
     Ok(build(graph, tensors, None)?.encode_to_vec())
 }
 
-/// ONNX QDQ int8 of a quantized stored model (int8 weights stay int8, every other
-/// tensor is written as dense f32).
-pub fn encode_qdq(model: &SqzModel) -> Result<Vec<u8>, ExportError> {
+/// ONNX QDQ int8 of a quantized stored model (the integer layers' weights as
+/// `weight_type`, every other tensor as dense f32; recurrent layers' int8 weights stay
+/// int8 in front of a float LSTM/GRU, where no integer kernel reads them).
+pub fn encode_qdq(model: &SqzModel, weight_type: WeightType) -> Result<Vec<u8>, ExportError> {
     if model.quant.integer_nodes.is_empty() {
         return Err(ExportError::NotQuantized);
     }
@@ -461,6 +491,6 @@ pub fn encode_qdq(model: &SqzModel) -> Result<Vec<u8>, ExportError> {
         }
         dense.insert(t.name.clone(), t.to_dense_f32());
     }
-    let int8 = Int8 { plan: model.quant.clone(), weights };
+    let int8 = Int8 { plan: model.quant.clone(), weights, weight_type };
     Ok(build(&model.graph, &dense, Some(&int8))?.encode_to_vec())
 }

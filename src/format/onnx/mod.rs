@@ -19,5 +19,5 @@ pub mod proto;
 #[cfg(test)]
 mod recurrent_tests;
 
-pub use export::{encode_f32, encode_qdq, ExportError};
+pub use export::{encode_f32, encode_qdq, ExportError, WeightType};
 pub use import::{import, is_onnx, Imported, OnnxError, SUPPORTED_OPS};

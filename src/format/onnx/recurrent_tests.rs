@@ -64,7 +64,7 @@ fn recurrent_layers_round_trip_exactly() {
         ],
     );
     let model = Model::init(graph, 11).unwrap();
-    let check = export_onnx(Path::new("rnn"), ModelFile::Dense(crate::store::dense_file(&model)), false).unwrap();
+    let check = export_onnx(Path::new("rnn"), ModelFile::Dense(crate::store::dense_file(&model)), false, WeightType::Uint8).unwrap();
     assert!(check.max_diff <= check.tolerance, "{} > {}", check.max_diff, check.tolerance);
     let back = import(&check.bytes).unwrap();
     assert_eq!(kinds(&back.graph), kinds(&model.graph));
@@ -77,7 +77,7 @@ fn recurrent_layers_round_trip_exactly() {
     // The whole-sequence output as the graph output.
     let seq = Graph::chain(vec![4, 2], vec![("gru", Op::Gru { input_size: 2, hidden: 3, bias: true, sequence: true })]);
     let model = Model::init(seq, 12).unwrap();
-    let check = export_onnx(Path::new("seq"), ModelFile::Dense(crate::store::dense_file(&model)), false).unwrap();
+    let check = export_onnx(Path::new("seq"), ModelFile::Dense(crate::store::dense_file(&model)), false, WeightType::Uint8).unwrap();
     assert!(check.max_diff <= check.tolerance);
     assert_eq!(import(&check.bytes).unwrap().graph.outputs.len(), 1);
 }
@@ -99,7 +99,7 @@ fn qdq_export_of_a_quantized_lstm_model() {
     let mut rng = crate::rng::Rng::new(8);
     let calibration: Vec<f32> = (0..32 * 24).map(|_| rng.next_f32()).collect();
     let q = quantize(&model, Mode::Full, &[], &calibration).unwrap();
-    let check = export_onnx(Path::new("q"), ModelFile::Sqz(q), false).unwrap();
+    let check = export_onnx(Path::new("q"), ModelFile::Sqz(q), false, WeightType::Uint8).unwrap();
     assert!(check.max_diff <= check.tolerance, "{} > {}", check.max_diff, check.tolerance);
     assert_eq!(check.int8_layers, 1);
     assert_eq!(kinds(&import(&check.bytes).unwrap().graph), ["LSTM", "Linear"]);

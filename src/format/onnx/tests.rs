@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::format::onnx::{encode_f32, encode_qdq, ExportError};
+use crate::format::onnx::{encode_f32, encode_qdq, ExportError, WeightType};
 use crate::store::{export_onnx, ModelFile};
 use std::path::Path;
 use crate::runtime::exec::{Plan, Weights, Workspace};
@@ -98,11 +98,11 @@ fn every_zoo_model_exports_and_imports_back() {
         let model = crate::model::Model::init(crate::model::zoo::build(name).unwrap(), 3).unwrap();
         if *name == "vit" {
             // Transformer ops are refused with one clear error.
-            let e = export_onnx(Path::new(name), ModelFile::Dense(crate::store::dense_file(&model)), false).unwrap_err().to_string();
+            let e = export_onnx(Path::new(name), ModelFile::Dense(crate::store::dense_file(&model)), false, WeightType::Uint8).unwrap_err().to_string();
             assert!(e.contains("'patch' (PatchEmbed) cannot be exported to ONNX yet"), "{e}");
             continue;
         }
-        let check = export_onnx(Path::new(name), ModelFile::Dense(crate::store::dense_file(&model)), false).unwrap();
+        let check = export_onnx(Path::new(name), ModelFile::Dense(crate::store::dense_file(&model)), false, WeightType::Uint8).unwrap();
         assert!(check.max_diff <= check.tolerance, "{name}");
         assert_eq!(encode_f32(&model.graph, &model.tensors()).unwrap(), check.bytes);
         let back = import(&check.bytes).unwrap();
@@ -134,16 +134,35 @@ fn qdq_export_of_a_quantized_conv_model_imports_back() {
     let mut rng = crate::rng::Rng::new(6);
     let calibration: Vec<f32> = (0..64 * 64).map(|_| rng.next_f32()).collect();
     let q = quantize(&model, Mode::Full, &[], &calibration).unwrap();
-    let check = export_onnx(Path::new("q"), ModelFile::Sqz(q.clone()), false).unwrap();
+    let check = export_onnx(Path::new("q"), ModelFile::Sqz(q.clone()), false, WeightType::Uint8).unwrap();
     assert!(check.max_diff <= check.tolerance && check.int8_layers == 3);
     let back = import(&check.bytes).unwrap();
     assert!(back.notes.iter().any(|n| n.contains("QDQ pairs are dropped")), "{:?}", back.notes);
     assert_eq!(back.graph.nodes.iter().filter(|n| n.op.has_weight()).count(), 3);
+    // The default file stores the weights as uint8 (q + 128, zero point 128), the int8
+    // file as int8 with zero point 0: the same real values, so both import to the same
+    // dequantized weights.
+    let int8 = export_onnx(Path::new("q"), ModelFile::Sqz(q.clone()), false, WeightType::Int8).unwrap();
+    assert!(int8.max_diff <= int8.tolerance && int8.int8_layers == 3);
+    let weight_init = |bytes: &[u8], suffix: &str| {
+        let m = <super::super::proto::ModelProto as prost::Message>::decode(bytes).unwrap();
+        m.graph.unwrap().initializer.into_iter().find(|t| t.name.as_deref() == Some(&format!("fc.weight.{suffix}"))).unwrap()
+    };
+    use super::super::proto::data_type;
+    let (u8_q, u8_zero) = (weight_init(&check.bytes, "q"), weight_init(&check.bytes, "zero_point"));
+    assert_eq!((u8_q.data_type, u8_zero.data_type), (Some(data_type::UINT8), Some(data_type::UINT8)));
+    assert!(u8_zero.raw_data.as_deref().unwrap().iter().all(|&z| z == 128));
+    let (i8_q, i8_zero) = (weight_init(&int8.bytes, "q"), weight_init(&int8.bytes, "zero_point"));
+    assert_eq!((i8_q.data_type, i8_zero.data_type), (Some(data_type::INT8), Some(data_type::INT8)));
+    let shifted: Vec<u8> = i8_q.raw_data.unwrap().iter().map(|&b| (b as i8 as i16 + 128) as u8).collect();
+    assert_eq!(u8_q.raw_data.unwrap(), shifted);
+    let int8_back = import(&int8.bytes).unwrap();
+    assert_eq!(int8_back.tensors, back.tensors, "both weight types dequantize to the same weights");
     // A float model has nothing to export as QDQ.
     let f = crate::compress::quantize::store_f32(&model);
-    assert!(matches!(encode_qdq(&f), Err(ExportError::NotQuantized)));
+    assert!(matches!(encode_qdq(&f, WeightType::Uint8), Err(ExportError::NotQuantized)));
     // --float: the same quantized model as fp32 (weights dequantized).
-    assert_eq!(export_onnx(Path::new("q"), ModelFile::Sqz(q), true).unwrap().int8_layers, 0);
+    assert_eq!(export_onnx(Path::new("q"), ModelFile::Sqz(q), true, WeightType::Uint8).unwrap().int8_layers, 0);
 }
 
 /// Grouped (group 2, BatchNorm folded in), depthwise dilated (group 6, dilation 2)
@@ -174,7 +193,7 @@ fn grouped_depthwise_dilated_convs_and_padded_maxpool_match_onnxruntime() {
     let mut rng = crate::rng::Rng::new(3);
     let calibration: Vec<f32> = (0..32 * 484).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
     let q = crate::compress::quantize::quantize(&model, crate::compress::quantize::Mode::Full, &[], &calibration).unwrap();
-    let check = export_onnx(Path::new("q"), ModelFile::Sqz(q), false).unwrap();
+    let check = export_onnx(Path::new("q"), ModelFile::Sqz(q), false, WeightType::Uint8).unwrap();
     assert!(check.max_diff <= check.tolerance && check.int8_layers == 4, "{} > {} ({} int8 layers)", check.max_diff, check.tolerance, check.int8_layers);
 }
 
