@@ -474,11 +474,11 @@ fn sequence_shapes_that_do_not_fit_are_one_clear_error() {
     let head = |h| ("fc", Op::Linear { in_features: h, out_features: 10, bias: true });
     // A model reading 27 features per step: the data holds 28×28 images.
     let narrow = d.path("narrow.safetensors");
-    let g = Graph::chain(vec![28, 27], vec![("lstm", Op::Lstm { input_size: 27, hidden: 8, bias: true, sequence: false }), head(8)]);
+    let g = Graph::chain(vec![28, 27], vec![("lstm", Op::Lstm { input_size: 27, hidden: 8, bias: true, sequence: false, bidirectional: false }), head(8)]);
     squeeze::store::write_safetensors(&narrow, &squeeze::model::Model::init(g, 1).unwrap()).unwrap();
     assert_error(&squeeze(&["eval", narrow.to_str().unwrap(), "--data", ds, "--validation", "100"]), "shape mismatch");
     // A stored graph whose GRU width does not match its sequence: refused when read.
-    let g = Graph::chain(vec![28, 28], vec![("gru", Op::Gru { input_size: 28, hidden: 8, bias: true, sequence: false }), head(8)]);
+    let g = Graph::chain(vec![28, 28], vec![("gru", Op::Gru { input_size: 28, hidden: 8, bias: true, sequence: false, bidirectional: false }), head(8)]);
     let good = squeeze::model::Model::init(g, 1).unwrap();
     let bytes = squeeze::format::safetensors::encode(&squeeze::store::dense_file(&good)).unwrap();
     // Edit the graph in the header (escaped JSON in the metadata) to input_size 14: same
@@ -494,7 +494,7 @@ fn sequence_shapes_that_do_not_fit_are_one_clear_error() {
     }
     // Your own sequences that do not fit a [28, 28] model: 20 steps, or 30 features per step.
     let model = d.path("lstm.safetensors");
-    let g = Graph::chain(vec![28, 28], vec![("lstm", Op::Lstm { input_size: 28, hidden: 8, bias: true, sequence: false }), head(8)]);
+    let g = Graph::chain(vec![28, 28], vec![("lstm", Op::Lstm { input_size: 28, hidden: 8, bias: true, sequence: false, bidirectional: false }), head(8)]);
     squeeze::store::write_safetensors(&model, &squeeze::model::Model::init(g, 1).unwrap()).unwrap();
     for (steps, width) in [(20usize, 28usize), (28, 30)] {
         let n = 40;

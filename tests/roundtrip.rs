@@ -62,8 +62,8 @@ fn recurrent_stack() -> Graph {
     Graph::chain(
         vec![5, 3],
         vec![
-            ("lstm", Op::Lstm { input_size: 3, hidden: 6, bias: true, sequence: true }),
-            ("gru", Op::Gru { input_size: 6, hidden: 4, bias: true, sequence: false }),
+            ("lstm", Op::Lstm { input_size: 3, hidden: 6, bias: true, sequence: true, bidirectional: false }),
+            ("gru", Op::Gru { input_size: 6, hidden: 4, bias: true, sequence: false, bidirectional: false }),
             ("fc", Op::Linear { in_features: 4, out_features: 3, bias: true }),
             ("softmax", Op::Softmax),
         ],

@@ -190,6 +190,11 @@ fn reach(graph: &Graph, shapes: &HashMap<String, Vec<usize>>, idx: usize) -> Res
             return Err(format!("it is a grouped convolution (groups = {groups}); trimming grouped convolutions is not supported"));
         }
         Op::Conv2d { out_channels, .. } => out_channels,
+        // A unit of a bidirectional node is two (one per direction) and its output
+        // interleaves them per step; not supported yet.
+        Op::Lstm { bidirectional: true, .. } | Op::Gru { bidirectional: true, .. } => {
+            return Err("it is a bidirectional LSTM/GRU; trimming bidirectional recurrent layers is not supported".into());
+        }
         Op::Lstm { hidden, .. } | Op::Gru { hidden, .. } => hidden,
         _ => return Err("it is not a Linear, Conv2d, LSTM or GRU node".into()),
     };
@@ -249,6 +254,13 @@ fn reach(graph: &Graph, shapes: &HashMap<String, Vec<usize>>, idx: usize) -> Res
                 Op::Conv2d { groups, .. } if *groups > 1 => {
                     return Err(format!(
                         "its output feeds the grouped convolution '{}' (groups = {groups}); trimming into grouped convolutions is not supported",
+                        reader.name
+                    ));
+                }
+                Op::Lstm { bidirectional: true, .. } | Op::Gru { bidirectional: true, .. } => {
+                    return Err(format!(
+                        "its output feeds the bidirectional {} '{}'; trimming into bidirectional recurrent layers is not supported",
+                        reader.op.kind(),
                         reader.name
                     ));
                 }
@@ -618,8 +630,11 @@ fn trim_recurrent(
     if let Op::Lstm { input_size, hidden, .. } | Op::Gru { input_size, hidden, .. } = &mut node.op {
         (*input_size, *hidden) = (inputs.len(), units.len());
     }
-    for (suffix, cols, cols_kept) in [("weight_ih", r.input_size, &inputs[..]), ("weight_hh", r.hidden, &units[..]), ("bias_ih", 1, &[0][..]), ("bias_hh", 1, &[0][..])] {
-        let pname = format!("{}.{suffix}", node.name);
+    // A bidirectional node is never trimmed nor trimmed into (refused above): both
+    // directions' tensors are copied whole.
+    let params = [("weight_ih", r.input_size, &inputs[..]), ("weight_hh", r.hidden, &units[..]), ("bias_ih", 1, &[0][..]), ("bias_hh", 1, &[0][..])];
+    for (d, (suffix, cols, cols_kept)) in (0..r.directions()).flat_map(|d| params.iter().map(move |p| (d, *p))) {
+        let pname = format!("{}.{}", node.name, crate::spec::Recurrent::param_suffix(suffix, d));
         let Some(data) = model.params.get(&pname) else { continue };
         let shape = if cols == 1 && suffix.starts_with("bias") { vec![rows.len()] } else { vec![rows.len(), cols_kept.len()] };
         tensors.insert(pname.clone(), (shape, slice(data, cols, 1, &rows, cols_kept)));
@@ -938,12 +953,39 @@ mod tests {
         assert_eq!(same.params, r.params);
     }
 
+    /// Bidirectional recurrent layers are refused by name, as the trimmed layer and as
+    /// a reader; trimming other layers copies their four `_reverse` tensors whole.
+    #[test]
+    fn bidirectional_recurrent_layers_are_refused_clearly_and_copied_whole() {
+        let g = Graph::chain(
+            vec![5, 3],
+            vec![
+                ("r1", Op::Lstm { input_size: 3, hidden: 6, bias: true, sequence: true, bidirectional: false }),
+                ("r2", Op::Gru { input_size: 6, hidden: 4, bias: true, sequence: false, bidirectional: true }),
+                ("fc1", Op::Linear { in_features: 8, out_features: 6, bias: true }),
+                ("relu", Op::Relu),
+                ("fc2", Op::Linear { in_features: 6, out_features: 3, bias: true }),
+            ],
+        );
+        let m = Model::init(g, 4).unwrap();
+        let e = trim(&m, &cfg(0.5, Score::L2, &["r2"], &[]), &[]).unwrap_err().to_string();
+        assert!(e.contains("'r2'") && e.contains("bidirectional LSTM/GRU"), "{e}");
+        let e = trim(&m, &cfg(0.5, Score::L2, &["r1"], &[]), &[]).unwrap_err().to_string();
+        assert!(e.contains("feeds the bidirectional GRU 'r2'"), "{e}");
+        let (t, _) = trim(&m, &cfg(0.5, Score::L2, &["fc1"], &[]), &[]).unwrap();
+        for suffix in ["weight_ih_reverse", "weight_hh_reverse", "bias_ih_reverse", "bias_hh_reverse", "weight_ih"] {
+            let name = format!("r2.{suffix}");
+            assert_eq!(t.params.get(&name).unwrap(), m.params.get(&name).unwrap(), "{name}");
+        }
+        assert_eq!(t.params.get("fc1.weight").unwrap().len(), 3 * 8);
+    }
+
     /// Two stacked recurrent layers and a head, with some hidden units dead (every gate
     /// row and bias zero: h stays exactly 0 for an LSTM and a GRU alike).
     fn stacked_recurrent(cell: &str, dead1: &[usize], dead2: &[usize]) -> Model {
         let rec = |i, h, sequence| match cell {
-            "lstm" => Op::Lstm { input_size: i, hidden: h, bias: true, sequence },
-            _ => Op::Gru { input_size: i, hidden: h, bias: true, sequence },
+            "lstm" => Op::Lstm { input_size: i, hidden: h, bias: true, sequence, bidirectional: false },
+            _ => Op::Gru { input_size: i, hidden: h, bias: true, sequence, bidirectional: false },
         };
         let g = Graph::chain(vec![5, 3], vec![("r1", rec(3, 6, true)), ("r2", rec(6, 7, false)), ("fc", Op::Linear { in_features: 7, out_features: 4, bias: true })]);
         let mut m = Model::init(g, 21).unwrap();
@@ -990,7 +1032,7 @@ mod tests {
         // A Linear reading a whole sequence flattened cannot follow a trimmed recurrent node.
         let g = Graph::chain(
             vec![5, 3],
-            vec![("r", Op::Lstm { input_size: 3, hidden: 4, bias: true, sequence: true }), ("f", Op::Flatten), ("fc", Op::Linear { in_features: 20, out_features: 2, bias: true })],
+            vec![("r", Op::Lstm { input_size: 3, hidden: 4, bias: true, sequence: true, bidirectional: false }), ("f", Op::Flatten), ("fc", Op::Linear { in_features: 20, out_features: 2, bias: true })],
         );
         let m = Model::init(g, 1).unwrap();
         let e = trim(&m, &cfg(0.5, Score::L1, &["r"], &[]), &[]).unwrap_err();

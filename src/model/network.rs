@@ -195,7 +195,9 @@ impl Workspace {
             .map(|(node, s)| {
                 let geo = s.op.recurrent()?;
                 let steps_len = shapes[&node.inputs[0]][0];
-                let ranges = crate::spec::RECURRENT_PARAMS.map(|(suffix, _)| range(&model.params, format!("{}.{suffix}", node.name)));
+                let ranges = (0..geo.directions())
+                    .map(|d| crate::spec::RECURRENT_PARAMS.map(|(suffix, _)| range(&model.params, format!("{}.{}", node.name, crate::spec::Recurrent::param_suffix(suffix, d)))))
+                    .collect();
                 Some(RecurrentLayer::new(geo, steps_len, ranges, capacity))
             })
             .collect();
@@ -1059,8 +1061,8 @@ mod tests {
     /// 4 steps of 3 features → 5 units per step → 4 units → 3 classes.
     fn tiny_recurrent(cell: &str) -> Graph {
         let rec = |input_size, hidden, sequence| match cell {
-            "lstm" => Op::Lstm { input_size, hidden, bias: true, sequence },
-            _ => Op::Gru { input_size, hidden, bias: true, sequence },
+            "lstm" => Op::Lstm { input_size, hidden, bias: true, sequence, bidirectional: false },
+            _ => Op::Gru { input_size, hidden, bias: true, sequence, bidirectional: false },
         };
         Graph::chain(
             vec![4, 3],
@@ -1081,6 +1083,38 @@ mod tests {
             model.params.data.iter_mut().for_each(|v| *v *= 2.0);
             check_gradients(&model, 30 + i as u64, 3);
         }
+    }
+
+    /// Bidirectional recurrent layers: a bidirectional sequence layer (3 → 2×5 per
+    /// step) feeding a bidirectional last-state layer (10 → 2×4, one without biases),
+    /// then a head; the `_reverse` parameters, the split output gradient and the
+    /// reversed input gradient all against finite differences.
+    #[test]
+    fn bidirectional_lstm_and_gru_gradients_match_finite_differences() {
+        for (i, cell) in ["lstm", "gru"].into_iter().enumerate() {
+            let rec = |input_size, hidden, sequence, bias| match cell {
+                "lstm" => Op::Lstm { input_size, hidden, bias, sequence, bidirectional: true },
+                _ => Op::Gru { input_size, hidden, bias, sequence, bidirectional: true },
+            };
+            let g = Graph::chain(
+                vec![4, 3],
+                vec![
+                    ("r1", rec(3, 5, true, true)),
+                    ("r2", rec(10, 4, false, i == 0)),
+                    ("fc", Op::Linear { in_features: 8, out_features: 3, bias: true }),
+                    ("softmax", Op::Softmax),
+                ],
+            );
+            let mut model = Model::init(g, 50 + i as u64).unwrap();
+            assert!(model.params.get("r1.weight_ih_reverse").is_some_and(|w| w.len() == cell_gates(cell) * 5 * 3));
+            assert!(model.params.get("r2.weight_hh_reverse").is_some_and(|w| w.len() == cell_gates(cell) * 4 * 4));
+            model.params.data.iter_mut().for_each(|v| *v *= 2.0);
+            check_gradients(&model, 60 + i as u64, 3);
+        }
+    }
+
+    fn cell_gates(cell: &str) -> usize {
+        if cell == "lstm" { 4 } else { 3 }
     }
 
     #[test]

@@ -7,17 +7,96 @@
 //! whole batch, then one product `dA_t · W_hh` carries the gradient to `h_{t−1}`.
 //! The weight gradients need no per-step work: `dW_ih = dAᵀ·X` and `dW_hh = dAᵀ·H_prev`
 //! are single products over all `n·steps` rows, and so is `dX = dA·W_ih`.
+//!
+//! A bidirectional node is two one-direction layers: the reverse one runs forward and
+//! backward on the input reversed in time; the output gradient is split into the two
+//! halves (the reverse half reversed in time too) and the reverse input gradient is
+//! reversed back and added.
 
 use std::ops::Range;
 
 use crate::runtime::kernels::{sgemm, MatRef};
-use crate::runtime::recurrent::{forward, CellWeights, Scratch};
+use crate::runtime::recurrent::{forward, place_direction, reverse_steps, take_direction, CellWeights, Scratch};
 use crate::spec::{Cell, Recurrent};
 
-/// One recurrent node of a training workspace: where its parameters live in the flat
-/// buffer and every buffer its forward and backward need, allocated once.
+/// One recurrent node of a training workspace: one [`Direction`] per direction and,
+/// for a bidirectional node, the buffers that reverse and split its values.
 #[derive(Clone, Debug)]
 pub(super) struct RecurrentLayer {
+    geo: Recurrent,
+    steps: usize,
+    dirs: Vec<Direction>,
+    /// `[n, steps, I]`: the input reversed in time (bidirectional).
+    x_rev: Vec<f32>,
+    /// One direction's output or output gradient, in its own layout (bidirectional).
+    y_dir: Vec<f32>,
+    /// `[n, steps, I]`: the reverse direction's input gradient before un-reversing.
+    dx_rev: Vec<f32>,
+}
+
+impl RecurrentLayer {
+    /// Buffers for batches of up to `capacity` sequences of `steps` steps; `ranges`
+    /// holds each direction's parameter ranges (forward, then reverse).
+    pub fn new(geo: Recurrent, steps: usize, ranges: Vec<[Option<Range<usize>>; 4]>, capacity: usize) -> RecurrentLayer {
+        assert_eq!(ranges.len(), geo.directions(), "one set of parameter ranges per direction");
+        let one = geo.one_direction();
+        let dirs = ranges.into_iter().map(|r| Direction::new(one, steps, r, capacity)).collect();
+        let both = geo.bidirectional;
+        let xl = if both { capacity * steps * geo.input_size } else { 0 };
+        let ol = if both { capacity * if geo.sequence { steps * geo.hidden } else { geo.hidden } } else { 0 };
+        RecurrentLayer { geo, steps, dirs, x_rev: vec![0.0; xl], y_dir: vec![0.0; ol], dx_rev: vec![0.0; xl] }
+    }
+
+    pub fn forward(&mut self, p: &[f32], x: &[f32], n: usize, y: &mut [f32]) {
+        if !self.geo.bidirectional {
+            return self.dirs[0].forward(p, x, n, y);
+        }
+        let (xl, ol) = self.lens(n);
+        reverse_steps(&x[..xl], n, self.steps, self.geo.input_size, &mut self.x_rev[..xl]);
+        for d in 0..2 {
+            let xd = if d == 0 { &x[..xl] } else { &self.x_rev[..xl] };
+            self.dirs[d].forward(p, xd, n, &mut self.y_dir[..ol]);
+            place_direction(&self.geo, self.steps, n, d, &self.y_dir[..ol], y);
+        }
+    }
+
+    /// Input and one-direction output lengths for `n` sequences.
+    fn lens(&self, n: usize) -> (usize, usize) {
+        let g = &self.geo;
+        (n * self.steps * g.input_size, n * if g.sequence { self.steps * g.hidden } else { g.hidden })
+    }
+
+    /// As [`Direction::backward`] for the whole node (`dy` w.r.t. its output, both
+    /// directions' halves for a bidirectional node).
+    pub fn backward(&mut self, p: &[f32], x: &[f32], dy: &[f32], n: usize, grad: &mut [f32], dx: Option<(&mut [f32], bool)>) {
+        if !self.geo.bidirectional {
+            return self.dirs[0].backward(p, x, dy, n, grad, dx);
+        }
+        let (xl, ol) = self.lens(n);
+        let (steps, isz) = (self.steps, self.geo.input_size);
+        let mut dx = dx;
+        take_direction(&self.geo, steps, n, 0, dy, &mut self.y_dir[..ol]);
+        self.dirs[0].backward(p, &x[..xl], &self.y_dir[..ol], n, grad, dx.as_mut().map(|(d, fresh)| (&mut d[..xl], *fresh)));
+        take_direction(&self.geo, steps, n, 1, dy, &mut self.y_dir[..ol]);
+        reverse_steps(&x[..xl], n, steps, isz, &mut self.x_rev[..xl]);
+        let dx_rev = dx.is_some().then_some((&mut self.dx_rev[..xl], true));
+        self.dirs[1].backward(p, &self.x_rev[..xl], &self.y_dir[..ol], n, grad, dx_rev);
+        if let Some((d, _)) = dx {
+            // Step t of the reverse direction's input is step steps − 1 − t of x.
+            for s in 0..n {
+                for t in 0..steps {
+                    let (from, to) = ((s * steps + t) * isz, (s * steps + steps - 1 - t) * isz);
+                    d[to..to + isz].iter_mut().zip(&self.dx_rev[from..from + isz]).for_each(|(a, b)| *a += b);
+                }
+            }
+        }
+    }
+}
+
+/// One direction of a recurrent node: where its parameters live in the flat buffer and
+/// every buffer its forward and backward need, allocated once.
+#[derive(Clone, Debug)]
+struct Direction {
     pub geo: Recurrent,
     pub steps: usize,
     pub w_ih: Range<usize>,
@@ -36,14 +115,14 @@ pub(super) struct RecurrentLayer {
     dc_carry: Vec<f32>,
 }
 
-impl RecurrentLayer {
+impl Direction {
     /// Buffers for batches of up to `capacity` sequences of `steps` steps.
-    pub fn new(geo: Recurrent, steps: usize, ranges: [Option<Range<usize>>; 4], capacity: usize) -> RecurrentLayer {
+    fn new(geo: Recurrent, steps: usize, ranges: [Option<Range<usize>>; 4], capacity: usize) -> Direction {
         let [w_ih, w_hh, b_ih, b_hh] = ranges;
         let mut scratch = Scratch::default();
         scratch.reserve(&geo, steps, capacity);
         let rows = capacity * steps;
-        RecurrentLayer {
+        Direction {
             geo,
             steps,
             w_ih: w_ih.expect("a recurrent node has weight_ih"),
@@ -67,7 +146,7 @@ impl RecurrentLayer {
         }
     }
 
-    pub fn forward(&mut self, p: &[f32], x: &[f32], n: usize, y: &mut [f32]) {
+    fn forward(&mut self, p: &[f32], x: &[f32], n: usize, y: &mut [f32]) {
         let w = self.weights(p);
         forward(&self.geo, self.steps, &w, x, n, &mut self.scratch, y);
     }
@@ -75,7 +154,7 @@ impl RecurrentLayer {
     /// Adds the parameter gradients to `grad` (the flat gradient buffer) and, with `dx`,
     /// writes (`fresh`) or adds the input gradient. `x` and `dy` are the forward's input
     /// and the gradient w.r.t. its output.
-    pub fn backward(&mut self, p: &[f32], x: &[f32], dy: &[f32], n: usize, grad: &mut [f32], dx: Option<(&mut [f32], bool)>) {
+    fn backward(&mut self, p: &[f32], x: &[f32], dy: &[f32], n: usize, grad: &mut [f32], dx: Option<(&mut [f32], bool)>) {
         let (h, isz, g, steps) = (self.geo.hidden, self.geo.input_size, self.geo.gate_rows(), self.steps);
         let rows = n * steps;
         let sg = steps * g;

@@ -82,9 +82,9 @@ pub fn build(name: &str) -> Option<Graph> {
             ],
         ),
         "vit" => vit(&VitShape { patch: 7, dim: 64, heads: 4, blocks: 2, ffn: 128 }),
-        "lstm" => recurrent(Op::Lstm { input_size: 28, hidden: 128, bias: true, sequence: false }),
-        "gru" => recurrent(Op::Gru { input_size: 28, hidden: 128, bias: true, sequence: false }),
-        "lstm32" => recurrent(Op::Lstm { input_size: 28, hidden: 32, bias: true, sequence: false }),
+        "lstm" => recurrent(Op::Lstm { input_size: 28, hidden: 128, bias: true, sequence: false, bidirectional: false }),
+        "gru" => recurrent(Op::Gru { input_size: 28, hidden: 128, bias: true, sequence: false, bidirectional: false }),
+        "lstm32" => recurrent(Op::Lstm { input_size: 28, hidden: 32, bias: true, sequence: false, bidirectional: false }),
         _ => return None,
     })
 }

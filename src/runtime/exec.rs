@@ -213,10 +213,9 @@ struct AttentionScratch {
 struct RecurrentKernel {
     geo: Recurrent,
     steps: usize,
-    w_ih: Vec<f32>,
-    w_hh: Vec<f32>,
-    b_ih: Option<Vec<f32>>,
-    b_hh: Option<Vec<f32>>,
+    /// Per direction (forward, then reverse for a bidirectional node): `weight_ih`,
+    /// `weight_hh`, `bias_ih`, `bias_hh`.
+    dirs: Vec<(Vec<f32>, Vec<f32>, Option<Vec<f32>>, Option<Vec<f32>>)>,
 }
 
 struct Step {
@@ -513,9 +512,13 @@ impl Plan {
                         plan.dequantized_at_load |= matches!(w, Weights::I8 { .. });
                         Ok(Some(w.to_f32()))
                     };
-                    let [w_ih, w_hh, b_ih, b_hh] = [take(RECURRENT_PARAMS[0].0)?, take(RECURRENT_PARAMS[1].0)?, take(RECURRENT_PARAMS[2].0)?, take(RECURRENT_PARAMS[3].0)?];
-                    let (w_ih, w_hh) = (w_ih.unwrap_or_default(), w_hh.unwrap_or_default());
-                    let kernel = RecurrentKernel { geo, steps: in_shape[0], w_ih, w_hh, b_ih, b_hh };
+                    let mut dirs = Vec::new();
+                    for d in 0..geo.directions() {
+                        let mut param = |k: usize| take(&Recurrent::param_suffix(RECURRENT_PARAMS[k].0, d));
+                        let [w_ih, w_hh, b_ih, b_hh] = [param(0)?, param(1)?, param(2)?, param(3)?];
+                        dirs.push((w_ih.unwrap_or_default(), w_hh.unwrap_or_default(), b_ih, b_hh));
+                    }
+                    let kernel = RecurrentKernel { geo, steps: in_shape[0], dirs };
                     let x = plan.convert(x, Repr::F32, &mut converted);
                     plan.f32_layers += 1;
                     let out = plan.add_slot(Repr::F32, out_len, &node.name);
@@ -662,10 +665,15 @@ impl Plan {
             }
             Ok(Some(w))
         };
-        let [w_ih, w_hh, b_ih, b_hh] = [take(RECURRENT_PARAMS[0].0)?, take(RECURRENT_PARAMS[1].0)?, take(RECURRENT_PARAMS[2].0)?, take(RECURRENT_PARAMS[3].0)?];
-        let (Some(Weights::I8 { q: q_ih, scales: s_ih }), Some(Weights::I8 { q: q_hh, scales: s_hh })) = (w_ih, w_hh) else {
-            return Err(RuntimeError::NotInt8 { node: node.name.clone() });
-        };
+        let mut dirs = Vec::new();
+        for d in 0..geo.directions() {
+            let mut param = |k: usize| take(&Recurrent::param_suffix(RECURRENT_PARAMS[k].0, d));
+            let [w_ih, w_hh, b_ih, b_hh] = [param(0)?, param(1)?, param(2)?, param(3)?];
+            let (Some(Weights::I8 { q: q_ih, scales: s_ih }), Some(Weights::I8 { q: q_hh, scales: s_hh })) = (w_ih, w_hh) else {
+                return Err(RuntimeError::NotInt8 { node: node.name.clone() });
+            };
+            dirs.push(((q_ih, s_ih), (q_hh, s_hh), b_ih.map(|b| b.to_f32()), b_hh.map(|b| b.to_f32())));
+        }
         let input_qp = match self.slots[x].repr {
             Repr::U8(qp) => qp,
             Repr::F32 => *quant
@@ -674,7 +682,12 @@ impl Plan {
                 .ok_or_else(|| RuntimeError::MissingQParams { node: node.name.clone(), value: node.inputs[0].clone() })?,
         };
         let xq = self.convert(x, Repr::U8(input_qp), converted);
-        let cell = recurrent::QuantizedRecurrent::new(geo, (&q_ih, &s_ih), (&q_hh, &s_hh), b_ih.map(|b| b.to_f32()), b_hh.map(|b| b.to_f32()), input_qp);
+        let mut dirs = dirs.into_iter();
+        let ((q_ih, s_ih), (q_hh, s_hh), b_ih, b_hh) = dirs.next().expect("a recurrent node has a forward direction");
+        let mut cell = recurrent::QuantizedRecurrent::new(geo, (&q_ih, &s_ih), (&q_hh, &s_hh), b_ih, b_hh, input_qp);
+        if let Some(((q_ih, s_ih), (q_hh, s_hh), b_ih, b_hh)) = dirs.next() {
+            cell = cell.with_reverse((&q_ih, &s_ih), (&q_hh, &s_hh), b_ih, b_hh);
+        }
         Ok((Kernel::RecurrentI8 { cell: Box::new(cell), steps }, xq))
     }
 
@@ -1042,9 +1055,10 @@ impl Plan {
                 }
                 Kernel::Recurrent(r) => {
                     ws.recurrent.reserve(&r.geo, r.steps, n);
-                    let w = recurrent::CellWeights { w_ih: &r.w_ih, w_hh: &r.w_hh, b_ih: r.b_ih.as_deref(), b_hh: r.b_hh.as_deref() };
+                    let w: Vec<recurrent::CellWeights> =
+                        r.dirs.iter().map(|(w_ih, w_hh, b_ih, b_hh)| recurrent::CellWeights { w_ih, w_hh, b_ih: b_ih.as_deref(), b_hh: b_hh.as_deref() }).collect();
                     let (xs, y) = pair(&mut ws.f, xi, o);
-                    recurrent::forward(&r.geo, r.steps, &w, &xs[..n * xl], n, &mut ws.recurrent, &mut y[..n * ol]);
+                    recurrent::forward_node(&r.geo, r.steps, &w, &xs[..n * xl], n, &mut ws.recurrent, &mut y[..n * ol]);
                 }
                 Kernel::RecurrentI8 { cell, steps } => {
                     ws.recurrent.reserve(cell.geometry(), *steps, n);

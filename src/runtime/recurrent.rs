@@ -43,6 +43,78 @@ pub struct Scratch {
     /// GRU: `[n, steps, 3H]` recurrent products `W_hh·h_{t−1} + b_hh` (the n part is
     /// needed for the reset gate's gradient).
     pub hh: Vec<f32>,
+    /// Bidirectional nodes: the time-reversed input sequence.
+    pub x_rev: Vec<f32>,
+    /// Bidirectional nodes: one direction's output before it is placed.
+    pub y_dir: Vec<f32>,
+}
+
+fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+}
+
+/// The time-reversed copy of `x[n, steps, width]` (step `t` goes to `steps − 1 − t`).
+pub fn reverse_steps<T: Copy>(x: &[T], n: usize, steps: usize, width: usize, out: &mut [T]) {
+    for s in 0..n {
+        for t in 0..steps {
+            let (from, to) = ((s * steps + t) * width, (s * steps + steps - 1 - t) * width);
+            out[to..to + width].copy_from_slice(&x[from..from + width]);
+        }
+    }
+}
+
+/// Where direction `d`'s output goes in a bidirectional node's output `[n, (steps,) 2H]`:
+/// calls `f(offset in the direction's own output, offset in the node's output)` for
+/// every `H`-long row. The direction's own output is `[n, H]`, or `[n, steps, H]` in
+/// the order it ran (reversed time for the reverse direction).
+fn direction_rows(r: &Recurrent, steps: usize, n: usize, d: usize, mut f: impl FnMut(usize, usize)) {
+    let (h, w) = (r.hidden, 2 * r.hidden);
+    for s in 0..n {
+        if r.sequence {
+            for t in 0..steps {
+                let ran = if d == 0 { t } else { steps - 1 - t };
+                f((s * steps + ran) * h, (s * steps + t) * w + d * h);
+            }
+        } else {
+            f(s * h, s * w + d * h);
+        }
+    }
+}
+
+/// Direction `d`'s output `y_dir` into its half of the bidirectional output `y`.
+pub fn place_direction(r: &Recurrent, steps: usize, n: usize, d: usize, y_dir: &[f32], y: &mut [f32]) {
+    let h = r.hidden;
+    direction_rows(r, steps, n, d, |own, node| y[node..node + h].copy_from_slice(&y_dir[own..own + h]));
+}
+
+/// The inverse of [`place_direction`]: direction `d`'s part of `dy` (a gradient w.r.t.
+/// the bidirectional output) in that direction's own layout.
+pub fn take_direction(r: &Recurrent, steps: usize, n: usize, d: usize, dy: &[f32], dy_dir: &mut [f32]) {
+    let h = r.hidden;
+    direction_rows(r, steps, n, d, |own, node| dy_dir[own..own + h].copy_from_slice(&dy[node..node + h]));
+}
+
+/// As [`forward`] for a node of either kind: `w` holds one [`CellWeights`] per
+/// direction. A bidirectional node runs the forward direction on `x` and the reverse
+/// direction on `x` reversed in time, each as a one-direction node, and places each
+/// output in its half of `y`.
+pub fn forward_node(r: &Recurrent, steps: usize, w: &[CellWeights], x: &[f32], n: usize, scratch: &mut Scratch, y: &mut [f32]) {
+    if !r.bidirectional {
+        return forward(r, steps, &w[0], x, n, scratch, y);
+    }
+    let one = r.one_direction();
+    let (xl, ol) = (n * steps * r.input_size, n * if r.sequence { steps * r.hidden } else { r.hidden });
+    let (mut x_rev, mut y_dir) = (std::mem::take(&mut scratch.x_rev), std::mem::take(&mut scratch.y_dir));
+    grow(&mut x_rev, xl);
+    grow(&mut y_dir, ol);
+    reverse_steps(&x[..xl], n, steps, r.input_size, &mut x_rev[..xl]);
+    for (d, xd) in [&x[..xl], &x_rev[..xl]].into_iter().enumerate() {
+        forward(&one, steps, &w[d], xd, n, scratch, &mut y_dir[..ol]);
+        place_direction(r, steps, n, d, &y_dir[..ol], y);
+    }
+    (scratch.x_rev, scratch.y_dir) = (x_rev, y_dir);
 }
 
 impl Scratch {
@@ -133,8 +205,9 @@ unsafe fn tanh_avx2(v: &mut [f32]) {
     v.iter_mut().for_each(|a| *a = tanh(*a));
 }
 
-/// Runs `n` sequences `x[n, steps, input_size]`; writes `y[n, H]` (last hidden state) or
-/// `y[n, steps, H]` with `r.sequence`. `scratch` must hold `n·steps` rows ([`Scratch::reserve`]).
+/// Runs `n` sequences `x[n, steps, input_size]` in one direction; writes `y[n, H]`
+/// (last hidden state) or `y[n, steps, H]` with `r.sequence`. `scratch` must hold
+/// `n·steps` rows ([`Scratch::reserve`]). Bidirectional nodes: [`forward_node`].
 pub fn forward(r: &Recurrent, steps: usize, w: &CellWeights, x: &[f32], n: usize, scratch: &mut Scratch, y: &mut [f32]) {
     let (h, isz, g) = (r.hidden, r.input_size, r.gate_rows());
     let rows = n * steps;
@@ -262,10 +335,18 @@ pub const HIDDEN_QPARAMS: QParams = QParams { scale: 2.0 / 255.0, zero_point: 12
 /// as u8 at [`HIDDEN_QPARAMS`]; u8 × i8 → exact i32, dequantized to f32 per gate row.
 /// Biases, gate nonlinearities and the state update stay f32 (the same code as
 /// [`forward`]). The input projection of all steps is one integer product.
+/// A bidirectional node holds a second direction (`_reverse` weights) that runs on the
+/// input reversed in time, as [`forward_node`] does.
 #[derive(Clone, Debug)]
 pub struct QuantizedRecurrent {
     geo: Recurrent,
     input_qp: QParams,
+    /// The forward direction, then (bidirectional) the reverse one.
+    dirs: Vec<QuantizedDirection>,
+}
+
+#[derive(Clone, Debug)]
+struct QuantizedDirection {
     w_ih: QuantizedLinear,
     w_hh: QuantizedLinear,
     b_ih: Option<Vec<f32>>,
@@ -280,11 +361,14 @@ pub struct QuantScratch {
     /// `[n, gates·H]`: the recurrent product of one step.
     rec: Vec<f32>,
     acc: Vec<i32>,
+    /// Bidirectional nodes: the time-reversed u8 input sequence.
+    x_rev: Vec<u8>,
 }
 
 impl QuantizedRecurrent {
     /// `w_ih`/`w_hh` as `(int8 values, one scale per gate row)` in PyTorch's layout;
-    /// `input_qp` quantizes the input sequence.
+    /// `input_qp` quantizes the input sequence. A bidirectional `geo` needs
+    /// [`Self::with_reverse`] before it runs.
     pub fn new(
         geo: Recurrent,
         w_ih: (&[i8], &[f32]),
@@ -293,15 +377,25 @@ impl QuantizedRecurrent {
         b_hh: Option<Vec<f32>>,
         input_qp: QParams,
     ) -> QuantizedRecurrent {
-        let g = geo.gate_rows();
-        QuantizedRecurrent {
-            geo,
-            input_qp,
-            w_ih: QuantizedLinear::new(w_ih.0, w_ih.1, g, geo.input_size, None, input_qp, None, false),
+        let mut q = QuantizedRecurrent { geo, input_qp, dirs: Vec::new() };
+        q.push_direction(w_ih, w_hh, b_ih, b_hh);
+        q
+    }
+
+    /// The reverse direction's weights (the `_reverse` tensors), as in [`Self::new`].
+    pub fn with_reverse(mut self, w_ih: (&[i8], &[f32]), w_hh: (&[i8], &[f32]), b_ih: Option<Vec<f32>>, b_hh: Option<Vec<f32>>) -> QuantizedRecurrent {
+        self.push_direction(w_ih, w_hh, b_ih, b_hh);
+        self
+    }
+
+    fn push_direction(&mut self, w_ih: (&[i8], &[f32]), w_hh: (&[i8], &[f32]), b_ih: Option<Vec<f32>>, b_hh: Option<Vec<f32>>) {
+        let (geo, g) = (self.geo, self.geo.gate_rows());
+        self.dirs.push(QuantizedDirection {
+            w_ih: QuantizedLinear::new(w_ih.0, w_ih.1, g, geo.input_size, None, self.input_qp, None, false),
             w_hh: QuantizedLinear::new(w_hh.0, w_hh.1, g, geo.hidden, None, HIDDEN_QPARAMS, None, false),
             b_ih,
             b_hh,
-        }
+        });
     }
 
     /// The node's geometry.
@@ -314,13 +408,32 @@ impl QuantizedRecurrent {
         self.input_qp
     }
 
-    /// As [`forward`], from the input quantized at [`Self::input_qparams`].
+    /// As [`forward_node`], from the input quantized at [`Self::input_qparams`].
     pub fn forward(&self, steps: usize, x: &[u8], n: usize, scratch: &mut Scratch, quant: &mut QuantScratch, y: &mut [f32]) {
         let r = &self.geo;
+        let one = r.one_direction();
+        if !r.bidirectional {
+            return self.forward_direction(&self.dirs[0], &one, steps, x, n, scratch, quant, y);
+        }
+        assert_eq!(self.dirs.len(), 2, "a bidirectional integer node is built with its reverse weights");
+        let (xl, ol) = (n * steps * r.input_size, n * if r.sequence { steps * r.hidden } else { r.hidden });
+        let (mut x_rev, mut y_dir) = (std::mem::take(&mut quant.x_rev), std::mem::take(&mut scratch.y_dir));
+        grow(&mut x_rev, xl);
+        grow(&mut y_dir, ol);
+        reverse_steps(&x[..xl], n, steps, r.input_size, &mut x_rev[..xl]);
+        for (d, xd) in [&x[..xl], &x_rev[..xl]].into_iter().enumerate() {
+            self.forward_direction(&self.dirs[d], &one, steps, xd, n, scratch, quant, &mut y_dir[..ol]);
+            place_direction(r, steps, n, d, &y_dir[..ol], y);
+        }
+        (quant.x_rev, scratch.y_dir) = (x_rev, y_dir);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_direction(&self, dir: &QuantizedDirection, r: &Recurrent, steps: usize, x: &[u8], n: usize, scratch: &mut Scratch, quant: &mut QuantScratch, y: &mut [f32]) {
         let (h, g) = (r.hidden, r.gate_rows());
         let rows = n * steps;
-        self.w_ih.forward_f32(&x[..rows * r.input_size], rows, &mut scratch.gates[..rows * g], &mut quant.acc);
-        add_input_biases(r, self.b_ih.as_deref(), self.b_hh.as_deref(), &mut scratch.gates[..rows * g]);
+        dir.w_ih.forward_f32(&x[..rows * r.input_size], rows, &mut scratch.gates[..rows * g], &mut quant.acc);
+        add_input_biases(r, dir.b_ih.as_deref(), dir.b_hh.as_deref(), &mut scratch.gates[..rows * g]);
         let (sh, sg) = (steps * h, steps * g);
         if quant.hq.len() < n * h {
             quant.hq.resize(n * h, 0);
@@ -328,14 +441,14 @@ impl QuantizedRecurrent {
         if quant.rec.len() < n * g {
             quant.rec.resize(n * g, 0.0);
         }
-        let QuantScratch { hq, rec, acc } = quant;
+        let QuantScratch { hq, rec, acc, .. } = quant;
         let (hq, rec) = (&mut hq[..n * h], &mut rec[..n * g]);
         let accumulate = r.cell == Cell::Lstm;
-        run_steps(r, steps, self.b_hh.as_deref(), n, scratch, y, &mut |hp, dst| {
+        run_steps(r, steps, dir.b_hh.as_deref(), n, scratch, y, &mut |hp, dst| {
             for (s, q) in hq.chunks_exact_mut(h).enumerate() {
                 quantize_u8(&hp[s * sh..s * sh + h], HIDDEN_QPARAMS, q);
             }
-            self.w_hh.forward_f32(hq, n, rec, acc);
+            dir.w_hh.forward_f32(hq, n, rec, acc);
             for (s, p) in rec.chunks_exact(g).enumerate() {
                 let d = &mut dst[s * sg..s * sg + g];
                 if accumulate {
@@ -460,7 +573,7 @@ mod tests {
         };
         for cell in [Cell::Lstm, Cell::Gru] {
             for (isz, hidden, steps, n, bias, sequence) in [(3, 5, 4, 3, true, false), (7, 2, 1, 2, false, true), (1, 9, 6, 5, true, true), (29, 17, 3, 1, true, false)] {
-                let r = Recurrent { cell, input_size: isz, hidden, bias, sequence };
+                let r = Recurrent { cell, input_size: isz, hidden, bias, sequence, bidirectional: false };
                 let g = r.gate_rows();
                 let mut v = |len: usize, a: f32| -> Vec<f32> { (0..len).map(|_| rng.uniform(a)).collect() };
                 let (w_ih, w_hh, b_ih, b_hh) = (v(g * isz, 0.8), v(g * hidden, 0.8), v(g, 0.5), v(g, 0.5));
@@ -495,6 +608,81 @@ mod tests {
         }
     }
 
+    /// A bidirectional node, f32 and int8, against the per-direction references: the
+    /// forward half is the plain cell on the sequence, the reverse half the cell (with
+    /// the `_reverse` weights) on the sequence read backwards, placed step by step.
+    #[test]
+    fn bidirectional_nodes_match_the_references_run_on_the_reversed_sequence() {
+        use crate::runtime::int8::quantize_u8;
+        let mut rng = Rng::new(41);
+        let quantize_rows = |w: &[f32], rows: usize| -> (Vec<i8>, Vec<f32>) {
+            let cols = w.len() / rows;
+            let scales: Vec<f32> = w.chunks(cols).map(|row| row.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6) / 127.0).collect();
+            let q = w.iter().enumerate().map(|(i, v)| (v / scales[i / cols]).round().clamp(-127.0, 127.0) as i8).collect();
+            (q, scales)
+        };
+        for cell in [Cell::Lstm, Cell::Gru] {
+            for (isz, hidden, steps, n, bias, sequence) in [(3, 5, 4, 3, true, false), (2, 3, 5, 2, true, true), (4, 2, 1, 1, false, true), (5, 4, 3, 2, false, false)] {
+                let r = Recurrent { cell, input_size: isz, hidden, bias, sequence, bidirectional: true };
+                let one = r.one_direction();
+                let g = r.gate_rows();
+                let mut v = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform(0.8)).collect() };
+                let dirs: Vec<[Vec<f32>; 4]> = (0..2).map(|_| [v(g * isz), v(g * hidden), v(g), v(g)]).collect();
+                let w: Vec<CellWeights> = dirs
+                    .iter()
+                    .map(|[a, b, c, d]| CellWeights { w_ih: a, w_hh: b, b_ih: bias.then_some(&c[..]), b_hh: bias.then_some(&d[..]) })
+                    .collect();
+                let x = v(n * steps * isz);
+                let mut scratch = Scratch::default();
+                scratch.reserve(&r, steps, n);
+                let out_len = if sequence { steps * 2 * hidden } else { 2 * hidden };
+                let mut y = vec![0.0; n * out_len];
+                forward_node(&r, steps, &w, &x, n, &mut scratch, &mut y);
+                // int8: the same node on integer products.
+                let xqp = QParams::from_range(-0.8, 0.8);
+                let mut xq = vec![0u8; x.len()];
+                quantize_u8(&x, xqp, &mut xq);
+                let q: Vec<_> = dirs.iter().map(|[a, b, ..]| (quantize_rows(a, g), quantize_rows(b, g))).collect();
+                let bias_of = |d: usize, k: usize| bias.then(|| dirs[d][k].clone());
+                let cellq = QuantizedRecurrent::new(r, (&q[0].0 .0, &q[0].0 .1), (&q[0].1 .0, &q[0].1 .1), bias_of(0, 2), bias_of(0, 3), xqp)
+                    .with_reverse((&q[1].0 .0, &q[1].0 .1), (&q[1].1 .0, &q[1].1 .1), bias_of(1, 2), bias_of(1, 3));
+                let mut yq = vec![0.0; n * out_len];
+                let mut sq = Scratch::default();
+                sq.reserve(&r, steps, n);
+                cellq.forward(steps, &xq, n, &mut sq, &mut QuantScratch::default(), &mut yq);
+                let rev = |a: &[f32], width: usize| -> Vec<f32> { (0..steps).rev().flat_map(|t| a[t * width..(t + 1) * width].to_vec()).collect() };
+                let revq = |a: &[u8]| -> Vec<u8> { (0..steps).rev().flat_map(|t| a[t * isz..(t + 1) * isz].to_vec()).collect() };
+                // Both directions' per-step outputs → the node's layout.
+                let join = |fw: Vec<Vec<f64>>, bw: Vec<Vec<f64>>| -> Vec<f64> {
+                    if sequence {
+                        (0..steps).flat_map(|t| fw[t].iter().chain(&bw[steps - 1 - t]).copied().collect::<Vec<_>>()).collect()
+                    } else {
+                        fw[steps - 1].iter().chain(&bw[steps - 1]).copied().collect()
+                    }
+                };
+                for s in 0..n {
+                    let xs = &x[s * steps * isz..(s + 1) * steps * isz];
+                    let want = join(reference(&one, steps, &w[0], xs), reference(&one, steps, &w[1], &rev(xs, isz)));
+                    for (a, b) in y[s * out_len..(s + 1) * out_len].iter().zip(&want) {
+                        assert!((*a as f64 - b).abs() < 1e-5, "{cell:?} f32 {a} vs {b}");
+                    }
+                    let xqs = &xq[s * steps * isz..(s + 1) * steps * isz];
+                    let int = |d: usize, xd: &[u8]| -> Vec<Vec<f64>> {
+                        let (bi, bh) = (bias_of(d, 2), bias_of(d, 3));
+                        int8_reference(&one, steps, &q[d].0 .0, &q[d].0 .1, &q[d].1 .0, &q[d].1 .1, bi.as_deref(), bh.as_deref(), xd, xqp)
+                            .into_iter()
+                            .map(|row| row.into_iter().map(f64::from).collect())
+                            .collect()
+                    };
+                    let want_q = join(int(0, xqs), int(1, &revq(xqs)));
+                    for (a, b) in yq[s * out_len..(s + 1) * out_len].iter().zip(&want_q) {
+                        assert!((*a as f64 - b).abs() < 1e-5, "{cell:?} int8 {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn fast_exp_sigmoid_and_tanh_match_libm() {
         let mut x = -90.0f32;
@@ -517,7 +705,7 @@ mod tests {
         let mut rng = Rng::new(31);
         for cell in [Cell::Lstm, Cell::Gru] {
             for (isz, hidden, steps, n, bias, sequence) in [(3, 5, 4, 3, true, false), (7, 2, 1, 2, false, true), (1, 9, 6, 5, true, true)] {
-                let r = Recurrent { cell, input_size: isz, hidden, bias, sequence };
+                let r = Recurrent { cell, input_size: isz, hidden, bias, sequence, bidirectional: false };
                 let g = r.gate_rows();
                 let mut v = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform(0.8)).collect() };
                 let (w_ih, w_hh, b_ih, b_hh) = (v(g * isz), v(g * hidden), v(g), v(g));

@@ -97,24 +97,36 @@ pub enum Op {
     /// `batch_first=True` sees one sample), zero initial state. Parameters in PyTorch's
     /// layout and gate order (i, f, g, o): `weight_ih [4H, I]`, `weight_hh [4H, H]`,
     /// `bias_ih [4H]`, `bias_hh [4H]`. The output is the last hidden state `[H]`, or
-    /// every step's hidden state `[steps, H]` with `sequence` (to stack layers).
+    /// every step's hidden state `[steps, H]` with `sequence` (to stack layers: several
+    /// layers are several nodes, each but the last with `sequence`).
+    ///
+    /// `bidirectional` adds a second direction that reads the sequence from its last
+    /// step to its first, with its own parameters `weight_ih_reverse`, ... (PyTorch's
+    /// `_reverse`); the output concatenates the two per step: `[steps, 2H]` (the reverse
+    /// half of step `t` has seen steps `t..`), or without `sequence` `[2H]` = the
+    /// forward direction's state after the last step and the reverse direction's after
+    /// the first (PyTorch's `h_n[-2]`, `h_n[-1]`).
     Lstm {
         input_size: usize,
         hidden: usize,
         bias: bool,
         #[serde(default)]
         sequence: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        bidirectional: bool,
     },
     /// GRU over a sequence `[steps, input_size]`, zero initial state, PyTorch's layout
     /// and gate order (r, z, n): `weight_ih [3H, I]`, `weight_hh [3H, H]`, `bias_ih
     /// [3H]`, `bias_hh [3H]` (kept apart: `b_hn` sits inside the reset product).
-    /// Output as for [`Op::Lstm`].
+    /// Output and `bidirectional` as for [`Op::Lstm`].
     Gru {
         input_size: usize,
         hidden: usize,
         bias: bool,
         #[serde(default)]
         sequence: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        bidirectional: bool,
     },
     /// Token ids `[seq]` (f32 holding integers, exact below 2²⁴) → rows of
     /// `weight [vocab, dim]`: `[seq, dim]`. With `pad_token`, trailing ids equal to it
@@ -160,6 +172,10 @@ fn one() -> usize {
 
 fn is_one(v: &usize) -> bool {
     *v == 1
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -246,6 +262,8 @@ pub struct Recurrent {
     pub bias: bool,
     /// Whether every step's hidden state is returned (else only the last).
     pub sequence: bool,
+    /// A second direction over the reversed sequence (see [`Op::Lstm`]).
+    pub bidirectional: bool,
 }
 
 /// Which recurrent cell.
@@ -270,7 +288,31 @@ impl Recurrent {
     pub fn gate_rows(&self) -> usize {
         self.cell.gates() * self.hidden
     }
+
+    /// 2 for a bidirectional node, else 1.
+    pub fn directions(&self) -> usize {
+        if self.bidirectional { 2 } else { 1 }
+    }
+
+    /// The geometry of one direction (what the single-direction kernels run).
+    pub fn one_direction(&self) -> Recurrent {
+        Recurrent { bidirectional: false, ..*self }
+    }
+
+    /// Features per output step: `directions · hidden`.
+    pub fn output_width(&self) -> usize {
+        self.directions() * self.hidden
+    }
+
+    /// Parameter suffix of `suffix` (from [`RECURRENT_PARAMS`]) for direction `d`
+    /// (0 forward, 1 reverse: PyTorch's `_reverse`).
+    pub fn param_suffix(suffix: &str, d: usize) -> String {
+        if d == 0 { suffix.to_string() } else { format!("{suffix}{REVERSE_SUFFIX}") }
+    }
 }
+
+/// What a bidirectional node's reverse-direction parameters append to the names.
+pub const REVERSE_SUFFIX: &str = "_reverse";
 
 /// Suffixes of a recurrent node's parameters, in [`Graph::parameters`] order.
 pub const RECURRENT_PARAMS: [(&str, ParamKind); 4] =
@@ -304,8 +346,8 @@ impl Op {
     /// The recurrent geometry of an LSTM or GRU node.
     pub fn recurrent(&self) -> Option<Recurrent> {
         match *self {
-            Op::Lstm { input_size, hidden, bias, sequence } => Some(Recurrent { cell: Cell::Lstm, input_size, hidden, bias, sequence }),
-            Op::Gru { input_size, hidden, bias, sequence } => Some(Recurrent { cell: Cell::Gru, input_size, hidden, bias, sequence }),
+            Op::Lstm { input_size, hidden, bias, sequence, bidirectional } => Some(Recurrent { cell: Cell::Lstm, input_size, hidden, bias, sequence, bidirectional }),
+            Op::Gru { input_size, hidden, bias, sequence, bidirectional } => Some(Recurrent { cell: Cell::Gru, input_size, hidden, bias, sequence, bidirectional }),
             _ => None,
         }
     }
@@ -462,14 +504,17 @@ impl Graph {
         for node in &self.nodes {
             if let Some(r) = node.op.recurrent() {
                 let rows = r.gate_rows();
-                for (suffix, kind) in RECURRENT_PARAMS {
-                    let shape = match suffix {
-                        "weight_ih" => vec![rows, r.input_size],
-                        "weight_hh" => vec![rows, r.hidden],
-                        _ if r.bias => vec![rows],
-                        _ => continue,
-                    };
-                    out.push(ParamSpec { name: format!("{}.{suffix}", node.name), node: node.name.clone(), kind, shape });
+                // PyTorch's order: the forward direction's four, then the reverse's.
+                for d in 0..r.directions() {
+                    for (suffix, kind) in RECURRENT_PARAMS {
+                        let shape = match suffix {
+                            "weight_ih" => vec![rows, r.input_size],
+                            "weight_hh" => vec![rows, r.hidden],
+                            _ if r.bias => vec![rows],
+                            _ => continue,
+                        };
+                        out.push(ParamSpec { name: format!("{}.{}", node.name, Recurrent::param_suffix(suffix, d)), node: node.name.clone(), kind, shape });
+                    }
                 }
                 continue;
             }
@@ -636,7 +681,7 @@ pub fn output_shape(name: &str, op: &Op, ins: &[Vec<usize>]) -> Result<Vec<usize
                     r.input_size, r.input_size
                 )));
             }
-            Ok(if r.sequence { vec![x[0], r.hidden] } else { vec![r.hidden] })
+            Ok(if r.sequence { vec![x[0], r.output_width()] } else { vec![r.output_width()] })
         }
         &Op::Embedding { vocab, dim, pad_token } => {
             if vocab == 0 || dim == 0 {

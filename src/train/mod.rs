@@ -586,8 +586,8 @@ mod tests {
         let (x, y) = toy(400, 3);
         for cell in ["lstm", "gru"] {
             let rec = match cell {
-                "lstm" => Op::Lstm { input_size: 2, hidden: 8, bias: true, sequence: false },
-                _ => Op::Gru { input_size: 2, hidden: 8, bias: true, sequence: false },
+                "lstm" => Op::Lstm { input_size: 2, hidden: 8, bias: true, sequence: false, bidirectional: false },
+                _ => Op::Gru { input_size: 2, hidden: 8, bias: true, sequence: false, bidirectional: false },
             };
             let g = Graph::chain(vec![4, 2], vec![("rec", rec), ("fc", Op::Linear { in_features: 8, out_features: 3, bias: true }), ("softmax", Op::Softmax)]);
             let mut m = Model::init(g, 6).unwrap();

@@ -57,6 +57,8 @@ pub enum ExportError {
     MissingQParams { node: String, value: String },
     #[error("integer layer '{0}' has no int8 weight")]
     NotInt8(String),
+    #[error("node '{0}' is a bidirectional LSTM/GRU, which the ONNX exporter does not write yet; keep the model as .sqz or safetensors")]
+    Bidirectional(String),
     #[error("invalid architecture: {0}")]
     Spec(#[from] SpecError),
     #[error("node '{node}' ({op}) cannot be exported to ONNX yet: Transformer ops (embeddings, LayerNorm, GELU, self-attention, pooling, Linear on a sequence) are not supported by the ONNX exporter; keep the model as .sqz or safetensors")]
@@ -254,6 +256,9 @@ fn build(graph: &Graph, tensors: &HashMap<String, Vec<f32>>, int8: Option<&Int8>
             )
     }) {
         return Err(ExportError::Unsupported { node: node.name.clone(), op: node.op.kind() });
+    }
+    if let Some(node) = graph.nodes.iter().find(|n| n.op.recurrent().is_some_and(|r| r.bidirectional)) {
+        return Err(ExportError::Bidirectional(node.name.clone()));
     }
     let consumers = graph.consumers();
     let mut w = Writer { nodes: Vec::new(), inits: Vec::new(), name: HashMap::new(), qdq: HashMap::new() };

@@ -228,8 +228,8 @@ impl Builder {
             return Err(node_err(n, name, "both the sequence Y and the last state Y_h are read; squeeze's layer returns one of them"));
         }
         let op = match cell {
-            Cell::Lstm => Op::Lstm { input_size, hidden, bias: b.is_some(), sequence: y },
-            Cell::Gru => Op::Gru { input_size, hidden, bias: b.is_some(), sequence: y },
+            Cell::Lstm => Op::Lstm { input_size, hidden, bias: b.is_some(), sequence: y, bidirectional: false },
+            Cell::Gru => Op::Gru { input_size, hidden, bias: b.is_some(), sequence: y, bidirectional: false },
         };
         let (node, _) = self.add_node(n, name, vec![x.value], op)?;
         // Inverse of the export order: squeeze block p is ONNX block inverse[p].
