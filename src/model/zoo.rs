@@ -11,6 +11,7 @@ pub const MODELS: &[(&str, &str)] = &[
     ("lstm", "LSTM: the image as 28 rows of 28 pixels (a 28-step sequence), LSTM(28→128), Linear 128→10; 82,186 parameters"),
     ("gru", "GRU: the image as 28 rows of 28 pixels (a 28-step sequence), GRU(28→128), Linear 128→10; 61,962 parameters"),
     ("lstm32", "a small LSTM (a distillation student): the image as 28 rows, LSTM(28→32), Linear 32→10; 8,266 parameters"),
+    ("bilstm32", "a bidirectional LSTM: the image as 28 rows, LSTM(28→32) read both ways, the two final states (2×32) → Linear 64→10; 16,522 parameters"),
     ("vit", "ViT: 7×7 patches (16 + CLS token), width 64, 4 heads, 2 pre-norm blocks with FFN 128, CLS → Linear 64→10; 72,074 parameters"),
     ("cnn", "a wider CNN (teacher for distillation): conv 32@3×3, pool, conv 64@3×3, pool, 128, 10; 421,642 parameters"),
 ];
@@ -85,6 +86,7 @@ pub fn build(name: &str) -> Option<Graph> {
         "lstm" => recurrent(Op::Lstm { input_size: 28, hidden: 128, bias: true, sequence: false, bidirectional: false }),
         "gru" => recurrent(Op::Gru { input_size: 28, hidden: 128, bias: true, sequence: false, bidirectional: false }),
         "lstm32" => recurrent(Op::Lstm { input_size: 28, hidden: 32, bias: true, sequence: false, bidirectional: false }),
+        "bilstm32" => recurrent(Op::Lstm { input_size: 28, hidden: 32, bias: true, sequence: false, bidirectional: true }),
         _ => return None,
     })
 }
@@ -94,7 +96,7 @@ pub fn build(name: &str) -> Option<Graph> {
 /// values as `[1, 28, 28]`, so no reshape is needed.
 fn recurrent(layer: Op) -> Graph {
     let name = if matches!(layer, Op::Lstm { .. }) { "lstm" } else { "gru" };
-    let hidden = layer.recurrent().map_or(0, |r| r.hidden);
+    let hidden = layer.recurrent().map_or(0, |r| r.output_width());
     Graph::chain(vec![28, 28], vec![("normalize", normalize()), (name, layer), ("fc", linear(hidden, 10)), ("softmax", Op::Softmax)])
 }
 
