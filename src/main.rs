@@ -147,6 +147,10 @@ enum Command {
         /// Training images used to calibrate activation ranges.
         #[arg(long, default_value_t = 1000)]
         calibration: usize,
+        /// How the tensors that stay float (biases, LayerNorm, CLS token) are stored:
+        /// f32, or f16 (rounded before calibration; the runtime uses the rounded values).
+        #[arg(long, value_enum, default_value = "f32")]
+        small_tensors: SmallTensorsArg,
         /// Output .sqz file.
         #[arg(long)]
         out: PathBuf,
@@ -430,6 +434,12 @@ enum ModeArg {
     Weights,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum SmallTensorsArg {
+    F32,
+    F16,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -529,7 +539,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Quantize { model, mode, layers, calibration, out, data } => {
+        Command::Quantize { model, mode, layers, calibration, small_tensors, out, data } => {
             refuse_overwrite(&out, &[&model])?;
             let m = store::read_model(&model)?;
             let splits = data.load()?;
@@ -539,7 +549,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ModeArg::Weights => quantize::Mode::Weights,
             };
             let n = calibration.min(splits.train.len());
-            let stored = quantize::quantize(&m, mode, &layers, &splits.train.images[..n * splits.train.sample_len()])?;
+            let small = match small_tensors {
+                SmallTensorsArg::F32 => quantize::SmallTensors::F32,
+                SmallTensorsArg::F16 => quantize::SmallTensors::F16,
+            };
+            let stored = quantize::quantize_with(&m, mode, &layers, &splits.train.images[..n * splits.train.sample_len()], small)?;
             let bytes = store::write_sqz(&out, &stored)?;
             let plan = store::read(&out)?.plan()?;
             let acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 use crate::compress::prune::{Schedule, Scope};
-use crate::compress::quantize::Mode;
+use crate::compress::quantize::{Mode, SmallTensors};
 use crate::train::LrSchedule;
 
 /// Why a recipe cannot be used.
@@ -386,6 +386,10 @@ pub enum Pass {
         /// Training images used to calibrate activation ranges (full mode).
         #[serde(default = "default_calibration")]
         calibration: usize,
+        /// How the tensors that stay float (biases, LayerNorm, CLS token) are stored:
+        /// "f32" (default) or "f16" (rounded before calibration, 2 bytes each).
+        #[serde(default)]
+        small_tensors: SmallTensors,
     },
 }
 
@@ -663,7 +667,7 @@ mod tests {
         let text: String = doc[start..end].lines().skip(1).map(|l| l.trim_start_matches("//!").trim_start()).collect::<Vec<_>>().join("\n");
         let r = Recipe::parse(&text, Path::new("x.toml")).unwrap();
         assert_eq!(r.passes.len(), 2);
-        assert_eq!(r.passes[1], Pass::Quantize { mode: Mode::Full, layers: vec![], calibration: 1000 });
+        assert_eq!(r.passes[1], Pass::Quantize { mode: Mode::Full, layers: vec![], calibration: 1000, small_tensors: SmallTensors::F32 });
     }
 
     /// `[model.preprocess]` in front of a file model becomes a Normalize op on
@@ -682,6 +686,17 @@ mod tests {
         assert!(err.contains("scael"), "{err}");
         let bad = crate::format::arch::Preprocess { scale: Some(0.0), mean: vec![], std: vec![] };
         assert!(bad.to_op().unwrap_err().contains("positive"));
+    }
+
+    #[test]
+    fn quantize_small_tensors_is_f32_unless_set_and_checked() {
+        let base = "name = \"x\"\n[model]\nzoo = \"vit\"\n[gate]\nmax_accuracy_drop = 0.01\n[[pass]]\ntype = \"quantize\"\n";
+        let r = Recipe::parse(&format!("{base}small_tensors = \"f16\"\n"), Path::new("r.toml")).unwrap();
+        assert!(matches!(r.passes[0], Pass::Quantize { small_tensors: SmallTensors::F16, .. }));
+        let r = Recipe::parse(base, Path::new("r.toml")).unwrap();
+        assert!(matches!(r.passes[0], Pass::Quantize { small_tensors: SmallTensors::F32, .. }));
+        let err = Recipe::parse(&format!("{base}small_tensors = \"f8\"\n"), Path::new("r.toml")).unwrap_err().to_string();
+        assert!(err.contains("f8") && err.contains("f16"), "{err}");
     }
 
     #[test]

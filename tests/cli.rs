@@ -191,6 +191,12 @@ fn verbs_train_prune_quantize_inspect_chain() {
     let o = squeeze(&["quantize", p.to_str().unwrap(), "--out", q.to_str().unwrap(), "--data", ds, "--validation", "300"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("kernel int8-"), "{}", o.stdout);
+    // f16 biases: the 74 bias values of the mlp take two bytes each instead of four.
+    let h = d.path("h.sqz");
+    let o = squeeze(&["quantize", p.to_str().unwrap(), "--small-tensors", "f16", "--out", h.to_str().unwrap(), "--data", ds, "--validation", "300"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let (full, half) = (std::fs::metadata(&q).unwrap().len() as i64, std::fs::metadata(&h).unwrap().len() as i64);
+    assert!(full - half >= 74 * 2 - 16, "{full} → {half} bytes");
     let w = d.path("w.sqz");
     let o = squeeze(&["quantize", m.to_str().unwrap(), "--mode", "weights", "--layers", "fc1", "--out", w.to_str().unwrap(), "--data", ds, "--validation", "300"]);
     assert_eq!(o.code, 0, "{}", o.stderr);

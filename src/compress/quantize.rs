@@ -30,6 +30,23 @@ pub enum Mode {
     Weights,
 }
 
+/// How the tensors that stay float in a quantized model (biases, LayerNorm scales and
+/// shifts, a CLS token: every [`ParamKind::Bias`] parameter) are stored.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SmallTensors {
+    /// As trained, 4 bytes each (the default: files and figures made before this
+    /// option existed stay byte-identical).
+    #[default]
+    F32,
+    /// Rounded to the nearest IEEE half (2 bytes each, stored exactly). The rounding
+    /// happens before calibration, so the activation ranges, the stored values and what
+    /// the runtime computes with all agree. Their relative error (2^-11) is far below
+    /// int8's, which matters for models whose float tensors are a sizeable share of
+    /// the file (a small ViT: LayerNorms, attention biases, CLS token).
+    F16,
+}
+
 /// Errors of the quantization pass.
 #[derive(Debug, thiserror::Error)]
 pub enum QuantizeError {
@@ -152,8 +169,34 @@ fn stored(name: String, shape: Vec<usize>, mask: Option<&Vec<bool>>, values: Val
 }
 
 /// Quantizes `model`; `layers` limits it to named Linear/Conv2d/LSTM/GRU nodes (all when empty).
-/// Full mode calibrates on `calibration` (`n × input_len` images).
+/// Full mode calibrates on `calibration` (`n × input_len` images). The float tensors
+/// stay f32 (see [`quantize_with`]).
 pub fn quantize(model: &Model, mode: Mode, layers: &[String], calibration: &[f32]) -> Result<SqzModel, QuantizeError> {
+    quantize_with(model, mode, layers, calibration, SmallTensors::F32)
+}
+
+/// [`quantize`] with a choice of how the tensors that stay float are stored.
+pub fn quantize_with(model: &Model, mode: Mode, layers: &[String], calibration: &[f32], small: SmallTensors) -> Result<SqzModel, QuantizeError> {
+    if small == SmallTensors::F16 {
+        let mut rounded = model.clone();
+        round_small_tensors_to_f16(&mut rounded);
+        return quantize_rounded(&rounded, mode, layers, calibration);
+    }
+    quantize_rounded(model, mode, layers, calibration)
+}
+
+/// Rounds every [`ParamKind::Bias`] parameter to the nearest f16 value, so the
+/// container stores it in two bytes without further loss.
+pub fn round_small_tensors_to_f16(model: &mut Model) {
+    for i in 0..model.params.specs.len() {
+        if model.params.specs[i].kind == ParamKind::Bias {
+            let r = model.params.range(i);
+            model.params.data[r].iter_mut().for_each(|b| *b = crate::compress::share::round_to_f16(*b));
+        }
+    }
+}
+
+fn quantize_rounded(model: &Model, mode: Mode, layers: &[String], calibration: &[f32]) -> Result<SqzModel, QuantizeError> {
     let weighted: Vec<&str> = model.graph.nodes.iter().filter(|n| n.op.has_params()).map(|n| n.name.as_str()).collect();
     for l in layers {
         if !weighted.contains(&l.as_str()) {
@@ -303,6 +346,49 @@ mod tests {
         let got = qplan.run(&x, n, &mut Workspace::default()).unwrap().to_vec();
         let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst < 0.05, "int8 probabilities differ by {worst}");
+    }
+
+    /// `small_tensors = f16`: the float tensors of a full-int8 ViT are stored in two
+    /// bytes each, the int8 weights are untouched, the file reads back to exactly the
+    /// values the runtime uses, and the outputs stay close to the f32-small-tensor file.
+    #[test]
+    fn f16_small_tensors_shrink_the_int8_file_and_read_back_exactly() {
+        let (m, x) = small_vit();
+        let n = 40;
+        let wide = quantize(&m, Mode::Full, &[], &x).unwrap();
+        let half = quantize_with(&m, Mode::Full, &[], &x, SmallTensors::F16).unwrap();
+        assert_eq!(wide.quant.integer_nodes, half.quant.integer_nodes);
+        let mut small_values = 0;
+        for ((spec, _), (w, h)) in m.params.iter().zip(wide.tensors.iter().zip(&half.tensors)) {
+            assert_eq!((&w.name, &w.shape), (&h.name, &h.shape));
+            match (&w.values, &h.values) {
+                (Values::I8 { .. }, Values::I8 { .. }) => assert_eq!(w, h, "{}: int8 weights must not change", w.name),
+                (Values::F32(a), Values::F32(b)) => {
+                    assert_eq!(spec.kind, ParamKind::Bias, "{}", w.name);
+                    for (x, y) in a.iter().zip(b) {
+                        assert!(crate::codec::f16::exact(*y).is_some(), "{}: {y} is not an f16", w.name);
+                        assert!((x - y).abs() <= x.abs() * 2f32.powi(-11) + 1e-7, "{}: {x} rounded to {y}", w.name);
+                    }
+                    small_values += b.len();
+                }
+                other => panic!("{}: unexpected encodings {other:?}", w.name),
+            }
+        }
+        assert!(small_values > 0);
+        let (wide_bytes, half_bytes) = (crate::format::sqz::encode(&wide).unwrap(), crate::format::sqz::encode(&half).unwrap());
+        // Every float value saves two bytes (the deflated f32 body is never smaller for
+        // these trained-looking values); allow a little for the container's choices.
+        assert!(wide_bytes.len() as i64 - half_bytes.len() as i64 >= small_values as i64 * 2 - 64, "{} → {} bytes, {small_values} small values", wide_bytes.len(), half_bytes.len());
+        let back = crate::format::sqz::decode(&half_bytes, &Default::default()).unwrap();
+        assert_eq!(back.tensors, half.tensors, "the file holds exactly the rounded values");
+        assert_eq!(back.quant, half.quant);
+        let ws = &mut Workspace::default();
+        let y_wide = crate::store::sqz_plan(&wide).unwrap().run(&x, n, ws).unwrap().to_vec();
+        let y_half = crate::store::sqz_plan(&back).unwrap().run(&x, n, ws).unwrap().to_vec();
+        let worst = y_wide.iter().zip(&y_half).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 0.02, "f16 small tensors moved the probabilities by {worst}");
+        // The f32 default is the old behaviour, byte for byte.
+        assert_eq!(crate::format::sqz::encode(&quantize_with(&m, Mode::Full, &[], &x, SmallTensors::F32).unwrap()).unwrap(), wide_bytes);
     }
 
     #[test]

@@ -153,12 +153,7 @@ pub fn round_to_half(model: &mut Model) {
         cb.centroids.iter_mut().for_each(|c| *c = round_to_f16(*c));
     }
     model.apply_codebooks();
-    for i in 0..model.params.specs.len() {
-        if model.params.specs[i].kind == ParamKind::Bias {
-            let r = model.params.range(i);
-            model.params.data[r].iter_mut().for_each(|b| *b = round_to_f16(*b));
-        }
-    }
+    crate::compress::quantize::round_small_tensors_to_f16(model);
 }
 
 #[cfg(test)]

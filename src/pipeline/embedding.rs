@@ -296,13 +296,13 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 extra.insert("group".into(), (*group).into());
                 (quantize::quantize_int4(&model, *group, &chosen)?, false)
             }
-            Pass::Quantize { mode, layers, calibration: _ } => {
+            Pass::Quantize { mode, layers, calibration: _, small_tensors } => {
                 if *mode == quantize::Mode::Full {
                     return Err(PipelineError::Quantize(quantize::QuantizeError::UnknownLayer(
                         "full int8 (u8 activations) of Transformer layers is not implemented yet: use mode = \"weights\"".into(),
                     )));
                 }
-                (quantize::quantize(&model, *mode, layers, &[])?, false)
+                (quantize::quantize_with(&model, *mode, layers, &[], *small_tensors)?, false)
             }
             Pass::Code {} => (quantize::store_f32(&model), true),
             other => return Err(PipelineError::EmbeddingOnly(format!("pass '{}' does not run on hf_dir models", other.stage_name()))),
