@@ -960,7 +960,7 @@ mod tests {
             assert_eq!(kept_mask, &want);
             // Full int8 of the trimmed model (fused QKV of 3·8 rows) runs and stays close.
             let q = crate::compress::quantize::quantize(&t, crate::compress::quantize::Mode::Full, &[], &x).unwrap();
-            let plan = q.plan().unwrap();
+            let plan = crate::store::ModelFile::Sqz(q).plan().unwrap();
             let got = plan.run(&x, 6, &mut exec::Workspace::default()).unwrap().to_vec();
             let want = outputs(&t, &x, 6);
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
