@@ -113,11 +113,17 @@ enum Command {
     /// fine-tune the smaller dense model.
     Trim {
         model: PathBuf,
-        /// Fraction of units to remove in each selected layer, in [0, 1).
-        #[arg(long)]
+        /// Fraction of units to remove in each selected layer, in [0, 1) (0: heads only).
+        #[arg(long, default_value_t = 0.0)]
         ratio: f64,
         #[arg(long, value_enum, default_value = "l2")]
         score: ScoreArg,
+        /// Attention heads to remove from each SelfAttention node.
+        #[arg(long, default_value_t = 0)]
+        heads: usize,
+        /// How attention heads are ranked.
+        #[arg(long, value_enum, default_value = "magnitude")]
+        head_score: HeadScoreArg,
         /// Only these layers (node names, comma-separated); default every layer that feeds another weighted layer.
         #[arg(long, value_delimiter = ',')]
         layers: Vec<String>,
@@ -415,6 +421,14 @@ enum ScoreArg {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
+enum HeadScoreArg {
+    /// Norm of the head's query/key/value rows and output columns.
+    Magnitude,
+    /// Mean norm of the head's contribution to the output on calibration images.
+    Contribution,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
 enum ExportFormat {
     /// ONNX: QDQ int8 for a quantized model, else fp32; checked by importing it again.
     Onnx,
@@ -507,7 +521,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out!("wrote {} ({} bytes); test accuracy {:.2}%", out.display(), bytes, acc * 100.0);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Trim { model, ratio, score, layers, fine_tune_epochs, lr, seed, calibration, out, data } => {
+        Command::Trim { model, ratio, score, heads, head_score, layers, fine_tune_epochs, lr, seed, calibration, out, data } => {
+            if ratio == 0.0 && heads == 0 {
+                bail!("nothing to trim: give --ratio (a fraction of units) and/or --heads (attention heads per node)");
+            }
             refuse_overwrite(&out, &[&model])?;
             let m = store::read_model(&model)?;
             let splits = data.load()?;
@@ -519,7 +536,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ScoreArg::Taylor => trim::Score::Taylor,
             };
             let n = calibration.min(splits.train.len());
-            let cfg = trim::TrimConfig { ratio, score, layers, per_layer: Default::default() };
+            let head_score = match head_score {
+                HeadScoreArg::Magnitude => trim::HeadScore::Magnitude,
+                HeadScoreArg::Contribution => trim::HeadScore::Contribution,
+            };
+            let cfg = trim::TrimConfig { ratio, score, layers, per_layer: Default::default(), heads, head_score };
             let (mut t, summary) = trim::trim(&m, &cfg, &splits.train.images[..n * splits.train.sample_len()])?;
             let tcfg = TrainConfig { epochs: fine_tune_epochs, batch_size: 128, lr, seed, workers: 2, l1: 0.0, group_lasso: None, schedule: Default::default() };
             let mut bar = TrainBar::default();
@@ -527,6 +548,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let bytes = write_model(&out, &t)?;
             for (name, before, after) in &summary.layers {
                 out!("{name}: {before} → {after} units");
+            }
+            for (name, before, after) in &summary.heads {
+                out!("{name}: {before} → {after} heads");
             }
             let acc = exec::evaluate(&store::read(&out)?.plan()?, &splits.test.images, &splits.test.labels, 2)?;
             out!(

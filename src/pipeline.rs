@@ -470,8 +470,8 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 distillation = figures;
                 (quantize::store_f32(&model), false)
             }
-            Pass::Trim { ratio, score, layers, per_layer, fine_tune_epochs, lr, calibration, group_lasso, group_lasso_epochs } => {
-                let cfg = trim::TrimConfig { ratio: *ratio, score: *score, layers: layers.clone(), per_layer: per_layer.clone() };
+            Pass::Trim { ratio, score, heads, head_score, layers, per_layer, fine_tune_epochs, lr, calibration, group_lasso, group_lasso_epochs } => {
+                let cfg = trim::TrimConfig { ratio: *ratio, score: *score, layers: layers.clone(), per_layer: per_layer.clone(), heads: *heads, head_score: *head_score };
                 let n = (*calibration).min(splits.train.len());
                 let calib = &splits.train.images[..n * splits.train.sample_len()];
                 if *group_lasso > 0.0 {
@@ -501,6 +501,15 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                     .map(|(n, before, after)| serde_json::json!({ "layer": n, "units_before": before, "units_after": after }))
                     .collect();
                 extra.insert("layers".into(), layers.into());
+                if !summary.heads.is_empty() {
+                    let heads: Vec<serde_json::Value> = summary
+                        .heads
+                        .iter()
+                        .map(|(n, before, after)| serde_json::json!({ "layer": n, "heads_before": before, "heads_after": after }))
+                        .collect();
+                    extra.insert("heads".into(), heads.into());
+                    extra.insert("head_score".into(), serde_json::to_value(head_score).unwrap_or_default());
+                }
                 extra.insert("params_before".into(), summary.params_before.into());
                 extra.insert("params_after".into(), summary.params_after.into());
                 extra.insert("score".into(), serde_json::to_value(score).unwrap_or_default());

@@ -253,10 +253,17 @@ pub enum Pass {
     /// Structured trimming: remove whole neurons/filters by importance (the removal is
     /// propagated to the next layer), then fine-tune the smaller dense model.
     Trim {
-        /// Fraction of units to remove in each selected layer.
+        /// Fraction of units to remove in each selected layer (0 = none: heads only).
+        #[serde(default)]
         ratio: f64,
         #[serde(default)]
         score: crate::compress::trim::Score,
+        /// Attention heads to remove from each SelfAttention node (0 = none).
+        #[serde(default)]
+        heads: usize,
+        /// How heads are ranked: "magnitude" or "contribution" (calibration data).
+        #[serde(default)]
+        head_score: crate::compress::trim::HeadScore,
         #[serde(default)]
         layers: Vec<String>,
         #[serde(default)]
@@ -424,8 +431,11 @@ fn check_embedding(r: Recipe, invalid: &dyn Fn(String) -> RecipeError) -> Result
             Pass::Int4 { group, .. } if *group == 0 || *group > crate::format::sqz::MAX_I4_GROUP => {
                 return Err(invalid(format!("pass int4: group: expected 1..={}, got {group}", crate::format::sqz::MAX_I4_GROUP)));
             }
-            Pass::Int4 { .. } | Pass::Quantize { .. } | Pass::Code {} => {}
-            other => return Err(invalid(format!("pass '{}' is not available for hf_dir models yet (they run prune_rows, int4, quantize)", other.stage_name()))),
+            Pass::Trim { fine_tune_epochs, group_lasso, .. } if *fine_tune_epochs > 0 || *group_lasso > 0.0 => {
+                return Err(invalid("pass trim: hf_dir models are trimmed in one shot (no fine-tuning data for an embedder): set fine_tune_epochs = 0 and leave group_lasso unset".into()));
+            }
+            Pass::Int4 { .. } | Pass::Quantize { .. } | Pass::Code {} | Pass::Trim { .. } => {}
+            other => return Err(invalid(format!("pass '{}' is not available for hf_dir models yet (they run prune_rows, trim, int4, quantize)", other.stage_name()))),
         }
     }
     Ok(r)
@@ -498,7 +508,14 @@ impl Pass {
             Pass::Quantize { mode: Mode::Full, .. } => "int8".into(),
             Pass::Quantize { mode: Mode::Weights, .. } => "int8-weights".into(),
             Pass::Share { .. } => "shared".into(),
-            Pass::Trim { .. } => "trimmed".into(),
+            Pass::Trim { heads: 0, .. } => "trimmed".into(),
+            Pass::Trim { heads, head_score, ratio, .. } => {
+                let score = match head_score {
+                    crate::compress::trim::HeadScore::Magnitude => "magnitude",
+                    crate::compress::trim::HeadScore::Contribution => "contribution",
+                };
+                if *ratio > 0.0 { format!("trimmed-heads{heads}-{score}") } else { format!("heads{heads}-{score}") }
+            }
             Pass::Distill { .. } => "distilled".into(),
             Pass::Code {} => "coded".into(),
             Pass::Hash { .. } => "hashed".into(),

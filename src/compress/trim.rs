@@ -19,6 +19,14 @@
 //! scored by the weights of all its gate rows (`weight_ih` and `weight_hh`), or by its
 //! mean |h|; the Taylor score is not defined for recurrent units.
 //!
+//! Attention heads: removing head `h` of a SelfAttention node (`heads` of `head_dim`
+//! features) removes rows `h·head_dim..(h+1)·head_dim` of the query, key and value
+//! weights and biases and the same columns of the output projection's weight; the
+//! output bias and the residual width stay, so nothing outside the node changes. The
+//! node keeps `head_dim` and its `heads` shrinks ([`TrimConfig::heads`] per node). Heads
+//! are ranked by [`HeadScore`]: the magnitude of their weights, or their measured
+//! contribution to the output projection on calibration inputs.
+//!
 //! Constraints: pruning masks are sliced with their tensors (rows of removed units,
 //! columns of removed inputs are dropped). Weight-sharing codebooks are **all cleared**:
 //! the parameters keep their (shared) values, but the assignment is no longer a
@@ -40,7 +48,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Model, ModelError, Workspace};
 use crate::runtime::exec::{self, RuntimeError};
-use crate::spec::{Graph, Op, SpecError};
+use crate::runtime::transformer::ValidLengths;
+use crate::spec::{Attention, Graph, Op, SpecError};
 
 /// How the importance of a unit (neuron or filter) is measured; the lowest go first.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -76,6 +85,22 @@ impl Score {
     }
 }
 
+/// How the importance of an attention head is measured; the lowest go first.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadScore {
+    /// Euclidean norm of every weight the head owns: its rows of the query, key and
+    /// value weights and its columns of the output weight (no data needed).
+    #[default]
+    Magnitude,
+    /// Mean over calibration positions of the L2 norm of the head's contribution to
+    /// the node's output, `W_o[:, head] · context_head` (the output projection applied
+    /// to that head's slice of the attention context). Padding positions are not
+    /// counted. The change of the output when the head is removed is exactly this
+    /// vector, so the score ranks heads by what removing them changes first-hand.
+    Contribution,
+}
+
 /// What to trim.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -93,6 +118,12 @@ pub struct TrimConfig {
     /// Per-layer ratios (node name → ratio) overriding `ratio`. Naming a layer here
     /// also selects it (as if it were listed in `layers`).
     pub per_layer: BTreeMap<String, f64>,
+    /// Attention heads to remove from each SelfAttention node: every one, or only those
+    /// named in `layers` when it names any. 0 = no head trimming. At least one head
+    /// must stay in each node.
+    pub heads: usize,
+    /// How heads are ranked.
+    pub head_score: HeadScore,
 }
 
 /// What was trimmed.
@@ -100,6 +131,8 @@ pub struct TrimConfig {
 pub struct TrimSummary {
     /// Per trimmed layer, in graph order: node name, units before, units after.
     pub layers: Vec<(String, usize, usize)>,
+    /// Per trimmed attention node, in graph order: node name, heads before, heads after.
+    pub heads: Vec<(String, usize, usize)>,
     /// Parameters of the model before trimming.
     pub params_before: usize,
     /// Parameters of the trimmed model.
@@ -120,8 +153,8 @@ pub enum TrimError {
         /// The ratio given.
         ratio: f64,
     },
-    /// A requested layer is not a Linear, Conv2d, LSTM or GRU node of the model.
-    #[error("layer '{0}' is not a Linear, Conv2d, LSTM or GRU node of this model")]
+    /// A requested layer is not a Linear, Conv2d, LSTM, GRU or SelfAttention node of the model.
+    #[error("layer '{0}' is not a Linear, Conv2d, LSTM, GRU or SelfAttention node of this model")]
     UnknownLayer(String),
     /// A requested layer cannot be trimmed.
     #[error("layer '{layer}' cannot be trimmed: {reason}")]
@@ -131,6 +164,25 @@ pub enum TrimError {
         /// Why not.
         reason: String,
     },
+    /// More heads asked to be removed than a node can lose.
+    #[error("cannot remove {remove} heads from the attention node '{layer}': it has {heads}, and at least one must stay (ask for at most {})", heads.saturating_sub(1))]
+    TooManyHeads {
+        /// The node name.
+        layer: String,
+        /// Heads the node has.
+        heads: usize,
+        /// Heads asked to be removed.
+        remove: usize,
+    },
+    /// An attention node is named but no head count was given.
+    #[error("layer '{0}' is an attention node: trim its heads with heads = N (its width is tied to the model width)")]
+    AttentionWithoutHeads(String),
+    /// Heads were asked for in a model without attention.
+    #[error("heads = {0} asks to trim attention heads, but the model has no SelfAttention node")]
+    NoAttention(usize),
+    /// The contribution score was asked for without calibration inputs.
+    #[error("the head score 'contribution' needs calibration inputs, none were given")]
+    MissingHeadCalibration,
     /// A data-driven score was asked for without calibration images.
     #[error("score {0:?} needs calibration images, none were given")]
     MissingCalibration(Score),
@@ -326,6 +378,13 @@ fn select(model: &Model, cfg: &TrimConfig) -> Result<Vec<(String, f64, Reach)>, 
     let mut chosen: BTreeMap<usize, Reach> = BTreeMap::new();
     for name in cfg.layers.iter().chain(cfg.per_layer.keys()) {
         let i = index_of(name).ok_or_else(|| TrimError::UnknownLayer(name.clone()))?;
+        // Attention nodes lose heads (see `attention_nodes`), not units.
+        if graph.nodes[i].op.attention().is_some() {
+            if cfg.heads == 0 || cfg.per_layer.contains_key(name) {
+                return Err(TrimError::AttentionWithoutHeads(name.clone()));
+            }
+            continue;
+        }
         let r = reach(graph, &shapes, i).map_err(|reason| TrimError::NotTrimmable { layer: name.clone(), reason })?;
         chosen.insert(i, r);
     }
@@ -346,6 +405,8 @@ fn select(model: &Model, cfg: &TrimConfig) -> Result<Vec<(String, f64, Reach)>, 
             let ratio = cfg.per_layer.get(&name).copied().unwrap_or(cfg.ratio);
             (name, ratio, r)
         })
+        // Ratio 0 everywhere selects nothing (a heads-only trim), unless layers are named.
+        .filter(|(name, ratio, _)| *ratio > 0.0 || cfg.layers.contains(name) || cfg.per_layer.contains_key(name))
         .collect())
 }
 
@@ -486,12 +547,171 @@ fn compute_scores(model: &Model, score: Score, layers: &[(String, Reach)], calib
     Ok(out)
 }
 
+/// The attention nodes [`trim`] removes heads from with `cfg` (graph order), checked
+/// against `cfg.heads`.
+fn attention_nodes(model: &Model, cfg: &TrimConfig) -> Result<Vec<(String, Attention)>, TrimError> {
+    if cfg.heads == 0 {
+        return Ok(Vec::new());
+    }
+    let all: Vec<(String, Attention)> = model.graph.nodes.iter().filter_map(|n| Some((n.name.clone(), n.op.attention()?))).collect();
+    if all.is_empty() {
+        return Err(TrimError::NoAttention(cfg.heads));
+    }
+    let named: Vec<(String, Attention)> = all.iter().filter(|(n, _)| cfg.layers.contains(n)).cloned().collect();
+    let chosen = if cfg.layers.is_empty() { all } else { named };
+    if let Some((name, a)) = chosen.iter().find(|(_, a)| cfg.heads >= a.heads) {
+        return Err(TrimError::TooManyHeads { layer: name.clone(), heads: a.heads, remove: cfg.heads });
+    }
+    Ok(chosen)
+}
+
+/// Importance of every head of the attention nodes [`trim`] would trim with `cfg`
+/// (node name → one score per head; higher is more important). `calibration` holds
+/// `n × input_len` inputs (images, or token ids) and may be empty for
+/// [`HeadScore::Magnitude`].
+pub fn head_scores(model: &Model, cfg: &TrimConfig, calibration: &[f32]) -> Result<BTreeMap<String, Vec<f64>>, TrimError> {
+    let nodes = attention_nodes(model, cfg)?;
+    compute_head_scores(model, cfg.head_score, &nodes, calibration)
+}
+
+fn compute_head_scores(model: &Model, score: HeadScore, nodes: &[(String, Attention)], calibration: &[f32]) -> Result<BTreeMap<String, Vec<f64>>, TrimError> {
+    let tensor = |name: String| model.params.get(&name).ok_or(ModelError::MissingTensor { name });
+    let mut out = BTreeMap::new();
+    match score {
+        HeadScore::Magnitude => {
+            for (name, a) in nodes {
+                let (hd, inner, d) = (a.head_dim, a.inner(), a.dim);
+                let mut acc = vec![0.0f64; a.heads];
+                for proj in ["query", "key", "value"] {
+                    let w = tensor(format!("{name}.{proj}.weight"))?;
+                    for (r, row) in w.chunks_exact(d).enumerate() {
+                        acc[r / hd] += row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+                    }
+                }
+                let wo = tensor(format!("{name}.output.weight"))?;
+                for row in wo.chunks_exact(inner) {
+                    for (c, &v) in row.iter().enumerate() {
+                        acc[c / hd] += f64::from(v) * f64::from(v);
+                    }
+                }
+                out.insert(name.clone(), acc.into_iter().map(f64::sqrt).collect());
+            }
+        }
+        HeadScore::Contribution => {
+            let per = model.graph.input_len();
+            if calibration.is_empty() {
+                return Err(TrimError::MissingHeadCalibration);
+            }
+            if per == 0 || !calibration.len().is_multiple_of(per) {
+                return Err(TrimError::CalibrationShape { got: calibration.len(), per_sample: per });
+            }
+            let n = calibration.len() / per;
+            // Token inputs with a padding id: padding positions are not counted.
+            let pad = model.graph.nodes.iter().find_map(|node| match node.op {
+                Op::Embedding { pad_token: Some(p), .. } if node.inputs[0] == crate::spec::INPUT => Some(p),
+                _ => None,
+            });
+            let plan = crate::store::model_plan(model)?;
+            let mut ws = exec::Workspace::default();
+            // Context value → (geometry, output weight, Σ‖contribution‖ per head, positions counted).
+            let mut sums: HashMap<String, (Attention, &[f32], Vec<f64>, usize)> = HashMap::new();
+            for (name, a) in nodes {
+                sums.insert(format!("{name}.context"), (*a, tensor(format!("{name}.output.weight"))?, vec![0.0; a.heads], 0));
+            }
+            let mut valid = ValidLengths::default();
+            let mut contribution = Vec::new();
+            const BATCH: usize = 16;
+            for start in (0..n).step_by(BATCH) {
+                let b = BATCH.min(n - start);
+                let x = &calibration[start * per..(start + b) * per];
+                match pad {
+                    Some(p) => valid.from_ids(x, b, per, p),
+                    None => valid.clear(),
+                }
+                plan.run_observe(x, b, &mut ws, &mut |value, data| {
+                    let Some((a, wo, acc, count)) = sums.get_mut(value) else { return };
+                    let (hd, inner, d) = (a.head_dim, a.inner(), a.dim);
+                    let rows = data.len() / inner / b;
+                    contribution.resize(d, 0.0f32);
+                    for s in 0..b {
+                        for r in 0..valid.of(s, rows) {
+                            let ctx = &data[(s * rows + r) * inner..][..inner];
+                            for (h, a) in acc.iter_mut().enumerate() {
+                                let ch = &ctx[h * hd..(h + 1) * hd];
+                                for (y, wrow) in contribution.iter_mut().zip(wo.chunks_exact(inner)) {
+                                    *y = wrow[h * hd..(h + 1) * hd].iter().zip(ch).map(|(w, c)| w * c).sum();
+                                }
+                                *a += contribution.iter().map(|&y| f64::from(y) * f64::from(y)).sum::<f64>().sqrt();
+                            }
+                            *count += 1;
+                        }
+                    }
+                })?;
+            }
+            for (name, _) in nodes {
+                let (_, _, acc, count) = &sums[&format!("{name}.context")];
+                out.insert(name.clone(), acc.iter().map(|v| v / (*count).max(1) as f64).collect());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Slices the heads `keep` (sorted) of attention node `node` (see the module docs).
+fn trim_heads(
+    model: &Model,
+    node: &mut crate::spec::Node,
+    a: Attention,
+    keep: &[usize],
+    tensors: &mut HashMap<String, (Vec<usize>, Vec<f32>)>,
+    masks: &mut BTreeMap<String, Vec<bool>>,
+) -> Result<(), TrimError> {
+    let (hd, inner, d) = (a.head_dim, a.inner(), a.dim);
+    let kept: Vec<usize> = keep.iter().flat_map(|&h| h * hd..(h + 1) * hd).collect();
+    let all_d: Vec<usize> = (0..d).collect();
+    if let Op::SelfAttention { heads, head_dim, .. } = &mut node.op {
+        *heads = keep.len();
+        // Written only when it no longer follows from dim / heads.
+        *head_dim = (keep.len() * hd != d).then_some(hd);
+    }
+    for proj in crate::spec::ATTENTION_PROJECTIONS {
+        let output = proj == "output";
+        for part in ["weight", "bias"] {
+            let pname = format!("{}.{proj}.{part}", node.name);
+            let Some(data) = model.params.get(&pname) else { continue };
+            let (shape, rows, cols, rows_kept, cols_kept): (Vec<usize>, usize, usize, &[usize], &[usize]) = match (output, part) {
+                (false, "weight") => (vec![kept.len(), d], inner, d, &kept, &all_d),
+                (false, _) => (vec![kept.len()], inner, 1, &kept, &[0]),
+                (true, "weight") => (vec![d, kept.len()], d, inner, &all_d, &kept),
+                (true, _) => (vec![d], d, 1, &all_d, &[0]),
+            };
+            if data.len() != rows * cols {
+                return Err(TrimError::Inconsistent(format!("'{pname}' has {} values, not {rows}×{cols}", data.len())));
+            }
+            tensors.insert(pname.clone(), (shape, slice(data, cols, 1, rows_kept, cols_kept)));
+            if let Some(mask) = model.constraints.masks.get(&pname) {
+                if mask.len() != data.len() {
+                    return Err(ModelError::MaskLength { name: pname, expected: data.len(), got: mask.len() }.into());
+                }
+                masks.insert(pname, slice(mask, cols, 1, rows_kept, cols_kept));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The units to keep: all but the `round(ratio · units)` lowest scores (capped so one
 /// unit stays), ties removed by lower index first. Sorted.
 fn keep_units(score: &[f64], ratio: f64) -> Vec<usize> {
     let units = score.len();
     let remove = ((ratio * units as f64).round() as usize).min(units.saturating_sub(1));
-    let mut order: Vec<usize> = (0..units).collect();
+    keep_count(score, units - remove)
+}
+
+/// The `keep` highest-scoring units, ties removed by lower index first. Sorted.
+fn keep_count(score: &[f64], keep: usize) -> Vec<usize> {
+    let remove = score.len().saturating_sub(keep);
+    let mut order: Vec<usize> = (0..score.len()).collect();
     order.sort_by(|&a, &b| score[a].total_cmp(&score[b]).then(a.cmp(&b)));
     let mut keep = order[remove..].to_vec();
     keep.sort_unstable();
@@ -521,12 +741,20 @@ pub fn trim(model: &Model, cfg: &TrimConfig, calibration: &[f32]) -> Result<(Mod
     let selected = select(model, cfg)?;
     let layers: Vec<(String, Reach)> = selected.iter().map(|(n, _, r)| (n.clone(), r.clone())).collect();
     let scores = compute_scores(model, cfg.score, &layers, calibration)?;
+    let attention = attention_nodes(model, cfg)?;
+    let head_scores = compute_head_scores(model, cfg.head_score, &attention, calibration)?;
 
     let mut out_keep: HashMap<String, Vec<usize>> = HashMap::new();
     // Weighted consumer → (kept units of its producer, elements per unit in its input).
     let mut in_keep: HashMap<String, (Vec<usize>, usize)> = HashMap::new();
     let mut normalize_keep: HashMap<String, Vec<usize>> = HashMap::new();
-    let mut summary = TrimSummary { layers: Vec::new(), params_before: model.graph.num_params(), params_after: 0 };
+    let mut summary = TrimSummary { layers: Vec::new(), heads: Vec::new(), params_before: model.graph.num_params(), params_after: 0 };
+    let mut head_keep: HashMap<String, (Attention, Vec<usize>)> = HashMap::new();
+    for (name, a) in &attention {
+        let keep = keep_count(&head_scores[name], a.heads - cfg.heads);
+        summary.heads.push((name.clone(), a.heads, keep.len()));
+        head_keep.insert(name.clone(), (*a, keep));
+    }
     for (name, ratio, r) in &selected {
         let keep = keep_units(&scores[name], *ratio);
         summary.layers.push((name.clone(), r.units, keep.len()));
@@ -543,6 +771,10 @@ pub fn trim(model: &Model, cfg: &TrimConfig, calibration: &[f32]) -> Result<(Mod
     let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
     let mut masks = BTreeMap::new();
     for node in &mut graph.nodes {
+        if let Some((a, keep)) = head_keep.get(&node.name) {
+            trim_heads(model, node, *a, keep, &mut tensors, &mut masks)?;
+            continue;
+        }
         if let Some(r) = node.op.recurrent() {
             trim_recurrent(model, node, r, out_keep.get(&node.name), in_keep.get(&node.name).map(|k| &k.0), &mut tensors, &mut masks)?;
             continue;
@@ -691,7 +923,111 @@ mod tests {
             score,
             layers: layers.iter().map(|s| s.to_string()).collect(),
             per_layer: per.iter().map(|(l, r)| (l.to_string(), *r)).collect(),
+            ..Default::default()
         }
+    }
+
+    fn head_cfg(heads: usize, head_score: HeadScore, layers: &[&str]) -> TrimConfig {
+        TrimConfig { heads, head_score, layers: layers.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    }
+
+    /// Makes head `h` of attention node `name` dead: its query/key/value rows and its
+    /// output columns are zero, so it adds nothing to the output.
+    fn kill_head(m: &mut Model, name: &str, h: usize) {
+        let a = m.graph.node(name).unwrap().op.attention().unwrap();
+        let (hd, inner, d) = (a.head_dim, a.inner(), a.dim);
+        for proj in ["query", "key", "value"] {
+            m.params.get_mut(&format!("{name}.{proj}.weight")).unwrap()[h * hd * d..(h + 1) * hd * d].fill(0.0);
+            m.params.get_mut(&format!("{name}.{proj}.bias")).unwrap()[h * hd..(h + 1) * hd].fill(0.0);
+        }
+        for row in m.params.get_mut(&format!("{name}.output.weight")).unwrap().chunks_exact_mut(inner) {
+            row[h * hd..(h + 1) * hd].fill(0.0);
+        }
+    }
+
+    /// ViT heads: removing dead heads (2 of 4 per block) slices query/key/value rows and
+    /// output columns, sets head_dim, keeps the residual width and the function, in f32
+    /// and after full int8; both scores rank the dead heads last; masks are sliced.
+    #[test]
+    fn trimming_dead_heads_of_a_vit_keeps_its_function() {
+        let x = images(6, 784, 8);
+        let mut m = Model::init(zoo::vit(&zoo::VitShape { patch: 7, dim: 16, heads: 4, blocks: 2, ffn: 12 }), 5).unwrap();
+        kill_head(&mut m, "b1_attn", 1);
+        kill_head(&mut m, "b1_attn", 2);
+        kill_head(&mut m, "b2_attn", 0);
+        kill_head(&mut m, "b2_attn", 3);
+        let mask: Vec<bool> = (0..16 * 16).map(|i| i % 3 != 0).collect();
+        m.constraints.masks.insert("b1_attn.output.weight".into(), mask.clone());
+        for score in [HeadScore::Magnitude, HeadScore::Contribution] {
+            let sc = head_scores(&m, &head_cfg(2, score, &[]), &x).unwrap();
+            assert_eq!(sc["b1_attn"][1], 0.0, "{score:?}");
+            assert!(sc["b1_attn"][0] > 0.0 && sc["b2_attn"][1] > 0.0 && sc["b2_attn"][2] > 0.0, "{score:?}: {sc:?}");
+            let (t, s) = trim(&m, &head_cfg(2, score, &[]), &x).unwrap();
+            assert!(s.layers.is_empty(), "heads only: {:?}", s.layers);
+            assert_eq!(s.heads, vec![("b1_attn".into(), 4, 2), ("b2_attn".into(), 4, 2)]);
+            assert_eq!(t.graph.node("b1_attn").unwrap().op, Op::SelfAttention { dim: 16, heads: 2, causal: false, head_dim: Some(4) });
+            assert_eq!(t.params.get("b2_attn.key.weight").unwrap(), &m.params.get("b2_attn.key.weight").unwrap()[4 * 16..12 * 16]);
+            assert_eq!(t.params.get("b1_attn.output.bias").unwrap(), m.params.get("b1_attn.output.bias").unwrap());
+            assert_eq!(s.params_before - s.params_after, 2 * 2 * 4 * (4 * 16 + 3));
+            assert_close(&outputs(&m, &x, 6), &outputs(&t, &x, 6));
+            let kept_mask = &t.constraints.masks["b1_attn.output.weight"];
+            let want: Vec<bool> = mask.chunks_exact(16).flat_map(|r| r[0..4].iter().chain(&r[12..16]).copied()).collect();
+            assert_eq!(kept_mask, &want);
+            // Full int8 of the trimmed model (fused QKV of 3·8 rows) runs and stays close.
+            let q = crate::compress::quantize::quantize(&t, crate::compress::quantize::Mode::Full, &[], &x).unwrap();
+            let plan = crate::store::ModelFile::Sqz(q).plan().unwrap();
+            let got = plan.run(&x, 6, &mut exec::Workspace::default()).unwrap().to_vec();
+            let want = outputs(&t, &x, 6);
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(worst < 0.05, "int8 of the trimmed vit differs by {worst}");
+        }
+    }
+
+    /// Token inputs: padding positions are not counted by the contribution score (a
+    /// padded batch scores as the same sentences without padding).
+    #[test]
+    fn head_contribution_skips_padding_positions() {
+        let graph = |seq: usize| {
+            Graph::chain(
+                vec![seq],
+                vec![
+                    ("emb", Op::Embedding { vocab: 7, dim: 8, pad_token: Some(0) }),
+                    ("attn", Op::SelfAttention { dim: 8, heads: 4, causal: false, head_dim: None }),
+                    ("pool", Op::Pool { kind: crate::spec::PoolKind::Mean }),
+                ],
+            )
+        };
+        let long = Model::init(graph(5), 3).unwrap();
+        let short = Model::from_tensors(graph(3), long.tensors().into_iter().map(|(k, v)| {
+            let shape = long.params.specs.iter().find(|s| s.name == k).unwrap().shape.clone();
+            (k, (shape, v))
+        }).collect()).unwrap();
+        let cfg = head_cfg(1, HeadScore::Contribution, &[]);
+        let padded = head_scores(&long, &cfg, &[3.0, 5.0, 6.0, 0.0, 0.0, 1.0, 2.0, 4.0, 0.0, 0.0]).unwrap();
+        let unpadded = head_scores(&short, &cfg, &[3.0, 5.0, 6.0, 1.0, 2.0, 4.0]).unwrap();
+        for (a, b) in padded["attn"].iter().zip(&unpadded["attn"]) {
+            assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn head_trimming_errors_are_clear() {
+        let m = Model::init(zoo::vit(&zoo::VitShape { patch: 7, dim: 16, heads: 4, blocks: 2, ffn: 12 }), 5).unwrap();
+        let e = trim(&m, &head_cfg(4, HeadScore::Magnitude, &[]), &[]).unwrap_err();
+        assert!(matches!(e, TrimError::TooManyHeads { heads: 4, remove: 4, .. }), "{e}");
+        assert!(e.to_string().contains("at most 3"), "{e}");
+        let e = trim(&m, &head_cfg(1, HeadScore::Contribution, &[]), &[]).unwrap_err();
+        assert!(matches!(e, TrimError::MissingHeadCalibration), "{e}");
+        let e = trim(&m, &head_cfg(0, HeadScore::Magnitude, &["b1_attn"]), &[]).unwrap_err();
+        assert!(matches!(e, TrimError::AttentionWithoutHeads(ref l) if l == "b1_attn"), "{e}");
+        let e = trim(&m, &TrimConfig { heads: 1, per_layer: [("b1_attn".to_string(), 0.5)].into(), ..Default::default() }, &[]).unwrap_err();
+        assert!(matches!(e, TrimError::AttentionWithoutHeads(_)), "{e}");
+        // Naming one attention node trims only it.
+        let (_, s) = trim(&m, &head_cfg(1, HeadScore::Magnitude, &["b2_attn"]), &[]).unwrap();
+        assert_eq!(s.heads, vec![("b2_attn".into(), 4, 3)]);
+        let mlp = Model::init(zoo::build("mlp").unwrap(), 1).unwrap();
+        let e = trim(&mlp, &head_cfg(1, HeadScore::Magnitude, &[]), &[]).unwrap_err();
+        assert!(matches!(e, TrimError::NoAttention(1)), "{e}");
     }
 
     /// ViT FFN neurons: trimming fc1's dead units (GELU(0) = 0) removes fc1 rows and

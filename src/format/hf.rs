@@ -225,7 +225,7 @@ pub fn import(dir: &Path, seq: Option<usize>) -> Result<HfImport, HfError> {
             tensors.insert(format!("{attn}.{proj}.bias"), (vec![d], tensor(&format!("{p}.{key}.bias"), &[d])?));
         }
         let block_in = prev.clone();
-        let a = add(&mut nodes, attn, vec![prev], Op::SelfAttention { dim: d, heads: cfg.num_attention_heads, causal: false });
+        let a = add(&mut nodes, attn, vec![prev], Op::SelfAttention { dim: d, heads: cfg.num_attention_heads, causal: false, head_dim: None });
         let r = add(&mut nodes, format!("{p}.attention.residual"), vec![a, block_in], Op::Add);
         let ln1 = format!("{p}.attention.output.LayerNorm");
         for q in ["weight", "bias"] {

@@ -206,7 +206,7 @@ impl Workspace {
             .iter()
             .zip(&steps)
             .map(|(node, s)| {
-                let Op::SelfAttention { dim, heads, causal } = s.op else { return None };
+                let a = s.op.attention()?;
                 let seq = shapes[&node.inputs[0]][0];
                 let mut ranges = Vec::new();
                 for proj in ATTENTION_PROJECTIONS {
@@ -215,7 +215,7 @@ impl Workspace {
                     }
                 }
                 let ranges: [std::ops::Range<usize>; 8] = ranges.try_into().expect("eight attention parameters");
-                Some(AttentionLayer::new(Heads { seq, dim, heads, causal }, ranges, capacity))
+                Some(AttentionLayer::new(Heads::new(a, seq), ranges, capacity))
             })
             .collect();
         let patches = graph
@@ -841,6 +841,11 @@ mod tests {
     /// block (attention, Add, LayerNorm, Linear on the sequence, GELU, Linear, Add,
     /// LayerNorm), mean pooling over valid positions, a 3-class head.
     fn tiny_text_encoder(causal: bool) -> Graph {
+        tiny_text_encoder_heads(causal, 2, None)
+    }
+
+    /// [`tiny_text_encoder`] with `heads` heads of `head_dim` features (None: `6 / heads`).
+    fn tiny_text_encoder_heads(causal: bool, heads: usize, head_dim: Option<usize>) -> Graph {
         let (d, seq) = (6, 5);
         let lin = |i, o| Op::Linear { in_features: i, out_features: o, bias: true };
         let node = |name: &str, inputs: &[&str], op: Op| Node { name: name.into(), inputs: inputs.iter().map(|s| s.to_string()).collect(), op };
@@ -849,7 +854,7 @@ mod tests {
             nodes: vec![
                 node("emb", &[INPUT], Op::Embedding { vocab: 7, dim: d, pad_token: Some(0) }),
                 node("pos", &["emb"], Op::PositionEmbedding { max_len: 8, dim: d }),
-                node("attn", &["pos"], Op::SelfAttention { dim: d, heads: 2, causal }),
+                node("attn", &["pos"], Op::SelfAttention { dim: d, heads, causal, head_dim }),
                 node("res1", &["attn", "pos"], Op::Add),
                 node("ln1", &["res1"], Op::LayerNorm { dim: d, eps: 1e-5 }),
                 node("fc1", &["ln1"], lin(d, 8)),
@@ -885,6 +890,22 @@ mod tests {
         for causal in [false, true] {
             let model = perturbed(tiny_text_encoder(causal), 50 + causal as u64);
             // Three sequences: full, two padding positions, four (one valid token).
+            let x = [3.0, 1.0, 4.0, 6.0, 5.0, 2.0, 6.0, 5.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 0.0];
+            check_gradients_at(&model, &x, &[0, 2, 1], None);
+        }
+    }
+
+    /// Trimmed-head geometry: the projections are `heads · head_dim` wide, not `dim`
+    /// (wider with 2 heads of 5, narrower with 1 head of 2, odd with 3 heads of 1).
+    #[test]
+    fn attention_gradients_match_finite_differences_when_heads_times_head_dim_is_not_dim() {
+        for (i, (heads, hd)) in [(2, 5), (1, 2), (3, 1)].into_iter().enumerate() {
+            let g = tiny_text_encoder_heads(i == 1, heads, Some(hd));
+            let shapes = g.validate().unwrap();
+            assert_eq!(shapes["attn"], vec![5, 6], "the residual width stays dim");
+            let model = perturbed(g, 70 + i as u64);
+            assert_eq!(model.params.get("attn.query.weight").unwrap().len(), heads * hd * 6);
+            assert_eq!(model.params.get("attn.output.weight").unwrap().len(), 6 * heads * hd);
             let x = [3.0, 1.0, 4.0, 6.0, 5.0, 2.0, 6.0, 5.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 0.0];
             check_gradients_at(&model, &x, &[0, 2, 1], None);
         }

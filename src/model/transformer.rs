@@ -62,7 +62,8 @@ pub(super) struct AttentionLayer {
 
 impl AttentionLayer {
     pub fn new(geo: Heads, ranges: [Range<usize>; 8], capacity: usize) -> AttentionLayer {
-        let act = capacity * geo.seq * geo.dim;
+        // Projected queries, keys, values and the context are `heads · head_dim` wide.
+        let act = capacity * geo.seq * geo.inner();
         let z = || vec![0.0; act];
         AttentionLayer {
             geo,
@@ -80,25 +81,26 @@ impl AttentionLayer {
     }
 
     pub fn forward(&mut self, p: &[f32], x: &[f32], n: usize, valid: &ValidLengths, y: &mut [f32]) {
-        let (d, rows) = (self.geo.dim, n * self.geo.seq);
+        let (d, inner, rows) = (self.geo.dim, self.geo.inner(), n * self.geo.seq);
         let r = &self.ranges;
-        let act = rows * d;
-        affine(x, rows, d, d, &p[r[0].clone()], Some(&p[r[1].clone()]), &mut self.q[..act]);
-        affine(x, rows, d, d, &p[r[2].clone()], Some(&p[r[3].clone()]), &mut self.k[..act]);
-        affine(x, rows, d, d, &p[r[4].clone()], Some(&p[r[5].clone()]), &mut self.v[..act]);
-        self.geo.attend(&self.q, &self.k, &self.v, d, n, valid, &mut self.probs, &mut self.ctx);
-        affine(&self.ctx, rows, d, d, &p[r[6].clone()], Some(&p[r[7].clone()]), y);
+        let act = rows * inner;
+        affine(x, rows, d, inner, &p[r[0].clone()], Some(&p[r[1].clone()]), &mut self.q[..act]);
+        affine(x, rows, d, inner, &p[r[2].clone()], Some(&p[r[3].clone()]), &mut self.k[..act]);
+        affine(x, rows, d, inner, &p[r[4].clone()], Some(&p[r[5].clone()]), &mut self.v[..act]);
+        self.geo.attend(&self.q, &self.k, &self.v, inner, n, valid, &mut self.probs, &mut self.ctx);
+        affine(&self.ctx, rows, inner, d, &p[r[6].clone()], Some(&p[r[7].clone()]), y);
     }
 
     /// Adds the parameter gradients to `grad` and writes/adds `dx`.
     pub fn backward(&mut self, p: &[f32], x: &[f32], dy: &[f32], n: usize, valid: &ValidLengths, grad: &mut [f32], dx: Option<(&mut [f32], bool)>) {
         let geo = self.geo;
-        let (s_len, d, hd, rows) = (geo.seq, geo.dim, geo.head_dim(), n * geo.seq);
+        let (s_len, d, hd, rows) = (geo.seq, geo.dim, geo.head_dim, n * geo.seq);
+        let inner = geo.inner();
         let r = self.ranges.clone();
-        let act = rows * d;
+        let act = rows * inner;
         {
             let (dw, db) = two(grad, &r[6], &r[7]);
-            affine_backward(&self.ctx, dy, rows, d, d, &p[r[6].clone()], dw, Some(db), Some((&mut self.dctx[..act], true)));
+            affine_backward(&self.ctx, dy, rows, inner, d, &p[r[6].clone()], dw, Some(db), Some((&mut self.dctx[..act], true)));
         }
         let scale = 1.0 / (hd as f32).sqrt();
         self.dq[..act].fill(0.0);
@@ -107,10 +109,10 @@ impl AttentionLayer {
         let mut dp = vec![0.0f32; s_len];
         for s in 0..n {
             let vl = valid.of(s, s_len);
-            let base = s * s_len * d;
+            let base = s * s_len * inner;
             for h in 0..geo.heads {
                 let pbase = (s * geo.heads + h) * s_len * s_len;
-                let col = |i: usize| base + i * d + h * hd..base + i * d + (h + 1) * hd;
+                let col = |i: usize| base + i * inner + h * hd..base + i * inner + (h + 1) * hd;
                 for i in 0..s_len {
                     let keys = geo.keys(i, vl);
                     let prow = &self.probs[pbase + i * s_len..pbase + i * s_len + keys];
@@ -139,8 +141,8 @@ impl AttentionLayer {
         let mut dx = dx;
         for (t, g) in [(0usize, &self.dq), (1, &self.dk), (2, &self.dv)] {
             let (dw, db) = two(grad, &r[2 * t], &r[2 * t + 1]);
-            let dxi = dx.as_mut().map(|(buf, fresh)| (&mut buf[..act], *fresh && t == 0));
-            affine_backward(x, g, rows, d, d, &p[r[2 * t].clone()], dw, Some(db), dxi);
+            let dxi = dx.as_mut().map(|(buf, fresh)| (&mut buf[..rows * d], *fresh && t == 0));
+            affine_backward(x, g, rows, d, inner, &p[r[2 * t].clone()], dw, Some(db), dxi);
         }
     }
 }

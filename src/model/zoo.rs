@@ -129,7 +129,7 @@ pub fn vit(s: &VitShape) -> Graph {
     let ln = || Op::LayerNorm { dim: s.dim, eps: 1e-6 };
     for b in 1..=s.blocks {
         let ln1 = push(format!("b{b}_ln1"), vec![x.clone()], ln());
-        let attn = push(format!("b{b}_attn"), vec![ln1], Op::SelfAttention { dim: s.dim, heads: s.heads, causal: false });
+        let attn = push(format!("b{b}_attn"), vec![ln1], Op::SelfAttention { dim: s.dim, heads: s.heads, causal: false, head_dim: None });
         let res1 = push(format!("b{b}_res1"), vec![attn, x], Op::Add);
         let ln2 = push(format!("b{b}_ln2"), vec![res1.clone()], ln());
         let fc1 = push(format!("b{b}_fc1"), vec![ln2], linear(s.dim, s.ffn));

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::compress::{prune, quantize};
+use crate::compress::{prune, quantize, trim};
 use crate::format::hf::{self, HfError};
 use crate::format::sqz::SqzModel;
 use crate::model::Model;
@@ -263,7 +263,12 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
     };
 
     for (i, pass) in recipe.passes.iter().enumerate() {
-        let name = pass.stage_name();
+        // A pass repeated (e.g. trimming heads in two steps) gets a numbered stage name.
+        let mut name = pass.stage_name();
+        let repeats = report.stages.iter().filter(|s| s.name == name || s.name.starts_with(&format!("{name}-step"))).count();
+        if repeats > 0 {
+            name = format!("{name}-step{}", repeats + 1);
+        }
         on_event(Event::Stage(name.clone()));
         let t = Instant::now();
         let mut extra = serde_json::Map::new();
@@ -289,6 +294,33 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 let (total, kept) = summary.layers.iter().fold((0, 0), |(t, k), l| (t + l.1, k + l.2));
                 extra.insert("pruned_weights".into(), (total - kept).into());
                 extra.insert("sparsity_of_pruned_layers".into(), ((total - kept) as f64 / total.max(1) as f64).into());
+                (quantize::store_f32(&model), false)
+            }
+            Pass::Trim { ratio, score, heads, head_score, layers, per_layer, fine_tune_epochs, calibration: cal_n, group_lasso, .. } => {
+                // An embedder has no training labels here: trimming is one-shot.
+                if *fine_tune_epochs > 0 || *group_lasso > 0.0 {
+                    return Err(PipelineError::EmbeddingOnly(
+                        "pass 'trim' on hf_dir models is one-shot (no fine-tuning data for an embedder): set fine_tune_epochs = 0 and leave group_lasso unset".into(),
+                    ));
+                }
+                let cfg = trim::TrimConfig { ratio: *ratio, score: *score, layers: layers.clone(), per_layer: per_layer.clone(), heads: *heads, head_score: *head_score };
+                let calib: &[f32] = match &calibration {
+                    Some((cal_ids, cal_lens)) => {
+                        let k = (*cal_n).min(cal_lens.len()).max(1);
+                        extra.insert("calibration_sentences".into(), k.into());
+                        &cal_ids[..k * seq]
+                    }
+                    None => &[],
+                };
+                let (trimmed, summary) = trim::trim(&model, &cfg, calib)?;
+                model = trimmed;
+                let units: Vec<serde_json::Value> = summary.layers.iter().map(|(n, b, a)| serde_json::json!({ "layer": n, "units_before": b, "units_after": a })).collect();
+                let heads_json: Vec<serde_json::Value> = summary.heads.iter().map(|(n, b, a)| serde_json::json!({ "layer": n, "heads_before": b, "heads_after": a })).collect();
+                extra.insert("layers".into(), units.into());
+                extra.insert("heads".into(), heads_json.into());
+                extra.insert("head_score".into(), serde_json::to_value(head_score).unwrap_or_default());
+                extra.insert("params_before".into(), summary.params_before.into());
+                extra.insert("params_after".into(), summary.params_after.into());
                 (quantize::store_f32(&model), false)
             }
             Pass::Int4 { group, layers, keep } => {

@@ -562,7 +562,9 @@ impl Plan {
                         Op::LayerNorm { dim, eps } => Kernel::LayerNorm { gamma: take("weight")?.to_f32(), beta: take("bias")?.to_f32(), dim, eps },
                         Op::Gelu => Kernel::Gelu,
                         Op::Pool { kind } => Kernel::Pool { seq, dim: in_shape[1], mean: kind == PoolKind::Mean },
-                        Op::SelfAttention { dim, heads, causal } => {
+                        Op::SelfAttention { dim, .. } => {
+                            let geo = Heads::new(node.op.attention().expect("an attention node"), seq);
+                            let inner = geo.inner();
                             let mut parts = Vec::new();
                             for proj in ATTENTION_PROJECTIONS {
                                 parts.push((take(&format!("{proj}.weight"))?, take(&format!("{proj}.bias"))?.to_f32()));
@@ -573,9 +575,9 @@ impl Plan {
                                     quant.activations.get(value).copied().ok_or_else(|| RuntimeError::MissingQParams { node: node.name.clone(), value: value.to_string() })
                                 };
                                 let (in_qp, ctx_qp) = (qp(&node.inputs[0])?, qp(&context)?);
-                                let mut wq = Vec::with_capacity(3 * dim * dim);
-                                let mut scales = Vec::with_capacity(3 * dim);
-                                let mut bias = Vec::with_capacity(3 * dim);
+                                let mut wq = Vec::with_capacity(3 * inner * dim);
+                                let mut scales = Vec::with_capacity(3 * inner);
+                                let mut bias = Vec::with_capacity(3 * inner);
                                 for (w, b) in &parts[..3] {
                                     let Weights::I8 { q, scales: sc } = w else {
                                         return Err(RuntimeError::NotInt8 { node: node.name.clone() });
@@ -587,13 +589,13 @@ impl Plan {
                                 let Weights::I8 { q: oq, scales: osc } = &parts[3].0 else {
                                     return Err(RuntimeError::NotInt8 { node: node.name.clone() });
                                 };
-                                let qkv = QuantizedLinear::new(&wq, &scales, 3 * dim, dim, Some(&bias), in_qp, None, false);
-                                let out = QuantizedLinear::new(oq, osc, dim, dim, Some(&parts[3].1), ctx_qp, None, false);
+                                let qkv = QuantizedLinear::new(&wq, &scales, 3 * inner, dim, Some(&bias), in_qp, None, false);
+                                let out = QuantizedLinear::new(oq, osc, dim, inner, Some(&parts[3].1), ctx_qp, None, false);
                                 plan.int_layers += 1;
                                 (Projection::I8 { layer: Box::new(qkv), input: in_qp }, Projection::I8 { layer: Box::new(out), input: ctx_qp })
                             } else {
-                                let mut w = Vec::with_capacity(3 * dim * dim);
-                                let mut b = Vec::with_capacity(3 * dim);
+                                let mut w = Vec::with_capacity(3 * inner * dim);
+                                let mut b = Vec::with_capacity(3 * inner);
                                 for (pw, pb) in &parts[..3] {
                                     plan.dequantized_at_load |= matches!(pw, Weights::I8 { .. });
                                     w.extend(pw.to_f32());
@@ -603,7 +605,7 @@ impl Plan {
                                 plan.f32_layers += 1;
                                 (Projection::F32 { w, b }, Projection::F32 { w: parts[3].0.to_f32(), b: parts[3].1.clone() })
                             };
-                            Kernel::Attention(Box::new(AttentionKernel { geo: Heads { seq, dim, heads, causal }, qkv, output, context }))
+                            Kernel::Attention(Box::new(AttentionKernel { geo, qkv, output, context }))
                         }
                         _ => unreachable!(),
                     };
@@ -1108,21 +1110,21 @@ impl Plan {
                     tf::pool(&xs[..n * xl], n, *seq, *dim, *mean, &ws.valid, &mut y[..n * ol]);
                 }
                 Kernel::Attention(a) => {
-                    let (geo, d) = (a.geo, a.geo.dim);
+                    let (geo, d, inner) = (a.geo, a.geo.dim, a.geo.inner());
                     let rows = n * geo.seq;
                     let sc = &mut ws.attention;
-                    for (buf, len) in [(&mut sc.qkv, rows * 3 * d), (&mut sc.ctx, rows * d), (&mut sc.probs, n * geo.heads * geo.seq * geo.seq)] {
+                    for (buf, len) in [(&mut sc.qkv, rows * 3 * inner), (&mut sc.ctx, rows * inner), (&mut sc.probs, n * geo.heads * geo.seq * geo.seq)] {
                         if buf.len() < len {
                             buf.resize(len, 0.0);
                         }
                     }
                     let xq = matches!(self.slots[xi].repr, Repr::U8(_)).then(|| &ws.q[xi][..rows * d]);
                     let xf: &[f32] = if xq.is_some() { &[] } else { &ws.f[xi][..rows * d] };
-                    a.qkv.run(xf, xq, rows, d, 3 * d, &mut sc.qkv, &mut sc.ctx_q, &mut ws.acc);
-                    let qkv = &sc.qkv[..rows * 3 * d];
-                    geo.attend(qkv, &qkv[d..], &qkv[2 * d..], 3 * d, n, &ws.valid, &mut sc.probs, &mut sc.ctx);
-                    observe(&a.context, &sc.ctx[..rows * d]);
-                    a.output.run(&sc.ctx[..rows * d], None, rows, d, d, &mut ws.f[o][..n * ol], &mut sc.ctx_q, &mut ws.acc);
+                    a.qkv.run(xf, xq, rows, d, 3 * inner, &mut sc.qkv, &mut sc.ctx_q, &mut ws.acc);
+                    let qkv = &sc.qkv[..rows * 3 * inner];
+                    geo.attend(qkv, &qkv[inner..], &qkv[2 * inner..], 3 * inner, n, &ws.valid, &mut sc.probs, &mut sc.ctx);
+                    observe(&a.context, &sc.ctx[..rows * inner]);
+                    a.output.run(&sc.ctx[..rows * inner], None, rows, inner, d, &mut ws.f[o][..n * ol], &mut sc.ctx_q, &mut ws.acc);
                 }
                 Kernel::Quantize(qp) => int8::quantize_u8(&ws.f[xi][..n * xl], *qp, &mut ws.q[o][..n * ol]),
                 Kernel::Dequantize(qp) => int8::dequantize_u8(&ws.q[xi][..n * xl], *qp, &mut ws.f[o][..n * ol]),
@@ -1547,7 +1549,7 @@ mod tests {
             vec![4],
             vec![
                 ("emb", Op::Embedding { vocab: 6, dim: 4, pad_token: Some(0) }),
-                ("attn", Op::SelfAttention { dim: 4, heads: 2, causal: false }),
+                ("attn", Op::SelfAttention { dim: 4, heads: 2, causal: false, head_dim: None }),
                 ("pool", Op::Pool { kind: PoolKind::Mean }),
             ],
         );

@@ -188,14 +188,23 @@ pub fn gelu_grad(v: f32) -> f32 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Heads {
     pub seq: usize,
+    /// Residual width (input and output features).
     pub dim: usize,
     pub heads: usize,
+    /// Features per head (`dim / heads` unless heads were trimmed).
+    pub head_dim: usize,
     pub causal: bool,
 }
 
 impl Heads {
-    pub fn head_dim(&self) -> usize {
-        self.dim / self.heads.max(1)
+    /// The geometry of attention node `a` on sequences of `seq`.
+    pub fn new(a: crate::spec::Attention, seq: usize) -> Heads {
+        Heads { seq, dim: a.dim, heads: a.heads, head_dim: a.head_dim, causal: a.causal }
+    }
+
+    /// Width of the projected queries, keys, values and of the context: `heads · head_dim`.
+    pub fn inner(&self) -> usize {
+        self.heads * self.head_dim
     }
 
     /// Keys query `i` of a sample with `valid` valid positions may attend to.
@@ -206,12 +215,12 @@ impl Heads {
 
     /// Scaled dot-product attention of projected queries, keys and values: row `i` of
     /// sample `s` starts at `(s·seq + i)·ld` in each of `q`, `k`, `v` (so they may be
-    /// column blocks of one fused `[n·seq, 3·dim]` product). Writes the probabilities
+    /// column blocks of one fused `[n·seq, 3·inner]` product). Writes the probabilities
     /// `probs [n, heads, seq, seq]` (zero for masked keys) and the context
-    /// `ctx [n, seq, dim]` (head `h` in columns `h·hd..(h+1)·hd`).
+    /// `ctx [n, seq, inner]` (head `h` in columns `h·hd..(h+1)·hd`), `inner = heads·hd`.
     #[allow(clippy::too_many_arguments)]
     pub fn attend(&self, q: &[f32], k: &[f32], v: &[f32], ld: usize, n: usize, valid: &ValidLengths, probs: &mut [f32], ctx: &mut [f32]) {
-        let (s_len, d, hd) = (self.seq, self.dim, self.head_dim());
+        let (s_len, d, hd) = (self.seq, self.inner(), self.head_dim);
         let scale = 1.0 / (hd as f32).sqrt();
         for s in 0..n {
             let vl = valid.of(s, s_len);
@@ -279,7 +288,7 @@ mod tests {
         let mut r = |len: usize| (0..len).map(|_| rng.uniform(1.5)).collect::<Vec<f32>>();
         let (q, k, v) = (r(n * seq * d), r(n * seq * d), r(n * seq * d));
         for causal in [false, true] {
-            let geo = Heads { seq, dim: d, heads, causal };
+            let geo = Heads { seq, dim: d, heads, head_dim: hd, causal };
             let valid = ValidLengths { lens: vec![5, 3], seq };
             let mut probs = vec![0.0; n * heads * seq * seq];
             let mut ctx = vec![0.0; n * seq * d];

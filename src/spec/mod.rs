@@ -146,10 +146,21 @@ pub enum Op {
     /// GELU, exact erf form `x · Φ(x)`, element-wise.
     Gelu,
     /// Multi-head scaled dot-product self-attention on `[seq, dim]` with query, key,
-    /// value and output projections (`[dim, dim]` weights and `[dim]` biases each, HF
-    /// BERT names). Padding keys (see [`Op::Embedding`]) are masked; `causal` also masks
-    /// every key after the query.
-    SelfAttention { dim: usize, heads: usize, causal: bool },
+    /// value and output projections (HF BERT names). Each head has `head_dim` features
+    /// (default `dim / heads`); the projection width is `heads · head_dim`: query, key
+    /// and value weights are `[heads·head_dim, dim]` with `[heads·head_dim]` biases, the
+    /// output weight is `[dim, heads·head_dim]` with a `[dim]` bias, so the residual
+    /// width stays `dim` when heads are trimmed. Padding keys (see [`Op::Embedding`])
+    /// are masked; `causal` also masks every key after the query.
+    SelfAttention {
+        dim: usize,
+        heads: usize,
+        causal: bool,
+        /// Features per head; absent (the usual `dim / heads`) in files written before
+        /// head trimming and whenever `heads · head_dim = dim`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        head_dim: Option<usize>,
+    },
     /// `[seq, dim]` → `[dim]`: the first row (`cls`) or the mean over valid (non-padding) rows.
     Pool { kind: PoolKind },
 }
@@ -163,7 +174,7 @@ pub enum PoolKind {
 }
 
 /// The projections of a [`Op::SelfAttention`] node, in parameter order; each has
-/// `<node>.<name>.weight [dim, dim]` and `<node>.<name>.bias [dim]`.
+/// `<node>.<name>.weight` and `<node>.<name>.bias` (shapes in [`Op::SelfAttention`]).
 pub const ATTENTION_PROJECTIONS: [&str; 4] = ["query", "key", "value", "output"];
 
 fn one() -> usize {
@@ -266,6 +277,24 @@ pub struct Recurrent {
     pub bidirectional: bool,
 }
 
+/// The shape of a self-attention node, as its kernels see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attention {
+    /// Residual width (the node's input and output features).
+    pub dim: usize,
+    pub heads: usize,
+    /// Features per head.
+    pub head_dim: usize,
+    pub causal: bool,
+}
+
+impl Attention {
+    /// Width of the projected queries, keys, values and context: `heads · head_dim`.
+    pub fn inner(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
 /// Which recurrent cell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cell {
@@ -341,6 +370,17 @@ impl Op {
                 self,
                 Op::Embedding { .. } | Op::PositionEmbedding { .. } | Op::ClsToken { .. } | Op::PatchEmbed { .. } | Op::LayerNorm { .. } | Op::SelfAttention { .. }
             )
+    }
+
+    /// The geometry of a SelfAttention node (`head_dim` resolved; `dim / heads` when
+    /// absent).
+    pub fn attention(&self) -> Option<Attention> {
+        match *self {
+            Op::SelfAttention { dim, heads, causal, head_dim } => {
+                Some(Attention { dim, heads, head_dim: head_dim.unwrap_or(dim / heads.max(1)), causal })
+            }
+            _ => None,
+        }
     }
 
     /// The recurrent geometry of an LSTM or GRU node.
@@ -536,9 +576,11 @@ impl Graph {
                     push("bias", ParamKind::Bias, vec![dim]);
                 }
                 Op::SelfAttention { dim, .. } => {
+                    let inner = node.op.attention().map_or(dim, |a| a.inner());
                     for proj in ATTENTION_PROJECTIONS {
-                        push(&format!("{proj}.weight"), ParamKind::Weight, vec![dim, dim]);
-                        push(&format!("{proj}.bias"), ParamKind::Bias, vec![dim]);
+                        let (out, inp) = if proj == "output" { (dim, inner) } else { (inner, dim) };
+                        push(&format!("{proj}.weight"), ParamKind::Weight, vec![out, inp]);
+                        push(&format!("{proj}.bias"), ParamKind::Bias, vec![out]);
                     }
                 }
                 _ => {}
@@ -732,9 +774,15 @@ pub fn output_shape(name: &str, op: &Op, ins: &[Vec<usize>]) -> Result<Vec<usize
             Ok(x.clone())
         }
         Op::Gelu => Ok(x.clone()),
-        &Op::SelfAttention { dim, heads, .. } => {
-            if heads == 0 || dim == 0 || dim % heads != 0 {
-                return Err(bad(format!("SelfAttention needs a head count that divides the width: {heads} heads do not divide dim {dim}")));
+        &Op::SelfAttention { dim, heads, head_dim, .. } => {
+            match head_dim {
+                None if heads == 0 || dim == 0 || dim % heads != 0 => {
+                    return Err(bad(format!("SelfAttention needs a head count that divides the width: {heads} heads do not divide dim {dim}")));
+                }
+                Some(hd) if heads == 0 || dim == 0 || hd == 0 => {
+                    return Err(bad(format!("SelfAttention needs at least one head of at least one feature and a width: {heads} heads of {hd} on dim {dim}")));
+                }
+                _ => {}
             }
             if x.len() != 2 || x[1] != dim || x[0] == 0 {
                 return Err(bad(format!("SelfAttention expects a sequence [seq, {dim}] (seq ≥ 1)")));
@@ -914,7 +962,7 @@ mod tests {
                     ("cls", Op::ClsToken { dim: 64 }),
                     ("pos", Op::PositionEmbedding { max_len, dim: 64 }),
                     ("ln", Op::LayerNorm { dim: 64, eps: 1e-6 }),
-                    ("attn", Op::SelfAttention { dim: 64, heads, causal: false }),
+                    ("attn", Op::SelfAttention { dim: 64, heads, causal: false, head_dim: None }),
                     ("fc", Op::Linear { in_features: fc_in, out_features: 128, bias: true }),
                     ("gelu", Op::Gelu),
                     ("pool", Op::Pool { kind: PoolKind::Mean }),
@@ -947,6 +995,30 @@ mod tests {
         assert_eq!(serde_json::from_str::<Graph>(&json).unwrap(), g);
         let emb = Graph::chain(vec![8], vec![("emb", Op::Embedding { vocab: 10, dim: 4, pad_token: Some(10) })]);
         assert!(why(emb).contains("pad_token 10 is not below vocab 10"));
+    }
+
+    /// `head_dim`: absent in JSON written before it existed (and written only when
+    /// set), so old files read as `dim / heads`; a trimmed node's projections are
+    /// `heads · head_dim` wide while its input and output stay `dim` wide.
+    #[test]
+    fn attention_head_dim_is_optional_and_sets_the_projection_width() {
+        let old = r#"{"input_shape":[5,8],"nodes":[{"name":"attn","inputs":["input"],"op":"self_attention","dim":8,"heads":4,"causal":false}],"outputs":["attn"]}"#;
+        let g: Graph = serde_json::from_str(old).unwrap();
+        assert_eq!(g.nodes[0].op, Op::SelfAttention { dim: 8, heads: 4, causal: false, head_dim: None });
+        assert_eq!(g.nodes[0].op.attention().unwrap().head_dim, 2);
+        assert_eq!(serde_json::to_string(&g).unwrap(), old, "an untrimmed node writes what it read");
+        let trimmed = Graph::chain(vec![5, 8], vec![("attn", Op::SelfAttention { dim: 8, heads: 3, causal: false, head_dim: Some(2) })]);
+        assert_eq!(trimmed.validate().unwrap()["attn"], vec![5, 8]);
+        let shape = |n: &str| trimmed.parameters().into_iter().find(|p| p.name == n).unwrap().shape;
+        assert_eq!(shape("attn.query.weight"), vec![6, 8]);
+        assert_eq!(shape("attn.value.bias"), vec![6]);
+        assert_eq!(shape("attn.output.weight"), vec![8, 6]);
+        assert_eq!(shape("attn.output.bias"), vec![8]);
+        let json = serde_json::to_string(&trimmed).unwrap();
+        assert!(json.contains(r#""head_dim":2"#), "{json}");
+        assert_eq!(serde_json::from_str::<Graph>(&json).unwrap(), trimmed);
+        let zero = Graph::chain(vec![5, 8], vec![("attn", Op::SelfAttention { dim: 8, heads: 0, causal: false, head_dim: Some(2) })]);
+        assert!(zero.validate().is_err());
     }
 
     #[test]
