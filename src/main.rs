@@ -416,6 +416,8 @@ enum ExportFormat {
 enum ModeArg {
     Full,
     Weights,
+    /// int8 weights, Linear/attention inputs quantized per row at run time.
+    Dynamic,
 }
 
 fn main() -> ExitCode {
@@ -525,6 +527,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mode = match mode {
                 ModeArg::Full => quantize::Mode::Full,
                 ModeArg::Weights => quantize::Mode::Weights,
+                ModeArg::Dynamic => quantize::Mode::Dynamic,
             };
             let n = calibration.min(splits.train.len());
             let stored = quantize::quantize(&m, mode, &layers, &splits.train.images[..n * splits.train.sample_len()])?;

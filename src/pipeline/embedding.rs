@@ -296,13 +296,19 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 extra.insert("group".into(), (*group).into());
                 (quantize::quantize_int4(&model, *group, &chosen)?, false)
             }
-            Pass::Quantize { mode, layers, calibration: _ } => {
-                if *mode == quantize::Mode::Full {
-                    return Err(PipelineError::Quantize(quantize::QuantizeError::UnknownLayer(
-                        "full int8 (u8 activations) of Transformer layers is not implemented yet: use mode = \"weights\"".into(),
-                    )));
-                }
-                (quantize::quantize(&model, *mode, layers, &[])?, false)
+            Pass::Quantize { mode, layers, calibration: cal_n } => {
+                // Full int8 takes its activation scales from the calibration sentences
+                // (ranges over every position, padding included, as the runtime sees them).
+                let cal: &[f32] = match (mode, &calibration) {
+                    (quantize::Mode::Full, Some((cal_ids, cal_lens))) => {
+                        let k = (*cal_n).min(cal_lens.len()).max(1);
+                        extra.insert("calibration_sentences".into(), k.into());
+                        &cal_ids[..k * seq]
+                    }
+                    (quantize::Mode::Full, None) => return Err(PipelineError::Quantize(quantize::QuantizeError::NoCalibration)),
+                    _ => &[],
+                };
+                (quantize::quantize(&model, *mode, layers, cal)?, false)
             }
             Pass::Code {} => (quantize::store_f32(&model), true),
             other => return Err(PipelineError::EmbeddingOnly(format!("pass '{}' does not run on hf_dir models", other.stage_name()))),
