@@ -297,11 +297,12 @@ pub struct Workspace {
     parts: Vec<Workspace>,
 }
 
-/// Threads a plan uses by default: every core for a Transformer (a sequence model is
-/// large enough per sample that splitting one layer pays), one otherwise (classifier
-/// callers split batches among threads themselves, see [`throughput`]).
+/// Threads a plan uses by default: every core for a text Transformer (token ids in;
+/// large enough per sample that splitting one layer pays), one otherwise: the
+/// classifier measurements (a ViT included) time one thread at batch 1 and split
+/// batches among threads themselves (see [`throughput`]).
 fn default_threads(graph: &Graph) -> usize {
-    if graph.nodes.iter().any(|n| matches!(n.op, Op::SelfAttention { .. })) {
+    if graph.nodes.iter().any(|n| matches!(n.op, Op::Embedding { .. })) && graph.nodes.iter().any(|n| matches!(n.op, Op::SelfAttention { .. })) {
         std::thread::available_parallelism().map_or(1, |t| t.get())
     } else {
         1
@@ -957,8 +958,10 @@ impl Plan {
 
     /// Threads one run may use: a batch of several samples is split into that many
     /// shares run side by side (each on its own workspace), a single sample has its
-    /// large products, attention heads and element-wise steps split. Results do not
-    /// depend on it (every value is computed by the same code in the same order).
+    /// large products, attention heads and element-wise steps split. A split sample
+    /// gets the bits one thread gives; a split batch gets the bits of each share run
+    /// alone (float products may round differently for different row counts, within
+    /// what any batch size changes).
     pub fn set_threads(&mut self, threads: usize) {
         self.threads = threads.max(1);
     }
@@ -1572,6 +1575,7 @@ mod tests {
         let quant = QuantPlan {
             integer_nodes: ["fc1".to_string(), "fc2".to_string()].into(),
             activations: [("input".to_string(), QParams::from_range(0.0, 1.0)), ("relu".to_string(), QParams::from_range(0.0, 2.0))].into(),
+            dynamic: Default::default(),
         };
         let plan = Plan::new(&g, stored, &quant).unwrap();
         assert!(plan.kernel_description().starts_with("int8-"), "{}", plan.kernel_description());
@@ -1625,6 +1629,7 @@ mod tests {
                 .iter()
                 .map(|(n, (lo, hi))| (n.to_string(), QParams::from_range(*lo, *hi)))
                 .collect(),
+            dynamic: Default::default(),
         };
         let encodings: HashMap<String, Encoding> = [("fc2.weight".to_string(), Encoding { sparse: true, codebook: None })].into();
         let plan = Plan::with_encodings(&g, stored, &quant, &encodings).unwrap();
@@ -1633,7 +1638,7 @@ mod tests {
             let x: Vec<f32> = (0..batch * 37).map(|_| rng.next_f32() * 1.2 - 0.1).collect();
             let fused = plan.run(&x, batch, &mut Workspace::default()).unwrap().to_vec();
             let mut ws = Workspace::default();
-            plan.execute(&x, batch, &mut ws, false, &mut |_, _| {}).unwrap();
+            plan.execute(&x, batch, &mut ws, false, &mut |_, _| {}, 1).unwrap();
             let o = plan.outputs[0];
             assert_eq!(fused, ws.f[o][..batch * 5], "batch {batch} normalize {normalize}");
             assert!(fused.iter().all(|v| v.is_finite() && *v >= 0.0));
@@ -1679,7 +1684,7 @@ mod tests {
         let g = mlp();
         let w = weights(&g, &mut Rng::new(3));
         let f: HashMap<String, Weights> = w.iter().map(|(k, v)| (k.clone(), Weights::F32(v.clone()))).collect();
-        let quant = QuantPlan { integer_nodes: ["fc1".to_string()].into(), activations: Default::default() };
+        let quant = QuantPlan { integer_nodes: ["fc1".to_string()].into(), activations: Default::default(), dynamic: Default::default() };
         assert!(matches!(Plan::new(&g, f.clone(), &quant), Err(RuntimeError::NotInt8 { .. })));
         let mut missing = f;
         missing.remove("fc2.bias");
