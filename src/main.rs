@@ -446,6 +446,8 @@ enum WeightTypeArg {
 enum ModeArg {
     Full,
     Weights,
+    /// int8 weights, Linear/attention inputs quantized per row at run time.
+    Dynamic,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -571,6 +573,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mode = match mode {
                 ModeArg::Full => quantize::Mode::Full,
                 ModeArg::Weights => quantize::Mode::Weights,
+                ModeArg::Dynamic => quantize::Mode::Dynamic,
             };
             let n = calibration.min(splits.train.len());
             let small = match small_tensors {

@@ -507,6 +507,7 @@ impl Pass {
             Pass::Int4 { group, .. } => format!("int4-g{group}"),
             Pass::Quantize { mode: Mode::Full, .. } => "int8".into(),
             Pass::Quantize { mode: Mode::Weights, .. } => "int8-weights".into(),
+            Pass::Quantize { mode: Mode::Dynamic, .. } => "int8-dynamic".into(),
             Pass::Share { .. } => "shared".into(),
             Pass::Trim { heads: 0, .. } => "trimmed".into(),
             Pass::Trim { heads, head_score, ratio, .. } => {

@@ -28,6 +28,10 @@ pub enum Mode {
     Full,
     /// int8 weights only; compute stays f32.
     Weights,
+    /// int8 weights; the inputs of Linear and self-attention projections quantized to
+    /// u8 per row at run time (no calibration), products on integers, outputs f32.
+    /// Other weighted nodes keep int8 weights dequantized at load.
+    Dynamic,
 }
 
 /// How the tensors that stay float in a quantized model (biases, LayerNorm scales and
@@ -52,7 +56,7 @@ pub enum SmallTensors {
 pub enum QuantizeError {
     #[error("layer '{0}' is not a Linear, Conv2d, LSTM or GRU node of this model")]
     UnknownLayer(String),
-    #[error("full quantization needs calibration images, none were given")]
+    #[error("full quantization needs calibration data (images, or sentences: set [data] calibration), none were given")]
     NoCalibration,
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -220,7 +224,14 @@ fn quantize_rounded(model: &Model, mode: Mode, layers: &[String], calibration: &
         Mode::Weights => QuantPlan::default(),
         Mode::Full => {
             let integer_nodes = chosen.into_iter().filter(|n| model.graph.node(n).is_some_and(|n| runs_on_integers(&n.op))).collect();
-            QuantPlan { integer_nodes, activations: calibrate(model, calibration)? }
+            QuantPlan { integer_nodes, activations: calibrate(model, calibration)?, dynamic: Default::default() }
+        }
+        Mode::Dynamic => {
+            let dynamic: BTreeSet<String> = chosen
+                .into_iter()
+                .filter(|n| model.graph.node(n).is_some_and(|n| matches!(n.op, Op::Linear { .. } | Op::SelfAttention { .. })))
+                .collect();
+            QuantPlan { integer_nodes: dynamic.clone(), activations: BTreeMap::new(), dynamic }
         }
     };
     Ok(SqzModel { graph: model.graph.clone(), quant, tensors, metadata: BTreeMap::new() })
@@ -265,8 +276,14 @@ fn calibrate(model: &Model, images: &[f32]) -> Result<BTreeMap<String, QParams>,
         .collect();
     // Keep what an integer layer can read or write: its input, its output, and the
     // output of a ReLU it feeds (fused). Every other value stays f32, so its range
-    // need not be stored.
+    // need not be stored. A layer whose every reader is a float-only Transformer op
+    // (GELU, LayerNorm, a residual Add, pooling) writes f32 directly: requantizing
+    // there would only lose precision before the conversion back.
     let weighted = |name: &str| model.graph.node(name).is_some_and(|n| n.op.has_weight());
+    let float_readers = |name: &str| {
+        let mut readers = model.graph.nodes.iter().filter(|r| r.inputs.iter().any(|i| i == name)).peekable();
+        readers.peek().is_some() && readers.all(|r| matches!(r.op, Op::Gelu | Op::LayerNorm { .. } | Op::Add | Op::Pool { .. }))
+    };
     let used: BTreeSet<String> = model
         .graph
         .nodes
@@ -275,7 +292,9 @@ fn calibrate(model: &Model, images: &[f32]) -> Result<BTreeMap<String, QParams>,
             let mut v = Vec::new();
             if n.op.has_weight() {
                 v.push(n.inputs[0].clone());
-                v.push(n.name.clone());
+                if !float_readers(&n.name) {
+                    v.push(n.name.clone());
+                }
             }
             // Self-attention: its input (for the query/key/value projections) and its
             // context (for the output projection); its output stays f32.
@@ -348,6 +367,7 @@ mod tests {
         assert!(worst < 0.05, "int8 probabilities differ by {worst}");
     }
 
+<<<<<<< HEAD
     /// `small_tensors = f16`: the float tensors of a full-int8 ViT are stored in two
     /// bytes each, the int8 weights are untouched, the file reads back to exactly the
     /// values the runtime uses, and the outputs stay close to the f32-small-tensor file.
@@ -389,6 +409,42 @@ mod tests {
         assert!(worst < 0.02, "f16 small tensors moved the probabilities by {worst}");
         // The f32 default is the old behaviour, byte for byte.
         assert_eq!(crate::format::sqz::encode(&quantize_with(&m, Mode::Full, &[], &x, SmallTensors::F32).unwrap()).unwrap(), wide_bytes);
+=======
+    /// Dynamic int8 (inputs quantized per row at run time) on the small ViT: every
+    /// Linear and attention node integer without calibration, close to f32; and the
+    /// f32, full int8 and dynamic plans on 2 threads give the bits of 1 thread at batch 1
+    /// (layers split) and of each half run alone at batch 40 (samples split; a float
+    /// product's rounding may depend on its row count, so not of the whole batch).
+    #[test]
+    fn vit_dynamic_int8_stays_close_and_threads_do_not_change_results() {
+        let (m, x) = small_vit();
+        let n = 40;
+        let float = crate::store::model_plan(&m).unwrap();
+        let want = float.run(&x, n, &mut Workspace::default()).unwrap().to_vec();
+        let q = quantize(&m, Mode::Dynamic, &[], &[]).unwrap();
+        assert!(q.quant.activations.is_empty());
+        for node in ["b1_attn", "b2_attn", "b1_fc1", "b2_fc2", "head"] {
+            assert!(q.quant.integer_nodes.contains(node) && q.quant.dynamic.contains(node), "{node}");
+        }
+        assert!(!q.quant.integer_nodes.contains("patch"));
+        let dynamic = crate::store::sqz_plan(&q).unwrap();
+        assert!(dynamic.kernel_description().contains("per row at run time"), "{}", dynamic.kernel_description());
+        let got = dynamic.run(&x, n, &mut Workspace::default()).unwrap().to_vec();
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 0.05, "dynamic int8 probabilities differ by {worst}");
+        let full = crate::store::sqz_plan(&quantize(&m, Mode::Full, &[], &x).unwrap()).unwrap();
+        for mut plan in [float, full, dynamic] {
+            plan.set_threads(1);
+            let one = plan.run(&x[..784], 1, &mut Workspace::default()).unwrap().to_vec();
+            // Each half of the batch alone, on one thread.
+            let mut halves = plan.run(&x[..20 * 784], 20, &mut Workspace::default()).unwrap().to_vec();
+            halves.extend_from_slice(plan.run(&x[20 * 784..n * 784], 20, &mut Workspace::default()).unwrap());
+            plan.set_threads(2);
+            let mut ws = Workspace::default();
+            assert_eq!(one, plan.run(&x[..784], 1, &mut ws).unwrap(), "{} at batch 1", plan.kernel_description());
+            assert_eq!(halves, plan.run(&x[..n * 784], n, &mut ws).unwrap(), "{} at batch {n}", plan.kernel_description());
+        }
+>>>>>>> speed
     }
 
     #[test]

@@ -328,6 +328,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 extra.insert("group".into(), (*group).into());
                 (quantize::quantize_int4(&model, *group, &chosen)?, false)
             }
+<<<<<<< HEAD
             Pass::Quantize { mode, layers, calibration: _, small_tensors } => {
                 if *mode == quantize::Mode::Full {
                     return Err(PipelineError::Quantize(quantize::QuantizeError::UnknownLayer(
@@ -335,6 +336,21 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                     )));
                 }
                 (quantize::quantize_with(&model, *mode, layers, &[], *small_tensors)?, false)
+=======
+            Pass::Quantize { mode, layers, calibration: cal_n } => {
+                // Full int8 takes its activation scales from the calibration sentences
+                // (ranges over every position, padding included, as the runtime sees them).
+                let cal: &[f32] = match (mode, &calibration) {
+                    (quantize::Mode::Full, Some((cal_ids, cal_lens))) => {
+                        let k = (*cal_n).min(cal_lens.len()).max(1);
+                        extra.insert("calibration_sentences".into(), k.into());
+                        &cal_ids[..k * seq]
+                    }
+                    (quantize::Mode::Full, None) => return Err(PipelineError::Quantize(quantize::QuantizeError::NoCalibration)),
+                    _ => &[],
+                };
+                (quantize::quantize(&model, *mode, layers, cal)?, false)
+>>>>>>> speed
             }
             Pass::Code {} => (quantize::store_f32(&model), true),
             other => return Err(PipelineError::EmbeddingOnly(format!("pass '{}' does not run on hf_dir models", other.stage_name()))),

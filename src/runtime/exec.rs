@@ -9,10 +9,10 @@
 
 use std::collections::HashMap;
 
-use super::int8::{self, QuantizedConv2d, QuantizedLinear};
+use super::int8::{self, DynamicLinear, QuantizedConv2d, QuantizedLinear};
 use super::recurrent;
 use super::transformer::{self as tf, Heads, Patches, ValidLengths};
-use super::kernels::{conv2d_forward, conv_chunk, maxpool, sgemm, softmax_rows, DirectConv, MatRef, Window};
+use super::kernels::{conv2d_forward, conv_chunk, maxpool, sgemm, sgemm_threads, softmax_rows, DirectConv, MatRef, Window};
 use super::sparse::{CodebookF32, CsrF32};
 use crate::spec::{Graph, Op, PoolKind, QParams, QuantPlan, Recurrent, SpecError, ATTENTION_PROJECTIONS, INPUT, RECURRENT_PARAMS};
 
@@ -29,6 +29,8 @@ pub enum RuntimeError {
     MissingQParams { node: String, value: String },
     #[error("node '{node}' is listed as integer but its weight is not stored as int8")]
     NotInt8 { node: String },
+    #[error("node '{node}' is listed as dynamically quantized: only Linear and SelfAttention nodes with int8 weights can be")]
+    NotDynamic { node: String },
     #[error("node '{node}': token id {id} is not an integer in 0..{vocab} (the model's vocabulary); check the tokenizer matches the model")]
     TokenId { node: String, id: f32, vocab: usize },
     #[error("node '{node}' ({op}) cannot run on integers: only Linear, Conv2d and SelfAttention nodes can (its weights may still be stored int8)")]
@@ -120,6 +122,8 @@ enum Kernel {
     /// `direct` where the direct kernel applies (stride 1, AVX2/FMA), else im2col.
     ConvF32 { w: Vec<f32>, b: Option<Vec<f32>>, g: Window, oc: usize, direct: Option<Box<DirectConv>> },
     LinearI8(Box<QuantizedLinear>),
+    /// int8 weights with the f32 input quantized per row at run time (f32 in and out).
+    LinearDynamic(Box<DynamicLinear>),
     /// A pruned f32 layer on its non-zero weights.
     LinearCsr { csr: CsrF32, b: Option<Vec<f32>> },
     /// A weight-shared f32 layer from its indices and table.
@@ -169,15 +173,30 @@ enum Projection {
     F32 { w: Vec<f32>, b: Vec<f32> },
     /// u8 input at `input`, f32 output.
     I8 { layer: Box<QuantizedLinear>, input: QParams },
+    /// f32 input quantized per row at run time, f32 output.
+    Dynamic(Box<DynamicLinear>),
 }
 
 impl Projection {
     /// `y [rows, out] = x [rows, in] · Wᵀ + b`; an int8 projection quantizes `x` first.
     #[allow(clippy::too_many_arguments)]
-    fn run(&self, x: &[f32], xq: Option<&[u8]>, rows: usize, inf: usize, outf: usize, y: &mut [f32], qbuf: &mut Vec<u8>, acc: &mut Vec<i32>) {
+    fn run(
+        &self,
+        x: &[f32],
+        xq: Option<&[u8]>,
+        rows: usize,
+        inf: usize,
+        outf: usize,
+        y: &mut [f32],
+        qbuf: &mut Vec<u8>,
+        acc: &mut Vec<i32>,
+        dynamic: &mut int8::DynamicScratch,
+        threads: usize,
+    ) {
         match self {
+            Projection::Dynamic(layer) => layer.forward(&x[..rows * inf], rows, &mut y[..rows * outf], dynamic, threads),
             Projection::F32 { w, b } => {
-                sgemm(rows, outf, inf, MatRef::rows(x, inf), MatRef::transposed(w, inf), y, outf, false);
+                sgemm_threads(rows, outf, inf, MatRef::rows(x, inf), MatRef::transposed(w, inf), y, outf, false, threads);
                 for row in y[..rows * outf].chunks_exact_mut(outf) {
                     row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
                 }
@@ -193,7 +212,7 @@ impl Projection {
                         &qbuf[..rows * inf]
                     }
                 };
-                layer.forward_f32(&xq[..rows * inf], rows, &mut y[..rows * outf], acc);
+                layer.forward_f32_threads(&xq[..rows * inf], rows, &mut y[..rows * outf], acc, threads);
             }
         }
     }
@@ -238,6 +257,8 @@ pub struct Plan {
     outputs: Vec<usize>,
     input_shape: Vec<usize>,
     int_layers: usize,
+    /// Of the integer layers, those quantizing their input per row at run time.
+    dynamic_layers: usize,
     f32_layers: usize,
     dequantized_at_load: bool,
     /// What the loader expanded to dense f32 (e.g. "sparse, codebook"), said in
@@ -254,6 +275,8 @@ pub struct Plan {
     logits_name: String,
     /// Linear steps on sequences: rows per sample (a step not listed has one).
     linear_rows: HashMap<usize, usize>,
+    /// Threads one [`Plan::run`] may use (see [`Plan::set_threads`]).
+    threads: usize,
 }
 
 /// Reusable buffers for [`Plan::run`]; grows to the largest batch seen.
@@ -266,8 +289,23 @@ pub struct Workspace {
     tmp: Vec<f32>,
     recurrent: recurrent::Scratch,
     recurrent_quant: recurrent::QuantScratch,
+    dynamic: int8::DynamicScratch,
     attention: AttentionScratch,
     valid: ValidLengths,
+    /// One workspace per share of a batch split across threads.
+    parts: Vec<Workspace>,
+}
+
+/// Threads a plan uses by default: every core for a text Transformer (token ids in;
+/// large enough per sample that splitting one layer pays), one otherwise: the
+/// classifier measurements (a ViT included) time one thread at batch 1 and split
+/// batches among threads themselves (see [`throughput`]).
+fn default_threads(graph: &Graph) -> usize {
+    if graph.nodes.iter().any(|n| matches!(n.op, Op::Embedding { .. })) && graph.nodes.iter().any(|n| matches!(n.op, Op::SelfAttention { .. })) {
+        std::thread::available_parallelism().map_or(1, |t| t.get())
+    } else {
+        1
+    }
 }
 
 impl Plan {
@@ -294,6 +332,7 @@ impl Plan {
             outputs: Vec::new(),
             input_shape: graph.input_shape.clone(),
             int_layers: 0,
+            dynamic_layers: 0,
             f32_layers: 0,
             dequantized_at_load: false,
             expanded: Vec::new(),
@@ -301,6 +340,7 @@ impl Plan {
             input_read_once: false,
             chain: None,
             linear_rows: HashMap::new(),
+            threads: default_threads(graph),
             logits_name: match graph.node(&graph.outputs[0]) {
                 Some(n) if matches!(n.op, Op::Softmax) => n.inputs[0].clone(),
                 _ => graph.outputs[0].clone(),
@@ -349,6 +389,22 @@ impl Plan {
                         if enc.codebook.is_some() {
                             plan.note_expanded("codebook");
                         }
+                    }
+                    if quant.dynamic.contains(&node.name) && quant.integer_nodes.contains(&node.name) {
+                        let (Weights::I8 { q, scales }, Op::Linear { in_features, out_features, .. }) = (w, &node.op) else {
+                            return Err(RuntimeError::NotDynamic { node: node.name.clone() });
+                        };
+                        let x = plan.convert(x, Repr::F32, &mut converted);
+                        let kernel = Kernel::LinearDynamic(Box::new(DynamicLinear::new(&q, &scales, *out_features, *in_features, b.as_deref())));
+                        let out = plan.add_slot(Repr::F32, out_len, &node.name);
+                        plan.steps.push(Step { kernel, inputs: vec![x], out });
+                        if linear_rows != 1 {
+                            plan.linear_rows.insert(plan.steps.len() - 1, linear_rows);
+                        }
+                        slot_of.insert(node.name.clone(), out);
+                        plan.int_layers += 1;
+                        plan.dynamic_layers += 1;
+                        continue;
                     }
                     if quant.integer_nodes.contains(&node.name) {
                         let Weights::I8 { q, scales } = w else {
@@ -570,7 +626,28 @@ impl Plan {
                                 parts.push((take(&format!("{proj}.weight"))?, take(&format!("{proj}.bias"))?.to_f32()));
                             }
                             let context = format!("{}.context", node.name);
-                            let (qkv, output) = if integer {
+                            let (qkv, output) = if integer && quant.dynamic.contains(&node.name) {
+                                let mut wq = Vec::with_capacity(3 * inner * dim);
+                                let mut scales = Vec::with_capacity(3 * inner);
+                                let mut bias = Vec::with_capacity(3 * inner);
+                                for (w, b) in &parts[..3] {
+                                    let Weights::I8 { q, scales: sc } = w else {
+                                        return Err(RuntimeError::NotInt8 { node: node.name.clone() });
+                                    };
+                                    wq.extend_from_slice(q);
+                                    scales.extend_from_slice(sc);
+                                    bias.extend_from_slice(b);
+                                }
+                                let Weights::I8 { q: oq, scales: osc } = &parts[3].0 else {
+                                    return Err(RuntimeError::NotInt8 { node: node.name.clone() });
+                                };
+                                plan.int_layers += 1;
+                                plan.dynamic_layers += 1;
+                                (
+                                    Projection::Dynamic(Box::new(DynamicLinear::new(&wq, &scales, 3 * inner, dim, Some(&bias)))),
+                                    Projection::Dynamic(Box::new(DynamicLinear::new(oq, osc, dim, inner, Some(&parts[3].1)))),
+                                )
+                            } else if integer {
                                 let qp = |value: &str| {
                                     quant.activations.get(value).copied().ok_or_else(|| RuntimeError::MissingQParams { node: node.name.clone(), value: value.to_string() })
                                 };
@@ -880,35 +957,105 @@ impl Plan {
     }
 
     fn base_kernel_description(&self) -> String {
-        match (self.int_layers, self.f32_layers) {
-            (i, 0) if i > 0 => format!("int8-{}", int8::kernel_name()),
+        let int8 = match self.dynamic_layers {
+            0 => format!("int8-{}", int8::kernel_name()),
+            d if d == self.int_layers => format!("int8-{} (activations quantized per row at run time)", int8::kernel_name()),
+            d => format!("int8-{} ({d} layers' activations quantized per row at run time)", int8::kernel_name()),
+        };
+        let base = match (self.int_layers, self.f32_layers) {
+            (i, 0) if i > 0 => int8,
             (0, _) if self.dequantized_at_load => "f32-dense (int8 weights dequantized at load)".into(),
             (0, _) => "f32-dense".into(),
-            (i, f) => format!("mixed: {i} int8-{} + {f} f32-dense layers", int8::kernel_name()),
-        }
+            (i, f) => format!("mixed: {i} {int8} + {f} f32-dense layers"),
+        };
+        if self.threads > 1 { format!("{base}, {} threads", self.threads) } else { base }
+    }
+
+    /// Threads one run may use: a batch of several samples is split into that many
+    /// shares run side by side (each on its own workspace), a single sample has its
+    /// large products, attention heads and element-wise steps split. A split sample
+    /// gets the bits one thread gives; a split batch gets the bits of each share run
+    /// alone (float products may round differently for different row counts, within
+    /// what any batch size changes).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Runs `n` samples of `x` and returns the first output (`n × output_len`).
     pub fn run<'w>(&self, x: &[f32], n: usize, ws: &'w mut Workspace) -> Result<&'w [f32], RuntimeError> {
-        self.execute(x, n, ws, true, &mut |_, _| {})?;
+        self.execute_split(x, n, ws)?;
         let o = self.outputs[0];
         Ok(&ws.f[o][..n * self.slots[o].len])
     }
 
     /// Every output, in graph order.
     pub fn run_all(&self, x: &[f32], n: usize, ws: &mut Workspace) -> Result<Vec<Vec<f32>>, RuntimeError> {
-        self.execute(x, n, ws, true, &mut |_, _| {})?;
+        self.execute_split(x, n, ws)?;
         Ok(self.outputs.iter().map(|&o| ws.f[o][..n * self.slots[o].len].to_vec()).collect())
     }
 
     /// Runs and shows every f32 graph value (by name) to `observe`: used for calibration.
     pub fn run_observe(&self, x: &[f32], n: usize, ws: &mut Workspace, observe: &mut dyn FnMut(&str, &[f32])) -> Result<(), RuntimeError> {
-        self.execute(x, n, ws, false, observe)
+        self.execute(x, n, ws, false, observe, self.threads)
+    }
+
+    /// Runs `n` samples on [`Plan::threads`] threads: shares of the batch side by side
+    /// when there are several samples, else one sample with its layers split.
+    fn execute_split(&self, x: &[f32], n: usize, ws: &mut Workspace) -> Result<(), RuntimeError> {
+        use rayon::prelude::*;
+        let parts = self.threads.min(n);
+        if parts <= 1 {
+            return self.execute(x, n, ws, true, &mut |_, _| {}, self.threads);
+        }
+        let per = self.input_len();
+        if x.len() < n * per {
+            return Err(RuntimeError::InputShape { got: x.len(), per_sample: per, shape: self.input_shape.clone() });
+        }
+        if ws.parts.len() < parts {
+            ws.parts.resize_with(parts, Workspace::default);
+        }
+        let share = n.div_ceil(parts);
+        let results: Vec<Result<(), RuntimeError>> = ws.parts[..parts]
+            .par_iter_mut()
+            .enumerate()
+            .map(|(i, pw)| {
+                let (lo, hi) = (i * share, ((i + 1) * share).min(n));
+                if lo >= hi {
+                    return Ok(());
+                }
+                self.execute(&x[lo * per..hi * per], hi - lo, pw, true, &mut |_, _| {}, 1)
+            })
+            .collect();
+        results.into_iter().collect::<Result<(), RuntimeError>>()?;
+        if ws.f.len() != self.slots.len() {
+            ws.f = vec![Vec::new(); self.slots.len()];
+            ws.q = vec![Vec::new(); self.slots.len()];
+        }
+        for &o in &self.outputs {
+            let len = self.slots[o].len;
+            if ws.f[o].len() < n * len {
+                ws.f[o].resize(n * len, 0.0);
+            }
+            for (i, pw) in ws.parts[..parts].iter().enumerate() {
+                let (lo, hi) = (i * share, ((i + 1) * share).min(n));
+                if lo < hi {
+                    ws.f[o][lo * len..hi * len].copy_from_slice(&pw.f[o][..(hi - lo) * len]);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Runs the steps; `fuse` lets the fused integer prefix run block by block (its
-    /// intermediate values are then not whole, so observers turn it off).
-    fn execute(&self, x: &[f32], n: usize, ws: &mut Workspace, fuse: bool, observe: &mut dyn FnMut(&str, &[f32])) -> Result<(), RuntimeError> {
+    /// intermediate values are then not whole, so observers turn it off). `threads`
+    /// may split single steps (products by columns, attention by heads, element-wise
+    /// steps by rows).
+    #[allow(clippy::too_many_arguments)]
+    fn execute(&self, x: &[f32], n: usize, ws: &mut Workspace, fuse: bool, observe: &mut dyn FnMut(&str, &[f32]), threads: usize) -> Result<(), RuntimeError> {
         let per = self.input_len();
         if x.len() < n * per {
             return Err(RuntimeError::InputShape { got: x.len(), per_sample: per, shape: self.input_shape.clone() });
@@ -957,7 +1104,7 @@ impl Plan {
             match kernel {
                 Kernel::LinearF32 { .. } | Kernel::LinearCsr { .. } | Kernel::LinearCodebook { .. } => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
-                    run_linear_f32(kernel, &xs[..n * xl], n, &mut y[..n * ol], &mut ws.tmp);
+                    run_linear_f32(kernel, &xs[..n * xl], n, &mut y[..n * ol], &mut ws.tmp, threads);
                 }
                 Kernel::ConvF32 { direct: Some(d), .. } => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
@@ -988,10 +1135,14 @@ impl Plan {
                     match self.slots[o].repr {
                         Repr::U8(_) => {
                             let (xs, y) = pair(&mut ws.q, xi, o);
-                            l.forward_u8(&xs[..n * xl], n, &mut y[..n * ol], &mut ws.acc);
+                            l.forward_u8_threads(&xs[..n * xl], n, &mut y[..n * ol], &mut ws.acc, threads);
                         }
-                        Repr::F32 => l.forward_f32(&ws.q[xi][..n * xl], n, &mut ws.f[o][..n * ol], &mut ws.acc),
+                        Repr::F32 => l.forward_f32_threads(&ws.q[xi][..n * xl], n, &mut ws.f[o][..n * ol], &mut ws.acc, threads),
                     }
+                }
+                Kernel::LinearDynamic(l) => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    l.forward(&xs[..n * xl], n, &mut y[..n * ol], &mut ws.dynamic, threads);
                 }
                 Kernel::ConvI8(c) => {
                     match self.slots[o].repr {
@@ -1099,11 +1250,11 @@ impl Plan {
                 }
                 Kernel::LayerNorm { gamma, beta, dim, eps } => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
-                    tf::layer_norm(&xs[..n * xl], *dim, gamma, beta, *eps, &mut y[..n * ol]);
+                    par_rows(threads, &xs[..n * xl], &mut y[..n * ol], *dim, |x, y| tf::layer_norm(x, *dim, gamma, beta, *eps, y));
                 }
                 Kernel::Gelu => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
-                    tf::gelu(&xs[..n * xl], &mut y[..n * ol]);
+                    par_rows(threads, &xs[..n * xl], &mut y[..n * ol], 1, tf::gelu_fast);
                 }
                 Kernel::Pool { seq, dim, mean } => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
@@ -1120,11 +1271,11 @@ impl Plan {
                     }
                     let xq = matches!(self.slots[xi].repr, Repr::U8(_)).then(|| &ws.q[xi][..rows * d]);
                     let xf: &[f32] = if xq.is_some() { &[] } else { &ws.f[xi][..rows * d] };
-                    a.qkv.run(xf, xq, rows, d, 3 * inner, &mut sc.qkv, &mut sc.ctx_q, &mut ws.acc);
+                    a.qkv.run(xf, xq, rows, d, 3 * inner, &mut sc.qkv, &mut sc.ctx_q, &mut ws.acc, &mut ws.dynamic, threads);
                     let qkv = &sc.qkv[..rows * 3 * inner];
-                    geo.attend(qkv, &qkv[inner..], &qkv[2 * inner..], 3 * inner, n, &ws.valid, &mut sc.probs, &mut sc.ctx);
+                    geo.attend_threads(qkv, &qkv[inner..], &qkv[2 * inner..], 3 * inner, n, &ws.valid, &mut sc.probs, &mut sc.ctx, threads);
                     observe(&a.context, &sc.ctx[..rows * inner]);
-                    a.output.run(&sc.ctx[..rows * inner], None, rows, inner, d, &mut ws.f[o][..n * ol], &mut sc.ctx_q, &mut ws.acc);
+                    a.output.run(&sc.ctx[..rows * inner], None, rows, inner, d, &mut ws.f[o][..n * ol], &mut sc.ctx_q, &mut ws.acc, &mut ws.dynamic, threads);
                 }
                 Kernel::Quantize(qp) => int8::quantize_u8(&ws.f[xi][..n * xl], *qp, &mut ws.q[o][..n * ol]),
                 Kernel::Dequantize(qp) => int8::dequantize_u8(&ws.q[xi][..n * xl], *qp, &mut ws.f[o][..n * ol]),
@@ -1137,6 +1288,19 @@ impl Plan {
     }
 }
 
+/// `f` on rows of `row` values of `x` into `y`, the rows shared among up to `threads`
+/// threads when there are enough of them to pay for the hand-over.
+fn par_rows(threads: usize, x: &[f32], y: &mut [f32], row: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
+    use rayon::prelude::*;
+    const MIN_VALUES: usize = 1 << 14;
+    if threads <= 1 || x.len() < 2 * MIN_VALUES {
+        return f(x, y);
+    }
+    let rows = x.len() / row.max(1);
+    let chunk = rows.div_ceil(threads).max(MIN_VALUES / row.max(1)) * row;
+    x.par_chunks(chunk).zip(y.par_chunks_mut(chunk)).for_each(|(x, y)| f(x, y));
+}
+
 /// The kernel that runs a batch of `n` (a by-batch choice resolved).
 fn resolve(kernel: &Kernel, n: usize) -> &Kernel {
     match kernel {
@@ -1145,11 +1309,12 @@ fn resolve(kernel: &Kernel, n: usize) -> &Kernel {
     }
 }
 
-/// A float Linear kernel on `n` samples: `y = x·Wᵀ + b`.
-fn run_linear_f32(kernel: &Kernel, x: &[f32], n: usize, y: &mut [f32], scratch: &mut Vec<f32>) {
+/// A float Linear kernel on `n` samples: `y = x·Wᵀ + b` (the dense product on up to
+/// `threads` threads).
+fn run_linear_f32(kernel: &Kernel, x: &[f32], n: usize, y: &mut [f32], scratch: &mut Vec<f32>, threads: usize) {
     match kernel {
         Kernel::LinearF32 { w, b, inf, outf } => {
-            sgemm(n, *outf, *inf, MatRef::rows(x, *inf), MatRef::transposed(w, *inf), y, *outf, false);
+            sgemm_threads(n, *outf, *inf, MatRef::rows(x, *inf), MatRef::transposed(w, *inf), y, *outf, false, threads);
             if let Some(b) = b {
                 for row in y.chunks_exact_mut(*outf) {
                     row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
@@ -1186,7 +1351,7 @@ fn time_linear(kernel: &Kernel, batch: usize, inf: usize, outf: usize, u8_out: b
             let (mut y, mut scratch) = (vec![0f32; batch * outf], Vec::new());
             for _ in 0..reps {
                 let t = std::time::Instant::now();
-                run_linear_f32(kernel, &x, batch, &mut y, &mut scratch);
+                run_linear_f32(kernel, &x, batch, &mut y, &mut scratch, 1);
                 best = best.min(t.elapsed().as_secs_f64());
             }
         }
@@ -1426,6 +1591,7 @@ mod tests {
         let quant = QuantPlan {
             integer_nodes: ["fc1".to_string(), "fc2".to_string()].into(),
             activations: [("input".to_string(), QParams::from_range(0.0, 1.0)), ("relu".to_string(), QParams::from_range(0.0, 2.0))].into(),
+            dynamic: Default::default(),
         };
         let plan = Plan::new(&g, stored, &quant).unwrap();
         assert!(plan.kernel_description().starts_with("int8-"), "{}", plan.kernel_description());
@@ -1479,6 +1645,7 @@ mod tests {
                 .iter()
                 .map(|(n, (lo, hi))| (n.to_string(), QParams::from_range(*lo, *hi)))
                 .collect(),
+            dynamic: Default::default(),
         };
         let encodings: HashMap<String, Encoding> = [("fc2.weight".to_string(), Encoding { sparse: true, codebook: None })].into();
         let plan = Plan::with_encodings(&g, stored, &quant, &encodings).unwrap();
@@ -1487,7 +1654,7 @@ mod tests {
             let x: Vec<f32> = (0..batch * 37).map(|_| rng.next_f32() * 1.2 - 0.1).collect();
             let fused = plan.run(&x, batch, &mut Workspace::default()).unwrap().to_vec();
             let mut ws = Workspace::default();
-            plan.execute(&x, batch, &mut ws, false, &mut |_, _| {}).unwrap();
+            plan.execute(&x, batch, &mut ws, false, &mut |_, _| {}, 1).unwrap();
             let o = plan.outputs[0];
             assert_eq!(fused, ws.f[o][..batch * 5], "batch {batch} normalize {normalize}");
             assert!(fused.iter().all(|v| v.is_finite() && *v >= 0.0));
@@ -1533,7 +1700,7 @@ mod tests {
         let g = mlp();
         let w = weights(&g, &mut Rng::new(3));
         let f: HashMap<String, Weights> = w.iter().map(|(k, v)| (k.clone(), Weights::F32(v.clone()))).collect();
-        let quant = QuantPlan { integer_nodes: ["fc1".to_string()].into(), activations: Default::default() };
+        let quant = QuantPlan { integer_nodes: ["fc1".to_string()].into(), activations: Default::default(), dynamic: Default::default() };
         assert!(matches!(Plan::new(&g, f.clone(), &quant), Err(RuntimeError::NotInt8 { .. })));
         let mut missing = f;
         missing.remove("fc2.bias");

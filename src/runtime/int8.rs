@@ -485,6 +485,43 @@ fn gemm_packed(kernel: Kernel, a: &[i32], m: usize, b: &PackedMatrix, init: &[i3
     }
 }
 
+/// [`gemm_packed`] with the output blocks (AVX2) or rows (scalar) shared among up to
+/// `threads` threads of the rayon pool when the product is large enough; every output
+/// is the same exact integer sum whichever thread computes it.
+fn gemm_packed_threads(kernel: Kernel, a: &[i32], m: usize, b: &PackedMatrix, init: &[i32], c: &mut [i32], threads: usize) {
+    use rayon::prelude::*;
+    let (n, k) = (b.n, b.k);
+    if threads <= 1 || m * n * k < super::kernels::PARALLEL_MIN_MACS || m == 0 {
+        return gemm_packed(kernel, a, m, b, init, c);
+    }
+    let kw = k.div_ceil(kernel.elems_per_word());
+    assert!(a.len() >= m * kw && init.len() >= blocks(n) * NR && c.len() >= m * n);
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => {
+            assert_eq!(b.kernel, Kernel::Avx2);
+            let nb = blocks(n);
+            let per = nb.div_ceil(threads);
+            let out = super::kernels::SendPtr(c.as_mut_ptr());
+            (0..nb.div_ceil(per)).into_par_iter().for_each(|t| {
+                let out = out;
+                // SAFETY: AVX2 was checked when `b` was packed; c holds m·n values (asserted)
+                // and thread t alone writes the columns of blocks t·per..(t+1)·per.
+                unsafe { x86::gemm_avx2_blocks(a, m, kw, &b.packed_i16, n, init, out.0, t * per..((t + 1) * per).min(nb)) }
+            });
+        }
+        _ => {
+            let rows = m.div_ceil(threads);
+            let words = if kernel == Kernel::Scalar { k } else { kw };
+            c[..m * n].par_chunks_mut(rows * n).enumerate().for_each(|(t, ct)| {
+                let r0 = t * rows;
+                let mr = ct.len() / n.max(1);
+                gemm_packed(kernel, &a[r0 * words..(r0 + mr) * words], mr, b, init, ct);
+            });
+        }
+    }
+}
+
 /// Size the scratch for `m` rows of `b` and split it into (packed a, c).
 fn split_scratch<'s>(scratch: &'s mut Vec<i32>, kernel: Kernel, m: usize, b: &PackedMatrix) -> (&'s mut [i32], &'s mut [i32]) {
     let kw = b.k.div_ceil(kernel.elems_per_word());
@@ -770,12 +807,29 @@ mod x86 {
         c[r * n + col0..r * n + col0 + cols].copy_from_slice(&v[..cols]);
     }
 
-    /// AVX2 driver: for each 16-output block, rows in tiles of 4 (then 1–3).
+    /// AVX2 driver: for each 16-output block, rows in tiles of 6 (then 4, then 1–3).
     #[target_feature(enable = "avx2")]
     pub(super) fn gemm_avx2(a: &[i32], m: usize, kw: usize, w: &[i16], n: usize, init: &[i32], c: &mut [i32]) {
+        assert!(c.len() >= m * n);
+        // SAFETY: c holds m·n elements, exclusively borrowed.
+        unsafe { gemm_avx2_blocks(a, m, kw, w, n, init, c.as_mut_ptr(), 0..n.div_ceil(NR)) }
+    }
+
+    /// [`gemm_avx2`] on the 16-output blocks `blks` only, writing through `c`.
+    ///
+    /// # Safety
+    /// AVX2 must be available; `c` must be valid for `m·n` i32 and columns
+    /// `16·blks.start..16·blks.end` of it written by no one else during the call.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn gemm_avx2_blocks(a: &[i32], m: usize, kw: usize, w: &[i16], n: usize, init: &[i32], c: *mut i32, blks: std::ops::Range<usize>) {
         let bw = kw * NR * 2; // i16 per block
-        assert!(w.len() >= n.div_ceil(NR) * bw && a.len() >= m * kw);
-        for blk in 0..n.div_ceil(NR) {
+        assert!(w.len() >= n.div_ceil(NR) * bw && a.len() >= m * kw && blks.end <= n.div_ceil(NR));
+        // SAFETY (every store_row below): row r < m, columns col0..col0+cols < n lie in
+        // this call's blocks, so the caller's contract covers them.
+        let put = |r: usize, col0: usize, cols: usize, v: &[i32; NR]| unsafe {
+            std::ptr::copy_nonoverlapping(v.as_ptr(), c.add(r * n + col0), cols);
+        };
+        for blk in blks {
             let wb = &w[blk * bw..(blk + 1) * bw];
             let col0 = blk * NR;
             let cols = NR.min(n - col0);
@@ -783,26 +837,26 @@ mod x86 {
             let mut r = 0;
             while r + 6 <= m {
                 let t = tile_avx2::<6>(&a[r * kw..], kw, wb, ini);
-                (0..6).for_each(|i| store_row(c, n, r + i, col0, cols, &t[i]));
+                (0..6).for_each(|i| put(r + i, col0, cols, &t[i]));
                 r += 6;
             }
             while r + 4 <= m {
                 let t = tile_avx2::<4>(&a[r * kw..], kw, wb, ini);
-                (0..4).for_each(|i| store_row(c, n, r + i, col0, cols, &t[i]));
+                (0..4).for_each(|i| put(r + i, col0, cols, &t[i]));
                 r += 4;
             }
             match m - r {
                 3 => {
                     let t = tile_avx2::<3>(&a[r * kw..], kw, wb, ini);
-                    (0..3).for_each(|i| store_row(c, n, r + i, col0, cols, &t[i]));
+                    (0..3).for_each(|i| put(r + i, col0, cols, &t[i]));
                 }
                 2 => {
                     let t = tile_avx2::<2>(&a[r * kw..], kw, wb, ini);
-                    (0..2).for_each(|i| store_row(c, n, r + i, col0, cols, &t[i]));
+                    (0..2).for_each(|i| put(r + i, col0, cols, &t[i]));
                 }
                 1 => {
                     let t = tile_avx2::<1>(&a[r * kw..], kw, wb, ini);
-                    store_row(c, n, r, col0, cols, &t[0]);
+                    put(r, col0, cols, &t[0]);
                 }
                 _ => {}
             }
@@ -1082,7 +1136,7 @@ impl QuantizedLinear {
 
     /// Accumulators `[batch × out]` (bias and zero point included) into the tail of
     /// `scratch`; returns the offset where they start.
-    fn accumulate(&self, x: &[u8], batch: usize, scratch: &mut Vec<i32>) -> usize {
+    fn accumulate(&self, x: &[u8], batch: usize, scratch: &mut Vec<i32>, threads: usize) -> usize {
         let k = self.weights.k;
         assert_eq!(x.len(), batch * k, "x must be batch*in_features");
         if let Some(sp) = &self.sparse {
@@ -1097,16 +1151,22 @@ impl QuantizedLinear {
         let kernel = self.weights.effective_kernel();
         let (a, c) = split_scratch(scratch, kernel, batch, &self.weights);
         pack_rows(kernel.elems_per_word(), x, batch, k, a);
-        gemm_packed(kernel, a, batch, &self.weights, &self.epi.init, c);
+        gemm_packed_threads(kernel, a, batch, &self.weights, &self.epi.init, c, threads);
         a.len()
     }
 
     /// `x`: `[batch, in]` u8 → `y`: `[batch, out]` u8 at the output QParams (panics
     /// if the layer was built with `output: None`). `scratch` is grown as needed.
     pub fn forward_u8(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Vec<i32>) {
+        self.forward_u8_threads(x, batch, y, scratch, 1);
+    }
+
+    /// [`forward_u8`](Self::forward_u8) with the product on up to `threads` threads
+    /// (the same result).
+    pub fn forward_u8_threads(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Vec<i32>, threads: usize) {
         let n = self.weights.n;
         assert_eq!(y.len(), batch * n, "y must be batch*out_features");
-        let off = self.accumulate(x, batch, scratch);
+        let off = self.accumulate(x, batch, scratch, threads);
         self.epi.requant_rows(&scratch[off..off + batch * n], n, y);
     }
 
@@ -1114,13 +1174,86 @@ impl QuantizedLinear {
     /// (dequantized accumulators, bias included; ReLU at 0 if fused). Works whether or
     /// not the layer has output QParams.
     pub fn forward_f32(&self, x: &[u8], batch: usize, y: &mut [f32], scratch: &mut Vec<i32>) {
+        self.forward_f32_threads(x, batch, y, scratch, 1);
+    }
+
+    /// [`forward_f32`](Self::forward_f32) with the product on up to `threads` threads
+    /// (the same result).
+    pub fn forward_f32_threads(&self, x: &[u8], batch: usize, y: &mut [f32], scratch: &mut Vec<i32>, threads: usize) {
         let n = self.weights.n;
         assert_eq!(y.len(), batch * n, "y must be batch*out_features");
-        let off = self.accumulate(x, batch, scratch);
+        let off = self.accumulate(x, batch, scratch, threads);
         let c = &scratch[off..off + batch * n];
         for (yr, cr) in y.chunks_exact_mut(n).zip(c.chunks_exact(n)) {
             for (o, (y, &acc)) in yr.iter_mut().zip(cr).enumerate() {
                 *y = self.epi.to_f32(o, acc);
+            }
+        }
+    }
+}
+
+/// A Linear layer on int8 weights whose f32 input is quantized per row at run time
+/// ("dynamic" quantization, no calibration): row `r` gets the asymmetric u8 parameters
+/// of its own range ([`QParams::from_range`]), the product is the exact integer one,
+/// and `y[r,o] = sx[r]·sw[o]·(acc[r,o] − zx[r]·Σ_k w[o,k]) + bias[o]` in f32.
+#[derive(Clone, Debug)]
+pub struct DynamicLinear {
+    weights: PackedMatrix,
+    w_scales: Vec<f32>,
+    bias: Vec<f32>,
+    /// Zero accumulator starts, padded to whole 16-blocks.
+    zero_init: Vec<i32>,
+}
+
+/// Buffers of [`DynamicLinear::forward`], reused across calls.
+#[derive(Default)]
+pub struct DynamicScratch {
+    q: Vec<u8>,
+    qp: Vec<QParams>,
+    acc: Vec<i32>,
+}
+
+impl DynamicLinear {
+    /// `w`: `[out, in]` row-major i8 with `real = w_scales[o]·q`; `bias` optional.
+    pub fn new(w: &[i8], w_scales: &[f32], out_features: usize, in_features: usize, bias: Option<&[f32]>) -> DynamicLinear {
+        assert_eq!(w_scales.len(), out_features, "one weight scale per output");
+        let weights = PackedMatrix::new(w, out_features, in_features);
+        let bias = bias.map_or_else(|| vec![0.0; out_features], <[f32]>::to_vec);
+        assert_eq!(bias.len(), out_features, "one bias per output");
+        DynamicLinear { weights, w_scales: w_scales.to_vec(), bias, zero_init: vec![0; blocks(out_features) * NR] }
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weights.k
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weights.n
+    }
+
+    /// `x [rows, in]` f32 → `y [rows, out]` f32, the product on up to `threads` threads.
+    pub fn forward(&self, x: &[f32], rows: usize, y: &mut [f32], sc: &mut DynamicScratch, threads: usize) {
+        let (n, k) = (self.weights.n, self.weights.k);
+        assert!(x.len() == rows * k && y.len() == rows * n, "DynamicLinear: x must be rows×in, y rows×out");
+        if sc.q.len() < rows * k {
+            sc.q.resize(rows * k, 0);
+        }
+        sc.qp.clear();
+        for (xr, qr) in x.chunks_exact(k.max(1)).zip(sc.q.chunks_exact_mut(k.max(1))).take(rows) {
+            let (lo, hi) = xr.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let qp = QParams::from_range(lo, hi);
+            quantize_u8(xr, qp, qr);
+            sc.qp.push(qp);
+        }
+        let kernel = self.weights.effective_kernel();
+        let (a, c) = split_scratch(&mut sc.acc, kernel, rows, &self.weights);
+        pack_rows(kernel.elems_per_word(), &sc.q[..rows * k], rows, k, a);
+        gemm_packed_threads(kernel, a, rows, &self.weights, &self.zero_init, c, threads);
+        let sums = &self.weights.row_sums;
+        for ((yr, cr), qp) in y.chunks_exact_mut(n).zip(c.chunks_exact(n)).zip(&sc.qp) {
+            for o in 0..n {
+                let exact = cr[o].wrapping_sub(qp.zero_point.wrapping_mul(sums[o]));
+                yr[o] = qp.scale * self.w_scales[o] * exact as f32 + self.bias[o];
             }
         }
     }
@@ -1442,6 +1575,68 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The product split among threads (by 16-output blocks, or rows on the scalar
+    /// kernel) equals the plain reference, on odd shapes large enough to be split.
+    #[test]
+    fn threaded_product_matches_reference() {
+        let mut rng = Rng::new(11);
+        for &(m, n, k) in &[(37, 53, 131), (1, 290, 901), (5, 1000, 77)] {
+            let a = rand_u8(&mut rng, m * k);
+            let b = rand_i8(&mut rng, n * k);
+            let mut want = vec![0i32; m * n];
+            matmul_u8_i8_reference(&a, &b, m, n, k, &mut want);
+            for kernel in Kernel::available() {
+                let packed = PackedMatrix::with_kernel(&b, n, k, kernel);
+                let kw = k.div_ceil(kernel.elems_per_word());
+                let mut ap = vec![0i32; m * kw];
+                pack_rows(kernel.elems_per_word(), &a, m, k, &mut ap);
+                let init = vec![0i32; blocks(n) * NR];
+                for threads in [1, 2, 3] {
+                    let mut c = vec![7i32; m * n];
+                    gemm_packed_threads(kernel, &ap, m, &packed, &init, &mut c, threads);
+                    assert_eq!(c, want, "{} {m}×{n}×{k} on {threads} threads", kernel.name());
+                }
+            }
+        }
+    }
+
+    /// Dynamic (per-row) quantization: close to the f32 product on an odd shape, the
+    /// same bits on the scalar kernel and on 2 threads.
+    #[test]
+    fn dynamic_linear_matches_float_and_is_kernel_independent() {
+        let mut rng = Rng::new(12);
+        let (rows, n, k) = (7, 45, 203);
+        let w: Vec<f32> = (0..n * k).map(|_| rng.uniform(0.3)).collect();
+        let (wq, ws) = crate::compress::quantize::quantize_per_channel(&w, n);
+        let bias: Vec<f32> = (0..n).map(|_| rng.uniform(1.0)).collect();
+        // Rows of different ranges, one all positive, one constant.
+        let mut x: Vec<f32> = (0..rows * k).map(|i| rng.uniform(1.0) * (1 + i / k) as f32).collect();
+        x[k..2 * k].iter_mut().for_each(|v| *v = v.abs() + 0.5);
+        x[2 * k..3 * k].iter_mut().for_each(|v| *v = 0.25);
+        let layer = DynamicLinear::new(&wq, &ws, n, k, Some(&bias));
+        let mut y = vec![0f32; rows * n];
+        let mut sc = DynamicScratch::default();
+        layer.forward(&x, rows, &mut y, &mut sc, 1);
+        for r in 0..rows {
+            let scale = x[r * k..(r + 1) * k].iter().fold(0f32, |m, v| m.max(v.abs()));
+            for o in 0..n {
+                let exact: f32 = (0..k).map(|i| x[r * k + i] * w[o * k + i]).sum::<f32>() + bias[o];
+                // Activation rounding (scale/255 per value) and weight rounding bound the error.
+                let tol = 0.02 * scale * (k as f32).sqrt();
+                assert!((y[r * n + o] - exact).abs() < tol, "row {r} out {o}: {} vs {exact}", y[r * n + o]);
+            }
+        }
+        let mut y2 = vec![0f32; rows * n];
+        layer.forward(&x, rows, &mut y2, &mut sc, 2);
+        assert_eq!(y, y2);
+        set_force_scalar(true);
+        let scalar_layer = DynamicLinear::new(&wq, &ws, n, k, Some(&bias));
+        let mut y3 = vec![0f32; rows * n];
+        scalar_layer.forward(&x, rows, &mut y3, &mut sc, 1);
+        set_force_scalar(false);
+        assert_eq!(y, y3);
     }
 
     #[test]

@@ -30,6 +30,18 @@ impl<'a> MatRef<'a> {
 ///
 /// Panics if a view is too short for the shape: that is a bug in the caller, not bad input.
 pub fn sgemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool) {
+    sgemm_threads(m, n, k, a, b, c, ldc, accumulate, 1);
+}
+
+/// Products smaller than this many multiply-adds run on one thread: below it, waking a
+/// second thread costs about as much as it saves.
+pub const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// [`sgemm`] on up to `threads` threads of the rayon pool (gemm splits the product;
+/// each output element is still one thread's sum in the same order, so the result does
+/// not depend on `threads`).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_threads(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool, threads: usize) {
     if m == 0 || n == 0 {
         return;
     }
@@ -65,10 +77,46 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32], 
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            if threads > 1 && m * n * k >= PARALLEL_MIN_MACS { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
         );
     }
 }
+
+/// `c[m×n] = a[m×k] · b[k×n]` into the raw `c` (row stride `ldc`), single-threaded:
+/// for callers that write disjoint column blocks of one matrix from several threads.
+///
+/// # Safety
+/// `c` must be valid for writes at `r·ldc + j` for every `r < m`, `j < n`, and no other
+/// thread may touch those elements during the call.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_raw(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: *mut f32, ldc: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.fits(m, k) && b.fits(k, n), "sgemm_raw: operand too short for {m}×{k}·{k}×{n}");
+    if k == 0 {
+        for r in 0..m {
+            // SAFETY: the caller guarantees row r's first n elements are ours to write.
+            unsafe { std::ptr::write_bytes(c.add(r * ldc), 0, n) };
+        }
+        return;
+    }
+    // SAFETY: a and b are bounded by the assert; c by the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m, n, k, c, 1, ldc as isize, false, a.data.as_ptr(), a.cs as isize, a.rs as isize, b.data.as_ptr(), b.cs as isize, b.rs as isize, 1.0, 1.0, false,
+            false, false, gemm::Parallelism::None,
+        );
+    }
+}
+
+/// A raw pointer that may cross to the rayon pool; every use says why its writes are
+/// disjoint.
+#[derive(Clone, Copy)]
+pub struct SendPtr<T>(pub *mut T);
+// SAFETY: only used for writes to disjoint elements from the threads of one call.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
 /// Whether this CPU has AVX2 (the element-wise kernels below are compiled twice,
 /// for the baseline and for AVX2, and pick at run time; results are identical).

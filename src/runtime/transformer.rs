@@ -7,6 +7,8 @@
 //! [`crate::spec::Op::Embedding`]) is computed once from the token ids; attention and
 //! mean pooling read it through [`ValidLengths`].
 
+use super::kernels::{sgemm, sgemm_raw, MatRef, SendPtr};
+
 /// Per-sample valid lengths of the token sequence, or none (every position valid).
 #[derive(Clone, Debug, Default)]
 pub struct ValidLengths {
@@ -171,6 +173,102 @@ pub fn gelu(x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// GELU for inference: `x·Φ(x)` with `erf` from Abramowitz & Stegun 7.1.26 (absolute
+/// error ≤ 1.5e-7) and `exp` by range reduction and the Cephes polynomial, eight lanes
+/// at a time with AVX2+FMA. The scalar path performs the same IEEE operations in the
+/// same order (`mul_add` is the fused multiply-add), so both give identical bits.
+pub fn gelu_fast(x: &[f32], y: &mut [f32]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: AVX2 and FMA were just detected.
+        done = unsafe { fast_gelu::avx2(x, y) };
+    }
+    for (o, &v) in y[done..].iter_mut().zip(&x[done..]) {
+        *o = fast_gelu::scalar(v);
+    }
+}
+
+mod fast_gelu {
+    pub const P: f32 = 0.327_591_1;
+    pub const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_7, -1.453_152, 1.061_405_4];
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    pub const EXP: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
+    /// Below this, `exp` is 0 to f32 precision for what `erf` needs (and `2^n` stays normal).
+    pub const EXP_MIN: f32 = -87.0;
+
+    /// `exp(v)` for `v ≤ 0`.
+    #[inline]
+    fn exp(v: f32) -> f32 {
+        let v = v.max(EXP_MIN);
+        let n = (v * LOG2E).round_ties_even();
+        let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, v));
+        let mut p = EXP[0];
+        for &c in &EXP[1..] {
+            p = p.mul_add(r, c);
+        }
+        let e = (p * r).mul_add(r, r) + 1.0;
+        e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    }
+
+    #[inline]
+    pub fn scalar(x: f32) -> f32 {
+        let z = x * std::f32::consts::FRAC_1_SQRT_2;
+        let a = z.abs();
+        let t = 1.0 / P.mul_add(a, 1.0);
+        let mut poly = A[4];
+        for &c in A[..4].iter().rev() {
+            poly = poly.mul_add(t, c);
+        }
+        poly *= t;
+        let erf = (-poly).mul_add(exp(-(a * a)), 1.0);
+        let erf = if z < 0.0 { -erf } else { erf };
+        0.5 * x * (1.0 + erf)
+    }
+
+    /// Whole groups of 8; returns how many values were written.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn avx2(x: &[f32], y: &mut [f32]) -> usize {
+        use std::arch::x86_64::*;
+        let len = x.len().min(y.len()) / 8 * 8;
+        let (sign, one, half) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
+        for i in (0..len).step_by(8) {
+            // SAFETY: i + 8 ≤ len ≤ both lengths.
+            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+            let z = _mm256_mul_ps(v, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+            let a = _mm256_andnot_ps(sign, z);
+            let t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(P), a, one));
+            let mut poly = _mm256_set1_ps(A[4]);
+            for &c in A[..4].iter().rev() {
+                poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(c));
+            }
+            poly = _mm256_mul_ps(poly, t);
+            // exp(-a²)
+            let e_in = _mm256_max_ps(_mm256_xor_ps(_mm256_mul_ps(a, a), sign), _mm256_set1_ps(EXP_MIN));
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(e_in, _mm256_set1_ps(LOG2E)));
+            let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), e_in));
+            let mut p = _mm256_set1_ps(EXP[0]);
+            for &c in &EXP[1..] {
+                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+            }
+            let e = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), one);
+            let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
+            let ex = _mm256_mul_ps(e, pow2);
+            let erf = _mm256_fnmadd_ps(poly, ex, one);
+            // erf takes z's sign (z < 0 → −erf; z = −0.0 gives +erf like the scalar test).
+            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(z, _mm256_setzero_ps());
+            let erf = _mm256_blendv_ps(erf, _mm256_xor_ps(erf, sign), neg);
+            let out = _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, erf));
+            // SAFETY: as for the load.
+            unsafe { _mm256_storeu_ps(y.as_mut_ptr().add(i), out) };
+        }
+        len
+    }
+}
+
 #[inline]
 pub fn gelu1(v: f32) -> f32 {
     0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2))
@@ -220,40 +318,67 @@ impl Heads {
     /// `ctx [n, seq, inner]` (head `h` in columns `h·hd..(h+1)·hd`), `inner = heads·hd`.
     #[allow(clippy::too_many_arguments)]
     pub fn attend(&self, q: &[f32], k: &[f32], v: &[f32], ld: usize, n: usize, valid: &ValidLengths, probs: &mut [f32], ctx: &mut [f32]) {
+        self.attend_threads(q, k, v, ld, n, valid, probs, ctx, 1);
+    }
+
+    /// [`attend`](Self::attend) with the (sample, head) pairs shared among up to
+    /// `threads` threads; every pair is computed the same way whichever thread runs it,
+    /// so the result does not depend on `threads`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_threads(&self, q: &[f32], k: &[f32], v: &[f32], ld: usize, n: usize, valid: &ValidLengths, probs: &mut [f32], ctx: &mut [f32], threads: usize) {
+        use rayon::prelude::*;
+        let (s_len, d) = (self.seq, self.inner());
+        let pairs = n * self.heads;
+        let per = s_len * s_len;
+        assert!(probs.len() >= pairs * per && ctx.len() >= n * s_len * d, "attend: buffers too short");
+        assert!(n == 0 || ((n - 1) * s_len + s_len - 1) * ld + d <= q.len().min(k.len()).min(v.len()), "attend: q/k/v too short");
+        let out = SendPtr(ctx.as_mut_ptr());
+        let task = |p: usize, prob: &mut [f32]| {
+            // SAFETY: pair p = (s, h) writes only ctx rows s·seq.. of columns h·hd..(h+1)·hd
+            // (bounded by the assert above); no two pairs share an element.
+            unsafe { self.attend_head(q, k, v, ld, p / self.heads, p % self.heads, valid, prob, out) }
+        };
+        let probs = &mut probs[..pairs * per];
+        if threads > 1 && pairs > 1 {
+            probs.par_chunks_mut(per).with_min_len(pairs.div_ceil(threads)).enumerate().for_each(|(p, prob)| task(p, prob));
+        } else {
+            probs.chunks_mut(per).enumerate().for_each(|(p, prob)| task(p, prob));
+        }
+    }
+
+    /// One head of one sample: scores `Q_h·K_hᵀ` and context `P·V_h` as two small
+    /// products over the valid keys, the masked softmax between them.
+    ///
+    /// # Safety
+    /// `ctx` must be valid for the context of sample `s` (`[seq, inner]` from `s·seq·inner`)
+    /// and columns `h·hd..(h+1)·hd` of it not written by anyone else meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn attend_head(&self, q: &[f32], k: &[f32], v: &[f32], ld: usize, s: usize, h: usize, valid: &ValidLengths, prow_all: &mut [f32], ctx: SendPtr<f32>) {
         let (s_len, d, hd) = (self.seq, self.inner(), self.head_dim);
         let scale = 1.0 / (hd as f32).sqrt();
-        for s in 0..n {
-            let vl = valid.of(s, s_len);
-            let (base, cbase) = (s * s_len * ld, s * s_len * d);
-            for h in 0..self.heads {
-                let pbase = (s * self.heads + h) * s_len * s_len;
-                for i in 0..s_len {
-                    let prow = &mut probs[pbase + i * s_len..pbase + (i + 1) * s_len];
-                    let keys = self.keys(i, vl);
-                    let qi = &q[base + i * ld + h * hd..base + i * ld + (h + 1) * hd];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, p) in prow.iter_mut().enumerate().take(keys) {
-                        let kj = &k[base + j * ld + h * hd..base + j * ld + (h + 1) * hd];
-                        *p = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                        max = max.max(*p);
-                    }
-                    let mut sum = 0.0;
-                    for p in prow[..keys].iter_mut() {
-                        *p = (*p - max).exp();
-                        sum += *p;
-                    }
-                    let inv = 1.0 / sum;
-                    prow[..keys].iter_mut().for_each(|p| *p *= inv);
-                    prow[keys..].fill(0.0);
-                    let ci = &mut ctx[cbase + i * d + h * hd..cbase + i * d + (h + 1) * hd];
-                    ci.fill(0.0);
-                    for (j, &p) in prow[..keys].iter().enumerate() {
-                        let vj = &v[base + j * ld + h * hd..base + j * ld + (h + 1) * hd];
-                        ci.iter_mut().zip(vj).for_each(|(c, &vv)| *c += p * vv);
-                    }
-                }
+        let vl = valid.of(s, s_len);
+        let base = s * s_len * ld + h * hd;
+        let cbase = s * s_len * d + h * hd;
+        // Scores of every query against the valid keys (masked further per row below).
+        sgemm(s_len, vl, hd, MatRef { data: &q[base..], rs: ld, cs: 1 }, MatRef { data: &k[base..], rs: 1, cs: ld }, prow_all, s_len, false);
+        for (i, prow) in prow_all.chunks_exact_mut(s_len).enumerate() {
+            let keys = self.keys(i, vl);
+            let mut max = f32::NEG_INFINITY;
+            for p in prow[..keys].iter_mut() {
+                *p *= scale;
+                max = max.max(*p);
             }
+            let mut sum = 0.0;
+            for p in prow[..keys].iter_mut() {
+                *p = (*p - max).exp();
+                sum += *p;
+            }
+            let inv = 1.0 / sum;
+            prow[..keys].iter_mut().for_each(|p| *p *= inv);
+            prow[keys..].fill(0.0);
         }
+        // SAFETY: forwarded from the caller (rows s·seq.., columns h·hd..(h+1)·hd).
+        unsafe { sgemm_raw(s_len, hd, vl, MatRef::rows(prow_all, s_len), MatRef { data: &v[base..], rs: ld, cs: 1 }, ctx.0.add(cbase), d) };
     }
 }
 
@@ -328,6 +453,20 @@ mod tests {
         assert_eq!(&y[2..4], &[11.0, 12.0]);
         pool(&x, 3, 4, 2, false, &v, &mut y);
         assert_eq!(&y[..2], &[0.0, 1.0]);
+    }
+
+    /// The inference GELU: within 2e-7·max(1, |x|) of the exact one, and the vector
+    /// path gives the scalar path's bits (odd length, so both run).
+    #[test]
+    fn fast_gelu_is_close_to_exact_and_vector_equals_scalar() {
+        let x: Vec<f32> = (0..20_003).map(|i| (i as f32 - 10_001.0) * 1.3e-3).chain([-80.0, -13.0, 0.0, -0.0, 9.0, 60.0, 1e-30]).collect();
+        let mut y = vec![0.0; x.len()];
+        gelu_fast(&x, &mut y);
+        for (&v, &g) in x.iter().zip(&y) {
+            let exact = 0.5 * v as f64 * (1.0 + libm::erf(v as f64 / std::f64::consts::SQRT_2));
+            assert!((g as f64 - exact).abs() <= 2e-7 * (v.abs() as f64).max(1.0), "{v}: {g} vs {exact}");
+            assert_eq!(g.to_bits(), fast_gelu::scalar(v).to_bits(), "{v}");
+        }
     }
 
     #[test]

@@ -831,6 +831,10 @@ pub struct QuantPlan {
     pub integer_nodes: BTreeSet<String>,
     /// Calibrated quantization of values (node outputs, or [`INPUT`]).
     pub activations: BTreeMap<String, QParams>,
+    /// Integer nodes (Linear, SelfAttention) whose f32 input is quantized per row at
+    /// run time instead of at a calibrated scale ("dynamic"; their outputs stay f32).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub dynamic: BTreeSet<String>,
 }
 
 #[cfg(test)]
