@@ -419,6 +419,7 @@ enum ModeArg {
 }
 
 fn main() -> ExitCode {
+    squeeze::report::measure::release_freed_memory_promptly();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
