@@ -376,6 +376,16 @@ pub enum Pass {
         /// Nodes kept at f32 (mixed precision), e.g. the embeddings.
         #[serde(default)]
         keep: Vec<String>,
+        /// Nodes stored as int8 per output channel instead of int4 (mixed precision).
+        #[serde(default)]
+        int8: Vec<String>,
+        /// How group scales are chosen: "search" (error-minimising, default) or "max".
+        #[serde(default)]
+        scales: crate::compress::quantize::Int4Scales,
+        /// Calibration sentences whose input-activation norms weight the rounding error
+        /// of each Linear/projection input column (0: unweighted).
+        #[serde(default)]
+        calibration: usize,
     },
     /// Post-training quantization to 8 bits.
     Quantize {
