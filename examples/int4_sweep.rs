@@ -6,6 +6,8 @@
 //!
 //!     cargo run --release --example int4_sweep -- models/all-MiniLM-L6-v2 \
 //!         data/shakespeare/heldout.txt data/shakespeare/calibration.txt [N]
+//!
+//! `SWEEP=0,2,5` runs only those configurations (by index in the list below).
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -40,24 +42,38 @@ fn main() -> Result<()> {
         v
     };
     let fp32 = 4.0 * model.graph.num_params() as f64;
-    let configs: Vec<(&str, usize, Int4Scales, bool, Vec<&str>, Vec<&str>)> = vec![
-        ("max g32", 32, Int4Scales::Max, false, vec![], vec![]),
-        ("search g32", 32, Int4Scales::Search, false, vec![], vec![]),
-        ("search+cal g32", 32, Int4Scales::Search, true, vec![], vec![]),
-        ("search+cal g64", 64, Int4Scales::Search, true, vec![], vec![]),
-        ("search+cal g32, word emb f32", 32, Int4Scales::Search, true, vec![], vec!["embeddings.word_embeddings"]),
-        ("search+cal g32, block 0 int8", 32, Int4Scales::Search, true, vec!["encoder.layer.0."], vec![]),
-        ("search+cal g32, block 5 int8", 32, Int4Scales::Search, true, vec!["encoder.layer.5."], vec![]),
-        ("search+cal g32, FFN out int8", 32, Int4Scales::Search, true, vec![".output.dense"], vec![]),
-        ("search+cal g32, FFN in int8", 32, Int4Scales::Search, true, vec![".intermediate.dense"], vec![]),
-        ("search+cal g32, attention int8", 32, Int4Scales::Search, true, vec![".attention.self"], vec![]),
+    // (name, group, scales, activation-weighted, int8 node-name fragments, f32 fragments,
+    // word-embedding group (0: the default group)).
+    type Config<'a> = (&'a str, usize, Int4Scales, bool, Vec<&'a str>, Vec<&'a str>, usize);
+    let all: Vec<Config> = vec![
+        ("max g32", 32, Int4Scales::Max, false, vec![], vec![], 0),
+        ("search g32", 32, Int4Scales::Search, false, vec![], vec![], 0),
+        ("search+cal g32", 32, Int4Scales::Search, true, vec![], vec![], 0),
+        ("search+cal g64", 64, Int4Scales::Search, true, vec![], vec![], 0),
+        ("search+cal g32, word emb f32", 32, Int4Scales::Search, true, vec![], vec!["embeddings.word_embeddings"], 0),
+        ("search+cal g32, block 0 int8", 32, Int4Scales::Search, true, vec!["encoder.layer.0."], vec![], 0),
+        ("search+cal g32, block 5 int8", 32, Int4Scales::Search, true, vec!["encoder.layer.5."], vec![], 0),
+        ("search+cal g32, FFN out int8", 32, Int4Scales::Search, true, vec![".output.dense"], vec![], 0),
+        ("search+cal g32, FFN in int8", 32, Int4Scales::Search, true, vec![".intermediate.dense"], vec![], 0),
+        ("search+cal g32, attention int8", 32, Int4Scales::Search, true, vec![".attention.self"], vec![], 0),
+        ("search+cal g32, word emb g384", 32, Int4Scales::Search, true, vec![], vec![], 384),
+        ("search+cal g32, word emb g384, blocks 4-5 int8", 32, Int4Scales::Search, true, vec!["encoder.layer.4.", "encoder.layer.5."], vec![], 384),
+        ("search+cal g32, word emb g384, block 5 + FFN in int8", 32, Int4Scales::Search, true, vec!["encoder.layer.5.", ".intermediate.dense"], vec![], 384),
+        ("search+cal g32, word emb g384, blocks 3-5 int8", 32, Int4Scales::Search, true, vec!["encoder.layer.3.", "encoder.layer.4.", "encoder.layer.5."], vec![], 384),
     ];
+    // SWEEP=a,b,c picks configurations by index (all when unset).
+    let picked: Vec<usize> = match std::env::var("SWEEP") {
+        Ok(v) => v.split(',').map(|x| x.trim().parse()).collect::<Result<_, _>>().context("SWEEP")?,
+        Err(_) => (0..all.len()).collect(),
+    };
     println!("| config | mean cosine | min cosine | bytes | % of fp32 |");
-    for (name, group, scales, cal, int8, keep) in configs {
+    for i in picked {
+        let (name, group, scales, cal, int8, keep, emb_group) = all.get(i).cloned().context("SWEEP index")?;
         let pick = |pats: &[&str]| nodes.iter().filter(|n| pats.iter().any(|p| n.contains(p))).cloned().collect::<Vec<_>>();
         let (as_int8, kept) = (pick(&int8), pick(&keep));
         let int4 = nodes.iter().filter(|n| !as_int8.contains(n) && !kept.contains(n)).cloned().collect();
-        let plan = Int4Plan { int4, int8: as_int8, group, scales, importance: if cal { weighted.clone() } else { Default::default() } };
+        let node_groups = if emb_group > 0 { [("embeddings.word_embeddings".to_string(), emb_group)].into() } else { Default::default() };
+        let plan = Int4Plan { int4, int8: as_int8, group, node_groups, scales, importance: if cal { weighted.clone() } else { Default::default() } };
         let stored = quantize::quantize_mixed(&model, &plan);
         let bytes = squeeze::format::sqz::encode_with(&stored, &squeeze::format::sqz::EncodeOptions { entropy_coding: false })?.len();
         let emb = embed_ids(&squeeze::store::sqz_into_plan(stored)?, &ids, n, 32)?;

@@ -379,6 +379,10 @@ pub enum Pass {
         /// Nodes stored as int8 per output channel instead of int4 (mixed precision).
         #[serde(default)]
         int8: Vec<String>,
+        /// Group sizes other than `group` for chosen nodes (name or prefix `*`), e.g.
+        /// `{ "embeddings.*" = 128 }`: coarser where the error matters less.
+        #[serde(default)]
+        layer_groups: std::collections::BTreeMap<String, usize>,
         /// How group scales are chosen: "search" (error-minimising, default) or "max".
         #[serde(default)]
         scales: crate::compress::quantize::Int4Scales,
@@ -429,6 +433,9 @@ fn check_embedding(r: Recipe, invalid: &dyn Fn(String) -> RecipeError) -> Result
             },
             Pass::Int4 { group, .. } if *group == 0 || *group > crate::format::sqz::MAX_I4_GROUP => {
                 return Err(invalid(format!("pass int4: group: expected 1..={}, got {group}", crate::format::sqz::MAX_I4_GROUP)));
+            }
+            Pass::Int4 { layer_groups, .. } if layer_groups.values().any(|g| *g == 0 || *g > crate::format::sqz::MAX_I4_GROUP) => {
+                return Err(invalid(format!("pass int4: layer_groups: each group must be in 1..={}", crate::format::sqz::MAX_I4_GROUP)));
             }
             Pass::Int4 { .. } | Pass::Quantize { .. } | Pass::Code {} => {}
             other => return Err(invalid(format!("pass '{}' is not available for hf_dir models yet (they run prune_rows, int4, quantize)", other.stage_name()))),

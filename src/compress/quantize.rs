@@ -204,6 +204,8 @@ pub struct Int4Plan {
     /// Nodes stored as int8 per output channel.
     pub int8: Vec<String>,
     pub group: usize,
+    /// Per node, a group size other than `group` (e.g. coarser for the embeddings).
+    pub node_groups: HashMap<String, usize>,
     pub scales: Int4Scales,
     /// Per weight tensor: importance of each input column (activation-aware error).
     pub importance: HashMap<String, Vec<f32>>,
@@ -233,8 +235,9 @@ pub fn quantize_mixed(model: &Model, plan: &Int4Plan) -> SqzModel {
             let weight = spec.kind == ParamKind::Weight;
             if weight && plan.int4.contains(&spec.node) {
                 let importance = plan.importance.get(&spec.name).map(Vec::as_slice);
-                let (q, scales) = quantize_groups_int4_with(data, plan.group, plan.scales, importance);
-                StoredTensor { name: spec.name.clone(), shape: spec.shape.clone(), values: Values::I4 { q, group: plan.group.max(1), scales }, positions: None }
+                let group = plan.node_groups.get(&spec.node).copied().unwrap_or(plan.group).max(1);
+                let (q, scales) = quantize_groups_int4_with(data, group, plan.scales, importance);
+                StoredTensor { name: spec.name.clone(), shape: spec.shape.clone(), values: Values::I4 { q, group, scales }, positions: None }
             } else if weight && plan.int8.contains(&spec.node) {
                 let (q, scales) = quantize_per_channel(data, spec.shape[0]);
                 stored(spec.name.clone(), spec.shape.clone(), model.constraints.masks.get(&spec.name), Values::I8 { q, scales })
@@ -533,7 +536,14 @@ mod tests {
     #[test]
     fn mixed_precision_stores_each_layer_as_asked() {
         let (m, _) = small_vit();
-        let plan = Int4Plan { int4: vec!["b1_fc1".into(), "patch".into()], int8: vec!["b2_attn".into()], group: 32, scales: Int4Scales::Search, importance: Default::default() };
+        let plan = Int4Plan {
+            int4: vec!["b1_fc1".into(), "patch".into()],
+            int8: vec!["b2_attn".into()],
+            group: 32,
+            node_groups: [("patch".to_string(), 16)].into(),
+            scales: Int4Scales::Search,
+            importance: Default::default(),
+        };
         let q = quantize_mixed(&m, &plan);
         let kind = |name: &str| match &q.tensors.iter().find(|t| t.name == name).unwrap().values {
             Values::I4 { .. } => "int4",
@@ -544,6 +554,7 @@ mod tests {
         assert_eq!(kind("b1_fc1.weight"), "int4");
         assert_eq!(kind("b1_fc1.bias"), "f32");
         assert_eq!(kind("patch.weight"), "int4");
+        assert!(matches!(q.tensors.iter().find(|t| t.name == "patch.weight").unwrap().values, Values::I4 { group: 16, .. }));
         assert_eq!(kind("b2_attn.query.weight"), "int8");
         assert_eq!(kind("b2_attn.output.weight"), "int8");
         assert_eq!(kind("b1_attn.query.weight"), "f32");

@@ -535,14 +535,42 @@ pub fn write_sqz_streaming(path: &Path, mut model: SqzModel, opts: &EncodeOption
             w.write_all(&head).map_err(io)?;
             written += head.len() as u64;
             for t in tensors {
-                let body = encode_tensor(&t, &limits, opts.entropy_coding)?;
+                // Head and body are written one after the other (the checksum runs
+                // over both), so a large dense tensor is never copied whole.
+                let (head, body) = encode_tensor_parts(&t, &limits, opts.entropy_coding)?;
+                let body_len = match &body {
+                    Body::Bytes(b) => b.len(),
+                    Body::F32(v) => 4 * v.len(),
+                };
+                let len = u32::try_from(head.len() + body_len).map_err(|_| FormatError::LimitExceeded {
+                    what: format!("section 'TENS' payload of {} bytes", head.len() + body_len),
+                    limit: u64::from(u32::MAX),
+                })?;
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&KIND_TENS);
+                w.write_all(&KIND_TENS).map_err(io)?;
+                w.write_all(&len.to_le_bytes()).map_err(io)?;
+                crc.update(&head);
+                w.write_all(&head).map_err(io)?;
+                match &body {
+                    Body::Bytes(b) => {
+                        crc.update(b);
+                        w.write_all(b).map_err(io)?;
+                    }
+                    Body::F32(v) => {
+                        let mut chunk = Vec::with_capacity(1 << 16);
+                        for part in v.chunks(1 << 14) {
+                            chunk.clear();
+                            f32_le_bytes(part, &mut chunk);
+                            crc.update(&chunk);
+                            w.write_all(&chunk).map_err(io)?;
+                        }
+                    }
+                }
+                w.write_all(&crc.finalize().to_le_bytes()).map_err(io)?;
+                written += 12 + head.len() as u64 + body_len as u64;
+                drop(body);
                 drop(t);
-                let mut section = Vec::with_capacity(12);
-                push_section_header(&mut section, KIND_TENS, &body)?;
-                w.write_all(&section).map_err(io)?;
-                w.write_all(&body).map_err(io)?;
-                w.write_all(&crc(&KIND_TENS, &body).to_le_bytes()).map_err(io)?;
-                written += 12 + body.len() as u64;
                 if written > limits.max_bytes as u64 {
                     return Err(FormatError::LimitExceeded { what: format!("encoded size {written}"), limit: limits.max_bytes as u64 });
                 }
@@ -730,6 +758,29 @@ fn check_tensor(t: &StoredTensor, limits: &Limits) -> Result<u64, FormatError> {
 }
 
 fn encode_tensor(t: &StoredTensor, limits: &Limits, entropy: bool) -> Result<Vec<u8>, FormatError> {
+    let (mut p, body) = encode_tensor_parts(t, limits, entropy)?;
+    match body {
+        Body::Bytes(b) => p.extend(b),
+        Body::F32(v) => f32_le_bytes(v, &mut p),
+    }
+    Ok(p)
+}
+
+/// A tensor payload's body: encoded bytes, or dense f32 values stored as they are
+/// (written straight from the values by a streaming writer, not copied first).
+enum Body<'a> {
+    Bytes(Vec<u8>),
+    F32(&'a [f32]),
+}
+
+fn f32_le_bytes(v: &[f32], out: &mut Vec<u8>) {
+    out.reserve(4 * v.len());
+    v.iter().for_each(|x| out.extend_from_slice(&x.to_bits().to_le_bytes()));
+}
+
+/// A tensor's payload as its head (name, shape, value type, positions, body coding)
+/// and its body.
+fn encode_tensor_parts<'a>(t: &'a StoredTensor, limits: &Limits, entropy: bool) -> Result<(Vec<u8>, Body<'a>), FormatError> {
     let numel = check_tensor(t, limits)?;
     let invalid = |e: codec::CodecError| FormatError::Invalid(format!("tensor '{}': {e}", t.name));
     let coding = t.positions.as_deref().map(|p| codec::choose_position_coding_among(p, numel, entropy).0);
@@ -757,6 +808,14 @@ fn encode_tensor(t: &StoredTensor, limits: &Limits, entropy: bool) -> Result<Vec
     }
     p.extend_from_slice(&(t.values.len() as u32).to_le_bytes());
 
+    // Dense f32 without entropy coding: the raw values win unless every value is exact
+    // in f16 (the candidates below would pick the same); they are not copied here.
+    if let (Values::F32(v), None, false) = (&t.values, &t.positions, entropy)
+        && !v.iter().all(|&x| codec::f16::exact(x).is_some())
+    {
+        p.push(BODY_RAW);
+        return Ok((p, Body::F32(v)));
+    }
     let positions = t.positions.as_deref().unwrap_or(&[]);
     let pos_bytes = match coding {
         None => Vec::new(),
@@ -877,8 +936,7 @@ fn encode_tensor(t: &StoredTensor, limits: &Limits, entropy: bool) -> Result<Vec
     }
     let (body_coding, body) = candidates.swap_remove(best);
     p.push(body_coding);
-    p.extend(body);
-    Ok(p)
+    Ok((p, Body::Bytes(body)))
 }
 
 fn deflate(data: &[u8]) -> Option<Vec<u8>> {

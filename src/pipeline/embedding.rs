@@ -299,7 +299,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 extra.insert("sparsity_of_pruned_layers".into(), ((total - kept) as f64 / total.max(1) as f64).into());
                 (quantize::into_stored_f32(model), false)
             }
-            Pass::Int4 { group, layers, keep, int8, scales, calibration: cal_n } => {
+            Pass::Int4 { group, layers, keep, int8, layer_groups, scales, calibration: cal_n } => {
                 let chosen = chosen_layers(&model, layers, keep)?;
                 let as_int8 = matching_layers(&model, int8)?;
                 let (as_int8, int4): (Vec<String>, Vec<String>) = chosen.into_iter().partition(|l| as_int8.contains(l));
@@ -317,7 +317,16 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 extra.insert("scales".into(), format!("{scales:?}").to_lowercase().into());
                 extra.insert("int4_layers".into(), int4.len().into());
                 extra.insert("int8_layers".into(), as_int8.clone().into());
-                let plan = quantize::Int4Plan { int4, int8: as_int8, group: *group, scales: *scales, importance };
+                let mut node_groups = std::collections::HashMap::new();
+                for (pattern, g) in layer_groups {
+                    for node in matching_layers(&model, std::slice::from_ref(pattern))? {
+                        node_groups.insert(node, *g);
+                    }
+                }
+                if !node_groups.is_empty() {
+                    extra.insert("layer_groups".into(), serde_json::to_value(&node_groups).unwrap_or_default());
+                }
+                let plan = quantize::Int4Plan { int4, int8: as_int8, group: *group, node_groups, scales: *scales, importance };
                 let stored = quantize::quantize_mixed(&model, &plan);
                 drop(model);
                 (stored, false)

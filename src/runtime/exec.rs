@@ -949,6 +949,20 @@ impl Plan {
                 int8::quantize_u8(&x[..n * per], qp, &mut ws.q[out][..n * self.slots[out].len]);
                 continue;
             }
+            // An elementwise GELU whose input dies with it runs in place, on the
+            // input's buffer (the FFN's widest value is then held once, not twice).
+            let in_place = matches!(step.kernel, Kernel::Gelu)
+                && self.slots[xi].len == self.slots[o].len
+                && last_read[xi] == Some(si)
+                && xi != 0
+                && !self.outputs.contains(&xi);
+            if in_place {
+                let input = std::mem::take(&mut ws.f[xi]);
+                let old = std::mem::replace(&mut ws.f[o], input);
+                if old.capacity() > 0 {
+                    ws.free_f.push(old);
+                }
+            }
             self.ensure_buffer(o, n, ws);
             let (xl, ol) = (self.slots[xi].len, self.slots[o].len);
             // Linear kernels see rows: samples × positions.
@@ -1101,6 +1115,7 @@ impl Plan {
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     tf::layer_norm(&xs[..n * xl], *dim, gamma, beta, *eps, &mut y[..n * ol]);
                 }
+                Kernel::Gelu if in_place => ws.f[o][..n * ol].iter_mut().for_each(|v| *v = tf::gelu1(*v)),
                 Kernel::Gelu => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     tf::gelu(&xs[..n * xl], &mut y[..n * ol]);
@@ -1133,7 +1148,11 @@ impl Plan {
                 observe_slot(&self.slots[o], &ws.f[o][..n * ol], observe);
             }
             for &done in step.inputs.iter().chain([&o]) {
-                if last_read[done] <= Some(si) && !self.outputs.contains(&done) && done != 0 {
+                let held = match self.slots[done].repr {
+                    Repr::F32 => ws.f[done].capacity(),
+                    Repr::U8(_) => ws.q[done].capacity(),
+                };
+                if held > 0 && last_read[done] <= Some(si) && !self.outputs.contains(&done) && done != 0 {
                     match self.slots[done].repr {
                         Repr::F32 => ws.free_f.push(std::mem::take(&mut ws.f[done])),
                         Repr::U8(_) => ws.free_q.push(std::mem::take(&mut ws.q[done])),
