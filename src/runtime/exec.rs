@@ -946,6 +946,7 @@ impl Plan {
             if si == 0
                 && let Some((qp, out)) = direct_quantize
             {
+                self.ensure_buffer(out, n, ws);
                 int8::quantize_u8(&x[..n * per], qp, &mut ws.q[out][..n * self.slots[out].len]);
                 continue;
             }
