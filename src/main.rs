@@ -457,6 +457,7 @@ enum SmallTensorsArg {
 }
 
 fn main() -> ExitCode {
+    squeeze::report::measure::release_freed_memory_promptly();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -11,7 +11,7 @@ mod tasks;
 
 use crate::compress::{distill, hashed, multitask, prune, quantize, share, trim};
 use crate::data::{self, DataError, Dataset, Splits};
-use crate::format::sqz::{self, Limits};
+use crate::format::sqz;
 use crate::format::write_atomic;
 use crate::model::{zoo, Model, ModelError};
 use crate::recipe::{Pass, Recipe};
@@ -631,6 +631,12 @@ fn measure_stage(
 /// Parameters, non-zero parameters, and stored bits per weight (weight tensors' bytes
 /// on disk, scales and position indices included, × 8 / number of weights).
 pub fn file_counts(file: &ModelFile, path: &Path) -> Result<(u64, u64, f64), StoreError> {
+    file_counts_with(file, path, None)
+}
+
+/// [`file_counts`] with the `.sqz` file's section report when the caller has it (read
+/// with the file), so the file is not read again while the model is held.
+pub fn file_counts_with(file: &ModelFile, path: &Path, sections: Option<&[sqz::SectionSummary]>) -> Result<(u64, u64, f64), StoreError> {
     let graph = file.graph();
     let specs = graph.parameters();
     let weight_names: Vec<&str> = specs.iter().filter(|p| p.kind == crate::spec::ParamKind::Weight).map(|p| p.name.as_str()).collect();
@@ -646,8 +652,14 @@ pub fn file_counts(file: &ModelFile, path: &Path) -> Result<(u64, u64, f64), Sto
         }
         ModelFile::Sqz(s) => {
             let nonzero = s.tensors.iter().map(|t| t.nonzeros()).sum::<usize>();
-            let bytes = std::fs::read(path).map_err(|source| StoreError::Io { path: path.into(), source })?;
-            let sections = sqz::summarize(&bytes, &Limits::default()).map_err(|source| StoreError::Sqz { path: path.into(), source })?;
+            let read;
+            let sections = match sections {
+                Some(s) => s,
+                None => {
+                    read = sqz::summarize_file(path).map_err(|source| StoreError::Sqz { path: path.into(), source })?;
+                    &read[..]
+                }
+            };
             let weight_bytes: usize = sections
                 .iter()
                 .filter(|s| s.tensor.as_deref().is_some_and(|t| weight_names.contains(&t)))

@@ -383,6 +383,20 @@ pub enum Pass {
         /// Nodes kept at f32 (mixed precision), e.g. the embeddings.
         #[serde(default)]
         keep: Vec<String>,
+        /// Nodes stored as int8 per output channel instead of int4 (mixed precision).
+        #[serde(default)]
+        int8: Vec<String>,
+        /// Group sizes other than `group` for chosen nodes (name or prefix `*`), e.g.
+        /// `{ "embeddings.*" = 128 }`: coarser where the error matters less.
+        #[serde(default)]
+        layer_groups: std::collections::BTreeMap<String, usize>,
+        /// How group scales are chosen: "search" (error-minimising, default) or "max".
+        #[serde(default)]
+        scales: crate::compress::quantize::Int4Scales,
+        /// Calibration sentences whose input-activation norms weight the rounding error
+        /// of each Linear/projection input column (0: unweighted).
+        #[serde(default)]
+        calibration: usize,
     },
     /// Post-training quantization to 8 bits.
     Quantize {
@@ -433,6 +447,9 @@ fn check_embedding(r: Recipe, invalid: &dyn Fn(String) -> RecipeError) -> Result
             }
             Pass::Trim { fine_tune_epochs, group_lasso, .. } if *fine_tune_epochs > 0 || *group_lasso > 0.0 => {
                 return Err(invalid("pass trim: hf_dir models are trimmed in one shot (no fine-tuning data for an embedder): set fine_tune_epochs = 0 and leave group_lasso unset".into()));
+            }
+            Pass::Int4 { layer_groups, .. } if layer_groups.values().any(|g| *g == 0 || *g > crate::format::sqz::MAX_I4_GROUP) => {
+                return Err(invalid(format!("pass int4: layer_groups: each group must be in 1..={}", crate::format::sqz::MAX_I4_GROUP)));
             }
             Pass::Int4 { .. } | Pass::Quantize { .. } | Pass::Code {} | Pass::Trim { .. } => {}
             other => return Err(invalid(format!("pass '{}' is not available for hf_dir models yet (they run prune_rows, trim, int4, quantize)", other.stage_name()))),

@@ -9,7 +9,7 @@ use crate::format::arch::{ArchError, Architecture};
 use crate::format::onnx::{self, ExportError, Imported, OnnxError};
 use crate::format::pytorch::{self, PytorchError};
 use crate::format::safetensors::{self as st, DenseFile, SafetensorsError};
-use crate::format::sqz::{self, FormatError, Limits, SqzModel, Values};
+use crate::format::sqz::{self, FormatError, SqzModel, StoredTensor, Values};
 use crate::format::{is_sqz, write_atomic};
 use crate::model::{Codebook, HashKey, Model, ModelError};
 use crate::runtime::exec::{CodebookIndices, Encoding, Plan, RuntimeError, Weights};
@@ -119,7 +119,14 @@ impl ModelFile {
                         _ => None,
                     })
                     .collect();
-                let tensors = s.tensors.iter().map(|t| (t.name.clone(), (t.shape.clone(), t.to_dense_f32()))).collect();
+                // Dense f32 tensors move into the model rather than being copied.
+                let tensors = s.tensors.into_iter().map(|t| {
+                    let values = match (t.values, &t.positions) {
+                        (Values::F32(v), None) => v,
+                        (values, _) => StoredTensor { name: String::new(), shape: t.shape.clone(), values, positions: t.positions.clone() }.to_dense_f32(),
+                    };
+                    (t.name, (t.shape, values))
+                }).collect();
                 let mut model = Model::from_tensors(s.graph, tensors)?;
                 for (name, mask) in masks {
                     model.set_mask(&name, mask)?;
@@ -127,6 +134,15 @@ impl ModelFile {
                 model.constraints.codebooks.extend(codebooks);
                 Ok(model)
             }
+        }
+    }
+
+    /// [`ModelFile::plan`] consuming the file: its tensors move into the plan, so the
+    /// weights are held once.
+    pub fn into_plan(self) -> Result<Plan, RuntimeError> {
+        match self {
+            ModelFile::Sqz(s) => sqz_into_plan(s),
+            other => other.plan(),
         }
     }
 
@@ -149,13 +165,18 @@ impl ModelFile {
 /// The executor for a stored model: int8 tensors stay int8 (expanded to dense rows when
 /// stored sparse), f32 tensors are expanded to dense f32.
 pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
+    sqz_into_plan(s.clone())
+}
+
+/// [`sqz_plan`] consuming the model: dense f32 and int8 values move into the plan.
+pub fn sqz_into_plan(s: SqzModel) -> Result<Plan, RuntimeError> {
     let mut w = HashMap::new();
     let mut encodings = HashMap::new();
     let mut hashed = false;
     let mut int4 = false;
     let weight_names: std::collections::HashSet<String> =
         s.graph.parameters().into_iter().filter(|p| p.kind == crate::spec::ParamKind::Weight).map(|p| p.name).collect();
-    for t in &s.tensors {
+    for t in s.tensors {
         if weight_names.contains(&t.name) && (t.positions.is_some() || matches!(t.values, Values::Codebook { .. })) {
             let kept = t.positions.as_ref().map(|p| {
                 let mut m = vec![false; t.numel()];
@@ -177,7 +198,11 @@ pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
         }
         hashed |= matches!(t.values, Values::Hashed { .. });
         let weights = match (&t.values, &t.positions) {
-            (Values::I8 { q, scales }, None) => Weights::I8 { q: q.clone(), scales: scales.clone() },
+            (Values::I8 { .. } | Values::F32(_), None) => match t.values {
+                Values::I8 { q, scales } => Weights::I8 { q, scales },
+                Values::F32(v) => Weights::F32(v),
+                _ => unreachable!("matched above"),
+            },
             (Values::I8 { q, scales }, Some(pos)) => {
                 let mut dense = vec![0i8; t.numel()];
                 pos.iter().zip(q).for_each(|(&i, &v)| dense[i as usize] = v);
@@ -190,7 +215,7 @@ pub fn sqz_plan(s: &SqzModel) -> Result<Plan, RuntimeError> {
             }
             (Values::F32(_) | Values::Codebook { .. } | Values::Hashed { .. }, _) => Weights::F32(t.to_dense_f32()),
         };
-        w.insert(t.name.clone(), weights);
+        w.insert(t.name, weights);
     }
     let mut plan = Plan::with_encodings(&s.graph, w, &s.quant, &encodings)?;
     if hashed {
@@ -210,11 +235,27 @@ pub fn model_plan(model: &Model) -> Result<Plan, RuntimeError> {
 
 /// Reads a model file, sniffing its kind from the first bytes.
 pub fn read(path: &Path) -> Result<ModelFile, StoreError> {
-    let bytes = std::fs::read(path).map_err(|source| StoreError::Io { path: path.into(), source })?;
-    if is_sqz(&bytes) {
-        let m = sqz::decode(&bytes, &Limits::default()).map_err(|source| StoreError::Sqz { path: path.into(), source })?;
+    // A .sqz file is decoded section by section, never held whole next to its tensors.
+    let mut head = [0u8; 8];
+    let got = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|source| StoreError::Io { path: path.into(), source })?;
+        let mut got = 0;
+        while got < head.len() {
+            match f.read(&mut head[got..]) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(StoreError::Io { path: path.into(), source }),
+            }
+        }
+        got
+    };
+    if got >= 4 && is_sqz(&head[..got]) {
+        let m = sqz::read_sqz(path).map_err(|source| StoreError::Sqz { path: path.into(), source })?;
         return Ok(ModelFile::Sqz(m));
     }
+    let bytes = std::fs::read(path).map_err(|source| StoreError::Io { path: path.into(), source })?;
     if st::is_safetensors(&bytes) {
         let d = st::decode(&bytes).map_err(|source| StoreError::Safetensors { path: path.into(), source })?;
         return Ok(ModelFile::Dense(d));
@@ -266,6 +307,12 @@ pub fn write_sqz_with(path: &Path, model: &SqzModel, entropy_coding: bool) -> Re
     let bytes = sqz::encode_with(model, &opts).map_err(|source| StoreError::Sqz { path: path.into(), source })?;
     write_atomic(path, &bytes).map_err(|source| StoreError::Write { path: path.into(), source })?;
     Ok(bytes.len() as u64)
+}
+
+/// [`write_sqz_with`] consuming the model: tensors are encoded and written one at a
+/// time and dropped as they go (see [`sqz::write_sqz_streaming`]).
+pub fn write_sqz_streaming(path: &Path, model: SqzModel, entropy_coding: bool) -> Result<u64, StoreError> {
+    sqz::write_sqz_streaming(path, model, &sqz::EncodeOptions { entropy_coding }).map_err(|source| StoreError::Sqz { path: path.into(), source })
 }
 
 /// Writes a stored model as `.sqz` with every encoding allowed (atomically); returns

@@ -294,6 +294,27 @@ fn embedding_recipe_gates_on_cosine_and_compresses_every_way() {
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert_eq!(report["result"], "failed");
     assert!(o.stderr.contains("cosine"), "{}", o.stderr);
+    // Mixed precision: the first block at int8 (a pattern), the word embeddings at
+    // f32, the rest int4 with activation-weighted scale search.
+    let out4 = dir.path("out4");
+    let r = recipe(
+        "[[pass]]\ntype = \"int4\"\ngroup = 8\nint8 = [\"encoder.layer.0.*\"]\nkeep = [\"embeddings.word_embeddings\"]\ncalibration = 4\n",
+        0.5,
+    );
+    let (o, report) = crate::util::run_recipe(&r, &out4);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let stage = &report["stages"][1];
+    assert_eq!(stage["extra"]["calibration_sentences"], 4);
+    assert_eq!(stage["extra"]["scales"], "search");
+    assert!(stage["extra"]["int8_layers"].as_array().unwrap().iter().all(|l| l.as_str().unwrap().starts_with("encoder.layer.0.")), "{stage}");
+    let stored = squeeze::format::sqz::read_sqz(&out4.join("model.sqz")).unwrap();
+    let kind = |name: &str| stored.tensors.iter().find(|t| t.name == name).map(|t| t.encoding_name()).unwrap();
+    assert_eq!(kind("embeddings.word_embeddings.weight"), "f32");
+    assert_eq!(kind("encoder.layer.0.intermediate.dense.weight"), "int8/ch");
+    assert_eq!(kind("encoder.layer.0.attention.self.query.weight"), "int8/ch");
+    assert_eq!(kind("encoder.layer.1.output.dense.weight"), "int4/g8");
+    let r = recipe("[[pass]]\ntype = \"int4\"\nint8 = [\"encoder.layer.9.*\"]\n", 0.5);
+    assert_error(&crate::util::run_recipe(&r, &dir.path("out5")).0, "encoder.layer.9.*");
     // Recipe mistakes are errors before anything runs.
     let r = recipe("[[pass]]\ntype = \"prune_rows\"\nsparsity = 0.5\nn_of_m = [2, 4]\n", 0.5);
     assert_error(&crate::util::run_recipe(&r, &dir.path("out3")).0, "exactly one of sparsity or n_of_m");

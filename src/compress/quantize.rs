@@ -106,6 +106,132 @@ pub fn quantize_groups_int4(w: &[f32], group: usize) -> (Vec<i8>, Vec<f32>) {
     (q, scales)
 }
 
+/// How int4 group scales are chosen.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Int4Scales {
+    /// `max|w| / 7`, rounded up to f16: no weight is clipped, codes use `-7..=7`.
+    Max,
+    /// Per group, the f16 scale among a grid around `max|w| / 7.5` (and the
+    /// least-squares refit of the best one) that minimises the (importance-weighted)
+    /// squared rounding error, with codes in `-8..=7`: large weights may clip when that
+    /// lowers the error of the rest (as llama.cpp's k-quants search their scales).
+    #[default]
+    Search,
+}
+
+/// Int4 codes of `g` at `scale`: `round(w / scale)` clamped to `lo..=7`.
+fn int4_codes(g: &[f32], scale: f32, lo: f32, out: &mut Vec<i8>) {
+    out.clear();
+    out.extend(g.iter().map(|v| (v / scale).round().clamp(lo, 7.0) as i8));
+}
+
+/// Squared rounding error of `g` at `scale`, each element weighted by `importance`
+/// (1 when absent), with codes clamped to `lo..=7`.
+fn int4_error(g: &[f32], importance: Option<&[f32]>, scale: f32, lo: f32) -> f64 {
+    let mut e = 0.0f64;
+    for (i, &v) in g.iter().enumerate() {
+        let q = (v / scale).round().clamp(lo, 7.0);
+        let d = f64::from(v - q * scale);
+        e += d * d * importance.map_or(1.0, |h| f64::from(h[i]));
+    }
+    e
+}
+
+/// `x` as the nearest f16 that is a usable positive scale (see [`quantize_groups_int4`]).
+fn f16_scale(x: f32) -> f32 {
+    use crate::codec::f16;
+    match f16::to_f32(f16::from_f32(x)) {
+        s if !s.is_finite() => 65504.0,
+        s if s <= 0.0 => f16::to_f32(1),
+        s => s,
+    }
+}
+
+/// Int4 in groups of `group` consecutive (flat row-major) elements, scales chosen by
+/// `how` (see [`Int4Scales`]); `importance[j]` weights the error of column `j` of a
+/// `[rows, importance.len()]` tensor (e.g. the squared input-activation norm of a
+/// Linear layer, as activation-aware quantizers weight it). Zeros stay exactly zero.
+/// Returns (codes, f16-exact scales).
+pub fn quantize_groups_int4_with(w: &[f32], group: usize, how: Int4Scales, importance: Option<&[f32]>) -> (Vec<i8>, Vec<f32>) {
+    if how == Int4Scales::Max {
+        return quantize_groups_int4(w, group);
+    }
+    let group = group.max(1);
+    let cols = importance.map_or(0, <[f32]>::len);
+    let mut q = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(w.len().div_ceil(group));
+    let mut weights = Vec::with_capacity(group);
+    for (gi, g) in w.chunks(group).enumerate() {
+        let max = g.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        if max == 0.0 {
+            scales.push(1.0);
+            q.extend(std::iter::repeat_n(0i8, g.len()));
+            continue;
+        }
+        let h = importance.filter(|_| cols > 0).map(|h| {
+            weights.clear();
+            weights.extend((0..g.len()).map(|i| h[(gi * group + i) % cols]));
+            weights.as_slice()
+        });
+        // The no-clipping scale of `Max` is a candidate, so the search never does worse
+        // than it on the weighted error.
+        let (start_q, start_s) = quantize_groups_int4(g, g.len());
+        let mut best = (int4_error(g, h, start_s[0], -8.0), start_s[0], start_q);
+        let consider = |s: f32, best: &mut (f64, f32, Vec<i8>)| {
+            let s = f16_scale(s);
+            let e = int4_error(g, h, s, -8.0);
+            if e < best.0 {
+                best.0 = e;
+                best.1 = s;
+                int4_codes(g, s, -8.0, &mut best.2);
+            }
+        };
+        for step in 0..=24 {
+            // Divisors 6.0 ..= 9.0: from clipping nothing to clipping the largest weights.
+            consider(max / (6.0 + 0.125 * step as f32), &mut best);
+        }
+        // Least-squares refit of the scale for the chosen codes.
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (i, (&v, &c)) in g.iter().zip(&best.2).enumerate() {
+            let hw = h.map_or(1.0, |h| f64::from(h[i]));
+            num += hw * f64::from(v) * f64::from(c);
+            den += hw * f64::from(c) * f64::from(c);
+        }
+        if den > 0.0 && num > 0.0 {
+            consider((num / den) as f32, &mut best);
+        }
+        let (_, best_s, best_q) = best;
+        scales.push(best_s);
+        q.extend_from_slice(&best_q);
+    }
+    (q, scales)
+}
+
+/// Whether a node name matches a layer pattern: equal, or starting with the text
+/// before a trailing `*` (e.g. `encoder.layer.5.*`).
+pub fn layer_matches(pattern: &str, node: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => node.starts_with(prefix),
+        None => pattern == node,
+    }
+}
+
+/// The per-layer precision of a mixed int4 model.
+#[derive(Clone, Debug, Default)]
+pub struct Int4Plan {
+    /// Nodes stored as int4 (their weight tensors).
+    pub int4: Vec<String>,
+    /// Nodes stored as int8 per output channel.
+    pub int8: Vec<String>,
+    pub group: usize,
+    /// Per node, a group size other than `group` (e.g. coarser for the embeddings).
+    pub node_groups: HashMap<String, usize>,
+    pub scales: Int4Scales,
+    /// Per weight tensor: importance of each input column (activation-aware error).
+    pub importance: HashMap<String, Vec<f32>>,
+}
+
 /// Weight-only int4 (group-wise) of `model`'s weight tensors; `layers` limits it to
 /// named nodes (all weighted nodes when empty), the rest stays f32 (mixed precision:
 /// e.g. keep the embeddings or the first block at f32 by leaving them out). Compute
@@ -116,20 +242,32 @@ pub fn quantize_int4(model: &Model, group: usize, layers: &[String]) -> Result<S
     if let Some(l) = layers.iter().find(|l| !weighted.contains(l.as_str())) {
         return Err(QuantizeError::UnknownLayer(l.clone()));
     }
+    let int4 = if layers.is_empty() { weighted.iter().map(|s| s.to_string()).collect() } else { layers.to_vec() };
+    Ok(quantize_mixed(model, &Int4Plan { int4, group, scales: Int4Scales::Max, ..Default::default() }))
+}
+
+/// Mixed-precision weights: the weight tensors of `plan.int4` nodes as int4 groups,
+/// of `plan.int8` nodes as int8 per output channel, everything else f32.
+pub fn quantize_mixed(model: &Model, plan: &Int4Plan) -> SqzModel {
     let tensors = model
         .params
         .iter()
         .map(|(spec, data)| {
-            let chosen = spec.kind == ParamKind::Weight && (layers.is_empty() || layers.contains(&spec.node));
-            if chosen {
-                let (q, scales) = quantize_groups_int4(data, group);
-                StoredTensor { name: spec.name.clone(), shape: spec.shape.clone(), values: Values::I4 { q, group: group.max(1), scales }, positions: None }
+            let weight = spec.kind == ParamKind::Weight;
+            if weight && plan.int4.contains(&spec.node) {
+                let importance = plan.importance.get(&spec.name).map(Vec::as_slice);
+                let group = plan.node_groups.get(&spec.node).copied().unwrap_or(plan.group).max(1);
+                let (q, scales) = quantize_groups_int4_with(data, group, plan.scales, importance);
+                StoredTensor { name: spec.name.clone(), shape: spec.shape.clone(), values: Values::I4 { q, group, scales }, positions: None }
+            } else if weight && plan.int8.contains(&spec.node) {
+                let (q, scales) = quantize_per_channel(data, spec.shape[0]);
+                stored(spec.name.clone(), spec.shape.clone(), model.constraints.masks.get(&spec.name), Values::I8 { q, scales })
             } else {
                 stored(spec.name.clone(), spec.shape.clone(), model.constraints.masks.get(&spec.name), Values::F32(data.to_vec()))
             }
         })
         .collect();
-    Ok(SqzModel { graph: model.graph.clone(), quant: QuantPlan::default(), tensors, metadata: BTreeMap::new() })
+    SqzModel { graph: model.graph.clone(), quant: QuantPlan::default(), tensors, metadata: BTreeMap::new() }
 }
 
 /// The stored form of a float model: f32 tensors, sparse where a mask says so.
@@ -153,6 +291,34 @@ pub fn store_f32(model: &Model) -> SqzModel {
         })
         .collect();
     SqzModel { graph: model.graph.clone(), quant: QuantPlan::default(), tensors, metadata: BTreeMap::new() }
+}
+
+/// [`store_f32`] consuming the model. A float model without masks or codebooks has its
+/// tensors split off the end of the flat parameter buffer, which shrinks as they go,
+/// so the weights are never held twice (the first tensor takes the buffer itself).
+pub fn into_stored_f32(model: Model) -> SqzModel {
+    if !model.constraints.masks.is_empty() || !model.constraints.codebooks.is_empty() {
+        return store_f32(&model);
+    }
+    let Model { graph, mut params, .. } = model;
+    let mut order: Vec<usize> = (0..params.specs.len()).collect();
+    order.sort_by_key(|&i| params.offsets[i]);
+    let mut tensors: Vec<Option<StoredTensor>> = (0..order.len()).map(|_| None).collect();
+    for &i in order.iter().rev() {
+        let r = params.range(i);
+        params.data.truncate(r.end);
+        let values = if r.start == 0 {
+            std::mem::take(&mut params.data)
+        } else {
+            let v = params.data[r.start..].to_vec();
+            params.data.truncate(r.start);
+            params.data.shrink_to_fit();
+            v
+        };
+        let spec = &params.specs[i];
+        tensors[i] = Some(StoredTensor { name: spec.name.clone(), shape: spec.shape.clone(), values: Values::F32(values), positions: None });
+    }
+    SqzModel { graph, quant: QuantPlan::default(), tensors: tensors.into_iter().flatten().collect(), metadata: BTreeMap::new() }
 }
 
 /// A tensor whose masked-out entries are dropped (positions kept) when it has a mask.
@@ -367,7 +533,6 @@ mod tests {
         assert!(worst < 0.05, "int8 probabilities differ by {worst}");
     }
 
-<<<<<<< HEAD
     /// `small_tensors = f16`: the float tensors of a full-int8 ViT are stored in two
     /// bytes each, the int8 weights are untouched, the file reads back to exactly the
     /// values the runtime uses, and the outputs stay close to the f32-small-tensor file.
@@ -409,7 +574,8 @@ mod tests {
         assert!(worst < 0.02, "f16 small tensors moved the probabilities by {worst}");
         // The f32 default is the old behaviour, byte for byte.
         assert_eq!(crate::format::sqz::encode(&quantize_with(&m, Mode::Full, &[], &x, SmallTensors::F32).unwrap()).unwrap(), wide_bytes);
-=======
+    }
+
     /// Dynamic int8 (inputs quantized per row at run time) on the small ViT: every
     /// Linear and attention node integer without calibration, close to f32; and the
     /// f32, full int8 and dynamic plans on 2 threads give the bits of 1 thread at batch 1
@@ -444,7 +610,6 @@ mod tests {
             assert_eq!(one, plan.run(&x[..784], 1, &mut ws).unwrap(), "{} at batch 1", plan.kernel_description());
             assert_eq!(halves, plan.run(&x[..n * 784], n, &mut ws).unwrap(), "{} at batch {n}", plan.kernel_description());
         }
->>>>>>> speed
     }
 
     #[test]
@@ -467,6 +632,76 @@ mod tests {
         // The largest magnitude of a group lands on ±7 or just inside it (scale rounded up).
         let max_q = q[..32].iter().map(|v| v.abs()).max().unwrap();
         assert!(max_q >= 6, "{max_q}");
+    }
+
+    /// The searched scales never do worse than max/7 on the (weighted) squared error,
+    /// usually much better; codes stay in -8..=7, scales exact in f16, zeros zero.
+    #[test]
+    fn int4_scale_search_lowers_the_weighted_error() {
+        let mut rng = Rng::new(11);
+        let cols = 48;
+        // Heavy-tailed rows, as trained weights are: mostly small, a few large.
+        let mut w: Vec<f32> = (0..8 * cols).map(|_| rng.uniform(1.0).powi(3)).collect();
+        w[7] = 0.0;
+        w[cols..2 * cols].iter_mut().for_each(|v| *v = 0.0);
+        let importance: Vec<f32> = (0..cols).map(|j| if j % 5 == 0 { 10.0 } else { 0.5 + rng.next_f32() }).collect();
+        let err = |q: &[i8], s: &[f32], h: Option<&[f32]>| -> f64 {
+            w.iter().zip(q).enumerate().map(|(i, (&v, &c))| {
+                let d = f64::from(v - s[i / 16] * f32::from(c));
+                d * d * h.map_or(1.0, |h| f64::from(h[i % cols]))
+            }).sum()
+        };
+        let (qm, sm) = quantize_groups_int4_with(&w, 16, Int4Scales::Max, None);
+        let (qs, ss) = quantize_groups_int4_with(&w, 16, Int4Scales::Search, None);
+        let (qw, sw) = quantize_groups_int4_with(&w, 16, Int4Scales::Search, Some(&importance));
+        assert!(err(&qs, &ss, None) < 0.9 * err(&qm, &sm, None), "{} vs {}", err(&qs, &ss, None), err(&qm, &sm, None));
+        assert!(err(&qw, &sw, Some(&importance)) <= err(&qs, &ss, Some(&importance)) + 1e-12);
+        assert!(err(&qw, &sw, Some(&importance)) <= err(&qm, &sm, Some(&importance)) + 1e-12);
+        for (q, s) in [(&qs, &ss), (&qw, &sw)] {
+            assert!(q.iter().all(|c| (-8..=7).contains(c)));
+            assert!(s.iter().all(|&x| x > 0.0 && crate::codec::f16::exact(x).is_some()));
+            assert_eq!(q[7], 0);
+            assert!(q[cols..2 * cols].iter().all(|&c| c == 0));
+        }
+    }
+
+    /// Consuming a float model into its stored form gives what copying it gives.
+    #[test]
+    fn into_stored_f32_equals_store_f32() {
+        let (m, _) = small_vit();
+        let want = store_f32(&m);
+        assert_eq!(into_stored_f32(m), want);
+    }
+
+    /// Mixed precision: int4, int8 and f32 tensors in one model, by node.
+    #[test]
+    fn mixed_precision_stores_each_layer_as_asked() {
+        let (m, _) = small_vit();
+        let plan = Int4Plan {
+            int4: vec!["b1_fc1".into(), "patch".into()],
+            int8: vec!["b2_attn".into()],
+            group: 32,
+            node_groups: [("patch".to_string(), 16)].into(),
+            scales: Int4Scales::Search,
+            importance: Default::default(),
+        };
+        let q = quantize_mixed(&m, &plan);
+        let kind = |name: &str| match &q.tensors.iter().find(|t| t.name == name).unwrap().values {
+            Values::I4 { .. } => "int4",
+            Values::I8 { .. } => "int8",
+            Values::F32(_) => "f32",
+            _ => "other",
+        };
+        assert_eq!(kind("b1_fc1.weight"), "int4");
+        assert_eq!(kind("b1_fc1.bias"), "f32");
+        assert_eq!(kind("patch.weight"), "int4");
+        assert!(matches!(q.tensors.iter().find(|t| t.name == "patch.weight").unwrap().values, Values::I4 { group: 16, .. }));
+        assert_eq!(kind("b2_attn.query.weight"), "int8");
+        assert_eq!(kind("b2_attn.output.weight"), "int8");
+        assert_eq!(kind("b1_attn.query.weight"), "f32");
+        assert!(layer_matches("b2_*", "b2_attn") && !layer_matches("b2_*", "b1_attn") && layer_matches("head", "head") && !layer_matches("hea", "head"));
+        let plan = crate::store::sqz_plan(&q).unwrap();
+        plan.run(&vec![0.5; 784], 1, &mut Workspace::default()).unwrap();
     }
 
     #[test]

@@ -33,7 +33,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use crate::spec::{Graph, Node, Op, PoolKind};
@@ -164,26 +163,21 @@ pub fn import(dir: &Path, seq: Option<usize>) -> Result<HfImport, HfError> {
     let (pool, normalize) = sentence_transformers_head(dir)?;
 
     let weights_path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&weights_path).map_err(|e| HfError::Read { path: weights_path.clone(), why: e.to_string() })?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| HfError::Read { path: weights_path.clone(), why: e.to_string() })?;
+    // Tensors are read one at a time from the file: the file's bytes are never held
+    // whole next to the imported weights.
+    let st = LazySafetensors::open(&weights_path)?;
     // BertFor* checkpoints prefix the encoder with "bert."; BertModel does not.
     let prefix = if st.names().iter().any(|n| n.starts_with("bert.embeddings.")) { "bert." } else { "" };
     let mismatch = |why: String| HfError::Mismatch { path: weights_path.clone(), why };
     let used: std::cell::RefCell<Vec<String>> = Default::default();
     let tensor = |key: &str, shape: &[usize]| -> Result<Vec<f32>, HfError> {
         let full = format!("{prefix}{key}");
-        let view = st.tensor(&full).map_err(|_| mismatch(format!("tensor '{full}' is missing")))?;
-        if view.shape() != shape {
-            return Err(mismatch(format!("tensor '{full}' has shape {:?}, config.json implies {shape:?}", view.shape())));
+        let entry = st.entries.get(&full).ok_or_else(|| mismatch(format!("tensor '{full}' is missing")))?;
+        if entry.shape != shape {
+            return Err(mismatch(format!("tensor '{full}' has shape {:?}, config.json implies {shape:?}", entry.shape)));
         }
         used.borrow_mut().push(full.clone());
-        let data = view.data();
-        match view.dtype() {
-            Dtype::F32 => Ok(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-            Dtype::F16 => Ok(data.chunks_exact(2).map(|c| crate::codec::f16::to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()),
-            Dtype::BF16 => Ok(data.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect()),
-            other => Err(mismatch(format!("tensor '{full}' has dtype {other:?}; F32, F16 and BF16 are supported"))),
-        }
+        st.read_f32(entry).map_err(|why| mismatch(format!("tensor '{full}': {why}")))
     };
 
     let (d, ff) = (cfg.hidden_size, cfg.intermediate_size);
@@ -257,6 +251,89 @@ pub fn import(dir: &Path, seq: Option<usize>) -> Result<HfImport, HfError> {
     let mut skipped: Vec<String> = st.names().into_iter().filter(|n| !used.borrow().iter().any(|u| u == *n)).map(str::to_string).collect();
     skipped.sort();
     Ok(HfImport { graph, tensors, tokenizer_json, pad_token, normalize, skipped })
+}
+
+/// One tensor's place in a safetensors file.
+#[derive(Deserialize)]
+struct StEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
+}
+
+/// A safetensors file whose header is parsed and whose tensors are read on demand.
+struct LazySafetensors {
+    path: PathBuf,
+    file: std::cell::RefCell<std::fs::File>,
+    entries: HashMap<String, StEntry>,
+    data_start: u64,
+}
+
+impl LazySafetensors {
+    fn open(path: &Path) -> Result<LazySafetensors, HfError> {
+        use std::io::Read;
+        let read_err = |why: String| HfError::Read { path: path.into(), why };
+        let mut file = std::fs::File::open(path).map_err(|e| read_err(e.to_string()))?;
+        let size = file.metadata().map_err(|e| read_err(e.to_string()))?.len();
+        let mut n = [0u8; 8];
+        file.read_exact(&mut n).map_err(|_| read_err(format!("{size} bytes: too short for a safetensors header")))?;
+        let header_len = u64::from_le_bytes(n);
+        if header_len > size.saturating_sub(8) || header_len > 100_000_000 {
+            return Err(read_err(format!("header of {header_len} bytes does not fit the file's {size} bytes")));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header).map_err(|e| read_err(e.to_string()))?;
+        let mut raw: HashMap<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| read_err(format!("safetensors header: {e}")))?;
+        raw.remove("__metadata__");
+        let data_start = 8 + header_len;
+        let mut entries = HashMap::new();
+        for (name, v) in raw {
+            let e: StEntry = serde_json::from_value(v).map_err(|e| read_err(format!("safetensors header entry '{name}': {e}")))?;
+            let [begin, end] = e.data_offsets;
+            if begin > end || data_start + end > size {
+                return Err(read_err(format!("tensor '{name}': data offsets {begin}..{end} are outside the file's {} data bytes", size - data_start)));
+            }
+            entries.insert(name, e);
+        }
+        Ok(LazySafetensors { path: path.into(), file: std::cell::RefCell::new(file), entries, data_start })
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.entries.keys().map(String::as_str).collect()
+    }
+
+    /// The tensor's values as f32 (from F32, F16 or BF16), read in chunks.
+    fn read_f32(&self, e: &StEntry) -> Result<Vec<f32>, String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let width = match e.dtype.as_str() {
+            "F32" => 4,
+            "F16" | "BF16" => 2,
+            other => return Err(format!("dtype {other}; F32, F16 and BF16 are supported")),
+        };
+        let numel: u64 = e.shape.iter().map(|&d| d as u64).product();
+        let [begin, end] = e.data_offsets;
+        if end - begin != numel * width {
+            return Err(format!("{} data bytes for shape {:?} of {}", end - begin, e.shape, e.dtype));
+        }
+        let mut file = self.file.borrow_mut();
+        let io = |err: std::io::Error| format!("reading '{}': {err}", self.path.display());
+        file.seek(SeekFrom::Start(self.data_start + begin)).map_err(io)?;
+        let mut out = Vec::with_capacity(numel as usize);
+        let mut chunk = vec![0u8; (1 << 20).min((end - begin) as usize)];
+        let mut left = (end - begin) as usize;
+        while left > 0 {
+            let take = left.min(chunk.len());
+            file.read_exact(&mut chunk[..take]).map_err(io)?;
+            match e.dtype.as_str() {
+                "F32" => out.extend(chunk[..take].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+                "F16" => out.extend(chunk[..take].chunks_exact(2).map(|c| crate::codec::f16::to_f32(u16::from_le_bytes([c[0], c[1]])))),
+                _ => out.extend(chunk[..take].chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))),
+            }
+            left -= take;
+        }
+        Ok(out)
+    }
 }
 
 /// Pooling and normalisation from sentence-transformers' files (mean pooling and no

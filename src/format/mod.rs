@@ -31,12 +31,18 @@ pub fn is_sqz(bytes: &[u8]) -> bool {
 /// in the same directory, fsynced, then renamed over `path`. Readers see either the
 /// old file or the complete new one; the temporary file is removed on failure.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes), |e| e)
+}
+
+/// As [`write_atomic`], with the content written by `write` into the temporary file
+/// (so a large file can be streamed); `io` turns I/O errors into the caller's error.
+pub fn write_atomic_with<E>(path: &Path, write: impl FnOnce(&mut File) -> Result<(), E>, io: impl Fn(io::Error) -> E) -> Result<(), E> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
+        io(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("'{}' has no file name", path.display()),
-        )
+        ))
     })?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -45,11 +51,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{}.tmp-{}-{n}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(&io)?;
+        write(&mut f)?;
+        f.sync_all().map_err(&io)?;
         drop(f);
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path).map_err(&io)
     })();
     match result {
         Ok(()) => {

@@ -504,6 +504,92 @@ impl Default for EncodeOptions {
 /// [`encode`] with explicit [`EncodeOptions`].
 pub fn encode_with(model: &SqzModel, opts: &EncodeOptions) -> Result<Vec<u8>, FormatError> {
     let limits = Limits::default();
+    let mut out = encode_head(model, opts)?;
+    for t in &model.tensors {
+        push_section(&mut out, KIND_TENS, &encode_tensor(t, &limits, opts.entropy_coding)?)?;
+    }
+    push_section(&mut out, KIND_END, &[])?;
+    if out.len() > limits.max_bytes {
+        return Err(FormatError::LimitExceeded {
+            what: format!("encoded size {}", out.len()),
+            limit: limits.max_bytes as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// Encodes `model` straight into `path` (atomically, see [`super::write_atomic_with`]),
+/// one tensor at a time, dropping each tensor once it is written: the file's bytes
+/// are never held whole, and the model's memory shrinks as the file grows. Same bytes
+/// as [`encode_with`]; returns the number written.
+pub fn write_sqz_streaming(path: &Path, mut model: SqzModel, opts: &EncodeOptions) -> Result<u64, FormatError> {
+    let limits = Limits::default();
+    let head = encode_head(&model, opts)?;
+    let tensors = std::mem::take(&mut model.tensors);
+    let io = |source| FormatError::Io { path: path.to_path_buf(), source };
+    let mut written = 0u64;
+    super::write_atomic_with(
+        path,
+        |file| {
+            let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+            w.write_all(&head).map_err(io)?;
+            written += head.len() as u64;
+            for t in tensors {
+                // Head and body are written one after the other (the checksum runs
+                // over both), so a large dense tensor is never copied whole.
+                let (head, body) = encode_tensor_parts(&t, &limits, opts.entropy_coding)?;
+                let body_len = match &body {
+                    Body::Bytes(b) => b.len(),
+                    Body::F32(v) => 4 * v.len(),
+                };
+                let len = u32::try_from(head.len() + body_len).map_err(|_| FormatError::LimitExceeded {
+                    what: format!("section 'TENS' payload of {} bytes", head.len() + body_len),
+                    limit: u64::from(u32::MAX),
+                })?;
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&KIND_TENS);
+                w.write_all(&KIND_TENS).map_err(io)?;
+                w.write_all(&len.to_le_bytes()).map_err(io)?;
+                crc.update(&head);
+                w.write_all(&head).map_err(io)?;
+                match &body {
+                    Body::Bytes(b) => {
+                        crc.update(b);
+                        w.write_all(b).map_err(io)?;
+                    }
+                    Body::F32(v) => {
+                        let mut chunk = Vec::with_capacity(1 << 16);
+                        for part in v.chunks(1 << 14) {
+                            chunk.clear();
+                            f32_le_bytes(part, &mut chunk);
+                            crc.update(&chunk);
+                            w.write_all(&chunk).map_err(io)?;
+                        }
+                    }
+                }
+                w.write_all(&crc.finalize().to_le_bytes()).map_err(io)?;
+                written += 12 + head.len() as u64 + body_len as u64;
+                drop(body);
+                drop(t);
+                if written > limits.max_bytes as u64 {
+                    return Err(FormatError::LimitExceeded { what: format!("encoded size {written}"), limit: limits.max_bytes as u64 });
+                }
+            }
+            let mut end = Vec::new();
+            push_section(&mut end, KIND_END, &[])?;
+            w.write_all(&end).map_err(io)?;
+            written += end.len() as u64;
+            w.flush().map_err(io)
+        },
+        io,
+    )?;
+    Ok(written)
+}
+
+/// The magic, version and META section of `model` (after checking its tensors' names
+/// and count).
+fn encode_head(model: &SqzModel, opts: &EncodeOptions) -> Result<Vec<u8>, FormatError> {
+    let limits = Limits::default();
     if model.tensors.len() > limits.max_tensors {
         return Err(FormatError::Invalid(format!(
             "{} tensors, at most {} allowed",
@@ -556,26 +642,22 @@ pub fn encode_with(model: &SqzModel, opts: &EncodeOptions) -> Result<Vec<u8>, Fo
         Some(d) => push_section(&mut out, KIND_META_DEFLATED, &d)?,
         None => push_section(&mut out, KIND_META, &json)?,
     }
-    for t in &model.tensors {
-        push_section(&mut out, KIND_TENS, &encode_tensor(t, &limits, opts.entropy_coding)?)?;
-    }
-    push_section(&mut out, KIND_END, &[])?;
-    if out.len() > limits.max_bytes {
-        return Err(FormatError::LimitExceeded {
-            what: format!("encoded size {}", out.len()),
-            limit: limits.max_bytes as u64,
-        });
-    }
     Ok(out)
 }
 
-fn push_section(out: &mut Vec<u8>, kind: [u8; 4], payload: &[u8]) -> Result<(), FormatError> {
+/// A section's kind and payload length.
+fn push_section_header(out: &mut Vec<u8>, kind: [u8; 4], payload: &[u8]) -> Result<(), FormatError> {
     let len = u32::try_from(payload.len()).map_err(|_| FormatError::LimitExceeded {
         what: format!("section '{}' payload of {} bytes", kind_str(&kind), payload.len()),
         limit: u64::from(u32::MAX),
     })?;
     out.extend_from_slice(&kind);
     out.extend_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+fn push_section(out: &mut Vec<u8>, kind: [u8; 4], payload: &[u8]) -> Result<(), FormatError> {
+    push_section_header(out, kind, payload)?;
     out.extend_from_slice(payload);
     out.extend_from_slice(&crc(&kind, payload).to_le_bytes());
     Ok(())
@@ -676,6 +758,29 @@ fn check_tensor(t: &StoredTensor, limits: &Limits) -> Result<u64, FormatError> {
 }
 
 fn encode_tensor(t: &StoredTensor, limits: &Limits, entropy: bool) -> Result<Vec<u8>, FormatError> {
+    let (mut p, body) = encode_tensor_parts(t, limits, entropy)?;
+    match body {
+        Body::Bytes(b) => p.extend(b),
+        Body::F32(v) => f32_le_bytes(v, &mut p),
+    }
+    Ok(p)
+}
+
+/// A tensor payload's body: encoded bytes, or dense f32 values stored as they are
+/// (written straight from the values by a streaming writer, not copied first).
+enum Body<'a> {
+    Bytes(Vec<u8>),
+    F32(&'a [f32]),
+}
+
+fn f32_le_bytes(v: &[f32], out: &mut Vec<u8>) {
+    out.reserve(4 * v.len());
+    v.iter().for_each(|x| out.extend_from_slice(&x.to_bits().to_le_bytes()));
+}
+
+/// A tensor's payload as its head (name, shape, value type, positions, body coding)
+/// and its body.
+fn encode_tensor_parts<'a>(t: &'a StoredTensor, limits: &Limits, entropy: bool) -> Result<(Vec<u8>, Body<'a>), FormatError> {
     let numel = check_tensor(t, limits)?;
     let invalid = |e: codec::CodecError| FormatError::Invalid(format!("tensor '{}': {e}", t.name));
     let coding = t.positions.as_deref().map(|p| codec::choose_position_coding_among(p, numel, entropy).0);
@@ -703,6 +808,14 @@ fn encode_tensor(t: &StoredTensor, limits: &Limits, entropy: bool) -> Result<Vec
     }
     p.extend_from_slice(&(t.values.len() as u32).to_le_bytes());
 
+    // Dense f32 without entropy coding: the raw values win unless every value is exact
+    // in f16 (the candidates below would pick the same); they are not copied here.
+    if let (Values::F32(v), None, false) = (&t.values, &t.positions, entropy)
+        && !v.iter().all(|&x| codec::f16::exact(x).is_some())
+    {
+        p.push(BODY_RAW);
+        return Ok((p, Body::F32(v)));
+    }
     let positions = t.positions.as_deref().unwrap_or(&[]);
     let pos_bytes = match coding {
         None => Vec::new(),
@@ -823,8 +936,7 @@ fn encode_tensor(t: &StoredTensor, limits: &Limits, entropy: bool) -> Result<Vec
     }
     let (body_coding, body) = candidates.swap_remove(best);
     p.push(body_coding);
-    p.extend(body);
-    Ok(p)
+    Ok((p, Body::Bytes(body)))
 }
 
 fn deflate(data: &[u8]) -> Option<Vec<u8>> {
@@ -846,8 +958,23 @@ pub fn summarize(bytes: &[u8], limits: &Limits) -> Result<Vec<SectionSummary>, F
     parse(bytes, limits).map(|(_, s)| s)
 }
 
-/// Reads a `.sqz` file with [`Limits::default`].
+/// Reads a `.sqz` file with [`Limits::default`], section by section: the file's bytes
+/// are never held whole next to the decoded tensors.
 pub fn read_sqz(path: &Path) -> Result<SqzModel, FormatError> {
+    read_sqz_from(path, true).map(|(m, _)| m)
+}
+
+/// [`read_sqz`] with the report of every section (see [`summarize`]), in one pass.
+pub fn read_sqz_summarized(path: &Path) -> Result<(SqzModel, Vec<SectionSummary>), FormatError> {
+    read_sqz_from(path, true)
+}
+
+/// Checks a `.sqz` file like [`read_sqz`] and reports every section, keeping no tensor.
+pub fn summarize_file(path: &Path) -> Result<Vec<SectionSummary>, FormatError> {
+    read_sqz_from(path, false).map(|(_, s)| s)
+}
+
+fn read_sqz_from(path: &Path, keep_tensors: bool) -> Result<(SqzModel, Vec<SectionSummary>), FormatError> {
     let limits = Limits::default();
     let io = |source| FormatError::Io { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(io)?;
@@ -858,10 +985,8 @@ pub fn read_sqz(path: &Path) -> Result<SqzModel, FormatError> {
             limit: limits.max_bytes as u64,
         });
     }
-    // `take` guards against the file growing after the size check.
-    let mut bytes = Vec::with_capacity(size as usize);
-    file.take(limits.max_bytes as u64 + 1).read_to_end(&mut bytes).map_err(io)?;
-    decode(&bytes, &limits)
+    let reader = std::io::BufReader::with_capacity(1 << 16, file);
+    parse_from(Source::File { reader, len: size as usize, at: 0 }, &limits, keep_tensors)
 }
 
 /// Encodes `model` and writes it atomically (see [`super::write_atomic`]); returns
@@ -909,26 +1034,70 @@ fn le_u32(b: &[u8]) -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
+/// Where [`parse`] reads a container from: bytes in memory, or a file read section by
+/// section (so a large model is never held twice, as file bytes and decoded tensors).
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    File { reader: std::io::BufReader<File>, len: usize, at: usize },
+}
+
+impl<'a> Source<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Source::Bytes(b) => b.len(),
+            Source::File { len, .. } => *len,
+        }
+    }
+
+    /// `n` bytes at `pos` (the caller checked that they exist).
+    fn read(&mut self, pos: usize, n: usize) -> Result<Cow<'a, [u8]>, FormatError> {
+        match self {
+            Source::Bytes(b) => {
+                let b: &'a [u8] = b;
+                Ok(Cow::Borrowed(&b[pos..pos + n]))
+            }
+            Source::File { reader, at, .. } => {
+                use std::io::{Seek, SeekFrom};
+                let io = |e: std::io::Error| FormatError::Corrupt(format!("reading at offset {pos}: {e}"));
+                if *at != pos {
+                    reader.seek(SeekFrom::Start(pos as u64)).map_err(io)?;
+                }
+                let mut buf = vec![0u8; n];
+                reader.read_exact(&mut buf).map_err(io)?;
+                *at = pos + n;
+                Ok(Cow::Owned(buf))
+            }
+        }
+    }
+}
+
 fn parse(bytes: &[u8], limits: &Limits) -> Result<(SqzModel, Vec<SectionSummary>), FormatError> {
-    if bytes.len() > limits.max_bytes {
+    parse_from(Source::Bytes(bytes), limits, true)
+}
+
+/// Parses a container; with `keep_tensors` false, each tensor is checked and summarised
+/// but not kept (the model comes back without tensors).
+fn parse_from(mut src: Source, limits: &Limits, keep_tensors: bool) -> Result<(SqzModel, Vec<SectionSummary>), FormatError> {
+    let total = src.len();
+    if total > limits.max_bytes {
         return Err(FormatError::LimitExceeded {
-            what: format!("input of {} bytes", bytes.len()),
+            what: format!("input of {total} bytes", ),
             limit: limits.max_bytes as u64,
         });
     }
-    let head = &bytes[..bytes.len().min(4)];
-    if head != &MAGIC[..head.len()] {
-        return Err(FormatError::NotSqz { found: head.to_vec() });
+    let head = src.read(0, total.min(HEADER_LEN))?;
+    if head[..head.len().min(4)] != MAGIC[..head.len().min(4)] {
+        return Err(FormatError::NotSqz { found: head[..head.len().min(4)].to_vec() });
     }
-    if bytes.len() < HEADER_LEN {
+    if total < HEADER_LEN {
         return Err(FormatError::Truncated {
             what: "the header".into(),
             needed: HEADER_LEN as u64,
-            available: bytes.len() as u64,
+            available: total as u64,
         });
     }
-    let major = u16::from_le_bytes([bytes[4], bytes[5]]);
-    let minor = u16::from_le_bytes([bytes[6], bytes[7]]);
+    let major = u16::from_le_bytes([head[4], head[5]]);
+    let minor = u16::from_le_bytes([head[6], head[7]]);
     match (major, minor) {
         (1, _) => {}
         _ => return Err(FormatError::UnsupportedVersion { major, minor }),
@@ -937,11 +1106,12 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<(SqzModel, Vec<SectionSummary>
     let mut pos = HEADER_LEN;
     let mut meta: Option<Meta> = None;
     let mut tensors: Vec<StoredTensor> = Vec::new();
+    let mut seen = 0usize;
     let mut names = BTreeSet::new();
     let mut summaries = Vec::new();
     let mut budget = limits.max_bytes as u64;
     loop {
-        let avail = bytes.len() - pos;
+        let avail = total - pos;
         if avail < 8 {
             return Err(FormatError::Truncated {
                 what: "a section header (the END section is missing)".into(),
@@ -949,9 +1119,10 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<(SqzModel, Vec<SectionSummary>
                 available: avail as u64,
             });
         }
-        let kind: [u8; 4] = [bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]];
-        let len = le_u32(&bytes[pos + 4..pos + 8]) as usize;
-        let rest = &bytes[pos + 8..];
+        let header = src.read(pos, 8)?;
+        let kind: [u8; 4] = [header[0], header[1], header[2], header[3]];
+        let len = le_u32(&header[4..8]) as usize;
+        let rest_len = avail - 8;
         if !kind.iter().all(|&c| c.is_ascii_alphanumeric() || c == b' ') {
             return Err(FormatError::Corrupt(format!(
                 "section kind {} at offset {pos} is not ASCII",
@@ -959,20 +1130,25 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<(SqzModel, Vec<SectionSummary>
             )));
         }
         let name = kind_str(&kind);
-        if rest.len() < 4 || len > rest.len() - 4 {
+        if rest_len < 4 || len > rest_len - 4 {
             let what = match kind {
-                KIND_TENS => match peek_name(rest) {
-                    Some(n) => format!("tensor '{n}'"),
-                    None => "section 'TENS'".into(),
-                },
+                KIND_TENS => {
+                    // A name is a u16 length and at most 65535 bytes.
+                    let rest = src.read(pos + 8, rest_len.min(2 + usize::from(u16::MAX)))?;
+                    match peek_name(&rest) {
+                        Some(n) => format!("tensor '{n}'"),
+                        None => "section 'TENS'".into(),
+                    }
+                }
                 _ => format!("section '{name}'"),
             };
             return Err(FormatError::Truncated {
                 what,
                 needed: len as u64 + 4,
-                available: rest.len() as u64,
+                available: rest_len as u64,
             });
         }
+        let rest = src.read(pos + 8, len + 4)?;
         let payload = &rest[..len];
         let stored = le_u32(&rest[len..len + 4]);
         let computed = crc(&kind, payload);
@@ -1030,7 +1206,7 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<(SqzModel, Vec<SectionSummary>
                         "TENS section before the META section".into(),
                     ));
                 };
-                if tensors.len() >= m.tensor_count {
+                if seen >= m.tensor_count {
                     return Err(FormatError::Corrupt(format!(
                         "more TENS sections than the {} META declares",
                         m.tensor_count
@@ -1048,7 +1224,10 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<(SqzModel, Vec<SectionSummary>
                 summary.encoding = encoding;
                 summary.index_bytes = index_bytes;
                 summary.value_bytes = value_bytes;
-                tensors.push(t);
+                seen += 1;
+                if keep_tensors {
+                    tensors.push(t);
+                }
             }
             KIND_END => {
                 if len != 0 {
@@ -1057,10 +1236,10 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<(SqzModel, Vec<SectionSummary>
                     )));
                 }
                 summaries.push(summary);
-                if pos != bytes.len() {
+                if pos != total {
                     return Err(FormatError::Corrupt(format!(
                         "{} bytes after the END section",
-                        bytes.len() - pos
+                        total - pos
                     )));
                 }
                 break;
@@ -1073,11 +1252,11 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<(SqzModel, Vec<SectionSummary>
         summaries.push(summary);
     }
     let meta = meta.ok_or_else(|| FormatError::Corrupt("no META section".into()))?;
-    if tensors.len() != meta.tensor_count {
+    if seen != meta.tensor_count {
         return Err(FormatError::Corrupt(format!(
             "META declares {} tensors, {} are stored",
             meta.tensor_count,
-            tensors.len()
+            seen
         )));
     }
     let model = SqzModel { graph: meta.graph, quant: meta.quant, tensors, metadata: meta.metadata };
@@ -1467,6 +1646,39 @@ mod tests {
             ],
             outputs: vec!["h1".into(), "h2".into()],
         }
+    }
+
+    /// Streaming write gives the bytes of `encode_with`; reading a file section by
+    /// section gives what decoding its bytes gives, including the errors of a
+    /// truncated or corrupted file; the summary of a file keeps no tensor.
+    #[test]
+    fn streamed_files_equal_in_memory_encoding_and_decoding() {
+        let dir = std::env::temp_dir().join(format!("sqz-stream-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = sample_model();
+        for entropy in [false, true] {
+            let opts = EncodeOptions { entropy_coding: entropy };
+            let path = dir.join(format!("m{entropy}.sqz"));
+            let n = write_sqz_streaming(&path, m.clone(), &opts).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(bytes, encode_with(&m, &opts).unwrap());
+            assert_eq!(n, bytes.len() as u64);
+            assert_eq!(read_sqz(&path).unwrap(), decode(&bytes, &Limits::default()).unwrap());
+            assert_eq!(summarize_file(&path).unwrap(), summarize(&bytes, &Limits::default()).unwrap());
+            // Damaged files: the same error from the file as from its bytes.
+            for damaged in [bytes[..bytes.len() - 3].to_vec(), bytes[..HEADER_LEN + 20].to_vec(), bytes[..5].to_vec(), {
+                let mut b = bytes.clone();
+                let k = b.len() / 2;
+                b[k] ^= 0x40;
+                b
+            }] {
+                let p = dir.join("damaged.sqz");
+                std::fs::write(&p, &damaged).unwrap();
+                let want = decode(&damaged, &Limits::default()).unwrap_err().to_string();
+                assert_eq!(read_sqz(&p).unwrap_err().to_string(), want);
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Dense f32, dense int8, sparse f32 and sparse int8 tensors on a residual two-head graph.

@@ -20,7 +20,7 @@ use crate::spec::Op;
 use crate::store::{self, ModelFile};
 use crate::text::{self, TextEncoder, TextError};
 
-use super::{Event, PipelineError, RunOptions, file_counts, guard_input, new_report, write_report, gate_failed};
+use super::{Event, PipelineError, RunOptions, file_counts_with, guard_input, new_report, write_report, gate_failed};
 
 /// Why text or an embedder cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -153,13 +153,15 @@ fn store_and_measure(
     mut extra: serde_json::Map<String, serde_json::Value>,
 ) -> Result<Measured, PipelineError> {
     sqz.metadata.insert(text::TOKENIZER_KEY.into(), packed_tokenizer.into());
-    store::write_sqz_with(path, &sqz, entropy_coding)?;
-    drop(sqz);
-    let bytes = std::fs::metadata(path).map_err(|source| store::StoreError::Io { path: path.into(), source })?.len();
-    let file = store::read(path)?;
-    let (params, nonzero, bits) = file_counts(&file, path)?;
-    let plan = file.plan()?;
+    // Memory: the stage is written tensor by tensor (dropped as it goes), read back
+    // section by section, and its tensors move into the plan, so the weights are held
+    // about once at any time (scope 5 of the MiniLM issue).
+    let bytes = store::write_sqz_streaming(path, sqz, entropy_coding)?;
+    let (stored, sections) = crate::format::sqz::read_sqz_summarized(path).map_err(|source| store::StoreError::Sqz { path: path.into(), source })?;
+    let file = ModelFile::Sqz(stored);
+    let (params, nonzero, bits) = file_counts_with(&file, path, Some(&sections))?;
     let dim = plan_output_dim(&file);
+    let plan = file.into_plan()?;
     let embeddings = embed_ids(&plan, ids, n, 32)?;
     let (b1, b1_spread) = time_batches(&plan, ids, n, 1, 30)?;
     let (b32, _) = time_batches(&plan, ids, n, 32, 5)?;
@@ -177,6 +179,7 @@ fn store_and_measure(
     extra.insert("fraction_of_hf_safetensors".into(), (bytes as f64 / hf_bytes as f64).into());
     extra.insert("latency_ms_b32".into(), (b32 * 1e3).into());
     extra.insert("sentences_per_s_b32".into(), (32.0_f64.min(n as f64) / b32).into());
+    extra.insert("fp32_weight_bytes".into(), fp32_bytes.into());
     let stage = Stage {
         name: name.into(),
         accuracy: f64::NAN,
@@ -233,7 +236,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
     extra.insert("source".into(), dir.display().to_string().into());
     extra.insert("skipped_tensors".into(), imported.skipped.clone().into());
     extra.insert("l2_normalised_by_users".into(), imported.normalize.into());
-    let mut model = Model::from_tensors(imported.graph, imported.tensors)?;
+    let model = Model::from_tensors(imported.graph, imported.tensors)?;
     let heldout_path = recipe.data.heldout.as_ref().expect("Recipe::parse: embedding recipes have heldout");
     let heldout = read_sentences(heldout_path, recipe.data.heldout_limit).map_err(EmbeddingError::from)?;
     let refs: Vec<&str> = heldout.iter().map(String::as_str).collect();
@@ -248,7 +251,11 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
 
     let baseline_path = path_for("baseline", last == 0);
     guard_input(recipe, &baseline_path)?;
-    let base = store_and_measure(&baseline_path, "baseline", quantize::store_f32(&model), false, &packed, &ids, n, None, fp32_bytes, hf_bytes, t, extra)?;
+    // The float model moves into the baseline file; each pass reads its input back
+    // from the previous stage's file, so no stage is measured while another copy of
+    // the weights is held.
+    let base = store_and_measure(&baseline_path, "baseline", quantize::into_stored_f32(model), false, &packed, &ids, n, None, fp32_bytes, hf_bytes, t, extra)?;
+    let mut previous = baseline_path;
     on_event(Event::Measured(base.stage.clone()));
     report.stages.push(base.stage);
     let reference = base.embeddings;
@@ -273,6 +280,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         let t = Instant::now();
         let mut extra = serde_json::Map::new();
         let is_last = i + 1 == last;
+        let mut model = store::read_model(&previous)?;
         let (stored, entropy) = match pass {
             Pass::PruneRows { sparsity, n_of_m, score, layers, calibration: cal_n } => {
                 let norms = match score {
@@ -294,7 +302,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 let (total, kept) = summary.layers.iter().fold((0, 0), |(t, k), l| (t + l.1, k + l.2));
                 extra.insert("pruned_weights".into(), (total - kept).into());
                 extra.insert("sparsity_of_pruned_layers".into(), ((total - kept) as f64 / total.max(1) as f64).into());
-                (quantize::store_f32(&model), false)
+                (quantize::into_stored_f32(model), false)
             }
             Pass::Trim { ratio, score, heads, head_score, layers, per_layer, fine_tune_epochs, calibration: cal_n, group_lasso, .. } => {
                 // An embedder has no training labels here: trimming is one-shot.
@@ -313,7 +321,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                     None => &[],
                 };
                 let (trimmed, summary) = trim::trim(&model, &cfg, calib)?;
-                model = trimmed;
+                drop(model);
                 let units: Vec<serde_json::Value> = summary.layers.iter().map(|(n, b, a)| serde_json::json!({ "layer": n, "units_before": b, "units_after": a })).collect();
                 let heads_json: Vec<serde_json::Value> = summary.heads.iter().map(|(n, b, a)| serde_json::json!({ "layer": n, "heads_before": b, "heads_after": a })).collect();
                 extra.insert("layers".into(), units.into());
@@ -321,23 +329,41 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 extra.insert("head_score".into(), serde_json::to_value(head_score).unwrap_or_default());
                 extra.insert("params_before".into(), summary.params_before.into());
                 extra.insert("params_after".into(), summary.params_after.into());
-                (quantize::store_f32(&model), false)
+                (quantize::into_stored_f32(trimmed), false)
             }
-            Pass::Int4 { group, layers, keep } => {
+            Pass::Int4 { group, layers, keep, int8, layer_groups, scales, calibration: cal_n } => {
                 let chosen = chosen_layers(&model, layers, keep)?;
+                let as_int8 = matching_layers(&model, int8)?;
+                let (as_int8, int4): (Vec<String>, Vec<String>) = chosen.into_iter().partition(|l| as_int8.contains(l));
+                let importance = if *cal_n > 0 {
+                    let Some((cal_ids, cal_lens)) = &calibration else {
+                        return Err(PipelineError::Prune(prune::PruneError::Calibration("int4 calibration needs sentences: set [data] calibration".into())));
+                    };
+                    let k = (*cal_n).min(cal_lens.len()).max(1);
+                    extra.insert("calibration_sentences".into(), k.into());
+                    int4_importance(&model, &prune::input_norms(&model, &cal_ids[..k * seq], k, Some(&cal_lens[..k]))?)
+                } else {
+                    Default::default()
+                };
                 extra.insert("group".into(), (*group).into());
-                (quantize::quantize_int4(&model, *group, &chosen)?, false)
-            }
-<<<<<<< HEAD
-            Pass::Quantize { mode, layers, calibration: _, small_tensors } => {
-                if *mode == quantize::Mode::Full {
-                    return Err(PipelineError::Quantize(quantize::QuantizeError::UnknownLayer(
-                        "full int8 (u8 activations) of Transformer layers is not implemented yet: use mode = \"weights\"".into(),
-                    )));
+                extra.insert("scales".into(), format!("{scales:?}").to_lowercase().into());
+                extra.insert("int4_layers".into(), int4.len().into());
+                extra.insert("int8_layers".into(), as_int8.clone().into());
+                let mut node_groups = std::collections::HashMap::new();
+                for (pattern, g) in layer_groups {
+                    for node in matching_layers(&model, std::slice::from_ref(pattern))? {
+                        node_groups.insert(node, *g);
+                    }
                 }
-                (quantize::quantize_with(&model, *mode, layers, &[], *small_tensors)?, false)
-=======
-            Pass::Quantize { mode, layers, calibration: cal_n } => {
+                if !node_groups.is_empty() {
+                    extra.insert("layer_groups".into(), serde_json::to_value(&node_groups).unwrap_or_default());
+                }
+                let plan = quantize::Int4Plan { int4, int8: as_int8, group: *group, node_groups, scales: *scales, importance };
+                let stored = quantize::quantize_mixed(&model, &plan);
+                drop(model);
+                (stored, false)
+            }
+            Pass::Quantize { mode, layers, calibration: cal_n, small_tensors } => {
                 // Full int8 takes its activation scales from the calibration sentences
                 // (ranges over every position, padding included, as the runtime sees them).
                 let cal: &[f32] = match (mode, &calibration) {
@@ -349,10 +375,11 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                     (quantize::Mode::Full, None) => return Err(PipelineError::Quantize(quantize::QuantizeError::NoCalibration)),
                     _ => &[],
                 };
-                (quantize::quantize(&model, *mode, layers, cal)?, false)
->>>>>>> speed
+                let stored = quantize::quantize_with(&model, *mode, layers, cal, *small_tensors)?;
+                drop(model);
+                (stored, false)
             }
-            Pass::Code {} => (quantize::store_f32(&model), true),
+            Pass::Code {} => (quantize::into_stored_f32(model), true),
             other => return Err(PipelineError::EmbeddingOnly(format!("pass '{}' does not run on hf_dir models", other.stage_name()))),
         };
         let path = path_for(&name, is_last);
@@ -362,6 +389,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         let mean = m.stage.extra.get("mean_cosine").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
         let min = m.stage.extra.get("min_cosine").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
         report.stages.push(m.stage);
+        previous = path;
         if !(mean >= min_mean && min >= min_each) {
             let reason = format!("cosine to the fp32 embeddings on {n} held-out sentences: mean {mean:.6} (gate ≥ {min_mean}), min {min:.6} (gate ≥ {min_each})");
             return Err(gate_failed(&mut report, &opts.out_dir, name, reason));
@@ -371,14 +399,45 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
     Ok(report)
 }
 
-/// Nodes to quantize: `layers` (all weighted nodes when empty) minus `keep`.
+/// Nodes to quantize: `layers` (all weighted nodes when empty) minus `keep`; each
+/// entry is a node name or a prefix ending in `*` (see [`quantize::layer_matches`]).
 fn chosen_layers(model: &Model, layers: &[String], keep: &[String]) -> Result<Vec<String>, quantize::QuantizeError> {
-    let weighted: Vec<String> = model.params.specs.iter().filter(|s| s.kind == crate::spec::ParamKind::Weight).map(|s| s.node.clone()).collect();
-    if let Some(l) = layers.iter().chain(keep).find(|l| !weighted.contains(l)) {
-        return Err(quantize::QuantizeError::UnknownLayer(l.clone()));
-    }
-    let mut out: Vec<String> = if layers.is_empty() { weighted } else { layers.to_vec() };
-    out.dedup();
-    out.retain(|l| !keep.contains(l));
+    let kept = matching_layers(model, keep)?;
+    let mut out = if layers.is_empty() { weighted_nodes(model) } else { matching_layers(model, layers)? };
+    out.retain(|l| !kept.contains(l));
     Ok(out)
+}
+
+/// The weighted nodes of `model`, in parameter order, once each.
+fn weighted_nodes(model: &Model) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in model.params.specs.iter().filter(|s| s.kind == crate::spec::ParamKind::Weight) {
+        if !out.contains(&s.node) {
+            out.push(s.node.clone());
+        }
+    }
+    out
+}
+
+/// The weighted nodes matched by any of `patterns`; a pattern matching none is an error.
+fn matching_layers(model: &Model, patterns: &[String]) -> Result<Vec<String>, quantize::QuantizeError> {
+    let weighted = weighted_nodes(model);
+    if let Some(p) = patterns.iter().find(|p| !weighted.iter().any(|w| quantize::layer_matches(p, w))) {
+        return Err(quantize::QuantizeError::UnknownLayer(p.clone()));
+    }
+    Ok(weighted.into_iter().filter(|w| patterns.iter().any(|p| quantize::layer_matches(p, w))).collect())
+}
+
+/// Per weight tensor, the importance of each input column for int4 rounding: the
+/// squared calibration norm of the value it reads ([`prune::input_norms`]).
+pub fn int4_importance(model: &Model, norms: &std::collections::HashMap<String, Vec<f32>>) -> std::collections::HashMap<String, Vec<f32>> {
+    prune::row_prunable(model)
+        .into_iter()
+        .filter_map(|(_, tensor, value)| {
+            let n = norms.get(&value?)?;
+            // A column never seen in calibration still counts a little.
+            let floor = n.iter().fold(0.0f32, |m, v| m.max(v * v)) * 1e-4;
+            Some((tensor, n.iter().map(|v| (v * v).max(floor)).collect()))
+        })
+        .collect()
 }

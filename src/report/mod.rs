@@ -332,14 +332,18 @@ impl Report {
         if stages.is_empty() {
             return;
         }
-        *md += "\n## Embedding fidelity\n\n| Stage | Mean cosine | Min cosine (sentence) | % of the original safetensors | Latency b32 (ms) | Sentences/s b32 |\n";
-        *md += "|---|--:|--:|--:|--:|--:|\n";
+        *md += "\n## Embedding fidelity\n\n| Stage | Mean cosine | Min cosine (sentence) | % of the original safetensors | Latency b32 (ms) | Sentences/s b32 | Peak RSS so far (MB) | × fp32 weights |\n";
+        *md += "|---|--:|--:|--:|--:|--:|--:|--:|\n";
         let f = |s: &Stage, key: &str| s.extra.get(key).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
         for s in &stages {
             let worst = s.extra.get("min_cosine_sentence").and_then(serde_json::Value::as_u64).map_or(String::new(), |i| format!(" (#{i})"));
+            let (peak, times) = match s.peak_rss_bytes {
+                Some(b) => (num(b as f64 / 1e6, 1, false), num(b as f64 / f(s, "fp32_weight_bytes"), 2, false)),
+                None => ("not measured".to_string(), "—".to_string()),
+            };
             _ = writeln!(
                 md,
-                "| {} | {} | {}{worst} | {} | {} | {} |",
+                "| {} | {} | {}{worst} | {} | {} | {} | {peak} | {times} |",
                 cell(&s.name),
                 num(f(s, "mean_cosine"), 6, false),
                 num(f(s, "min_cosine"), 6, false),
@@ -349,7 +353,7 @@ impl Report {
             );
         }
         let n = stages[0].extra.get("heldout_sentences").and_then(serde_json::Value::as_u64).unwrap_or(0);
-        _ = writeln!(md, "\nMeasured on {n} held-out sentences; the baseline is the reference, so its cosine is 1 by definition or absent.");
+        _ = writeln!(md, "\nMeasured on {n} held-out sentences; the baseline is the reference, so its cosine is 1 by definition or absent. Peak RSS is the process's high-water mark (VmHWM, Linux only) when the stage was measured, so the last row is the run's peak; × fp32 weights divides it by 4 bytes × parameters.");
     }
 
     fn tasks_markdown(&self, md: &mut String) {

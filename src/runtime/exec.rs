@@ -55,6 +55,15 @@ impl Weights {
         }
     }
 
+    /// Dequantized dense values, moving f32 values instead of copying them (a plan
+    /// built from a stored model then holds its weights once, not twice).
+    pub fn into_f32(self) -> Vec<f32> {
+        match self {
+            Weights::F32(v) => v,
+            q => q.to_f32(),
+        }
+    }
+
     /// Dequantized dense values.
     pub fn to_f32(&self) -> Vec<f32> {
         match self {
@@ -294,6 +303,9 @@ pub struct Workspace {
     valid: ValidLengths,
     /// One workspace per share of a batch split across threads.
     parts: Vec<Workspace>,
+    /// Buffers of values no later step reads, for the next values to be written.
+    free_f: Vec<Vec<f32>>,
+    free_q: Vec<Vec<u8>>,
 }
 
 /// Threads a plan uses by default: every core for a text Transformer (token ids in;
@@ -461,7 +473,7 @@ impl Plan {
                         continue;
                     }
                     plan.dequantized_at_load |= matches!(w, Weights::I8 { .. });
-                    let w = w.to_f32();
+                    let w = w.into_f32();
                     let x = plan.convert(x, Repr::F32, &mut converted);
                     let kernel = match node.op {
                         Op::Linear { in_features, out_features, .. } => {
@@ -606,16 +618,16 @@ impl Plan {
                     let seq = in_shape.first().copied().unwrap_or(1);
                     let kernel = match node.op {
                         Op::Embedding { vocab, dim, pad_token } => {
-                            Kernel::Embedding { node: node.name.clone(), table: take("weight")?.to_f32(), vocab, dim, pad: pad_token }
+                            Kernel::Embedding { node: node.name.clone(), table: take("weight")?.into_f32(), vocab, dim, pad: pad_token }
                         }
-                        Op::PositionEmbedding { dim, .. } => Kernel::AddPositions { table: take("weight")?.to_f32(), seq, dim },
-                        Op::ClsToken { dim } => Kernel::PrependCls { row: take("weight")?.to_f32(), seq, dim },
+                        Op::PositionEmbedding { dim, .. } => Kernel::AddPositions { table: take("weight")?.into_f32(), seq, dim },
+                        Op::ClsToken { dim } => Kernel::PrependCls { row: take("weight")?.into_f32(), seq, dim },
                         Op::PatchEmbed { channels, patch, dim } => {
                             let geo = Patches { channels, height: in_shape[1], width: in_shape[2], patch };
                             plan.f32_layers += 1;
-                            Kernel::PatchEmbed { geo, w: take("weight")?.to_f32(), b: take("bias")?.to_f32(), dim }
+                            Kernel::PatchEmbed { geo, w: take("weight")?.into_f32(), b: take("bias")?.into_f32(), dim }
                         }
-                        Op::LayerNorm { dim, eps } => Kernel::LayerNorm { gamma: take("weight")?.to_f32(), beta: take("bias")?.to_f32(), dim, eps },
+                        Op::LayerNorm { dim, eps } => Kernel::LayerNorm { gamma: take("weight")?.into_f32(), beta: take("bias")?.into_f32(), dim, eps },
                         Op::Gelu => Kernel::Gelu,
                         Op::Pool { kind } => Kernel::Pool { seq, dim: in_shape[1], mean: kind == PoolKind::Mean },
                         Op::SelfAttention { dim, .. } => {
@@ -623,7 +635,7 @@ impl Plan {
                             let inner = geo.inner();
                             let mut parts = Vec::new();
                             for proj in ATTENTION_PROJECTIONS {
-                                parts.push((take(&format!("{proj}.weight"))?, take(&format!("{proj}.bias"))?.to_f32()));
+                                parts.push((take(&format!("{proj}.weight"))?, take(&format!("{proj}.bias"))?.into_f32()));
                             }
                             let context = format!("{}.context", node.name);
                             let (qkv, output) = if integer && quant.dynamic.contains(&node.name) {
@@ -1064,13 +1076,16 @@ impl Plan {
             ws.f = vec![Vec::new(); self.slots.len()];
             ws.q = vec![Vec::new(); self.slots.len()];
         }
-        for (i, s) in self.slots.iter().enumerate() {
-            let need = n * s.len;
-            match s.repr {
-                Repr::F32 if ws.f[i].len() < need => ws.f[i].resize(need, 0.0),
-                Repr::U8(_) if ws.q[i].len() < need => ws.q[i].resize(need, 0),
-                _ => {}
-            }
+        // Values get a buffer just before the step that writes them and give it back
+        // after the last step that reads them, so a deep model (a Transformer at batch
+        // 32) holds a few layers' activations at a time, not every value of the graph.
+        // The input, the outputs and the fused chain's values keep theirs.
+        let last_read = self.last_reads();
+        let chain_steps = self.chain.filter(|_| fuse).map_or(0, |c| c.steps);
+        let mut upfront = vec![0];
+        upfront.extend(self.steps[..chain_steps].iter().flat_map(|s| s.inputs.iter().copied().chain([s.out])));
+        for i in upfront {
+            self.ensure_buffer(i, n, ws);
         }
         // An integer model's input is read once, by its quantization: quantize straight
         // from the caller's buffer instead of copying it into the workspace first.
@@ -1093,9 +1108,25 @@ impl Plan {
             if si == 0
                 && let Some((qp, out)) = direct_quantize
             {
+                self.ensure_buffer(out, n, ws);
                 int8::quantize_u8(&x[..n * per], qp, &mut ws.q[out][..n * self.slots[out].len]);
                 continue;
             }
+            // An elementwise GELU whose input dies with it runs in place, on the
+            // input's buffer (the FFN's widest value is then held once, not twice).
+            let in_place = matches!(step.kernel, Kernel::Gelu)
+                && self.slots[xi].len == self.slots[o].len
+                && last_read[xi] == Some(si)
+                && xi != 0
+                && !self.outputs.contains(&xi);
+            if in_place {
+                let input = std::mem::take(&mut ws.f[xi]);
+                let old = std::mem::replace(&mut ws.f[o], input);
+                if old.capacity() > 0 {
+                    ws.free_f.push(old);
+                }
+            }
+            self.ensure_buffer(o, n, ws);
             let (xl, ol) = (self.slots[xi].len, self.slots[o].len);
             // Linear kernels see rows: samples × positions.
             let rows = self.linear_rows.get(&si).copied().unwrap_or(1);
@@ -1252,6 +1283,7 @@ impl Plan {
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     par_rows(threads, &xs[..n * xl], &mut y[..n * ol], *dim, |x, y| tf::layer_norm(x, *dim, gamma, beta, *eps, y));
                 }
+                Kernel::Gelu if in_place => ws.f[o][..n * ol].iter_mut().for_each(|v| *v = tf::gelu1(*v)),
                 Kernel::Gelu => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     par_rows(threads, &xs[..n * xl], &mut y[..n * ol], 1, tf::gelu_fast);
@@ -1283,9 +1315,59 @@ impl Plan {
             if self.slots[o].repr == Repr::F32 {
                 observe_slot(&self.slots[o], &ws.f[o][..n * ol], observe);
             }
+            for &done in step.inputs.iter().chain([&o]) {
+                let held = match self.slots[done].repr {
+                    Repr::F32 => ws.f[done].capacity(),
+                    Repr::U8(_) => ws.q[done].capacity(),
+                };
+                if held > 0 && last_read[done] <= Some(si) && !self.outputs.contains(&done) && done != 0 {
+                    match self.slots[done].repr {
+                        Repr::F32 => ws.free_f.push(std::mem::take(&mut ws.f[done])),
+                        Repr::U8(_) => ws.free_q.push(std::mem::take(&mut ws.q[done])),
+                    }
+                }
+            }
         }
         Ok(())
     }
+
+    /// Per slot, the last step that reads it (None: no step reads it).
+    fn last_reads(&self) -> Vec<Option<usize>> {
+        let mut last = vec![None; self.slots.len()];
+        for (si, step) in self.steps.iter().enumerate() {
+            for &i in &step.inputs {
+                last[i] = Some(si);
+            }
+        }
+        last
+    }
+
+    /// Gives slot `i` a buffer for `n` samples, reusing a freed one when there is one.
+    fn ensure_buffer(&self, i: usize, n: usize, ws: &mut Workspace) {
+        let need = n * self.slots[i].len;
+        match self.slots[i].repr {
+            Repr::F32 if ws.f[i].len() < need => {
+                if ws.f[i].is_empty() {
+                    ws.f[i] = take_free(&mut ws.free_f, need);
+                }
+                ws.f[i].resize(need, 0.0);
+            }
+            Repr::U8(_) if ws.q[i].len() < need => {
+                if ws.q[i].is_empty() {
+                    ws.q[i] = take_free(&mut ws.free_q, need);
+                }
+                ws.q[i].resize(need, 0);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The smallest freed buffer holding `need` values, else the largest (to be grown).
+fn take_free<T>(free: &mut Vec<Vec<T>>, need: usize) -> Vec<T> {
+    let fits = free.iter().enumerate().filter(|(_, b)| b.len() >= need).min_by_key(|(_, b)| b.len()).map(|(i, _)| i);
+    let pick = fits.or_else(|| free.iter().enumerate().max_by_key(|(_, b)| b.len()).map(|(i, _)| i));
+    pick.map(|i| free.swap_remove(i)).unwrap_or_default()
 }
 
 /// `f` on rows of `row` values of `x` into `y`, the rows shared among up to `threads`
@@ -1735,6 +1817,30 @@ mod tests {
             let e = plan.run(&[1.0, bad, 0.0, 0.0], 1, &mut Workspace::default()).unwrap_err();
             assert!(matches!(e, RuntimeError::TokenId { ref node, vocab: 6, .. } if node == "emb"), "{e}");
         }
+    }
+
+    /// Values hand their buffers on once no later step reads them: a ViT run holds far
+    /// fewer floats than all its values, and a workspace reused across batch sizes
+    /// gives the same bits as a fresh one.
+    #[test]
+    fn workspace_reuses_dead_values_and_gives_the_same_bits() {
+        let g = crate::model::zoo::vit(&crate::model::zoo::VitShape { patch: 7, dim: 16, heads: 4, blocks: 3, ffn: 40 });
+        let m = crate::model::Model::init(g.clone(), 3).unwrap();
+        let plan = Plan::new(&g, m.tensors().into_iter().map(|(k, v)| (k, Weights::F32(v))).collect(), &QuantPlan::default()).unwrap();
+        let mut rng = Rng::new(9);
+        let x: Vec<f32> = (0..7 * 784).map(|_| rng.next_f32()).collect();
+        let mut shared = Workspace::default();
+        for n in [7, 2, 5, 7] {
+            let fresh = plan.run(&x, n, &mut Workspace::default()).unwrap().to_vec();
+            let reused = plan.run(&x, n, &mut shared).unwrap().to_vec();
+            assert_eq!(fresh, reused, "batch {n}");
+        }
+        let all: usize = plan.slots.iter().map(|s| 7 * s.len).sum();
+        let held: usize = shared.f.iter().chain(&shared.free_f).map(Vec::len).sum();
+        assert!(held * 3 < all, "holds {held} floats of {all}");
+        // Every output is still readable after the run.
+        let outs = plan.run_all(&x, 2, &mut shared).unwrap();
+        assert_eq!(outs[0].len(), 2 * 10);
     }
 
     #[test]
