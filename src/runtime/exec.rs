@@ -320,6 +320,25 @@ fn default_threads(graph: &Graph) -> usize {
     }
 }
 
+/// The int8 query, key and value weights of an attention node stacked into one fused
+/// `[3·inner, dim]` matrix (with their scales and biases), and its output projection's.
+#[allow(clippy::type_complexity)]
+fn fused_int8_projections<'a>(parts: &'a [(Weights, Vec<f32>)], node: &str) -> Result<(Vec<i8>, Vec<f32>, Vec<f32>, &'a [i8], &'a [f32]), RuntimeError> {
+    let (mut wq, mut scales, mut bias) = (Vec::new(), Vec::new(), Vec::new());
+    for (w, b) in &parts[..3] {
+        let Weights::I8 { q, scales: sc } = w else {
+            return Err(RuntimeError::NotInt8 { node: node.to_string() });
+        };
+        wq.extend_from_slice(q);
+        scales.extend_from_slice(sc);
+        bias.extend_from_slice(b);
+    }
+    let Weights::I8 { q: oq, scales: osc } = &parts[3].0 else {
+        return Err(RuntimeError::NotInt8 { node: node.to_string() });
+    };
+    Ok((wq, scales, bias, oq, osc))
+}
+
 impl Plan {
     /// Resolves `graph` with `weights` (by parameter name) and the quantization plan.
     pub fn new(graph: &Graph, weights: HashMap<String, Weights>, quant: &QuantPlan) -> Result<Plan, RuntimeError> {
@@ -639,20 +658,7 @@ impl Plan {
                             }
                             let context = format!("{}.context", node.name);
                             let (qkv, output) = if integer && quant.dynamic.contains(&node.name) {
-                                let mut wq = Vec::with_capacity(3 * inner * dim);
-                                let mut scales = Vec::with_capacity(3 * inner);
-                                let mut bias = Vec::with_capacity(3 * inner);
-                                for (w, b) in &parts[..3] {
-                                    let Weights::I8 { q, scales: sc } = w else {
-                                        return Err(RuntimeError::NotInt8 { node: node.name.clone() });
-                                    };
-                                    wq.extend_from_slice(q);
-                                    scales.extend_from_slice(sc);
-                                    bias.extend_from_slice(b);
-                                }
-                                let Weights::I8 { q: oq, scales: osc } = &parts[3].0 else {
-                                    return Err(RuntimeError::NotInt8 { node: node.name.clone() });
-                                };
+                                let (wq, scales, bias, oq, osc) = fused_int8_projections(&parts, &node.name)?;
                                 plan.int_layers += 1;
                                 plan.dynamic_layers += 1;
                                 (
@@ -664,20 +670,7 @@ impl Plan {
                                     quant.activations.get(value).copied().ok_or_else(|| RuntimeError::MissingQParams { node: node.name.clone(), value: value.to_string() })
                                 };
                                 let (in_qp, ctx_qp) = (qp(&node.inputs[0])?, qp(&context)?);
-                                let mut wq = Vec::with_capacity(3 * inner * dim);
-                                let mut scales = Vec::with_capacity(3 * inner);
-                                let mut bias = Vec::with_capacity(3 * inner);
-                                for (w, b) in &parts[..3] {
-                                    let Weights::I8 { q, scales: sc } = w else {
-                                        return Err(RuntimeError::NotInt8 { node: node.name.clone() });
-                                    };
-                                    wq.extend_from_slice(q);
-                                    scales.extend_from_slice(sc);
-                                    bias.extend_from_slice(b);
-                                }
-                                let Weights::I8 { q: oq, scales: osc } = &parts[3].0 else {
-                                    return Err(RuntimeError::NotInt8 { node: node.name.clone() });
-                                };
+                                let (wq, scales, bias, oq, osc) = fused_int8_projections(&parts, &node.name)?;
                                 let qkv = QuantizedLinear::new(&wq, &scales, 3 * inner, dim, Some(&bias), in_qp, None, false);
                                 let out = QuantizedLinear::new(oq, osc, dim, inner, Some(&parts[3].1), ctx_qp, None, false);
                                 plan.int_layers += 1;
