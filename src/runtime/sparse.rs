@@ -252,11 +252,13 @@ fn lookup_dot(index: &[u8], table: &[f32], x: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
+    /// `(l0 + l4, l1 + l5, l2 + l6, l3 + l7)`, then `(s0 + s2) + (s1 + s3)`: the
+    /// horizontal sum every AVX2 f32 dot-product kernel here ends with.
     #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
+    pub(crate) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
