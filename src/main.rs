@@ -456,6 +456,20 @@ enum SmallTensorsArg {
     F16,
 }
 
+/// The error and its causes on one line, leaving out a cause whose text the line already
+/// holds (many of our errors quote their source in their own message).
+fn error_line(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
+}
+
 fn main() -> ExitCode {
     squeeze::report::measure::release_freed_memory_promptly();
     let cli = Cli::parse();
@@ -463,10 +477,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             if let Some(PipelineError::GateFailed { .. }) = err.downcast_ref::<PipelineError>() {
-                eprintln!("squeeze: {err:#}");
+                eprintln!("squeeze: {}", error_line(&err));
                 return ExitCode::from(1);
             }
-            eprintln!("squeeze: {err:#}");
+            eprintln!("squeeze: {}", error_line(&err));
             ExitCode::from(2)
         }
     }
@@ -1145,7 +1159,7 @@ fn cmd_distill(t: &TeacherArgs, student: &str, cfg: &DistillConfig, seeds: u64, 
             if !wrote {
                 wrote = true;
                 if let Err(e) = write_model(out, m) {
-                    eprintln!("squeeze: {e:#}");
+                    eprintln!("squeeze: {}", error_line(&e));
                     std::process::exit(2);
                 }
             }

@@ -523,3 +523,14 @@ fn sequence_shapes_that_do_not_fit_are_one_clear_error() {
         assert!(!q.exists());
     }
 }
+
+/// An error whose message already quotes its cause prints that cause once, not twice.
+#[test]
+fn an_error_line_does_not_repeat_its_cause() {
+    let d = Dir::new();
+    let missing = d.path("missing.toml");
+    let o = squeeze(&["run", "--recipe", missing.to_str().unwrap(), "--out-dir", d.path("out").to_str().unwrap()]);
+    assert_error(&o, "cannot read recipe");
+    let line = o.stderr.lines().find(|l| l.starts_with("squeeze:")).unwrap();
+    assert_eq!(line.matches("os error 2").count(), 1, "cause repeated: {line}");
+}
