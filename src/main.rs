@@ -254,6 +254,10 @@ enum Command {
         /// With --file: also time batch 1 and batch 32 on those sentences.
         #[arg(long, requires = "file")]
         time: bool,
+        /// With --time: also show where the time of a batch-1 and a batch-32 run goes,
+        /// per kind of step.
+        #[arg(long, requires = "time")]
+        profile: bool,
         /// With --file: embed at most this many sentences.
         #[arg(long)]
         limit: Option<usize>,
@@ -663,7 +667,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Embed { model, text, file, out, seq_len, time, limit } => embed(&model, text, file, out, seq_len, time, limit),
+        Command::Embed { model, text, file, out, seq_len, time, profile, limit } => embed(&model, text, file, out, seq_len, time, profile, limit),
         Command::Bench { model_name, model, train_samples, json, data } => bench(model_name.as_deref().unwrap_or(&model), train_samples, json, &data),
         Command::Import { state_dict, arch: None, seq_len, out } => {
             if !state_dict.is_dir() {
@@ -723,7 +727,8 @@ fn inspect_hf(dir: &Path) -> Result<()> {
 }
 
 /// `embed`: sentence embeddings from a model file that carries its tokenizer.
-fn embed(model: &Path, text: Option<String>, file: Option<PathBuf>, out: Option<PathBuf>, seq_len: Option<usize>, time: bool, limit: Option<usize>) -> Result<ExitCode> {
+#[allow(clippy::too_many_arguments)]
+fn embed(model: &Path, text: Option<String>, file: Option<PathBuf>, out: Option<PathBuf>, seq_len: Option<usize>, time: bool, profile: bool, limit: Option<usize>) -> Result<ExitCode> {
     use squeeze::pipeline::embedding as emb;
     let mut f = store::read(model)?;
     if let Some(seq) = seq_len {
@@ -768,6 +773,15 @@ fn embed(model: &Path, text: Option<String>, file: Option<PathBuf>, out: Option<
                     s32 * 1e3,
                     32.0 / b32
                 );
+            }
+            if profile {
+                for (batch, reps) in [(1, 50), (32, 10)] {
+                    let (rows, whole) = emb::profile_batches(&plan, &ids, n, batch, reps)?;
+                    out!("batch {batch}: {:.2} ms per run (mean of {reps}), by kind of step:", whole * 1e3);
+                    for (kind, secs) in rows {
+                        out!("  {kind:<34} {:>8.3} ms {:>5.1}%", secs * 1e3, 100.0 * secs / whole);
+                    }
+                }
             }
         }
         _ => bail!("--file needs --out EMBEDDINGS.npy"),

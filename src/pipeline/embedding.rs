@@ -130,6 +130,24 @@ pub fn time_batches(plan: &Plan, ids: &[f32], n: usize, batch: usize, reps: usiz
     Ok((s.median, s.spread))
 }
 
+/// Where the time of a `batch`-row run goes, over `reps` runs (as [`time_batches`]):
+/// per kind of step, seconds per run, slowest first, and the whole run's seconds.
+pub fn profile_batches(plan: &Plan, ids: &[f32], n: usize, batch: usize, reps: usize) -> Result<(Vec<(&'static str, f64)>, f64), RuntimeError> {
+    let per = ids.len() / n.max(1);
+    let batch = batch.min(n).max(1);
+    let mut ws = Workspace::default();
+    plan.run(&ids[..batch * per], batch, &mut ws)?;
+    ws.start_profile();
+    let t = Instant::now();
+    for r in 0..reps {
+        let start = (r * batch) % (n - batch + 1);
+        plan.run(&ids[start * per..(start + batch) * per], batch, &mut ws)?;
+    }
+    let whole = t.elapsed().as_secs_f64() / reps.max(1) as f64;
+    let rows = ws.take_profile().into_iter().map(|(kind, _, secs)| (kind, secs / reps.max(1) as f64)).collect();
+    Ok((rows, whole))
+}
+
 /// The figures of one stored stage.
 struct Measured {
     stage: Stage,

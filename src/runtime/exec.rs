@@ -7,7 +7,7 @@
 //! fused) or f32 when their output has no calibrated parameters (logits). Conversions
 //! are inserted where a consumer needs the other representation; Flatten is free.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::int8::{self, DynamicLinear, QuantizedConv2d, QuantizedLinear};
 use super::recurrent;
@@ -166,6 +166,42 @@ enum Kernel {
     Pool { seq: usize, dim: usize, mean: bool },
 }
 
+impl Kernel {
+    /// What a profile calls this step.
+    fn kind(&self) -> &'static str {
+        match self {
+            Kernel::LinearF32 { .. } => "linear f32",
+            Kernel::ConvF32 { .. } => "conv f32",
+            Kernel::LinearI8(_) => "linear int8",
+            Kernel::LinearDynamic(_) => "linear dynamic int8",
+            Kernel::LinearCsr { .. } => "linear sparse",
+            Kernel::LinearCodebook { .. } => "linear codebook",
+            Kernel::ByBatch(_) => "by batch",
+            Kernel::ConvI8(_) => "conv int8",
+            Kernel::MaxPool(_) => "max pool",
+            Kernel::AvgPool(_) => "avg pool",
+            Kernel::Sigmoid => "sigmoid",
+            Kernel::Tanh => "tanh",
+            Kernel::Relu | Kernel::ReluU8(_) => "relu",
+            Kernel::Add => "add",
+            Kernel::Softmax => "softmax",
+            Kernel::Normalize { .. } => "normalize",
+            Kernel::Quantize(_) => "quantize",
+            Kernel::Dequantize(_) => "dequantize",
+            Kernel::Recurrent(_) => "recurrent f32",
+            Kernel::RecurrentI8 { .. } => "recurrent int8",
+            Kernel::Embedding { .. } => "embedding",
+            Kernel::AddPositions { .. } => "positions",
+            Kernel::PrependCls { .. } => "cls token",
+            Kernel::PatchEmbed { .. } => "patch embedding",
+            Kernel::LayerNorm { .. } => "layer norm",
+            Kernel::Gelu => "gelu",
+            Kernel::Attention(_) => "attention",
+            Kernel::Pool { .. } => "pool",
+        }
+    }
+}
+
 /// A self-attention node: the query, key and value projections fused into one
 /// `[3·dim, dim]` product, the output projection, f32 or int8 each.
 #[derive(Clone)]
@@ -187,6 +223,14 @@ enum Projection {
 }
 
 impl Projection {
+    fn kind(&self) -> &'static str {
+        match self {
+            Projection::F32 { .. } => "attention projection f32",
+            Projection::I8 { .. } => "attention projection int8",
+            Projection::Dynamic(_) => "attention projection dynamic int8",
+        }
+    }
+
     /// `y [rows, out] = x [rows, in] · Wᵀ + b`; an int8 projection quantizes `x` first.
     #[allow(clippy::too_many_arguments)]
     fn run(
@@ -306,6 +350,32 @@ pub struct Workspace {
     /// Buffers of values no later step reads, for the next values to be written.
     free_f: Vec<Vec<f32>>,
     free_q: Vec<Vec<u8>>,
+    /// Wall time per kind of step, when profiling (see [`Workspace::start_profile`]).
+    profile: Option<BTreeMap<&'static str, (usize, f64)>>,
+}
+
+impl Workspace {
+    /// From now on, [`Plan::run`] adds each step's wall time to a table by the kind of
+    /// step (e.g. "int8 linear", "layer norm"; attention in its three parts).
+    pub fn start_profile(&mut self) {
+        self.profile = Some(BTreeMap::new());
+    }
+
+    /// The table since [`Workspace::start_profile`], slowest first: kind, calls, seconds.
+    /// Profiling stops.
+    pub fn take_profile(&mut self) -> Vec<(&'static str, usize, f64)> {
+        let mut rows: Vec<_> = self.profile.take().unwrap_or_default().into_iter().map(|(k, (c, t))| (k, c, t)).collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        rows
+    }
+
+    fn record(&mut self, kind: &'static str, since: Option<std::time::Instant>) {
+        if let (Some(p), Some(t)) = (self.profile.as_mut(), since) {
+            let e = p.entry(kind).or_default();
+            e.0 += 1;
+            e.1 += t.elapsed().as_secs_f64();
+        }
+    }
 }
 
 /// Threads a plan uses by default: every core for a text Transformer (token ids in;
@@ -314,7 +384,7 @@ pub struct Workspace {
 /// batches among threads themselves (see [`throughput`]).
 fn default_threads(graph: &Graph) -> usize {
     if graph.nodes.iter().any(|n| matches!(n.op, Op::Embedding { .. })) && graph.nodes.iter().any(|n| matches!(n.op, Op::SelfAttention { .. })) {
-        std::thread::available_parallelism().map_or(1, |t| t.get())
+        rayon::current_num_threads()
     } else {
         1
     }
@@ -1024,6 +1094,10 @@ impl Plan {
             ws.parts.resize_with(parts, Workspace::default);
         }
         let share = n.div_ceil(parts);
+        let profiling = ws.profile.is_some();
+        for pw in &mut ws.parts[..parts] {
+            pw.profile = profiling.then(BTreeMap::new);
+        }
         let results: Vec<Result<(), RuntimeError>> = ws.parts[..parts]
             .par_iter_mut()
             .enumerate()
@@ -1036,6 +1110,16 @@ impl Plan {
             })
             .collect();
         results.into_iter().collect::<Result<(), RuntimeError>>()?;
+        // The shares ran side by side: a kind's wall time is the mean over them.
+        for i in 0..parts {
+            if let (Some(part), Some(all)) = (ws.parts[i].profile.take(), ws.profile.as_mut()) {
+                for (kind, (calls, secs)) in part {
+                    let e = all.entry(kind).or_default();
+                    e.0 += calls;
+                    e.1 += secs / parts as f64;
+                }
+            }
+        }
         if ws.f.len() != self.slots.len() {
             ws.f = vec![Vec::new(); self.slots.len()];
             ws.q = vec![Vec::new(); self.slots.len()];
@@ -1125,6 +1209,7 @@ impl Plan {
             let rows = self.linear_rows.get(&si).copied().unwrap_or(1);
             let (n, xl, ol) = if rows == 1 { (n, xl, ol) } else { (n * rows, xl / rows, ol / rows) };
             let kernel = resolve(&step.kernel, n);
+            let started = ws.profile.is_some().then(std::time::Instant::now);
             match kernel {
                 Kernel::LinearF32 { .. } | Kernel::LinearCsr { .. } | Kernel::LinearCodebook { .. } => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
@@ -1276,7 +1361,12 @@ impl Plan {
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     par_rows(threads, &xs[..n * xl], &mut y[..n * ol], *dim, |x, y| tf::layer_norm(x, *dim, gamma, beta, *eps, y));
                 }
-                Kernel::Gelu if in_place => ws.f[o][..n * ol].iter_mut().for_each(|v| *v = tf::gelu1(*v)),
+                Kernel::Gelu if in_place => {
+                    use rayon::prelude::*;
+                    let v = &mut ws.f[o][..n * ol];
+                    let chunk = v.len().div_ceil(threads.max(1)).max(1 << 14);
+                    v.par_chunks_mut(chunk).for_each(tf::gelu_fast_in_place);
+                }
                 Kernel::Gelu => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     par_rows(threads, &xs[..n * xl], &mut y[..n * ol], 1, tf::gelu_fast);
@@ -1297,13 +1387,27 @@ impl Plan {
                     let xq = matches!(self.slots[xi].repr, Repr::U8(_)).then(|| &ws.q[xi][..rows * d]);
                     let xf: &[f32] = if xq.is_some() { &[] } else { &ws.f[xi][..rows * d] };
                     a.qkv.run(xf, xq, rows, d, 3 * inner, &mut sc.qkv, &mut sc.ctx_q, &mut ws.acc, &mut ws.dynamic, threads);
+                    let mid = ws.profile.is_some().then(std::time::Instant::now);
+                    let sc = &mut ws.attention;
                     let qkv = &sc.qkv[..rows * 3 * inner];
                     geo.attend_threads(qkv, &qkv[inner..], &qkv[2 * inner..], 3 * inner, n, &ws.valid, &mut sc.probs, &mut sc.ctx, threads);
                     observe(&a.context, &sc.ctx[..rows * inner]);
+                    let late = ws.profile.is_some().then(std::time::Instant::now);
                     a.output.run(&sc.ctx[..rows * inner], None, rows, inner, d, &mut ws.f[o][..n * ol], &mut sc.ctx_q, &mut ws.acc, &mut ws.dynamic, threads);
+                    if let (Some(s), Some(m), Some(l)) = (started, mid, late) {
+                        let p = ws.profile.as_mut().expect("profiling");
+                        for (kind, secs) in [(a.qkv.kind(), m - s), ("attention scores+context", l - m), (a.output.kind(), l.elapsed())] {
+                            let e = p.entry(kind).or_default();
+                            e.0 += 1;
+                            e.1 += secs.as_secs_f64();
+                        }
+                    }
                 }
                 Kernel::Quantize(qp) => int8::quantize_u8(&ws.f[xi][..n * xl], *qp, &mut ws.q[o][..n * ol]),
                 Kernel::Dequantize(qp) => int8::dequantize_u8(&ws.q[xi][..n * xl], *qp, &mut ws.f[o][..n * ol]),
+            }
+            if !matches!(kernel, Kernel::Attention(_)) {
+                ws.record(kernel.kind(), started);
             }
             if self.slots[o].repr == Repr::F32 {
                 observe_slot(&self.slots[o], &ws.f[o][..n * ol], observe);

@@ -367,6 +367,46 @@ impl PackedMatrix {
     }
 }
 
+/// Bytes of packed activations the AVX2 kernel keeps hot per chunk of rows (in L2).
+const ROW_CHUNK_BYTES: usize = 256 << 10;
+
+/// Where the AVX2 product writes its `m × n` results: the raw i32 accumulators, or
+/// f32 outputs dequantized in registers (no accumulator buffer to write and re-read).
+#[derive(Clone, Copy)]
+enum Sink<'a> {
+    I32(*mut i32),
+    F32(F32Out<'a>),
+}
+
+/// `y[r,o] = (sx[r]·sw[o])·(acc − zx[r]·Σ_k w[o,k]) + bias[o]`, then ReLU if asked, in
+/// the same f32 operations, in the same order, as the layers' scalar epilogues.
+#[derive(Clone, Copy)]
+struct F32Out<'a> {
+    y: *mut f32,
+    /// Per row input scale and zero point (dynamic input); empty: scale 1, zero point 0.
+    row_scale: &'a [f32],
+    row_zp: &'a [i32],
+    /// Per output (`sw`, or `sx·sw` for a static input), padded to whole 16-blocks.
+    col_scale: &'a [f32],
+    /// `Σ_k w[o,k]` padded to whole 16-blocks (read only with `row_zp`).
+    col_sums: &'a [i32],
+    /// Padded to whole 16-blocks; empty: no bias.
+    bias: &'a [f32],
+    relu: bool,
+}
+
+// SAFETY: a Sink is shared by the threads of one product, each writing only the columns
+// of its own blocks (see `gemm_avx2_blocks`); the slices are read-only.
+unsafe impl Send for Sink<'_> {}
+unsafe impl Sync for Sink<'_> {}
+
+/// `v` padded with zeros to whole 16-blocks.
+fn pad_blocks<T: Copy + Default>(v: &[T]) -> Vec<T> {
+    let mut p = v.to_vec();
+    p.resize(blocks(v.len()) * NR, T::default());
+    p
+}
+
 /// Number of 16-output blocks covering `n`.
 fn blocks(n: usize) -> usize {
     n.div_ceil(NR)
@@ -502,12 +542,11 @@ fn gemm_packed_threads(kernel: Kernel, a: &[i32], m: usize, b: &PackedMatrix, in
             assert_eq!(b.kernel, Kernel::Avx2);
             let nb = blocks(n);
             let per = nb.div_ceil(threads);
-            let out = super::kernels::SendPtr(c.as_mut_ptr());
+            let sink = Sink::I32(c.as_mut_ptr());
             (0..nb.div_ceil(per)).into_par_iter().for_each(|t| {
-                let out = out;
                 // SAFETY: AVX2 was checked when `b` was packed; c holds m·n values (asserted)
                 // and thread t alone writes the columns of blocks t·per..(t+1)·per.
-                unsafe { x86::gemm_avx2_blocks(a, m, kw, &b.packed_i16, n, init, out.0, t * per..((t + 1) * per).min(nb)) }
+                unsafe { x86::gemm_avx2_blocks(a, m, kw, &b.packed_i16, n, init, sink, t * per..((t + 1) * per).min(nb)) }
             });
         }
         _ => {
@@ -520,6 +559,35 @@ fn gemm_packed_threads(kernel: Kernel, a: &[i32], m: usize, b: &PackedMatrix, in
             });
         }
     }
+}
+
+/// The AVX2 product straight into f32 outputs `y` (`m × n`), the output blocks shared
+/// among up to `threads` threads as in [`gemm_packed_threads`].
+#[cfg(target_arch = "x86_64")]
+fn gemm_avx2_f32_threads(a: &[i32], m: usize, b: &PackedMatrix, init: &[i32], out: F32Out, y_len: usize, threads: usize) {
+    use rayon::prelude::*;
+    let (n, k) = (b.n, b.k);
+    assert!(b.kernel == Kernel::Avx2 && y_len >= m * n && init.len() >= blocks(n) * NR);
+    let kw = k.div_ceil(2);
+    let nb = blocks(n);
+    let sink = Sink::F32(out);
+    let parts = if threads <= 1 || m * n * k < super::kernels::PARALLEL_MIN_MACS { 1 } else { threads };
+    let per = nb.div_ceil(parts).max(1);
+    let run = |t: usize| {
+        // SAFETY: AVX2 was checked when `b` was packed; y holds m·n values (asserted) and
+        // part t alone writes the columns of blocks t·per..(t+1)·per.
+        unsafe { x86::gemm_avx2_blocks(a, m, kw, &b.packed_i16, n, init, sink, t * per..((t + 1) * per).min(nb)) }
+    };
+    if parts == 1 {
+        run(0);
+    } else {
+        (0..nb.div_ceil(per)).into_par_iter().for_each(run);
+    }
+}
+
+/// Whether products on `b` may run [`gemm_avx2_f32_threads`] now.
+fn fused_f32(b: &PackedMatrix) -> bool {
+    cfg!(target_arch = "x86_64") && b.effective_kernel() == Kernel::Avx2
 }
 
 /// Size the scratch for `m` rows of `b` and split it into (packed a, c).
@@ -812,7 +880,7 @@ mod x86 {
     pub(super) fn gemm_avx2(a: &[i32], m: usize, kw: usize, w: &[i16], n: usize, init: &[i32], c: &mut [i32]) {
         assert!(c.len() >= m * n);
         // SAFETY: c holds m·n elements, exclusively borrowed.
-        unsafe { gemm_avx2_blocks(a, m, kw, w, n, init, c.as_mut_ptr(), 0..n.div_ceil(NR)) }
+        unsafe { gemm_avx2_blocks(a, m, kw, w, n, init, super::Sink::I32(c.as_mut_ptr()), 0..n.div_ceil(NR)) }
     }
 
     /// [`gemm_avx2`] on the 16-output blocks `blks` only, writing through `c`.
@@ -821,45 +889,97 @@ mod x86 {
     /// AVX2 must be available; `c` must be valid for `m·n` i32 and columns
     /// `16·blks.start..16·blks.end` of it written by no one else during the call.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn gemm_avx2_blocks(a: &[i32], m: usize, kw: usize, w: &[i16], n: usize, init: &[i32], c: *mut i32, blks: std::ops::Range<usize>) {
+    pub(super) unsafe fn gemm_avx2_blocks(a: &[i32], m: usize, kw: usize, w: &[i16], n: usize, init: &[i32], sink: super::Sink, blks: std::ops::Range<usize>) {
         let bw = kw * NR * 2; // i16 per block
         assert!(w.len() >= n.div_ceil(NR) * bw && a.len() >= m * kw && blks.end <= n.div_ceil(NR));
-        // SAFETY (every store_row below): row r < m, columns col0..col0+cols < n lie in
-        // this call's blocks, so the caller's contract covers them.
-        let put = |r: usize, col0: usize, cols: usize, v: &[i32; NR]| unsafe {
-            std::ptr::copy_nonoverlapping(v.as_ptr(), c.add(r * n + col0), cols);
-        };
-        for blk in blks {
-            let wb = &w[blk * bw..(blk + 1) * bw];
-            let col0 = blk * NR;
-            let cols = NR.min(n - col0);
-            let ini: &[i32; NR] = init[col0..col0 + NR].try_into().unwrap();
-            let mut r = 0;
-            while r + 6 <= m {
-                let t = tile_avx2::<6>(&a[r * kw..], kw, wb, ini);
-                (0..6).for_each(|i| put(r + i, col0, cols, &t[i]));
-                r += 6;
-            }
-            while r + 4 <= m {
-                let t = tile_avx2::<4>(&a[r * kw..], kw, wb, ini);
-                (0..4).for_each(|i| put(r + i, col0, cols, &t[i]));
-                r += 4;
-            }
-            match m - r {
-                3 => {
-                    let t = tile_avx2::<3>(&a[r * kw..], kw, wb, ini);
-                    (0..3).for_each(|i| put(r + i, col0, cols, &t[i]));
+        if let super::Sink::F32(o) = &sink {
+            let padded = n.div_ceil(NR) * NR;
+            assert!(o.col_scale.len() >= padded && (o.bias.is_empty() || o.bias.len() >= padded));
+            assert!((o.row_scale.is_empty() || o.row_scale.len() >= m) && (o.row_zp.is_empty() || (o.row_zp.len() >= m && o.col_sums.len() >= padded)));
+        }
+        // SAFETY (every store below): row r < m, columns col0..col0+cols < n lie in
+        // this call's blocks, so the caller's contract covers them; the per-column
+        // vectors hold whole blocks (asserted above).
+        let put = |r: usize, col0: usize, cols: usize, v: &[i32; NR]| unsafe { store_sink_row(&sink, n, r, col0, cols, v) };
+        // Rows in chunks whose packed activations stay in L2 while every block's weights
+        // stream past them once (a whole batch of rows would be re-read from memory per block).
+        let chunk = (super::ROW_CHUNK_BYTES / (kw * 4).max(1)).clamp(6, m.max(6)) / 6 * 6;
+        let mut r0 = 0;
+        while r0 < m {
+            let r1 = (r0 + chunk).min(m);
+            for blk in blks.clone() {
+                let col0 = blk * NR;
+                let cols = NR.min(n - col0);
+                let ini: &[i32; NR] = init[col0..col0 + NR].try_into().unwrap();
+                macro_rules! tile {
+                    ($rows:literal, $r:expr) => {{
+                        let t = tile_avx2::<$rows>(&a[$r * kw..], kw, &w[blk * bw..(blk + 1) * bw], ini);
+                        (0..$rows).for_each(|i| put($r + i, col0, cols, &t[i]));
+                    }};
                 }
-                2 => {
-                    let t = tile_avx2::<2>(&a[r * kw..], kw, wb, ini);
-                    (0..2).for_each(|i| put(r + i, col0, cols, &t[i]));
+                let mut r = r0;
+                while r + 6 <= r1 {
+                    tile!(6, r);
+                    r += 6;
                 }
-                1 => {
-                    let t = tile_avx2::<1>(&a[r * kw..], kw, wb, ini);
-                    put(r, col0, cols, &t[0]);
+                while r + 4 <= r1 {
+                    tile!(4, r);
+                    r += 4;
                 }
-                _ => {}
+                match r1 - r {
+                    3 => tile!(3, r),
+                    2 => tile!(2, r),
+                    1 => tile!(1, r),
+                    _ => {}
+                }
             }
+            r0 = r1;
+        }
+    }
+
+    /// Row `r`'s 16 accumulators of the block at `col0` (`cols` of them real) into `sink`.
+    ///
+    /// # Safety
+    /// AVX2 must be available; `sink` must be writable at `r·n + col0 .. + cols` and its
+    /// per-column vectors hold `col0 + 16` values, its per-row ones `r + 1`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn store_sink_row(sink: &super::Sink, n: usize, r: usize, col0: usize, cols: usize, v: &[i32; NR]) {
+        match sink {
+            super::Sink::I32(c) => unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), c.add(r * n + col0), cols) },
+            super::Sink::F32(o) => unsafe {
+                let ld = |p: *const i32| _mm256_loadu_si256(p as *const __m256i);
+                let (mut a0, mut a1) = (ld(v.as_ptr()), ld(v.as_ptr().add(8)));
+                if let Some(&zp) = o.row_zp.get(r) {
+                    let z = _mm256_set1_epi32(zp);
+                    a0 = _mm256_sub_epi32(a0, _mm256_mullo_epi32(z, ld(o.col_sums.as_ptr().add(col0))));
+                    a1 = _mm256_sub_epi32(a1, _mm256_mullo_epi32(z, ld(o.col_sums.as_ptr().add(col0 + 8))));
+                }
+                let (mut s0, mut s1) = (_mm256_loadu_ps(o.col_scale.as_ptr().add(col0)), _mm256_loadu_ps(o.col_scale.as_ptr().add(col0 + 8)));
+                if let Some(&sx) = o.row_scale.get(r) {
+                    let sx = _mm256_set1_ps(sx);
+                    (s0, s1) = (_mm256_mul_ps(sx, s0), _mm256_mul_ps(sx, s1));
+                }
+                let mut f0 = _mm256_mul_ps(s0, _mm256_cvtepi32_ps(a0));
+                let mut f1 = _mm256_mul_ps(s1, _mm256_cvtepi32_ps(a1));
+                if !o.bias.is_empty() {
+                    f0 = _mm256_add_ps(f0, _mm256_loadu_ps(o.bias.as_ptr().add(col0)));
+                    f1 = _mm256_add_ps(f1, _mm256_loadu_ps(o.bias.as_ptr().add(col0 + 8)));
+                }
+                if o.relu {
+                    (f0, f1) = (_mm256_max_ps(f0, _mm256_setzero_ps()), _mm256_max_ps(f1, _mm256_setzero_ps()));
+                }
+                let dst = o.y.add(r * n + col0);
+                if cols == NR {
+                    _mm256_storeu_ps(dst, f0);
+                    _mm256_storeu_ps(dst.add(8), f1);
+                } else {
+                    let mut t = [0f32; NR];
+                    _mm256_storeu_ps(t.as_mut_ptr(), f0);
+                    _mm256_storeu_ps(t.as_mut_ptr().add(8), f1);
+                    std::ptr::copy_nonoverlapping(t.as_ptr(), dst, cols);
+                }
+            },
         }
     }
 
@@ -996,6 +1116,8 @@ struct Epilogue {
     init: Vec<i32>,
     /// Per output channel: `sx·sw[o]` (f32 output).
     acc_scale: Vec<f32>,
+    /// `acc_scale` padded to whole 16-blocks (the fused f32 output's).
+    acc_scale_padded: Vec<f32>,
     /// Per output channel: requantization to the output scale (u8 output).
     requant: Vec<Requant>,
     /// The requantization multipliers and shifts in the vector kernel's layout
@@ -1034,7 +1156,8 @@ impl Epilogue {
         let rq_mult = requant.iter().map(|r| r.multiplier as i32).collect();
         let rq_sh_even = requant.iter().step_by(2).map(|r| r.shift as i64).collect();
         let rq_sh_odd = requant.iter().skip(1).step_by(2).map(|r| r.shift as i64).collect();
-        Epilogue { init, acc_scale, requant, rq_mult, rq_sh_even, rq_sh_odd, output, relu }
+        let acc_scale_padded = pad_blocks(&acc_scale);
+        Epilogue { init, acc_scale, acc_scale_padded, requant, rq_mult, rq_sh_even, rq_sh_odd, output, relu }
     }
 
     /// Requantize rows of `n` accumulators (`c`, `rows × n`) into `y`.
@@ -1182,6 +1305,18 @@ impl QuantizedLinear {
     pub fn forward_f32_threads(&self, x: &[u8], batch: usize, y: &mut [f32], scratch: &mut Vec<i32>, threads: usize) {
         let n = self.weights.n;
         assert_eq!(y.len(), batch * n, "y must be batch*out_features");
+        #[cfg(target_arch = "x86_64")]
+        if self.sparse.is_none() && fused_f32(&self.weights) {
+            let k = self.weights.k;
+            assert_eq!(x.len(), batch * k, "x must be batch*in_features");
+            let kw = k.div_ceil(2);
+            if scratch.len() < batch * kw {
+                scratch.resize(batch * kw, 0);
+            }
+            pack_rows(2, x, batch, k, &mut scratch[..batch * kw]);
+            let out = F32Out { y: y.as_mut_ptr(), row_scale: &[], row_zp: &[], col_scale: &self.epi.acc_scale_padded, col_sums: &[], bias: &[], relu: self.epi.relu };
+            return gemm_avx2_f32_threads(&scratch[..batch * kw], batch, &self.weights, &self.epi.init, out, y.len(), threads);
+        }
         let off = self.accumulate(x, batch, scratch, threads);
         let c = &scratch[off..off + batch * n];
         for (yr, cr) in y.chunks_exact_mut(n).zip(c.chunks_exact(n)) {
@@ -1203,6 +1338,26 @@ pub struct DynamicLinear {
     bias: Vec<f32>,
     /// Zero accumulator starts, padded to whole 16-blocks.
     zero_init: Vec<i32>,
+    /// `w_scales`, `bias` and the weights' row sums padded to whole 16-blocks (the fused
+    /// f32 output's).
+    w_scales_padded: Vec<f32>,
+    bias_padded: Vec<f32>,
+    sums_padded: Vec<i32>,
+}
+
+/// The smallest and largest value of `x` (±∞ when empty), in eight independent lanes
+/// so the compiler vectorizes it (min and max do not depend on the order).
+fn row_range(x: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            lo[i] = lo[i].min(c[i]);
+            hi[i] = hi[i].max(c[i]);
+        }
+    }
+    let fold = |init: f32, lanes: [f32; 8], f: fn(f32, f32) -> f32| chunks.remainder().iter().chain(&lanes).fold(init, |a, &b| f(a, b));
+    (fold(f32::INFINITY, lo, f32::min), fold(f32::NEG_INFINITY, hi, f32::max))
 }
 
 /// Buffers of [`DynamicLinear::forward`], reused across calls.
@@ -1211,6 +1366,8 @@ pub struct DynamicScratch {
     q: Vec<u8>,
     qp: Vec<QParams>,
     acc: Vec<i32>,
+    row_scale: Vec<f32>,
+    row_zp: Vec<i32>,
 }
 
 impl DynamicLinear {
@@ -1220,7 +1377,8 @@ impl DynamicLinear {
         let weights = PackedMatrix::new(w, out_features, in_features);
         let bias = bias.map_or_else(|| vec![0.0; out_features], <[f32]>::to_vec);
         assert_eq!(bias.len(), out_features, "one bias per output");
-        DynamicLinear { weights, w_scales: w_scales.to_vec(), bias, zero_init: vec![0; blocks(out_features) * NR] }
+        let (w_scales_padded, bias_padded, sums_padded) = (pad_blocks(w_scales), pad_blocks(&bias), pad_blocks(&weights.row_sums));
+        DynamicLinear { weights, w_scales: w_scales.to_vec(), bias, zero_init: vec![0; blocks(out_features) * NR], w_scales_padded, bias_padded, sums_padded }
     }
 
     pub fn in_features(&self) -> usize {
@@ -1240,10 +1398,32 @@ impl DynamicLinear {
         }
         sc.qp.clear();
         for (xr, qr) in x.chunks_exact(k.max(1)).zip(sc.q.chunks_exact_mut(k.max(1))).take(rows) {
-            let (lo, hi) = xr.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let (lo, hi) = row_range(xr);
             let qp = QParams::from_range(lo, hi);
             quantize_u8(xr, qp, qr);
             sc.qp.push(qp);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if fused_f32(&self.weights) {
+            let kw = k.div_ceil(2);
+            if sc.acc.len() < rows * kw {
+                sc.acc.resize(rows * kw, 0);
+            }
+            pack_rows(2, &sc.q[..rows * k], rows, k, &mut sc.acc[..rows * kw]);
+            sc.row_scale.clear();
+            sc.row_scale.extend(sc.qp.iter().map(|q| q.scale));
+            sc.row_zp.clear();
+            sc.row_zp.extend(sc.qp.iter().map(|q| q.zero_point));
+            let out = F32Out {
+                y: y.as_mut_ptr(),
+                row_scale: &sc.row_scale,
+                row_zp: &sc.row_zp,
+                col_scale: &self.w_scales_padded,
+                col_sums: &self.sums_padded,
+                bias: &self.bias_padded,
+                relu: false,
+            };
+            return gemm_avx2_f32_threads(&sc.acc[..rows * kw], rows, &self.weights, &self.zero_init, out, y.len(), threads);
         }
         let kernel = self.weights.effective_kernel();
         let (a, c) = split_scratch(&mut sc.acc, kernel, rows, &self.weights);
@@ -1637,6 +1817,16 @@ mod tests {
         scalar_layer.forward(&x, rows, &mut y3, &mut sc, 1);
         set_force_scalar(false);
         assert_eq!(y, y3);
+    }
+
+    #[test]
+    fn row_range_is_the_plain_min_and_max() {
+        let mut rng = Rng::new(31);
+        for len in [0usize, 1, 7, 8, 9, 383, 384, 1536] {
+            let x: Vec<f32> = (0..len).map(|_| rng.uniform(3.0)).collect();
+            let plain = x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            assert_eq!(row_range(&x), plain, "len {len}");
+        }
     }
 
     #[test]

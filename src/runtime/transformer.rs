@@ -178,14 +178,29 @@ pub fn gelu(x: &[f32], y: &mut [f32]) {
 /// at a time with AVX2+FMA. The scalar path performs the same IEEE operations in the
 /// same order (`mul_add` is the fused multiply-add), so both give identical bits.
 pub fn gelu_fast(x: &[f32], y: &mut [f32]) {
+    let len = x.len().min(y.len());
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: AVX2 and FMA were just detected.
-        done = unsafe { fast_gelu::avx2(x, y) };
+        // SAFETY: AVX2 and FMA were just detected; both slices hold `len` values.
+        done = unsafe { fast_gelu::avx2(x.as_ptr(), y.as_mut_ptr(), len) };
     }
-    for (o, &v) in y[done..].iter_mut().zip(&x[done..]) {
+    for (o, &v) in y[done..len].iter_mut().zip(&x[done..len]) {
         *o = fast_gelu::scalar(v);
+    }
+}
+
+/// [`gelu_fast`] overwriting its input (the same bits as writing elsewhere).
+pub fn gelu_fast_in_place(v: &mut [f32]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: AVX2 and FMA were just detected; each group of 8 is loaded before it
+        // is stored, so reading and writing the same buffer is sound.
+        done = unsafe { fast_gelu::avx2(v.as_ptr(), v.as_mut_ptr(), v.len()) };
+    }
+    for o in &mut v[done..] {
+        *o = fast_gelu::scalar(*o);
     }
 }
 
@@ -228,16 +243,20 @@ mod fast_gelu {
         0.5 * x * (1.0 + erf)
     }
 
-    /// Whole groups of 8; returns how many values were written.
+    /// Whole groups of 8 of the `len` values at `x` into `y` (which may be `x`);
+    /// returns how many values were written.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `x` readable and `y` writable for `len` values.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn avx2(x: &[f32], y: &mut [f32]) -> usize {
+    pub unsafe fn avx2(x: *const f32, y: *mut f32, len: usize) -> usize {
         use std::arch::x86_64::*;
-        let len = x.len().min(y.len()) / 8 * 8;
+        let len = len / 8 * 8;
         let (sign, one, half) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
         for i in (0..len).step_by(8) {
             // SAFETY: i + 8 ≤ len ≤ both lengths.
-            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+            let v = unsafe { _mm256_loadu_ps(x.add(i)) };
             let z = _mm256_mul_ps(v, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
             let a = _mm256_andnot_ps(sign, z);
             let t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(P), a, one));
@@ -263,7 +282,7 @@ mod fast_gelu {
             let erf = _mm256_blendv_ps(erf, _mm256_xor_ps(erf, sign), neg);
             let out = _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, erf));
             // SAFETY: as for the load.
-            unsafe { _mm256_storeu_ps(y.as_mut_ptr().add(i), out) };
+            unsafe { _mm256_storeu_ps(y.add(i), out) };
         }
         len
     }
@@ -467,6 +486,9 @@ mod tests {
             assert!((g as f64 - exact).abs() <= 2e-7 * (v.abs() as f64).max(1.0), "{v}: {g} vs {exact}");
             assert_eq!(g.to_bits(), fast_gelu::scalar(v).to_bits(), "{v}");
         }
+        let mut in_place = x.clone();
+        gelu_fast_in_place(&mut in_place);
+        assert!(in_place.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "in place differs");
     }
 
     #[test]
