@@ -9,7 +9,7 @@ use std::time::Instant;
 pub mod embedding;
 mod tasks;
 
-use crate::compress::{distill, hashed, multitask, prune, quantize, share, trim};
+use crate::compress::{distill, hashed, multitask, prune, quantize, share, smooth, trim};
 use crate::data::{self, DataError, Dataset, Splits};
 use crate::format::sqz;
 use crate::format::write_atomic;
@@ -44,6 +44,8 @@ pub enum PipelineError {
     Multitask(#[from] multitask::MultitaskError),
     #[error("quantize: {0}")]
     Quantize(#[from] quantize::QuantizeError),
+    #[error(transparent)]
+    Smooth(#[from] smooth::SmoothError),
     #[error("runtime: {0}")]
     Runtime(#[from] RuntimeError),
     #[error("unknown zoo model '{0}' (known: mlp, lenet300, lenet5, cnn)")]
@@ -515,10 +517,23 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 extra.insert("score".into(), serde_json::to_value(score).unwrap_or_default());
                 (quantize::store_f32(&model), false)
             }
-            Pass::Quantize { mode, layers, calibration, small_tensors } => {
+            Pass::Quantize { mode, layers, calibration, small_tensors, smooth, float_activations } => {
                 let n = (*calibration).min(splits.train.len());
                 let calib = &splits.train.images[..n * splits.train.sample_len()];
-                let stored = quantize::quantize_with(&model, *mode, layers, calib, *small_tensors)?;
+                let smoothed = match smooth {
+                    Some(alpha) => {
+                        let (m, summary) = smooth::smooth(&model, calib, *alpha)?;
+                        extra.insert("smooth_alpha".into(), f64::from(*alpha).into());
+                        extra.insert("smoothed_inputs".into(), smooth::summary_json(&summary));
+                        Some(m)
+                    }
+                    None => None,
+                };
+                let mut stored = quantize::quantize_with(smoothed.as_ref().unwrap_or(&model), *mode, layers, calib, *small_tensors)?;
+                if !float_activations.is_empty() {
+                    let off = quantize::keep_float_activations(&mut stored, float_activations)?;
+                    extra.insert("float_activation_layers".into(), off.into());
+                }
                 extra.insert("mode".into(), format!("{mode:?}").to_lowercase().into());
                 extra.insert("small_tensors".into(), format!("{small_tensors:?}").to_lowercase().into());
                 extra.insert("calibration_images".into(), n.into());

@@ -411,6 +411,15 @@ pub enum Pass {
         /// "f32" (default) or "f16" (rounded before calibration, 2 bytes each).
         #[serde(default)]
         small_tensors: SmallTensors,
+        /// SmoothQuant strength α in [0, 1] (e.g. 0.5): before quantizing, divide each
+        /// input channel of the products that read a LayerNorm or an attention context
+        /// by `max|x|^α / max|w|^(1−α)` (from the calibration data) and multiply the
+        /// weights' columns by it (exact in f32; see `compress::smooth`). Off by default.
+        smooth: Option<f32>,
+        /// Nodes (names, `*` matches any text) whose int8 weights compute with f32
+        /// activations (dequantized at load) instead of on the integer kernels.
+        #[serde(default)]
+        float_activations: Vec<String>,
     },
 }
 
@@ -451,11 +460,16 @@ fn check_embedding(r: Recipe, invalid: &dyn Fn(String) -> RecipeError) -> Result
             Pass::Int4 { layer_groups, .. } if layer_groups.values().any(|g| *g == 0 || *g > crate::format::sqz::MAX_I4_GROUP) => {
                 return Err(invalid(format!("pass int4: layer_groups: each group must be in 1..={}", crate::format::sqz::MAX_I4_GROUP)));
             }
+            Pass::Quantize { smooth: Some(a), .. } if !(0.0..=1.0).contains(a) => return Err(invalid(smooth_range(*a))),
             Pass::Int4 { .. } | Pass::Quantize { .. } | Pass::Code {} | Pass::Trim { .. } => {}
             other => return Err(invalid(format!("pass '{}' is not available for hf_dir models yet (they run prune_rows, trim, int4, quantize)", other.stage_name()))),
         }
     }
     Ok(r)
+}
+
+fn smooth_range(alpha: f32) -> String {
+    format!("pass quantize: smooth: expected the SmoothQuant strength α in [0, 1] (e.g. 0.5), got {alpha}")
 }
 
 fn default_fine_tune() -> usize {
@@ -676,6 +690,7 @@ impl Recipe {
                         return Err(invalid("pass distill: seeds: expected at least 1, got 0".into()));
                     }
                 }
+                Pass::Quantize { smooth: Some(a), .. } if !(0.0..=1.0).contains(a) => return Err(invalid(smooth_range(*a))),
                 Pass::Share { linear_bits, conv_bits, per_layer, .. } => {
                     for b in [linear_bits, conv_bits].into_iter().chain(per_layer.values()) {
                         if !(1..=16).contains(b) {
@@ -702,7 +717,7 @@ mod tests {
         let text: String = doc[start..end].lines().skip(1).map(|l| l.trim_start_matches("//!").trim_start()).collect::<Vec<_>>().join("\n");
         let r = Recipe::parse(&text, Path::new("x.toml")).unwrap();
         assert_eq!(r.passes.len(), 2);
-        assert_eq!(r.passes[1], Pass::Quantize { mode: Mode::Full, layers: vec![], calibration: 1000, small_tensors: SmallTensors::F32 });
+        assert_eq!(r.passes[1], Pass::Quantize { mode: Mode::Full, layers: vec![], calibration: 1000, small_tensors: SmallTensors::F32, smooth: None, float_activations: vec![] });
     }
 
     /// `[model.preprocess]` in front of a file model becomes a Normalize op on
@@ -732,6 +747,28 @@ mod tests {
         assert!(matches!(r.passes[0], Pass::Quantize { small_tensors: SmallTensors::F32, .. }));
         let err = Recipe::parse(&format!("{base}small_tensors = \"f8\"\n"), Path::new("r.toml")).unwrap_err().to_string();
         assert!(err.contains("f8") && err.contains("f16"), "{err}");
+    }
+
+    /// `smooth` is off unless set, read as α, and checked; `float_activations` is a list.
+    #[test]
+    fn quantize_smooth_and_float_activations_are_read_and_checked() {
+        let base = "name = \"e\"\n[model]\nhf_dir = \"m\"\n[data]\ndataset = \"text\"\nheldout = \"h.txt\"\n[gate]\nmin_mean_cosine = 0.999\nmin_cosine = 0.995\n[[pass]]\ntype = \"quantize\"\nmode = \"dynamic\"\n";
+        let r = Recipe::parse(base, Path::new("r.toml")).unwrap();
+        assert!(matches!(&r.passes[0], Pass::Quantize { smooth: None, float_activations, .. } if float_activations.is_empty()));
+        let r = Recipe::parse(&format!("{base}smooth = 0.5\nfloat_activations = [\"encoder.layer.*.output.dense\"]\n"), Path::new("r.toml")).unwrap();
+        assert!(matches!(&r.passes[0], Pass::Quantize { smooth: Some(a), float_activations, .. } if *a == 0.5 && float_activations == &["encoder.layer.*.output.dense"]));
+        assert_eq!(r.passes[0].stage_name(), "int8-dynamic");
+        let err = |extra: &str| Recipe::parse(&format!("{base}{extra}"), Path::new("r.toml")).unwrap_err().to_string();
+        for bad in ["smooth = 1.5\n", "smooth = -0.1\n", "smooth = nan\n"] {
+            let e = err(bad);
+            assert!(e.contains("smooth") && e.contains("[0, 1]"), "{bad}: {e}");
+        }
+        assert!(err("smooth = \"half\"\n").contains("invalid type"), "{}", err("smooth = \"half\"\n"));
+        assert!(err("smoothing = 0.5\n").contains("smoothing"));
+        // Classifier recipes check it too.
+        let classifier = "name = \"x\"\n[model]\nzoo = \"vit\"\n[gate]\nmax_accuracy_drop = 0.01\n[[pass]]\ntype = \"quantize\"\n";
+        assert!(Recipe::parse(&format!("{classifier}smooth = 0.5\n"), Path::new("r")).is_ok());
+        assert!(Recipe::parse(&format!("{classifier}smooth = 2.0\n"), Path::new("r")).unwrap_err().to_string().contains("[0, 1]"));
     }
 
     #[test]

@@ -319,3 +319,94 @@ fn embedding_recipe_gates_on_cosine_and_compresses_every_way() {
     let r = recipe("[[pass]]\ntype = \"prune_rows\"\nsparsity = 0.5\nn_of_m = [2, 4]\n", 0.5);
     assert_error(&crate::util::run_recipe(&r, &dir.path("out3")).0, "exactly one of sparsity or n_of_m");
 }
+
+/// SmoothQuant on a post-norm BERT: the LayerNorms that also feed a residual are copied
+/// for the products, the f32 embeddings stay the same, and with an outlier channel in
+/// every LayerNorm, dynamic int8 gets closer to f32 with smoothing than without.
+#[test]
+fn smoothing_a_post_norm_bert_is_exact_in_f32_and_helps_int8_with_outliers() {
+    use squeeze::compress::{quantize, smooth};
+    use squeeze::pipeline::embedding::{embed_ids, row_cosines};
+    let dir = Dir::new();
+    let root = tiny_bert_dir(&dir);
+    let imported = hf::import(&root, Some(10)).unwrap();
+    let encoder = TextEncoder::from_json(&imported.tokenizer_json, 10, 0).unwrap();
+    let mut model = Model::from_tensors(imported.graph, imported.tensors).unwrap();
+    let norms: Vec<String> = model.graph.nodes.iter().filter(|n| matches!(n.op, squeeze::spec::Op::LayerNorm { .. })).map(|n| n.name.clone()).collect();
+    for n in &norms {
+        model.params.get_mut(&format!("{n}.weight")).unwrap()[2] = 25.0;
+    }
+    let heldout = ["the cat sat on the mat.", "cats sat", "the mat", "on the cat", "the cats sat on the mats", "sat sat cat", "the the mat"];
+    let ids = encoder.encode(&heldout).unwrap();
+    let cal = encoder.encode(&SENTENCES).unwrap();
+    let (smoothed, summary) = smooth::smooth(&model, &cal, 0.5).unwrap();
+    // Per block: the attention's input, its context and the FFN input; both norm inputs
+    // are copies (the norms also feed the residuals).
+    assert_eq!(summary.targets.len(), 3 * LAYERS, "{:?}", summary.targets);
+    assert_eq!(smoothed.graph.nodes.len(), model.graph.nodes.len() + 2 * LAYERS);
+    for l in 0..LAYERS {
+        for consumer in ["attention.self", "intermediate.dense"] {
+            let copy = format!("encoder.layer.{l}.{consumer}.smoothed_input");
+            assert!(smoothed.graph.node(&copy).is_some(), "{copy}");
+            assert_eq!(smoothed.graph.node(&format!("encoder.layer.{l}.{consumer}")).unwrap().inputs[0], copy);
+        }
+    }
+    // The residuals still read the original norms, unchanged.
+    assert_eq!(smoothed.params.get("embeddings.LayerNorm.weight"), model.params.get("embeddings.LayerNorm.weight"));
+    let n = heldout.len();
+    let want = embed_ids(&squeeze::store::model_plan(&model).unwrap(), &ids, n, 4).unwrap();
+    let got = embed_ids(&squeeze::store::model_plan(&smoothed).unwrap(), &ids, n, 4).unwrap();
+    for (a, b) in want.iter().zip(&got) {
+        assert!((a - b).abs() < 1e-5 * (1.0 + a.abs()), "smoothing changed an f32 embedding: {a} vs {b}");
+    }
+    let worst_cosine = |m: &Model| {
+        let q = quantize::quantize(m, quantize::Mode::Dynamic, &[], &[]).unwrap();
+        let e = embed_ids(&squeeze::store::sqz_into_plan(q).unwrap(), &ids, n, 4).unwrap();
+        row_cosines(&e, &want, D).into_iter().fold(f64::INFINITY, f64::min)
+    };
+    let (plain, smooth_min) = (worst_cosine(&model), worst_cosine(&smoothed));
+    // This tiny model loses little either way (1 − cosine ≈ 3e-8 plain, 2e-8 smoothed
+    // when written); smoothing must lower the error, not raise it.
+    assert!(smooth_min > plain, "min cosine of dynamic int8: {plain} plain, {smooth_min} smoothed");
+}
+
+/// The quantize pass's `smooth` and `float_activations` keys run from a recipe, are
+/// recorded in the report and the file, and their mistakes are clear errors.
+#[test]
+fn embedding_recipe_smooths_and_keeps_chosen_activations_float() {
+    let dir = Dir::new();
+    let root = tiny_bert_dir(&dir);
+    let heldout = dir.write("heldout.txt", &["the cat sat on the mat.", "cats sat", "the mat", "on the cat", "the cats sat on the mats"].join("\n"));
+    let calib = dir.write("calib.txt", &SENTENCES.join("\n"));
+    let recipe = |pass: &str, with_calibration: bool| {
+        let cal = if with_calibration { format!("calibration = \"{}\"\n", calib.display()) } else { String::new() };
+        dir.write(
+            "r.toml",
+            &format!(
+                "name = \"tiny\"\n[model]\nhf_dir = \"{}\"\nseq_len = 10\n[data]\ndataset = \"text\"\nheldout = \"{}\"\n{cal}[gate]\nmin_mean_cosine = 0.5\nmin_cosine = -1\n[[pass]]\ntype = \"quantize\"\n{pass}",
+                root.display(),
+                heldout.display()
+            ),
+        )
+    };
+    let out = dir.path("out");
+    let r = recipe("mode = \"dynamic\"\nsmooth = 0.5\nfloat_activations = [\"encoder.layer.*.output.dense\"]\n", true);
+    let (o, report) = crate::util::run_recipe(&r, &out);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let stage = &report["stages"][1];
+    assert_eq!(stage["extra"]["smooth_alpha"], 0.5);
+    assert_eq!(stage["extra"]["smoothed_inputs"].as_object().unwrap().len(), 3 * LAYERS, "{stage}");
+    let off: Vec<&str> = stage["extra"]["float_activation_layers"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(off, vec!["encoder.layer.0.output.dense", "encoder.layer.1.output.dense"]);
+    let stored = squeeze::format::sqz::read_sqz(&out.join("model.sqz")).unwrap();
+    assert!(stored.graph.node("encoder.layer.1.intermediate.dense.smoothed_input").is_some());
+    assert!(stored.quant.dynamic.contains("encoder.layer.1.intermediate.dense") && !stored.quant.dynamic.contains("encoder.layer.1.output.dense"));
+    assert!(stored.tensors.iter().any(|t| t.name == "encoder.layer.1.output.dense.weight" && t.encoding_name() == "int8/ch"));
+    // Full int8 smooths too.
+    let (o, _) = crate::util::run_recipe(&recipe("mode = \"full\"\nsmooth = 0.75\n", true), &dir.path("out-full"));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // Mistakes: a pattern matching no integer layer, smoothing without calibration sentences.
+    assert_error(&crate::util::run_recipe(&recipe("mode = \"dynamic\"\nfloat_activations = [\"encoder.layer.9.*\"]\n", true), &dir.path("o2")).0, "encoder.layer.9.*");
+    assert_error(&crate::util::run_recipe(&recipe("mode = \"dynamic\"\nsmooth = 0.5\n", false), &dir.path("o3")).0, "calibration");
+    assert_error(&crate::util::run_recipe(&recipe("mode = \"dynamic\"\nsmooth = 1.5\n", true), &dir.path("o4")).0, "[0, 1]");
+}

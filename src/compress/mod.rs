@@ -9,4 +9,5 @@ pub mod multitask;
 pub mod prune;
 pub mod quantize;
 pub mod share;
+pub mod smooth;
 pub mod trim;

@@ -56,6 +56,8 @@ pub enum SmallTensors {
 pub enum QuantizeError {
     #[error("layer '{0}' is not a Linear, Conv2d, LSTM or GRU node of this model")]
     UnknownLayer(String),
+    #[error("float_activations: '{0}' names no layer that runs on integer kernels in this mode (Linear or attention nodes; `*` matches any text)")]
+    NoIntegerLayer(String),
     #[error("full quantization needs calibration data (images, or sentences: set [data] calibration), none were given")]
     NoCalibration,
     #[error(transparent)]
@@ -208,13 +210,39 @@ pub fn quantize_groups_int4_with(w: &[f32], group: usize, how: Int4Scales, impor
     (q, scales)
 }
 
-/// Whether a node name matches a layer pattern: equal, or starting with the text
-/// before a trailing `*` (e.g. `encoder.layer.5.*`).
+/// Whether a node name matches a layer pattern: equal, with each `*` standing for any
+/// text (e.g. `encoder.layer.5.*`, `encoder.layer.*.output.dense`).
 pub fn layer_matches(pattern: &str, node: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => node.starts_with(prefix),
-        None => pattern == node,
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = node.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
     }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Takes the nodes matching `patterns` (see [`layer_matches`]) off the integer kernels
+/// of a quantized model: their int8 weights are dequantized at load and they compute in
+/// f32 from f32 activations. A pattern matching no integer node is an error. Returns
+/// the nodes taken off.
+pub fn keep_float_activations(q: &mut SqzModel, patterns: &[String]) -> Result<Vec<String>, QuantizeError> {
+    if let Some(p) = patterns.iter().find(|p| !q.quant.integer_nodes.iter().any(|n| layer_matches(p, n))) {
+        return Err(QuantizeError::NoIntegerLayer(p.clone()));
+    }
+    let off: Vec<String> = q.quant.integer_nodes.iter().filter(|n| patterns.iter().any(|p| layer_matches(p, n))).cloned().collect();
+    q.quant.integer_nodes.retain(|n| !off.contains(n));
+    q.quant.dynamic.retain(|n| !off.contains(n));
+    Ok(off)
 }
 
 /// The per-layer precision of a mixed int4 model.

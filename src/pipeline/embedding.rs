@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::compress::{prune, quantize, trim};
+use crate::compress::{prune, quantize, smooth, trim};
 use crate::format::hf::{self, HfError};
 use crate::format::sqz::SqzModel;
 use crate::model::Model;
@@ -381,20 +381,32 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 drop(model);
                 (stored, false)
             }
-            Pass::Quantize { mode, layers, calibration: cal_n, small_tensors } => {
+            Pass::Quantize { mode, layers, calibration: cal_n, small_tensors, smooth, float_activations } => {
                 // Full int8 takes its activation scales from the calibration sentences
-                // (ranges over every position, padding included, as the runtime sees them).
-                let cal: &[f32] = match (mode, &calibration) {
-                    (quantize::Mode::Full, Some((cal_ids, cal_lens))) => {
+                // (ranges over every position, padding included, as the runtime sees
+                // them), and smoothing its per-channel maxima.
+                let cal: &[f32] = match (*mode == quantize::Mode::Full || smooth.is_some(), &calibration) {
+                    (true, Some((cal_ids, cal_lens))) => {
                         let k = (*cal_n).min(cal_lens.len()).max(1);
                         extra.insert("calibration_sentences".into(), k.into());
                         &cal_ids[..k * seq]
                     }
-                    (quantize::Mode::Full, None) => return Err(PipelineError::Quantize(quantize::QuantizeError::NoCalibration)),
-                    _ => &[],
+                    (true, None) if smooth.is_some() => return Err(PipelineError::Smooth(smooth::SmoothError::NoCalibration)),
+                    (true, None) => return Err(PipelineError::Quantize(quantize::QuantizeError::NoCalibration)),
+                    (false, _) => &[],
                 };
-                let stored = quantize::quantize_with(&model, *mode, layers, cal, *small_tensors)?;
+                if let Some(alpha) = smooth {
+                    let (smoothed, summary) = smooth::smooth(&model, cal, *alpha)?;
+                    extra.insert("smooth_alpha".into(), f64::from(*alpha).into());
+                    extra.insert("smoothed_inputs".into(), smooth::summary_json(&summary));
+                    model = smoothed;
+                }
+                let mut stored = quantize::quantize_with(&model, *mode, layers, cal, *small_tensors)?;
                 drop(model);
+                if !float_activations.is_empty() {
+                    let off = quantize::keep_float_activations(&mut stored, float_activations)?;
+                    extra.insert("float_activation_layers".into(), off.into());
+                }
                 (stored, false)
             }
             Pass::Code {} => (quantize::into_stored_f32(model), true),
