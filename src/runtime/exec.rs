@@ -1359,7 +1359,7 @@ impl Plan {
                 }
                 Kernel::LayerNorm { gamma, beta, dim, eps } => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
-                    par_rows(threads, &xs[..n * xl], &mut y[..n * ol], *dim, |x, y| tf::layer_norm(x, *dim, gamma, beta, *eps, y));
+                    par_rows(threads, &xs[..n * xl], &mut y[..n * ol], *dim, |x, y| tf::layer_norm_fast(x, *dim, gamma, beta, *eps, y));
                 }
                 Kernel::Gelu if in_place => {
                     use rayon::prelude::*;
