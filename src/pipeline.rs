@@ -515,12 +515,15 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 extra.insert("score".into(), serde_json::to_value(score).unwrap_or_default());
                 (quantize::store_f32(&model), false)
             }
-            Pass::Quantize { mode, layers, calibration, small_tensors } => {
+            Pass::Quantize { mode, layers, calibration, small_tensors, nonlinear, nonlinear_ops } => {
                 let n = (*calibration).min(splits.train.len());
                 let calib = &splits.train.images[..n * splits.train.sample_len()];
-                let stored = quantize::quantize_with(&model, *mode, layers, calib, *small_tensors)?;
+                let stored = quantize::quantize_with_nonlinear(&model, *mode, layers, calib, *small_tensors, *nonlinear, nonlinear_ops)?;
                 extra.insert("mode".into(), format!("{mode:?}").to_lowercase().into());
                 extra.insert("small_tensors".into(), format!("{small_tensors:?}").to_lowercase().into());
+                if !stored.quant.integer_nonlinear.is_empty() {
+                    extra.insert("integer_nonlinear".into(), stored.quant.integer_nonlinear.iter().map(|k| k.name()).collect::<Vec<_>>().into());
+                }
                 extra.insert("calibration_images".into(), n.into());
                 extra.insert("integer_layers".into(), stored.quant.integer_nodes.iter().cloned().collect::<Vec<_>>().into());
                 (stored, true)

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::format::sqz::{SqzModel, StoredTensor, Values};
 use crate::model::Model;
 use crate::runtime::exec::{Plan, RuntimeError, Weights, Workspace};
-use crate::spec::{Op, ParamKind, QParams, QuantPlan};
+use crate::spec::{Nonlinearity, Op, ParamKind, QParams, QuantPlan};
 
 /// Which part of the model becomes integer.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -58,8 +58,60 @@ pub enum QuantizeError {
     UnknownLayer(String),
     #[error("full quantization needs calibration data (images, or sentences: set [data] calibration), none were given")]
     NoCalibration,
+    #[error("integer nonlinearities (nonlinear = \"integer\") need full quantization (mode = \"full\"); the {0} mode keeps them float")]
+    NonlinearNeedsFull(&'static str),
+    #[error("integer {0} was asked for, but the model has no {1}; leave it out of the list")]
+    NonlinearAbsent(&'static str, &'static str),
+    #[error("{0} listed in nonlinear_ops but nonlinear = \"float\": set nonlinear = \"integer\" (or drop the list)")]
+    NonlinearOpsWithFloat(String),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+}
+
+/// Whether the nonlinearities of a full-int8 model run in f32 or on integer
+/// approximations (see `runtime::intops`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NonlinearChoice {
+    /// f32 (the default: files and figures made before the choice stay byte-identical).
+    #[default]
+    Float,
+    /// Integer approximations, for the kinds listed (all the model has when none are).
+    Integer,
+}
+
+/// The nonlinearities a quantized model should run on integers: `choice` with the
+/// kinds the user listed (`ops`, empty = every kind the model has). Checks that the
+/// mode is full, that a listed kind exists in the model, and that a list is not given
+/// with `float`.
+pub fn integer_nonlinearities(model: &crate::spec::Graph, mode: Mode, choice: NonlinearChoice, ops: &[Nonlinearity]) -> Result<BTreeSet<Nonlinearity>, QuantizeError> {
+    check_nonlinear_choice(mode, choice, ops)?;
+    if choice == NonlinearChoice::Float {
+        return Ok(BTreeSet::new());
+    }
+    let has = |kind: Nonlinearity| {
+        model.nodes.iter().any(|n| match kind {
+            Nonlinearity::Softmax => matches!(n.op, Op::SelfAttention { .. }),
+            Nonlinearity::LayerNorm => matches!(n.op, Op::LayerNorm { .. }),
+            Nonlinearity::Gelu => matches!(n.op, Op::Gelu),
+            Nonlinearity::Gates => n.op.recurrent().is_some(),
+        })
+    };
+    if ops.is_empty() {
+        return Ok(Nonlinearity::ALL.into_iter().filter(|&k| has(k)).collect());
+    }
+    for &k in ops {
+        if !has(k) {
+            let what = match k {
+                Nonlinearity::Softmax => "self-attention node",
+                Nonlinearity::LayerNorm => "LayerNorm node",
+                Nonlinearity::Gelu => "GELU node",
+                Nonlinearity::Gates => "LSTM or GRU node",
+            };
+            return Err(QuantizeError::NonlinearAbsent(k.name(), what));
+        }
+    }
+    Ok(ops.iter().copied().collect())
 }
 
 /// Symmetric per-row int8 of a `[rows, cols…]` tensor: (values, scales).
@@ -355,6 +407,36 @@ pub fn quantize_with(model: &Model, mode: Mode, layers: &[String], calibration: 
     quantize_rounded(model, mode, layers, calibration)
 }
 
+/// The checks of [`integer_nonlinearities`] that need no model (a recipe runs them
+/// when it is read): a list only with `integer`, `integer` only in full mode.
+pub fn check_nonlinear_choice(mode: Mode, choice: NonlinearChoice, ops: &[Nonlinearity]) -> Result<(), QuantizeError> {
+    match (choice, mode) {
+        (NonlinearChoice::Float, _) if !ops.is_empty() => {
+            Err(QuantizeError::NonlinearOpsWithFloat(ops.iter().map(|o| o.name()).collect::<Vec<_>>().join(", ")))
+        }
+        (NonlinearChoice::Integer, Mode::Weights) => Err(QuantizeError::NonlinearNeedsFull("weights")),
+        (NonlinearChoice::Integer, Mode::Dynamic) => Err(QuantizeError::NonlinearNeedsFull("dynamic")),
+        _ => Ok(()),
+    }
+}
+
+/// [`quantize_with`], then the chosen nonlinearities marked to run on integers
+/// ([`integer_nonlinearities`]; nothing changes for `NonlinearChoice::Float`).
+pub fn quantize_with_nonlinear(
+    model: &Model,
+    mode: Mode,
+    layers: &[String],
+    calibration: &[f32],
+    small: SmallTensors,
+    nonlinear: NonlinearChoice,
+    ops: &[Nonlinearity],
+) -> Result<SqzModel, QuantizeError> {
+    let chosen = integer_nonlinearities(&model.graph, mode, nonlinear, ops)?;
+    let mut stored = quantize_with(model, mode, layers, calibration, small)?;
+    stored.quant.integer_nonlinear = chosen;
+    Ok(stored)
+}
+
 /// Rounds every [`ParamKind::Bias`] parameter to the nearest f16 value, so the
 /// container stores it in two bytes without further loss.
 pub fn round_small_tensors_to_f16(model: &mut Model) {
@@ -390,14 +472,14 @@ fn quantize_rounded(model: &Model, mode: Mode, layers: &[String], calibration: &
         Mode::Weights => QuantPlan::default(),
         Mode::Full => {
             let integer_nodes = chosen.into_iter().filter(|n| model.graph.node(n).is_some_and(|n| runs_on_integers(&n.op))).collect();
-            QuantPlan { integer_nodes, activations: calibrate(model, calibration)?, dynamic: Default::default() }
+            QuantPlan { integer_nodes, activations: calibrate(model, calibration)?, ..Default::default() }
         }
         Mode::Dynamic => {
             let dynamic: BTreeSet<String> = chosen
                 .into_iter()
                 .filter(|n| model.graph.node(n).is_some_and(|n| matches!(n.op, Op::Linear { .. } | Op::SelfAttention { .. })))
                 .collect();
-            QuantPlan { integer_nodes: dynamic.clone(), activations: BTreeMap::new(), dynamic }
+            QuantPlan { integer_nodes: dynamic.clone(), activations: BTreeMap::new(), dynamic, ..Default::default() }
         }
     };
     Ok(SqzModel { graph: model.graph.clone(), quant, tensors, metadata: BTreeMap::new() })

@@ -363,7 +363,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 drop(model);
                 (stored, false)
             }
-            Pass::Quantize { mode, layers, calibration: cal_n, small_tensors } => {
+            Pass::Quantize { mode, layers, calibration: cal_n, small_tensors, nonlinear, nonlinear_ops } => {
                 // Full int8 takes its activation scales from the calibration sentences
                 // (ranges over every position, padding included, as the runtime sees them).
                 let cal: &[f32] = match (mode, &calibration) {
@@ -375,7 +375,10 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                     (quantize::Mode::Full, None) => return Err(PipelineError::Quantize(quantize::QuantizeError::NoCalibration)),
                     _ => &[],
                 };
-                let stored = quantize::quantize_with(&model, *mode, layers, cal, *small_tensors)?;
+                let stored = quantize::quantize_with_nonlinear(&model, *mode, layers, cal, *small_tensors, *nonlinear, nonlinear_ops)?;
+                if !stored.quant.integer_nonlinear.is_empty() {
+                    extra.insert("integer_nonlinear".into(), stored.quant.integer_nonlinear.iter().map(|k| k.name()).collect::<Vec<_>>().into());
+                }
                 drop(model);
                 (stored, false)
             }
