@@ -615,6 +615,54 @@ mod tests {
         assert!(worst < 0.05, "int8 probabilities differ by {worst}");
     }
 
+    /// `nonlinear = integer` on a small ViT: the plan runs softmax, LayerNorm and GELU
+    /// on the integer kernels (said in the kernel description) and its probabilities
+    /// stay close to the float-nonlinearity int8 plan's; the default stores nothing new
+    /// (the plan's JSON has no `integer_nonlinear` key, so older files read alike); a
+    /// kind the model lacks, or integer outside full mode, is one clear error.
+    #[test]
+    fn integer_nonlinearities_run_on_a_vit_and_stay_close_to_float_ones() {
+        let (m, x) = small_vit();
+        let n = 40;
+        let float = quantize_with_nonlinear(&m, Mode::Full, &[], &x, SmallTensors::F32, NonlinearChoice::Float, &[]).unwrap();
+        assert!(float.quant.integer_nonlinear.is_empty());
+        assert!(!serde_json::to_string(&float.quant).unwrap().contains("integer_nonlinear"));
+        let int = quantize_with_nonlinear(&m, Mode::Full, &[], &x, SmallTensors::F32, NonlinearChoice::Integer, &[]).unwrap();
+        assert_eq!(int.quant.integer_nonlinear, [Nonlinearity::Softmax, Nonlinearity::LayerNorm, Nonlinearity::Gelu].into());
+        let back: QuantPlan = serde_json::from_str(&serde_json::to_string(&int.quant).unwrap()).unwrap();
+        assert_eq!(back, int.quant);
+        let (fp, ip) = (crate::store::sqz_plan(&float).unwrap(), crate::store::sqz_plan(&int).unwrap());
+        assert!(ip.kernel_description().ends_with("integer softmax, layernorm, gelu"), "{}", ip.kernel_description());
+        let a = fp.run(&x, n, &mut Workspace::default()).unwrap().to_vec();
+        let b = ip.run(&x, n, &mut Workspace::default()).unwrap().to_vec();
+        let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 0.05 && a != b, "integer nonlinearities move the probabilities by {worst}");
+        let err = quantize_with_nonlinear(&m, Mode::Full, &[], &x, SmallTensors::F32, NonlinearChoice::Integer, &[Nonlinearity::Gates]).unwrap_err();
+        assert!(err.to_string().contains("no LSTM or GRU node"), "{err}");
+        let err = quantize_with_nonlinear(&m, Mode::Weights, &[], &x, SmallTensors::F32, NonlinearChoice::Integer, &[]).unwrap_err();
+        assert!(err.to_string().contains("mode = \"full\""), "{err}");
+    }
+
+    /// Integer gates on an LSTM and a GRU: only `gates` is chosen, and the outputs stay
+    /// close to the float-gate int8 plan's.
+    #[test]
+    fn integer_gates_run_on_lstm_and_gru_and_stay_close_to_float_gates() {
+        use crate::model::zoo;
+        let mut rng = Rng::new(8);
+        for name in ["lstm32", "gru"] {
+            let m = Model::init(zoo::build(name).unwrap(), 3).unwrap();
+            let x: Vec<f32> = (0..12 * 784).map(|_| rng.next_f32()).collect();
+            let float = quantize(&m, Mode::Full, &[], &x).unwrap();
+            let int = quantize_with_nonlinear(&m, Mode::Full, &[], &x, SmallTensors::F32, NonlinearChoice::Integer, &[]).unwrap();
+            assert_eq!(int.quant.integer_nonlinear, [Nonlinearity::Gates].into(), "{name}");
+            let (fp, ip) = (crate::store::sqz_plan(&float).unwrap(), crate::store::sqz_plan(&int).unwrap());
+            let a = fp.run(&x, 12, &mut Workspace::default()).unwrap().to_vec();
+            let b = ip.run(&x, 12, &mut Workspace::default()).unwrap().to_vec();
+            let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 0.01 && a != b, "{name}: integer gates move the outputs by {worst}");
+        }
+    }
+
     /// `small_tensors = f16`: the float tensors of a full-int8 ViT are stored in two
     /// bytes each, the int8 weights are untouched, the file reads back to exactly the
     /// values the runtime uses, and the outputs stay close to the f32-small-tensor file.

@@ -15,6 +15,30 @@ use std::sync::OnceLock;
 
 use super::transformer::{Heads, ValidLengths};
 
+/// `x` rounded to the nearest integer (halves away from zero), saturating at the i32
+/// range. Not `f32::round`: on baseline x86-64 that is a libm call per value, which
+/// kept the conversions here from vectorizing.
+#[inline(always)]
+fn round_i32(x: f32) -> i32 {
+    (x + 0.5f32.copysign(x)) as i32
+}
+
+/// Runs `f` compiled for AVX2/FMA where present (the crate builds for baseline
+/// x86-64); the same code either way, so the same results.
+#[inline(always)]
+fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the features were just detected.
+        return unsafe { run(f) };
+    }
+    f()
+}
+
 /// Fraction bits of the integer softmax's probabilities: `p = q / 2^15`.
 pub const PROB_BITS: u32 = 15;
 
@@ -114,7 +138,7 @@ pub fn quantize_row_pow2(x: &[f32], q: &mut [i32]) -> i32 {
     let f = 2f32.powi(k);
     let lim = ((1i64 << LN_IN_BITS) - 1) as f32;
     for (qv, v) in q.iter_mut().zip(x) {
-        *qv = (v * f).round().clamp(-lim, lim) as i32;
+        *qv = round_i32((v * f).clamp(-lim, lim));
     }
     k
 }
@@ -185,11 +209,13 @@ impl IntLayerNorm {
         let mut q = vec![0i32; 2 * d];
         let (qi, qo) = q.split_at_mut(d);
         let back = 1.0 / (1u32 << LN_OUT_BITS) as f32;
-        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-            let k = quantize_row_pow2(xr, qi);
-            self.row(qi, k, qo);
-            yr.iter_mut().zip(qo.iter()).for_each(|(a, &b)| *a = b as f32 * back);
-        }
+        with_avx2(|| {
+            for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+                let k = quantize_row_pow2(xr, qi);
+                self.row(qi, k, qo);
+                yr.iter_mut().zip(qo.iter()).for_each(|(a, &b)| *a = b as f32 * back);
+            }
+        })
     }
 }
 
@@ -243,10 +269,11 @@ impl IntGelu {
         let f = (1u32 << GELU_IN_BITS) as f32;
         let lim = (1i64 << 30) as f32;
         let back = self.out_scale as f32;
-        for (yv, &xv) in y.iter_mut().zip(x) {
-            let q = (xv * f).round().clamp(-lim, lim) as i32;
-            *yv = self.apply(q) as f32 * back;
-        }
+        with_avx2(|| {
+            for (yv, &xv) in y.iter_mut().zip(x) {
+                *yv = self.apply(round_i32((xv * f).clamp(-lim, lim))) as f32 * back;
+            }
+        })
     }
 }
 
@@ -311,13 +338,13 @@ impl IntGates {
     /// `v = σ(v)`: rounded to Q12 (float), the table (integer), scaled back (float).
     pub fn sigmoid_f32(&self, v: &mut [f32]) {
         let (f, back, lim) = ((1u32 << GATE_IN_BITS) as f32, 1.0 / (1u32 << GATE_OUT_BITS) as f32, (1i32 << 30) as f32);
-        v.iter_mut().for_each(|a| *a = self.sigmoid((*a * f).round().clamp(-lim, lim) as i32) as f32 * back);
+        with_avx2(|| v.iter_mut().for_each(|a| *a = self.sigmoid(round_i32((*a * f).clamp(-lim, lim))) as f32 * back));
     }
 
     /// `v = tanh(v)`, as [`Self::sigmoid_f32`].
     pub fn tanh_f32(&self, v: &mut [f32]) {
         let (f, back, lim) = ((1u32 << GATE_IN_BITS) as f32, 1.0 / (1u32 << GATE_OUT_BITS) as f32, (1i32 << 30) as f32);
-        v.iter_mut().for_each(|a| *a = self.tanh((*a * f).round().clamp(-lim, lim) as i32) as f32 * back);
+        with_avx2(|| v.iter_mut().for_each(|a| *a = self.tanh(round_i32((*a * f).clamp(-lim, lim))) as f32 * back));
     }
 }
 
@@ -344,7 +371,7 @@ fn quantize_block_i8(x: &[f32], rows: usize, cols: usize, ld: usize, out: &mut [
     let inv = 1.0 / scale;
     for r in 0..rows {
         for (o, v) in out[r * cols..(r + 1) * cols].iter_mut().zip(&x[r * ld..r * ld + cols]) {
-            *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            *o = round_i32((v * inv).clamp(-127.0, 127.0)) as i8;
         }
     }
     scale
@@ -369,35 +396,37 @@ pub fn attend_integer(geo: &Heads, q: &[f32], k: &[f32], v: &[f32], ld: usize, n
     sc.p.resize(seq * seq, 0);
     sc.ctx.resize(hd, 0);
     let root = (hd as f64).sqrt();
-    for s in 0..n {
-        let vl = valid.of(s, seq);
-        for h in 0..geo.heads {
-            let base = s * seq * ld + h * hd;
-            let sq = quantize_block_i8(&q[base..], seq, hd, ld, &mut sc.q);
-            let sk = quantize_block_i8(&k[base..], vl, hd, ld, &mut sc.k);
-            let sv = quantize_block_i8(&v[base..], vl, hd, ld, &mut sc.v);
-            let softmax = IntSoftmax::new(sq as f64 * sk as f64 / root);
-            let back = sv / (1u32 << PROB_BITS) as f32;
-            for i in 0..seq {
-                let keys = geo.keys(i, vl);
-                let qi = &sc.q[i * hd..(i + 1) * hd];
-                let row = &mut sc.scores[i * seq..i * seq + keys];
-                for (j, r) in row.iter_mut().enumerate() {
-                    *r = qi.iter().zip(&sc.k[j * hd..(j + 1) * hd]).map(|(&a, &b)| a as i32 * b as i32).sum();
+    with_avx2(|| {
+        for s in 0..n {
+            let vl = valid.of(s, seq);
+            for h in 0..geo.heads {
+                let base = s * seq * ld + h * hd;
+                let sq = quantize_block_i8(&q[base..], seq, hd, ld, &mut sc.q);
+                let sk = quantize_block_i8(&k[base..], vl, hd, ld, &mut sc.k);
+                let sv = quantize_block_i8(&v[base..], vl, hd, ld, &mut sc.v);
+                let softmax = IntSoftmax::new(sq as f64 * sk as f64 / root);
+                let back = sv / (1u32 << PROB_BITS) as f32;
+                for i in 0..seq {
+                    let keys = geo.keys(i, vl);
+                    let qi = &sc.q[i * hd..(i + 1) * hd];
+                    let row = &mut sc.scores[i * seq..i * seq + keys];
+                    for (j, r) in row.iter_mut().enumerate() {
+                        *r = qi.iter().zip(&sc.k[j * hd..(j + 1) * hd]).map(|(&a, &b)| a as i32 * b as i32).sum();
+                    }
+                    let p = &mut sc.p[i * seq..i * seq + keys];
+                    softmax.row(row, &mut sc.e, p);
+                    // Σ p ≤ 2^15 per row, so |Σ p·v| ≤ 127 · 2^15: no overflow at any length.
+                    sc.ctx.fill(0);
+                    for (j, &pj) in p.iter().enumerate() {
+                        let pj = pj as i32;
+                        sc.ctx.iter_mut().zip(&sc.v[j * hd..(j + 1) * hd]).for_each(|(c, &vv)| *c += pj * vv as i32);
+                    }
+                    let out = &mut ctx[(s * seq + i) * d + h * hd..(s * seq + i) * d + (h + 1) * hd];
+                    out.iter_mut().zip(&sc.ctx).for_each(|(o, &c)| *o = c as f32 * back);
                 }
-                let p = &mut sc.p[i * seq..i * seq + keys];
-                softmax.row(row, &mut sc.e, p);
-                // Σ p ≤ 2^15 per row, so |Σ p·v| ≤ 127 · 2^15: no overflow at any length.
-                sc.ctx.fill(0);
-                for (j, &pj) in p.iter().enumerate() {
-                    let pj = pj as i32;
-                    sc.ctx.iter_mut().zip(&sc.v[j * hd..(j + 1) * hd]).for_each(|(c, &vv)| *c += pj * vv as i32);
-                }
-                let out = &mut ctx[(s * seq + i) * d + h * hd..(s * seq + i) * d + (h + 1) * hd];
-                out.iter_mut().zip(&sc.ctx).for_each(|(o, &c)| *o = c as f32 * back);
             }
         }
-    }
+    })
 }
 
 #[cfg(test)]
