@@ -8,7 +8,9 @@
 //! Either mode can be limited to named layers (the rest stays f32). LSTM and GRU nodes
 //! in full mode run their input and recurrent products on integers (the hidden state at
 //! a static u8 scale over [−1, 1], the input sequence calibrated) with the gates in f32;
-//! in weights mode they compute in f32 from int8 weights dequantized at load.
+//! in weights mode they compute in f32 from int8 weights dequantized at load. Full mode
+//! can also run softmax, LayerNorm, GELU and the gates on integer approximations
+//! ([`NonlinearChoice::Integer`], `runtime::intops`); the default keeps them f32.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
