@@ -157,6 +157,14 @@ enum Command {
         /// f32, or f16 (rounded before calibration; the runtime uses the rounded values).
         #[arg(long, value_enum, default_value = "f32")]
         small_tensors: SmallTensorsArg,
+        /// Softmax, LayerNorm, GELU and LSTM/GRU gates of a full-int8 model: float, or
+        /// integer (I-BERT-style approximations; see --nonlinear-ops).
+        #[arg(long, value_enum, default_value = "float")]
+        nonlinear: NonlinearArg,
+        /// With --nonlinear integer: only these kinds (comma-separated); default every
+        /// kind the model has.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        nonlinear_ops: Vec<NonlinearOpArg>,
         /// Output .sqz file.
         #[arg(long)]
         out: PathBuf,
@@ -460,6 +468,20 @@ enum SmallTensorsArg {
     F16,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum NonlinearArg {
+    Float,
+    Integer,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum NonlinearOpArg {
+    Softmax,
+    Layernorm,
+    Gelu,
+    Gates,
+}
+
 /// The error and its causes on one line, leaving out a cause whose text the line already
 /// holds (many of our errors quote their source in their own message).
 fn error_line(err: &anyhow::Error) -> String {
@@ -584,7 +606,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Quantize { model, mode, layers, calibration, small_tensors, out, data } => {
+        Command::Quantize { model, mode, layers, calibration, small_tensors, nonlinear, nonlinear_ops, out, data } => {
             refuse_overwrite(&out, &[&model])?;
             let m = store::read_model(&model)?;
             let splits = data.load()?;
@@ -599,7 +621,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 SmallTensorsArg::F32 => quantize::SmallTensors::F32,
                 SmallTensorsArg::F16 => quantize::SmallTensors::F16,
             };
-            let stored = quantize::quantize_with(&m, mode, &layers, &splits.train.images[..n * splits.train.sample_len()], small)?;
+            let nonlinear = match nonlinear {
+                NonlinearArg::Float => quantize::NonlinearChoice::Float,
+                NonlinearArg::Integer => quantize::NonlinearChoice::Integer,
+            };
+            use squeeze::spec::Nonlinearity;
+            let ops: Vec<Nonlinearity> = nonlinear_ops
+                .iter()
+                .map(|o| match o {
+                    NonlinearOpArg::Softmax => Nonlinearity::Softmax,
+                    NonlinearOpArg::Layernorm => Nonlinearity::LayerNorm,
+                    NonlinearOpArg::Gelu => Nonlinearity::Gelu,
+                    NonlinearOpArg::Gates => Nonlinearity::Gates,
+                })
+                .collect();
+            // Checked before calibrating (a mistake costs no time).
+            quantize::integer_nonlinearities(&m.graph, mode, nonlinear, &ops)?;
+            let stored = quantize::quantize_with_nonlinear(&m, mode, &layers, &splits.train.images[..n * splits.train.sample_len()], small, nonlinear, &ops)?;
             let bytes = store::write_sqz(&out, &stored)?;
             let plan = store::read(&out)?.plan()?;
             let acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;

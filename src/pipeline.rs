@@ -517,7 +517,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 extra.insert("score".into(), serde_json::to_value(score).unwrap_or_default());
                 (quantize::store_f32(&model), false)
             }
-            Pass::Quantize { mode, layers, calibration, small_tensors, smooth, float_activations } => {
+            Pass::Quantize { mode, layers, calibration, small_tensors, smooth, float_activations, nonlinear, nonlinear_ops } => {
                 let n = (*calibration).min(splits.train.len());
                 let calib = &splits.train.images[..n * splits.train.sample_len()];
                 let smoothed = match smooth {
@@ -529,13 +529,16 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                     }
                     None => None,
                 };
-                let mut stored = quantize::quantize_with(smoothed.as_ref().unwrap_or(&model), *mode, layers, calib, *small_tensors)?;
+                let mut stored = quantize::quantize_with_nonlinear(smoothed.as_ref().unwrap_or(&model), *mode, layers, calib, *small_tensors, *nonlinear, nonlinear_ops)?;
                 if !float_activations.is_empty() {
                     let off = quantize::keep_float_activations(&mut stored, float_activations)?;
                     extra.insert("float_activation_layers".into(), off.into());
                 }
                 extra.insert("mode".into(), format!("{mode:?}").to_lowercase().into());
                 extra.insert("small_tensors".into(), format!("{small_tensors:?}").to_lowercase().into());
+                if !stored.quant.integer_nonlinear.is_empty() {
+                    extra.insert("integer_nonlinear".into(), stored.quant.integer_nonlinear.iter().map(|k| k.name()).collect::<Vec<_>>().into());
+                }
                 extra.insert("calibration_images".into(), n.into());
                 extra.insert("integer_layers".into(), stored.quant.integer_nodes.iter().cloned().collect::<Vec<_>>().into());
                 (stored, true)

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 use crate::compress::prune::{Schedule, Scope};
-use crate::compress::quantize::{Mode, SmallTensors};
+use crate::compress::quantize::{Mode, NonlinearChoice, SmallTensors};
 use crate::train::LrSchedule;
 
 /// Why a recipe cannot be used.
@@ -420,6 +420,14 @@ pub enum Pass {
         /// activations (dequantized at load) instead of on the integer kernels.
         #[serde(default)]
         float_activations: Vec<String>,
+        /// Softmax, LayerNorm, GELU and LSTM/GRU gates in full int8: "float" (default)
+        /// or "integer" (I-BERT-style integer approximations).
+        #[serde(default)]
+        nonlinear: NonlinearChoice,
+        /// With `nonlinear = "integer"`: only these kinds ("softmax", "layernorm",
+        /// "gelu", "gates"); every kind the model has when empty.
+        #[serde(default)]
+        nonlinear_ops: Vec<crate::spec::Nonlinearity>,
     },
 }
 
@@ -615,6 +623,11 @@ impl Recipe {
                 *t = path.parent().unwrap_or(Path::new(".")).join(&*t);
             }
         }
+        for p in &r.passes {
+            if let Pass::Quantize { mode, nonlinear, nonlinear_ops, .. } = p {
+                crate::compress::quantize::check_nonlinear_choice(*mode, *nonlinear, nonlinear_ops).map_err(|e| invalid(format!("pass quantize: {e}")))?;
+            }
+        }
         if r.is_embedding() {
             return check_embedding(r, &invalid);
         }
@@ -717,7 +730,19 @@ mod tests {
         let text: String = doc[start..end].lines().skip(1).map(|l| l.trim_start_matches("//!").trim_start()).collect::<Vec<_>>().join("\n");
         let r = Recipe::parse(&text, Path::new("x.toml")).unwrap();
         assert_eq!(r.passes.len(), 2);
-        assert_eq!(r.passes[1], Pass::Quantize { mode: Mode::Full, layers: vec![], calibration: 1000, small_tensors: SmallTensors::F32, smooth: None, float_activations: vec![] });
+        assert_eq!(
+            r.passes[1],
+            Pass::Quantize {
+                mode: Mode::Full,
+                layers: vec![],
+                calibration: 1000,
+                small_tensors: SmallTensors::F32,
+                smooth: None,
+                float_activations: vec![],
+                nonlinear: NonlinearChoice::Float,
+                nonlinear_ops: vec![]
+            }
+        );
     }
 
     /// `[model.preprocess]` in front of a file model becomes a Normalize op on
@@ -769,6 +794,29 @@ mod tests {
         let classifier = "name = \"x\"\n[model]\nzoo = \"vit\"\n[gate]\nmax_accuracy_drop = 0.01\n[[pass]]\ntype = \"quantize\"\n";
         assert!(Recipe::parse(&format!("{classifier}smooth = 0.5\n"), Path::new("r")).is_ok());
         assert!(Recipe::parse(&format!("{classifier}smooth = 2.0\n"), Path::new("r")).unwrap_err().to_string().contains("[0, 1]"));
+    }
+
+    /// `nonlinear` is float unless set; `integer` with an optional list of kinds; an
+    /// unknown value or kind, a list with float, or integer outside full mode is one
+    /// error naming what to change.
+    #[test]
+    fn quantize_nonlinear_is_float_unless_set_and_checked() {
+        use crate::spec::Nonlinearity;
+        let base = "name = \"x\"\n[model]\nzoo = \"vit\"\n[gate]\nmax_accuracy_drop = 0.01\n[[pass]]\ntype = \"quantize\"\n";
+        let r = Recipe::parse(base, Path::new("r.toml")).unwrap();
+        assert!(matches!(&r.passes[0], Pass::Quantize { nonlinear: NonlinearChoice::Float, nonlinear_ops, .. } if nonlinear_ops.is_empty()));
+        let r = Recipe::parse(&format!("{base}nonlinear = \"integer\"\nnonlinear_ops = [\"softmax\", \"layernorm\"]\n"), Path::new("r.toml")).unwrap();
+        assert!(
+            matches!(&r.passes[0], Pass::Quantize { nonlinear: NonlinearChoice::Integer, nonlinear_ops, .. } if *nonlinear_ops == [Nonlinearity::Softmax, Nonlinearity::LayerNorm])
+        );
+        let err = Recipe::parse(&format!("{base}nonlinear = \"fixed\"\n"), Path::new("r.toml")).unwrap_err().to_string();
+        assert!(err.contains("fixed") && err.contains("integer"), "{err}");
+        let err = Recipe::parse(&format!("{base}nonlinear = \"integer\"\nnonlinear_ops = [\"relu\"]\n"), Path::new("r.toml")).unwrap_err().to_string();
+        assert!(err.contains("relu") && err.contains("gelu"), "{err}");
+        let err = Recipe::parse(&format!("{base}nonlinear_ops = [\"gelu\"]\n"), Path::new("r.toml")).unwrap_err().to_string();
+        assert!(err.contains("nonlinear = \"integer\""), "{err}");
+        let err = Recipe::parse(&format!("{base}mode = \"weights\"\nnonlinear = \"integer\"\n"), Path::new("r.toml")).unwrap_err().to_string();
+        assert!(err.contains("mode = \"full\""), "{err}");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! Either mode can be limited to named layers (the rest stays f32). LSTM and GRU nodes
 //! in full mode run their input and recurrent products on integers (the hidden state at
 //! a static u8 scale over [−1, 1], the input sequence calibrated) with the gates in f32;
-//! in weights mode they compute in f32 from int8 weights dequantized at load.
+//! in weights mode they compute in f32 from int8 weights dequantized at load. Full mode
+//! can also run softmax, LayerNorm, GELU and the gates on integer approximations
+//! ([`NonlinearChoice::Integer`], `runtime::intops`); the default keeps them f32.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -17,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::format::sqz::{SqzModel, StoredTensor, Values};
 use crate::model::Model;
 use crate::runtime::exec::{Plan, RuntimeError, Weights, Workspace};
-use crate::spec::{Op, ParamKind, QParams, QuantPlan};
+use crate::spec::{Nonlinearity, Op, ParamKind, QParams, QuantPlan};
 
 /// Which part of the model becomes integer.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -60,8 +62,60 @@ pub enum QuantizeError {
     NoIntegerLayer(String),
     #[error("full quantization needs calibration data (images, or sentences: set [data] calibration), none were given")]
     NoCalibration,
+    #[error("integer nonlinearities (nonlinear = \"integer\") need full quantization (mode = \"full\"); the {0} mode keeps them float")]
+    NonlinearNeedsFull(&'static str),
+    #[error("integer {0} was asked for, but the model has no {1}; leave it out of the list")]
+    NonlinearAbsent(&'static str, &'static str),
+    #[error("{0} listed in nonlinear_ops but nonlinear = \"float\": set nonlinear = \"integer\" (or drop the list)")]
+    NonlinearOpsWithFloat(String),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+}
+
+/// Whether the nonlinearities of a full-int8 model run in f32 or on integer
+/// approximations (see `runtime::intops`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NonlinearChoice {
+    /// f32 (the default: files and figures made before the choice stay byte-identical).
+    #[default]
+    Float,
+    /// Integer approximations, for the kinds listed (all the model has when none are).
+    Integer,
+}
+
+/// The nonlinearities a quantized model should run on integers: `choice` with the
+/// kinds the user listed (`ops`, empty = every kind the model has). Checks that the
+/// mode is full, that a listed kind exists in the model, and that a list is not given
+/// with `float`.
+pub fn integer_nonlinearities(model: &crate::spec::Graph, mode: Mode, choice: NonlinearChoice, ops: &[Nonlinearity]) -> Result<BTreeSet<Nonlinearity>, QuantizeError> {
+    check_nonlinear_choice(mode, choice, ops)?;
+    if choice == NonlinearChoice::Float {
+        return Ok(BTreeSet::new());
+    }
+    let has = |kind: Nonlinearity| {
+        model.nodes.iter().any(|n| match kind {
+            Nonlinearity::Softmax => matches!(n.op, Op::SelfAttention { .. }),
+            Nonlinearity::LayerNorm => matches!(n.op, Op::LayerNorm { .. }),
+            Nonlinearity::Gelu => matches!(n.op, Op::Gelu),
+            Nonlinearity::Gates => n.op.recurrent().is_some(),
+        })
+    };
+    if ops.is_empty() {
+        return Ok(Nonlinearity::ALL.into_iter().filter(|&k| has(k)).collect());
+    }
+    for &k in ops {
+        if !has(k) {
+            let what = match k {
+                Nonlinearity::Softmax => "self-attention node",
+                Nonlinearity::LayerNorm => "LayerNorm node",
+                Nonlinearity::Gelu => "GELU node",
+                Nonlinearity::Gates => "LSTM or GRU node",
+            };
+            return Err(QuantizeError::NonlinearAbsent(k.name(), what));
+        }
+    }
+    Ok(ops.iter().copied().collect())
 }
 
 /// Symmetric per-row int8 of a `[rows, cols…]` tensor: (values, scales).
@@ -383,6 +437,36 @@ pub fn quantize_with(model: &Model, mode: Mode, layers: &[String], calibration: 
     quantize_rounded(model, mode, layers, calibration)
 }
 
+/// The checks of [`integer_nonlinearities`] that need no model (a recipe runs them
+/// when it is read): a list only with `integer`, `integer` only in full mode.
+pub fn check_nonlinear_choice(mode: Mode, choice: NonlinearChoice, ops: &[Nonlinearity]) -> Result<(), QuantizeError> {
+    match (choice, mode) {
+        (NonlinearChoice::Float, _) if !ops.is_empty() => {
+            Err(QuantizeError::NonlinearOpsWithFloat(ops.iter().map(|o| o.name()).collect::<Vec<_>>().join(", ")))
+        }
+        (NonlinearChoice::Integer, Mode::Weights) => Err(QuantizeError::NonlinearNeedsFull("weights")),
+        (NonlinearChoice::Integer, Mode::Dynamic) => Err(QuantizeError::NonlinearNeedsFull("dynamic")),
+        _ => Ok(()),
+    }
+}
+
+/// [`quantize_with`], then the chosen nonlinearities marked to run on integers
+/// ([`integer_nonlinearities`]; nothing changes for `NonlinearChoice::Float`).
+pub fn quantize_with_nonlinear(
+    model: &Model,
+    mode: Mode,
+    layers: &[String],
+    calibration: &[f32],
+    small: SmallTensors,
+    nonlinear: NonlinearChoice,
+    ops: &[Nonlinearity],
+) -> Result<SqzModel, QuantizeError> {
+    let chosen = integer_nonlinearities(&model.graph, mode, nonlinear, ops)?;
+    let mut stored = quantize_with(model, mode, layers, calibration, small)?;
+    stored.quant.integer_nonlinear = chosen;
+    Ok(stored)
+}
+
 /// Rounds every [`ParamKind::Bias`] parameter to the nearest f16 value, so the
 /// container stores it in two bytes without further loss.
 pub fn round_small_tensors_to_f16(model: &mut Model) {
@@ -418,14 +502,14 @@ fn quantize_rounded(model: &Model, mode: Mode, layers: &[String], calibration: &
         Mode::Weights => QuantPlan::default(),
         Mode::Full => {
             let integer_nodes = chosen.into_iter().filter(|n| model.graph.node(n).is_some_and(|n| runs_on_integers(&n.op))).collect();
-            QuantPlan { integer_nodes, activations: calibrate(model, calibration)?, dynamic: Default::default() }
+            QuantPlan { integer_nodes, activations: calibrate(model, calibration)?, ..Default::default() }
         }
         Mode::Dynamic => {
             let dynamic: BTreeSet<String> = chosen
                 .into_iter()
                 .filter(|n| model.graph.node(n).is_some_and(|n| matches!(n.op, Op::Linear { .. } | Op::SelfAttention { .. })))
                 .collect();
-            QuantPlan { integer_nodes: dynamic.clone(), activations: BTreeMap::new(), dynamic }
+            QuantPlan { integer_nodes: dynamic.clone(), activations: BTreeMap::new(), dynamic, ..Default::default() }
         }
     };
     Ok(SqzModel { graph: model.graph.clone(), quant, tensors, metadata: BTreeMap::new() })
@@ -559,6 +643,54 @@ mod tests {
         let got = qplan.run(&x, n, &mut Workspace::default()).unwrap().to_vec();
         let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst < 0.05, "int8 probabilities differ by {worst}");
+    }
+
+    /// `nonlinear = integer` on a small ViT: the plan runs softmax, LayerNorm and GELU
+    /// on the integer kernels (said in the kernel description) and its probabilities
+    /// stay close to the float-nonlinearity int8 plan's; the default stores nothing new
+    /// (the plan's JSON has no `integer_nonlinear` key, so older files read alike); a
+    /// kind the model lacks, or integer outside full mode, is one clear error.
+    #[test]
+    fn integer_nonlinearities_run_on_a_vit_and_stay_close_to_float_ones() {
+        let (m, x) = small_vit();
+        let n = 40;
+        let float = quantize_with_nonlinear(&m, Mode::Full, &[], &x, SmallTensors::F32, NonlinearChoice::Float, &[]).unwrap();
+        assert!(float.quant.integer_nonlinear.is_empty());
+        assert!(!serde_json::to_string(&float.quant).unwrap().contains("integer_nonlinear"));
+        let int = quantize_with_nonlinear(&m, Mode::Full, &[], &x, SmallTensors::F32, NonlinearChoice::Integer, &[]).unwrap();
+        assert_eq!(int.quant.integer_nonlinear, [Nonlinearity::Softmax, Nonlinearity::LayerNorm, Nonlinearity::Gelu].into());
+        let back: QuantPlan = serde_json::from_str(&serde_json::to_string(&int.quant).unwrap()).unwrap();
+        assert_eq!(back, int.quant);
+        let (fp, ip) = (crate::store::sqz_plan(&float).unwrap(), crate::store::sqz_plan(&int).unwrap());
+        assert!(ip.kernel_description().ends_with("integer softmax, layernorm, gelu"), "{}", ip.kernel_description());
+        let a = fp.run(&x, n, &mut Workspace::default()).unwrap().to_vec();
+        let b = ip.run(&x, n, &mut Workspace::default()).unwrap().to_vec();
+        let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 0.05 && a != b, "integer nonlinearities move the probabilities by {worst}");
+        let err = quantize_with_nonlinear(&m, Mode::Full, &[], &x, SmallTensors::F32, NonlinearChoice::Integer, &[Nonlinearity::Gates]).unwrap_err();
+        assert!(err.to_string().contains("no LSTM or GRU node"), "{err}");
+        let err = quantize_with_nonlinear(&m, Mode::Weights, &[], &x, SmallTensors::F32, NonlinearChoice::Integer, &[]).unwrap_err();
+        assert!(err.to_string().contains("mode = \"full\""), "{err}");
+    }
+
+    /// Integer gates on an LSTM and a GRU: only `gates` is chosen, and the outputs stay
+    /// close to the float-gate int8 plan's.
+    #[test]
+    fn integer_gates_run_on_lstm_and_gru_and_stay_close_to_float_gates() {
+        use crate::model::zoo;
+        let mut rng = Rng::new(8);
+        for name in ["lstm32", "gru"] {
+            let m = Model::init(zoo::build(name).unwrap(), 3).unwrap();
+            let x: Vec<f32> = (0..12 * 784).map(|_| rng.next_f32()).collect();
+            let float = quantize(&m, Mode::Full, &[], &x).unwrap();
+            let int = quantize_with_nonlinear(&m, Mode::Full, &[], &x, SmallTensors::F32, NonlinearChoice::Integer, &[]).unwrap();
+            assert_eq!(int.quant.integer_nonlinear, [Nonlinearity::Gates].into(), "{name}");
+            let (fp, ip) = (crate::store::sqz_plan(&float).unwrap(), crate::store::sqz_plan(&int).unwrap());
+            let a = fp.run(&x, 12, &mut Workspace::default()).unwrap().to_vec();
+            let b = ip.run(&x, 12, &mut Workspace::default()).unwrap().to_vec();
+            let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 0.01 && a != b, "{name}: integer gates move the outputs by {worst}");
+        }
     }
 
     /// `small_tensors = f16`: the float tensors of a full-int8 ViT are stored in two

@@ -1689,7 +1689,7 @@ mod tests {
         let quant = QuantPlan {
             integer_nodes: ["h1".to_string()].into(),
             activations: [("sum".to_string(), QParams { scale: 0.02, zero_point: 3 })].into(),
-            dynamic: Default::default(),
+            ..Default::default()
         };
         SqzModel {
             graph: two_head_residual(),

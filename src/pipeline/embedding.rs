@@ -381,7 +381,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 drop(model);
                 (stored, false)
             }
-            Pass::Quantize { mode, layers, calibration: cal_n, small_tensors, smooth, float_activations } => {
+            Pass::Quantize { mode, layers, calibration: cal_n, small_tensors, smooth, float_activations, nonlinear, nonlinear_ops } => {
                 // Full int8 takes its activation scales from the calibration sentences
                 // (ranges over every position, padding included, as the runtime sees
                 // them), and smoothing its per-channel maxima.
@@ -401,7 +401,10 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                     extra.insert("smoothed_inputs".into(), smooth::summary_json(&summary));
                     model = smoothed;
                 }
-                let mut stored = quantize::quantize_with(&model, *mode, layers, cal, *small_tensors)?;
+                let mut stored = quantize::quantize_with_nonlinear(&model, *mode, layers, cal, *small_tensors, *nonlinear, nonlinear_ops)?;
+                if !stored.quant.integer_nonlinear.is_empty() {
+                    extra.insert("integer_nonlinear".into(), stored.quant.integer_nonlinear.iter().map(|k| k.name()).collect::<Vec<_>>().into());
+                }
                 drop(model);
                 if !float_activations.is_empty() {
                     let off = quantize::keep_float_activations(&mut stored, float_activations)?;

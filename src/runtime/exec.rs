@@ -10,11 +10,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::int8::{self, DynamicLinear, QuantizedConv2d, QuantizedLinear};
+use super::intops;
 use super::recurrent;
 use super::transformer::{self as tf, Heads, Patches, ValidLengths};
 use super::kernels::{conv2d_forward, conv_chunk, maxpool, sgemm, sgemm_threads, softmax_rows, DirectConv, MatRef, Window};
 use super::sparse::{CodebookF32, CsrF32};
-use crate::spec::{Graph, Op, PoolKind, QParams, QuantPlan, Recurrent, SpecError, ATTENTION_PROJECTIONS, INPUT, RECURRENT_PARAMS};
+use crate::spec::{Graph, Nonlinearity, Op, PoolKind, QParams, QuantPlan, Recurrent, SpecError, ATTENTION_PROJECTIONS, INPUT, RECURRENT_PARAMS};
 
 /// Why a stored model cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +162,11 @@ enum Kernel {
     PrependCls { row: Vec<f32>, seq: usize, dim: usize },
     PatchEmbed { geo: Patches, w: Vec<f32>, b: Vec<f32>, dim: usize },
     LayerNorm { gamma: Vec<f32>, beta: Vec<f32>, dim: usize, eps: f32 },
+    /// LayerNorm on integers ([`intops::IntLayerNorm`]; f32 in and out).
+    LayerNormInt(Box<intops::IntLayerNorm>),
     Gelu,
+    /// i-GELU on integers ([`intops::IntGelu`]; f32 in and out).
+    GeluInt(intops::IntGelu),
     Attention(Box<AttentionKernel>),
     Pool { seq: usize, dim: usize, mean: bool },
 }
@@ -195,7 +200,9 @@ impl Kernel {
             Kernel::PrependCls { .. } => "cls token",
             Kernel::PatchEmbed { .. } => "patch embedding",
             Kernel::LayerNorm { .. } => "layer norm",
+            Kernel::LayerNormInt(_) => "layer norm integer",
             Kernel::Gelu => "gelu",
+            Kernel::GeluInt(_) => "gelu integer",
             Kernel::Attention(_) => "attention",
             Kernel::Pool { .. } => "pool",
         }
@@ -211,6 +218,8 @@ struct AttentionKernel {
     output: Projection,
     /// The context value's name, `<node>.context`, as calibration observes it.
     context: String,
+    /// Scores, softmax and context on integers ([`intops::attend_integer`]).
+    integer_softmax: bool,
 }
 
 #[derive(Clone)]
@@ -330,6 +339,8 @@ pub struct Plan {
     linear_rows: HashMap<usize, usize>,
     /// Threads one [`Plan::run`] may use (see [`Plan::set_threads`]).
     threads: usize,
+    /// The nonlinearities this plan runs on integers (named in the kernel description).
+    integer_nonlinear: Vec<&'static str>,
 }
 
 /// Reusable buffers for [`Plan::run`]; grows to the largest batch seen.
@@ -344,6 +355,7 @@ pub struct Workspace {
     recurrent_quant: recurrent::QuantScratch,
     dynamic: int8::DynamicScratch,
     attention: AttentionScratch,
+    attention_int: intops::AttentionIntScratch,
     valid: ValidLengths,
     /// One workspace per share of a batch split across threads.
     parts: Vec<Workspace>,
@@ -388,6 +400,27 @@ fn default_threads(graph: &Graph) -> usize {
     } else {
         1
     }
+}
+
+/// A LayerNorm or GELU node's kernel: f32, or the integer approximation when the plan
+/// lists its kind in `integer_nonlinear`.
+fn float_or_integer_nonlinearity(
+    op: &Op,
+    take: &mut dyn FnMut(&str) -> Result<Weights, RuntimeError>,
+    integer_nonlinear: &std::collections::BTreeSet<Nonlinearity>,
+) -> Result<Kernel, RuntimeError> {
+    Ok(match *op {
+        Op::LayerNorm { dim, eps } => {
+            let (gamma, beta) = (take("weight")?.into_f32(), take("bias")?.into_f32());
+            if integer_nonlinear.contains(&Nonlinearity::LayerNorm) {
+                Kernel::LayerNormInt(Box::new(intops::IntLayerNorm::new(&gamma, &beta, eps)))
+            } else {
+                Kernel::LayerNorm { gamma, beta, dim, eps }
+            }
+        }
+        _ if integer_nonlinear.contains(&Nonlinearity::Gelu) => Kernel::GeluInt(intops::IntGelu::default()),
+        _ => Kernel::Gelu,
+    })
 }
 
 /// The int8 query, key and value weights of an attention node stacked into one fused
@@ -442,6 +475,7 @@ impl Plan {
             chain: None,
             linear_rows: HashMap::new(),
             threads: default_threads(graph),
+            integer_nonlinear: Vec::new(),
             logits_name: match graph.node(&graph.outputs[0]) {
                 Some(n) if matches!(n.op, Op::Softmax) => n.inputs[0].clone(),
                 _ => graph.outputs[0].clone(),
@@ -716,8 +750,7 @@ impl Plan {
                             plan.f32_layers += 1;
                             Kernel::PatchEmbed { geo, w: take("weight")?.into_f32(), b: take("bias")?.into_f32(), dim }
                         }
-                        Op::LayerNorm { dim, eps } => Kernel::LayerNorm { gamma: take("weight")?.into_f32(), beta: take("bias")?.into_f32(), dim, eps },
-                        Op::Gelu => Kernel::Gelu,
+                        Op::LayerNorm { .. } | Op::Gelu => float_or_integer_nonlinearity(&node.op, &mut take, &quant.integer_nonlinear)?,
                         Op::Pool { kind } => Kernel::Pool { seq, dim: in_shape[1], mean: kind == PoolKind::Mean },
                         Op::SelfAttention { dim, .. } => {
                             let geo = Heads::new(node.op.attention().expect("an attention node"), seq);
@@ -757,7 +790,8 @@ impl Plan {
                                 plan.f32_layers += 1;
                                 (Projection::F32 { w, b }, Projection::F32 { w: parts[3].0.to_f32(), b: parts[3].1.clone() })
                             };
-                            Kernel::Attention(Box::new(AttentionKernel { geo, qkv, output, context }))
+                            let integer_softmax = quant.integer_nonlinear.contains(&Nonlinearity::Softmax);
+                            Kernel::Attention(Box::new(AttentionKernel { geo, qkv, output, context, integer_softmax }))
                         }
                         _ => unreachable!(),
                     };
@@ -790,6 +824,7 @@ impl Plan {
             let s = plan.convert(s, Repr::F32, &mut converted);
             plan.outputs.push(s);
         }
+        plan.integer_nonlinear = quant.integer_nonlinear.iter().map(|k| k.name()).collect();
         plan.input_read_once = plan.steps.iter().flat_map(|s| &s.inputs).filter(|&&i| i == input).count() == 1 && !plan.outputs.contains(&input);
         plan.chain = plan.find_chain();
         Ok(plan)
@@ -842,6 +877,7 @@ impl Plan {
         if let Some(((q_ih, s_ih), (q_hh, s_hh), b_ih, b_hh)) = dirs.next() {
             cell = cell.with_reverse((&q_ih, &s_ih), (&q_hh, &s_hh), b_ih, b_hh);
         }
+        let cell = cell.with_integer_gates(quant.integer_nonlinear.contains(&Nonlinearity::Gates));
         Ok((Kernel::RecurrentI8 { cell: Box::new(cell), steps }, xq))
     }
 
@@ -1022,6 +1058,9 @@ impl Plan {
         }
         if !self.choices.is_empty() {
             base = format!("{base}; {}", self.choices.join("; "));
+        }
+        if !self.integer_nonlinear.is_empty() {
+            base = format!("{base}; integer {}", self.integer_nonlinear.join(", "));
         }
         base
     }
@@ -1367,6 +1406,14 @@ impl Plan {
                     let chunk = v.len().div_ceil(threads.max(1)).max(1 << 14);
                     v.par_chunks_mut(chunk).for_each(tf::gelu_fast_in_place);
                 }
+                Kernel::LayerNormInt(ln) => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    par_rows(threads, &xs[..n * xl], &mut y[..n * ol], ln.dim(), |x, y| ln.forward_f32(x, y));
+                }
+                Kernel::GeluInt(g) => {
+                    let (xs, y) = pair(&mut ws.f, xi, o);
+                    par_rows(threads, &xs[..n * xl], &mut y[..n * ol], 1, |x, y| g.forward_f32(x, y));
+                }
                 Kernel::Gelu => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     par_rows(threads, &xs[..n * xl], &mut y[..n * ol], 1, tf::gelu_fast);
@@ -1390,7 +1437,11 @@ impl Plan {
                     let mid = ws.profile.is_some().then(std::time::Instant::now);
                     let sc = &mut ws.attention;
                     let qkv = &sc.qkv[..rows * 3 * inner];
-                    geo.attend_threads(qkv, &qkv[inner..], &qkv[2 * inner..], 3 * inner, n, &ws.valid, &mut sc.probs, &mut sc.ctx, threads);
+                    if a.integer_softmax {
+                        intops::attend_integer(&geo, qkv, &qkv[inner..], &qkv[2 * inner..], 3 * inner, n, &ws.valid, &mut ws.attention_int, &mut sc.ctx);
+                    } else {
+                        geo.attend_threads(qkv, &qkv[inner..], &qkv[2 * inner..], 3 * inner, n, &ws.valid, &mut sc.probs, &mut sc.ctx, threads);
+                    }
                     observe(&a.context, &sc.ctx[..rows * inner]);
                     let late = ws.profile.is_some().then(std::time::Instant::now);
                     a.output.run(&sc.ctx[..rows * inner], None, rows, inner, d, &mut ws.f[o][..n * ol], &mut sc.ctx_q, &mut ws.acc, &mut ws.dynamic, threads);
@@ -1770,7 +1821,7 @@ mod tests {
         let quant = QuantPlan {
             integer_nodes: ["fc1".to_string(), "fc2".to_string()].into(),
             activations: [("input".to_string(), QParams::from_range(0.0, 1.0)), ("relu".to_string(), QParams::from_range(0.0, 2.0))].into(),
-            dynamic: Default::default(),
+            ..Default::default()
         };
         let plan = Plan::new(&g, stored, &quant).unwrap();
         assert!(plan.kernel_description().starts_with("int8-"), "{}", plan.kernel_description());
@@ -1824,7 +1875,7 @@ mod tests {
                 .iter()
                 .map(|(n, (lo, hi))| (n.to_string(), QParams::from_range(*lo, *hi)))
                 .collect(),
-            dynamic: Default::default(),
+            ..Default::default()
         };
         let encodings: HashMap<String, Encoding> = [("fc2.weight".to_string(), Encoding { sparse: true, codebook: None })].into();
         let plan = Plan::with_encodings(&g, stored, &quant, &encodings).unwrap();
@@ -1879,7 +1930,7 @@ mod tests {
         let g = mlp();
         let w = weights(&g, &mut Rng::new(3));
         let f: HashMap<String, Weights> = w.iter().map(|(k, v)| (k.clone(), Weights::F32(v.clone()))).collect();
-        let quant = QuantPlan { integer_nodes: ["fc1".to_string()].into(), activations: Default::default(), dynamic: Default::default() };
+        let quant = QuantPlan { integer_nodes: ["fc1".to_string()].into(), ..Default::default() };
         assert!(matches!(Plan::new(&g, f.clone(), &quant), Err(RuntimeError::NotInt8 { .. })));
         let mut missing = f;
         missing.remove("fc2.bias");

@@ -9,12 +9,15 @@
 //! - [`recurrent`]: LSTM and GRU forward over a batch of sequences (shared with the trainer).
 //! - [`transformer`]: Transformer ops (embeddings, LayerNorm, GELU, self-attention,
 //!   pooling), shared with the trainer.
+//! - [`intops`]: integer approximations (I-BERT) of softmax, LayerNorm, GELU and the
+//!   LSTM/GRU gate sigmoid/tanh, run where the quantization plan asks for them.
 //! - [`exec`]: the executor that runs a graph from its stored weights, choosing per
 //!   layer the fastest kernel the stored encoding allows (timed at plan build).
 
 pub mod codebook;
 pub mod exec;
 pub mod int8;
+pub mod intops;
 pub mod kernels;
 pub mod recurrent;
 pub mod sparse;

@@ -13,6 +13,7 @@
 //!   `n = tanh(W_in x + b_in + r·(W_hn h + b_hn))`, `h_t = (1 − z)·n + z·h_{t−1}`.
 
 use super::int8::{quantize_u8, QuantizedLinear};
+use super::intops::IntGates;
 use super::kernels::{sgemm, MatRef};
 use crate::spec::{Cell, QParams, Recurrent};
 
@@ -216,7 +217,7 @@ pub fn forward(r: &Recurrent, steps: usize, w: &CellWeights, x: &[f32], n: usize
     add_input_biases(r, w.b_ih, w.b_hh, &mut scratch.gates[..rows * g]);
     let (sh, sg) = (steps * h, steps * g);
     let accumulate = r.cell == Cell::Lstm;
-    run_steps(r, steps, w.b_hh, n, scratch, y, &mut |hp, dst| {
+    run_steps(r, steps, w.b_hh, n, scratch, y, None, &mut |hp, dst| {
         // LSTM: gates[:, t] += h_{t−1} · W_hhᵀ; GRU: hh[:, t] = h_{t−1} · W_hhᵀ.
         sgemm(n, g, h, MatRef { data: hp, rs: sh, cs: 1 }, MatRef::transposed(w.w_hh, h), dst, sg, accumulate);
     });
@@ -238,6 +239,9 @@ fn add_input_biases(r: &Recurrent, b_ih: Option<&[f32]>, b_hh: Option<&[f32]>, g
 /// product from `recurrent_product(h_{t−1} rows, destination rows)` — both start at step
 /// `t` of sample 0 with rows `steps·H` and `steps·gates·H` apart; an LSTM adds into the
 /// gates, a GRU overwrites `scratch.hh` — then the gates and the state update in f32.
+/// With `integer_gates`, every sigmoid and tanh runs on [`IntGates`] instead (the gate
+/// pre-activations rounded to fixed point; the state update stays f32).
+#[allow(clippy::too_many_arguments)]
 fn run_steps(
     r: &Recurrent,
     steps: usize,
@@ -245,8 +249,17 @@ fn run_steps(
     n: usize,
     scratch: &mut Scratch,
     y: &mut [f32],
+    integer_gates: Option<&IntGates>,
     recurrent_product: &mut dyn FnMut(&[f32], &mut [f32]),
 ) {
+    let sigmoid_in_place = |v: &mut [f32]| match integer_gates {
+        Some(g) => g.sigmoid_f32(v),
+        None => sigmoid_in_place(v),
+    };
+    let tanh_in_place = |v: &mut [f32]| match integer_gates {
+        Some(g) => g.tanh_f32(v),
+        None => tanh_in_place(v),
+    };
     let (h, g) = (r.hidden, r.gate_rows());
     let rows = n * steps;
     let gates = &mut scratch.gates[..rows * g];
@@ -343,6 +356,8 @@ pub struct QuantizedRecurrent {
     input_qp: QParams,
     /// The forward direction, then (bidirectional) the reverse one.
     dirs: Vec<QuantizedDirection>,
+    /// Gate sigmoid/tanh on integers ([`IntGates`]) instead of f32.
+    integer_gates: Option<IntGates>,
 }
 
 #[derive(Clone, Debug)]
@@ -377,7 +392,7 @@ impl QuantizedRecurrent {
         b_hh: Option<Vec<f32>>,
         input_qp: QParams,
     ) -> QuantizedRecurrent {
-        let mut q = QuantizedRecurrent { geo, input_qp, dirs: Vec::new() };
+        let mut q = QuantizedRecurrent { geo, input_qp, dirs: Vec::new(), integer_gates: None };
         q.push_direction(w_ih, w_hh, b_ih, b_hh);
         q
     }
@@ -396,6 +411,12 @@ impl QuantizedRecurrent {
             b_ih,
             b_hh,
         });
+    }
+
+    /// Runs the gate sigmoid and tanh on [`IntGates`] when `on`.
+    pub fn with_integer_gates(mut self, on: bool) -> QuantizedRecurrent {
+        self.integer_gates = on.then(IntGates::default);
+        self
     }
 
     /// The node's geometry.
@@ -444,7 +465,7 @@ impl QuantizedRecurrent {
         let QuantScratch { hq, rec, acc, .. } = quant;
         let (hq, rec) = (&mut hq[..n * h], &mut rec[..n * g]);
         let accumulate = r.cell == Cell::Lstm;
-        run_steps(r, steps, dir.b_hh.as_deref(), n, scratch, y, &mut |hp, dst| {
+        run_steps(r, steps, dir.b_hh.as_deref(), n, scratch, y, self.integer_gates.as_ref(), &mut |hp, dst| {
             for (s, q) in hq.chunks_exact_mut(h).enumerate() {
                 quantize_u8(&hp[s * sh..s * sh + h], HIDDEN_QPARAMS, q);
             }

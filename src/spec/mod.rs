@@ -835,6 +835,40 @@ pub struct QuantPlan {
     /// run time instead of at a calibrated scale ("dynamic"; their outputs stay f32).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub dynamic: BTreeSet<String>,
+    /// Nonlinearities that run on integer approximations instead of f32 (absent in
+    /// files made before the choice existed, and when every one stays float).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub integer_nonlinear: BTreeSet<Nonlinearity>,
+}
+
+/// A kind of nonlinearity that full int8 can run on integers (I-BERT-style
+/// approximations in `runtime::intops`) instead of f32.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Nonlinearity {
+    /// The softmax inside self-attention (with its scores and context products).
+    Softmax,
+    /// Every LayerNorm node.
+    #[serde(rename = "layernorm")]
+    LayerNorm,
+    /// Every GELU node.
+    Gelu,
+    /// The sigmoid and tanh of the LSTM/GRU gates in an integer recurrent step.
+    Gates,
+}
+
+impl Nonlinearity {
+    pub const ALL: [Nonlinearity; 4] = [Nonlinearity::Softmax, Nonlinearity::LayerNorm, Nonlinearity::Gelu, Nonlinearity::Gates];
+
+    /// The name recipes and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Nonlinearity::Softmax => "softmax",
+            Nonlinearity::LayerNorm => "layernorm",
+            Nonlinearity::Gelu => "gelu",
+            Nonlinearity::Gates => "gates",
+        }
+    }
 }
 
 #[cfg(test)]
