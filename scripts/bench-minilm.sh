@@ -34,11 +34,11 @@ for round in $(seq "$rounds"); do
   echo "== round $round of $rounds"
   rm -f "$1/baseline-seq32.npy"
   echo "== squeeze fp32: $1/baseline.sqz"
-  squeeze_time fp32 "$1/baseline.sqz" "$1/baseline-seq32.npy" | tee /dev/stderr | record "squeeze-fp32"
+  out="$(squeeze_time fp32 "$1/baseline.sqz" "$1/baseline-seq32.npy")"; echo "$out"; record "squeeze-fp32" <<< "$out"
   for run in "$@"; do
     echo "== squeeze int8: $run/model.sqz"
     rm -f "$run/model-seq32.npy"
-    squeeze_time "$run" "$run/model.sqz" "$run/model-seq32.npy" | tee /dev/stderr | record "squeeze-int8:$run"
+    out="$(squeeze_time "$run" "$run/model.sqz" "$run/model-seq32.npy")"; echo "$out"; record "squeeze-int8:$run" <<< "$out"
     [ "$round" = 1 ] && python3 - "$1/baseline-seq32.npy" "$run/model-seq32.npy" <<'PY'
 import sys, numpy as np
 a, b = (np.load(p).astype(np.float64) for p in sys.argv[1:3])
@@ -48,10 +48,10 @@ PY
   done
   for threads in 0 2; do
     echo "== onnxruntime, threads ${threads/#0/default}"
-    python3 scripts/bench-minilm-ort.py "$onnx" models/all-MiniLM-L6-v2 "$sentences" --seq 32 --limit 1000 --threads "$threads" --reference "$1/baseline-seq32.npy" \
-      | tee /dev/stderr | record "ort-threads-${threads/#0/default}"
+    out="$(python3 scripts/bench-minilm-ort.py "$onnx" models/all-MiniLM-L6-v2 "$sentences" --seq 32 --limit 1000 --threads "$threads" --reference "$1/baseline-seq32.npy")"
+    echo "$out"; record "ort-threads-${threads/#0/default}" <<< "$out"
   done
-done 2>&1
+done
 echo "load after: $(uptime)"
 # Medians over the rounds, and each int8 engine's speed-up over squeeze fp32 and over
 # ONNX Runtime within the same round (the machine's speed drifts between rounds).
