@@ -14,27 +14,18 @@
 //! `cal=K` (calibration sentences, default 1000). `sensitivity-dynamic` and
 //! `sensitivity-full` expand to one configuration per weighted node, each with only
 //! that node's activations in f32 ("all but one").
-use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use squeeze::compress::{quantize, smooth};
-use squeeze::pipeline::embedding::{embed_ids, read_sentences, row_cosines};
+use squeeze::pipeline::embedding::{embed_ids, row_cosines};
+
+#[path = "common/minilm.rs"]
+mod minilm;
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [dir, heldout, calibration] = [&args[0], &args[1], &args[2]];
-    let n: usize = args.get(3).map_or(Ok(300), |s| s.parse()).context("N")?;
-    let imported = squeeze::format::hf::import(Path::new(dir), Some(64))?;
-    let encoder = squeeze::text::TextEncoder::from_json(&imported.tokenizer_json, 64, imported.pad_token as u32)?;
-    let model = squeeze::model::Model::from_tensors(imported.graph, imported.tensors)?;
-    let sentences = read_sentences(Path::new(heldout), Some(n))?;
-    let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
-    let ids = encoder.encode(&refs)?;
-    let cal = read_sentences(Path::new(calibration), Some(1000))?;
+    let minilm::Sweep { args, model, encoder, ids, n, reference, dim, calibration: cal } = minilm::load(1000)?;
     let cal_refs: Vec<&str> = cal.iter().map(String::as_str).collect();
     let cal_ids = encoder.encode(&cal_refs)?;
-    let reference = embed_ids(&squeeze::store::model_plan(&model)?, &ids, n, 32)?;
-    let dim = reference.len() / n;
     let integer_candidates: Vec<String> = model
         .graph
         .nodes

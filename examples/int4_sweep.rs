@@ -8,28 +8,19 @@
 //!         data/shakespeare/heldout.txt data/shakespeare/calibration.txt [N]
 //!
 //! `SWEEP=0,2,5` runs only those configurations (by index in the list below).
-use std::path::Path;
 
 use anyhow::{Context, Result};
 use squeeze::compress::{prune, quantize};
 use squeeze::compress::quantize::{Int4Plan, Int4Scales};
-use squeeze::pipeline::embedding::{embed_ids, int4_importance, read_sentences, row_cosines};
+use squeeze::pipeline::embedding::{embed_ids, int4_importance, row_cosines};
+
+#[path = "common/minilm.rs"]
+mod minilm;
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [dir, heldout, calibration] = [&args[0], &args[1], &args[2]];
-    let n: usize = args.get(3).map_or(Ok(300), |s| s.parse()).context("N")?;
-    let imported = squeeze::format::hf::import(Path::new(dir), Some(64))?;
-    let encoder = squeeze::text::TextEncoder::from_json(&imported.tokenizer_json, 64, imported.pad_token as u32)?;
-    let model = squeeze::model::Model::from_tensors(imported.graph, imported.tensors)?;
-    let sentences = read_sentences(Path::new(heldout), Some(n))?;
-    let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
-    let ids = encoder.encode(&refs)?;
-    let cal = read_sentences(Path::new(calibration), Some(128))?;
+    let minilm::Sweep { model, encoder, ids, n, reference, dim, calibration: cal, .. } = minilm::load(128)?;
     let cal_refs: Vec<&str> = cal.iter().map(String::as_str).collect();
     let (cal_ids, cal_lens) = (encoder.encode(&cal_refs)?, encoder.lengths(&cal_refs)?);
-    let reference = embed_ids(&squeeze::store::model_plan(&model)?, &ids, n, 32)?;
-    let dim = reference.len() / n;
     let norms = prune::input_norms(&model, &cal_ids, cal_refs.len(), Some(&cal_lens))?;
     let weighted = int4_importance(&model, &norms);
     let nodes: Vec<String> = {
