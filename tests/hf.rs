@@ -220,6 +220,17 @@ fn cli_imports_inspects_and_embeds_a_hugging_face_directory() {
     for j in 0..D {
         assert!((data[j] as f64 / norm - values[j]).abs() < 1e-5);
     }
+    // Timing with a profile: one line per kind of step, for batch 1 and batch 32.
+    let timed = dir.path("t.npy");
+    let o = squeeze(&["embed", m.to_str().unwrap(), "--file", sentences.to_str().unwrap(), "--out", timed.to_str().unwrap(), "--time", "--profile"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("batch 1:") && o.stdout.contains("batch 32:") && o.stdout.contains("by kind of step"), "{}", o.stdout);
+    for kind in ["attention projection f32", "attention scores+context", "layer norm", "gelu", "embedding"] {
+        assert!(o.stdout.lines().filter(|l| l.trim_start().starts_with(kind)).count() == 2, "{kind} twice:\n{}", o.stdout);
+    }
+    // --profile needs --time.
+    let o = squeeze(&["embed", m.to_str().unwrap(), "--file", sentences.to_str().unwrap(), "--out", timed.to_str().unwrap(), "--profile"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
     // A model without a tokenizer cannot embed text.
     let o = squeeze(&["embed", npy.to_str().unwrap(), "--text", "x"]);
     assert_eq!(o.code, 2);
