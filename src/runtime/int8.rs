@@ -442,29 +442,18 @@ fn pack_avx2(b: &[i8], n: usize, k: usize) -> Vec<i16> {
 
 /// Pack `m` u8 rows of length `k` into words of `e` values each (`kw = ceil(k/e)` words
 /// per row, zero-padded): e = 4 → 4 bytes per i32 (little endian), e = 2 → two u16
-/// halves, e = 1 → the value itself.
+/// halves in the AVX2 kernel's panels ([`pack_panels`]), e = 1 → the value itself.
 fn pack_rows(e: usize, x: &[u8], m: usize, k: usize, dst: &mut [i32]) {
     let kw = k.div_ceil(e);
     if k == 0 {
         return;
     }
+    if e == 2 {
+        return pack_panels(x, m, k, dst);
+    }
     for (src, d) in x.chunks_exact(k).take(m).zip(dst.chunks_exact_mut(kw)) {
         match e {
             1 => d.iter_mut().zip(src).for_each(|(d, &s)| *d = s as i32),
-            #[cfg(target_arch = "x86_64")]
-            2 if Kernel::Avx2.is_available() => {
-                // SAFETY: AVX2 was just detected on this CPU.
-                unsafe { x86::widen_u8_avx2(src, d) }
-            }
-            2 => {
-                let mut ch = src.chunks_exact(2);
-                for (d, c) in d.iter_mut().zip(&mut ch) {
-                    *d = c[0] as i32 | (c[1] as i32) << 16;
-                }
-                if let [v] = ch.remainder() {
-                    d[kw - 1] = *v as i32;
-                }
-            }
             4 => {
                 let mut ch = src.chunks_exact(4);
                 for (d, c) in d.iter_mut().zip(&mut ch) {
@@ -482,11 +471,50 @@ fn pack_rows(e: usize, x: &[u8], m: usize, k: usize, dst: &mut [i32]) {
     }
 }
 
-/// Write one activation value into a packed row (the row must start zeroed).
+/// Rows per panel of the AVX2 activation layout (the kernel's tile height).
+const PANEL: usize = 6;
+
+/// The AVX2 layout of `m` u8 rows of length `k`: pairs of values as two u16 halves of
+/// an i32 word (`kw = ceil(k/2)` words per row, the odd tail zero-padded), rows in panels
+/// of [`PANEL`] (the last may be shorter) stored word-major, `panel_base + g·h + r`, so a
+/// tile's rows are read as one stream.
+fn pack_panels(x: &[u8], m: usize, k: usize, dst: &mut [i32]) {
+    let kw = k.div_ceil(2);
+    assert!(x.len() >= m * k && dst.len() >= m * kw);
+    for p0 in (0..m).step_by(PANEL) {
+        let h = PANEL.min(m - p0);
+        let panel = &mut dst[p0 * kw..(p0 + h) * kw];
+        for r in 0..h {
+            let src = &x[(p0 + r) * k..(p0 + r + 1) * k];
+            let mut pairs = src.chunks_exact(2);
+            for (g, c) in (&mut pairs).enumerate() {
+                panel[g * h + r] = c[0] as i32 | (c[1] as i32) << 16;
+            }
+            if let [v] = pairs.remainder() {
+                panel[(kw - 1) * h + r] = *v as i32;
+            }
+        }
+    }
+}
+
+/// Where word `g` of row `r` lies among `m` rows of `kw` words packed for words of `e`
+/// values: row-major, except the AVX2 layout's panels (see [`pack_panels`]).
 #[inline]
-fn put_packed(e: usize, row: &mut [i32], kk: usize, v: u8) {
+fn word_index(e: usize, m: usize, kw: usize, r: usize, g: usize) -> usize {
+    if e == 2 {
+        let p0 = r / PANEL * PANEL;
+        p0 * kw + g * PANEL.min(m - p0) + (r - p0)
+    } else {
+        r * kw + g
+    }
+}
+
+/// Write activation `kk` of row `r` into packed activations `a` of `m` rows (see
+/// [`word_index`]; `a` must start zeroed).
+#[inline]
+fn put_packed(e: usize, a: &mut [i32], m: usize, kw: usize, r: usize, kk: usize, v: u8) {
     let bits = 32 / e;
-    row[kk / e] |= ((v as u32) << ((kk % e) * bits)) as i32;
+    a[word_index(e, m, kw, r, kk / e)] |= ((v as u32) << ((kk % e) * bits)) as i32;
 }
 
 /// The core product on packed activations: `c[r, o] = init[o] + Σ_k a[r,k]·b[o,k]`
@@ -640,25 +668,6 @@ mod x86 {
 
     use super::NR;
     use std::arch::x86_64::*;
-
-    /// Zero-extend u8 to u16 into i32 words (two values per word, the first in the
-    /// low half): `d[i] = src[2i] | src[2i+1] << 16`, the odd tail zero-padded.
-    #[target_feature(enable = "avx2")]
-    pub(super) fn widen_u8_avx2(src: &[u8], d: &mut [i32]) {
-        assert!(d.len() >= src.len().div_ceil(2));
-        let full = src.len() / 16;
-        for i in 0..full {
-            // SAFETY: bytes 16i..16i+16 < src.len() and words 8i..8i+8 < d.len().
-            unsafe {
-                let v = _mm_loadu_si128(src.as_ptr().add(16 * i) as *const __m128i);
-                _mm256_storeu_si256(d.as_mut_ptr().add(8 * i) as *mut __m256i, _mm256_cvtepu8_epi16(v));
-            }
-        }
-        let tail = &src[16 * full..];
-        for (j, pair) in tail.chunks(2).enumerate() {
-            d[8 * full + j] = pair[0] as i32 | (*pair.get(1).unwrap_or(&0) as i32) << 16;
-        }
-    }
 
     /// `y[i] = clamp(zp + round_half_away(acc[i]·m / 2^shift), lo, 255)` for whole
     /// groups of 8, exactly as `Requant::apply_u8`; returns how many were done.
@@ -917,16 +926,15 @@ mod x86 {
                         (0..$rows).for_each(|i| put($r + i, col0, cols, &t[i]));
                     }};
                 }
+                // Whole panels of 6 rows, then the last, shorter panel.
                 let mut r = r0;
                 while r + 6 <= r1 {
                     tile!(6, r);
                     r += 6;
                 }
-                while r + 4 <= r1 {
-                    tile!(4, r);
-                    r += 4;
-                }
                 match r1 - r {
+                    5 => tile!(5, r),
+                    4 => tile!(4, r),
                     3 => tile!(3, r),
                     2 => tile!(2, r),
                     1 => tile!(1, r),
@@ -983,20 +991,20 @@ mod x86 {
         }
     }
 
-    /// `R` rows × 16 outputs over the whole reduction. `a` holds rows of `kw` words
-    /// (two u16 values each), `w` one block (`kw` × 32 i16).
+    /// `R` rows × 16 outputs over the whole reduction. `a` is one panel of `R` rows
+    /// (word `g` of row `r` at `g·R + r`, two u16 values each), `w` one block (`kw` × 32 i16).
     #[target_feature(enable = "avx2")]
     #[inline]
     fn tile_avx2<const R: usize>(a: &[i32], kw: usize, w: &[i16], init: &[i32; NR]) -> [[i32; NR]; R] {
-        assert!(a.len() >= (R - 1) * kw + kw && w.len() >= kw * NR * 2);
+        assert!(a.len() >= R * kw && w.len() >= kw * NR * 2);
         let (ap, wp) = (a.as_ptr(), w.as_ptr());
         // SAFETY: init has 16 i32 = two 256-bit vectors; unaligned loads.
         let i0 = unsafe { _mm256_loadu_si256(init.as_ptr() as *const __m256i) };
         let i1 = unsafe { _mm256_loadu_si256(init.as_ptr().add(8) as *const __m256i) };
         let mut acc = [[i0, i1]; R];
         for g in 0..kw {
-            // SAFETY: g < kw, so w[32g .. 32g+32] and a[r·kw + g] (r < R) are in
-            // bounds by the assertion above.
+            // SAFETY: g < kw, so w[32g .. 32g+32] and the panel's a[g·R + r] (r < R) are
+            // in bounds by the assertion above.
             let (w0, w1) = unsafe {
                 (
                     _mm256_loadu_si256(wp.add(g * 32) as *const __m256i),
@@ -1004,7 +1012,7 @@ mod x86 {
                 )
             };
             for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm256_set1_epi32(unsafe { *ap.add(r * kw + g) });
+                let x = _mm256_set1_epi32(unsafe { *ap.add(g * R + r) });
                 acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(x, w0));
                 acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(x, w1));
             }
@@ -1594,7 +1602,7 @@ impl QuantizedConv2d {
         let (h, w, k, s, pad) = (self.height as isize, self.width as isize, self.kernel, self.stride, self.padding as isize);
         for oy in 0..self.out_h {
             for ox in 0..self.out_w {
-                let row = &mut a[(oy * self.out_w + ox) * kw..][..kw];
+                let r = oy * self.out_w + ox;
                 let mut kk = 0;
                 for ch in 0..self.in_channels {
                     let plane = &x[ch * self.height * self.width..][..self.height * self.width];
@@ -1607,7 +1615,7 @@ impl QuantizedConv2d {
                             } else {
                                 self.pad_value
                             };
-                            put_packed(e, row, kk, v);
+                            put_packed(e, a, p, kw, r, kk, v);
                             kk += 1;
                         }
                     }
