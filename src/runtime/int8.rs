@@ -566,17 +566,8 @@ fn gemm_packed_threads(kernel: Kernel, a: &[i32], m: usize, b: &PackedMatrix, in
     assert!(a.len() >= m * kw && init.len() >= blocks(n) * NR && c.len() >= m * n);
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => {
-            assert_eq!(b.kernel, Kernel::Avx2);
-            let nb = blocks(n);
-            let per = nb.div_ceil(threads);
-            let sink = Sink::I32(c.as_mut_ptr());
-            (0..nb.div_ceil(per)).into_par_iter().for_each(|t| {
-                // SAFETY: AVX2 was checked when `b` was packed; c holds m·n values (asserted)
-                // and thread t alone writes the columns of blocks t·per..(t+1)·per.
-                unsafe { x86::gemm_avx2_blocks(a, m, kw, &b.packed_i16, n, init, sink, t * per..((t + 1) * per).min(nb)) }
-            });
-        }
+        // c holds m·n values (asserted above).
+        Kernel::Avx2 => gemm_avx2_threads(a, m, b, init, Sink::I32(c.as_mut_ptr()), threads),
         _ => {
             let rows = m.div_ceil(threads);
             let words = if kernel == Kernel::Scalar { k } else { kw };
@@ -589,21 +580,20 @@ fn gemm_packed_threads(kernel: Kernel, a: &[i32], m: usize, b: &PackedMatrix, in
     }
 }
 
-/// The AVX2 product straight into f32 outputs `y` (`m × n`), the output blocks shared
-/// among up to `threads` threads as in [`gemm_packed_threads`].
+/// The AVX2 product on packed activations `a` into `sink`, the 16-output blocks shared
+/// among up to `threads` threads of the rayon pool when the product is large enough.
 #[cfg(target_arch = "x86_64")]
-fn gemm_avx2_f32_threads(a: &[i32], m: usize, b: &PackedMatrix, init: &[i32], out: F32Out, y_len: usize, threads: usize) {
+fn gemm_avx2_threads(a: &[i32], m: usize, b: &PackedMatrix, init: &[i32], sink: Sink, threads: usize) {
     use rayon::prelude::*;
     let (n, k) = (b.n, b.k);
-    assert!(b.kernel == Kernel::Avx2 && y_len >= m * n && init.len() >= blocks(n) * NR);
+    assert!(b.kernel == Kernel::Avx2 && init.len() >= blocks(n) * NR);
     let kw = k.div_ceil(2);
     let nb = blocks(n);
-    let sink = Sink::F32(out);
     let parts = if threads <= 1 || m * n * k < super::kernels::PARALLEL_MIN_MACS { 1 } else { threads };
     let per = nb.div_ceil(parts).max(1);
     let run = |t: usize| {
-        // SAFETY: AVX2 was checked when `b` was packed; y holds m·n values (asserted) and
-        // part t alone writes the columns of blocks t·per..(t+1)·per.
+        // SAFETY: AVX2 was checked when `b` was packed; the caller's sink holds m·n
+        // values, and part t alone writes the columns of blocks t·per..(t+1)·per.
         unsafe { x86::gemm_avx2_blocks(a, m, kw, &b.packed_i16, n, init, sink, t * per..((t + 1) * per).min(nb)) }
     };
     if parts == 1 {
@@ -613,9 +603,23 @@ fn gemm_avx2_f32_threads(a: &[i32], m: usize, b: &PackedMatrix, init: &[i32], ou
     }
 }
 
-/// Whether products on `b` may run [`gemm_avx2_f32_threads`] now.
+/// `x` (`rows × k` u8) times `b` straight into f32 outputs (`out.y`, `rows × n`, at
+/// least `y_len` long), the activations packed into `scratch`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn product_f32(b: &PackedMatrix, x: &[u8], rows: usize, scratch: &mut Vec<i32>, init: &[i32], out: F32Out, y_len: usize, threads: usize) {
+    let kw = b.k.div_ceil(2);
+    assert!(x.len() == rows * b.k && y_len >= rows * b.n, "product_f32: x must be rows×k, y rows×n");
+    if scratch.len() < rows * kw {
+        scratch.resize(rows * kw, 0);
+    }
+    pack_rows(2, x, rows, b.k, &mut scratch[..rows * kw]);
+    gemm_avx2_threads(&scratch[..rows * kw], rows, b, init, Sink::F32(out), threads);
+}
+
+/// Whether products on `b` may run [`product_f32`] now.
 fn fused_f32(b: &PackedMatrix) -> bool {
-    cfg!(target_arch = "x86_64") && b.effective_kernel() == Kernel::Avx2
+    b.effective_kernel() == Kernel::Avx2
 }
 
 /// Size the scratch for `m` rows of `b` and split it into (packed a, c).
@@ -1122,10 +1126,8 @@ struct Epilogue {
     /// `bias_i32[o] − zx·Σ_k w[o,k]`, padded to whole 16-blocks: the kernels start
     /// their accumulators here.
     init: Vec<i32>,
-    /// Per output channel: `sx·sw[o]` (f32 output).
+    /// Per output channel: `sx·sw[o]` (f32 output), padded to whole 16-blocks.
     acc_scale: Vec<f32>,
-    /// `acc_scale` padded to whole 16-blocks (the fused f32 output's).
-    acc_scale_padded: Vec<f32>,
     /// Per output channel: requantization to the output scale (u8 output).
     requant: Vec<Requant>,
     /// The requantization multipliers and shifts in the vector kernel's layout
@@ -1147,7 +1149,7 @@ impl Epilogue {
         if let Some(b) = bias {
             assert_eq!(b.len(), n, "bias must have one value per output");
         }
-        let acc_scale: Vec<f32> = w_scales.iter().map(|&s| input.scale * s).collect();
+        let acc_scale: Vec<f32> = pad_blocks(&w_scales.iter().map(|&s| input.scale * s).collect::<Vec<f32>>());
         let mut init = vec![0i32; blocks(n) * NR];
         for o in 0..n {
             let bias_q = bias.map_or(0, |b| (b[o] as f64 / (input.scale as f64 * w_scales[o] as f64)).round() as i32);
@@ -1164,8 +1166,7 @@ impl Epilogue {
         let rq_mult = requant.iter().map(|r| r.multiplier as i32).collect();
         let rq_sh_even = requant.iter().step_by(2).map(|r| r.shift as i64).collect();
         let rq_sh_odd = requant.iter().skip(1).step_by(2).map(|r| r.shift as i64).collect();
-        let acc_scale_padded = pad_blocks(&acc_scale);
-        Epilogue { init, acc_scale, acc_scale_padded, requant, rq_mult, rq_sh_even, rq_sh_odd, output, relu }
+        Epilogue { init, acc_scale, requant, rq_mult, rq_sh_even, rq_sh_odd, output, relu }
     }
 
     /// Requantize rows of `n` accumulators (`c`, `rows × n`) into `y`.
@@ -1315,15 +1316,8 @@ impl QuantizedLinear {
         assert_eq!(y.len(), batch * n, "y must be batch*out_features");
         #[cfg(target_arch = "x86_64")]
         if self.sparse.is_none() && fused_f32(&self.weights) {
-            let k = self.weights.k;
-            assert_eq!(x.len(), batch * k, "x must be batch*in_features");
-            let kw = k.div_ceil(2);
-            if scratch.len() < batch * kw {
-                scratch.resize(batch * kw, 0);
-            }
-            pack_rows(2, x, batch, k, &mut scratch[..batch * kw]);
-            let out = F32Out { y: y.as_mut_ptr(), row_scale: &[], row_zp: &[], col_scale: &self.epi.acc_scale_padded, col_sums: &[], bias: &[], relu: self.epi.relu };
-            return gemm_avx2_f32_threads(&scratch[..batch * kw], batch, &self.weights, &self.epi.init, out, y.len(), threads);
+            let out = F32Out { y: y.as_mut_ptr(), row_scale: &[], row_zp: &[], col_scale: &self.epi.acc_scale, col_sums: &[], bias: &[], relu: self.epi.relu };
+            return product_f32(&self.weights, x, batch, scratch, &self.epi.init, out, y.len(), threads);
         }
         let off = self.accumulate(x, batch, scratch, threads);
         let c = &scratch[off..off + batch * n];
@@ -1342,15 +1336,13 @@ impl QuantizedLinear {
 #[derive(Clone, Debug)]
 pub struct DynamicLinear {
     weights: PackedMatrix,
+    /// `w_scales`, `bias` (zeros when none) and the weights' row sums, each padded to
+    /// whole 16-blocks (as the fused f32 output reads them).
     w_scales: Vec<f32>,
     bias: Vec<f32>,
+    sums: Vec<i32>,
     /// Zero accumulator starts, padded to whole 16-blocks.
     zero_init: Vec<i32>,
-    /// `w_scales`, `bias` and the weights' row sums padded to whole 16-blocks (the fused
-    /// f32 output's).
-    w_scales_padded: Vec<f32>,
-    bias_padded: Vec<f32>,
-    sums_padded: Vec<i32>,
 }
 
 /// The smallest and largest value of `x` (±∞ when empty), in eight independent lanes
@@ -1372,8 +1364,8 @@ fn row_range(x: &[f32]) -> (f32, f32) {
 #[derive(Default)]
 pub struct DynamicScratch {
     q: Vec<u8>,
-    qp: Vec<QParams>,
     acc: Vec<i32>,
+    /// Each row's input scale and zero point.
     row_scale: Vec<f32>,
     row_zp: Vec<i32>,
 }
@@ -1385,8 +1377,8 @@ impl DynamicLinear {
         let weights = PackedMatrix::new(w, out_features, in_features);
         let bias = bias.map_or_else(|| vec![0.0; out_features], <[f32]>::to_vec);
         assert_eq!(bias.len(), out_features, "one bias per output");
-        let (w_scales_padded, bias_padded, sums_padded) = (pad_blocks(w_scales), pad_blocks(&bias), pad_blocks(&weights.row_sums));
-        DynamicLinear { weights, w_scales: w_scales.to_vec(), bias, zero_init: vec![0; blocks(out_features) * NR], w_scales_padded, bias_padded, sums_padded }
+        let (w_scales, bias, sums) = (pad_blocks(w_scales), pad_blocks(&bias), pad_blocks(&weights.row_sums));
+        DynamicLinear { weights, w_scales, bias, sums, zero_init: vec![0; blocks(out_features) * NR] }
     }
 
     pub fn in_features(&self) -> usize {
@@ -1404,44 +1396,28 @@ impl DynamicLinear {
         if sc.q.len() < rows * k {
             sc.q.resize(rows * k, 0);
         }
-        sc.qp.clear();
+        sc.row_scale.clear();
+        sc.row_zp.clear();
         for (xr, qr) in x.chunks_exact(k.max(1)).zip(sc.q.chunks_exact_mut(k.max(1))).take(rows) {
             let (lo, hi) = row_range(xr);
             let qp = QParams::from_range(lo, hi);
             quantize_u8(xr, qp, qr);
-            sc.qp.push(qp);
+            sc.row_scale.push(qp.scale);
+            sc.row_zp.push(qp.zero_point);
         }
         #[cfg(target_arch = "x86_64")]
         if fused_f32(&self.weights) {
-            let kw = k.div_ceil(2);
-            if sc.acc.len() < rows * kw {
-                sc.acc.resize(rows * kw, 0);
-            }
-            pack_rows(2, &sc.q[..rows * k], rows, k, &mut sc.acc[..rows * kw]);
-            sc.row_scale.clear();
-            sc.row_scale.extend(sc.qp.iter().map(|q| q.scale));
-            sc.row_zp.clear();
-            sc.row_zp.extend(sc.qp.iter().map(|q| q.zero_point));
-            let out = F32Out {
-                y: y.as_mut_ptr(),
-                row_scale: &sc.row_scale,
-                row_zp: &sc.row_zp,
-                col_scale: &self.w_scales_padded,
-                col_sums: &self.sums_padded,
-                bias: &self.bias_padded,
-                relu: false,
-            };
-            return gemm_avx2_f32_threads(&sc.acc[..rows * kw], rows, &self.weights, &self.zero_init, out, y.len(), threads);
+            let out = F32Out { y: y.as_mut_ptr(), row_scale: &sc.row_scale, row_zp: &sc.row_zp, col_scale: &self.w_scales, col_sums: &self.sums, bias: &self.bias, relu: false };
+            return product_f32(&self.weights, &sc.q[..rows * k], rows, &mut sc.acc, &self.zero_init, out, y.len(), threads);
         }
         let kernel = self.weights.effective_kernel();
         let (a, c) = split_scratch(&mut sc.acc, kernel, rows, &self.weights);
         pack_rows(kernel.elems_per_word(), &sc.q[..rows * k], rows, k, a);
         gemm_packed_threads(kernel, a, rows, &self.weights, &self.zero_init, c, threads);
-        let sums = &self.weights.row_sums;
-        for ((yr, cr), qp) in y.chunks_exact_mut(n).zip(c.chunks_exact(n)).zip(&sc.qp) {
+        for (r, (yr, cr)) in y.chunks_exact_mut(n).zip(c.chunks_exact(n)).enumerate() {
             for o in 0..n {
-                let exact = cr[o].wrapping_sub(qp.zero_point.wrapping_mul(sums[o]));
-                yr[o] = qp.scale * self.w_scales[o] * exact as f32 + self.bias[o];
+                let exact = cr[o].wrapping_sub(sc.row_zp[r].wrapping_mul(self.sums[o]));
+                yr[o] = sc.row_scale[r] * self.w_scales[o] * exact as f32 + self.bias[o];
             }
         }
     }
