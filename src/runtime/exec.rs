@@ -382,10 +382,17 @@ impl Workspace {
     }
 
     fn record(&mut self, kind: &'static str, since: Option<std::time::Instant>) {
-        if let (Some(p), Some(t)) = (self.profile.as_mut(), since) {
+        if let Some(t) = since {
+            self.add_time(kind, 1, t.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Adds `calls` and `secs` to `kind`'s row of the profile, if profiling.
+    fn add_time(&mut self, kind: &'static str, calls: usize, secs: f64) {
+        if let Some(p) = self.profile.as_mut() {
             let e = p.entry(kind).or_default();
-            e.0 += 1;
-            e.1 += t.elapsed().as_secs_f64();
+            e.0 += calls;
+            e.1 += secs;
         }
     }
 }
@@ -1151,12 +1158,8 @@ impl Plan {
         results.into_iter().collect::<Result<(), RuntimeError>>()?;
         // The shares ran side by side: a kind's wall time is the mean over them.
         for i in 0..parts {
-            if let (Some(part), Some(all)) = (ws.parts[i].profile.take(), ws.profile.as_mut()) {
-                for (kind, (calls, secs)) in part {
-                    let e = all.entry(kind).or_default();
-                    e.0 += calls;
-                    e.1 += secs / parts as f64;
-                }
+            for (kind, (calls, secs)) in ws.parts[i].profile.take().unwrap_or_default() {
+                ws.add_time(kind, calls, secs / parts as f64);
             }
         }
         if ws.f.len() != self.slots.len() {
@@ -1400,12 +1403,7 @@ impl Plan {
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     par_rows(threads, &xs[..n * xl], &mut y[..n * ol], *dim, |x, y| tf::layer_norm_fast(x, *dim, gamma, beta, *eps, y));
                 }
-                Kernel::Gelu if in_place => {
-                    use rayon::prelude::*;
-                    let v = &mut ws.f[o][..n * ol];
-                    let chunk = v.len().div_ceil(threads.max(1)).max(1 << 14);
-                    v.par_chunks_mut(chunk).for_each(tf::gelu_fast_in_place);
-                }
+                Kernel::Gelu if in_place => par_rows_in_place(threads, &mut ws.f[o][..n * ol], 1, tf::gelu_fast_in_place),
                 Kernel::LayerNormInt(ln) => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     par_rows(threads, &xs[..n * xl], &mut y[..n * ol], ln.dim(), |x, y| ln.forward_f32(x, y));
@@ -1446,11 +1444,8 @@ impl Plan {
                     let late = ws.profile.is_some().then(std::time::Instant::now);
                     a.output.run(&sc.ctx[..rows * inner], None, rows, inner, d, &mut ws.f[o][..n * ol], &mut sc.ctx_q, &mut ws.acc, &mut ws.dynamic, threads);
                     if let (Some(s), Some(m), Some(l)) = (started, mid, late) {
-                        let p = ws.profile.as_mut().expect("profiling");
                         for (kind, secs) in [(a.qkv.kind(), m - s), ("attention scores+context", l - m), (a.output.kind(), l.elapsed())] {
-                            let e = p.entry(kind).or_default();
-                            e.0 += 1;
-                            e.1 += secs.as_secs_f64();
+                            ws.add_time(kind, 1, secs.as_secs_f64());
                         }
                     }
                 }
@@ -1518,17 +1513,37 @@ fn take_free<T>(free: &mut Vec<Vec<T>>, need: usize) -> Vec<T> {
     pick.map(|i| free.swap_remove(i)).unwrap_or_default()
 }
 
+/// Values below which an element-wise step stays on one thread: waking a second one
+/// costs about as much as it saves.
+const PAR_MIN_VALUES: usize = 1 << 14;
+
+/// Values per share when `len` values in rows of `row` are split among `threads`, or
+/// `None` when the step should stay on one thread.
+fn par_chunk(threads: usize, len: usize, row: usize) -> Option<usize> {
+    if threads <= 1 || len < 2 * PAR_MIN_VALUES {
+        return None;
+    }
+    let rows = len / row.max(1);
+    Some(rows.div_ceil(threads).max(PAR_MIN_VALUES / row.max(1)) * row)
+}
+
 /// `f` on rows of `row` values of `x` into `y`, the rows shared among up to `threads`
 /// threads when there are enough of them to pay for the hand-over.
 fn par_rows(threads: usize, x: &[f32], y: &mut [f32], row: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
     use rayon::prelude::*;
-    const MIN_VALUES: usize = 1 << 14;
-    if threads <= 1 || x.len() < 2 * MIN_VALUES {
-        return f(x, y);
+    match par_chunk(threads, x.len(), row) {
+        None => f(x, y),
+        Some(chunk) => x.par_chunks(chunk).zip(y.par_chunks_mut(chunk)).for_each(|(x, y)| f(x, y)),
     }
-    let rows = x.len() / row.max(1);
-    let chunk = rows.div_ceil(threads).max(MIN_VALUES / row.max(1)) * row;
-    x.par_chunks(chunk).zip(y.par_chunks_mut(chunk)).for_each(|(x, y)| f(x, y));
+}
+
+/// [`par_rows`] on values overwritten in place.
+fn par_rows_in_place(threads: usize, v: &mut [f32], row: usize, f: impl Fn(&mut [f32]) + Sync) {
+    use rayon::prelude::*;
+    match par_chunk(threads, v.len(), row) {
+        None => f(v),
+        Some(chunk) => v.par_chunks_mut(chunk).for_each(|c| f(c)),
+    }
 }
 
 /// The kernel that runs a batch of `n` (a by-batch choice resolved).

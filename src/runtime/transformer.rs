@@ -149,8 +149,14 @@ impl Patches {
 
 /// Layer normalisation of every `dim`-long row of `x` into `y`.
 pub fn layer_norm(x: &[f32], dim: usize, gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32]) {
+    normalize_rows(x, dim, gamma, beta, eps, y, row_stats);
+}
+
+/// `y = (x − mean)·rstd·γ + β` per row of `dim`, the statistics from `stats`.
+#[allow(clippy::too_many_arguments)]
+fn normalize_rows(x: &[f32], dim: usize, gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32], stats: fn(&[f32], f32) -> (f32, f32)) {
     for (xr, yr) in x.chunks_exact(dim).zip(y.chunks_exact_mut(dim)) {
-        let (mean, rstd) = row_stats(xr, eps);
+        let (mean, rstd) = stats(xr, eps);
         for (((o, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
             *o = (v - mean) * rstd * g + b;
         }
@@ -160,12 +166,7 @@ pub fn layer_norm(x: &[f32], dim: usize, gamma: &[f32], beta: &[f32], eps: f32, 
 /// [`layer_norm`] for inference: the row statistics summed in eight f64 lanes
 /// ([`row_stats_lanes`]) so they vectorize; the normalization is the same f32 arithmetic.
 pub fn layer_norm_fast(x: &[f32], dim: usize, gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32]) {
-    for (xr, yr) in x.chunks_exact(dim).zip(y.chunks_exact_mut(dim)) {
-        let (mean, rstd) = row_stats_lanes(xr, eps);
-        for (((o, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
-            *o = (v - mean) * rstd * g + b;
-        }
-    }
+    normalize_rows(x, dim, gamma, beta, eps, y, row_stats_lanes);
 }
 
 /// [`row_stats`] with the f64 sums split over eight lanes: the same statistics up to
