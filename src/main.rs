@@ -266,6 +266,11 @@ enum Command {
         /// per kind of step.
         #[arg(long, requires = "time")]
         profile: bool,
+        /// With --time: also time this model (e.g. the fp32 baseline.sqz) against MODEL,
+        /// call by call on the same batches, and print MODEL's speed-up over it per
+        /// adjacent pair of calls (robust to the machine's speed drifting).
+        #[arg(long, requires = "time", value_name = "BASELINE")]
+        against: Option<PathBuf>,
         /// With --file: embed at most this many sentences.
         #[arg(long)]
         limit: Option<usize>,
@@ -705,7 +710,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Embed { model, text, file, out, seq_len, time, profile, limit } => embed(&model, text, file, out, seq_len, time, profile, limit),
+        Command::Embed { model, text, file, out, seq_len, time, profile, against, limit } => embed(&model, text, file, out, seq_len, time, profile, against, limit),
         Command::Bench { model_name, model, train_samples, json, data } => bench(model_name.as_deref().unwrap_or(&model), train_samples, json, &data),
         Command::Import { state_dict, arch: None, seq_len, out } => {
             if !state_dict.is_dir() {
@@ -766,7 +771,7 @@ fn inspect_hf(dir: &Path) -> Result<()> {
 
 /// `embed`: sentence embeddings from a model file that carries its tokenizer.
 #[allow(clippy::too_many_arguments)]
-fn embed(model: &Path, text: Option<String>, file: Option<PathBuf>, out: Option<PathBuf>, seq_len: Option<usize>, time: bool, profile: bool, limit: Option<usize>) -> Result<ExitCode> {
+fn embed(model: &Path, text: Option<String>, file: Option<PathBuf>, out: Option<PathBuf>, seq_len: Option<usize>, time: bool, profile: bool, against: Option<PathBuf>, limit: Option<usize>) -> Result<ExitCode> {
     use squeeze::pipeline::embedding as emb;
     let mut f = store::read(model)?;
     if let Some(seq) = seq_len {
@@ -811,6 +816,23 @@ fn embed(model: &Path, text: Option<String>, file: Option<PathBuf>, out: Option<
                     s32 * 1e3,
                     32.0 / b32
                 );
+            }
+            if let Some(base_path) = &against {
+                let mut base = store::read(base_path)?;
+                emb::set_seq_len(&mut base, ids.len() / n)?;
+                let base_plan = base.plan()?;
+                out!("interleaved with {} (kernels {}), call by call:", base_path.display(), base_plan.kernel_description());
+                for (batch, reps) in [(1, 100), (32, 20)] {
+                    let p = emb::time_interleaved([&base_plan, &plan], &ids, n, batch, reps)
+                        .with_context(|| format!("'{}' cannot run these sentences", base_path.display()))?;
+                    out!(
+                        "  batch {batch:>2}: {:.2} ms against {:.2} ms, speed-up {:.2} ± {:.2}× (median of {reps} adjacent pairs ± half the interquartile range)",
+                        p.second.median * 1e3,
+                        p.first.median * 1e3,
+                        p.speedup.median,
+                        p.speedup.spread,
+                    );
+                }
             }
             if profile {
                 for (batch, reps) in [(1, 50), (32, 10)] {

@@ -228,6 +228,15 @@ fn cli_imports_inspects_and_embeds_a_hugging_face_directory() {
     for kind in ["attention projection f32", "attention scores+context", "layer norm", "gelu", "embedding"] {
         assert!(o.stdout.lines().filter(|l| l.trim_start().starts_with(kind)).count() == 2, "{kind} twice:\n{}", o.stdout);
     }
+    // Interleaved against a baseline (here itself): one speed-up per batch size, near 1.
+    let o = squeeze(&["embed", m.to_str().unwrap(), "--file", sentences.to_str().unwrap(), "--out", timed.to_str().unwrap(), "--time", "--against", m.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let speedups: Vec<f64> = o.stdout.lines().filter_map(|l| l.split("speed-up ").nth(1)).map(|v| v.split_whitespace().next().unwrap().parse().unwrap()).collect();
+    assert_eq!(speedups.len(), 2, "{}", o.stdout);
+    assert!(speedups.iter().all(|s| (0.5..2.0).contains(s)), "the same model against itself: {speedups:?}");
+    let o = squeeze(&["embed", m.to_str().unwrap(), "--file", sentences.to_str().unwrap(), "--out", timed.to_str().unwrap(), "--time", "--against", dir.path("missing.sqz").to_str().unwrap()]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("missing.sqz") && !o.stderr.contains("panicked"), "{}", o.stderr);
     // --profile needs --time.
     let o = squeeze(&["embed", m.to_str().unwrap(), "--file", sentences.to_str().unwrap(), "--out", timed.to_str().unwrap(), "--profile"]);
     assert_eq!(o.code, 2, "{}", o.stderr);

@@ -13,7 +13,7 @@ use crate::format::hf::{self, HfError};
 use crate::format::sqz::SqzModel;
 use crate::model::Model;
 use crate::recipe::{Pass, Recipe};
-use crate::report::measure::{median_and_spread, peak_rss_bytes};
+use crate::report::measure::{Spread, median_and_spread, peak_rss_bytes};
 use crate::report::{Gate, Report, Stage};
 use crate::runtime::exec::{Plan, RuntimeError, Workspace};
 use crate::spec::Op;
@@ -128,6 +128,46 @@ pub fn time_batches(plan: &Plan, ids: &[f32], n: usize, batch: usize, reps: usiz
     }
     let s = median_and_spread(&mut samples);
     Ok((s.median, s.spread))
+}
+
+/// The interleaved timing of two plans on the same batches: [`time_interleaved`].
+pub struct PairTiming {
+    /// Seconds per call of the first plan (median and spread).
+    pub first: Spread,
+    /// Seconds per call of the second plan.
+    pub second: Spread,
+    /// The second plan's speed-up over the first (first's time over second's), per pair
+    /// of adjacent calls.
+    pub speedup: Spread,
+}
+
+/// Times `plans[0]` and `plans[1]` on the same `batch`-row inputs, alternating call by
+/// call (in ABBA order, so neither always runs first), `reps` calls each. This
+/// machine's speed drifts by tens of percent over minutes; adjacent calls see the same
+/// speed, so the per-pair ratio is the figure to compare, not the two medians.
+pub fn time_interleaved(plans: [&Plan; 2], ids: &[f32], n: usize, batch: usize, reps: usize) -> Result<PairTiming, RuntimeError> {
+    let per = ids.len() / n.max(1);
+    let batch = batch.min(n).max(1);
+    let mut ws = [Workspace::default(), Workspace::default()];
+    for (plan, ws) in plans.iter().zip(&mut ws) {
+        plan.run(&ids[..batch * per], batch, ws)?;
+    }
+    let (mut first, mut second, mut speedup) = (Vec::with_capacity(reps), Vec::with_capacity(reps), Vec::with_capacity(reps));
+    for r in 0..reps {
+        let start = (r * batch) % (n - batch + 1);
+        let x = &ids[start * per..(start + batch) * per];
+        let mut secs = [0.0; 2];
+        let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let t = Instant::now();
+            plans[i].run(x, batch, &mut ws[i])?;
+            secs[i] = t.elapsed().as_secs_f64();
+        }
+        first.push(secs[0]);
+        second.push(secs[1]);
+        speedup.push(secs[0] / secs[1]);
+    }
+    Ok(PairTiming { first: median_and_spread(&mut first), second: median_and_spread(&mut second), speedup: median_and_spread(&mut speedup) })
 }
 
 /// Where the time of a `batch`-row run goes, over `reps` runs (as [`time_batches`]):

@@ -1515,7 +1515,7 @@ fn take_free<T>(free: &mut Vec<Vec<T>>, need: usize) -> Vec<T> {
 
 /// Values below which an element-wise step stays on one thread: waking a second one
 /// costs about as much as it saves.
-const PAR_MIN_VALUES: usize = 1 << 14;
+pub(super) const PAR_MIN_VALUES: usize = 1 << 14;
 
 /// Values per share when `len` values in rows of `row` are split among `threads`, or
 /// `None` when the step should stay on one thread.

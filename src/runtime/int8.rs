@@ -485,16 +485,75 @@ fn pack_panels(x: &[u8], m: usize, k: usize, dst: &mut [i32]) {
         let h = PANEL.min(m - p0);
         let panel = &mut dst[p0 * kw..(p0 + h) * kw];
         for r in 0..h {
-            let src = &x[(p0 + r) * k..(p0 + r + 1) * k];
-            let mut pairs = src.chunks_exact(2);
-            for (g, c) in (&mut pairs).enumerate() {
-                panel[g * h + r] = c[0] as i32 | (c[1] as i32) << 16;
-            }
-            if let [v] = pairs.remainder() {
-                panel[(kw - 1) * h + r] = *v as i32;
-            }
+            put_panel_row(panel, h, r, &x[(p0 + r) * k..(p0 + r + 1) * k]);
         }
     }
+}
+
+/// Row `r` of a panel of `h` rows (see [`pack_panels`]) from its u8 values `q`.
+#[inline]
+fn put_panel_row(panel: &mut [i32], h: usize, r: usize, q: &[u8]) {
+    let kw = q.len().div_ceil(2);
+    let mut pairs = q.chunks_exact(2);
+    for (g, c) in (&mut pairs).enumerate() {
+        panel[g * h + r] = c[0] as i32 | (c[1] as i32) << 16;
+    }
+    if let [v] = pairs.remainder() {
+        panel[(kw - 1) * h + r] = *v as i32;
+    }
+}
+
+/// [`put_panel_row`] from `q` already widened to u16 (`2·kw` values, the odd tail
+/// zero): each word is one 32-bit copy.
+#[inline]
+fn put_panel_row_u16(panel: &mut [i32], h: usize, r: usize, q16: &[u16]) {
+    for (g, c) in q16.chunks_exact(2).enumerate() {
+        panel[g * h + r] = (c[0] as u32 | (c[1] as u32) << 16) as i32;
+    }
+}
+
+/// Dynamic quantization of `x` (`rows × k` f32), each row on its own range, straight
+/// into the AVX2 panel layout `dst` (`rows · ceil(k/2)` words, see [`pack_panels`]),
+/// each row's scale and zero point into `row_scale` and `row_zp`; whole panels shared
+/// among up to `threads` threads when the rows are many enough to pay for it.
+fn quantize_rows_to_panels(x: &[f32], rows: usize, k: usize, dst: &mut [i32], row_scale: &mut [f32], row_zp: &mut [i32], threads: usize) {
+    use rayon::prelude::*;
+    let kw = k.div_ceil(2);
+    assert!(x.len() >= rows * k && dst.len() >= rows * kw && row_scale.len() >= rows && row_zp.len() >= rows);
+    if rows == 0 || k == 0 {
+        return;
+    }
+    // Part `first` of the rows: they start a panel, and so does every PANEL-th after.
+    let part = |first: usize, dst: &mut [i32], scale: &mut [f32], zp: &mut [i32]| {
+        let mut q = vec![0u8; k];
+        let mut q16 = vec![0u16; 2 * kw];
+        let n = scale.len();
+        for p0 in (0..n).step_by(PANEL) {
+            let h = PANEL.min(n - p0);
+            let panel = &mut dst[p0 * kw..(p0 + h) * kw];
+            for r in 0..h {
+                let xr = &x[(first + p0 + r) * k..(first + p0 + r + 1) * k];
+                let (lo, hi) = row_range(xr);
+                let qp = QParams::from_range(lo, hi);
+                quantize_u8(xr, qp, &mut q);
+                (scale[p0 + r], zp[p0 + r]) = (qp.scale, qp.zero_point);
+                q16.iter_mut().zip(&q).for_each(|(w, &v)| *w = v as u16);
+                put_panel_row_u16(panel, h, r, &q16);
+            }
+        }
+    };
+    let (dst, row_scale, row_zp) = (&mut dst[..rows * kw], &mut row_scale[..rows], &mut row_zp[..rows]);
+    let panels = rows.div_ceil(PANEL);
+    let parts = if threads > 1 && rows * k >= 2 * super::exec::PAR_MIN_VALUES { threads.min(panels) } else { 1 };
+    if parts == 1 {
+        return part(0, dst, row_scale, row_zp);
+    }
+    let per = panels.div_ceil(parts) * PANEL;
+    dst.par_chunks_mut(per * kw)
+        .zip(row_scale.par_chunks_mut(per))
+        .zip(row_zp.par_chunks_mut(per))
+        .enumerate()
+        .for_each(|(t, ((d, s), z))| part(t * per, d, s, z));
 }
 
 /// Where word `g` of row `r` lies among `m` rows of `kw` words packed for words of `e`
@@ -1345,9 +1404,19 @@ pub struct DynamicLinear {
     zero_init: Vec<i32>,
 }
 
-/// The smallest and largest value of `x` (±∞ when empty), in eight independent lanes
-/// so the compiler vectorizes it (min and max do not depend on the order).
+/// The smallest and largest value of `x` (±∞ when empty; NaN values are skipped).
 fn row_range(x: &[f32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::Avx2.is_available() {
+        // SAFETY: AVX2 was just detected.
+        return unsafe { row_range_avx2(x) };
+    }
+    row_range_lanes(x)
+}
+
+/// [`row_range`] in eight independent lanes, so the compiler vectorizes it (min and max
+/// do not depend on the order).
+fn row_range_lanes(x: &[f32]) -> (f32, f32) {
     let (mut lo, mut hi) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {
@@ -1358,6 +1427,30 @@ fn row_range(x: &[f32]) -> (f32, f32) {
     }
     let fold = |init: f32, lanes: [f32; 8], f: fn(f32, f32) -> f32| chunks.remainder().iter().chain(&lanes).fold(init, |a, &b| f(a, b));
     (fold(f32::INFINITY, lo, f32::min), fold(f32::NEG_INFINITY, hi, f32::max))
+}
+
+/// [`row_range_lanes`] on 256-bit vectors. `vminps(x, acc)` returns `acc` when `x` is
+/// NaN, so NaN values are skipped as `f32::min` skips them; the lanes never hold NaN.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn row_range_avx2(x: &[f32]) -> (f32, f32) {
+    use std::arch::x86_64::*;
+    let (mut lo, mut hi) = (_mm256_set1_ps(f32::INFINITY), _mm256_set1_ps(f32::NEG_INFINITY));
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        // SAFETY: c holds 8 f32; unaligned load.
+        let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+        lo = _mm256_min_ps(v, lo);
+        hi = _mm256_max_ps(v, hi);
+    }
+    let (mut l, mut h) = ([0f32; 8], [0f32; 8]);
+    // SAFETY: l and h hold 8 f32 each.
+    unsafe {
+        _mm256_storeu_ps(l.as_mut_ptr(), lo);
+        _mm256_storeu_ps(h.as_mut_ptr(), hi);
+    }
+    let rest = chunks.remainder();
+    (rest.iter().chain(&l).fold(f32::INFINITY, |a, &b| a.min(b)), rest.iter().chain(&h).fold(f32::NEG_INFINITY, |a, &b| a.max(b)))
 }
 
 /// Buffers of [`DynamicLinear::forward`], reused across calls.
@@ -1393,6 +1486,18 @@ impl DynamicLinear {
     pub fn forward(&self, x: &[f32], rows: usize, y: &mut [f32], sc: &mut DynamicScratch, threads: usize) {
         let (n, k) = (self.weights.n, self.weights.k);
         assert!(x.len() == rows * k && y.len() == rows * n, "DynamicLinear: x must be rows×in, y rows×out");
+        sc.row_scale.resize(rows, 0.0);
+        sc.row_zp.resize(rows, 0);
+        #[cfg(target_arch = "x86_64")]
+        if fused_f32(&self.weights) {
+            let kw = k.div_ceil(2);
+            if sc.acc.len() < rows * kw {
+                sc.acc.resize(rows * kw, 0);
+            }
+            quantize_rows_to_panels(x, rows, k, &mut sc.acc, &mut sc.row_scale, &mut sc.row_zp, threads);
+            let out = F32Out { y: y.as_mut_ptr(), row_scale: &sc.row_scale, row_zp: &sc.row_zp, col_scale: &self.w_scales, col_sums: &self.sums, bias: &self.bias, relu: false };
+            return gemm_avx2_threads(&sc.acc[..rows * kw], rows, &self.weights, &self.zero_init, Sink::F32(out), threads);
+        }
         if sc.q.len() < rows * k {
             sc.q.resize(rows * k, 0);
         }
@@ -1404,11 +1509,6 @@ impl DynamicLinear {
             quantize_u8(xr, qp, qr);
             sc.row_scale.push(qp.scale);
             sc.row_zp.push(qp.zero_point);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if fused_f32(&self.weights) {
-            let out = F32Out { y: y.as_mut_ptr(), row_scale: &sc.row_scale, row_zp: &sc.row_zp, col_scale: &self.w_scales, col_sums: &self.sums, bias: &self.bias, relu: false };
-            return product_f32(&self.weights, &sc.q[..rows * k], rows, &mut sc.acc, &self.zero_init, out, y.len(), threads);
         }
         let kernel = self.weights.effective_kernel();
         let (a, c) = split_scratch(&mut sc.acc, kernel, rows, &self.weights);
@@ -1803,6 +1903,33 @@ mod tests {
         assert_eq!(y, y3);
     }
 
+    /// Quantizing straight into panels on 2 threads (uneven parts, a short last panel, an
+    /// odd row length) gives the words, scales and zero points of quantizing each row and
+    /// packing them afterwards.
+    #[test]
+    fn quantize_rows_to_panels_matches_quantize_then_pack() {
+        let mut rng = Rng::new(5);
+        for (rows, k) in [(173usize, 203usize), (7, 9), (1, 1)] {
+            let x: Vec<f32> = (0..rows * k).map(|i| rng.uniform(2.0) + (i / k % 3) as f32).collect();
+            let kw = k.div_ceil(2);
+            let (mut q, mut want_scale, mut want_zp) = (vec![0u8; rows * k], vec![], vec![]);
+            for (xr, qr) in x.chunks_exact(k).zip(q.chunks_exact_mut(k)) {
+                let (lo, hi) = row_range_lanes(xr);
+                let qp = QParams::from_range(lo, hi);
+                quantize_u8_impl(xr, qp, qr);
+                want_scale.push(qp.scale);
+                want_zp.push(qp.zero_point);
+            }
+            let mut want = vec![0i32; rows * kw];
+            pack_panels(&q, rows, k, &mut want);
+            for threads in [1, 2] {
+                let (mut got, mut scale, mut zp) = (vec![-1i32; rows * kw], vec![0f32; rows], vec![0i32; rows]);
+                quantize_rows_to_panels(&x, rows, k, &mut got, &mut scale, &mut zp, threads);
+                assert_eq!((&got, &scale, &zp), (&want, &want_scale, &want_zp), "rows {rows} k {k} threads {threads}");
+            }
+        }
+    }
+
     #[test]
     fn row_range_is_the_plain_min_and_max() {
         let mut rng = Rng::new(31);
@@ -1810,6 +1937,7 @@ mod tests {
             let x: Vec<f32> = (0..len).map(|_| rng.uniform(3.0)).collect();
             let plain = x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             assert_eq!(row_range(&x), plain, "len {len}");
+            assert_eq!(row_range_lanes(&x), plain, "len {len}");
         }
     }
 
