@@ -1,18 +1,14 @@
 //! Where the time of an integer Linear layer goes (seed MLP shapes): input
 //! quantization, the raw product, the layer with its requantization, the f32 GEMM.
 //! Run: `cargo bench --bench int8_parts`.
-use std::time::Instant;
+
+mod common;
 use squeeze::runtime::int8::{self, PackedMatrix, QuantizedLinear};
 use squeeze::spec::QParams;
 
-fn best<F: FnMut()>(reps: usize, mut f: F) -> f64 {
-    let mut b = f64::MAX;
-    for _ in 0..reps {
-        let t = Instant::now();
-        f();
-        b = b.min(t.elapsed().as_secs_f64());
-    }
-    b * 1e6
+/// Best microseconds of `reps` calls of `f`.
+fn best(reps: usize, f: impl FnMut()) -> f64 {
+    common::best_secs(reps, f) * 1e6
 }
 
 fn main() {

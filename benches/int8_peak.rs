@@ -7,6 +7,8 @@
 //! the f32 test set, which bounds any batch-256 run that reads its images as f32.
 //! Run: `cargo bench --bench int8_peak`.
 
+mod common;
+
 use std::time::Instant;
 
 #[cfg(target_arch = "x86_64")]
@@ -101,15 +103,7 @@ mod peak {
     }
 }
 
-/// Best seconds of `reps` runs of `f`.
-fn best(reps: usize, mut f: impl FnMut()) -> f64 {
-    (0..reps).map(|_| {
-        let t = Instant::now();
-        f();
-        t.elapsed().as_secs_f64()
-    })
-    .fold(f64::MAX, f64::min)
-}
+use common::best_secs as best;
 
 fn main() {
     #[cfg(target_arch = "x86_64")]
