@@ -71,7 +71,9 @@ fn main() {
             for _ in 0..reps * 2 {
                 let f = time(|| layers.iter().for_each(|l| f32_two(l, &mut yf))) / LAYERS as f64;
                 let l = time(|| layers.iter().for_each(|l| l.2.forward(&xf, m, &mut yf, &mut dyn_scratch, 2))) / LAYERS as f64;
-                (f_twos.push(f), l_twos.push(l), ratios.push(f / l));
+                f_twos.push(f);
+                l_twos.push(l);
+                ratios.push(f / l);
             }
             let (f_two, l_two, two_ratio) = (median(f_twos), median(l_twos), median(ratios));
             let g = |t: f64| format!("{:.1} G/s", macs / t / 1e9);

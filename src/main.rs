@@ -549,10 +549,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Prune { model, sparsity, scope, layers, fine_tune_epochs, lr, seed, out, data } => {
-            refuse_overwrite(&out, &[&model])?;
-            let mut m = store::read_model(&model)?;
-            let splits = data.load()?;
-            pipeline::check_shapes(&store::model_plan(&m)?, &m.graph.input_shape, &splits.train)?;
+            let (mut m, splits) = model_and_data(&model, &out, &data)?;
             let scope = match scope {
                 ScopeArg::Layer => prune::Scope::Layer,
                 ScopeArg::Global => prune::Scope::Global,
@@ -573,10 +570,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if ratio == 0.0 && heads == 0 {
                 bail!("nothing to trim: give --ratio (a fraction of units) and/or --heads (attention heads per node)");
             }
-            refuse_overwrite(&out, &[&model])?;
-            let m = store::read_model(&model)?;
-            let splits = data.load()?;
-            pipeline::check_shapes(&store::model_plan(&m)?, &m.graph.input_shape, &splits.train)?;
+            let (m, splits) = model_and_data(&model, &out, &data)?;
             let score = match score {
                 ScoreArg::L1 => trim::Score::L1,
                 ScoreArg::L2 => trim::Score::L2,
@@ -612,10 +606,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Quantize { model, mode, layers, calibration, small_tensors, nonlinear, nonlinear_ops, out, data } => {
-            refuse_overwrite(&out, &[&model])?;
-            let m = store::read_model(&model)?;
-            let splits = data.load()?;
-            pipeline::check_shapes(&store::model_plan(&m)?, &m.graph.input_shape, &splits.train)?;
+            let (m, splits) = model_and_data(&model, &out, &data)?;
             let mode = match mode {
                 ModeArg::Full => quantize::Mode::Full,
                 ModeArg::Weights => quantize::Mode::Weights,
@@ -860,6 +851,16 @@ fn write_model(out: &Path, m: &Model) -> Result<u64> {
         Some("safetensors") => Ok(store::write_safetensors(out, m)?),
         _ => bail!("output '{}' must end in .sqz or .safetensors", out.display()),
     }
+}
+
+/// The model a compression command reads and the data it fine-tunes and tests on,
+/// checked to fit each other, once `out` is known not to be the model file.
+fn model_and_data(model: &Path, out: &Path, data: &DataArgs) -> Result<(Model, Splits)> {
+    refuse_overwrite(out, &[model])?;
+    let m = store::read_model(model)?;
+    let splits = data.load()?;
+    pipeline::check_shapes(&store::model_plan(&m)?, &m.graph.input_shape, &splits.train)?;
+    Ok((m, splits))
 }
 
 /// Never write over an input file.

@@ -346,14 +346,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                     ..train_cfg.clone()
                 };
                 fine_tune_shared(&mut model, &splits, &tcfg, *half_precision, on_event);
-                let layers: Vec<serde_json::Value> = summary
-                    .layers
-                    .iter()
-                    .map(|(n, kept, k)| serde_json::json!({ "tensor": n, "weights": kept, "clusters": k }))
-                    .collect();
-                extra.insert("layers".into(), layers.into());
-                extra.insert("fine_tune_epochs".into(), (*fine_tune_epochs).into());
-                extra.insert("half_precision".into(), (*half_precision).into());
+                record_shared(&mut extra, &summary.layers, "clusters", *fine_tune_epochs, *half_precision);
                 (quantize::store_f32(&model), false)
             }
             Pass::Code {} => (quantize::store_f32(&model), true),
@@ -367,15 +360,8 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                     ..train_cfg.clone()
                 };
                 fine_tune_shared(&mut model, &splits, &tcfg, *half_precision, on_event);
-                let layers: Vec<serde_json::Value> = summary
-                    .layers
-                    .iter()
-                    .map(|(n, weights, k)| serde_json::json!({ "tensor": n, "weights": weights, "buckets": k }))
-                    .collect();
-                extra.insert("layers".into(), layers.into());
+                record_shared(&mut extra, &summary.layers, "buckets", *fine_tune_epochs, *half_precision);
                 extra.insert("signed".into(), (*signed).into());
-                extra.insert("fine_tune_epochs".into(), (*fine_tune_epochs).into());
-                extra.insert("half_precision".into(), (*half_precision).into());
                 (quantize::store_f32(&model), true)
             }
             // Recipes with tasks run in `tasks::run`; without them there is nothing to share.
@@ -696,6 +682,16 @@ fn fine_tune_shared(model: &mut Model, splits: &Splits, cfg: &TrainConfig, half_
     if half_precision {
         share::round_to_half(model);
     }
+}
+
+/// Records a sharing pass in a stage's `extra`: per tensor its weights and how many
+/// distinct values serve them (`unit`: "clusters" of a codebook, "buckets" of a hash),
+/// and the fine-tuning that followed.
+fn record_shared(extra: &mut serde_json::Map<String, serde_json::Value>, layers: &[(String, usize, usize)], unit: &str, fine_tune_epochs: usize, half_precision: bool) {
+    let layers: Vec<serde_json::Value> = layers.iter().map(|(n, weights, k)| serde_json::json!({ "tensor": n, "weights": weights, unit: k })).collect();
+    extra.insert("layers".into(), layers.into());
+    extra.insert("fine_tune_epochs".into(), fine_tune_epochs.into());
+    extra.insert("half_precision".into(), half_precision.into());
 }
 
 /// Marks `report` failed at `stage` for `reason`, writes it to `dir`, and returns the

@@ -1894,35 +1894,7 @@ mod tests {
             }
             let _ = decode(&b, &fuzz_limits());
         }
-        let mut accepted = 0;
-        for _ in 0..20000 {
-            let mut b = valid.clone();
-            for _ in 0..1 + rng.below(4) {
-                let at = rng.below(b.len());
-                match rng.below(4) {
-                    0 => b[at] = rng.next_u64() as u8,
-                    1 => b[at] ^= 1 << rng.below(8),
-                    2 => b.truncate(at),
-                    _ => b.insert(at, rng.next_u64() as u8),
-                }
-                if b.is_empty() {
-                    break;
-                }
-            }
-            let _ = decode(&b, &fuzz_limits());
-            fix_crcs(&mut b); // reach the payload parsers
-            if let Ok(m) = decode(&b, &fuzz_limits()) {
-                // Whatever decodes is a valid model: it re-encodes, and byte-stably
-                // (bytes, not PartialEq, so that NaN values compare).
-                assert!(summarize(&b, &fuzz_limits()).is_ok());
-                m.tensors.iter().for_each(|t| assert_eq!(t.to_dense_f32().len(), t.numel()));
-                let again = encode(&m).unwrap();
-                let back = decode(&again, &fuzz_limits()).unwrap();
-                assert_eq!(encode(&back).unwrap(), again);
-                accepted += 1;
-            }
-        }
-        assert!(accepted > 0, "mutations never reached a decodable file");
+        mutations_decode_or_fail_cleanly(&valid, &mut rng, 4);
     }
 
     #[test]
@@ -2808,11 +2780,19 @@ mod tests {
         for n in 0..bytes.len() {
             assert!(decode(&bytes[..n], &fuzz_limits()).is_err(), "length {n}");
         }
-        let mut rng = Rng::new(seed);
+        mutations_decode_or_fail_cleanly(&bytes, &mut Rng::new(seed), 3);
+    }
+
+    /// 20,000 copies of `valid` with 1 to `max_edits` random edits each (a byte replaced
+    /// or bit-flipped, a truncation, an insertion) are decoded as they are and again with
+    /// their checksums fixed (to reach the payload parsers): none panics, and whatever
+    /// decodes is a valid model that re-encodes byte-stably (bytes, not PartialEq, so that
+    /// NaN values compare). Some must decode, or the edits never got past the header.
+    fn mutations_decode_or_fail_cleanly(valid: &[u8], rng: &mut Rng, max_edits: usize) {
         let mut accepted = 0;
         for _ in 0..20000 {
-            let mut b = bytes.clone();
-            for _ in 0..1 + rng.below(3) {
+            let mut b = valid.to_vec();
+            for _ in 0..1 + rng.below(max_edits) {
                 let at = rng.below(b.len());
                 match rng.below(4) {
                     0 => b[at] = rng.next_u64() as u8,
@@ -2824,7 +2804,8 @@ mod tests {
                     break;
                 }
             }
-            fix_crcs(&mut b); // reach the payload parsers
+            let _ = decode(&b, &fuzz_limits());
+            fix_crcs(&mut b);
             if let Ok(m) = decode(&b, &fuzz_limits()) {
                 assert!(summarize(&b, &fuzz_limits()).is_ok());
                 m.tensors.iter().for_each(|t| assert_eq!(t.to_dense_f32().len(), t.numel()));
