@@ -47,3 +47,5 @@ pub mod rng;
 pub mod runtime;
 pub mod spec;
 pub mod train;
+#[cfg(test)]
+pub(crate) mod testing;

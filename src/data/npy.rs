@@ -246,6 +246,17 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// Truncated and mutated .npy bytes are errors or arrays, never a panic.
+    #[test]
+    fn corrupted_npy_never_panics() {
+        let data: Vec<u8> = (0..12).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        for (descr, shape) in [("<f4", vec![3usize, 4]), ("<f4", vec![12]), ("|u1", vec![48])] {
+            let bytes = npy_bytes(descr, &shape, &data);
+            let accepted = crate::testing::fuzz_reader(&bytes, 3, 3000, |b| parse_npy(b, Path::new("fuzz.npy")));
+            assert!(accepted > 0);
+        }
+    }
+
     fn write(path: &Path, bytes: &[u8]) {
         std::fs::write(path, bytes).unwrap();
     }

@@ -98,9 +98,13 @@ fn tensor_refs<'a>(v: &'a Value, out: &mut Vec<&'a TensorRef>) {
 /// count and its raw little-endian bytes.
 pub fn read_legacy(bytes: &[u8]) -> Result<StateDict, PytorchError> {
     let legacy = |why: String| PytorchError::Legacy(why);
+    if !bytes.starts_with(LEGACY_MAGIC) {
+        return Err(legacy("it does not start with the legacy magic number".into()));
+    }
     let mut pos = LEGACY_MAGIC.len();
     let next = |pos: &mut usize| -> Result<Value, PytorchError> {
-        let (v, used) = pickle::load_prefix(&bytes[*pos..])?;
+        let rest = bytes.get(*pos..).ok_or_else(|| legacy("truncated".into()))?;
+        let (v, used) = pickle::load_prefix(rest)?;
         *pos += used;
         Ok(v)
     };
@@ -265,6 +269,9 @@ fn state_dict_entries(root: Value) -> Result<Vec<(String, TensorRef)>, PytorchEr
         .collect()
 }
 
+/// The most elements one tensor view may expand to (8 GiB as f32).
+const MAX_VIEW_ELEMENTS: usize = 1 << 31;
+
 /// Copies the view `t` out of its storage bytes into a dense row-major tensor.
 fn gather(t: &TensorRef, storage: &[u8]) -> Result<Tensor, String> {
     let size = t.dtype.size();
@@ -273,6 +280,10 @@ fn gather(t: &TensorRef, storage: &[u8]) -> Result<Tensor, String> {
         return Err(format!("storage holds {have} elements, the pickle says {}", t.storage_numel));
     }
     let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
+    // A view may repeat its storage (stride 0), so the storage's size does not bound it.
+    if numel > MAX_VIEW_ELEMENTS {
+        return Err(format!("view of {numel} elements (shape {:?}) is larger than squeeze reads ({MAX_VIEW_ELEMENTS})", t.shape));
+    }
     let mut values = Vec::with_capacity(numel);
     if numel > 0 {
         // The furthest element the view reaches must lie inside the storage.
@@ -306,6 +317,29 @@ fn gather(t: &TensorRef, storage: &[u8]) -> Result<Tensor, String> {
 mod tests {
     use super::*;
 
+    /// Truncated and mutated state dicts (a torch.save zip, a legacy pickle stream,
+    /// safetensors) are errors or readable dicts, never a panic.
+    #[test]
+    fn corrupted_state_dicts_never_panic() {
+        let fixtures: [&[u8]; 3] = [
+            include_bytes!("../../tests/fixtures/pytorch/tiny_mlp.pth"),
+            include_bytes!("../../tests/fixtures/pytorch/tiny_mlp.safetensors"),
+            include_bytes!("../../tests/fixtures/pytorch/tiny_mlp_float16.pth"),
+        ];
+        for (i, bytes) in fixtures.iter().enumerate() {
+            crate::testing::fuzz_reader(bytes, 11 + i as u64, 3000, read_state_dict);
+        }
+        // The zip's CRCs stop most mutants before the pickle: fuzz the pickle itself, and
+        // a legacy file (pickles and raw storages, no checksums) from its start.
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(fixtures[0])).unwrap();
+        let mut pkl = Vec::new();
+        std::io::Read::read_to_end(&mut zip.by_name("tiny_mlp/data.pkl").unwrap(), &mut pkl).unwrap();
+        assert!(crate::testing::fuzz_reader(&pkl, 17, 5000, crate::format::pickle::load) > 0);
+        let legacy = include_bytes!("../../tests/fixtures/pytorch/lpips-alex-v0.1.pth");
+        crate::testing::fuzz_reader(&legacy[..legacy.len().min(4096)], 19, 3000, read_legacy);
+        crate::testing::fuzz_reader(legacy, 23, 300, read_legacy);
+    }
+
     fn fview(offset: usize, shape: Vec<usize>, stride: Vec<usize>) -> TensorRef {
         TensorRef { key: "0".into(), dtype: StorageType::F32, storage_numel: 12, offset, shape, stride }
     }
@@ -321,6 +355,8 @@ mod tests {
         assert!(gather(&fview(5, vec![3, 3], vec![3, 1]), &storage).unwrap_err().contains("beyond"));
         let t = gather(&fview(0, vec![], vec![]), &storage).unwrap();
         assert_eq!(t.values, vec![0.0]);
+        // A stride-0 view may claim any size over a small storage: bounded, not allocated.
+        assert!(gather(&fview(0, vec![1 << 20, 1 << 20], vec![0, 0]), &storage).unwrap_err().contains("larger than"));
     }
 
     #[test]

@@ -90,6 +90,20 @@ mod tests {
     use super::*;
     use crate::spec::Op;
 
+    /// Truncated and mutated files are errors or valid files, never a panic.
+    #[test]
+    fn corrupted_files_never_panic() {
+        let graph = Graph::chain(vec![3], vec![("fc", Op::Linear { in_features: 3, out_features: 2, bias: true })]);
+        let file = DenseFile {
+            graph,
+            tensors: vec![("fc.bias".into(), vec![2], vec![0.5, -1.0]), ("fc.weight".into(), vec![2, 3], vec![1.0, 0.0, -2.5, 7.0, 3.0, 4.0])],
+            masked: vec!["fc.weight".into()],
+            metadata: BTreeMap::new(),
+        };
+        let accepted = crate::testing::fuzz_reader(&encode(&file).unwrap(), 7, 5000, decode);
+        assert!(accepted > 0, "no mutant decoded: the edits never got past the header");
+    }
+
     #[test]
     fn round_trips_graph_tensors_and_masks() {
         let graph = Graph::chain(vec![3], vec![("fc", Op::Linear { in_features: 3, out_features: 2, bias: true })]);

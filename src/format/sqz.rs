@@ -2792,18 +2792,7 @@ mod tests {
         let mut accepted = 0;
         for _ in 0..20000 {
             let mut b = valid.to_vec();
-            for _ in 0..1 + rng.below(max_edits) {
-                let at = rng.below(b.len());
-                match rng.below(4) {
-                    0 => b[at] = rng.next_u64() as u8,
-                    1 => b[at] ^= 1 << rng.below(8),
-                    2 => b.truncate(at),
-                    _ => b.insert(at, rng.next_u64() as u8),
-                }
-                if b.is_empty() {
-                    break;
-                }
-            }
+            crate::testing::mutate(&mut b, rng, max_edits);
             let _ = decode(&b, &fuzz_limits());
             fix_crcs(&mut b);
             if let Ok(m) = decode(&b, &fuzz_limits()) {
