@@ -189,6 +189,13 @@ fn tiny_bert_imports_and_matches_a_plain_forward_with_padding_masked() {
     }
 }
 
+/// The values of a little-endian f32 `.npy` (version 1 header).
+fn npy_f32(path: &std::path::Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let header = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[10 + header..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
 #[test]
 fn cli_imports_inspects_and_embeds_a_hugging_face_directory() {
     let dir = Dir::new();
@@ -211,15 +218,20 @@ fn cli_imports_inspects_and_embeds_a_hugging_face_directory() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     let a = squeeze::data::npy::read_npy(&npy).unwrap();
     assert_eq!(a.shape, vec![SENTENCES.len(), D]);
-    let bytes = std::fs::read(&npy).unwrap();
-    let header = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let data: Vec<f32> = bytes[10 + header..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let data = npy_f32(&npy);
     assert_eq!(data.len(), SENTENCES.len() * D);
     // The same sentence alone (printed) and in a batch with longer ones agree.
     let norm = data[..D].iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
     for j in 0..D {
         assert!((data[j] as f64 / norm - values[j]).abs() < 1e-5);
     }
+    // Grouped by length (the default) and padded to the model's length give the same
+    // embeddings up to f32 rounding; the sentences here fall in groups of 8 and 10 tokens.
+    let full = dir.path("full.npy");
+    let o = squeeze(&["embed", m.to_str().unwrap(), "--file", sentences.to_str().unwrap(), "--out", full.to_str().unwrap(), "--full-length"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let diff = npy_f32(&full).iter().zip(&npy_f32(&npy)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-5, "grouped by length vs full length: {diff}");
     // Timing with a profile: one line per kind of step, for batch 1 and batch 32.
     let timed = dir.path("t.npy");
     let o = squeeze(&["embed", m.to_str().unwrap(), "--file", sentences.to_str().unwrap(), "--out", timed.to_str().unwrap(), "--time", "--profile"]);

@@ -33,6 +33,8 @@ pub enum EmbeddingError {
     Sentences { path: PathBuf, why: String },
     #[error("the model does not start with a token Embedding: it does not take text")]
     NotText,
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
 }
 
 /// The token-embedding node's pad token and the input length of a graph that takes text.
@@ -92,6 +94,54 @@ pub fn embed_ids(plan: &Plan, ids: &[f32], n: usize, batch: usize) -> Result<Vec
     for start in (0..n).step_by(batch.max(1)) {
         let end = (start + batch.max(1)).min(n);
         out.extend_from_slice(plan.run(&ids[start * per..end * per], end - start, &mut ws)?);
+    }
+    Ok(out)
+}
+
+/// The input lengths [`embed_sentences`] pads a group of sentences to: powers of two
+/// from 8 below the model's input length `max`, then `max`.
+pub fn bucket_lengths(max: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (3..usize::BITS).map(|p| 1usize << p).take_while(|&b| b < max).collect();
+    v.push(max);
+    v
+}
+
+/// Embeddings (`n × dim`, in the sentences' order) of `sentences`, in batches of `batch`.
+///
+/// Instead of padding every sentence to the model's input length, sentences are grouped
+/// by their token count and each group runs at the shortest of [`bucket_lengths`] that
+/// holds it (as sentence-transformers pads per batch), on a plan built for that length
+/// and dropped before the next. Padding never reaches a real token (attention reads the
+/// valid keys only, pooling the valid rows, every other step works row by row), so the
+/// embeddings are those of the full-length run, at a fraction of its work on short text.
+/// Sentences longer than the model's input length are truncated, as before.
+pub fn embed_sentences(file: &mut ModelFile, sentences: &[&str], batch: usize) -> Result<Vec<f32>, EmbeddingError> {
+    let (max, pad) = text_input(file.graph())?;
+    let ids = encoder_for(file)?.encode(sentences)?;
+    let n = sentences.len();
+    let valid: Vec<usize> = ids.chunks_exact(max.max(1)).map(|row| row.iter().rposition(|&t| t != pad as f32).map_or(1, |p| p + 1)).collect();
+    let mut out = vec![0f32; 0];
+    let mut dim = 0;
+    let mut start = 0;
+    for b in bucket_lengths(max) {
+        let members: Vec<usize> = (0..n).filter(|&i| valid[i] > start && valid[i] <= b).collect();
+        start = b;
+        if members.is_empty() {
+            continue;
+        }
+        set_seq_len(file, b)?;
+        let plan = file.plan();
+        set_seq_len(file, max)?;
+        let plan = plan?;
+        let bucket_ids: Vec<f32> = members.iter().flat_map(|&i| ids[i * max..i * max + b].iter().copied()).collect();
+        let e = embed_ids(&plan, &bucket_ids, members.len(), batch)?;
+        if out.is_empty() {
+            dim = e.len() / members.len();
+            out = vec![0f32; n * dim];
+        }
+        for (k, &i) in members.iter().enumerate() {
+            out[i * dim..(i + 1) * dim].copy_from_slice(&e[k * dim..(k + 1) * dim]);
+        }
     }
     Ok(out)
 }
@@ -513,4 +563,18 @@ pub fn int4_importance(model: &Model, norms: &std::collections::HashMap<String, 
             Some((tensor, n.iter().map(|v| (v * v).max(floor)).collect()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_lengths_double_from_8_and_end_at_the_model_length() {
+        assert_eq!(bucket_lengths(64), vec![8, 16, 32, 64]);
+        assert_eq!(bucket_lengths(10), vec![8, 10]);
+        assert_eq!(bucket_lengths(8), vec![8]);
+        assert_eq!(bucket_lengths(5), vec![5]);
+        assert_eq!(bucket_lengths(100), vec![8, 16, 32, 64, 100]);
+    }
 }
