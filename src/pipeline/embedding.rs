@@ -35,6 +35,8 @@ pub enum EmbeddingError {
     NotText,
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error("a text model needs an input length of at least 1 token, got 0")]
+    ZeroLength,
 }
 
 /// The token-embedding node's pad token and the input length of a graph that takes text.
@@ -65,6 +67,9 @@ pub fn encoder_for(file: &ModelFile) -> Result<TextEncoder, EmbeddingError> {
 /// depend on it, up to the position table's length, which validation checks).
 pub fn set_seq_len(file: &mut ModelFile, seq: usize) -> Result<(), EmbeddingError> {
     text_input(file.graph())?;
+    if seq == 0 {
+        return Err(EmbeddingError::ZeroLength);
+    }
     match file {
         ModelFile::Sqz(s) => s.graph.input_shape = vec![seq],
         ModelFile::Dense(d) => d.graph.input_shape = vec![seq],
