@@ -543,7 +543,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let file = store::read(&model)?;
             let plan = file.plan()?;
             let splits = data.load()?;
-            pipeline::check_shapes(&plan, &file.graph().input_shape, &splits.test)?;
+            pipeline::check_shapes(&plan, &file.graph().input_shape, &splits.test)
+                .map_err(|e| text_model_hint(e.into(), &model, file.graph(), "evaluate it with `squeeze run` (the gate is the cosine to its fp32 embeddings) or embed with `squeeze embed`"))?;
             let acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
             out!(
                 "{}: test accuracy {:.2}% ({} images), kernel {}",
@@ -870,8 +871,19 @@ fn model_and_data(model: &Path, out: &Path, data: &DataArgs) -> Result<(Model, S
     refuse_overwrite(out, &[model])?;
     let m = store::read_model(model)?;
     let splits = data.load()?;
-    pipeline::check_shapes(&store::model_plan(&m)?, &m.graph.input_shape, &splits.train)?;
+    pipeline::check_shapes(&store::model_plan(&m)?, &m.graph.input_shape, &splits.train)
+        .map_err(|e| text_model_hint(e.into(), model, &m.graph, "compress it with a recipe, e.g. `squeeze run --recipe recipes/minilm-int8.toml`, which calibrates and validates on sentences"))?;
     Ok((m, splits))
+}
+
+/// A data set that does not fit a text model (token ids in) is usually the default image
+/// set: say what handles text models instead (`instead`) along with the mismatch.
+fn text_model_hint(e: anyhow::Error, model: &Path, graph: &squeeze::spec::Graph, instead: &str) -> anyhow::Error {
+    if squeeze::pipeline::embedding::text_input(graph).is_ok() {
+        e.context(format!("'{}' is a text model (it takes token ids): {instead}", model.display()))
+    } else {
+        e
+    }
 }
 
 /// Never write over an input file.

@@ -249,6 +249,12 @@ fn cli_imports_inspects_and_embeds_a_hugging_face_directory() {
     let o = squeeze(&["embed", m.to_str().unwrap(), "--file", sentences.to_str().unwrap(), "--out", timed.to_str().unwrap(), "--time", "--against", dir.path("missing.sqz").to_str().unwrap()]);
     assert_eq!(o.code, 2, "{}", o.stderr);
     assert!(o.stderr.contains("missing.sqz") && !o.stderr.contains("panicked"), "{}", o.stderr);
+    // The image commands on a text model: one error that says what handles text models.
+    for args in [vec!["eval", m.to_str().unwrap()], vec!["prune", m.to_str().unwrap(), "--sparsity", "0.5", "--out", timed.to_str().unwrap()]] {
+        let o = squeeze(&args);
+        assert_eq!(o.code, 2, "{}", o.stderr);
+        assert!(o.stderr.contains("is a text model") && o.stderr.contains("shape mismatch"), "{}", o.stderr);
+    }
     // An input length of 0 tokens is an error, not a panic.
     let o = squeeze(&["embed", m.to_str().unwrap(), "--text", "x", "--seq-len", "0"]);
     assert_eq!(o.code, 2, "{}", o.stderr);
