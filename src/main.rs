@@ -347,10 +347,10 @@ struct DataArgs {
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// Use only the first N training images.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     train_limit: Option<usize>,
     /// Use only the first N test images.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     test_limit: Option<usize>,
     /// Training images held out for validation.
     #[arg(long, value_name = "N", default_value_t = 5000)]
@@ -883,6 +883,15 @@ fn text_model_hint(e: anyhow::Error, model: &Path, graph: &squeeze::spec::Graph,
         e.context(format!("'{}' is a text model (it takes token ids): {instead}", model.display()))
     } else {
         e
+    }
+}
+
+/// A count that must be at least 1 (a limit of 0 would leave nothing to train or test on).
+fn at_least_one(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -607,6 +607,10 @@ impl Recipe {
                 "[model.preprocess] applies to a `file` model; a state dict states it in its architecture description's [preprocess], a zoo model trains on the data as it is".into(),
             ));
         }
+        let limits = [("train_limit", r.data.train_limit), ("test_limit", r.data.test_limit), ("calibration_limit", r.data.calibration_limit), ("heldout_limit", r.data.heldout_limit)];
+        if let Some((key, _)) = limits.iter().find(|(_, v)| *v == Some(0)) {
+            return Err(invalid(format!("[data] {key} = 0 leaves no data; give at least 1, or leave it out for all")));
+        }
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         for f in [&mut r.model.file, &mut r.model.state_dict, &mut r.model.architecture, &mut r.model.hf_dir, &mut r.data.calibration, &mut r.data.heldout]
             .into_iter()
@@ -829,6 +833,9 @@ mod tests {
         assert!(err.contains("spars"), "{err}");
         let text = "name = \"x\"\n[model]\nzoo = \"mlp\"\n[gate]\nmax_accuracy_drop = 0.01\n[[pass]]\ntype = \"shrink\"\n";
         assert!(Recipe::parse(text, Path::new("r.toml")).unwrap_err().to_string().contains("shrink"));
+        // A limit of 0 would train or measure on nothing.
+        let text = "name = \"x\"\n[model]\nzoo = \"mlp\"\n[data]\ntrain_limit = 0\n[gate]\nmax_accuracy_drop = 0.01\n";
+        assert!(Recipe::parse(text, Path::new("r.toml")).unwrap_err().to_string().contains("train_limit = 0"));
     }
 
     #[test]

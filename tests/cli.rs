@@ -534,3 +534,14 @@ fn an_error_line_does_not_repeat_its_cause() {
     let line = o.stderr.lines().find(|l| l.starts_with("squeeze:")).unwrap();
     assert_eq!(line.matches("os error 2").count(), 1, "cause repeated: {line}");
 }
+
+/// A data limit of 0 would train on nothing (it used to write a model with a NaN loss).
+#[test]
+fn zero_data_limits_are_refused() {
+    for flag in ["--train-limit", "--test-limit"] {
+        let o = squeeze(&["train", "--model", "mlp", "--epochs", "1", flag, "0", "--out", "never.safetensors"]);
+        assert_eq!(o.code, 2, "{}", o.stderr);
+        assert!(o.stderr.contains("must be at least 1"), "{}", o.stderr);
+        assert!(!std::path::Path::new("never.safetensors").exists());
+    }
+}
