@@ -19,7 +19,7 @@ use prost::Message;
 
 use super::{import, Imported, SUPPORTED_OPS};
 use crate::format::onnx::encode_f32;
-use crate::format::onnx::proto::{ModelProto, NodeProto, TensorProto};
+use crate::format::onnx::proto::{attr_type, data_type, AttributeProto, ModelProto, NodeProto, TensorProto};
 use crate::rng::Rng;
 use crate::runtime::exec::{Plan, Weights, Workspace};
 use crate::spec::{Graph, Node, Op, QuantPlan, INPUT};
@@ -122,7 +122,7 @@ fn own_exports() -> Vec<(String, Vec<u8>)> {
 /// sample of zeros (or say why not). Returns whether the import succeeded.
 fn import_checked(bytes: &[u8], what: &str) -> bool {
     take_largest();
-    let accepted = match import(bytes) {
+    let outcome = std::panic::catch_unwind(|| match import(bytes) {
         Ok(m) => {
             build_and_run(&m);
             true
@@ -131,6 +131,12 @@ fn import_checked(bytes: &[u8], what: &str) -> bool {
             assert!(!e.to_string().is_empty());
             false
         }
+    });
+    let Ok(accepted) = outcome else {
+        // Keep the input that panicked, to reproduce it with `squeeze inspect`.
+        let path = std::env::temp_dir().join("squeeze-onnx-fuzz-panic.onnx");
+        let _ = std::fs::write(&path, bytes);
+        panic!("{what}: a mutant panicked (written to {})", path.display());
     };
     let largest = take_largest();
     assert!(largest <= allocation_bound(bytes.len()), "{what}: one allocation of {largest} bytes for a {}-byte file", bytes.len());
@@ -170,10 +176,10 @@ fn corrupted_onnx_files_import_or_fail_cleanly() {
     let mut files = fixtures();
     files.extend(own_exports());
     // A fixed budget of bytes per file keeps the large fixtures (sklearn's 200 KB MLP)
-    // from dominating the run time; every file gets at least 300 mutants.
+    // from dominating the run time; every file gets 300 to 8000 mutants.
     let (mut mutants, mut accepted) = (0usize, 0usize);
     for (name, bytes) in &files {
-        let copies = (6_000_000 / bytes.len().max(1)).clamp(300, 3000);
+        let copies = (16_000_000 / bytes.len().max(1)).clamp(300, 8000);
         let mut ok = 0;
         for _ in 0..copies {
             let b = mutate(bytes, &mut rng, 4);
@@ -359,7 +365,7 @@ fn structurally_corrupted_onnx_models_import_or_fail_cleanly() {
     let (mut mutants, mut accepted) = (0usize, 0usize);
     for (name, bytes) in &files {
         let Ok(model) = ModelProto::decode(bytes.as_slice()) else { panic!("{name} does not decode") };
-        let copies = (6_000_000 / bytes.len().max(1)).clamp(300, 3000);
+        let copies = (16_000_000 / bytes.len().max(1)).clamp(300, 8000);
         let mut ok = 0;
         for _ in 0..copies {
             let mut m = model.clone();
@@ -374,4 +380,111 @@ fn structurally_corrupted_onnx_models_import_or_fail_cleanly() {
     }
     eprintln!("{mutants} structural mutants of {} files ({accepted} imported) in {:.1} s", files.len(), start.elapsed().as_secs_f64());
     assert!(accepted > 0, "structural mutations never reached an importable file");
+}
+
+// What the fuzzing found, one crafted file each: every one is a clear error now.
+
+fn mlp_gemm() -> ModelProto {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx/mlp_gemm.onnx");
+    ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
+}
+
+fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        name: Some(output.to_string()),
+        op_type: Some(op.to_string()),
+        attribute,
+        ..NodeProto::default()
+    }
+}
+
+fn ints(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), ints: values.to_vec(), r#type: Some(attr_type::INTS), ..AttributeProto::default() }
+}
+
+/// Puts `nodes` before the first Gemm, which then reads `feeds` instead of `x` (or, with
+/// `weight`, instead of its weight `w1`).
+fn with_prefix(nodes: Vec<NodeProto>, feeds: &str, weight: bool) -> ModelProto {
+    let mut m = mlp_gemm();
+    let g = m.graph.as_mut().unwrap();
+    g.node[0].input[if weight { 1 } else { 0 }] = feeds.to_string();
+    g.node.splice(0..0, nodes);
+    m
+}
+
+fn import_error(m: &ModelProto) -> String {
+    let bytes = m.encode_to_vec();
+    take_largest();
+    let e = import(&bytes).map(|_| ()).unwrap_err().to_string();
+    assert!(take_largest() <= allocation_bound(bytes.len()));
+    e
+}
+
+#[test]
+fn a_chain_of_self_concats_is_refused_before_it_grows() {
+    // 40 doublings of a 1-value constant ask for 2^40 values (8 TiB as f64) from a
+    // file of a few kilobytes.
+    let mut nodes = vec![node("Constant", &[], "c0", vec![ints("value_ints", &[1])])];
+    for i in 0..40 {
+        let (a, b) = (format!("c{i}"), format!("c{}", i + 1));
+        nodes.push(node("Concat", &[&a, &a], &b, vec![]));
+    }
+    nodes.push(node("Reshape", &["x", "c40"], "xr", vec![]));
+    let e = import_error(&with_prefix(nodes, "xr", false));
+    assert!(e.contains("Concat") && e.contains("more than the file stores"), "{e}");
+}
+
+#[test]
+fn a_zero_point_of_the_wrong_length_is_an_error() {
+    let mut m = with_prefix(vec![node("DequantizeLinear", &["w1q", "s", "z"], "w1d", vec![])], "w1d", true);
+    let g = m.graph.as_mut().unwrap();
+    let w1 = g.initializer.iter().find(|t| t.name.as_deref() == Some("w1")).unwrap().clone();
+    let numel = w1.dims.iter().product::<i64>() as usize;
+    let tensor = |name: &str, dims: Vec<i64>, data_type: i32, raw: Vec<u8>| TensorProto {
+        name: Some(name.into()),
+        dims,
+        data_type: Some(data_type),
+        raw_data: Some(raw),
+        ..TensorProto::default()
+    };
+    g.initializer.push(tensor("w1q", w1.dims.clone(), data_type::INT8, vec![3; numel]));
+    g.initializer.push(tensor("s", vec![], data_type::FLOAT, 0.5f32.to_le_bytes().to_vec()));
+    g.initializer.push(TensorProto { name: Some("z".into()), dims: vec![0], data_type: Some(data_type::INT8), ..TensorProto::default() });
+    let e = import_error(&m);
+    assert!(e.contains("zero point has 0 values, the scale 1"), "{e}");
+}
+
+#[test]
+fn a_transpose_naming_the_batch_axis_twice_is_an_error() {
+    let e = import_error(&with_prefix(vec![node("Transpose", &["x"], "xt", vec![ints("perm", &[0, 0])])], "xt", false));
+    assert!(e.contains("perm [0, 0] is not a permutation"), "{e}");
+}
+
+#[test]
+fn absurd_dimensions_are_errors_not_allocations() {
+    let mut m = mlp_gemm();
+    let shape = |m: &mut ModelProto| {
+        let g = m.graph.as_mut().unwrap();
+        g.input[0].r#type.as_mut().unwrap().tensor_type.as_mut().unwrap().shape.as_mut().unwrap().dim[1].dim_value = Some(1 << 40);
+    };
+    shape(&mut m);
+    let e = import_error(&m);
+    assert!(e.contains("more than 268435456 values per sample"), "{e}");
+    // A size-0 tensor would pass any other dimension through the element count.
+    let mut m = mlp_gemm();
+    m.graph.as_mut().unwrap().initializer[0].dims = vec![0, 1 << 40];
+    m.graph.as_mut().unwrap().initializer[0].raw_data = None;
+    m.graph.as_mut().unwrap().initializer[0].float_data.clear();
+    let e = import_error(&m);
+    assert!(e.contains("dimension 1099511627776 is larger than any tensor"), "{e}");
+    // Windows: a padding that overflows the padded size.
+    let conv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx/cnn_bn.onnx");
+    let mut m = ModelProto::decode(std::fs::read(conv).unwrap().as_slice()).unwrap();
+    let c = m.graph.as_mut().unwrap().node.iter_mut().find(|n| n.op_type.as_deref() == Some("Conv")).unwrap();
+    c.attribute.retain(|a| a.name.as_deref() != Some("pads"));
+    c.attribute.push(ints("pads", &[1 << 62; 4]));
+    let e = import_error(&m);
+    assert!(e.contains("squeeze takes padding up to 65536"), "{e}");
 }

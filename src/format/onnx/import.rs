@@ -38,6 +38,10 @@ pub const MAX_DIM: usize = (1 << 31) - 1;
 /// shapes come from corrupt dimensions, and the runtime's buffers are sized from them.
 pub const MAX_VALUES_PER_SAMPLE: usize = 1 << 28;
 
+/// The highest tensor rank the importer reads (ONNX models use up to 6 or so); it also
+/// bounds the axes lists of Squeeze/Unsqueeze, which are searched per dimension.
+pub const MAX_RANK: usize = 64;
+
 /// The largest kernel, stride, dilation or padding of a 2-D window.
 pub const MAX_WINDOW: usize = 1 << 16;
 
@@ -268,6 +272,9 @@ fn decode_tensor(t: &TensorProto) -> Result<Const, OnnxError> {
     let bad = |why: String| OnnxError::Tensor { name: name.clone(), why };
     if t.data_location == Some(1) || !t.external_data.is_empty() {
         return Err(bad("its data is stored in an external file; squeeze reads self-contained .onnx files only (re-save with onnx.save_model(..., save_as_external_data=False))".into()));
+    }
+    if t.dims.len() > MAX_RANK {
+        return Err(bad(format!("rank {} is higher than {MAX_RANK} (the file is corrupt)", t.dims.len())));
     }
     let mut dims = Vec::with_capacity(t.dims.len());
     for &d in &t.dims {
@@ -1188,12 +1195,11 @@ impl Builder {
             Val::Const(c) => c,
             Val::Act { .. } => return Err(node_err(n, name, "squeeze folds Squeeze/Unsqueeze of constants only")),
         };
-        let axes: Vec<i64> = match (attr_ints(n, "axes"), self.constant_input(n, name, 1)?) {
-            (Some(a), _) => a,
-            (None, Some(a)) => a.data.iter().map(|&v| v as i64).collect(),
-            (None, None) => Vec::new(),
-        };
+        let axes = self.squeeze_axes(n, name)?;
         if add {
+            if c.dims.len() + axes.len() > MAX_RANK {
+                return Err(node_err(n, name, format!("the result would have rank {}, more than {MAX_RANK}", c.dims.len() + axes.len())));
+            }
             let rank = (c.dims.len() + axes.len()) as i64;
             let mut axes: Vec<usize> = axes.iter().map(|&a| if a < 0 { a + rank } else { a } as usize).collect();
             axes.sort_unstable();
@@ -1213,6 +1219,19 @@ impl Builder {
         }
         self.vals.insert(Self::out_name(n, name)?, Val::Const(c));
         Ok(())
+    }
+
+    /// The `axes` of Squeeze/Unsqueeze: an attribute before opset 13, an input after.
+    fn squeeze_axes(&self, n: &NodeProto, name: &str) -> Result<Vec<i64>, OnnxError> {
+        let axes: Vec<i64> = match (attr_ints(n, "axes"), self.constant_input(n, name, 1)?) {
+            (Some(a), _) => a,
+            (None, Some(a)) => a.data.iter().map(|&v| v as i64).collect(),
+            (None, None) => Vec::new(),
+        };
+        if axes.len() > MAX_RANK {
+            return Err(node_err(n, name, format!("{} axes; a tensor has at most {MAX_RANK}", axes.len())));
+        }
+        Ok(axes)
     }
 
     /// Concat of 1-D constants (shape arithmetic).

@@ -111,11 +111,7 @@ impl Builder {
     pub(super) fn squeeze_view(&mut self, n: &NodeProto, name: &str) -> Result<(), OnnxError> {
         let x = self.view_of(n, name, 0)?;
         let rank = (x.dims.len() + 1) as i64;
-        let axes: Vec<i64> = match (attr_ints(n, "axes"), self.constant_input(n, name, 1)?) {
-            (Some(a), _) => a,
-            (None, Some(a)) => a.data.iter().map(|&v| v as i64).collect(),
-            (None, None) => Vec::new(),
-        };
+        let axes = self.squeeze_axes(n, name)?;
         let mut drop: Vec<usize> = Vec::new();
         for &a in &axes {
             let p = if a < 0 { a + rank } else { a };
