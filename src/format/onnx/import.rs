@@ -29,6 +29,22 @@ use recurrent::View;
 /// The ai.onnx opsets the importer accepts.
 pub const OPSETS: std::ops::RangeInclusive<i64> = 11..=21;
 
+/// The largest tensor dimension the importer reads: a protobuf file holds at most 2 GiB,
+/// so a larger dimension is a corrupt or hand-made shape (and a size-0 tensor would
+/// otherwise let any other dimension through the element count).
+pub const MAX_DIM: usize = (1 << 31) - 1;
+
+/// The most values one sample of any runtime value may hold (1 GiB of f32): larger
+/// shapes come from corrupt dimensions, and the runtime's buffers are sized from them.
+pub const MAX_VALUES_PER_SAMPLE: usize = 1 << 28;
+
+/// The highest tensor rank the importer reads (ONNX models use up to 6 or so); it also
+/// bounds the axes lists of Squeeze/Unsqueeze, which are searched per dimension.
+pub const MAX_RANK: usize = 64;
+
+/// The largest kernel, stride, dilation or padding of a 2-D window.
+pub const MAX_WINDOW: usize = 1 << 16;
+
 /// Why an ONNX file cannot be imported.
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
@@ -143,7 +159,7 @@ pub fn import(bytes: &[u8]) -> Result<Imported, OnnxError> {
             None => op_counts.push((op, 1)),
         }
     }
-    let mut b = Builder::new(graph)?;
+    let mut b = Builder::new(graph, bytes.len())?;
     b.run(graph)?;
     let mut imported = b.finish()?;
     imported.opset = opset;
@@ -216,6 +232,10 @@ struct Builder {
     views: HashMap<String, View>,
     /// Parameters of imported LSTM/GRU nodes by parameter name (`node.weight_ih`, …).
     recurrent: HashMap<String, Vec<f32>>,
+    /// The most values a constant folded from others (Concat, Gather) may hold. Every
+    /// value a real file folds is stored in it, so the file's length bounds them; a
+    /// chain of Concats of a value with itself would otherwise double it per node.
+    max_folded: usize,
 }
 
 fn node_err(n: &NodeProto, name: &str, why: impl Into<String>) -> OnnxError {
@@ -253,10 +273,16 @@ fn decode_tensor(t: &TensorProto) -> Result<Const, OnnxError> {
     if t.data_location == Some(1) || !t.external_data.is_empty() {
         return Err(bad("its data is stored in an external file; squeeze reads self-contained .onnx files only (re-save with onnx.save_model(..., save_as_external_data=False))".into()));
     }
+    if t.dims.len() > MAX_RANK {
+        return Err(bad(format!("rank {} is higher than {MAX_RANK} (the file is corrupt)", t.dims.len())));
+    }
     let mut dims = Vec::with_capacity(t.dims.len());
     for &d in &t.dims {
         if d < 0 {
             return Err(bad(format!("negative dimension {d}")));
+        }
+        if d as u64 > MAX_DIM as u64 {
+            return Err(bad(format!("dimension {d} is larger than any tensor a .onnx file can hold (the file is corrupt)")));
         }
         dims.push(d as usize);
     }
@@ -271,8 +297,9 @@ fn decode_tensor(t: &TensorProto) -> Result<Const, OnnxError> {
     };
     let data: Vec<f64> = match raw {
         Some(r) => {
-            if r.len() != numel * width {
-                return Err(bad(format!("raw data has {} bytes, shape {dims:?} needs {}", r.len(), numel * width)));
+            let needed = numel.checked_mul(width).ok_or_else(|| bad(format!("shape {dims:?} needs more bytes than memory holds")))?;
+            if r.len() != needed {
+                return Err(bad(format!("raw data has {} bytes, shape {dims:?} needs {needed}", r.len())));
             }
             match dt {
                 data_type::FLOAT => r.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
@@ -322,15 +349,15 @@ fn per_channel(c: &Const, shape: &[usize]) -> Option<Vec<f64>> {
     if dims.len() != shape.len() {
         return None;
     }
-    let channels = shape[0];
-    if dims[0] == channels && dims[1..].iter().all(|&d| d == 1) {
+    let (&channels, &first) = (shape.first()?, dims.first()?);
+    if first == channels && dims[1..].iter().all(|&d| d == 1) {
         return Some(c.data.clone());
     }
     None
 }
 
 impl Builder {
-    fn new(graph: &GraphProto) -> Result<Builder, OnnxError> {
+    fn new(graph: &GraphProto, file_len: usize) -> Result<Builder, OnnxError> {
         let mut vals = HashMap::new();
         for t in &graph.initializer {
             let name = t.name.clone().unwrap_or_default();
@@ -420,6 +447,12 @@ impl Builder {
                 }
             }
         }
+        if input_shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_VALUES_PER_SAMPLE) {
+            return Err(OnnxError::Input(format!(
+                "'{input_name}' has shape [{}]: more than {MAX_VALUES_PER_SAMPLE} values per sample (the file is corrupt, or the model too large for squeeze)",
+                show.join(", ")
+            )));
+        }
         if !matches!(input_shape.len(), 1..=3) {
             return Err(OnnxError::Input(format!("'{input_name}' has shape [{}]; squeeze takes [N, features], [N, steps, features] or [N, C, H, W]", show.join(", "))));
         }
@@ -452,6 +485,7 @@ impl Builder {
             outputs,
             views: HashMap::new(),
             recurrent: HashMap::new(),
+            max_folded: file_len.max(1 << 16),
         })
     }
 
@@ -573,6 +607,9 @@ impl Builder {
         }
         let ins: Vec<Vec<usize>> = inputs.iter().map(|v| self.shapes[v].clone()).collect();
         let shape = output_shape(&unique, &op, &ins).map_err(|e| node_err(n, name, e.to_string()))?;
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|v| v > MAX_VALUES_PER_SAMPLE) {
+            return Err(node_err(n, name, format!("output shape {shape:?} holds more than {MAX_VALUES_PER_SAMPLE} values per sample")));
+        }
         self.names.insert(unique.clone());
         self.shapes.insert(unique.clone(), shape.clone());
         self.pending.insert(unique.clone(), 0);
@@ -605,7 +642,9 @@ impl Builder {
                 _ => 0,
             };
             if out_channels > 0 {
-                let p = self.params.get_mut(&node.name).expect("every layer has parameters");
+                let Some(p) = self.params.get_mut(&node.name) else {
+                    return Err(node_err(n, name, format!("layer '{}' has no parameters to fold into", node.name)));
+                };
                 let per = p.weight.len() / out_channels;
                 let bias = p.bias.get_or_insert_with(|| vec![0.0; out_channels]);
                 for o in 0..out_channels {
@@ -765,6 +804,12 @@ impl Builder {
             Val::Const(x) => {
                 let scale = self.constant_input(n, name, 1)?.ok_or_else(|| node_err(n, name, "has no scale"))?;
                 let zero = self.constant_input(n, name, 2)?;
+                if let Some(z) = &zero
+                    && z.numel() != 1
+                    && z.numel() != scale.numel()
+                {
+                    return Err(node_err(n, name, format!("zero point has {} values, the scale {}", z.numel(), scale.numel())));
+                }
                 let axis = attr_int(n, "axis", 1);
                 let per = if scale.numel() == 1 {
                     None
@@ -876,19 +921,24 @@ impl Builder {
         }
         let ks = attr_ints(n, "kernel_shape");
         let (kh, kw) = match (ks.as_deref(), kernel) {
-            (Some([h, w]), _) => (*h as usize, *w as usize),
-            (None, Some(k)) => k,
+            (Some(&[h, w]), _) => (h, w),
+            (None, Some((h, w))) => (h as i64, w as i64),
             _ => return Err(node_err(n, name, "needs a 2-D kernel_shape")),
         };
+        let window_range = 1..=MAX_WINDOW as i64;
+        if !window_range.contains(&kh) || !window_range.contains(&kw) {
+            return Err(node_err(n, name, format!("kernel {kh}×{kw}: squeeze takes kernels of 1 to {MAX_WINDOW}")));
+        }
+        let (kh, kw) = (kh as usize, kw as usize);
         if kh != kw {
             return Err(node_err(n, name, format!("kernel {kh}×{kw} is not square; squeeze supports square kernels")));
         }
         let strides = attr_ints(n, "strides").unwrap_or_else(|| vec![1, 1]);
-        if strides.len() != 2 || strides[0] != strides[1] || strides[0] < 1 {
+        if strides.len() != 2 || strides[0] != strides[1] || !window_range.contains(&strides[0]) {
             return Err(node_err(n, name, format!("strides {strides:?}: squeeze supports equal strides")));
         }
         let dilations = attr_ints(n, "dilations").unwrap_or_else(|| vec![1, 1]);
-        if dilations.len() != 2 || dilations[0] != dilations[1] || dilations[0] < 1 {
+        if dilations.len() != 2 || dilations[0] != dilations[1] || !window_range.contains(&dilations[0]) {
             return Err(node_err(n, name, format!("dilations {dilations:?}: squeeze supports equal dilations")));
         }
         let dilation = dilations[0] as usize;
@@ -900,6 +950,9 @@ impl Builder {
                 let pads = attr_ints(n, "pads").unwrap_or_else(|| vec![0; 4]);
                 if pads.len() != 4 || pads.iter().any(|&p| p != pads[0]) || pads[0] < 0 {
                     return Err(node_err(n, name, format!("pads {pads:?}: squeeze supports the same padding on every side")));
+                }
+                if pads[0] > MAX_WINDOW as i64 {
+                    return Err(node_err(n, name, format!("pads {pads:?}: squeeze takes padding up to {MAX_WINDOW}")));
                 }
                 pads[0] as usize
             }
@@ -925,11 +978,11 @@ impl Builder {
         if kernel != kh || kh != kw {
             return Err(node_err(n, name, format!("kernel_shape does not match the weight {:?}", w.dims)));
         }
-        if ic * groups != shape[0] {
+        if ic.checked_mul(groups) != Some(shape[0]) {
             return Err(node_err(
                 n,
                 name,
-                format!("weight expects {} input channels ({ic} per group × group {groups}), the input has {}", ic * groups, shape[0]),
+                format!("weight expects {ic} input channels per group × group {groups}, the input has {}", shape[0]),
             ));
         }
         let bias = match self.constant_input(n, name, 2)? {
@@ -1036,7 +1089,7 @@ impl Builder {
                 *d = *shape.get(i).ok_or_else(|| node_err(n, name, format!("target {target:?} copies a dimension the input lacks")))? as i64;
             }
         }
-        let known: i64 = per.iter().filter(|&&d| d > 0).product();
+        let known = per.iter().filter(|&&d| d > 0).try_fold(1i64, |a, &d| a.checked_mul(d)).unwrap_or(0);
         let unknown = per.iter().filter(|&&d| d == -1).count();
         if unknown > 1 || per.iter().any(|&d| d < -1) || known == 0 {
             return Err(node_err(n, name, format!("target shape {target:?} cannot be resolved per sample")));
@@ -1076,9 +1129,12 @@ impl Builder {
         if perm.len() != shape.len() + 1 || perm[0] != 0 {
             return Err(node_err(n, name, format!("perm {perm:?} moves the batch dimension")));
         }
-        let moved: Vec<usize> = perm[1..].iter().map(|&p| p as usize - 1).collect();
-        if moved.iter().any(|&p| p >= shape.len()) {
-            return Err(node_err(n, name, format!("perm {perm:?} does not fit the input")));
+        // ONNX axis p ≥ 1 is per-sample axis p − 1; anything else does not fit.
+        let moved: Vec<usize> = perm[1..].iter().map(|&p| if (1..=shape.len() as i64).contains(&p) { p as usize - 1 } else { usize::MAX }).collect();
+        let mut sorted = moved.clone();
+        sorted.sort_unstable();
+        if sorted.iter().enumerate().any(|(i, &p)| p != i) {
+            return Err(node_err(n, name, format!("perm {perm:?} is not a permutation of the input's {} axes", shape.len() + 1)));
         }
         // A layout change only when the dimensions larger than 1 keep their order.
         let order: Vec<usize> = moved.iter().copied().filter(|&p| shape[p] > 1).collect();
@@ -1117,6 +1173,9 @@ impl Builder {
             return Err(node_err(n, name, "squeeze folds Gather of 1-D constants only (shape arithmetic)"));
         }
         let len = data.numel() as i64;
+        if idx.numel() > self.max_folded {
+            return Err(node_err(n, name, format!("gathers {} values, more than the file stores (the file is corrupt)", idx.numel())));
+        }
         let mut out = Vec::with_capacity(idx.numel());
         for &i in &idx.data {
             let i = if i < 0.0 { i as i64 + len } else { i as i64 };
@@ -1136,12 +1195,11 @@ impl Builder {
             Val::Const(c) => c,
             Val::Act { .. } => return Err(node_err(n, name, "squeeze folds Squeeze/Unsqueeze of constants only")),
         };
-        let axes: Vec<i64> = match (attr_ints(n, "axes"), self.constant_input(n, name, 1)?) {
-            (Some(a), _) => a,
-            (None, Some(a)) => a.data.iter().map(|&v| v as i64).collect(),
-            (None, None) => Vec::new(),
-        };
+        let axes = self.squeeze_axes(n, name)?;
         if add {
+            if c.dims.len() + axes.len() > MAX_RANK {
+                return Err(node_err(n, name, format!("the result would have rank {}, more than {MAX_RANK}", c.dims.len() + axes.len())));
+            }
             let rank = (c.dims.len() + axes.len()) as i64;
             let mut axes: Vec<usize> = axes.iter().map(|&a| if a < 0 { a + rank } else { a } as usize).collect();
             axes.sort_unstable();
@@ -1153,10 +1211,27 @@ impl Builder {
         } else {
             let rank = c.dims.len() as i64;
             let drop: Vec<usize> = axes.iter().map(|&a| if a < 0 { a + rank } else { a } as usize).collect();
+            // Only size-1 axes may go: the dimensions must keep describing the values.
+            if let Some(&a) = drop.iter().find(|&&a| c.dims.get(a) != Some(&1)) {
+                return Err(node_err(n, name, format!("axis {a} of a constant of shape {:?} is not of size 1", c.dims)));
+            }
             c.dims = c.dims.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, &d)| d).collect();
         }
         self.vals.insert(Self::out_name(n, name)?, Val::Const(c));
         Ok(())
+    }
+
+    /// The `axes` of Squeeze/Unsqueeze: an attribute before opset 13, an input after.
+    fn squeeze_axes(&self, n: &NodeProto, name: &str) -> Result<Vec<i64>, OnnxError> {
+        let axes: Vec<i64> = match (attr_ints(n, "axes"), self.constant_input(n, name, 1)?) {
+            (Some(a), _) => a,
+            (None, Some(a)) => a.data.iter().map(|&v| v as i64).collect(),
+            (None, None) => Vec::new(),
+        };
+        if axes.len() > MAX_RANK {
+            return Err(node_err(n, name, format!("{} axes; a tensor has at most {MAX_RANK}", axes.len())));
+        }
+        Ok(axes)
     }
 
     /// Concat of 1-D constants (shape arithmetic).
@@ -1169,6 +1244,9 @@ impl Builder {
                 return Err(node_err(n, name, "squeeze folds Concat of 1-D constants only (shape arithmetic)"));
             }
             data_type = c.data_type;
+            if data.len() + c.numel() > self.max_folded {
+                return Err(node_err(n, name, format!("the concatenated constant would hold more than {} values, more than the file stores (the file is corrupt)", self.max_folded)));
+            }
             data.extend(c.data);
         }
         let c = Const { dims: vec![data.len()], data, data_type };

@@ -17,6 +17,8 @@ pub mod export;
 pub mod import;
 pub mod proto;
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod recurrent_tests;
 
 pub use export::{encode_f32, encode_qdq, ExportError, WeightType};

@@ -111,11 +111,7 @@ impl Builder {
     pub(super) fn squeeze_view(&mut self, n: &NodeProto, name: &str) -> Result<(), OnnxError> {
         let x = self.view_of(n, name, 0)?;
         let rank = (x.dims.len() + 1) as i64;
-        let axes: Vec<i64> = match (attr_ints(n, "axes"), self.constant_input(n, name, 1)?) {
-            (Some(a), _) => a,
-            (None, Some(a)) => a.data.iter().map(|&v| v as i64).collect(),
-            (None, None) => Vec::new(),
-        };
+        let axes = self.squeeze_axes(n, name)?;
         let mut drop: Vec<usize> = Vec::new();
         for &a in &axes {
             let p = if a < 0 { a + rank } else { a };
@@ -124,6 +120,9 @@ impl Builder {
             }
             drop.push(p as usize);
         }
+        // An axis named twice (2 and -1 of a rank-3 value) is dropped once.
+        drop.sort_unstable();
+        drop.dedup();
         if axes.is_empty() {
             drop = (0..rank as usize).filter(|&p| p != x.batch_axis && x.dims[if p < x.batch_axis { p } else { p - 1 }] == 1).collect();
         }
@@ -196,9 +195,11 @@ impl Builder {
         let gates = cell.gates();
         let w = self.constant_input(n, name, 1)?.ok_or_else(|| node_err(n, name, "has no weight W"))?;
         let r = self.constant_input(n, name, 2)?.ok_or_else(|| node_err(n, name, "has no recurrence weight R"))?;
-        let hidden = if hidden > 0 { hidden as usize } else { w.dims.get(1).copied().unwrap_or(0) / gates };
-        let g = gates * hidden;
-        if hidden == 0 || w.dims != [1, g, input_size] || r.dims != [1, g, hidden] {
+        // W's gate rows bound hidden_size (tensor dimensions are at most MAX_DIM), so
+        // the products below cannot overflow once W matches.
+        let hidden = if hidden > 0 { usize::try_from(hidden).unwrap_or(usize::MAX) } else { w.dims.get(1).copied().unwrap_or(0) / gates };
+        let g = gates.saturating_mul(hidden);
+        if hidden == 0 || g == usize::MAX || w.dims != [1, g, input_size] || r.dims != [1, g, hidden] {
             return Err(node_err(n, name, format!("W {:?} / R {:?} do not match hidden_size {hidden} and input size {input_size} (expected [1, {g}, {input_size}] and [1, {g}, {hidden}])", w.dims, r.dims)));
         }
         let b = self.constant_input(n, name, 3)?;
