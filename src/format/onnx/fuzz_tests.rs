@@ -156,25 +156,6 @@ fn build_and_run(m: &Imported) {
     let _ = plan.run(&x, 1, &mut Workspace::default());
 }
 
-/// 1 to `max_edits` random edits of `valid`: a byte replaced or bit-flipped, a
-/// truncation, an insertion.
-fn mutate(valid: &[u8], rng: &mut Rng, max_edits: usize) -> Vec<u8> {
-    let mut b = valid.to_vec();
-    for _ in 0..1 + rng.below(max_edits) {
-        if b.is_empty() {
-            break;
-        }
-        let at = rng.below(b.len());
-        match rng.below(4) {
-            0 => b[at] = rng.next_u64() as u8,
-            1 => b[at] ^= 1 << rng.below(8),
-            2 => b.truncate(at),
-            _ => b.insert(at, rng.next_u64() as u8),
-        }
-    }
-    b
-}
-
 #[test]
 fn corrupted_onnx_files_import_or_fail_cleanly() {
     let start = Instant::now();
@@ -188,7 +169,8 @@ fn corrupted_onnx_files_import_or_fail_cleanly() {
         let copies = (16_000_000 / bytes.len().max(1)).clamp(300, 8000);
         let mut ok = 0;
         for _ in 0..copies {
-            let b = mutate(bytes, &mut rng, 4);
+            let mut b = bytes.to_vec();
+            crate::testing::mutate(&mut b, &mut rng, 4);
             ok += import_checked(&b, name) as usize;
         }
         mutants += copies;
