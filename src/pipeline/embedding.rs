@@ -118,14 +118,16 @@ pub fn bucket_lengths(max: usize) -> Vec<usize> {
 /// holds it (as sentence-transformers pads per batch), on a plan built for that length
 /// and dropped before the next. Padding never reaches a real token (attention reads the
 /// valid keys only, pooling the valid rows, every other step works row by row), so the
-/// embeddings are those of the full-length run, at a fraction of its work on short text.
-/// Sentences longer than the model's input length are truncated, as before.
+/// embeddings are those of the full-length run, at a fraction of its work on short text,
+/// up to f32 rounding: the attention scores are a product over a different number of
+/// query rows, and on an int8 model such a difference can move a value across a
+/// quantization step. Sentences longer than the model's input length are truncated.
 pub fn embed_sentences(file: &mut ModelFile, sentences: &[&str], batch: usize) -> Result<Vec<f32>, EmbeddingError> {
     let (max, pad) = text_input(file.graph())?;
     let ids = encoder_for(file)?.encode(sentences)?;
     let n = sentences.len();
     let valid: Vec<usize> = ids.chunks_exact(max.max(1)).map(|row| row.iter().rposition(|&t| t != pad as f32).map_or(1, |p| p + 1)).collect();
-    let mut out = vec![0f32; 0];
+    let mut out = Vec::new();
     let mut dim = 0;
     let mut start = 0;
     for b in bucket_lengths(max) {
