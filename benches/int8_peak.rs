@@ -1,6 +1,7 @@
 //! The arithmetic ceiling of this CPU for the inner loops the int8 and f32 kernels can
 //! use, per core, as the best of many short samples (so other processes' load mostly
-//! drops out): `vpmaddwd` + `vpaddd` (our exact int8 product), `vpmaddubsw` +
+//! drops out): `vpmaddwd` + `vpaddd` (our exact int8 product) alone and inside our
+//! kernel's 6×16 tile (with its loads and broadcasts), `vpmaddubsw` +
 //! `vpmaddwd(1)` + `vpaddd` (exact for 7-bit activations), two `vpmaddubsw` summed in
 //! i16 before widening (not exact for u7 × i8: 2·(2·127·127) > 32767), and f32
 //! `vfmadd231ps`. Also the 2-thread streaming read bandwidth over an array the size of
@@ -83,6 +84,35 @@ mod peak {
         sum(a)
     }
 
+    /// The int8 kernel's inner loop as it runs (`tile_avx2::<6>`): per step of 2 k-values
+    /// two weight loads, six activation broadcasts, 12 × (`vpmaddwd` + `vpaddd`), over k =
+    /// 384 with its data in L1; `n` tiles: 6·16·384 MACs each.
+    #[target_feature(enable = "avx2")]
+    pub fn tile_6x16(n: usize) -> i32 {
+        const KW: usize = 192;
+        let a: Vec<i32> = (0..6 * KW).map(|i| ((i * 7919) % 65_000) as i32 & 0x00ff_00ff).collect();
+        let w: Vec<i16> = (0..32 * KW).map(|i| ((i * 31) % 255) as i16 - 127).collect();
+        let mut s = 0i32;
+        for _ in 0..n {
+            let (ap, wp) = (std::hint::black_box(a.as_ptr()), w.as_ptr());
+            let mut acc = [[_mm256_setzero_si256(); 2]; 6];
+            for g in 0..KW {
+                // SAFETY: g < KW, so the 32 weights at 32g and the 6 words at 6g are in bounds.
+                let (w0, w1) = unsafe { (_mm256_loadu_si256(wp.add(g * 32) as *const __m256i), _mm256_loadu_si256(wp.add(g * 32 + 16) as *const __m256i)) };
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_epi32(unsafe { *ap.add(g * 6 + r) });
+                    acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(x, w0));
+                    acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(x, w1));
+                }
+            }
+            // Every accumulator is summed, so none of the twelve products is dropped as dead code.
+            let z = _mm256_setzero_si256();
+            s = s.wrapping_add(sum([acc[0][0], acc[1][0], acc[2][0], acc[3][0], acc[4][0], acc[5][0], z, z]));
+            s = s.wrapping_add(sum([acc[0][1], acc[1][1], acc[2][1], acc[3][1], acc[4][1], acc[5][1], z, z]));
+        }
+        s
+    }
+
     /// 10 × `vfmadd231ps` per iteration: 80 MACs.
     #[target_feature(enable = "avx2,fma")]
     pub fn fma(n: usize) -> f32 {
@@ -115,8 +145,10 @@ fn main() {
         let n = 200_000;
         let reps = 300;
         // SAFETY (each call): AVX2 and FMA were detected above.
-        let cases: [(&str, f64, Box<dyn Fn()>); 4] = [
+        let tiles = n / 50;
+        let cases: [(&str, f64, Box<dyn Fn()>); 5] = [
             ("vpmaddwd + vpaddd (exact u8 x i8, widened to i16)", 128.0, Box::new(move || { std::hint::black_box(unsafe { peak::madd(n) }); })),
+            ("our int8 kernel's 6x16 tile, k = 384, data in L1", 6.0 * 16.0 * 384.0 / 50.0, Box::new(move || { std::hint::black_box(unsafe { peak::tile_6x16(tiles) }); })),
             ("vpmaddubsw + vpmaddwd(1) + vpaddd (exact for u7 x i8)", 256.0, Box::new(move || { std::hint::black_box(unsafe { peak::maddubs(n) }); })),
             ("2 vpmaddubsw + vpaddw + vpmaddwd(1) + vpaddd (saturates for u7 x i8)", 512.0, Box::new(move || { std::hint::black_box(unsafe { peak::maddubs_pairs(n) }); })),
             ("vfmadd231ps (f32)", 80.0, Box::new(move || { std::hint::black_box(unsafe { peak::fma(n) }); })),
