@@ -146,7 +146,9 @@ fn main() {
         let reps = 300;
         // SAFETY (each call): AVX2 and FMA were detected above.
         let tiles = n / 50;
-        let cases: [(&str, f64, Box<dyn Fn()>); 5] = [
+        // (what is measured, multiply-adds per call, the call)
+        type Case = (&'static str, f64, Box<dyn Fn()>);
+        let cases: [Case; 5] = [
             ("vpmaddwd + vpaddd (exact u8 x i8, widened to i16)", 128.0, Box::new(move || { std::hint::black_box(unsafe { peak::madd(n) }); })),
             ("our int8 kernel's 6x16 tile, k = 384, data in L1", 6.0 * 16.0 * 384.0 / 50.0, Box::new(move || { std::hint::black_box(unsafe { peak::tile_6x16(tiles) }); })),
             ("vpmaddubsw + vpmaddwd(1) + vpaddd (exact for u7 x i8)", 256.0, Box::new(move || { std::hint::black_box(unsafe { peak::maddubs(n) }); })),
