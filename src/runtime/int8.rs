@@ -481,35 +481,32 @@ const PANEL: usize = 6;
 fn pack_panels(x: &[u8], m: usize, k: usize, dst: &mut [i32]) {
     let kw = k.div_ceil(2);
     assert!(x.len() >= m * k && dst.len() >= m * kw);
+    let mut q16 = vec![0u16; 2 * kw];
     for p0 in (0..m).step_by(PANEL) {
         let h = PANEL.min(m - p0);
         let panel = &mut dst[p0 * kw..(p0 + h) * kw];
         for r in 0..h {
-            put_panel_row(panel, h, r, &x[(p0 + r) * k..(p0 + r + 1) * k]);
+            put_panel_row(panel, h, r, &x[(p0 + r) * k..(p0 + r + 1) * k], &mut q16);
         }
     }
 }
 
-/// Row `r` of a panel of `h` rows (see [`pack_panels`]) from its u8 values `q`.
+/// Row `r` of a panel of `h` rows (see [`pack_panels`]) from its u8 values `q`, widened
+/// to u16 in `q16` (`2·kw` values; the odd tail stays zero) so each word is one copy.
 #[inline]
-fn put_panel_row(panel: &mut [i32], h: usize, r: usize, q: &[u8]) {
-    let kw = q.len().div_ceil(2);
-    let mut pairs = q.chunks_exact(2);
-    for (g, c) in (&mut pairs).enumerate() {
-        panel[g * h + r] = c[0] as i32 | (c[1] as i32) << 16;
-    }
-    if let [v] = pairs.remainder() {
-        panel[(kw - 1) * h + r] = *v as i32;
-    }
-}
-
-/// [`put_panel_row`] from `q` already widened to u16 (`2·kw` values, the odd tail
-/// zero): each word is one 32-bit copy.
-#[inline]
-fn put_panel_row_u16(panel: &mut [i32], h: usize, r: usize, q16: &[u16]) {
+fn put_panel_row(panel: &mut [i32], h: usize, r: usize, q: &[u8], q16: &mut [u16]) {
+    q16.iter_mut().zip(q).for_each(|(w, &v)| *w = v as u16);
     for (g, c) in q16.chunks_exact(2).enumerate() {
         panel[g * h + r] = (c[0] as u32 | (c[1] as u32) << 16) as i32;
     }
+}
+
+/// `x` quantized to u8 in `q` on its own range (a dynamic row); its parameters.
+fn quantize_row_dynamic(x: &[f32], q: &mut [u8]) -> QParams {
+    let (lo, hi) = row_range(x);
+    let qp = QParams::from_range(lo, hi);
+    quantize_u8(x, qp, q);
+    qp
 }
 
 /// Dynamic quantization of `x` (`rows × k` f32), each row on its own range, straight
@@ -532,13 +529,9 @@ fn quantize_rows_to_panels(x: &[f32], rows: usize, k: usize, dst: &mut [i32], ro
             let h = PANEL.min(n - p0);
             let panel = &mut dst[p0 * kw..(p0 + h) * kw];
             for r in 0..h {
-                let xr = &x[(first + p0 + r) * k..(first + p0 + r + 1) * k];
-                let (lo, hi) = row_range(xr);
-                let qp = QParams::from_range(lo, hi);
-                quantize_u8(xr, qp, &mut q);
+                let qp = quantize_row_dynamic(&x[(first + p0 + r) * k..(first + p0 + r + 1) * k], &mut q);
                 (scale[p0 + r], zp[p0 + r]) = (qp.scale, qp.zero_point);
-                q16.iter_mut().zip(&q).for_each(|(w, &v)| *w = v as u16);
-                put_panel_row_u16(panel, h, r, &q16);
+                put_panel_row(panel, h, r, &q, &mut q16);
             }
         }
     };
@@ -1486,10 +1479,10 @@ impl DynamicLinear {
     pub fn forward(&self, x: &[f32], rows: usize, y: &mut [f32], sc: &mut DynamicScratch, threads: usize) {
         let (n, k) = (self.weights.n, self.weights.k);
         assert!(x.len() == rows * k && y.len() == rows * n, "DynamicLinear: x must be rows×in, y rows×out");
-        sc.row_scale.resize(rows, 0.0);
-        sc.row_zp.resize(rows, 0);
         #[cfg(target_arch = "x86_64")]
         if fused_f32(&self.weights) {
+            sc.row_scale.resize(rows, 0.0);
+            sc.row_zp.resize(rows, 0);
             let kw = k.div_ceil(2);
             if sc.acc.len() < rows * kw {
                 sc.acc.resize(rows * kw, 0);
@@ -1504,9 +1497,7 @@ impl DynamicLinear {
         sc.row_scale.clear();
         sc.row_zp.clear();
         for (xr, qr) in x.chunks_exact(k.max(1)).zip(sc.q.chunks_exact_mut(k.max(1))).take(rows) {
-            let (lo, hi) = row_range(xr);
-            let qp = QParams::from_range(lo, hi);
-            quantize_u8(xr, qp, qr);
+            let qp = quantize_row_dynamic(xr, qr);
             sc.row_scale.push(qp.scale);
             sc.row_zp.push(qp.zero_point);
         }
