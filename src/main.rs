@@ -784,13 +784,14 @@ fn embed(model: &Path, text: Option<String>, file: Option<PathBuf>, out: Option<
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let n = sentences.len();
     let t = std::time::Instant::now();
-    let (e, plan, ids) = if full_length {
-        let (plan, ids) = (f.plan()?, encoder.encode(&refs)?);
-        (emb::embed_ids(&plan, &ids, n, 32)?, plan, ids)
+    let ids = encoder.encode(&refs)?;
+    let (e, plan) = if full_length {
+        let plan = f.plan()?;
+        (emb::embed_ids(&plan, &ids, n, 32)?, plan)
     } else {
-        let e = emb::embed_sentences(&mut f, &refs, 32)?;
+        let e = emb::embed_sentences(&mut f, &ids, n, 32)?;
         // The model at its full input length: its kernels, and what --time measures.
-        (e, f.plan()?, if time { encoder.encode(&refs)? } else { Vec::new() })
+        (e, f.plan()?)
     };
     let wall = t.elapsed().as_secs_f64();
     let dim = e.len() / n;

@@ -16,6 +16,7 @@ use crate::recipe::{Pass, Recipe};
 use crate::report::measure::{Spread, median_and_spread, peak_rss_bytes};
 use crate::report::{Gate, Report, Stage};
 use crate::runtime::exec::{Plan, RuntimeError, Workspace};
+use crate::runtime::transformer::ValidLengths;
 use crate::spec::Op;
 use crate::store::{self, ModelFile};
 use crate::text::{self, TextEncoder, TextError};
@@ -111,7 +112,9 @@ pub fn bucket_lengths(max: usize) -> Vec<usize> {
     v
 }
 
-/// Embeddings (`n × dim`, in the sentences' order) of `sentences`, in batches of `batch`.
+/// Embeddings (`n × dim`, in their order) of `n` sentences given as token ids padded to
+/// the model's input length (`ids [n, len]`, as [`encoder_for`] encodes them), in batches
+/// of `batch`.
 ///
 /// Instead of padding every sentence to the model's input length, sentences are grouped
 /// by their token count and each group runs at the shortest of [`bucket_lengths`] that
@@ -122,11 +125,12 @@ pub fn bucket_lengths(max: usize) -> Vec<usize> {
 /// up to f32 rounding: the attention scores are a product over a different number of
 /// query rows, and on an int8 model such a difference can move a value across a
 /// quantization step. Sentences longer than the model's input length are truncated.
-pub fn embed_sentences(file: &mut ModelFile, sentences: &[&str], batch: usize) -> Result<Vec<f32>, EmbeddingError> {
+pub fn embed_sentences(file: &mut ModelFile, ids: &[f32], n: usize, batch: usize) -> Result<Vec<f32>, EmbeddingError> {
     let (max, pad) = text_input(file.graph())?;
-    let ids = encoder_for(file)?.encode(sentences)?;
-    let n = sentences.len();
-    let valid: Vec<usize> = ids.chunks_exact(max.max(1)).map(|row| row.iter().rposition(|&t| t != pad as f32).map_or(1, |p| p + 1)).collect();
+    // Each sentence's length as the runtime counts it (its trailing pad ids dropped).
+    let mut lens = ValidLengths::default();
+    lens.from_ids(ids, n, max, pad as usize);
+    let valid: Vec<usize> = (0..n).map(|i| lens.of(i, max)).collect();
     let mut out = Vec::new();
     let mut dim = 0;
     let mut start = 0;
