@@ -12,6 +12,7 @@
 mod common;
 
 use squeeze::runtime::int8::{self, DynamicLinear, DynamicScratch, PackedMatrix};
+use squeeze::report::measure::median_and_spread;
 use squeeze::runtime::kernels::{sgemm, sgemm_threads, MatRef};
 
 const SHAPES: [(&str, usize, usize); 4] = [("qkv", 384, 1152), ("out", 384, 384), ("ffn1", 384, 1536), ("ffn2", 1536, 384)];
@@ -24,12 +25,6 @@ fn time(f: impl FnOnce()) -> f64 {
     let t = std::time::Instant::now();
     f();
     t.elapsed().as_secs_f64()
-}
-
-/// The middle value of `v` (the upper one of an even count).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -75,6 +70,7 @@ fn main() {
                 l_twos.push(l);
                 ratios.push(f / l);
             }
+            let median = |mut v: Vec<f64>| median_and_spread(&mut v).median;
             let (f_two, l_two, two_ratio) = (median(f_twos), median(l_twos), median(ratios));
             let g = |t: f64| format!("{:.1} G/s", macs / t / 1e9);
             println!(

@@ -279,7 +279,7 @@ fn gather(t: &TensorRef, storage: &[u8]) -> Result<Tensor, String> {
     if have < t.storage_numel {
         return Err(format!("storage holds {have} elements, the pickle says {}", t.storage_numel));
     }
-    let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
+    let numel = crate::spec::checked_numel(&t.shape).ok_or("shape overflows")?;
     // A view may repeat its storage (stride 0), so the storage's size does not bound it.
     if numel > MAX_VIEW_ELEMENTS {
         return Err(format!("view of {numel} elements (shape {:?}) is larger than squeeze reads ({MAX_VIEW_ELEMENTS})", t.shape));

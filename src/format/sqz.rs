@@ -246,7 +246,7 @@ impl Values {
 impl StoredTensor {
     /// Number of elements of the shape (saturates at `usize::MAX` on overflow).
     pub fn numel(&self) -> usize {
-        self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX)
+        crate::spec::checked_numel(&self.shape).unwrap_or(usize::MAX)
     }
 
     /// Number of stored values whose real value is not zero.

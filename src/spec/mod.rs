@@ -22,6 +22,12 @@ use serde::{Deserialize, Serialize};
 /// The name of the graph's input value.
 pub const INPUT: &str = "input";
 
+/// The number of elements of `shape`, or `None` when the product overflows (a corrupt
+/// or hand-made shape in a file).
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
 /// A shape error or a malformed graph.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SpecError {

@@ -156,17 +156,21 @@ fn build_and_run(m: &Imported) {
     let _ = plan.run(&x, 1, &mut Workspace::default());
 }
 
+/// Mutants per file: a fixed budget of bytes, so the large fixtures (sklearn's 200 KB
+/// MLP) do not dominate the run time, and 300 to 8000 copies of every file.
+fn mutants_of(len: usize) -> usize {
+    (16_000_000 / len.max(1)).clamp(300, 8000)
+}
+
 #[test]
 fn corrupted_onnx_files_import_or_fail_cleanly() {
     let start = Instant::now();
     let mut rng = Rng::new(2026);
     let mut files = fixtures();
     files.extend(own_exports());
-    // A fixed budget of bytes per file keeps the large fixtures (sklearn's 200 KB MLP)
-    // from dominating the run time; every file gets 300 to 8000 mutants.
     let (mut mutants, mut accepted) = (0usize, 0usize);
     for (name, bytes) in &files {
-        let copies = (16_000_000 / bytes.len().max(1)).clamp(300, 8000);
+        let copies = mutants_of(bytes.len());
         let mut ok = 0;
         for _ in 0..copies {
             let mut b = bytes.to_vec();
@@ -353,7 +357,7 @@ fn structurally_corrupted_onnx_models_import_or_fail_cleanly() {
     let (mut mutants, mut accepted) = (0usize, 0usize);
     for (name, bytes) in &files {
         let Ok(model) = ModelProto::decode(bytes.as_slice()) else { panic!("{name} does not decode") };
-        let copies = (16_000_000 / bytes.len().max(1)).clamp(300, 8000);
+        let copies = mutants_of(bytes.len());
         let mut ok = 0;
         for _ in 0..copies {
             let mut m = model.clone();

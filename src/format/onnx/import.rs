@@ -38,6 +38,11 @@ pub const MAX_DIM: usize = (1 << 31) - 1;
 /// shapes come from corrupt dimensions, and the runtime's buffers are sized from them.
 pub const MAX_VALUES_PER_SAMPLE: usize = 1 << 28;
 
+/// Whether one sample of a value of `shape` holds more than [`MAX_VALUES_PER_SAMPLE`].
+fn too_many_values(shape: &[usize]) -> bool {
+    crate::spec::checked_numel(shape).is_none_or(|n| n > MAX_VALUES_PER_SAMPLE)
+}
+
 /// The highest tensor rank the importer reads (ONNX models use up to 6 or so); it also
 /// bounds the axes lists of Squeeze/Unsqueeze, which are searched per dimension.
 pub const MAX_RANK: usize = 64;
@@ -286,7 +291,7 @@ fn decode_tensor(t: &TensorProto) -> Result<Const, OnnxError> {
         }
         dims.push(d as usize);
     }
-    let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("dimensions overflow".into()))?;
+    let numel = crate::spec::checked_numel(&dims).ok_or_else(|| bad("dimensions overflow".into()))?;
     let dt = t.data_type.unwrap_or(0);
     let raw = t.raw_data.as_deref().filter(|r| !r.is_empty());
     let width = match dt {
@@ -447,7 +452,7 @@ impl Builder {
                 }
             }
         }
-        if input_shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_VALUES_PER_SAMPLE) {
+        if too_many_values(&input_shape) {
             return Err(OnnxError::Input(format!(
                 "'{input_name}' has shape [{}]: more than {MAX_VALUES_PER_SAMPLE} values per sample (the file is corrupt, or the model too large for squeeze)",
                 show.join(", ")
@@ -607,7 +612,7 @@ impl Builder {
         }
         let ins: Vec<Vec<usize>> = inputs.iter().map(|v| self.shapes[v].clone()).collect();
         let shape = output_shape(&unique, &op, &ins).map_err(|e| node_err(n, name, e.to_string()))?;
-        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|v| v > MAX_VALUES_PER_SAMPLE) {
+        if too_many_values(&shape) {
             return Err(node_err(n, name, format!("output shape {shape:?} holds more than {MAX_VALUES_PER_SAMPLE} values per sample")));
         }
         self.names.insert(unique.clone());
