@@ -37,7 +37,7 @@ import re
 import sys
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-BEGIN = re.compile(r"<!-- results:begin (\S+) -->")
+BEGIN = re.compile(r"^<!-- results:begin (\S+) -->[ \t]*$", re.M)  # on a line of its own (not in prose)
 MINUS = "\u2212"
 
 
@@ -56,6 +56,8 @@ def run_dir(name, out_root):
 
 def load(directory):
     path = os.path.join(directory, "report.json")
+    if not os.path.exists(path):
+        sys.exit(f"no {path}: run the recipe first (squeeze run --recipe recipes/<name>.toml --out-dir {directory})")
     with open(path, encoding="utf-8") as f:
         report = json.load(f)
     written = datetime.datetime.fromtimestamp(os.path.getmtime(path), datetime.timezone.utc)
@@ -225,7 +227,8 @@ def rewrite(path, out_root, check):
             continue
         name = m.group(1)
         end = f"<!-- results:end {name} -->"
-        j = text.find(end, m.end())
+        e = re.compile("^" + re.escape(end) + r"[ \t]*$", re.M).search(text, m.end())
+        j = e.start() if e else -1
         if j < 0:
             sys.exit(f"{path}: '{m.group(0)}' has no matching '{end}'")
         out.append(text[pos : m.end()])
