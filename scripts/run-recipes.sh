@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every shipped recipe (or the ones named) into out/<recipe>/, for the README's
-# tables. Each run writes report.json and report.md; a failed gate does not stop the rest.
+# Runs every shipped recipe (or the ones named) into out/<recipe>/, for the results tables in
+# docs/ (scripts/results-tables.py --rewrite regenerates them from the report.json files).
+# Each run writes report.json and report.md; a failed gate does not stop the rest.
 #   scripts/run-recipes.sh                 # all
 #   scripts/run-recipes.sh seed lenet300   # some
 set -uo pipefail
