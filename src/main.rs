@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use squeeze::compress::distill::{self, DistillConfig};
-use squeeze::compress::{prune, quantize, share, trim};
+use squeeze::compress::{prune, quantize, share, trim, PassConfig};
 use squeeze::data::{self, Splits};
 use squeeze::format::hf;
 use squeeze::format::sqz::{self, Limits};
@@ -85,91 +85,42 @@ enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
-    /// Prune connections by magnitude, then fine-tune with the pruned weights held at zero.
+    /// Prune connections by magnitude, then fine-tune with the pruned weights held at
+    /// zero: a recipe of one `prune` pass (the same flags as its keys), run, measured
+    /// and reported like any recipe.
     Prune {
         model: PathBuf,
-        /// Fraction of weights to remove, in [0, 1).
-        #[arg(long)]
-        sparsity: f64,
-        /// layer: the same fraction in every layer; global: one threshold for all.
-        #[arg(long, value_enum, default_value = "layer")]
-        scope: ScopeArg,
-        /// Only these layers (node names, comma-separated); default all.
-        #[arg(long, value_delimiter = ',')]
-        layers: Vec<String>,
-        #[arg(long, default_value_t = 3)]
-        fine_tune_epochs: usize,
-        #[arg(long, default_value_t = 5e-4)]
-        lr: f32,
-        #[arg(long, default_value_t = 1234)]
-        seed: u64,
-        /// Output (.sqz stores only the surviving weights; .safetensors stays dense).
-        #[arg(long)]
-        out: PathBuf,
         #[command(flatten)]
-        data: DataArgs,
+        pass: prune::Prune,
+        #[command(flatten)]
+        run: OnePassArgs,
     },
-    /// Remove whole neurons/filters by importance, propagate to the next layer, then
-    /// fine-tune the smaller dense model.
+    /// Prune connections at random (the control magnitude pruning must beat), then
+    /// fine-tune: a recipe of one `random_prune` pass.
+    RandomPrune {
+        model: PathBuf,
+        #[command(flatten)]
+        pass: squeeze::compress::random_prune::RandomPrune,
+        #[command(flatten)]
+        run: OnePassArgs,
+    },
+    /// Remove whole neurons/filters (or attention heads) by importance, propagate to the
+    /// next layer, then fine-tune the smaller dense model: a recipe of one `trim` pass.
     Trim {
         model: PathBuf,
-        /// Fraction of units to remove in each selected layer, in [0, 1) (0: heads only).
-        #[arg(long, default_value_t = 0.0)]
-        ratio: f64,
-        #[arg(long, value_enum, default_value = "l2")]
-        score: ScoreArg,
-        /// Attention heads to remove from each SelfAttention node.
-        #[arg(long, default_value_t = 0)]
-        heads: usize,
-        /// How attention heads are ranked.
-        #[arg(long, value_enum, default_value = "magnitude")]
-        head_score: HeadScoreArg,
-        /// Only these layers (node names, comma-separated); default every layer that feeds another weighted layer.
-        #[arg(long, value_delimiter = ',')]
-        layers: Vec<String>,
-        #[arg(long, default_value_t = 3)]
-        fine_tune_epochs: usize,
-        #[arg(long, default_value_t = 5e-4)]
-        lr: f32,
-        #[arg(long, default_value_t = 1234)]
-        seed: u64,
-        /// Training images for the data-driven scores.
-        #[arg(long, default_value_t = 1000)]
-        calibration: usize,
-        /// Output (.sqz or .safetensors).
-        #[arg(long)]
-        out: PathBuf,
         #[command(flatten)]
-        data: DataArgs,
+        pass: trim::Trim,
+        #[command(flatten)]
+        run: OnePassArgs,
     },
-    /// Quantize to 8 bits: full (int8 weights and activations, integer arithmetic) or weights only.
+    /// Quantize to 8 bits: full (int8 weights and activations, integer arithmetic),
+    /// weights only, or dynamic: a recipe of one `quantize` pass.
     Quantize {
         model: PathBuf,
-        #[arg(long, value_enum, default_value = "full")]
-        mode: ModeArg,
-        /// Only these layers (node names, comma-separated); default all.
-        #[arg(long, value_delimiter = ',')]
-        layers: Vec<String>,
-        /// Training images used to calibrate activation ranges.
-        #[arg(long, default_value_t = 1000)]
-        calibration: usize,
-        /// How the tensors that stay float (biases, LayerNorm, CLS token) are stored:
-        /// f32, or f16 (rounded before calibration; the runtime uses the rounded values).
-        #[arg(long, value_enum, default_value = "f32")]
-        small_tensors: SmallTensorsArg,
-        /// Softmax, LayerNorm, GELU and LSTM/GRU gates of a full-int8 model: float, or
-        /// integer (I-BERT-style approximations; see --nonlinear-ops).
-        #[arg(long, value_enum, default_value = "float")]
-        nonlinear: NonlinearArg,
-        /// With --nonlinear integer: only these kinds (comma-separated); default every
-        /// kind the model has.
-        #[arg(long, value_enum, value_delimiter = ',')]
-        nonlinear_ops: Vec<NonlinearOpArg>,
-        /// Output .sqz file.
-        #[arg(long)]
-        out: PathBuf,
         #[command(flatten)]
-        data: DataArgs,
+        pass: quantize::Quantize,
+        #[command(flatten)]
+        run: OnePassArgs,
     },
     /// Distil a student from a teacher (soft targets at temperature T, or the teacher's
     /// labels with --hard), then fine-tune on the true labels; compares each seed with
@@ -341,6 +292,87 @@ enum Command {
     },
 }
 
+/// What every one-pass verb takes besides the pass's own flags.
+#[derive(Args, Clone)]
+struct OnePassArgs {
+    /// Seed of the pass's randomness and fine-tuning (the recipe's `seed`).
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Output model (.sqz; .safetensors for a pass that leaves the model float).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also keep the run's report.json, report.md and stage files in this directory
+    /// (default: only --out is kept).
+    #[arg(long, value_name = "DIR")]
+    report_dir: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+/// A verb that is one pass: the recipe of that pass on `model`, run by the same runner
+/// as `squeeze run` (so `squeeze prune M --sparsity 0.5 --out P` writes the bytes the
+/// equivalent recipe writes), then its final stage moved to `--out`.
+fn one_pass(model: &Path, pass: PassConfig, args: &OnePassArgs) -> Result<ExitCode> {
+    let out = &args.out;
+    let ext = out.extension().and_then(|e| e.to_str()).unwrap_or_default().to_string();
+    if ext != "sqz" && ext != "safetensors" {
+        bail!("output '{}' must end in .sqz or .safetensors", out.display());
+    }
+    if ext == "safetensors" && pass.technique().is_final() {
+        bail!("'{}' stores an encoded (quantized) model, which only .sqz holds: write --out as .sqz", pass.stage_name());
+    }
+    refuse_overwrite(out, &[model])?;
+    if args.data.train_arrays.is_some() != args.data.test_arrays.is_some() {
+        bail!("--train-arrays and --test-arrays go together");
+    }
+    let name = pass.stage_name();
+    let recipe = Recipe::one_pass(model, args.data.recipe_data(), args.seed, pass).context("the pass's settings")?;
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // The run's stage files and report go to a scratch directory beside --out (removed
+    // afterwards) unless --report-dir keeps them.
+    let scratch = match &args.report_dir {
+        Some(d) => d.clone(),
+        None => parent.join(format!(".squeeze-{}-{}", name, std::process::id())),
+    };
+    let opts = RunOptions { recipe_path: PathBuf::from(format!("(squeeze {})", std::env::args().nth(1).unwrap_or_default())), out_dir: scratch.clone(), data_dir: None, train_limit: None, test_limit: None };
+    let mut bar = TrainBar::default();
+    let result = pipeline::run(&recipe, &opts, &mut |e| match e {
+        Event::Stage(name) => eprintln!("== {name}"),
+        Event::Train(t) => bar.on(t),
+        Event::Measured(s) => out!("{}", stage_line(&s)),
+    });
+    let finish = || -> Result<u64> {
+        let report = result.map_err(|e| match store::read(model) {
+            Ok(f) if matches!(e, PipelineError::ShapeMismatch { .. }) => text_model_hint(
+                e.into(),
+                model,
+                f.graph(),
+                "compress it with a recipe, e.g. `squeeze run --recipe recipes/minilm-int8.toml`, which calibrates and validates on sentences",
+            ),
+            _ => e.into(),
+        })?;
+        let last = report.stages.last().context("the run measured no stage")?;
+        let produced = scratch.join(&last.file);
+        let bytes = if ext == "sqz" {
+            std::fs::copy(&produced, out).with_context(|| format!("cannot write '{}'", out.display()))?
+        } else {
+            let m = store::read_model(&produced)?;
+            if !m.constraints.codebooks.is_empty() {
+                bail!("a weight-shared model keeps its codebooks only in .sqz; write --out as .sqz");
+            }
+            store::write_safetensors(out, &m)?
+        };
+        Ok(bytes)
+    };
+    let written = finish();
+    if args.report_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    let bytes = written?;
+    out!("wrote {} ({} bytes){}", out.display(), bytes, args.report_dir.as_ref().map_or(String::new(), |d| format!("; report: {}", d.join("report.md").display())));
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(Args, Clone, Default)]
 struct DataArgs {
     /// Directory with the Fashion-MNIST IDX files (else $SQUEEZE_DATA, else /usr/share/datasets/fashion-mnist).
@@ -364,6 +396,21 @@ struct DataArgs {
 }
 
 impl DataArgs {
+    /// The `[data]` section of a one-pass recipe.
+    fn recipe_data(&self) -> squeeze::recipe::DataSection {
+        let arrays = self.train_arrays.is_some();
+        squeeze::recipe::DataSection {
+            dataset: if arrays { "numpy".into() } else { "fashion-mnist".into() },
+            dir: self.data.clone(),
+            validation: self.validation,
+            train_limit: self.train_limit,
+            test_limit: self.test_limit,
+            train: self.train_arrays.clone(),
+            test: self.test_arrays.clone(),
+            ..Default::default()
+        }
+    }
+
     fn load(&self) -> Result<Splits> {
         if let (Some(train), Some(test)) = (&self.train_arrays, &self.test_arrays) {
             let (train, test) = (data::npy::ArraySource::parse(train), data::npy::ArraySource::parse(test));
@@ -430,28 +477,6 @@ impl From<ScheduleArg> for LrSchedule {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
-enum ScopeArg {
-    Layer,
-    Global,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy)]
-enum ScoreArg {
-    L1,
-    L2,
-    MeanActivation,
-    Taylor,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy)]
-enum HeadScoreArg {
-    /// Norm of the head's query/key/value rows and output columns.
-    Magnitude,
-    /// Mean norm of the head's contribution to the output on calibration images.
-    Contribution,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy)]
 enum ExportFormat {
     /// ONNX: QDQ int8 for a quantized model, else fp32; checked by importing it again.
     Onnx,
@@ -463,34 +488,6 @@ enum ExportFormat {
 enum WeightTypeArg {
     Uint8,
     Int8,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy)]
-enum ModeArg {
-    Full,
-    Weights,
-    /// int8 weights, Linear/attention inputs quantized per row at run time.
-    Dynamic,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy)]
-enum SmallTensorsArg {
-    F32,
-    F16,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy)]
-enum NonlinearArg {
-    Float,
-    Integer,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy)]
-enum NonlinearOpArg {
-    Softmax,
-    Layernorm,
-    Gelu,
-    Gates,
 }
 
 /// The error and its causes on one line, leaving out a cause whose text the line already
@@ -555,104 +552,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Prune { model, sparsity, scope, layers, fine_tune_epochs, lr, seed, out, data } => {
-            let (mut m, splits) = model_and_data(&model, &out, &data)?;
-            let scope = match scope {
-                ScopeArg::Layer => prune::Scope::Layer,
-                ScopeArg::Global => prune::Scope::Global,
-            };
-            let summary = prune::magnitude(&mut m, sparsity, scope, &layers)?;
-            let cfg = TrainConfig { epochs: fine_tune_epochs, batch_size: 128, lr, seed, workers: 2, l1: 0.0, group_lasso: None, schedule: Default::default() };
-            let mut bar = TrainBar::default();
-            train::train(&mut m, &splits.train.images, &splits.train.labels, &cfg, &mut |e| bar.on(e));
-            let bytes = write_model(&out, &m)?;
-            for (name, total, kept) in &summary.layers {
-                out!("{name}: kept {kept} of {total} ({:.1}%)", *kept as f64 * 100.0 / *total as f64);
-            }
-            let acc = exec::evaluate(&store::read(&out)?.plan()?, &splits.test.images, &splits.test.labels, 2)?;
-            out!("wrote {} ({} bytes); test accuracy {:.2}%", out.display(), bytes, acc * 100.0);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Trim { model, ratio, score, heads, head_score, layers, fine_tune_epochs, lr, seed, calibration, out, data } => {
-            if ratio == 0.0 && heads == 0 {
-                bail!("nothing to trim: give --ratio (a fraction of units) and/or --heads (attention heads per node)");
-            }
-            let (m, splits) = model_and_data(&model, &out, &data)?;
-            let score = match score {
-                ScoreArg::L1 => trim::Score::L1,
-                ScoreArg::L2 => trim::Score::L2,
-                ScoreArg::MeanActivation => trim::Score::MeanActivation,
-                ScoreArg::Taylor => trim::Score::Taylor,
-            };
-            let n = calibration.min(splits.train.len());
-            let head_score = match head_score {
-                HeadScoreArg::Magnitude => trim::HeadScore::Magnitude,
-                HeadScoreArg::Contribution => trim::HeadScore::Contribution,
-            };
-            let cfg = trim::TrimConfig { ratio, score, layers, per_layer: Default::default(), heads, head_score };
-            let (mut t, summary) = trim::trim(&m, &cfg, &splits.train.images[..n * splits.train.sample_len()])?;
-            let tcfg = TrainConfig { epochs: fine_tune_epochs, batch_size: 128, lr, seed, workers: 2, l1: 0.0, group_lasso: None, schedule: Default::default() };
-            let mut bar = TrainBar::default();
-            train::train(&mut t, &splits.train.images, &splits.train.labels, &tcfg, &mut |e| bar.on(e));
-            let bytes = write_model(&out, &t)?;
-            for (name, before, after) in &summary.layers {
-                out!("{name}: {before} → {after} units");
-            }
-            for (name, before, after) in &summary.heads {
-                out!("{name}: {before} → {after} heads");
-            }
-            let acc = exec::evaluate(&store::read(&out)?.plan()?, &splits.test.images, &splits.test.labels, 2)?;
-            out!(
-                "wrote {} ({} bytes, {} → {} parameters); test accuracy {:.2}%",
-                out.display(),
-                bytes,
-                summary.params_before,
-                summary.params_after,
-                acc * 100.0
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Quantize { model, mode, layers, calibration, small_tensors, nonlinear, nonlinear_ops, out, data } => {
-            let (m, splits) = model_and_data(&model, &out, &data)?;
-            let mode = match mode {
-                ModeArg::Full => quantize::Mode::Full,
-                ModeArg::Weights => quantize::Mode::Weights,
-                ModeArg::Dynamic => quantize::Mode::Dynamic,
-            };
-            let n = calibration.min(splits.train.len());
-            let small = match small_tensors {
-                SmallTensorsArg::F32 => quantize::SmallTensors::F32,
-                SmallTensorsArg::F16 => quantize::SmallTensors::F16,
-            };
-            let nonlinear = match nonlinear {
-                NonlinearArg::Float => quantize::NonlinearChoice::Float,
-                NonlinearArg::Integer => quantize::NonlinearChoice::Integer,
-            };
-            use squeeze::spec::Nonlinearity;
-            let ops: Vec<Nonlinearity> = nonlinear_ops
-                .iter()
-                .map(|o| match o {
-                    NonlinearOpArg::Softmax => Nonlinearity::Softmax,
-                    NonlinearOpArg::Layernorm => Nonlinearity::LayerNorm,
-                    NonlinearOpArg::Gelu => Nonlinearity::Gelu,
-                    NonlinearOpArg::Gates => Nonlinearity::Gates,
-                })
-                .collect();
-            // Checked before calibrating (a mistake costs no time).
-            quantize::integer_nonlinearities(&m.graph, mode, nonlinear, &ops)?;
-            let stored = quantize::quantize_with_nonlinear(&m, mode, &layers, &splits.train.images[..n * splits.train.sample_len()], small, nonlinear, &ops)?;
-            let bytes = store::write_sqz(&out, &stored)?;
-            let plan = store::read(&out)?.plan()?;
-            let acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
-            out!(
-                "wrote {} ({} bytes); test accuracy {:.2}%, kernel {}",
-                out.display(),
-                bytes,
-                acc * 100.0,
-                plan.kernel_description()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Prune { model, pass, run } => one_pass(&model, PassConfig::Prune(pass), &run),
+        Command::RandomPrune { model, pass, run } => one_pass(&model, PassConfig::RandomPrune(pass), &run),
+        Command::Trim { model, pass, run } => one_pass(&model, PassConfig::Trim(pass), &run),
+        Command::Quantize { model, pass, run } => one_pass(&model, PassConfig::Quantize(pass), &run),
         Command::Distill {
             teacher,
             teacher_epochs,
@@ -866,17 +769,6 @@ fn write_model(out: &Path, m: &Model) -> Result<u64> {
     }
 }
 
-/// The model a compression command reads and the data it fine-tunes and tests on,
-/// checked to fit each other, once `out` is known not to be the model file.
-fn model_and_data(model: &Path, out: &Path, data: &DataArgs) -> Result<(Model, Splits)> {
-    refuse_overwrite(out, &[model])?;
-    let m = store::read_model(model)?;
-    let splits = data.load()?;
-    pipeline::check_shapes(&store::model_plan(&m)?, &m.graph.input_shape, &splits.train)
-        .map_err(|e| text_model_hint(e.into(), model, &m.graph, "compress it with a recipe, e.g. `squeeze run --recipe recipes/minilm-int8.toml`, which calibrates and validates on sentences"))?;
-    Ok((m, splits))
-}
-
 /// A data set that does not fit a text model (token ids in) is usually the default image
 /// set: say what handles text models instead (`instead`) along with the mismatch.
 fn text_model_hint(e: anyhow::Error, model: &Path, graph: &squeeze::spec::Graph, instead: &str) -> anyhow::Error {
@@ -928,8 +820,8 @@ fn cmd_run(recipe_path: &Path, out_dir: PathBuf, data: DataArgs) -> Result<ExitC
     })?;
     let first = &report.stages[0];
     let last = report.stages.last().unwrap_or(first);
-    let quality = match last.extra.get("mean_cosine").and_then(serde_json::Value::as_f64) {
-        Some(mean) => format!("mean cosine {mean:.6} to the fp32 embeddings"),
+    let quality = match &last.fidelity {
+        Some(f) => format!("mean cosine {:.6} to the fp32 embeddings", f.mean_cosine),
         None => format!("{:.2}% vs baseline {:.2}% (test)", last.accuracy * 100.0, first.accuracy * 100.0),
     };
     out!(
@@ -945,8 +837,8 @@ fn cmd_run(recipe_path: &Path, out_dir: PathBuf, data: DataArgs) -> Result<ExitC
 /// One measured stage as `run` prints it: accuracy for a classifier, cosine to the fp32
 /// embeddings for an embedding model.
 fn stage_line(s: &squeeze::report::Stage) -> String {
-    let quality = match (s.extra.get("mean_cosine").and_then(serde_json::Value::as_f64), s.extra.get("min_cosine").and_then(serde_json::Value::as_f64)) {
-        (Some(mean), Some(min)) => format!("cosine mean {mean:.6} min {min:.6}"),
+    let quality = match &s.fidelity {
+        Some(f) => format!("cosine mean {:.6} min {:.6}", f.mean_cosine, f.min_cosine),
         _ if s.accuracy.is_nan() => "(reference embeddings)".to_string(),
         _ => format!("test acc {:>6.2}%  val acc {:>6.2}%", s.accuracy * 100.0, s.validation_accuracy * 100.0),
     };

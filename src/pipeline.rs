@@ -1,25 +1,36 @@
-//! The main job: run a recipe end to end. Train (or load) the baseline, apply each
-//! pass, write each stage's file, decode it again and measure it with the runtime
-//! (accuracy, bytes, latency, throughput), check the gate on the validation split, and
-//! write `report.json` and `report.md`.
+//! The main job, one runner for every kind of model: make the baseline, apply each
+//! pass ([`crate::compress::PassConfig`]), write each stage's file, decode it again and
+//! measure it with the runtime, check the gate, and write `report.json` and
+//! `report.md`.
+//!
+//! What differs between kinds of model is behind [`Evaluation`] (the evaluation
+//! contract): how the baseline is made, what a pass may read (fine-tuning data,
+//! calibration rows), how a stage is written and measured, and what the gate reads:
+//! accuracy for classifiers ([`classifier`]), cosine fidelity for embedders
+//! ([`embedding`]), per-task accuracy for multi-task files ([`tasks`]). A new kind
+//! (an ImageNet classifier judged by top-1 agreement, a language model by perplexity)
+//! is a new implementation, not a new runner.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod classifier;
 pub mod embedding;
 mod tasks;
 
-use crate::compress::{distill, hashed, multitask, prune, quantize, share, smooth, trim};
+use crate::compress::pass::{Context, Stored};
+use crate::compress::{multitask, quantize};
+use crate::format::sqz::SqzModel;
 use crate::data::{self, DataError, Dataset, Splits};
 use crate::format::sqz;
 use crate::format::write_atomic;
-use crate::model::{zoo, Model, ModelError};
-use crate::recipe::{Pass, Recipe};
+use crate::model::{Model, ModelError};
+use crate::recipe::Recipe;
 use crate::report::measure::{machine_description, median_and_spread, peak_rss_bytes, sha256_hex, squeeze_version};
-use crate::report::{Distillation, DistillSeed, Gate, Outcome, Report, Stage};
+use crate::report::{Gate, Outcome, Report, Stage};
 use crate::runtime::exec::{self, Plan, RuntimeError};
 use crate::store::{self, ModelFile, StoreError};
-use crate::train::{self, TrainConfig, TrainEvent};
+use crate::train::{TrainConfig, TrainEvent};
 
 /// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
@@ -32,38 +43,22 @@ pub enum PipelineError {
     Model(#[from] ModelError),
     #[error("{0}")]
     Preprocess(String),
-    #[error("prune: {0}")]
-    Prune(#[from] prune::PruneError),
-    #[error("share: {0}")]
-    Share(#[from] share::ShareError),
-    #[error("trim: {0}")]
-    Trim(#[from] trim::TrimError),
-    #[error("hash: {0}")]
-    Hash(#[from] hashed::HashError),
+    #[error(transparent)]
+    Pass(#[from] crate::compress::pass::PassError),
     #[error("share_tasks: {0}")]
     Multitask(#[from] multitask::MultitaskError),
-    #[error("quantize: {0}")]
-    Quantize(#[from] quantize::QuantizeError),
-    #[error(transparent)]
-    Smooth(#[from] smooth::SmoothError),
     #[error("runtime: {0}")]
     Runtime(#[from] RuntimeError),
     #[error("unknown zoo model '{0}' (known: mlp, lenet300, lenet5, cnn)")]
     UnknownZoo(String),
     #[error("shape mismatch: the model takes inputs of shape {model:?} with {classes} outputs, the data set has samples of shape {data:?} and {data_classes} classes")]
     ShapeMismatch { model: Vec<usize>, classes: usize, data: Vec<usize>, data_classes: usize },
-    #[error("distill: {0}")]
-    Distill(#[from] distill::DistillError),
-    #[error("recipe: a pass follows 'quantize'; quantize must be the last pass for now")]
-    QuantizeNotLast,
     #[error("cannot write '{path}': {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("output '{0}' would overwrite the recipe's input model; choose another --out-dir")]
     WouldOverwriteInput(PathBuf),
     #[error("{0}")]
     Embedding(#[from] embedding::EmbeddingError),
-    #[error("{0}")]
-    EmbeddingOnly(String),
     #[error("validation gate failed at stage '{stage}': {reason} (report written to {report})")]
     GateFailed { stage: String, reason: String, report: PathBuf },
 }
@@ -155,7 +150,7 @@ pub fn measure(plan: &Plan, splits: &Splits) -> Result<Measurement, RuntimeError
 
 /// An empty report for a run of `recipe`: provenance (version, machine, the recipe's
 /// path and hash) and the gate, on `metric` against the stage `against`.
-pub(crate) fn new_report(recipe: &Recipe, opts: &RunOptions, metric: &str, against: &str) -> Report {
+pub(crate) fn new_report(recipe: &Recipe, opts: &RunOptions, gate: Gate) -> Report {
     let recipe_bytes = std::fs::read(&opts.recipe_path).unwrap_or_default();
     Report {
         schema_version: crate::report::SCHEMA_VERSION,
@@ -165,7 +160,7 @@ pub(crate) fn new_report(recipe: &Recipe, opts: &RunOptions, metric: &str, again
         recipe_sha256: sha256_hex(&recipe_bytes),
         seed: recipe.seed,
         dataset: recipe.data.dataset.clone(),
-        gate: Gate { metric: metric.into(), max_drop: recipe.gate.max_accuracy_drop, against: against.into(), split: "validation".into() },
+        gate,
         result: Outcome::Passed,
         failed_stage: None,
         reason: None,
@@ -173,28 +168,42 @@ pub(crate) fn new_report(recipe: &Recipe, opts: &RunOptions, metric: &str, again
     }
 }
 
-/// Runs `recipe`; writes stage files, `report.json` and `report.md` into `opts.out_dir`.
-pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<Report, PipelineError> {
-    if let Some(i) = recipe.passes.iter().position(|p| matches!(p, Pass::Quantize { .. }))
-        && i + 1 != recipe.passes.len()
-    {
-        return Err(PipelineError::QuantizeNotLast);
-    }
-    if !recipe.tasks.is_empty() {
-        return tasks::run(recipe, opts, on_event);
-    }
-    if recipe.is_embedding() {
-        return embedding::run(recipe, opts, on_event);
-    }
-    let splits = load_data(recipe, opts)?;
-    std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
+/// What differs between kinds of model (see the module docs): the evaluation contract
+/// the runner drives. Made by each kind's `baseline`, which also writes and measures
+/// the baseline stage(s).
+pub(crate) trait Evaluation {
+    /// The gate as the report states it.
+    fn gate(&self) -> Gate;
 
-    let mut report = new_report(recipe, opts, "accuracy", "baseline");
+    /// What pass `index` may read.
+    fn context<'a>(&'a self, recipe: &Recipe, baseline: Option<&'a Model>, index: usize, progress: &'a mut dyn FnMut(TrainEvent)) -> Context<'a>;
 
-    // Baseline.
-    on_event(Event::Stage("baseline".into()));
-    let t = Instant::now();
-    let train_cfg = TrainConfig {
+    /// Whether the model is read back from the previous stage's file before each pass
+    /// instead of being held (an embedder's weights are held about once at any time).
+    fn reload_between_stages(&self) -> bool {
+        false
+    }
+
+    /// Writes `stored` to `path`, reads it back and measures what was written.
+    fn record(&mut self, path: &Path, name: &str, stored: SqzModel, entropy_coding: bool, wall_s: f64, extra: serde_json::Map<String, serde_json::Value>) -> Result<Stage, PipelineError>;
+
+    /// Why `stage` fails the gate, or `None` when it holds.
+    fn check(&self, stage: &Stage) -> Option<String>;
+}
+
+/// The baseline a kind of model starts from.
+pub(crate) struct Baseline {
+    /// The model in memory (`None` when the kind reads it back from `file`).
+    pub model: Option<Model>,
+    /// The stages written and measured (the baseline, or one separate model per task).
+    pub stages: Vec<Stage>,
+    /// The last baseline file (what an embedder's first pass reads).
+    pub file: PathBuf,
+}
+
+/// The recipe's `[train]` settings as the trainer takes them.
+pub(crate) fn train_defaults(recipe: &Recipe) -> TrainConfig {
+    TrainConfig {
         epochs: recipe.train.epochs,
         batch_size: recipe.train.batch_size,
         lr: recipe.train.lr,
@@ -203,350 +212,69 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         l1: 0.0,
         group_lasso: None,
         schedule: recipe.train.schedule,
-    };
-    let mut baseline_extra = serde_json::Map::new();
-    let mut model = match (&recipe.model.zoo, &recipe.model.file) {
-        (Some(name), _) => {
-            let graph = zoo::build(name).ok_or_else(|| PipelineError::UnknownZoo(name.clone()))?;
-            let mut model = Model::init(graph, recipe.seed)?;
-            check_shapes(&store::model_plan(&model)?, &model.graph.input_shape, &splits.train)?;
-            let stats = train::train(&mut model, &splits.train.images, &splits.train.labels, &train_cfg, &mut |e| on_event(Event::Train(e)));
-            let sps: f64 = stats.iter().map(|s| s.samples_per_s).sum::<f64>() / stats.len().max(1) as f64;
-            baseline_extra.insert("epochs".into(), stats.len().into());
-            baseline_extra.insert("train_samples_per_s".into(), sps.round().into());
-            baseline_extra.insert("final_train_loss".into(), stats.last().map_or(f64::NAN, |s| s.loss).into());
-            model
-        }
-        (None, Some(file)) => {
-            let mut model = store::read_model(file)?;
-            if let Some(p) = &recipe.model.preprocess {
-                let op = p.to_op().map_err(|e| PipelineError::Preprocess(format!("[model.preprocess] in the recipe: {e}")))?;
-                let name = model.graph.prepend("preprocess", op);
-                model.graph.validate().map_err(|e| PipelineError::Preprocess(format!("[model.preprocess] in the recipe does not fit the model's input: {e}")))?;
-                baseline_extra.insert("preprocess".into(), format!("{:?} (node '{name}')", model.graph.nodes[0].op).into());
-            }
-            check_shapes(&store::model_plan(&model)?, &model.graph.input_shape, &splits.train)?;
-            baseline_extra.insert("source".into(), file.display().to_string().into());
-            model
-        }
-        (None, None) => {
-            let (Some(state_dict), Some(arch)) = (&recipe.model.state_dict, &recipe.model.architecture) else {
-                unreachable!("Recipe::parse checks the model source")
-            };
-            let model = store::import_pytorch(state_dict, arch)?;
-            check_shapes(&store::model_plan(&model)?, &model.graph.input_shape, &splits.train)?;
-            baseline_extra.insert("source".into(), state_dict.display().to_string().into());
-            baseline_extra.insert("architecture".into(), arch.display().to_string().into());
-            model
-        }
-    };
-    let baseline_wall = t.elapsed().as_secs_f64();
-    let params = model.graph.num_params() as u64;
-    let fp32_bytes = 4.0 * params as f64;
+    }
+}
 
+/// The file of stage `name`: `model.<ext>` for the last stage of the run.
+pub(crate) fn stage_path(opts: &RunOptions, name: &str, ext: &str, is_last: bool) -> PathBuf {
+    opts.out_dir.join(if is_last { format!("model.{ext}") } else { format!("{name}.{ext}") })
+}
+
+/// Runs `recipe`; writes stage files, `report.json` and `report.md` into `opts.out_dir`.
+pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<Report, PipelineError> {
+    let (mut eval, baseline) = match recipe.kind() {
+        crate::compress::pass::ModelKind::Classifier => classifier::baseline(recipe, opts, on_event)?,
+        crate::compress::pass::ModelKind::Embedder => embedding::baseline(recipe, opts, on_event)?,
+        crate::compress::pass::ModelKind::Tasks => tasks::baseline(recipe, opts, on_event)?,
+    };
+    let mut report = new_report(recipe, opts, eval.gate());
+    report.stages = baseline.stages;
+    let reload = eval.reload_between_stages();
+    let mut held = baseline.model.clone();
+    let mut previous = baseline.file;
     let last = recipe.passes.len();
-    let path_for = |name: &str, ext: &str, is_last: bool| -> PathBuf {
-        opts.out_dir.join(if is_last { format!("model.{ext}") } else { format!("{name}.{ext}") })
-    };
-    let baseline_path = path_for("baseline", "safetensors", last == 0);
-    guard_input(recipe, &baseline_path)?;
-    store::write_safetensors(&baseline_path, &model)?;
-    let stage = measure_stage(&baseline_path, "baseline", baseline_wall, fp32_bytes, &splits, baseline_extra)?;
-    on_event(Event::Measured(stage.clone()));
-    let baseline_val = stage.validation_accuracy;
-    let baseline_model = model.clone();
-    report.stages.push(stage);
-
     for (i, pass) in recipe.passes.iter().enumerate() {
-        let mut name = pass.stage_name();
-        on_event(Event::Stage(name.clone()));
+        on_event(Event::Stage(pass.stage_name()));
         let t = Instant::now();
-        let mut extra = serde_json::Map::new();
-        let mut distillation = None;
-        let is_last = i + 1 == last;
-        let (stored, entropy_coding) = match pass {
-            Pass::Prune { sparsity, scope, layers, per_layer, schedule, steps, fine_tune_epochs, lr, l1, l1_epochs } => {
-                let mut summary = prune::PruneSummary { layers: Vec::new() };
-                let mut log = Vec::new();
-                let soft_control = if *l1 > 0.0 {
-                    // The hard control gets the soft phase's epochs as extra fine-tuning.
-                    let control = model.clone();
-                    let cfg = TrainConfig { epochs: *l1_epochs, l1: *l1, seed: recipe.seed.wrapping_add(777), ..train_cfg.clone() };
-                    train::train(&mut model, &splits.train.images, &splits.train.labels, &cfg, &mut |e| on_event(Event::Train(e)));
-                    Some(control)
-                } else {
-                    None
-                };
-                for t in 1..=*steps {
-                    let target = schedule.at(*sparsity, t, *steps);
-                    let per_t = per_layer.iter().map(|(k, v)| (k.clone(), schedule.at(*v, t, *steps))).collect();
-                    summary = prune::magnitude_per_layer(&mut model, target, *scope, layers, &per_t)?;
-                    let cfg = TrainConfig {
-                        epochs: *fine_tune_epochs,
-                        lr: lr.unwrap_or(recipe.train.lr * 0.5),
-                        seed: recipe.seed.wrapping_add(1000 * (i as u64 + 1) + t as u64),
-                        ..train_cfg.clone()
-                    };
-                    train::train(&mut model, &splits.train.images, &splits.train.labels, &cfg, &mut |e| on_event(Event::Train(e)));
-                    if *steps > 1 {
-                        let val = exec::evaluate(&store::model_plan(&model)?, &splits.validation.images, &splits.validation.labels, 2)?;
-                        let kept: usize = summary.layers.iter().map(|l| l.2).sum();
-                        let total: usize = summary.layers.iter().map(|l| l.1).sum();
-                        log.push(serde_json::json!({ "step": t, "sparsity": 1.0 - kept as f64 / total as f64, "validation_accuracy": val }));
-                    }
+        let mut model = match held.take() {
+            Some(m) if !reload => m,
+            _ => store::read_model(&previous)?,
+        };
+        let output = {
+            let mut progress = |e| on_event(Event::Train(e));
+            let mut ctx = eval.context(recipe, baseline.model.as_ref(), i, &mut progress);
+            pass.technique().apply(&mut model, &mut ctx)?
+        };
+        // A name that repeats (e.g. trimming heads in two steps) gets a step number.
+        let mut name = output.name.unwrap_or_else(|| pass.stage_name());
+        let repeats = report.stages.iter().filter(|s| s.name == name || s.name.starts_with(&format!("{name}-step"))).count();
+        if repeats > 0 {
+            name = format!("{name}-step{}", repeats + 1);
+        }
+        let path = stage_path(opts, &name, "sqz", i + 1 == last);
+        guard_input(recipe, &path)?;
+        let stored = match output.stored {
+            Stored::Encoded(s) => {
+                if !reload {
+                    held = Some(model);
                 }
-                if !log.is_empty() {
-                    extra.insert("steps".into(), log.into());
-                }
-                if let Some(mut control) = soft_control {
-                    let per: std::collections::BTreeMap<String, f64> = per_layer.clone();
-                    prune::magnitude_per_layer(&mut control, *sparsity, *scope, layers, &per)?;
-                    let cfg = TrainConfig {
-                        epochs: *fine_tune_epochs * *steps + *l1_epochs,
-                        lr: lr.unwrap_or(recipe.train.lr * 0.5),
-                        seed: recipe.seed.wrapping_add(1000 * (i as u64 + 1) + 1),
-                        ..train_cfg.clone()
-                    };
-                    train::train(&mut control, &splits.train.images, &splits.train.labels, &cfg, &mut |e| on_event(Event::Train(e)));
-                    let plan = store::model_plan(&control)?;
-                    let test = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
-                    let val = exec::evaluate(&plan, &splits.validation.images, &splits.validation.labels, 2)?;
-                    extra.insert("method".into(), format!("l1 (strength {l1}, {l1_epochs} epochs) then magnitude").into());
-                    extra.insert(
-                        "hard_control".into(),
-                        serde_json::json!({ "method": "magnitude, one shot", "sparsity": sparsity, "epochs": cfg.epochs, "accuracy": test, "validation_accuracy": val }),
-                    );
-                }
-                let layers: Vec<serde_json::Value> = summary
-                    .layers
-                    .iter()
-                    .map(|(n, total, kept)| serde_json::json!({ "tensor": n, "weights": total, "kept": kept }))
-                    .collect();
-                extra.insert("layers".into(), layers.into());
-                extra.insert("fine_tune_epochs".into(), (*fine_tune_epochs).into());
-                extra.insert("scope".into(), format!("{scope:?}").to_lowercase().into());
-                extra.insert("schedule".into(), format!("{schedule:?}").to_lowercase().into());
-                let kept: usize = summary.layers.iter().map(|l| l.2).sum();
-                let total: usize = summary.layers.iter().map(|l| l.1).sum();
-                name = format!("pruned-{}", (100.0 * (1.0 - kept as f64 / total.max(1) as f64)).round());
-                (quantize::store_f32(&model), false)
+                *s
             }
-            Pass::Share { linear_bits, conv_bits, per_layer, layers, fine_tune_epochs, lr, half_precision } => {
-                let cfg = share::ShareConfig {
-                    linear_bits: *linear_bits,
-                    conv_bits: *conv_bits,
-                    per_layer: per_layer.clone(),
-                    layers: layers.clone(),
-                };
-                let summary = share::share(&mut model, &cfg)?;
-                let tcfg = TrainConfig {
-                    epochs: *fine_tune_epochs,
-                    lr: lr.unwrap_or(recipe.train.lr * 0.1),
-                    seed: recipe.seed.wrapping_add(1000 * (i as u64 + 1)),
-                    ..train_cfg.clone()
-                };
-                fine_tune_shared(&mut model, &splits, &tcfg, *half_precision, on_event);
-                record_shared(&mut extra, &summary.layers, "clusters", *fine_tune_epochs, *half_precision);
-                (quantize::store_f32(&model), false)
-            }
-            Pass::Code {} => (quantize::store_f32(&model), true),
-            Pass::Hash { fraction, signed, layers, fine_tune_epochs, lr, half_precision } => {
-                let cfg = hashed::HashConfig { fraction: *fraction, signed: *signed, layers: layers.clone(), seed: recipe.seed };
-                let summary = hashed::hash_weights(&mut model, &cfg)?;
-                let tcfg = TrainConfig {
-                    epochs: *fine_tune_epochs,
-                    lr: lr.unwrap_or(recipe.train.lr),
-                    seed: recipe.seed.wrapping_add(1000 * (i as u64 + 1)),
-                    ..train_cfg.clone()
-                };
-                fine_tune_shared(&mut model, &splits, &tcfg, *half_precision, on_event);
-                record_shared(&mut extra, &summary.layers, "buckets", *fine_tune_epochs, *half_precision);
-                extra.insert("signed".into(), (*signed).into());
-                (quantize::store_f32(&model), true)
-            }
-            // Recipes with tasks run in `tasks::run`; without them there is nothing to share.
-            Pass::ShareTasks { .. } => return Err(multitask::MultitaskError::NoTasks.into()),
-            Pass::PruneRows { .. } | Pass::Int4 { .. } => {
-                return Err(PipelineError::EmbeddingOnly(format!("pass '{}' runs in embedding recipes ([model] hf_dir) only", pass.stage_name())));
-            }
-            Pass::Distill {
-                teacher,
-                student,
-                seeds,
-                mode,
-                temperature,
-                alpha,
-                epochs,
-                fine_tune_epochs,
-                lr,
-                fine_tune_lr,
-                schedule,
-                shifted_copies,
-                max_shift,
-            } => {
-                let teacher_plan = match teacher {
-                    Some(path) => store::read(path)?.plan()?,
-                    None => store::model_plan(&baseline_model)?,
-                };
-                check_shapes(&teacher_plan, &model.graph.input_shape, &splits.train)?;
-                let lr = lr.unwrap_or(if student.is_some() { recipe.train.lr } else { recipe.train.lr * 0.5 });
-                let cfg = distill::DistillConfig {
-                    mode: *mode,
-                    temperature: *temperature,
-                    alpha: *alpha,
-                    epochs: *epochs,
-                    fine_tune_epochs: *fine_tune_epochs,
-                    lr,
-                    fine_tune_lr: fine_tune_lr.unwrap_or(lr / 10.0),
-                    batch_size: recipe.train.batch_size,
-                    schedule: *schedule,
-                    shifted_copies: *shifted_copies,
-                    max_shift: *max_shift,
-                };
-                let stage_seed = recipe.seed.wrapping_add(1000 * (i as u64 + 1));
-                let set = distill::transfer_set(
-                    &splits.train.images,
-                    &splits.train.labels,
-                    &splits.train.sample_shape,
-                    *shifted_copies,
-                    *max_shift,
-                    stage_seed,
-                )?;
-                let teacher_accuracy = exec::evaluate(&teacher_plan, &splits.test.images, &splits.test.labels, 2)?;
-                let figures = match student {
-                    None => {
-                        distill::check_pair(&teacher_plan, &model)?;
-                        let outputs = distill::teacher_outputs(&[&teacher_plan], &set.images, *temperature)?;
-                        distill::distill(&mut model, &set, &outputs, &cfg, stage_seed, &mut |e| on_event(Event::Train(e)))?;
-                        None
-                    }
-                    Some(name) => {
-                        let graph = zoo::build(name).ok_or_else(|| PipelineError::UnknownZoo(name.clone()))?;
-                        let make = |seed: u64| Ok(Model::init(graph.clone(), seed)?);
-                        distill::check_pair(&teacher_plan, &make(0)?)?;
-                        let outputs = distill::teacher_outputs(&[&teacher_plan], &set.images, *temperature)?;
-                        let seed_list: Vec<u64> = (0..*seeds as u64).map(|k| recipe.seed.wrapping_add(k)).collect();
-                        let mut first: Option<Model> = None;
-                        let cmp = distill::compare(
-                            &make,
-                            &seed_list,
-                            &set,
-                            &outputs,
-                            &cfg,
-                            &splits.test.images,
-                            &splits.test.labels,
-                            &mut |e| on_event(Event::Train(e)),
-                            &mut |_, m| {
-                                if first.is_none() {
-                                    first = Some(m.clone());
-                                }
-                            },
-                        )?;
-                        model = first.expect("at least one seed (checked by the recipe)");
-                        Some(distillation_figures(name, teacher_accuracy, &cmp, &cfg, set.len()))
-                    }
-                };
-                extra.insert("teacher".into(), teacher.as_ref().map_or("baseline".to_string(), |p| p.display().to_string()).into());
-                extra.insert("teacher_accuracy".into(), teacher_accuracy.into());
-                extra.insert("mode".into(), serde_json::to_value(mode).unwrap_or_default());
-                extra.insert("temperature".into(), (*temperature as f64).into());
-                extra.insert("alpha".into(), (*alpha as f64).into());
-                extra.insert("epochs".into(), (*epochs).into());
-                extra.insert("fine_tune_epochs".into(), (*fine_tune_epochs).into());
-                extra.insert("schedule".into(), serde_json::to_value(schedule).unwrap_or_default());
-                extra.insert("transfer_samples".into(), set.len().into());
-                distillation = figures;
-                (quantize::store_f32(&model), false)
-            }
-            Pass::Trim { ratio, score, heads, head_score, layers, per_layer, fine_tune_epochs, lr, calibration, group_lasso, group_lasso_epochs } => {
-                let cfg = trim::TrimConfig { ratio: *ratio, score: *score, layers: layers.clone(), per_layer: per_layer.clone(), heads: *heads, head_score: *head_score };
-                let n = (*calibration).min(splits.train.len());
-                let calib = &splits.train.images[..n * splits.train.sample_len()];
-                if *group_lasso > 0.0 {
-                    let params = trim::scores(&model, &cfg, calib)?.into_keys().map(|l| format!("{l}.weight")).collect();
-                    let gl = train::GroupLasso { strength: *group_lasso, params };
-                    let soft = TrainConfig {
-                        epochs: *group_lasso_epochs,
-                        group_lasso: Some(gl),
-                        seed: recipe.seed.wrapping_add(555),
-                        ..train_cfg.clone()
-                    };
-                    train::train(&mut model, &splits.train.images, &splits.train.labels, &soft, &mut |e| on_event(Event::Train(e)));
-                    extra.insert("group_lasso".into(), serde_json::json!({ "strength": group_lasso, "epochs": group_lasso_epochs }));
-                }
-                let (trimmed, summary) = trim::trim(&model, &cfg, calib)?;
-                model = trimmed;
-                let tcfg = TrainConfig {
-                    epochs: *fine_tune_epochs,
-                    lr: lr.unwrap_or(recipe.train.lr * 0.5),
-                    seed: recipe.seed.wrapping_add(1000 * (i as u64 + 1)),
-                    ..train_cfg.clone()
-                };
-                train::train(&mut model, &splits.train.images, &splits.train.labels, &tcfg, &mut |e| on_event(Event::Train(e)));
-                let layers: Vec<serde_json::Value> = summary
-                    .layers
-                    .iter()
-                    .map(|(n, before, after)| serde_json::json!({ "layer": n, "units_before": before, "units_after": after }))
-                    .collect();
-                extra.insert("layers".into(), layers.into());
-                if !summary.heads.is_empty() {
-                    let heads: Vec<serde_json::Value> = summary
-                        .heads
-                        .iter()
-                        .map(|(n, before, after)| serde_json::json!({ "layer": n, "heads_before": before, "heads_after": after }))
-                        .collect();
-                    extra.insert("heads".into(), heads.into());
-                    extra.insert("head_score".into(), serde_json::to_value(head_score).unwrap_or_default());
-                }
-                extra.insert("params_before".into(), summary.params_before.into());
-                extra.insert("params_after".into(), summary.params_after.into());
-                extra.insert("score".into(), serde_json::to_value(score).unwrap_or_default());
-                (quantize::store_f32(&model), false)
-            }
-            Pass::Quantize { mode, layers, calibration, small_tensors, smooth, float_activations, nonlinear, nonlinear_ops } => {
-                let n = (*calibration).min(splits.train.len());
-                let calib = &splits.train.images[..n * splits.train.sample_len()];
-                let smoothed = match smooth {
-                    Some(alpha) => {
-                        let (m, summary) = smooth::smooth(&model, calib, *alpha)?;
-                        extra.insert("smooth_alpha".into(), f64::from(*alpha).into());
-                        extra.insert("smoothed_inputs".into(), smooth::summary_json(&summary));
-                        Some(m)
-                    }
-                    None => None,
-                };
-                let mut stored = quantize::quantize_with_nonlinear(smoothed.as_ref().unwrap_or(&model), *mode, layers, calib, *small_tensors, *nonlinear, nonlinear_ops)?;
-                if !float_activations.is_empty() {
-                    let off = quantize::keep_float_activations(&mut stored, float_activations)?;
-                    extra.insert("float_activation_layers".into(), off.into());
-                }
-                extra.insert("mode".into(), format!("{mode:?}").to_lowercase().into());
-                extra.insert("small_tensors".into(), format!("{small_tensors:?}").to_lowercase().into());
-                if !stored.quant.integer_nonlinear.is_empty() {
-                    extra.insert("integer_nonlinear".into(), stored.quant.integer_nonlinear.iter().map(|k| k.name()).collect::<Vec<_>>().into());
-                }
-                extra.insert("calibration_images".into(), n.into());
-                extra.insert("integer_layers".into(), stored.quant.integer_nodes.iter().cloned().collect::<Vec<_>>().into());
-                (stored, true)
+            Stored::Model if reload => quantize::into_stored_f32(model),
+            Stored::Model => {
+                let s = quantize::store_f32(&model);
+                held = Some(model);
+                s
             }
         };
-        let path = path_for(&name, "sqz", is_last);
-        guard_input(recipe, &path)?;
-        store::write_sqz_with(&path, &stored, entropy_coding)?;
         let wall = t.elapsed().as_secs_f64();
-        let mut stage = measure_stage(&path, &name, wall, fp32_bytes, &splits, extra)?;
-        stage.distillation = distillation;
+        let mut stage = eval.record(&path, &name, stored, output.entropy_coding, wall, output.details)?;
+        stage.distillation = output.distillation;
         on_event(Event::Measured(stage.clone()));
-        let drop = baseline_val - stage.validation_accuracy;
-        let failed = drop > recipe.gate.max_accuracy_drop;
+        let failure = eval.check(&stage);
         report.stages.push(stage);
-        if failed {
-            let reason = format!(
-                "validation accuracy dropped {:.2} points against the baseline, more than the allowed {:.2} (by {:.2} points)",
-                drop * 100.0,
-                recipe.gate.max_accuracy_drop * 100.0,
-                (drop - recipe.gate.max_accuracy_drop) * 100.0
-            );
+        previous = path;
+        if let Some(reason) = failure {
             return Err(gate_failed(&mut report, &opts.out_dir, name, reason));
         }
     }
@@ -554,38 +282,8 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
     Ok(report)
 }
 
-/// The report's figures for a distillation compared with its control.
-pub fn distillation_figures(student: &str, teacher_accuracy: f64, cmp: &distill::Comparison, cfg: &distill::DistillConfig, transfer_samples: usize) -> Distillation {
-    let (control_accuracy, control_spread) = cmp.control();
-    let (distilled_accuracy, distilled_spread) = cmp.distilled();
-    let (gain, gain_spread) = cmp.gain();
-    Distillation {
-        student: student.to_string(),
-        teacher_accuracy,
-        mode: match cfg.mode {
-            distill::Mode::Soft => "soft".into(),
-            distill::Mode::Hard => "hard".into(),
-        },
-        temperature: cfg.temperature as f64,
-        alpha: cfg.alpha as f64,
-        epochs: cfg.total_epochs(),
-        transfer_samples,
-        control_accuracy,
-        control_spread,
-        distilled_accuracy,
-        distilled_spread,
-        gain,
-        gain_spread,
-        seeds: cmp
-            .seeds
-            .iter()
-            .map(|r| DistillSeed { seed: r.seed, control_accuracy: r.control_accuracy, distilled_accuracy: r.distilled_accuracy })
-            .collect(),
-    }
-}
-
 /// Refuses to write over the recipe's own model file.
-fn guard_input(recipe: &Recipe, out: &Path) -> Result<(), PipelineError> {
+pub(crate) fn guard_input(recipe: &Recipe, out: &Path) -> Result<(), PipelineError> {
     for input in [&recipe.model.file, &recipe.model.state_dict].into_iter().flatten() {
         if let (Ok(a), Ok(b)) = (std::fs::canonicalize(input), std::fs::canonicalize(out))
             && a == b
@@ -597,7 +295,7 @@ fn guard_input(recipe: &Recipe, out: &Path) -> Result<(), PipelineError> {
 }
 
 /// Reads the stage's file back from disk and measures what was really written.
-fn measure_stage(
+pub(crate) fn measure_stage(
     path: &Path,
     name: &str,
     wall_s: f64,
@@ -629,6 +327,8 @@ fn measure_stage(
         file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         extra: extra.into_iter().collect(),
         distillation: None,
+        fidelity: None,
+        tasks: None,
     })
 }
 
@@ -674,29 +374,9 @@ pub fn file_counts_with(file: &ModelFile, path: &Path, sections: Option<&[sqz::S
     }
 }
 
-/// Writes `report.json` and `report.md` atomically; returns the JSON's path.
-/// Fine-tunes a weight-shared (k-means or hashed) model with its sharing held, then
-/// rounds its shared values to f16 when the pass asks for half precision.
-fn fine_tune_shared(model: &mut Model, splits: &Splits, cfg: &TrainConfig, half_precision: bool, on_event: &mut dyn FnMut(Event)) {
-    train::train(model, &splits.train.images, &splits.train.labels, cfg, &mut |e| on_event(Event::Train(e)));
-    if half_precision {
-        share::round_to_half(model);
-    }
-}
-
-/// Records a sharing pass in a stage's `extra`: per tensor its weights and how many
-/// distinct values serve them (`unit`: "clusters" of a codebook, "buckets" of a hash),
-/// and the fine-tuning that followed.
-fn record_shared(extra: &mut serde_json::Map<String, serde_json::Value>, layers: &[(String, usize, usize)], unit: &str, fine_tune_epochs: usize, half_precision: bool) {
-    let layers: Vec<serde_json::Value> = layers.iter().map(|(n, weights, k)| serde_json::json!({ "tensor": n, "weights": weights, unit: k })).collect();
-    extra.insert("layers".into(), layers.into());
-    extra.insert("fine_tune_epochs".into(), fine_tune_epochs.into());
-    extra.insert("half_precision".into(), half_precision.into());
-}
-
 /// Marks `report` failed at `stage` for `reason`, writes it to `dir`, and returns the
 /// error that names the stage and the written report (or the write's own error).
-fn gate_failed(report: &mut Report, dir: &Path, stage: String, reason: String) -> PipelineError {
+pub(crate) fn gate_failed(report: &mut Report, dir: &Path, stage: String, reason: String) -> PipelineError {
     report.result = Outcome::Failed;
     report.failed_stage = Some(stage.clone());
     report.reason = Some(reason.clone());
@@ -706,6 +386,7 @@ fn gate_failed(report: &mut Report, dir: &Path, stage: String, reason: String) -
     }
 }
 
+/// Writes `report.json` and `report.md` atomically; returns the JSON's path.
 pub fn write_report(report: &Report, dir: &Path) -> Result<PathBuf, PipelineError> {
     let json = dir.join("report.json");
     let md = dir.join("report.md");

@@ -28,10 +28,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use std::collections::BTreeMap;
 
-use crate::compress::prune::{Schedule, Scope};
-use crate::compress::quantize::{Mode, NonlinearChoice, SmallTensors};
+use crate::compress::pass::ModelKind;
 use crate::train::LrSchedule;
 
 /// Why a recipe cannot be used.
@@ -82,16 +80,7 @@ pub struct TaskSection {
     pub zoo: Option<String>,
 }
 
-/// How a `share_tasks` pass shares the trunk.
-#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ShareForm {
-    /// The first task's trunk, frozen, with a head per task.
-    #[default]
-    Hard,
-    /// Task models pulled together while training, merged, heads fine-tuned.
-    Soft,
-}
+pub use crate::compress::multitask::ShareForm;
 
 fn default_seed() -> u64 {
     1234
@@ -198,238 +187,8 @@ fn not_set() -> f64 {
     f64::NAN
 }
 
-/// One compression step.
-#[derive(Deserialize, Clone, Debug, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Pass {
-    /// Magnitude pruning, then fine-tuning with the masks held; with `steps > 1` the
-    /// target is reached gradually along `schedule`, fine-tuning after every step.
-    Prune {
-        sparsity: f64,
-        #[serde(default)]
-        scope: Scope,
-        #[serde(default)]
-        layers: Vec<String>,
-        /// Per-layer targets (node name → sparsity) that override `sparsity`.
-        #[serde(default)]
-        per_layer: BTreeMap<String, f64>,
-        #[serde(default)]
-        schedule: Schedule,
-        #[serde(default = "default_steps")]
-        steps: usize,
-        /// Fine-tuning epochs after each step.
-        #[serde(default = "default_fine_tune")]
-        fine_tune_epochs: usize,
-        /// Fine-tuning learning rate (default: half the training rate).
-        lr: Option<f32>,
-        /// Soft pruning: first train `l1_epochs` with an L1 penalty of this strength on
-        /// the weights (driving them towards zero), then threshold by magnitude and
-        /// fine-tune. The report adds a hard-pruning control at the same sparsity and
-        /// the same total epochs. 0 = plain magnitude pruning.
-        #[serde(default)]
-        l1: f32,
-        #[serde(default = "default_fine_tune")]
-        l1_epochs: usize,
-    },
-    /// Weight sharing: per-layer k-means into 2^bits values, then centroid fine-tuning.
-    Share {
-        #[serde(default = "default_linear_bits")]
-        linear_bits: u32,
-        #[serde(default = "default_conv_bits")]
-        conv_bits: u32,
-        /// Per-layer bits (node name → bits).
-        #[serde(default)]
-        per_layer: BTreeMap<String, u32>,
-        #[serde(default)]
-        layers: Vec<String>,
-        #[serde(default = "default_fine_tune")]
-        fine_tune_epochs: usize,
-        /// Centroid learning rate (default: a tenth of the training rate).
-        lr: Option<f32>,
-        /// Round centroids and biases to half precision so they are stored in 16 bits.
-        #[serde(default)]
-        half_precision: bool,
-    },
-    /// Structured trimming: remove whole neurons/filters by importance (the removal is
-    /// propagated to the next layer), then fine-tune the smaller dense model.
-    Trim {
-        /// Fraction of units to remove in each selected layer (0 = none: heads only).
-        #[serde(default)]
-        ratio: f64,
-        #[serde(default)]
-        score: crate::compress::trim::Score,
-        /// Attention heads to remove from each SelfAttention node (0 = none).
-        #[serde(default)]
-        heads: usize,
-        /// How heads are ranked: "magnitude" or "contribution" (calibration data).
-        #[serde(default)]
-        head_score: crate::compress::trim::HeadScore,
-        #[serde(default)]
-        layers: Vec<String>,
-        #[serde(default)]
-        per_layer: BTreeMap<String, f64>,
-        #[serde(default = "default_fine_tune")]
-        fine_tune_epochs: usize,
-        /// Fine-tuning learning rate (default: half the training rate).
-        lr: Option<f32>,
-        /// Training images used by data-driven scores.
-        #[serde(default = "default_calibration")]
-        calibration: usize,
-        /// Soft trimming: first train `group_lasso_epochs` with a group-lasso penalty of
-        /// this strength on the rows (neurons/filters) of the layers to trim, so that
-        /// whole units shrink towards zero before they are removed. 0 = off.
-        #[serde(default)]
-        group_lasso: f32,
-        #[serde(default = "default_fine_tune")]
-        group_lasso_epochs: usize,
-    },
-    /// Knowledge distillation. Without `student`: recovery, the current (compressed)
-    /// model learns from the teacher with every constraint held. With `student` (a zoo
-    /// name): a fresh student is distilled and compared over `seeds` seeds with the same
-    /// student trained alone on the same inputs for the same epochs; the stage is the
-    /// first seed's distilled student. The teacher is the recipe's baseline unless a file
-    /// is named.
-    Distill {
-        /// A teacher model file (relative to the recipe); default: the baseline.
-        teacher: Option<PathBuf>,
-        /// A zoo student trained from scratch (else the current model is distilled).
-        student: Option<String>,
-        /// Seeds of the comparison with a student trained alone (with `student`).
-        #[serde(default = "default_distill_seeds")]
-        seeds: usize,
-        #[serde(default)]
-        mode: crate::compress::distill::Mode,
-        #[serde(default = "default_temperature")]
-        temperature: f32,
-        #[serde(default = "default_alpha")]
-        alpha: f32,
-        #[serde(default = "default_fine_tune")]
-        epochs: usize,
-        /// Epochs on the true labels afterwards.
-        #[serde(default)]
-        fine_tune_epochs: usize,
-        /// Learning rate (default: half the training rate for recovery, the training
-        /// rate for a fresh student).
-        lr: Option<f32>,
-        /// Learning rate of the fine-tuning epochs (default: lr / 10).
-        fine_tune_lr: Option<f32>,
-        #[serde(default)]
-        schedule: LrSchedule,
-        /// Shifted copies of each training image in the transfer set.
-        #[serde(default)]
-        shifted_copies: usize,
-        #[serde(default = "default_max_shift")]
-        max_shift: usize,
-    },
-    /// Hashed weight sharing (HashedNets) within the model: each weight tensor's entries
-    /// are mapped by a fixed hash to `ceil(fraction · numel)` buckets (with hashed ±1
-    /// signs unless `signed = false`); the buckets are fine-tuned and the file stores
-    /// only them and the hash seed.
-    Hash {
-        /// Buckets per weight, in (0, 1]: 0.125 keeps 1/8 of the weights' values.
-        fraction: f64,
-        #[serde(default = "default_true")]
-        signed: bool,
-        #[serde(default)]
-        layers: Vec<String>,
-        #[serde(default = "default_fine_tune")]
-        fine_tune_epochs: usize,
-        /// Bucket learning rate (default: the training rate).
-        lr: Option<f32>,
-        /// Round buckets and biases to half precision so they are stored in 16 bits.
-        #[serde(default)]
-        half_precision: bool,
-    },
-    /// Parameter sharing across the recipe's `[[task]]` models: one file with one trunk
-    /// and a head per task, measured per task against the separately trained models.
-    ShareTasks {
-        #[serde(default)]
-        form: ShareForm,
-        /// Soft form: λ of the pull `λ·Σ‖θ_a − θ_b‖²` between the trunks.
-        #[serde(default = "default_penalty")]
-        penalty: f32,
-        /// Soft form: epochs of each head on the merged trunk.
-        #[serde(default = "default_head_epochs")]
-        head_epochs: usize,
-        /// Soft form: learning rate of the head fine-tuning (default a tenth of the training rate).
-        head_lr: Option<f32>,
-    },
-    /// Entropy coding: the same model written with Huffman-coded indices and positions
-    /// (earlier stages are written with fixed-width codes, as the paper's stages).
-    Code {},
-    /// Row-wise pruning of Linear and attention projection weights by magnitude or
-    /// Wanda's activation-aware score, to a sparsity or an N:M pattern (`n_of_m =
-    /// [2, 4]`); one shot, no fine-tuning (embedding recipes).
-    PruneRows {
-        /// Fraction of each output row removed (exclusive with `n_of_m`).
-        sparsity: Option<f64>,
-        /// Keep n of every m consecutive inputs of a row.
-        n_of_m: Option<[usize; 2]>,
-        #[serde(default)]
-        score: crate::compress::prune::Score,
-        #[serde(default)]
-        layers: Vec<String>,
-        /// Calibration sentences for Wanda's input norms.
-        #[serde(default = "default_text_calibration")]
-        calibration: usize,
-    },
-    /// Weight-only int4, group-wise with f16 scales (compute stays f32).
-    Int4 {
-        #[serde(default = "default_int4_group")]
-        group: usize,
-        /// Nodes to quantize (all weighted nodes when empty); the rest stay f32.
-        #[serde(default)]
-        layers: Vec<String>,
-        /// Nodes kept at f32 (mixed precision), e.g. the embeddings.
-        #[serde(default)]
-        keep: Vec<String>,
-        /// Nodes stored as int8 per output channel instead of int4 (mixed precision).
-        #[serde(default)]
-        int8: Vec<String>,
-        /// Group sizes other than `group` for chosen nodes (name or prefix `*`), e.g.
-        /// `{ "embeddings.*" = 128 }`: coarser where the error matters less.
-        #[serde(default)]
-        layer_groups: std::collections::BTreeMap<String, usize>,
-        /// How group scales are chosen: "search" (error-minimising, default) or "max".
-        #[serde(default)]
-        scales: crate::compress::quantize::Int4Scales,
-        /// Calibration sentences whose input-activation norms weight the rounding error
-        /// of each Linear/projection input column (0: unweighted).
-        #[serde(default)]
-        calibration: usize,
-    },
-    /// Post-training quantization to 8 bits.
-    Quantize {
-        #[serde(default)]
-        mode: Mode,
-        #[serde(default)]
-        layers: Vec<String>,
-        /// Training images used to calibrate activation ranges (full mode).
-        #[serde(default = "default_calibration")]
-        calibration: usize,
-        /// How the tensors that stay float (biases, LayerNorm, CLS token) are stored:
-        /// "f32" (default) or "f16" (rounded before calibration, 2 bytes each).
-        #[serde(default)]
-        small_tensors: SmallTensors,
-        /// SmoothQuant strength α in [0, 1] (e.g. 0.5): before quantizing, divide each
-        /// input channel of the products that read a LayerNorm or an attention context
-        /// by `max|x|^α / max|w|^(1−α)` (from the calibration data) and multiply the
-        /// weights' columns by it (exact in f32; see `compress::smooth`). Off by default.
-        smooth: Option<f32>,
-        /// Nodes (names, `*` matches any text) whose int8 weights compute with f32
-        /// activations (dequantized at load) instead of on the integer kernels.
-        #[serde(default)]
-        float_activations: Vec<String>,
-        /// Softmax, LayerNorm, GELU and LSTM/GRU gates in full int8: "float" (default)
-        /// or "integer" (I-BERT-style integer approximations).
-        #[serde(default)]
-        nonlinear: NonlinearChoice,
-        /// With `nonlinear = "integer"`: only these kinds ("softmax", "layernorm",
-        /// "gelu", "gates"); every kind the model has when empty.
-        #[serde(default)]
-        nonlinear_ops: Vec<crate::spec::Nonlinearity>,
-    },
-}
+/// One compression step: the config of one technique (see [`crate::compress`]).
+pub use crate::compress::PassConfig as Pass;
 
 /// The checks of an embedding recipe: text data, cosine gate, passes it can run.
 fn check_embedding(r: Recipe, invalid: &dyn Fn(String) -> RecipeError) -> Result<Recipe, RecipeError> {
@@ -450,132 +209,25 @@ fn check_embedding(r: Recipe, invalid: &dyn Fn(String) -> RecipeError) -> Result
     if r.model.seq_len == Some(0) {
         return Err(invalid("[model] seq_len must be at least 1".into()));
     }
-    for p in &r.passes {
-        match p {
-            Pass::PruneRows { sparsity, n_of_m, .. } => match (sparsity, n_of_m) {
-                (Some(s), None) if (0.0..1.0).contains(s) => {}
-                (Some(s), None) => return Err(invalid(format!("pass prune_rows: sparsity: expected a fraction in [0, 1), got {s}"))),
-                (None, Some([n, m])) if *n >= 1 && n < m => {}
-                (None, Some([n, m])) => return Err(invalid(format!("pass prune_rows: n_of_m = [{n}, {m}] must keep 1 ≤ n < m"))),
-                _ => return Err(invalid("pass prune_rows: set exactly one of sparsity or n_of_m".into())),
-            },
-            Pass::Int4 { group, .. } if *group == 0 || *group > crate::format::sqz::MAX_I4_GROUP => {
-                return Err(invalid(format!("pass int4: group: expected 1..={}, got {group}", crate::format::sqz::MAX_I4_GROUP)));
-            }
-            Pass::Trim { fine_tune_epochs, group_lasso, .. } if *fine_tune_epochs > 0 || *group_lasso > 0.0 => {
-                return Err(invalid("pass trim: hf_dir models are trimmed in one shot (no fine-tuning data for an embedder): set fine_tune_epochs = 0 and leave group_lasso unset".into()));
-            }
-            Pass::Int4 { layer_groups, .. } if layer_groups.values().any(|g| *g == 0 || *g > crate::format::sqz::MAX_I4_GROUP) => {
-                return Err(invalid(format!("pass int4: layer_groups: each group must be in 1..={}", crate::format::sqz::MAX_I4_GROUP)));
-            }
-            Pass::Quantize { smooth: Some(a), .. } if !(0.0..=1.0).contains(a) => return Err(invalid(smooth_range(*a))),
-            Pass::Int4 { .. } | Pass::Quantize { .. } | Pass::Code {} | Pass::Trim { .. } => {}
-            other => return Err(invalid(format!("pass '{}' is not available for hf_dir models yet (they run prune_rows, trim, int4, quantize)", other.stage_name()))),
-        }
-    }
     Ok(r)
-}
-
-fn smooth_range(alpha: f32) -> String {
-    format!("pass quantize: smooth: expected the SmoothQuant strength α in [0, 1] (e.g. 0.5), got {alpha}")
-}
-
-fn default_fine_tune() -> usize {
-    3
-}
-
-fn default_calibration() -> usize {
-    1000
-}
-
-fn default_text_calibration() -> usize {
-    128
-}
-
-fn default_int4_group() -> usize {
-    32
-}
-
-fn default_temperature() -> f32 {
-    4.0
-}
-
-fn default_distill_seeds() -> usize {
-    1
-}
-
-fn default_max_shift() -> usize {
-    2
-}
-
-fn default_alpha() -> f32 {
-    0.9
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_penalty() -> f32 {
-    0.001
-}
-
-fn default_head_epochs() -> usize {
-    2
-}
-
-fn default_steps() -> usize {
-    1
-}
-
-fn default_linear_bits() -> u32 {
-    5
-}
-
-fn default_conv_bits() -> u32 {
-    8
-}
-
-impl Pass {
-    /// The stage name in reports.
-    pub fn stage_name(&self) -> String {
-        match self {
-            Pass::Prune { .. } => "pruned".into(),
-            Pass::PruneRows { n_of_m: Some([n, m]), score, .. } => format!("pruned-{n}of{m}-{}", score_name(*score)),
-            Pass::PruneRows { sparsity, score, .. } => format!("pruned-{:.0}-{}", 100.0 * sparsity.unwrap_or(0.0), score_name(*score)),
-            Pass::Int4 { group, .. } => format!("int4-g{group}"),
-            Pass::Quantize { mode: Mode::Full, .. } => "int8".into(),
-            Pass::Quantize { mode: Mode::Weights, .. } => "int8-weights".into(),
-            Pass::Quantize { mode: Mode::Dynamic, .. } => "int8-dynamic".into(),
-            Pass::Share { .. } => "shared".into(),
-            Pass::Trim { heads: 0, .. } => "trimmed".into(),
-            Pass::Trim { heads, head_score, ratio, .. } => {
-                let score = match head_score {
-                    crate::compress::trim::HeadScore::Magnitude => "magnitude",
-                    crate::compress::trim::HeadScore::Contribution => "contribution",
-                };
-                if *ratio > 0.0 { format!("trimmed-heads{heads}-{score}") } else { format!("heads{heads}-{score}") }
-            }
-            Pass::Distill { .. } => "distilled".into(),
-            Pass::Code {} => "coded".into(),
-            Pass::Hash { .. } => "hashed".into(),
-            Pass::ShareTasks { form: ShareForm::Hard, .. } => "shared-hard".into(),
-            Pass::ShareTasks { form: ShareForm::Soft, .. } => "shared-soft".into(),
-        }
-    }
-}
-
-fn score_name(s: crate::compress::prune::Score) -> &'static str {
-    match s {
-        crate::compress::prune::Score::Magnitude => "magnitude",
-        crate::compress::prune::Score::Wanda => "wanda",
-    }
 }
 
 impl Recipe {
     /// Whether this recipe compresses a sentence embedder (gated by cosine fidelity).
     pub fn is_embedding(&self) -> bool {
         self.model.hf_dir.is_some()
+    }
+
+    /// The kind of model the recipe compresses: an embedder (`hf_dir`), task models
+    /// (`[[task]]` tables), or a classifier.
+    pub fn kind(&self) -> ModelKind {
+        if self.is_embedding() {
+            ModelKind::Embedder
+        } else if !self.tasks.is_empty() {
+            ModelKind::Tasks
+        } else {
+            ModelKind::Classifier
+        }
     }
 
     /// Reads and checks a recipe file.
@@ -586,11 +238,34 @@ impl Recipe {
 
     /// Parses recipe text; `path` is used in messages and to resolve relative files.
     pub fn parse(text: &str, path: &Path) -> Result<Recipe, RecipeError> {
-        let mut r: Recipe = toml::from_str(text).map_err(|e| RecipeError::Parse {
+        let r: Recipe = toml::from_str(text).map_err(|e| RecipeError::Parse {
             path: path.into(),
             message: e.message().to_string()
                 + &e.span().map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1)).unwrap_or_default(),
         })?;
+        r.validated(path)
+    }
+
+    /// The recipe of one pass on a model file, as the verbs (`squeeze prune`, `trim`,
+    /// `quantize`, ...) run it: no gate (`max_accuracy_drop = 1`; the stages are still
+    /// measured and reported), the `[train]` defaults, checked like a recipe file.
+    pub fn one_pass(model: &Path, data: DataSection, seed: u64, pass: Pass) -> Result<Recipe, RecipeError> {
+        let recipe = Recipe {
+            name: pass.stage_name(),
+            seed,
+            model: ModelSource { zoo: None, file: Some(model.to_path_buf()), state_dict: None, architecture: None, preprocess: None, hf_dir: None, seq_len: None },
+            data,
+            train: TrainSection::default(),
+            gate: GateSection { max_accuracy_drop: 1.0, min_mean_cosine: None, min_cosine: None },
+            passes: vec![pass],
+            tasks: Vec::new(),
+        };
+        recipe.validated(Path::new("(command line)"))
+    }
+
+    /// Checks a recipe read from `path` and resolves its relative files against it.
+    fn validated(mut self, path: &Path) -> Result<Recipe, RecipeError> {
+        let r = &mut self;
         let invalid = |message: String| RecipeError::Invalid { path: path.into(), message };
         let sources = [r.model.zoo.is_some(), r.model.file.is_some(), r.model.state_dict.is_some(), r.model.hf_dir.is_some()];
         if sources.iter().filter(|s| **s).count() != 1 {
@@ -621,25 +296,27 @@ impl Recipe {
             }
         }
         for p in r.passes.iter_mut() {
-            if let Pass::Distill { teacher: Some(t), .. } = p
+            if let Pass::Distill(d) = p
+                && let Some(t) = &mut d.teacher
                 && t.is_relative()
             {
-                *t = path.parent().unwrap_or(Path::new(".")).join(&*t);
+                *t = base.join(&*t);
             }
         }
-        for p in &r.passes {
-            if let Pass::Quantize { mode, nonlinear, nonlinear_ops, .. } = p {
-                crate::compress::quantize::check_nonlinear_choice(*mode, *nonlinear, nonlinear_ops).map_err(|e| invalid(format!("pass quantize: {e}")))?;
+        // Each pass checks its own values and where it may run; a final pass
+        // (quantize, int4) must be the last.
+        let kind = r.kind();
+        for (i, p) in r.passes.iter().enumerate() {
+            p.technique().check(kind).map_err(&invalid)?;
+            if p.technique().is_final() && i + 1 != r.passes.len() {
+                return Err(invalid(format!("pass '{}' writes the final encoding, so it must be the last pass; move it to the end", p.stage_name())));
             }
         }
         if r.is_embedding() {
-            return check_embedding(r, &invalid);
+            return check_embedding(self, &invalid);
         }
         if r.data.calibration.is_some() || r.data.heldout.is_some() || r.gate.min_cosine.is_some() || r.gate.min_mean_cosine.is_some() {
             return Err(invalid("data.calibration/heldout and gate.min_cosine/min_mean_cosine are for embedding recipes ([model] hf_dir)".into()));
-        }
-        if let Some(p) = r.passes.iter().find(|p| matches!(p, Pass::PruneRows { .. } | Pass::Int4 { .. })) {
-            return Err(invalid(format!("pass '{}' runs in embedding recipes only ([model] hf_dir) for now", p.stage_name())));
         }
         if r.gate.max_accuracy_drop.is_nan() {
             return Err(invalid("[gate] needs max_accuracy_drop (a fraction, e.g. 0.005)".into()));
@@ -656,69 +333,15 @@ impl Recipe {
         if r.train.batch_size == 0 || r.train.lr <= 0.0 {
             return Err(invalid("train: batch_size and lr must be positive".into()));
         }
-        let task_passes = r.passes.iter().filter(|p| matches!(p, Pass::ShareTasks { .. })).count();
-        if !r.tasks.is_empty() || task_passes > 0 {
-            if r.tasks.is_empty() {
-                return Err(invalid("pass share_tasks needs the tasks: add [[task]] tables with name and labels".into()));
-            }
-            if task_passes != r.passes.len() || task_passes == 0 {
+        if kind == ModelKind::Tasks {
+            if r.passes.is_empty() {
                 return Err(invalid("a recipe with [[task]] tables runs one or more share_tasks passes and no other pass".into()));
             }
             if r.model.zoo.is_none() {
                 return Err(invalid("a recipe with [[task]] tables trains its task models: [model] needs `zoo = \"name\"`".into()));
             }
         }
-        for p in &r.passes {
-            match p {
-                Pass::Hash { fraction, .. } if !(*fraction > 0.0 && *fraction <= 1.0) => {
-                    return Err(invalid(format!("pass hash: fraction: expected buckets per weight in (0, 1], got {fraction}")));
-                }
-                Pass::ShareTasks { penalty, .. } if !(penalty.is_finite() && *penalty >= 0.0) => {
-                    return Err(invalid(format!("pass share_tasks: penalty: expected a finite λ ≥ 0, got {penalty}")));
-                }
-                Pass::Prune { sparsity, per_layer, steps, .. } => {
-                    for (what, s) in std::iter::once(("sparsity".to_string(), sparsity)).chain(per_layer.iter().map(|(k, v)| (format!("per_layer.{k}"), v))) {
-                        if !(0.0..1.0).contains(s) {
-                            return Err(invalid(format!("pass prune: {what}: expected a fraction in [0, 1), got {s}")));
-                        }
-                    }
-                    if *steps == 0 {
-                        return Err(invalid("pass prune: steps: expected at least 1, got 0".into()));
-                    }
-                }
-                Pass::Trim { ratio, per_layer, .. } => {
-                    for (what, s) in std::iter::once(("ratio".to_string(), ratio)).chain(per_layer.iter().map(|(k, v)| (format!("per_layer.{k}"), v))) {
-                        if !(0.0..1.0).contains(s) {
-                            return Err(invalid(format!("pass trim: {what}: expected a fraction in [0, 1), got {s}")));
-                        }
-                    }
-                }
-                Pass::Distill { temperature, alpha, student, seeds, .. } => {
-                    if !(*temperature > 0.0 && (0.0..=1.0).contains(alpha)) {
-                        return Err(invalid(format!("pass distill: temperature must be positive and alpha in [0, 1], got {temperature} and {alpha}")));
-                    }
-                    if let Some(name) = student
-                        && crate::model::zoo::build(name).is_none()
-                    {
-                        let known: Vec<&str> = crate::model::zoo::MODELS.iter().map(|(n, _)| *n).collect();
-                        return Err(invalid(format!("pass distill: student: unknown zoo model '{name}' (known: {})", known.join(", "))));
-                    }
-                    if *seeds == 0 {
-                        return Err(invalid("pass distill: seeds: expected at least 1, got 0".into()));
-                    }
-                }
-                Pass::Quantize { smooth: Some(a), .. } if !(0.0..=1.0).contains(a) => return Err(invalid(smooth_range(*a))),
-                Pass::Share { linear_bits, conv_bits, per_layer, .. } => {
-                    for b in [linear_bits, conv_bits].into_iter().chain(per_layer.values()) {
-                        if !(1..=16).contains(b) {
-                            return Err(invalid(format!("pass share: bits: expected 1 to 16, got {b}")));
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(r)
+        Ok(self)
     }
 }
 

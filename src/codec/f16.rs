@@ -84,6 +84,24 @@ pub fn exact(x: f32) -> Option<u16> {
     (to_f32(h).to_bits() == x.to_bits()).then_some(h)
 }
 
+/// Rounds `x` to the nearest IEEE half-precision value (ties to even), as f32.
+pub fn round(x: f32) -> f32 {
+    if !x.is_finite() || x == 0.0 {
+        return x;
+    }
+    let a = x.abs();
+    // Largest finite half is 65504; beyond it stays as is (not representable).
+    if a >= 65520.0 {
+        return x;
+    }
+    // Spacing of halves around a: 2^(e-10) for normal halves (e ≥ -14), 2^-24 below.
+    let e = a.log2().floor().max(-14.0) as i32;
+    let ulp = 2f32.powi(e - 10);
+    let q = a / ulp;
+    let r = q.round_ties_even() * ulp;
+    r.copysign(x)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +173,16 @@ mod tests {
         assert_eq!(exact(f32::NEG_INFINITY), Some(0xFC00));
         assert_eq!(exact(1e-30), None);
         assert_eq!(exact(-0.0), Some(0x8000));
+    }
+
+    #[test]
+    fn f16_rounding_matches_ieee_half() {
+        // 1 + 2^-10 is the next half after 1; 1 + 2^-11 ties to even (1.0).
+        assert_eq!(round(1.0 + 2f32.powi(-10)), 1.0 + 2f32.powi(-10));
+        assert_eq!(round(1.0 + 2f32.powi(-11)), 1.0);
+        assert_eq!(round(1.0 + 3.0 * 2f32.powi(-11)), 1.0 + 2.0 * 2f32.powi(-10));
+        assert_eq!(round(-0.1), -0.099_975_586);
+        // Subnormal halves: multiples of 2^-24.
+        assert_eq!(round(3.1 * 2f32.powi(-24)), 3.0 * 2f32.powi(-24));
     }
 }

@@ -12,7 +12,13 @@
 //! transfer set with the true labels, for the same epochs and learning-rate schedule.
 //! [`compare`] runs both over several seeds and measures them on a test set.
 
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::pass::{Context, ModelKind, Output, PassError, Technique};
 use crate::model::{Model, ModelError};
+use crate::report::{Distillation, DistillSeed};
 use crate::runtime::exec::{self, Plan, RuntimeError};
 use crate::rng::Rng;
 use crate::train::{self, EpochStats, LrSchedule, TrainConfig, TrainEvent};
@@ -47,7 +53,7 @@ pub enum DistillError {
 }
 
 /// Soft targets at a temperature, or the teacher's labels.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     #[default]
@@ -388,6 +394,189 @@ pub fn compare(
         out.seeds.push(r);
     }
     Ok(out)
+}
+
+/// The `distill` pass. Without `student`: recovery, the current (compressed) model
+/// learns from the teacher with every constraint held. With `student` (a zoo name): a
+/// fresh student is distilled and compared over `seeds` seeds with the same student
+/// trained alone on the same inputs for the same epochs; the stage is the first seed's
+/// distilled student. The teacher is the recipe's baseline unless a file is named.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Distill {
+    /// A teacher model file (relative to the recipe); default: the baseline.
+    pub teacher: Option<PathBuf>,
+    /// A zoo student trained from scratch (else the current model is distilled).
+    pub student: Option<String>,
+    /// Seeds of the comparison with a student trained alone (with `student`).
+    #[serde(default = "super::default_one")]
+    pub seeds: usize,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    #[serde(default = "default_alpha")]
+    pub alpha: f32,
+    #[serde(default = "super::default_fine_tune")]
+    pub epochs: usize,
+    /// Epochs on the true labels afterwards.
+    #[serde(default)]
+    pub fine_tune_epochs: usize,
+    /// Learning rate (default: half the training rate for recovery, the training rate
+    /// for a fresh student).
+    pub lr: Option<f32>,
+    /// Learning rate of the fine-tuning epochs (default: lr / 10).
+    pub fine_tune_lr: Option<f32>,
+    #[serde(default)]
+    pub schedule: LrSchedule,
+    /// Shifted copies of each training image in the transfer set.
+    #[serde(default)]
+    pub shifted_copies: usize,
+    #[serde(default = "default_max_shift")]
+    pub max_shift: usize,
+}
+
+fn default_temperature() -> f32 {
+    4.0
+}
+
+fn default_alpha() -> f32 {
+    0.9
+}
+
+fn default_max_shift() -> usize {
+    2
+}
+
+/// What a `distill` stage reports in `extra` (the comparison with the control goes to
+/// the stage's typed `distillation`).
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct DistillReport {
+    pub teacher: String,
+    pub teacher_accuracy: f64,
+    pub mode: Mode,
+    pub temperature: f64,
+    pub alpha: f64,
+    pub epochs: usize,
+    pub fine_tune_epochs: usize,
+    pub schedule: LrSchedule,
+    pub transfer_samples: usize,
+}
+
+/// The report's figures for a distillation compared with its control.
+pub fn distillation_figures(student: &str, teacher_accuracy: f64, cmp: &Comparison, cfg: &DistillConfig, transfer_samples: usize) -> Distillation {
+    let (control_accuracy, control_spread) = cmp.control();
+    let (distilled_accuracy, distilled_spread) = cmp.distilled();
+    let (gain, gain_spread) = cmp.gain();
+    Distillation {
+        student: student.to_string(),
+        teacher_accuracy,
+        mode: match cfg.mode {
+            Mode::Soft => "soft".into(),
+            Mode::Hard => "hard".into(),
+        },
+        temperature: cfg.temperature as f64,
+        alpha: cfg.alpha as f64,
+        epochs: cfg.total_epochs(),
+        transfer_samples,
+        control_accuracy,
+        control_spread,
+        distilled_accuracy,
+        distilled_spread,
+        gain,
+        gain_spread,
+        seeds: cmp.seeds.iter().map(|r| DistillSeed { seed: r.seed, control_accuracy: r.control_accuracy, distilled_accuracy: r.distilled_accuracy }).collect(),
+    }
+}
+
+impl Technique for Distill {
+    fn stage_name(&self) -> String {
+        "distilled".into()
+    }
+
+    fn check(&self, kind: ModelKind) -> Result<(), String> {
+        if kind != ModelKind::Classifier {
+            return Err(super::not_available(kind, &self.stage_name()));
+        }
+        if !(self.temperature > 0.0 && (0.0..=1.0).contains(&self.alpha)) {
+            return Err(format!("pass distill: temperature must be positive and alpha in [0, 1], got {} and {}", self.temperature, self.alpha));
+        }
+        if let Some(name) = &self.student
+            && crate::model::zoo::build(name).is_none()
+        {
+            let known: Vec<&str> = crate::model::zoo::MODELS.iter().map(|(n, _)| *n).collect();
+            return Err(format!("pass distill: student: unknown zoo model '{name}' (known: {})", known.join(", ")));
+        }
+        if self.seeds == 0 {
+            return Err("pass distill: seeds: expected at least 1, got 0".into());
+        }
+        Ok(())
+    }
+
+    fn apply(&self, model: &mut Model, ctx: &mut Context) -> Result<Output, PassError> {
+        let train = ctx.train_data("distill")?;
+        let test = ctx.test.unwrap_or(train);
+        let teacher_plan = match &self.teacher {
+            Some(path) => crate::store::read(path)?.plan()?,
+            None => crate::store::model_plan(ctx.baseline.ok_or_else(|| PassError::Usage { pass: "distill".into(), message: "no baseline model is held to teach from; name a teacher file".into() })?)?,
+        };
+        if teacher_plan.input_len() != train.sample_len() {
+            return Err(PassError::Usage { pass: "distill".into(), message: format!("the teacher takes {} inputs per sample, the data has {}", teacher_plan.input_len(), train.sample_len()) });
+        }
+        let lr = self.lr.unwrap_or(if self.student.is_some() { ctx.lr() } else { ctx.lr() * 0.5 });
+        let cfg = DistillConfig {
+            mode: self.mode,
+            temperature: self.temperature,
+            alpha: self.alpha,
+            epochs: self.epochs,
+            fine_tune_epochs: self.fine_tune_epochs,
+            lr,
+            fine_tune_lr: self.fine_tune_lr.unwrap_or(lr / 10.0),
+            batch_size: ctx.train_defaults.batch_size,
+            schedule: self.schedule,
+            shifted_copies: self.shifted_copies,
+            max_shift: self.max_shift,
+        };
+        let stage_seed = ctx.pass_seed();
+        let set = transfer_set(&train.images, &train.labels, &train.sample_shape, self.shifted_copies, self.max_shift, stage_seed)?;
+        let teacher_accuracy = exec::evaluate(&teacher_plan, &test.images, &test.labels, 2)?;
+        let figures = match &self.student {
+            None => {
+                check_pair(&teacher_plan, model)?;
+                let outputs = teacher_outputs(&[&teacher_plan], &set.images, self.temperature)?;
+                distill(model, &set, &outputs, &cfg, stage_seed, ctx.progress)?;
+                None
+            }
+            Some(name) => {
+                let graph = crate::model::zoo::build(name).ok_or_else(|| PassError::Usage { pass: "distill".into(), message: format!("unknown zoo model '{name}'") })?;
+                let make = |seed: u64| Ok(Model::init(graph.clone(), seed)?);
+                check_pair(&teacher_plan, &make(0)?)?;
+                let outputs = teacher_outputs(&[&teacher_plan], &set.images, self.temperature)?;
+                let seed_list: Vec<u64> = (0..self.seeds as u64).map(|k| ctx.seed.wrapping_add(k)).collect();
+                let mut first: Option<Model> = None;
+                let cmp = compare(&make, &seed_list, &set, &outputs, &cfg, &test.images, &test.labels, ctx.progress, &mut |_, m| {
+                    if first.is_none() {
+                        first = Some(m.clone());
+                    }
+                })?;
+                *model = first.ok_or_else(|| PassError::Usage { pass: "distill".into(), message: "seeds: expected at least 1, got 0".into() })?;
+                Some(distillation_figures(name, teacher_accuracy, &cmp, &cfg, set.len()))
+            }
+        };
+        let mut out = Output::model(&DistillReport {
+            teacher: self.teacher.as_ref().map_or("baseline".to_string(), |p| p.display().to_string()),
+            teacher_accuracy,
+            mode: self.mode,
+            temperature: f64::from(self.temperature),
+            alpha: f64::from(self.alpha),
+            epochs: self.epochs,
+            fine_tune_epochs: self.fine_tune_epochs,
+            schedule: self.schedule,
+            transfer_samples: set.len(),
+        });
+        out.distillation = figures;
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,10 @@
 //! its members' gradients, times their signs). Applied to a trained model, each bucket
 //! starts at the least-squares fit of its members (the mean of `sign · w`).
 
+use serde::{Deserialize, Serialize};
+
+use super::pass::{Context, FineTune, ModelKind, Output, PassError, Technique};
+use super::share::{SharedReport, SharedTensor, fine_tune_shared};
 use crate::codec::hash;
 use crate::model::{Codebook, HashKey, Model};
 use crate::spec::ParamKind;
@@ -90,6 +94,59 @@ pub fn hash_weights(model: &mut Model, cfg: &HashConfig) -> Result<HashSummary, 
 
 fn buckets_for(numel: usize, fraction: f64) -> usize {
     ((numel as f64 * fraction).ceil() as usize).clamp(1, numel.max(1))
+}
+
+/// The `hash` pass (HashedNets): each weight tensor's entries are mapped by a fixed hash
+/// to `ceil(fraction · numel)` buckets (with hashed ±1 signs unless `signed = false`);
+/// the buckets are fine-tuned and the file stores only them and the hash seed.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Hash {
+    /// Buckets per weight, in (0, 1]: 0.125 keeps 1/8 of the weights' values.
+    pub fraction: f64,
+    #[serde(default = "yes")]
+    pub signed: bool,
+    #[serde(default)]
+    pub layers: Vec<String>,
+    #[serde(default = "super::default_fine_tune")]
+    pub fine_tune_epochs: usize,
+    /// Bucket learning rate (default: the training rate).
+    pub lr: Option<f32>,
+    /// Round buckets and biases to half precision so they are stored in 16 bits.
+    #[serde(default)]
+    pub half_precision: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Technique for Hash {
+    fn stage_name(&self) -> String {
+        "hashed".into()
+    }
+
+    fn check(&self, kind: ModelKind) -> Result<(), String> {
+        if kind != ModelKind::Classifier {
+            return Err(super::not_available(kind, &self.stage_name()));
+        }
+        if !(self.fraction > 0.0 && self.fraction <= 1.0) {
+            return Err(format!("pass hash: fraction: expected buckets per weight in (0, 1], got {}", self.fraction));
+        }
+        Ok(())
+    }
+
+    fn apply(&self, model: &mut Model, ctx: &mut Context) -> Result<Output, PassError> {
+        let layers = super::select::weighted_nodes(model, &self.layers).map_err(HashError::UnknownLayer)?;
+        let cfg = HashConfig { fraction: self.fraction, signed: self.signed, layers, seed: ctx.seed };
+        let summary = hash_weights(model, &cfg)?;
+        let ft = FineTune { epochs: self.fine_tune_epochs, lr: self.lr.unwrap_or(ctx.lr()), seed: ctx.pass_seed(), ..Default::default() };
+        fine_tune_shared("hash", model, ctx, ft, self.half_precision)?;
+        let layers = summary.layers.iter().map(|(n, w, k)| SharedTensor { tensor: n.clone(), weights: *w, clusters: None, buckets: Some(*k) }).collect();
+        let mut out = Output::model(&SharedReport { layers, fine_tune_epochs: self.fine_tune_epochs, half_precision: self.half_precision, signed: Some(self.signed) });
+        out.entropy_coding = true;
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

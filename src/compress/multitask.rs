@@ -22,6 +22,9 @@
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+
+use super::pass::{Context, ModelKind, Output, PassError, Technique};
 use crate::data::Dataset;
 use crate::model::{Model, ModelError};
 use crate::runtime::exec::{self, RuntimeError, Workspace};
@@ -450,6 +453,98 @@ pub fn task_accuracies(plan: &exec::Plan, tasks: &[Task], data: &Dataset) -> Res
         }
     }
     Ok(correct.iter().map(|&c| c as f64 / n.max(1) as f64).collect())
+}
+
+/// How a `share_tasks` pass shares the trunk.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareForm {
+    /// The first task's trunk, frozen, with a head per task.
+    #[default]
+    Hard,
+    /// Task models pulled together while training, merged, heads fine-tuned.
+    Soft,
+}
+
+/// The `share_tasks` pass: parameter sharing across the recipe's `[[task]]` models, one
+/// file with one trunk and a head per task, measured per task against the separately
+/// trained models.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShareTasks {
+    #[serde(default)]
+    pub form: ShareForm,
+    /// Soft form: λ of the pull `λ·Σ‖θ_a − θ_b‖²` between the trunks.
+    #[serde(default = "default_penalty")]
+    pub penalty: f32,
+    /// Soft form: epochs of each head on the merged trunk.
+    #[serde(default = "default_head_epochs")]
+    pub head_epochs: usize,
+    /// Soft form: learning rate of the head fine-tuning (default a tenth of the training rate).
+    pub head_lr: Option<f32>,
+}
+
+fn default_penalty() -> f32 {
+    0.001
+}
+
+fn default_head_epochs() -> usize {
+    2
+}
+
+/// What a `share_tasks` stage reports in `extra` (the runner adds the per-task rows).
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct ShareTasksReport {
+    pub form: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_epochs: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trunk_rms_distance_before_merge: Option<Vec<f64>>,
+}
+
+impl Technique for ShareTasks {
+    fn stage_name(&self) -> String {
+        match self.form {
+            ShareForm::Hard => "shared-hard".into(),
+            ShareForm::Soft => "shared-soft".into(),
+        }
+    }
+
+    fn check(&self, kind: ModelKind) -> Result<(), String> {
+        if kind != ModelKind::Tasks {
+            return Err("pass share_tasks needs the tasks: add [[task]] tables with name and labels".into());
+        }
+        if !(self.penalty.is_finite() && self.penalty >= 0.0) {
+            return Err(format!("pass share_tasks: penalty: expected a finite λ ≥ 0, got {}", self.penalty));
+        }
+        Ok(())
+    }
+
+    fn apply(&self, model: &mut Model, ctx: &mut Context) -> Result<Output, PassError> {
+        let data = ctx.train_data("share_tasks")?;
+        let Some(set) = &ctx.tasks else {
+            return Err(MultitaskError::NoTasks.into());
+        };
+        let (tasks, graphs, separate, cfg) = (set.tasks, set.graphs, set.separate, set.config);
+        let lr = ctx.lr();
+        let mut report = ShareTasksReport { form: if self.form == ShareForm::Hard { "hard" } else { "soft" }, penalty: None, head_epochs: None, trunk_rms_distance_before_merge: None };
+        *model = match self.form {
+            ShareForm::Hard => share_hard(tasks, separate, data, cfg, ctx.progress)?,
+            ShareForm::Soft => {
+                let soft = SoftConfig { strength: self.penalty, epochs: cfg.train.epochs, head_epochs: self.head_epochs, head_lr: self.head_lr.unwrap_or(lr * 0.1) };
+                let (m, summary) = share_soft(tasks, graphs, data, cfg, &soft, ctx.progress)?;
+                report.penalty = Some(f64::from(self.penalty));
+                report.head_epochs = Some(self.head_epochs);
+                report.trunk_rms_distance_before_merge = Some(summary.trunk_rms_distance);
+                m
+            }
+        };
+        let mut out = Output::model(&report);
+        out.entropy_coding = true;
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -9,13 +9,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use super::pass::{check_fraction, Context, FineTune, ModelKind, Output, PassError, Technique};
 
 use crate::model::Model;
 use crate::spec::ParamKind;
 
 /// How the sparsity target is spread over layers.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Every weight tensor loses the same fraction.
@@ -26,7 +28,7 @@ pub enum Scope {
 }
 
 /// How the sparsity target is reached over several prune-and-retrain steps.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Schedule {
     /// All at once (one step).
@@ -142,7 +144,7 @@ pub fn magnitude_per_layer(
 }
 
 /// What ranks a weight within its output row.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Score {
     /// `|W_ij|`.
@@ -508,5 +510,253 @@ mod tests {
         let mut m = Model::init(zoo::build("mlp").unwrap(), 1).unwrap();
         assert_eq!(magnitude(&mut m, 1.0, Scope::Layer, &[]), Err(PruneError::Sparsity(1.0)));
         assert!(matches!(magnitude(&mut m, 0.5, Scope::Layer, &["nope".into()]), Err(PruneError::UnknownLayer(_))));
+    }
+}
+
+/// The `prune` pass: magnitude pruning, then fine-tuning with the masks held; with
+/// `steps > 1` the target is reached gradually along `schedule`, fine-tuning after
+/// every step. With `l1 > 0` (soft pruning) the model first trains `l1_epochs` with an
+/// L1 penalty, and the stage reports a hard-pruning control at the same sparsity and
+/// the same total epochs.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Prune {
+    /// Fraction of weights to remove, in [0, 1).
+    #[arg(long)]
+    pub sparsity: f64,
+    /// layer: the same fraction in every layer; global: one threshold for all.
+    #[serde(default)]
+    #[arg(long, value_enum, default_value_t)]
+    pub scope: Scope,
+    /// Only these layers (node names or `*` patterns, comma-separated); default all.
+    #[serde(default)]
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<String>,
+    /// Per-layer targets (node name → sparsity) that override `sparsity` (recipes only).
+    #[serde(default)]
+    #[arg(skip)]
+    pub per_layer: BTreeMap<String, f64>,
+    /// How the target is reached over `steps`: one-shot, cubic or geometric.
+    #[serde(default)]
+    #[arg(long, value_enum, default_value_t)]
+    pub schedule: Schedule,
+    /// Prune-and-fine-tune steps.
+    #[serde(default = "super::default_one")]
+    #[arg(long, default_value_t = 1)]
+    pub steps: usize,
+    /// Fine-tuning epochs after each step.
+    #[serde(default = "super::default_fine_tune")]
+    #[arg(long, default_value_t = 3)]
+    pub fine_tune_epochs: usize,
+    /// Fine-tuning learning rate (default: half the training rate).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Soft pruning: strength of an L1 penalty trained for `l1_epochs` before
+    /// thresholding (0: plain magnitude pruning).
+    #[serde(default)]
+    #[arg(long, default_value_t = 0.0)]
+    pub l1: f32,
+    /// Epochs of the L1 phase.
+    #[serde(default = "super::default_fine_tune")]
+    #[arg(long, default_value_t = 3)]
+    pub l1_epochs: usize,
+}
+
+/// One tensor of a pruning summary.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct TensorKept {
+    pub tensor: String,
+    pub weights: usize,
+    pub kept: usize,
+}
+
+/// A gradual-pruning step's figures.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct StepFigures {
+    pub step: usize,
+    pub sparsity: f64,
+    pub validation_accuracy: f64,
+}
+
+/// Soft pruning's control: hard pruning at the same sparsity and total epochs.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct HardControl {
+    pub method: String,
+    pub sparsity: f64,
+    pub epochs: usize,
+    pub accuracy: f64,
+    pub validation_accuracy: f64,
+}
+
+/// What a `prune` stage reports in `extra`.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct PruneReport {
+    pub layers: Vec<TensorKept>,
+    pub fine_tune_epochs: usize,
+    pub scope: String,
+    pub schedule: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<StepFigures>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hard_control: Option<HardControl>,
+}
+
+impl PruneSummary {
+    /// The summary as report rows, and the overall sparsity of the pruned tensors.
+    pub fn rows(&self) -> (Vec<TensorKept>, f64) {
+        let kept: usize = self.layers.iter().map(|l| l.2).sum();
+        let total: usize = self.layers.iter().map(|l| l.1).sum();
+        let rows = self.layers.iter().map(|(n, w, k)| TensorKept { tensor: n.clone(), weights: *w, kept: *k }).collect();
+        (rows, 1.0 - kept as f64 / total.max(1) as f64)
+    }
+}
+
+impl Technique for Prune {
+    fn stage_name(&self) -> String {
+        "pruned".into()
+    }
+
+    fn check(&self, kind: ModelKind) -> Result<(), String> {
+        if kind != ModelKind::Classifier {
+            return Err(super::not_available(kind, &self.stage_name()));
+        }
+        check_fraction("prune", "sparsity", self.sparsity)?;
+        for (k, v) in &self.per_layer {
+            check_fraction("prune", &format!("per_layer.{k}"), *v)?;
+        }
+        if self.steps == 0 {
+            return Err("pass prune: steps: expected at least 1, got 0".into());
+        }
+        Ok(())
+    }
+
+    fn apply(&self, model: &mut Model, ctx: &mut Context) -> Result<Output, PassError> {
+        let lr = self.lr.unwrap_or(ctx.lr() * 0.5);
+        let soft_control = if self.l1 > 0.0 {
+            // The hard control gets the soft phase's epochs as extra fine-tuning.
+            let control = model.clone();
+            let ft = FineTune { epochs: self.l1_epochs, lr: ctx.lr(), seed: ctx.seed.wrapping_add(777), l1: self.l1, group_lasso: None };
+            ctx.fine_tune("prune", model, ft)?;
+            Some(control)
+        } else {
+            None
+        };
+        let mut summary = PruneSummary { layers: Vec::new() };
+        let mut log = Vec::new();
+        for t in 1..=self.steps {
+            let target = self.schedule.at(self.sparsity, t, self.steps);
+            let per_t = self.per_layer.iter().map(|(k, v)| (k.clone(), self.schedule.at(*v, t, self.steps))).collect();
+            summary = magnitude_per_layer(model, target, self.scope, &self.layers, &per_t)?;
+            let seed = ctx.pass_seed().wrapping_add(t as u64);
+            ctx.fine_tune("prune", model, FineTune { epochs: self.fine_tune_epochs, lr, seed, ..Default::default() })?;
+            if self.steps > 1 {
+                let (_, validation_accuracy) = ctx.accuracies(model)?;
+                log.push(StepFigures { step: t, sparsity: summary.rows().1, validation_accuracy });
+            }
+        }
+        let (mut method, mut hard_control) = (None, None);
+        if let Some(mut control) = soft_control {
+            magnitude_per_layer(&mut control, self.sparsity, self.scope, &self.layers, &self.per_layer)?;
+            let epochs = self.fine_tune_epochs * self.steps + self.l1_epochs;
+            ctx.fine_tune("prune", &mut control, FineTune { epochs, lr, seed: ctx.pass_seed().wrapping_add(1), ..Default::default() })?;
+            let (accuracy, validation_accuracy) = ctx.accuracies(&control)?;
+            method = Some(format!("l1 (strength {}, {} epochs) then magnitude", self.l1, self.l1_epochs));
+            hard_control = Some(HardControl { method: "magnitude, one shot".into(), sparsity: self.sparsity, epochs, accuracy, validation_accuracy });
+        }
+        let (layers, sparsity) = summary.rows();
+        let report = PruneReport {
+            layers,
+            fine_tune_epochs: self.fine_tune_epochs,
+            scope: format!("{:?}", self.scope).to_lowercase(),
+            schedule: format!("{:?}", self.schedule).to_lowercase(),
+            steps: (!log.is_empty()).then_some(log),
+            method,
+            hard_control,
+        };
+        let mut out = Output::model(&report);
+        out.name = Some(format!("pruned-{}", (100.0 * sparsity).round()));
+        Ok(out)
+    }
+}
+
+/// The `prune_rows` pass: row-wise pruning of Linear and attention projection weights
+/// by magnitude or Wanda's activation-aware score, to a sparsity or an N:M pattern
+/// (`n_of_m = [2, 4]`); one shot, no fine-tuning (embedders).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PruneRows {
+    /// Fraction of each output row removed (exclusive with `n_of_m`).
+    pub sparsity: Option<f64>,
+    /// Keep n of every m consecutive inputs of a row.
+    pub n_of_m: Option<[usize; 2]>,
+    #[serde(default)]
+    pub score: Score,
+    #[serde(default)]
+    pub layers: Vec<String>,
+    /// Calibration sentences for Wanda's input norms.
+    #[serde(default = "super::default_text_calibration")]
+    pub calibration: usize,
+}
+
+/// What a `prune_rows` stage reports in `extra`.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct PruneRowsReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration_sentences: Option<usize>,
+    pub pruned_weights: usize,
+    pub sparsity_of_pruned_layers: f64,
+}
+
+impl Technique for PruneRows {
+    fn stage_name(&self) -> String {
+        let score = match self.score {
+            Score::Magnitude => "magnitude",
+            Score::Wanda => "wanda",
+        };
+        match (self.n_of_m, self.sparsity) {
+            (Some([n, m]), _) => format!("pruned-{n}of{m}-{score}"),
+            (None, s) => format!("pruned-{:.0}-{score}", 100.0 * s.unwrap_or(0.0)),
+        }
+    }
+
+    fn check(&self, kind: ModelKind) -> Result<(), String> {
+        if kind != ModelKind::Embedder {
+            return Err(super::embedding_only(&self.stage_name()));
+        }
+        match (self.sparsity, self.n_of_m) {
+            (Some(s), None) if (0.0..1.0).contains(&s) => Ok(()),
+            (Some(s), None) => Err(format!("pass prune_rows: sparsity: expected a fraction in [0, 1), got {s}")),
+            (None, Some([n, m])) if n >= 1 && n < m => Ok(()),
+            (None, Some([n, m])) => Err(format!("pass prune_rows: n_of_m = [{n}, {m}] must keep 1 ≤ n < m")),
+            _ => Err("pass prune_rows: set exactly one of sparsity or n_of_m".into()),
+        }
+    }
+
+    fn apply(&self, model: &mut Model, ctx: &mut Context) -> Result<Output, PassError> {
+        let mut calibration_sentences = None;
+        let norms = match self.score {
+            Score::Wanda => {
+                if ctx.calibration.count == 0 {
+                    return Err(PruneError::Calibration("Wanda needs calibration sentences: set [data] calibration".into()).into());
+                }
+                let cal = ctx.calibration.first(self.calibration.max(1));
+                calibration_sentences = Some(cal.count);
+                input_norms(model, cal.rows, cal.count, cal.lengths)?
+            }
+            Score::Magnitude => Default::default(),
+        };
+        let pattern = match (self.sparsity, self.n_of_m) {
+            (_, Some([n, m])) => Pattern::NofM { n, m },
+            (s, None) => Pattern::Rows { sparsity: s.unwrap_or(0.0) },
+        };
+        let summary = prune_scored(model, pattern, self.score, &norms, &self.layers)?;
+        let (total, kept) = summary.layers.iter().fold((0, 0), |(t, k), l| (t + l.1, k + l.2));
+        Ok(Output::model(&PruneRowsReport {
+            calibration_sentences,
+            pruned_weights: total - kept,
+            sparsity_of_pruned_layers: (total - kept) as f64 / total.max(1) as f64,
+        }))
     }
 }

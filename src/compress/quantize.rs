@@ -16,13 +16,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use super::pass::{Context, ModelKind, Output, PassError, Technique};
 use crate::format::sqz::{SqzModel, StoredTensor, Values};
 use crate::model::Model;
 use crate::runtime::exec::{Plan, RuntimeError, Weights, Workspace};
 use crate::spec::{Nonlinearity, Op, ParamKind, QParams, QuantPlan};
 
 /// Which part of the model becomes integer.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// int8 weights and u8 activations, integer arithmetic.
@@ -38,7 +39,7 @@ pub enum Mode {
 
 /// How the tensors that stay float in a quantized model (biases, LayerNorm scales and
 /// shifts, a CLS token: every [`ParamKind::Bias`] parameter) are stored.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum SmallTensors {
     /// As trained, 4 bytes each (the default: files and figures made before this
@@ -74,7 +75,7 @@ pub enum QuantizeError {
 
 /// Whether the nonlinearities of a full-int8 model run in f32 or on integer
 /// approximations (see `runtime::intops`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum NonlinearChoice {
     /// f32 (the default: files and figures made before the choice stay byte-identical).
@@ -264,26 +265,8 @@ pub fn quantize_groups_int4_with(w: &[f32], group: usize, how: Int4Scales, impor
     (q, scales)
 }
 
-/// Whether a node name matches a layer pattern: equal, with each `*` standing for any
-/// text (e.g. `encoder.layer.5.*`, `encoder.layer.*.output.dense`).
-pub fn layer_matches(pattern: &str, node: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = node.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for p in middle {
-        match rest.find(p) {
-            Some(i) => rest = &rest[i + p.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
+/// Whether a node name matches a layer pattern (see [`super::select::matches`]).
+pub use super::select::matches as layer_matches;
 
 /// Takes the nodes matching `patterns` (see [`layer_matches`]) off the integer kernels
 /// of a quantized model: their int8 weights are dequantized at load and they compute in
@@ -473,7 +456,7 @@ pub fn round_small_tensors_to_f16(model: &mut Model) {
     for i in 0..model.params.specs.len() {
         if model.params.specs[i].kind == ParamKind::Bias {
             let r = model.params.range(i);
-            model.params.data[r].iter_mut().for_each(|b| *b = crate::compress::share::round_to_f16(*b));
+            model.params.data[r].iter_mut().for_each(|b| *b = crate::codec::f16::round(*b));
         }
     }
 }
@@ -595,6 +578,269 @@ fn calibrate(model: &Model, images: &[f32]) -> Result<BTreeMap<String, QParams>,
         .filter(|(name, _)| used.contains(name) && !float_only.contains(name.as_str()))
         .map(|(name, (lo, hi))| (name, QParams::from_range(lo, hi)))
         .collect())
+}
+
+/// The `quantize` pass: post-training quantization to 8 bits (the last pass).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Quantize {
+    /// full: int8 weights and u8 activations, integer arithmetic; weights: int8 weights,
+    /// f32 compute; dynamic: Linear/attention inputs quantized per row at run time.
+    #[serde(default)]
+    #[arg(long, value_enum, default_value_t)]
+    pub mode: Mode,
+    /// Only these layers (node names or `*` patterns, comma-separated); default all.
+    #[serde(default)]
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<String>,
+    /// Calibration samples for the activation ranges (full mode) and smoothing.
+    #[serde(default = "super::default_calibration")]
+    #[arg(long, default_value_t = 1000)]
+    pub calibration: usize,
+    /// How the tensors that stay float (biases, LayerNorm, CLS token) are stored: f32,
+    /// or f16 (rounded before calibration; the runtime uses the rounded values).
+    #[serde(default)]
+    #[arg(long, value_enum, default_value_t)]
+    pub small_tensors: SmallTensors,
+    /// SmoothQuant strength α in [0, 1] (e.g. 0.5): before quantizing, divide each input
+    /// channel of the products that read a LayerNorm or an attention context by
+    /// `max|x|^α / max|w|^(1−α)` and multiply the weights' columns by it. Off by default.
+    #[arg(long)]
+    pub smooth: Option<f32>,
+    /// Nodes (names or `*` patterns) whose int8 weights compute with f32 activations.
+    #[serde(default)]
+    #[arg(long, value_delimiter = ',')]
+    pub float_activations: Vec<String>,
+    /// Softmax, LayerNorm, GELU and LSTM/GRU gates of a full-int8 model: float, or
+    /// integer (I-BERT-style approximations; see --nonlinear-ops).
+    #[serde(default)]
+    #[arg(long, value_enum, default_value_t)]
+    pub nonlinear: NonlinearChoice,
+    /// With nonlinear = integer: only these kinds (comma-separated); default every kind
+    /// the model has.
+    #[serde(default)]
+    #[arg(long, value_delimiter = ',', value_parser = nonlinearity_from_str)]
+    pub nonlinear_ops: Vec<Nonlinearity>,
+}
+
+/// A nonlinearity as the command line names it (as in recipes: softmax, layernorm, gelu, gates).
+fn nonlinearity_from_str(s: &str) -> Result<Nonlinearity, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| format!("expected one of softmax, layernorm, gelu, gates; got '{s}'"))
+}
+
+/// What a `quantize` stage reports in `extra`.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct QuantizeReport {
+    pub mode: Mode,
+    pub small_tensors: SmallTensors,
+    pub integer_layers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration_images: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration_sentences: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smooth_alpha: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smoothed_inputs: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub integer_nonlinear: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub float_activation_layers: Option<Vec<String>>,
+}
+
+impl Technique for Quantize {
+    fn stage_name(&self) -> String {
+        match self.mode {
+            Mode::Full => "int8".into(),
+            Mode::Weights => "int8-weights".into(),
+            Mode::Dynamic => "int8-dynamic".into(),
+        }
+    }
+
+    fn check(&self, kind: ModelKind) -> Result<(), String> {
+        if kind == ModelKind::Tasks {
+            return Err(super::not_available(kind, &self.stage_name()));
+        }
+        check_nonlinear_choice(self.mode, self.nonlinear, &self.nonlinear_ops).map_err(|e| format!("pass quantize: {e}"))?;
+        if let Some(a) = self.smooth
+            && !(0.0..=1.0).contains(&a)
+        {
+            return Err(format!("pass quantize: smooth: expected the SmoothQuant strength α in [0, 1] (e.g. 0.5), got {a}"));
+        }
+        Ok(())
+    }
+
+    fn is_final(&self) -> bool {
+        true
+    }
+
+    fn apply(&self, model: &mut Model, ctx: &mut Context) -> Result<Output, PassError> {
+        let layers = super::select::weighted_nodes(model, &self.layers).map_err(QuantizeError::UnknownLayer)?;
+        // Checked before calibrating (a mistake costs no time).
+        integer_nonlinearities(&model.graph, self.mode, self.nonlinear, &self.nonlinear_ops)?;
+        let text = ctx.kind == ModelKind::Embedder;
+        // An embedder calibrates on sentences only where it needs to (full int8's
+        // activation ranges over every position, padding included, as the runtime sees
+        // them; smoothing's per-channel maxima); a classifier on its first images.
+        let needs = !text || self.mode == Mode::Full || self.smooth.is_some();
+        let calibration = if needs { ctx.calibration.first(if text { self.calibration.max(1) } else { self.calibration }) } else { Default::default() };
+        if text && needs && calibration.count == 0 {
+            return Err(if self.smooth.is_some() { super::smooth::SmoothError::NoCalibration.into() } else { QuantizeError::NoCalibration.into() });
+        }
+        let mut report = QuantizeReport {
+            mode: self.mode,
+            small_tensors: self.small_tensors,
+            integer_layers: Vec::new(),
+            calibration_images: (!text).then_some(calibration.count),
+            calibration_sentences: (text && needs).then_some(calibration.count),
+            smooth_alpha: None,
+            smoothed_inputs: None,
+            integer_nonlinear: Vec::new(),
+            float_activation_layers: None,
+        };
+        let smoothed = match self.smooth {
+            Some(alpha) => {
+                let (m, summary) = super::smooth::smooth(model, calibration.rows, alpha)?;
+                report.smooth_alpha = Some(f64::from(alpha));
+                report.smoothed_inputs = Some(super::smooth::summary_json(&summary));
+                Some(m)
+            }
+            None => None,
+        };
+        let source = smoothed.as_ref().unwrap_or(model);
+        let mut stored = quantize_with_nonlinear(source, self.mode, &layers, calibration.rows, self.small_tensors, self.nonlinear, &self.nonlinear_ops)?;
+        if !self.float_activations.is_empty() {
+            report.float_activation_layers = Some(keep_float_activations(&mut stored, &self.float_activations)?);
+        }
+        report.integer_nonlinear = stored.quant.integer_nonlinear.iter().map(|k| k.name()).collect();
+        report.integer_layers = stored.quant.integer_nodes.iter().cloned().collect();
+        let mut out = Output::encoded(stored, &report);
+        // Classifier int8 files code their indices where it pays, as they always have;
+        // the embedder's streaming writer writes fixed-width codes.
+        out.entropy_coding = !text;
+        Ok(out)
+    }
+}
+
+/// The `int4` pass: weight-only int4, group-wise with f16 scales (compute stays f32),
+/// with per-layer precision (int8 or f32 nodes) and error-minimising scales.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Int4 {
+    #[serde(default = "default_int4_group")]
+    pub group: usize,
+    /// Nodes to quantize (all weighted nodes when empty); the rest stay f32.
+    #[serde(default)]
+    pub layers: Vec<String>,
+    /// Nodes kept at f32 (mixed precision), e.g. the embeddings.
+    #[serde(default)]
+    pub keep: Vec<String>,
+    /// Nodes stored as int8 per output channel instead of int4 (mixed precision).
+    #[serde(default)]
+    pub int8: Vec<String>,
+    /// Group sizes other than `group` for chosen nodes (name or pattern), e.g.
+    /// `{ "embeddings.*" = 128 }`: coarser where the error matters less.
+    #[serde(default)]
+    pub layer_groups: BTreeMap<String, usize>,
+    /// How group scales are chosen: "search" (error-minimising, default) or "max".
+    #[serde(default)]
+    pub scales: Int4Scales,
+    /// Calibration sentences whose input-activation norms weight the rounding error of
+    /// each Linear/projection input column (0: unweighted).
+    #[serde(default)]
+    pub calibration: usize,
+}
+
+fn default_int4_group() -> usize {
+    32
+}
+
+/// What an `int4` stage reports in `extra`.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct Int4Report {
+    pub group: usize,
+    pub scales: String,
+    pub int4_layers: usize,
+    pub int8_layers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_groups: Option<HashMap<String, usize>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration_sentences: Option<usize>,
+}
+
+/// Per weight tensor, the importance of each input column for int4 rounding: the
+/// squared calibration norm of the value it reads ([`super::prune::input_norms`]).
+pub fn int4_importance(model: &Model, norms: &HashMap<String, Vec<f32>>) -> HashMap<String, Vec<f32>> {
+    super::prune::row_prunable(model)
+        .into_iter()
+        .filter_map(|(_, tensor, value)| {
+            let n = norms.get(&value?)?;
+            // A column never seen in calibration still counts a little.
+            let floor = n.iter().fold(0.0f32, |m, v| m.max(v * v)) * 1e-4;
+            Some((tensor, n.iter().map(|v| (v * v).max(floor)).collect()))
+        })
+        .collect()
+}
+
+impl Technique for Int4 {
+    fn stage_name(&self) -> String {
+        format!("int4-g{}", self.group)
+    }
+
+    fn check(&self, kind: ModelKind) -> Result<(), String> {
+        if kind != ModelKind::Embedder {
+            return Err(super::embedding_only(&self.stage_name()));
+        }
+        let max = crate::format::sqz::MAX_I4_GROUP;
+        if self.group == 0 || self.group > max {
+            return Err(format!("pass int4: group: expected 1..={max}, got {}", self.group));
+        }
+        if self.layer_groups.values().any(|g| *g == 0 || *g > max) {
+            return Err(format!("pass int4: layer_groups: each group must be in 1..={max}"));
+        }
+        Ok(())
+    }
+
+    fn is_final(&self) -> bool {
+        true
+    }
+
+    fn apply(&self, model: &mut Model, ctx: &mut Context) -> Result<Output, PassError> {
+        use super::select::{all_weighted, weighted_nodes};
+        let unknown = QuantizeError::UnknownLayer;
+        let kept = weighted_nodes(model, &self.keep).map_err(unknown)?;
+        let mut chosen = if self.layers.is_empty() { all_weighted(model) } else { weighted_nodes(model, &self.layers).map_err(unknown)? };
+        chosen.retain(|l| !kept.contains(l));
+        let as_int8 = weighted_nodes(model, &self.int8).map_err(unknown)?;
+        let (as_int8, int4): (Vec<String>, Vec<String>) = chosen.into_iter().partition(|l| as_int8.contains(l));
+        let mut calibration_sentences = None;
+        let importance = if self.calibration > 0 {
+            if ctx.calibration.count == 0 {
+                return Err(super::prune::PruneError::Calibration("int4 calibration needs sentences: set [data] calibration".into()).into());
+            }
+            let cal = ctx.calibration.first(self.calibration);
+            calibration_sentences = Some(cal.count);
+            int4_importance(model, &super::prune::input_norms(model, cal.rows, cal.count, cal.lengths)?)
+        } else {
+            Default::default()
+        };
+        let mut node_groups = HashMap::new();
+        for (pattern, g) in &self.layer_groups {
+            for node in weighted_nodes(model, std::slice::from_ref(pattern)).map_err(unknown)? {
+                node_groups.insert(node, *g);
+            }
+        }
+        let report = Int4Report {
+            group: self.group,
+            scales: format!("{:?}", self.scales).to_lowercase(),
+            int4_layers: int4.len(),
+            int8_layers: as_int8.clone(),
+            layer_groups: (!node_groups.is_empty()).then(|| node_groups.clone()),
+            calibration_sentences,
+        };
+        let plan = Int4Plan { int4, int8: as_int8, group: self.group, node_groups, scales: self.scales, importance };
+        Ok(Output::encoded(quantize_mixed(model, &plan), &report))
+    }
 }
 
 #[cfg(test)]

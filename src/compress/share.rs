@@ -7,6 +7,9 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
+use super::pass::{Context, FineTune, ModelKind, Output, PassError, Technique};
 use crate::model::{Codebook, Model};
 use crate::spec::{Op, ParamKind};
 
@@ -128,32 +131,115 @@ pub fn share(model: &mut Model, cfg: &ShareConfig) -> Result<ShareSummary, Share
     Ok(summary)
 }
 
-/// Rounds `x` to the nearest IEEE half-precision value (ties to even), as f32.
-pub fn round_to_f16(x: f32) -> f32 {
-    if !x.is_finite() || x == 0.0 {
-        return x;
-    }
-    let a = x.abs();
-    // Largest finite half is 65504; beyond it stays as is (not representable).
-    if a >= 65520.0 {
-        return x;
-    }
-    // Spacing of halves around a: 2^(e-10) for normal halves (e ≥ -14), 2^-24 below.
-    let e = a.log2().floor().max(-14.0) as i32;
-    let ulp = 2f32.powi(e - 10);
-    let q = a / ulp;
-    let r = q.round_ties_even() * ulp;
-    r.copysign(x)
-}
-
 /// Rounds the centroids of every codebook and every bias to half precision (so the
 /// container can store them in 16 bits without loss), and re-applies the codebooks.
 pub fn round_to_half(model: &mut Model) {
     for cb in model.constraints.codebooks.values_mut() {
-        cb.centroids.iter_mut().for_each(|c| *c = round_to_f16(*c));
+        cb.centroids.iter_mut().for_each(|c| *c = crate::codec::f16::round(*c));
     }
     model.apply_codebooks();
     crate::compress::quantize::round_small_tensors_to_f16(model);
+}
+
+/// The `share` pass: per-layer k-means into `2^bits` values, then centroid fine-tuning
+/// with the assignment (and any pruning mask) held.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Share {
+    /// Bits per shared index of Linear layers (2^bits values).
+    #[serde(default = "default_linear_bits")]
+    #[arg(long, default_value_t = 5)]
+    pub linear_bits: u32,
+    /// Bits per shared index of Conv2d layers.
+    #[serde(default = "default_conv_bits")]
+    #[arg(long, default_value_t = 8)]
+    pub conv_bits: u32,
+    /// Per-layer bits (node name → bits; recipes only).
+    #[serde(default)]
+    #[arg(skip)]
+    pub per_layer: BTreeMap<String, u32>,
+    /// Only these layers (node names or `*` patterns, comma-separated); default all.
+    #[serde(default)]
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<String>,
+    #[serde(default = "super::default_fine_tune")]
+    #[arg(long, default_value_t = 3)]
+    pub fine_tune_epochs: usize,
+    /// Centroid learning rate (default: a tenth of the training rate).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Round centroids and biases to half precision so they are stored in 16 bits.
+    #[serde(default)]
+    #[arg(long)]
+    pub half_precision: bool,
+}
+
+fn default_linear_bits() -> u32 {
+    5
+}
+
+fn default_conv_bits() -> u32 {
+    8
+}
+
+/// Per tensor of a sharing pass (k-means or hashed): its weights and the distinct
+/// values that serve them.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct SharedTensor {
+    pub tensor: String,
+    pub weights: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<usize>,
+}
+
+/// What a `share` or `hash` stage reports in `extra`.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct SharedReport {
+    pub layers: Vec<SharedTensor>,
+    pub fine_tune_epochs: usize,
+    pub half_precision: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed: Option<bool>,
+}
+
+/// Fine-tunes a weight-shared (k-means or hashed) model with its sharing held, then
+/// rounds its shared values to f16 when asked.
+pub fn fine_tune_shared(pass: &str, model: &mut Model, ctx: &mut Context, ft: FineTune, half_precision: bool) -> Result<(), PassError> {
+    ctx.fine_tune(pass, model, ft)?;
+    if half_precision {
+        round_to_half(model);
+    }
+    Ok(())
+}
+
+impl Technique for Share {
+    fn stage_name(&self) -> String {
+        "shared".into()
+    }
+
+    fn check(&self, kind: ModelKind) -> Result<(), String> {
+        if kind != ModelKind::Classifier {
+            return Err(super::not_available(kind, &self.stage_name()));
+        }
+        for b in [self.linear_bits, self.conv_bits].iter().chain(self.per_layer.values()) {
+            if !(1..=16).contains(b) {
+                return Err(format!("pass share: bits: expected 1 to 16, got {b}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, model: &mut Model, ctx: &mut Context) -> Result<Output, PassError> {
+        let layers = super::select::weighted_nodes(model, &self.layers).map_err(ShareError::UnknownLayer)?;
+        let cfg = ShareConfig { linear_bits: self.linear_bits, conv_bits: self.conv_bits, per_layer: self.per_layer.clone(), layers };
+        let summary = share(model, &cfg)?;
+        let ft = FineTune { epochs: self.fine_tune_epochs, lr: self.lr.unwrap_or(ctx.lr() * 0.1), seed: ctx.pass_seed(), ..Default::default() };
+        fine_tune_shared("share", model, ctx, ft, self.half_precision)?;
+        let layers = summary.layers.iter().map(|(n, w, k)| SharedTensor { tensor: n.clone(), weights: *w, clusters: Some(*k), buckets: None }).collect();
+        Ok(Output::model(&SharedReport { layers, fine_tune_epochs: self.fine_tune_epochs, half_precision: self.half_precision, signed: None }))
+    }
 }
 
 #[cfg(test)]
@@ -191,16 +277,5 @@ mod tests {
             assert!(*k <= if name.starts_with("fc3") { 8 } else { 32 });
             assert!(w.iter().zip(mask).all(|(v, keep)| *keep || *v == 0.0));
         }
-    }
-
-    #[test]
-    fn f16_rounding_matches_ieee_half() {
-        // 1 + 2^-10 is the next half after 1; 1 + 2^-11 ties to even (1.0).
-        assert_eq!(round_to_f16(1.0 + 2f32.powi(-10)), 1.0 + 2f32.powi(-10));
-        assert_eq!(round_to_f16(1.0 + 2f32.powi(-11)), 1.0);
-        assert_eq!(round_to_f16(1.0 + 3.0 * 2f32.powi(-11)), 1.0 + 2.0 * 2f32.powi(-10));
-        assert_eq!(round_to_f16(-0.1), -0.099_975_586);
-        // Subnormal halves: multiples of 2^-24.
-        assert_eq!(round_to_f16(3.1 * 2f32.powi(-24)), 3.0 * 2f32.powi(-24));
     }
 }

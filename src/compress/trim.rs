@@ -46,13 +46,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use super::pass::{check_fraction, Context, FineTune, ModelKind, Output, PassError, Technique};
 use crate::model::{Model, ModelError, Workspace};
 use crate::runtime::exec::{self, RuntimeError};
 use crate::runtime::transformer::ValidLengths;
 use crate::spec::{Attention, Graph, Op, SpecError};
 
 /// How the importance of a unit (neuron or filter) is measured; the lowest go first.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Score {
     /// Sum of |w| over the unit's incoming weights (its weight row or filter; the bias
@@ -86,7 +87,7 @@ impl Score {
 }
 
 /// How the importance of an attention head is measured; the lowest go first.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum HeadScore {
     /// Euclidean norm of every weight the head owns: its rows of the query, key and
@@ -878,6 +879,159 @@ fn trim_recurrent(
         }
     }
     Ok(())
+}
+
+/// The `trim` pass: remove whole neurons/filters (and attention heads) by importance,
+/// propagate the removal to the next layer, then fine-tune the smaller dense model.
+/// With `group_lasso > 0` (soft trimming) the rows to trim first train with a
+/// group-lasso penalty so whole units shrink before they go.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Trim {
+    /// Fraction of units to remove in each selected layer, in [0, 1) (0: heads only).
+    #[serde(default)]
+    #[arg(long, default_value_t = 0.0)]
+    pub ratio: f64,
+    /// How units are ranked.
+    #[serde(default)]
+    #[arg(long, value_enum, default_value_t)]
+    pub score: Score,
+    /// Attention heads to remove from each SelfAttention node.
+    #[serde(default)]
+    #[arg(long, default_value_t = 0)]
+    pub heads: usize,
+    /// How attention heads are ranked: magnitude, or contribution (calibration data).
+    #[serde(default)]
+    #[arg(long, value_enum, default_value_t)]
+    pub head_score: HeadScore,
+    /// Only these layers (node names or `*` patterns, comma-separated); default every
+    /// layer that feeds another weighted layer.
+    #[serde(default)]
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<String>,
+    /// Per-layer ratios (node name → ratio; recipes only).
+    #[serde(default)]
+    #[arg(skip)]
+    pub per_layer: BTreeMap<String, f64>,
+    #[serde(default = "super::default_fine_tune")]
+    #[arg(long, default_value_t = 3)]
+    pub fine_tune_epochs: usize,
+    /// Fine-tuning learning rate (default: half the training rate).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Calibration samples for the data-driven scores.
+    #[serde(default = "super::default_calibration")]
+    #[arg(long, default_value_t = 1000)]
+    pub calibration: usize,
+    /// Soft trimming: group-lasso strength on the rows to trim (0: off).
+    #[serde(default)]
+    #[arg(long, default_value_t = 0.0)]
+    pub group_lasso: f32,
+    /// Epochs of the group-lasso phase.
+    #[serde(default = "super::default_fine_tune")]
+    #[arg(long, default_value_t = 3)]
+    pub group_lasso_epochs: usize,
+}
+
+/// Units of one trimmed layer.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct UnitsTrimmed {
+    pub layer: String,
+    pub units_before: usize,
+    pub units_after: usize,
+}
+
+/// Heads of one trimmed attention node.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct HeadsTrimmed {
+    pub layer: String,
+    pub heads_before: usize,
+    pub heads_after: usize,
+}
+
+/// The group-lasso phase of soft trimming.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct GroupLassoPhase {
+    pub strength: f32,
+    pub epochs: usize,
+}
+
+/// What a `trim` stage reports in `extra`.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct TrimReport {
+    pub layers: Vec<UnitsTrimmed>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heads: Option<Vec<HeadsTrimmed>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_score: Option<HeadScore>,
+    pub params_before: usize,
+    pub params_after: usize,
+    pub score: Score,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_lasso: Option<GroupLassoPhase>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration_sentences: Option<usize>,
+}
+
+impl Technique for Trim {
+    fn stage_name(&self) -> String {
+        if self.heads == 0 {
+            return "trimmed".into();
+        }
+        let score = match self.head_score {
+            HeadScore::Magnitude => "magnitude",
+            HeadScore::Contribution => "contribution",
+        };
+        if self.ratio > 0.0 { format!("trimmed-heads{}-{score}", self.heads) } else { format!("heads{}-{score}", self.heads) }
+    }
+
+    fn check(&self, kind: ModelKind) -> Result<(), String> {
+        match kind {
+            ModelKind::Tasks => return Err(super::not_available(kind, &self.stage_name())),
+            ModelKind::Embedder if self.fine_tune_epochs > 0 || self.group_lasso > 0.0 => {
+                return Err("pass trim: hf_dir models are trimmed in one shot (no fine-tuning data for an embedder): set fine_tune_epochs = 0 and leave group_lasso unset".into());
+            }
+            _ => {}
+        }
+        if self.ratio == 0.0 && self.heads == 0 {
+            return Err("pass trim: nothing to trim: give ratio (a fraction of units) and/or heads (attention heads per node)".into());
+        }
+        check_fraction("trim", "ratio", self.ratio)?;
+        for (k, v) in &self.per_layer {
+            check_fraction("trim", &format!("per_layer.{k}"), *v)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&self, model: &mut Model, ctx: &mut Context) -> Result<Output, PassError> {
+        let layers = super::select::weighted_nodes(model, &self.layers).map_err(TrimError::UnknownLayer)?;
+        let cfg = TrimConfig { ratio: self.ratio, score: self.score, layers, per_layer: self.per_layer.clone(), heads: self.heads, head_score: self.head_score };
+        let calibration = ctx.calibration.first(self.calibration);
+        let mut group_lasso = None;
+        if self.group_lasso > 0.0 {
+            let params = scores(model, &cfg, calibration.rows)?.into_keys().map(|l| format!("{l}.weight")).collect();
+            let gl = crate::train::GroupLasso { strength: self.group_lasso, params };
+            let ft = FineTune { epochs: self.group_lasso_epochs, lr: ctx.lr(), seed: ctx.seed.wrapping_add(555), l1: 0.0, group_lasso: Some(gl) };
+            ctx.fine_tune("trim", model, ft)?;
+            group_lasso = Some(GroupLassoPhase { strength: self.group_lasso, epochs: self.group_lasso_epochs });
+        }
+        let (trimmed, summary) = trim(model, &cfg, calibration.rows)?;
+        *model = trimmed;
+        let ft = FineTune { epochs: self.fine_tune_epochs, lr: self.lr.unwrap_or(ctx.lr() * 0.5), seed: ctx.pass_seed(), ..Default::default() };
+        ctx.fine_tune("trim", model, ft)?;
+        let heads: Vec<HeadsTrimmed> = summary.heads.iter().map(|(n, b, a)| HeadsTrimmed { layer: n.clone(), heads_before: *b, heads_after: *a }).collect();
+        let has_heads = !heads.is_empty();
+        Ok(Output::model(&TrimReport {
+            layers: summary.layers.iter().map(|(n, b, a)| UnitsTrimmed { layer: n.clone(), units_before: *b, units_after: *a }).collect(),
+            heads: has_heads.then_some(heads),
+            head_score: has_heads.then_some(self.head_score),
+            params_before: summary.params_before,
+            params_after: summary.params_after,
+            score: self.score,
+            group_lasso,
+            calibration_sentences: (ctx.kind == ModelKind::Embedder && ctx.calibration.count > 0).then_some(calibration.count),
+        }))
+    }
 }
 
 #[cfg(test)]

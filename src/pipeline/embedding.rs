@@ -8,20 +8,22 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::compress::{prune, quantize, smooth, trim};
+use crate::compress::pass::{Calibration, Context, ModelKind};
+use crate::compress::quantize;
 use crate::format::hf::{self, HfError};
 use crate::format::sqz::SqzModel;
 use crate::model::Model;
-use crate::recipe::{Pass, Recipe};
+use crate::recipe::Recipe;
 use crate::report::measure::{Spread, median_and_spread, peak_rss_bytes};
-use crate::report::{Gate, Report, Stage};
+use crate::report::{Fidelity, Gate, Stage};
+use crate::train::TrainEvent;
 use crate::runtime::exec::{Plan, RuntimeError, Workspace};
 use crate::runtime::transformer::ValidLengths;
 use crate::spec::Op;
 use crate::store::{self, ModelFile};
 use crate::text::{self, TextEncoder, TextError};
 
-use super::{Event, PipelineError, RunOptions, file_counts_with, guard_input, new_report, write_report, gate_failed};
+use super::{Baseline, Evaluation, Event, PipelineError, RunOptions, file_counts_with, guard_input, stage_path};
 
 /// Why text or an embedder cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -268,7 +270,7 @@ fn store_and_measure(
     reference: Option<&[f32]>,
     fp32_bytes: f64,
     hf_bytes: u64,
-    wall: Instant,
+    wall_s: f64,
     mut extra: serde_json::Map<String, serde_json::Value>,
 ) -> Result<Measured, PipelineError> {
     sqz.metadata.insert(text::TOKENIZER_KEY.into(), packed_tokenizer.into());
@@ -284,14 +286,12 @@ fn store_and_measure(
     let embeddings = embed_ids(&plan, ids, n, 32)?;
     let (b1, b1_spread) = time_batches(&plan, ids, n, 1, 30)?;
     let (b32, _) = time_batches(&plan, ids, n, 32, 5)?;
-    if let Some(reference) = reference {
+    let fidelity = reference.map(|reference| {
         let cos = row_cosines(&embeddings, reference, dim);
-        let mean = cos.iter().sum::<f64>() / cos.len() as f64;
-        let (worst, min) = cos.iter().enumerate().fold((0, f64::INFINITY), |(wi, wm), (i, &c)| if c < wm { (i, c) } else { (wi, wm) });
-        extra.insert("mean_cosine".into(), mean.into());
-        extra.insert("min_cosine".into(), min.into());
-        extra.insert("min_cosine_sentence".into(), (worst + 1).into());
-    }
+        let mean_cosine = cos.iter().sum::<f64>() / cos.len() as f64;
+        let (worst, min_cosine) = cos.iter().enumerate().fold((0, f64::INFINITY), |(wi, wm), (i, &c)| if c < wm { (i, c) } else { (wi, wm) });
+        Fidelity { mean_cosine, min_cosine, min_cosine_sentence: worst + 1 }
+    });
     extra.insert("heldout_sentences".into(), n.into());
     extra.insert("seq_len".into(), (ids.len() / n).into());
     extra.insert("hf_safetensors_bytes".into(), hf_bytes.into());
@@ -312,11 +312,13 @@ fn store_and_measure(
         latency_us_b1_spread: b1_spread * 1e6,
         throughput_b256: f64::NAN,
         kernel: plan.kernel_description(),
-        wall_s: wall.elapsed().as_secs_f64(),
+        wall_s,
         peak_rss_bytes: peak_rss_bytes(),
         file: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         extra: extra.into_iter().collect(),
         distillation: None,
+        fidelity,
+        tasks: None,
     };
     Ok(Measured { stage, embeddings })
 }
@@ -326,59 +328,58 @@ fn plan_output_dim(file: &ModelFile) -> usize {
     g.validate().ok().and_then(|s| s.get(&g.outputs[0]).map(|v| v.iter().product())).unwrap_or(1)
 }
 
-/// Runs an embedding recipe (see the module docs).
-pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<Report, PipelineError> {
-    let dir = recipe.model.hf_dir.as_ref().expect("Recipe::parse: embedding recipes have hf_dir");
-    if let Some(i) = recipe.passes.iter().position(|p| matches!(p, Pass::Quantize { .. } | Pass::Int4 { .. }))
-        && i + 1 != recipe.passes.len()
-    {
-        return Err(PipelineError::QuantizeNotLast);
-    }
-    std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
-    let (min_mean, min_each) = (recipe.gate.min_mean_cosine.unwrap_or(1.0), recipe.gate.min_cosine.unwrap_or(1.0));
-    let mut report = new_report(recipe, opts, "cosine", "baseline");
-    report.gate = Gate {
-        metric: format!("cosine to the fp32 embeddings (mean ≥ {min_mean}, min ≥ {min_each})"),
-        max_drop: 1.0 - min_mean,
-        against: "baseline".into(),
-        split: "heldout".into(),
-    };
+/// An embedder's held-out sentences (as token ids), calibration sentences, reference
+/// embeddings and gate.
+pub(super) struct Embedder {
+    packed_tokenizer: String,
+    ids: Vec<f32>,
+    n: usize,
+    calibration: Option<(Vec<f32>, Vec<usize>)>,
+    reference: Vec<f32>,
+    fp32_bytes: f64,
+    hf_bytes: u64,
+    min_mean: f64,
+    min_each: f64,
+}
 
+/// Imports the Hugging Face directory, tokenizes the held-out and calibration
+/// sentences, writes the fp32 baseline and embeds the held-out sentences with it (the
+/// reference every stage is compared with).
+pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<(Box<dyn Evaluation>, Baseline), PipelineError> {
+    let Some(dir) = recipe.model.hf_dir.as_ref() else {
+        return Err(PipelineError::Preprocess("an embedding recipe needs [model] hf_dir".into()));
+    };
+    std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
     on_event(Event::Stage("baseline".into()));
     let t = Instant::now();
     let imported = hf::import(dir, recipe.model.seq_len).map_err(EmbeddingError::from)?;
     let hf_bytes = std::fs::metadata(dir.join("model.safetensors")).map(|m| m.len()).unwrap_or(0);
     let seq = imported.graph.input_shape[0];
     let encoder = TextEncoder::from_json(&imported.tokenizer_json, seq, imported.pad_token as u32).map_err(EmbeddingError::from)?;
-    let packed = text::pack_tokenizer(&imported.tokenizer_json);
+    let packed_tokenizer = text::pack_tokenizer(&imported.tokenizer_json);
     let mut extra = serde_json::Map::new();
     extra.insert("source".into(), dir.display().to_string().into());
     extra.insert("skipped_tensors".into(), imported.skipped.clone().into());
     extra.insert("l2_normalised_by_users".into(), imported.normalize.into());
     let model = Model::from_tensors(imported.graph, imported.tensors)?;
-    let heldout_path = recipe.data.heldout.as_ref().expect("Recipe::parse: embedding recipes have heldout");
+    let Some(heldout_path) = recipe.data.heldout.as_ref() else {
+        return Err(PipelineError::Preprocess("an embedding recipe needs [data] heldout (sentences, one per line)".into()));
+    };
     let heldout = read_sentences(heldout_path, recipe.data.heldout_limit).map_err(EmbeddingError::from)?;
     let refs: Vec<&str> = heldout.iter().map(String::as_str).collect();
     let ids = encoder.encode(&refs).map_err(EmbeddingError::from)?;
     let lengths = encoder.lengths(&refs).map_err(EmbeddingError::from)?;
     extra.insert("truncated_sentences".into(), lengths.iter().filter(|&&l| l >= seq).count().into());
     let n = heldout.len();
-    let params = model.graph.num_params() as u64;
-    let fp32_bytes = 4.0 * params as f64;
-    let last = recipe.passes.len();
-    let path_for = |name: &str, is_last: bool| -> PathBuf { opts.out_dir.join(if is_last { "model.sqz".to_string() } else { format!("{name}.sqz") }) };
-
-    let baseline_path = path_for("baseline", last == 0);
-    guard_input(recipe, &baseline_path)?;
+    let fp32_bytes = 4.0 * model.graph.num_params() as f64;
+    let path = stage_path(opts, "baseline", "sqz", recipe.passes.is_empty());
+    guard_input(recipe, &path)?;
     // The float model moves into the baseline file; each pass reads its input back
     // from the previous stage's file, so no stage is measured while another copy of
     // the weights is held.
-    let base = store_and_measure(&baseline_path, "baseline", quantize::into_stored_f32(model), false, &packed, &ids, n, None, fp32_bytes, hf_bytes, t, extra)?;
-    let mut previous = baseline_path;
+    let wall = t.elapsed().as_secs_f64();
+    let base = store_and_measure(&path, "baseline", quantize::into_stored_f32(model), false, &packed_tokenizer, &ids, n, None, fp32_bytes, hf_bytes, wall, extra)?;
     on_event(Event::Measured(base.stage.clone()));
-    report.stages.push(base.stage);
-    let reference = base.embeddings;
-
     let calibration = match &recipe.data.calibration {
         Some(p) => {
             let s = read_sentences(p, recipe.data.calibration_limit).map_err(EmbeddingError::from)?;
@@ -387,194 +388,72 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         }
         None => None,
     };
+    let eval = Embedder {
+        packed_tokenizer,
+        ids,
+        n,
+        calibration,
+        reference: base.embeddings,
+        fp32_bytes,
+        hf_bytes,
+        min_mean: recipe.gate.min_mean_cosine.unwrap_or(1.0),
+        min_each: recipe.gate.min_cosine.unwrap_or(1.0),
+    };
+    Ok((Box::new(eval), Baseline { model: None, stages: vec![base.stage], file: path }))
+}
 
-    for (i, pass) in recipe.passes.iter().enumerate() {
-        // A pass repeated (e.g. trimming heads in two steps) gets a numbered stage name.
-        let mut name = pass.stage_name();
-        let repeats = report.stages.iter().filter(|s| s.name == name || s.name.starts_with(&format!("{name}-step"))).count();
-        if repeats > 0 {
-            name = format!("{name}-step{}", repeats + 1);
+impl Evaluation for Embedder {
+    fn gate(&self) -> Gate {
+        Gate {
+            metric: format!("cosine to the fp32 embeddings (mean ≥ {}, min ≥ {})", self.min_mean, self.min_each),
+            max_drop: 1.0 - self.min_mean,
+            against: "baseline".into(),
+            split: "heldout".into(),
         }
-        on_event(Event::Stage(name.clone()));
-        let t = Instant::now();
-        let mut extra = serde_json::Map::new();
-        let is_last = i + 1 == last;
-        let mut model = store::read_model(&previous)?;
-        let (stored, entropy) = match pass {
-            Pass::PruneRows { sparsity, n_of_m, score, layers, calibration: cal_n } => {
-                let norms = match score {
-                    prune::Score::Wanda => {
-                        let Some((cal_ids, cal_lens)) = &calibration else {
-                            return Err(PipelineError::Prune(prune::PruneError::Calibration("Wanda needs calibration sentences: set [data] calibration".into())));
-                        };
-                        let k = (*cal_n).min(cal_lens.len()).max(1);
-                        extra.insert("calibration_sentences".into(), k.into());
-                        prune::input_norms(&model, &cal_ids[..k * seq], k, Some(&cal_lens[..k]))?
-                    }
-                    prune::Score::Magnitude => Default::default(),
-                };
-                let pattern = match (sparsity, n_of_m) {
-                    (_, Some([n, m])) => prune::Pattern::NofM { n: *n, m: *m },
-                    (s, None) => prune::Pattern::Rows { sparsity: s.unwrap_or(0.0) },
-                };
-                let summary = prune::prune_scored(&mut model, pattern, *score, &norms, layers)?;
-                let (total, kept) = summary.layers.iter().fold((0, 0), |(t, k), l| (t + l.1, k + l.2));
-                extra.insert("pruned_weights".into(), (total - kept).into());
-                extra.insert("sparsity_of_pruned_layers".into(), ((total - kept) as f64 / total.max(1) as f64).into());
-                (quantize::into_stored_f32(model), false)
-            }
-            Pass::Trim { ratio, score, heads, head_score, layers, per_layer, fine_tune_epochs, calibration: cal_n, group_lasso, .. } => {
-                // An embedder has no training labels here: trimming is one-shot.
-                if *fine_tune_epochs > 0 || *group_lasso > 0.0 {
-                    return Err(PipelineError::EmbeddingOnly(
-                        "pass 'trim' on hf_dir models is one-shot (no fine-tuning data for an embedder): set fine_tune_epochs = 0 and leave group_lasso unset".into(),
-                    ));
-                }
-                let cfg = trim::TrimConfig { ratio: *ratio, score: *score, layers: layers.clone(), per_layer: per_layer.clone(), heads: *heads, head_score: *head_score };
-                let calib: &[f32] = match &calibration {
-                    Some((cal_ids, cal_lens)) => {
-                        let k = (*cal_n).min(cal_lens.len()).max(1);
-                        extra.insert("calibration_sentences".into(), k.into());
-                        &cal_ids[..k * seq]
-                    }
-                    None => &[],
-                };
-                let (trimmed, summary) = trim::trim(&model, &cfg, calib)?;
-                drop(model);
-                let units: Vec<serde_json::Value> = summary.layers.iter().map(|(n, b, a)| serde_json::json!({ "layer": n, "units_before": b, "units_after": a })).collect();
-                let heads_json: Vec<serde_json::Value> = summary.heads.iter().map(|(n, b, a)| serde_json::json!({ "layer": n, "heads_before": b, "heads_after": a })).collect();
-                extra.insert("layers".into(), units.into());
-                extra.insert("heads".into(), heads_json.into());
-                extra.insert("head_score".into(), serde_json::to_value(head_score).unwrap_or_default());
-                extra.insert("params_before".into(), summary.params_before.into());
-                extra.insert("params_after".into(), summary.params_after.into());
-                (quantize::into_stored_f32(trimmed), false)
-            }
-            Pass::Int4 { group, layers, keep, int8, layer_groups, scales, calibration: cal_n } => {
-                let chosen = chosen_layers(&model, layers, keep)?;
-                let as_int8 = matching_layers(&model, int8)?;
-                let (as_int8, int4): (Vec<String>, Vec<String>) = chosen.into_iter().partition(|l| as_int8.contains(l));
-                let importance = if *cal_n > 0 {
-                    let Some((cal_ids, cal_lens)) = &calibration else {
-                        return Err(PipelineError::Prune(prune::PruneError::Calibration("int4 calibration needs sentences: set [data] calibration".into())));
-                    };
-                    let k = (*cal_n).min(cal_lens.len()).max(1);
-                    extra.insert("calibration_sentences".into(), k.into());
-                    int4_importance(&model, &prune::input_norms(&model, &cal_ids[..k * seq], k, Some(&cal_lens[..k]))?)
-                } else {
-                    Default::default()
-                };
-                extra.insert("group".into(), (*group).into());
-                extra.insert("scales".into(), format!("{scales:?}").to_lowercase().into());
-                extra.insert("int4_layers".into(), int4.len().into());
-                extra.insert("int8_layers".into(), as_int8.clone().into());
-                let mut node_groups = std::collections::HashMap::new();
-                for (pattern, g) in layer_groups {
-                    for node in matching_layers(&model, std::slice::from_ref(pattern))? {
-                        node_groups.insert(node, *g);
-                    }
-                }
-                if !node_groups.is_empty() {
-                    extra.insert("layer_groups".into(), serde_json::to_value(&node_groups).unwrap_or_default());
-                }
-                let plan = quantize::Int4Plan { int4, int8: as_int8, group: *group, node_groups, scales: *scales, importance };
-                let stored = quantize::quantize_mixed(&model, &plan);
-                drop(model);
-                (stored, false)
-            }
-            Pass::Quantize { mode, layers, calibration: cal_n, small_tensors, smooth, float_activations, nonlinear, nonlinear_ops } => {
-                // Full int8 takes its activation scales from the calibration sentences
-                // (ranges over every position, padding included, as the runtime sees
-                // them), and smoothing its per-channel maxima.
-                let cal: &[f32] = match (*mode == quantize::Mode::Full || smooth.is_some(), &calibration) {
-                    (true, Some((cal_ids, cal_lens))) => {
-                        let k = (*cal_n).min(cal_lens.len()).max(1);
-                        extra.insert("calibration_sentences".into(), k.into());
-                        &cal_ids[..k * seq]
-                    }
-                    (true, None) if smooth.is_some() => return Err(PipelineError::Smooth(smooth::SmoothError::NoCalibration)),
-                    (true, None) => return Err(PipelineError::Quantize(quantize::QuantizeError::NoCalibration)),
-                    (false, _) => &[],
-                };
-                if let Some(alpha) = smooth {
-                    let (smoothed, summary) = smooth::smooth(&model, cal, *alpha)?;
-                    extra.insert("smooth_alpha".into(), f64::from(*alpha).into());
-                    extra.insert("smoothed_inputs".into(), smooth::summary_json(&summary));
-                    model = smoothed;
-                }
-                let mut stored = quantize::quantize_with_nonlinear(&model, *mode, layers, cal, *small_tensors, *nonlinear, nonlinear_ops)?;
-                if !stored.quant.integer_nonlinear.is_empty() {
-                    extra.insert("integer_nonlinear".into(), stored.quant.integer_nonlinear.iter().map(|k| k.name()).collect::<Vec<_>>().into());
-                }
-                drop(model);
-                if !float_activations.is_empty() {
-                    let off = quantize::keep_float_activations(&mut stored, float_activations)?;
-                    extra.insert("float_activation_layers".into(), off.into());
-                }
-                (stored, false)
-            }
-            Pass::Code {} => (quantize::into_stored_f32(model), true),
-            other => return Err(PipelineError::EmbeddingOnly(format!("pass '{}' does not run on hf_dir models", other.stage_name()))),
+    }
+
+    fn context<'a>(&'a self, recipe: &Recipe, baseline: Option<&'a Model>, index: usize, progress: &'a mut dyn FnMut(TrainEvent)) -> Context<'a> {
+        let calibration = match &self.calibration {
+            Some((ids, lengths)) => Calibration { rows: ids, count: lengths.len(), lengths: Some(lengths) },
+            None => Calibration::default(),
         };
-        let path = path_for(&name, is_last);
-        guard_input(recipe, &path)?;
-        let m = store_and_measure(&path, &name, stored, entropy, &packed, &ids, n, Some(&reference), fp32_bytes, hf_bytes, t, extra)?;
-        on_event(Event::Measured(m.stage.clone()));
-        let mean = m.stage.extra.get("mean_cosine").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-        let min = m.stage.extra.get("min_cosine").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-        report.stages.push(m.stage);
-        previous = path;
-        if !(mean >= min_mean && min >= min_each) {
-            let reason = format!("cosine to the fp32 embeddings on {n} held-out sentences: mean {mean:.6} (gate ≥ {min_mean}), min {min:.6} (gate ≥ {min_each})");
-            return Err(gate_failed(&mut report, &opts.out_dir, name, reason));
+        Context {
+            kind: ModelKind::Embedder,
+            train: None,
+            validation: None,
+            test: None,
+            calibration,
+            train_defaults: super::train_defaults(recipe),
+            seed: recipe.seed,
+            index,
+            baseline,
+            tasks: None,
+            progress,
         }
     }
-    write_report(&report, &opts.out_dir)?;
-    Ok(report)
-}
 
-/// Nodes to quantize: `layers` (all weighted nodes when empty) minus `keep`; each
-/// entry is a node name or a prefix ending in `*` (see [`quantize::layer_matches`]).
-fn chosen_layers(model: &Model, layers: &[String], keep: &[String]) -> Result<Vec<String>, quantize::QuantizeError> {
-    let kept = matching_layers(model, keep)?;
-    let mut out = if layers.is_empty() { weighted_nodes(model) } else { matching_layers(model, layers)? };
-    out.retain(|l| !kept.contains(l));
-    Ok(out)
-}
-
-/// The weighted nodes of `model`, in parameter order, once each.
-fn weighted_nodes(model: &Model) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for s in model.params.specs.iter().filter(|s| s.kind == crate::spec::ParamKind::Weight) {
-        if !out.contains(&s.node) {
-            out.push(s.node.clone());
-        }
+    fn reload_between_stages(&self) -> bool {
+        true
     }
-    out
-}
 
-/// The weighted nodes matched by any of `patterns`; a pattern matching none is an error.
-fn matching_layers(model: &Model, patterns: &[String]) -> Result<Vec<String>, quantize::QuantizeError> {
-    let weighted = weighted_nodes(model);
-    if let Some(p) = patterns.iter().find(|p| !weighted.iter().any(|w| quantize::layer_matches(p, w))) {
-        return Err(quantize::QuantizeError::UnknownLayer(p.clone()));
+    fn record(&mut self, path: &Path, name: &str, stored: SqzModel, entropy_coding: bool, wall_s: f64, extra: serde_json::Map<String, serde_json::Value>) -> Result<Stage, PipelineError> {
+        let m = store_and_measure(path, name, stored, entropy_coding, &self.packed_tokenizer, &self.ids, self.n, Some(&self.reference), self.fp32_bytes, self.hf_bytes, wall_s, extra)?;
+        Ok(m.stage)
     }
-    Ok(weighted.into_iter().filter(|w| patterns.iter().any(|p| quantize::layer_matches(p, w))).collect())
-}
 
-/// Per weight tensor, the importance of each input column for int4 rounding: the
-/// squared calibration norm of the value it reads ([`prune::input_norms`]).
-pub fn int4_importance(model: &Model, norms: &std::collections::HashMap<String, Vec<f32>>) -> std::collections::HashMap<String, Vec<f32>> {
-    prune::row_prunable(model)
-        .into_iter()
-        .filter_map(|(_, tensor, value)| {
-            let n = norms.get(&value?)?;
-            // A column never seen in calibration still counts a little.
-            let floor = n.iter().fold(0.0f32, |m, v| m.max(v * v)) * 1e-4;
-            Some((tensor, n.iter().map(|v| (v * v).max(floor)).collect()))
+    fn check(&self, stage: &Stage) -> Option<String> {
+        let (mean, min) = stage.fidelity.as_ref().map_or((f64::NAN, f64::NAN), |f| (f.mean_cosine, f.min_cosine));
+        (!(mean >= self.min_mean && min >= self.min_each)).then(|| {
+            format!(
+                "cosine to the fp32 embeddings on {} held-out sentences: mean {mean:.6} (gate ≥ {}), min {min:.6} (gate ≥ {})",
+                self.n, self.min_mean, self.min_each
+            )
         })
-        .collect()
+    }
 }
+
+/// The int4 pass's rounding weights (kept here for the examples that sweep int4).
+pub use crate::compress::quantize::int4_importance;
 
 #[cfg(test)]
 mod tests {

@@ -9,18 +9,21 @@
 //! `delta_points`), `separate_bytes` (the separate files together) and
 //! `bytes_fraction_of_separate`.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Instant;
 
-use super::{Event, PipelineError, RunOptions, guard_input, load_data, measure_stage, write_report, gate_failed};
-use crate::compress::multitask::{self, MultitaskConfig, SoftConfig, Task};
+use super::{Baseline, Evaluation, Event, PipelineError, RunOptions, guard_input, load_data, measure_stage};
+use crate::compress::multitask::{self, MultitaskConfig, Task};
+use crate::compress::pass::{Calibration, Context, ModelKind, TaskSet};
 use crate::compress::quantize;
 use crate::data::{Dataset, Splits};
-use crate::model::zoo;
-use crate::recipe::{Pass, Recipe, ShareForm};
-use crate::report::Report;
+use crate::format::sqz::SqzModel;
+use crate::model::{Model, zoo};
+use crate::recipe::Recipe;
+use crate::report::{Gate, Stage, TaskAccuracy};
+use crate::spec::Graph;
 use crate::store;
-use crate::train::TrainConfig;
+use crate::train::{TrainConfig, TrainEvent};
 
 /// A copy of `data` with the task's labels (used for the validation and test splits
 /// only, to measure each task).
@@ -33,22 +36,36 @@ fn relabeled(data: &Dataset, task: &Task) -> Dataset {
     }
 }
 
-/// Runs a recipe with tasks (see the module docs).
-pub(super) fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<Report, PipelineError> {
+/// The task models, their splits relabelled per task, and the separate models' figures.
+pub(super) struct Tasks {
+    tasks: Vec<Task>,
+    graphs: Vec<Graph>,
+    separate: Vec<Model>,
+    cfg: MultitaskConfig,
+    splits: Splits,
+    task_splits: Vec<Splits>,
+    /// Per task: the separate model's test and validation accuracy.
+    reference: Vec<(f64, f64)>,
+    separate_bytes: u64,
+    separate_fp32: f64,
+    max_drop: f64,
+}
+
+/// Trains a model per task (the reference), writes and measures each on its own labels.
+pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<(Box<dyn Evaluation>, Baseline), PipelineError> {
     let splits = load_data(recipe, opts)?;
     let tasks: Vec<Task> = recipe.tasks.iter().map(|t| Task { name: t.name.clone(), labels: t.labels.clone() }).collect();
     multitask::check_tasks(&tasks, splits.train.num_classes)?;
     let mut graphs = Vec::with_capacity(tasks.len());
-    for (section, task) in recipe.tasks.iter().zip(&tasks) {
+    for section in &recipe.tasks {
         let name = section.zoo.as_ref().or(recipe.model.zoo.as_ref()).ok_or_else(|| PipelineError::UnknownZoo(String::new()))?;
         let g = zoo::build(name).ok_or_else(|| PipelineError::UnknownZoo(name.clone()))?;
         let head = multitask::find_head(&g)?;
-        graphs.push(multitask::task_graph(&g, &head, task.classes()));
+        graphs.push((g, head));
     }
+    let graphs: Vec<Graph> = graphs.iter().zip(&tasks).map(|((g, head), task)| multitask::task_graph(g, head, task.classes())).collect();
     multitask::check_trunks(&tasks, &graphs)?;
     std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
-
-    let mut report = super::new_report(recipe, opts, "accuracy (every task)", &format!("separate-{}", tasks[0].name));
     let cfg = MultitaskConfig {
         train: TrainConfig {
             epochs: recipe.train.epochs,
@@ -72,13 +89,15 @@ pub(super) fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(E
     let t = Instant::now();
     let separate = multitask::train_separate(&tasks, &graphs, &splits.train, &cfg, &mut |e| on_event(Event::Train(e)))?;
     let train_wall = t.elapsed().as_secs_f64() / tasks.len() as f64;
-    let mut reference = Vec::new(); // (test, validation) per task
+    let mut reference = Vec::new();
+    let mut stages = Vec::new();
     let (mut separate_bytes, mut separate_fp32) = (0u64, 0.0f64);
+    let mut file = opts.out_dir.clone();
     for (t, (task, model)) in tasks.iter().zip(&separate).enumerate() {
         let path = opts.out_dir.join(format!("separate-{}.sqz", task.name));
         guard_input(recipe, &path)?;
         let start = Instant::now();
-        store::write_sqz(&path, &quantize::store_f32(model))?;
+        store::write_sqz_with(&path, &quantize::store_f32(model), true)?;
         let fp32 = 4.0 * model.graph.num_params() as f64;
         let mut extra = serde_json::Map::new();
         extra.insert("task".into(), task.name.clone().into());
@@ -91,73 +110,72 @@ pub(super) fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(E
         reference.push((stage.accuracy, stage.validation_accuracy));
         separate_bytes += stage.bytes;
         separate_fp32 += fp32;
-        report.stages.push(stage);
+        stages.push(stage);
+        file = path;
+    }
+    let first = separate.first().cloned();
+    let eval = Tasks { tasks, graphs, separate, cfg, splits, task_splits, reference, separate_bytes, separate_fp32, max_drop: recipe.gate.max_accuracy_drop };
+    Ok((Box::new(eval), Baseline { model: first, stages, file }))
+}
+
+impl Evaluation for Tasks {
+    fn gate(&self) -> Gate {
+        Gate { metric: "accuracy (every task)".into(), max_drop: self.max_drop, against: format!("separate-{}", self.tasks[0].name), split: "validation".into() }
     }
 
-    let last = recipe.passes.len();
-    for (i, pass) in recipe.passes.iter().enumerate() {
-        let Pass::ShareTasks { form, penalty, head_epochs, head_lr } = pass else {
-            // Recipe::parse allows only share_tasks passes next to tasks.
-            return Err(multitask::MultitaskError::NoTasks.into());
-        };
-        let name = pass.stage_name();
-        on_event(Event::Stage(name.clone()));
-        let t = Instant::now();
-        let mut extra = serde_json::Map::new();
-        let shared = match form {
-            ShareForm::Hard => multitask::share_hard(&tasks, &separate, &splits.train, &cfg, &mut |e| on_event(Event::Train(e)))?,
-            ShareForm::Soft => {
-                let soft = SoftConfig {
-                    strength: *penalty,
-                    epochs: recipe.train.epochs,
-                    head_epochs: *head_epochs,
-                    head_lr: head_lr.unwrap_or(recipe.train.lr * 0.1),
-                };
-                let (m, summary) = multitask::share_soft(&tasks, &graphs, &splits.train, &cfg, &soft, &mut |e| on_event(Event::Train(e)))?;
-                extra.insert("penalty".into(), f64::from(*penalty).into());
-                extra.insert("head_epochs".into(), (*head_epochs).into());
-                extra.insert("trunk_rms_distance_before_merge".into(), summary.trunk_rms_distance.into());
-                m
-            }
-        };
-        extra.insert("form".into(), (if *form == ShareForm::Hard { "hard" } else { "soft" }).into());
-        let path: PathBuf = opts.out_dir.join(if i + 1 == last { "model.sqz".to_string() } else { format!("{name}.sqz") });
-        guard_input(recipe, &path)?;
-        store::write_sqz(&path, &quantize::store_f32(&shared))?;
-        let wall = t.elapsed().as_secs_f64();
-        let mut stage = measure_stage(&path, &name, wall, separate_fp32, &task_splits[0], extra)?;
-        // Every task runs from the one file as stored.
-        let plan = store::read(&path)?.plan()?;
-        let test = multitask::task_accuracies(&plan, &tasks, &splits.test)?;
-        let val = multitask::task_accuracies(&plan, &tasks, &splits.validation)?;
-        let rows: Vec<serde_json::Value> = tasks
-            .iter()
-            .enumerate()
-            .map(|(t, task)| {
-                serde_json::json!({
-                    "task": task.name, "accuracy": test[t], "validation_accuracy": val[t],
-                    "separate_accuracy": reference[t].0, "separate_validation_accuracy": reference[t].1,
-                    "delta_points": 100.0 * (test[t] - reference[t].0),
-                })
-            })
-            .collect();
-        stage.extra.insert("tasks".into(), rows.into());
-        stage.extra.insert("separate_bytes".into(), separate_bytes.into());
-        stage.extra.insert("bytes_fraction_of_separate".into(), (stage.bytes as f64 / separate_bytes as f64).into());
-        on_event(Event::Measured(stage.clone()));
-        report.stages.push(stage);
-        let worst = (0..tasks.len()).max_by(|&a, &b| (reference[a].1 - val[a]).total_cmp(&(reference[b].1 - val[b]))).unwrap_or(0);
-        let drop = reference[worst].1 - val[worst];
-        if drop > recipe.gate.max_accuracy_drop {
-            let reason = format!(
-                "task '{}': validation accuracy dropped {:.2} points against its separate model, more than the allowed {:.2}",
-                tasks[worst].name,
-                drop * 100.0,
-                recipe.gate.max_accuracy_drop * 100.0
-            );
-            return Err(gate_failed(&mut report, &opts.out_dir, name, reason));
+    fn context<'a>(&'a self, recipe: &Recipe, baseline: Option<&'a Model>, index: usize, progress: &'a mut dyn FnMut(TrainEvent)) -> Context<'a> {
+        Context {
+            kind: ModelKind::Tasks,
+            train: Some(&self.splits.train),
+            validation: Some(&self.splits.validation),
+            test: Some(&self.splits.test),
+            calibration: Calibration::default(),
+            train_defaults: self.cfg.train.clone(),
+            seed: recipe.seed,
+            index,
+            baseline,
+            tasks: Some(TaskSet { tasks: &self.tasks, graphs: &self.graphs, separate: &self.separate, config: &self.cfg }),
+            progress,
         }
     }
-    write_report(&report, &opts.out_dir)?;
-    Ok(report)
+
+    fn record(&mut self, path: &Path, name: &str, stored: SqzModel, entropy_coding: bool, wall_s: f64, extra: serde_json::Map<String, serde_json::Value>) -> Result<Stage, PipelineError> {
+        store::write_sqz_with(path, &stored, entropy_coding)?;
+        let mut stage = measure_stage(path, name, wall_s, self.separate_fp32, &self.task_splits[0], extra)?;
+        // Every task runs from the one file as stored.
+        let plan = store::read(path)?.plan()?;
+        let test = multitask::task_accuracies(&plan, &self.tasks, &self.splits.test)?;
+        let val = multitask::task_accuracies(&plan, &self.tasks, &self.splits.validation)?;
+        let rows = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(t, task)| TaskAccuracy {
+                task: task.name.clone(),
+                accuracy: test[t],
+                validation_accuracy: val[t],
+                separate_accuracy: self.reference[t].0,
+                separate_validation_accuracy: self.reference[t].1,
+                delta_points: 100.0 * (test[t] - self.reference[t].0),
+            })
+            .collect();
+        stage.tasks = Some(rows);
+        stage.extra.insert("separate_bytes".into(), self.separate_bytes.into());
+        stage.extra.insert("bytes_fraction_of_separate".into(), (stage.bytes as f64 / self.separate_bytes as f64).into());
+        Ok(stage)
+    }
+
+    fn check(&self, stage: &Stage) -> Option<String> {
+        let rows = stage.tasks.as_ref()?;
+        let worst = (0..rows.len()).max_by(|&a, &b| (self.reference[a].1 - rows[a].validation_accuracy).total_cmp(&(self.reference[b].1 - rows[b].validation_accuracy)))?;
+        let drop = self.reference[worst].1 - rows[worst].validation_accuracy;
+        (drop > self.max_drop).then(|| {
+            format!(
+                "task '{}': validation accuracy dropped {:.2} points against its separate model, more than the allowed {:.2}",
+                self.tasks[worst].name,
+                drop * 100.0,
+                self.max_drop * 100.0
+            )
+        })
+    }
 }

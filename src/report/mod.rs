@@ -16,7 +16,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use measure::{Spread, machine_description, median_and_spread, peak_rss_bytes, sha256_hex, squeeze_version};
 
 /// The version of the report schema written in `schema_version`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: an embedder's cosines moved from `extra` to `fidelity`, a multi-task stage's rows
+/// from `extra.tasks` to `tasks`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A run report: what was run, where, and every stage's measured result.
 ///
@@ -139,6 +141,47 @@ pub struct Stage {
     /// on a distill stage with a fresh student; added in schema 1 without breaking it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distillation: Option<Distillation>,
+    /// An embedder's stage: cosine fidelity to the fp32 embeddings (what its gate reads;
+    /// absent on the baseline, which is the reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fidelity: Option<Fidelity>,
+    /// A multi-task stage: per task, accuracy from the one file against the task's
+    /// separately trained model (what its gate reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Vec<TaskAccuracy>>,
+}
+
+/// Cosine similarity of a stage's embeddings to the fp32 baseline's, per held-out
+/// sentence (f64 sums).
+///
+/// ```json
+/// { "mean_cosine": 0.99912, "min_cosine": 0.99698, "min_cosine_sentence": 417 }
+/// ```
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Fidelity {
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub mean_cosine: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub min_cosine: f64,
+    /// The 1-based line of the held-out sentence with the lowest cosine.
+    pub min_cosine_sentence: usize,
+}
+
+/// One task of a multi-task stage: test and validation accuracy from the shared file,
+/// its separate model's, and the difference in points (test).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TaskAccuracy {
+    pub task: String,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub accuracy: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub validation_accuracy: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub separate_accuracy: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub separate_validation_accuracy: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub delta_points: f64,
 }
 
 /// Distillation against its control: the same student architecture trained alone on the
@@ -323,8 +366,6 @@ impl Report {
         md
     }
 
-    /// The per-task table of multi-task stages (`extra.tasks`, written by recipes with
-    /// `[[task]]` tables), if any.
     /// An embedding model's stages: cosine to the fp32 embeddings, share of the original
     /// safetensors, batch-32 speed (the classifier columns above stay empty for them).
     fn fidelity_markdown(&self, md: &mut String) {
@@ -336,7 +377,7 @@ impl Report {
         *md += "|---|--:|--:|--:|--:|--:|--:|--:|\n";
         let f = |s: &Stage, key: &str| s.extra.get(key).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
         for s in &stages {
-            let worst = s.extra.get("min_cosine_sentence").and_then(serde_json::Value::as_u64).map_or(String::new(), |i| format!(" (#{i})"));
+            let worst = s.fidelity.as_ref().map_or(String::new(), |f| format!(" (#{})", f.min_cosine_sentence));
             let (peak, times) = match s.peak_rss_bytes {
                 Some(b) => (num(b as f64 / 1e6, 1, false), num(b as f64 / f(s, "fp32_weight_bytes"), 2, false)),
                 None => ("not measured".to_string(), "—".to_string()),
@@ -345,8 +386,8 @@ impl Report {
                 md,
                 "| {} | {} | {}{worst} | {} | {} | {} | {peak} | {times} |",
                 cell(&s.name),
-                num(f(s, "mean_cosine"), 6, false),
-                num(f(s, "min_cosine"), 6, false),
+                num(s.fidelity.as_ref().map_or(f64::NAN, |f| f.mean_cosine), 6, false),
+                num(s.fidelity.as_ref().map_or(f64::NAN, |f| f.min_cosine), 6, false),
                 num(100.0 * f(s, "fraction_of_hf_safetensors"), 2, false),
                 num(f(s, "latency_ms_b32"), 1, false),
                 num(f(s, "sentences_per_s_b32"), 1, false),
@@ -356,26 +397,27 @@ impl Report {
         _ = writeln!(md, "\nMeasured on {n} held-out sentences; the baseline is the reference, so its cosine is 1 by definition or absent. Peak RSS is the process's high-water mark (VmHWM, Linux only) when the stage was measured, so the last row is the run's peak; × fp32 weights divides it by 4 bytes × parameters.");
     }
 
+    /// The per-task table of multi-task stages (written by recipes with `[[task]]`
+    /// tables), if any.
     fn tasks_markdown(&self, md: &mut String) {
-        let shared: Vec<&Stage> = self.stages.iter().filter(|s| s.extra.get("tasks").is_some_and(|t| t.is_array())).collect();
+        let shared: Vec<&Stage> = self.stages.iter().filter(|s| s.tasks.is_some()).collect();
         if shared.is_empty() {
             return;
         }
         *md += "\n## Per task\n\n| Stage | Task | Test acc (%) | Separate model (%) | Δ (pts) | Val acc (%) | Separate val (%) |\n";
         *md += "|---|---|--:|--:|--:|--:|--:|\n";
-        let f = |row: &serde_json::Value, key: &str| row.get(key).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
         for s in &shared {
-            for row in s.extra["tasks"].as_array().into_iter().flatten() {
+            for row in s.tasks.iter().flatten() {
                 _ = writeln!(
                     md,
                     "| {} | {} | {} | {} | {} | {} | {} |",
                     cell(&s.name),
-                    cell(row.get("task").and_then(serde_json::Value::as_str).unwrap_or("?")),
-                    num(100.0 * f(row, "accuracy"), 2, false),
-                    num(100.0 * f(row, "separate_accuracy"), 2, false),
-                    num(100.0 * (f(row, "accuracy") - f(row, "separate_accuracy")), 2, true),
-                    num(100.0 * f(row, "validation_accuracy"), 2, false),
-                    num(100.0 * f(row, "separate_validation_accuracy"), 2, false),
+                    cell(&row.task),
+                    num(100.0 * row.accuracy, 2, false),
+                    num(100.0 * row.separate_accuracy, 2, false),
+                    num(100.0 * (row.accuracy - row.separate_accuracy), 2, true),
+                    num(100.0 * row.validation_accuracy, 2, false),
+                    num(100.0 * row.separate_validation_accuracy, 2, false),
                 );
             }
         }
@@ -457,6 +499,8 @@ mod tests {
             file: format!("{name}.safetensors"),
             extra: BTreeMap::from([("sparsity".to_string(), serde_json::json!({"fc1": 0.9}))]),
             distillation: None,
+            fidelity: None,
+            tasks: None,
         };
         let failed = result == Outcome::Failed;
         Report {
@@ -515,11 +559,14 @@ mod tests {
         assert!(!r.to_markdown().contains("Per task"));
         r.stages[1].name = "shared-hard".into();
         r.stages[1].bytes = 191_370;
-        r.stages[1].extra.insert(
-            "tasks".into(),
-            serde_json::json!([{ "task": "coarse", "accuracy": 0.9876, "validation_accuracy": 0.99,
-                "separate_accuracy": 0.9886, "separate_validation_accuracy": 0.991, "delta_points": -0.1 }]),
-        );
+        r.stages[1].tasks = Some(vec![TaskAccuracy {
+            task: "coarse".into(),
+            accuracy: 0.9876,
+            validation_accuracy: 0.99,
+            separate_accuracy: 0.9886,
+            separate_validation_accuracy: 0.991,
+            delta_points: -0.1,
+        }]);
         r.stages[1].extra.insert("separate_bytes".into(), 565_286.into());
         let md = r.to_markdown();
         for needle in ["## Per task", "| shared-hard | coarse | 98.76 | 98.86 | -0.10 | 99.00 | 99.10 |", "191,370 B", "33.9%", "565,286 B"] {
