@@ -15,7 +15,8 @@ import json
 import pathlib
 import sys
 
-TIMING = ("latency", "throughput", "wall_s", "peak_rss", "samples_per_s", "spread", "_ms", "_us", "machine")
+# `kernel` names per-layer kernel choices with their measured speed-ups (timing).
+TIMING = ("latency", "throughput", "wall_s", "peak_rss", "samples_per_s", "spread", "_ms", "_us", "machine", "kernel")
 
 
 # Containers whose name is left out of a figure's key, so that a figure moved between
