@@ -352,25 +352,54 @@ struct DataArgs {
     /// Use only the first N test images.
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     test_limit: Option<usize>,
-    /// Training images held out for validation.
-    #[arg(long, value_name = "N", default_value_t = 5000)]
-    validation: usize,
+    /// Training images held out for validation (default 5000; at least 1). `run` takes
+    /// it from the recipe's [data] validation, `eval` reads only the test set.
+    #[arg(long, value_name = "N", value_parser = validation_size)]
+    validation: Option<usize>,
     /// Your own training data instead of Fashion-MNIST: train.npz (arrays x, y) or inputs.npy,labels.npy.
     #[arg(long, value_name = "NPZ|X.npy,Y.npy", requires = "test_arrays")]
     train_arrays: Option<String>,
-    /// Your own test data (with --train-arrays): test.npz (arrays x, y) or inputs.npy,labels.npy.
-    #[arg(long, value_name = "NPZ|X.npy,Y.npy", requires = "train_arrays")]
+    /// Your own test data: test.npz (arrays x, y) or inputs.npy,labels.npy (with --train-arrays;
+    /// alone for `eval`, which reads only test data). uint8 inputs are divided by 255,
+    /// float inputs are taken as they are (image models expect values in [0, 1]).
+    #[arg(long, value_name = "NPZ|X.npy,Y.npy")]
     test_arrays: Option<String>,
 }
 
 impl DataArgs {
     fn load(&self) -> Result<Splits> {
+        let validation = self.validation.unwrap_or(squeeze::recipe::DEFAULT_VALIDATION);
         if let (Some(train), Some(test)) = (&self.train_arrays, &self.test_arrays) {
             let (train, test) = (data::npy::ArraySource::parse(train), data::npy::ArraySource::parse(test));
-            return Ok(data::load_arrays(&train, &test, self.validation, self.train_limit, self.test_limit)?);
+            return Ok(data::load_arrays(&train, &test, validation, self.train_limit, self.test_limit)?);
+        }
+        if self.test_arrays.is_some() {
+            bail!("--test-arrays alone is for `eval`; this command trains: give --train-arrays too (train.npz with arrays x, y, or inputs.npy,labels.npy)");
         }
         let dir = data::locate(self.data.as_deref())?;
-        Ok(data::load_fashion_mnist(&dir, self.validation, self.train_limit, self.test_limit)?)
+        Ok(data::load_fashion_mnist(&dir, validation, self.train_limit, self.test_limit)?)
+    }
+
+    /// Only the test set (for `eval`): `--test-arrays`, else the IDX test files; never
+    /// the training data or a validation split.
+    fn load_test(&self) -> Result<data::Dataset> {
+        let test = match &self.test_arrays {
+            Some(spec) => data::npy::load(&data::npy::ArraySource::parse(spec))?.take(self.test_limit.unwrap_or(usize::MAX)),
+            None => data::load_idx_test(&data::locate(self.data.as_deref())?, self.test_limit, Some(data::FASHION_CLASSES.len()))?,
+        };
+        if test.is_empty() {
+            bail!("the test data holds no samples: give a test set with at least one sample");
+        }
+        Ok(test)
+    }
+}
+
+/// `--validation`: at least 1, since an empty validation split scores 0% at every stage.
+fn validation_size(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(0) => Err("0 leaves the validation split empty (a gate would score 0% at every stage and pass any model); give at least 1 (default 5000)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -542,15 +571,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval { model, data } => {
             let file = store::read(&model)?;
             let plan = file.plan()?;
-            let splits = data.load()?;
-            pipeline::check_shapes(&plan, &file.graph().input_shape, &splits.test)
+            let test = data.load_test()?;
+            pipeline::check_shapes(&plan, &file.graph().input_shape, &test)
                 .map_err(|e| text_model_hint(e.into(), &model, file.graph(), "evaluate it with `squeeze run` (the gate is the cosine to its fp32 embeddings) or embed with `squeeze embed`"))?;
-            let acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
+            if let Some(w) = pipeline::input_range_warning(file.graph(), &test, "the test inputs") {
+                eprintln!("warning: {w}");
+            }
+            let acc = exec::evaluate(&plan, &test.images, &test.labels, 2)?;
             out!(
                 "{}: test accuracy {:.2}% ({} images), kernel {}",
                 model.display(),
                 acc * 100.0,
-                splits.test.len(),
+                test.len(),
                 plan.kernel_description()
             );
             Ok(ExitCode::SUCCESS)
@@ -874,6 +906,9 @@ fn model_and_data(model: &Path, out: &Path, data: &DataArgs) -> Result<(Model, S
     let splits = data.load()?;
     pipeline::check_shapes(&store::model_plan(&m)?, &m.graph.input_shape, &splits.train)
         .map_err(|e| text_model_hint(e.into(), model, &m.graph, "compress it with a recipe, e.g. `squeeze run --recipe recipes/minilm-int8.toml`, which calibrates and validates on sentences"))?;
+    if let Some(w) = pipeline::input_range_warning(&m.graph, &splits.train, "the training inputs") {
+        eprintln!("warning: {w}");
+    }
     Ok((m, splits))
 }
 
@@ -909,8 +944,11 @@ fn refuse_overwrite(out: &Path, inputs: &[&Path]) -> Result<()> {
 }
 
 fn cmd_run(recipe_path: &Path, out_dir: PathBuf, data: DataArgs) -> Result<ExitCode> {
-    if data.train_arrays.is_some() {
+    if data.train_arrays.is_some() || data.test_arrays.is_some() {
         bail!("`run` takes its data from the recipe: set [data] dataset = \"numpy\", train = ..., test = ... there");
+    }
+    if data.validation.is_some() {
+        bail!("`run` takes the validation split from the recipe: set [data] validation = N (or validation_from / validation_arrays) there");
     }
     let recipe = Recipe::load(recipe_path)?;
     let opts = RunOptions {
@@ -925,6 +963,7 @@ fn cmd_run(recipe_path: &Path, out_dir: PathBuf, data: DataArgs) -> Result<ExitC
         Event::Stage(name) => eprintln!("== {name}"),
         Event::Train(t) => bar.on(t),
         Event::Measured(s) => out!("{}", stage_line(&s)),
+        Event::Warning(w) => eprintln!("warning: {w}"),
     })?;
     let first = &report.stages[0];
     let last = report.stages.last().unwrap_or(first);

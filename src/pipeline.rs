@@ -86,6 +86,9 @@ pub enum Event {
     Train(TrainEvent),
     /// A stage was measured.
     Measured(Stage),
+    /// Something that may make the figures wrong, though the run goes on (also in the
+    /// report's `warnings`).
+    Warning(String),
 }
 
 /// What the runtime measured on one stored model.
@@ -99,27 +102,91 @@ pub struct Measurement {
     pub kernel: String,
 }
 
-/// Loads the data set the recipe names, with command-line overrides.
+/// Loads the data set the recipe names, with command-line overrides, and checks that
+/// every split holds samples (an empty validation split would let any model through
+/// the gate).
 pub fn load_data(recipe: &Recipe, opts: &RunOptions) -> Result<Splits, DataError> {
-    if let (Some(train), Some(test)) = (&recipe.data.train, &recipe.data.test) {
-        let base = opts.recipe_path.parent().unwrap_or(Path::new("."));
-        let source = |spec: &str| data::npy::ArraySource::parse(spec).relative_to(base);
-        return data::load_arrays(
-            &source(train),
-            &source(test),
-            recipe.data.validation,
-            opts.train_limit.or(recipe.data.train_limit),
-            opts.test_limit.or(recipe.data.test_limit),
-        );
+    let d = &recipe.data;
+    let base = opts.recipe_path.parent().unwrap_or(Path::new("."));
+    let validation = d.validation_from(base);
+    let (train_limit, test_limit) = (opts.train_limit.or(d.train_limit), opts.test_limit.or(d.test_limit));
+    let splits = match (d.dataset.as_str(), &d.train, &d.test) {
+        ("images", Some(train), Some(test)) => {
+            let o = data::images::ImageOptions { size: d.size.unwrap_or([28, 28]), channels: d.channels.unwrap_or(1), labels: d.labels.clone() };
+            let (full, test) = data::images::load(&base.join(train), &base.join(test), &o)?;
+            data::split_sets(full, test, &validation, train_limit, test_limit, "images")?
+        }
+        (_, Some(train), Some(test)) => {
+            let source = |spec: &str| data::npy::ArraySource::parse(spec).relative_to(base);
+            data::load_arrays_from(&source(train), &source(test), &validation, train_limit, test_limit)?
+        }
+        ("idx", _, _) => {
+            let dir = opts.data_dir.clone().or_else(|| d.dir.clone()).unwrap_or_default();
+            data::load_idx(&data::locate_idx(&dir)?, &validation, train_limit, test_limit, None)?
+        }
+        _ => {
+            let explicit = opts.data_dir.clone().or_else(|| d.dir.clone());
+            let dir = data::locate(explicit.as_deref())?;
+            data::load_idx(&dir, &validation, train_limit, test_limit, Some(data::FASHION_CLASSES.len()))?
+        }
+    };
+    splits.check_not_empty()?;
+    Ok(splits)
+}
+
+/// The data set's name for the report: the recipe's `dataset`, with the folder read
+/// for `"idx"` and `"images"` (they name no particular set).
+pub fn dataset_name(recipe: &Recipe, opts: &RunOptions) -> String {
+    let d = &recipe.data;
+    match (d.dataset.as_str(), &d.train) {
+        ("idx", _) => format!("idx ({})", opts.data_dir.as_ref().or(d.dir.as_ref()).map_or_else(String::new, |p| p.display().to_string())),
+        ("images", Some(train)) => format!("images ({})", opts.recipe_path.parent().unwrap_or(Path::new(".")).join(train).display()),
+        (name, _) => name.to_string(),
     }
-    let explicit = opts.data_dir.clone().or_else(|| recipe.data.dir.clone());
-    let dir = data::locate(explicit.as_deref())?;
-    data::load_fashion_mnist(
-        &dir,
-        recipe.data.validation,
-        opts.train_limit.or(recipe.data.train_limit),
-        opts.test_limit.or(recipe.data.test_limit),
-    )
+}
+
+/// Fills in what the report says about the data once it is read: the gate's
+/// `measured_on`.
+pub(crate) fn describe_data(report: &mut Report, splits: &Splits) {
+    report.gate.measured_on = splits.validation_source.clone();
+}
+
+/// A warning when inputs look like unscaled 0–255 pixels but the model expects unit-range
+/// input, else `None`. `what` names the data (e.g. `"the test arrays"`).
+///
+/// The rule: squeeze feeds models values in `[0, 1]` (IDX files, uint8 arrays and image
+/// folders are divided by 255 when read; float arrays are taken as they are). Data with
+/// no value below 0 and a largest value above [`data::UNSCALED_MAX`] looks unscaled
+/// ([`Dataset::looks_unscaled`]). It is worth a warning unless the model states that it
+/// takes raw values: its first op is a `Normalize` with a mean above
+/// [`data::UNSCALED_MAX`] (e.g. `[model.preprocess] scale = 1.0, mean = [127.5]`, or an
+/// imported graph that subtracts 127.5). A model trained by the run itself (a zoo
+/// recipe) is not checked: it learns whatever range it is given.
+pub fn input_range_warning(graph: &crate::spec::Graph, data: &Dataset, what: &str) -> Option<String> {
+    let (lo, hi) = data.looks_unscaled()?;
+    let takes_raw = matches!(graph.nodes.first().map(|n| &n.op), Some(crate::spec::Op::Normalize { mean, .. }) if mean.iter().any(|m| *m > data::UNSCALED_MAX));
+    (!takes_raw).then(|| {
+        format!(
+            "{what} hold values from {lo} to {hi}, but the model expects inputs in [0, 1]: they look like unscaled 0–255 pixels; \
+             divide them by 255 (or store them as uint8, which squeeze divides), or put `[model.preprocess] scale = 255.0` in the recipe \
+             if the model really takes raw pixels"
+        )
+    })
+}
+
+/// Checks the baseline `model` against the data's range ([`input_range_warning`]),
+/// unless the run trained it; a warning goes to the report and to `on_event`.
+fn note_input_range(recipe: &Recipe, model: &Model, splits: &Splits, report: &mut Report, on_event: &mut dyn FnMut(Event)) {
+    if recipe.model.zoo.is_some() {
+        return;
+    }
+    for (data, what) in [(&splits.test, "the test inputs"), (&splits.validation, "the validation inputs")] {
+        if let Some(w) = input_range_warning(&model.graph, data, what) {
+            on_event(Event::Warning(w.clone()));
+            report.warnings.push(w);
+            return;
+        }
+    }
 }
 
 /// Checks that `plan` accepts the data set's samples and covers its classes.
@@ -164,12 +231,13 @@ pub(crate) fn new_report(recipe: &Recipe, opts: &RunOptions, metric: &str, again
         recipe: opts.recipe_path.display().to_string(),
         recipe_sha256: sha256_hex(&recipe_bytes),
         seed: recipe.seed,
-        dataset: recipe.data.dataset.clone(),
-        gate: Gate { metric: metric.into(), max_drop: recipe.gate.max_accuracy_drop, against: against.into(), split: "validation".into() },
+        dataset: dataset_name(recipe, opts),
+        gate: Gate { metric: metric.into(), max_drop: recipe.gate.max_accuracy_drop, against: against.into(), split: "validation".into(), measured_on: String::new() },
         result: Outcome::Passed,
         failed_stage: None,
         reason: None,
         stages: Vec::new(),
+        warnings: Vec::new(),
     }
 }
 
@@ -190,6 +258,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
     std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
 
     let mut report = new_report(recipe, opts, "accuracy", "baseline");
+    describe_data(&mut report, &splits);
 
     // Baseline.
     on_event(Event::Stage("baseline".into()));
@@ -240,6 +309,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
             model
         }
     };
+    note_input_range(recipe, &model, &splits, &mut report, on_event);
     let baseline_wall = t.elapsed().as_secs_f64();
     let params = model.graph.num_params() as u64;
     let fp32_bytes = 4.0 * params as f64;

@@ -342,6 +342,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         max_drop: 1.0 - min_mean,
         against: "baseline".into(),
         split: "heldout".into(),
+        measured_on: String::new(),
     };
 
     on_event(Event::Stage("baseline".into()));

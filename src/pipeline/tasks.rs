@@ -49,6 +49,7 @@ pub(super) fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(E
     std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
 
     let mut report = super::new_report(recipe, opts, "accuracy (every task)", &format!("separate-{}", tasks[0].name));
+    super::describe_data(&mut report, &splits);
     let cfg = MultitaskConfig {
         train: TrainConfig {
             epochs: recipe.train.epochs,
@@ -65,6 +66,7 @@ pub(super) fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(E
             train: Dataset { images: Vec::new(), labels: Vec::new(), sample_shape: splits.train.sample_shape.clone(), num_classes: t.classes() },
             validation: relabeled(&splits.validation, t),
             test: relabeled(&splits.test, t),
+            validation_source: splits.validation_source.clone(),
         })
         .collect();
 
