@@ -49,6 +49,21 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a recipe end to end: train, compress, validate, write files and report.
+    ///
+    /// The recipe's [data] table names the data set and the gate's validation split:
+    ///   dataset = "fashion-mnist" (default; dir, else --data, $SQUEEZE_DATA, the Debian path)
+    ///           | "idx" (dir = any MNIST-format IDX set: MNIST, KMNIST, …; classes from the labels)
+    ///           | "numpy" (train, test = "file.npz" with arrays x, y, or "x.npy,y.npy")
+    ///           | "images" (train, test = folders with one subfolder of PNG/JPEG images per class,
+    ///             or labels = "labels.txt" in each: lines `filename label`; size = [rows, cols]
+    ///             (default [28, 28]), channels = 1 or 3; scaled to [0, 1])
+    ///   validation = N              the gate's split: the last N training samples (default 5000, at least 1)
+    ///   validation_from = "test"    … or the first N test samples (test accuracy on the rest)
+    ///   validation_arrays = "val.npz"  … or a separate labelled set (no validation / validation_from)
+    /// A model imported from elsewhere was usually trained on all training samples: gate it on
+    /// test samples or a separate set. report.json says what the gate read (gate.measured_on)
+    /// and lists warnings, e.g. float inputs in 0–255 given to a model that expects [0, 1].
+    #[command(verbatim_doc_comment)]
     Run {
         /// The recipe (TOML); see recipes/ for examples.
         #[arg(long)]
@@ -79,6 +94,10 @@ enum Command {
         data: DataArgs,
     },
     /// Accuracy of a model file on the test set, run by the runtime from its stored encoding.
+    ///
+    /// Reads only test data: --test-arrays alone (no training arrays, no validation split),
+    /// else the IDX test files. Warns on stderr when float inputs look like unscaled 0–255
+    /// pixels for a model that expects [0, 1].
     Eval {
         /// A .sqz or .safetensors model.
         model: PathBuf,
