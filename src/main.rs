@@ -49,6 +49,21 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a recipe end to end: train, compress, validate, write files and report.
+    ///
+    /// The recipe's [data] table names the data set and the gate's validation split:
+    ///   dataset = "fashion-mnist" (default; dir, else --data, $SQUEEZE_DATA, the Debian path)
+    ///           | "idx" (dir = any MNIST-format IDX set: MNIST, KMNIST, …; classes from the labels)
+    ///           | "numpy" (train, test = "file.npz" with arrays x, y, or "x.npy,y.npy")
+    ///           | "images" (train, test = folders with one subfolder of PNG/JPEG images per class,
+    ///             or labels = "labels.txt" in each: lines `filename label`; size = [rows, cols]
+    ///             (default [28, 28]), channels = 1 or 3; scaled to [0, 1])
+    ///   validation = N              the gate's split: the last N training samples (default 5000, at least 1)
+    ///   validation_from = "test"    … or the first N test samples (test accuracy on the rest)
+    ///   validation_arrays = "val.npz"  … or a separate labelled set (no validation / validation_from)
+    /// A model imported from elsewhere was usually trained on all training samples: gate it on
+    /// test samples or a separate set. report.json says what the gate read (gate.measured_on)
+    /// and lists warnings, e.g. float inputs in 0–255 given to a model that expects [0, 1].
+    #[command(verbatim_doc_comment)]
     Run {
         /// The recipe (TOML); see recipes/ for examples.
         #[arg(long)]
@@ -79,6 +94,10 @@ enum Command {
         data: DataArgs,
     },
     /// Accuracy of a model file on the test set, run by the runtime from its stored encoding.
+    ///
+    /// Reads only test data: --test-arrays alone (no training arrays, no validation split),
+    /// else the IDX test files. Warns on stderr when float inputs look like unscaled 0–255
+    /// pixels for a model that expects [0, 1].
     Eval {
         /// A .sqz or .safetensors model.
         model: PathBuf,
@@ -340,6 +359,7 @@ fn one_pass(model: &Path, pass: PassConfig, args: &OnePassArgs) -> Result<ExitCo
         Event::Stage(name) => eprintln!("== {name}"),
         Event::Train(t) => bar.on(t),
         Event::Measured(s) => out!("{}", stage_line(&s)),
+        Event::Warning(w) => eprintln!("warning: {w}"),
     });
     let finish = || -> Result<u64> {
         let report = result.map_err(|e| match store::read(model) {
@@ -384,14 +404,17 @@ struct DataArgs {
     /// Use only the first N test images.
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     test_limit: Option<usize>,
-    /// Training images held out for validation.
-    #[arg(long, value_name = "N", default_value_t = 5000)]
-    validation: usize,
+    /// Training images held out for validation (default 5000; at least 1). `run` takes
+    /// it from the recipe's [data] validation, `eval` reads only the test set.
+    #[arg(long, value_name = "N", value_parser = validation_size)]
+    validation: Option<usize>,
     /// Your own training data instead of Fashion-MNIST: train.npz (arrays x, y) or inputs.npy,labels.npy.
     #[arg(long, value_name = "NPZ|X.npy,Y.npy", requires = "test_arrays")]
     train_arrays: Option<String>,
-    /// Your own test data (with --train-arrays): test.npz (arrays x, y) or inputs.npy,labels.npy.
-    #[arg(long, value_name = "NPZ|X.npy,Y.npy", requires = "train_arrays")]
+    /// Your own test data: test.npz (arrays x, y) or inputs.npy,labels.npy (with --train-arrays;
+    /// alone for `eval`, which reads only test data). uint8 inputs are divided by 255,
+    /// float inputs are taken as they are (image models expect values in [0, 1]).
+    #[arg(long, value_name = "NPZ|X.npy,Y.npy")]
     test_arrays: Option<String>,
 }
 
@@ -412,12 +435,38 @@ impl DataArgs {
     }
 
     fn load(&self) -> Result<Splits> {
+        let validation = self.validation.unwrap_or(squeeze::recipe::DEFAULT_VALIDATION);
         if let (Some(train), Some(test)) = (&self.train_arrays, &self.test_arrays) {
             let (train, test) = (data::npy::ArraySource::parse(train), data::npy::ArraySource::parse(test));
-            return Ok(data::load_arrays(&train, &test, self.validation, self.train_limit, self.test_limit)?);
+            return Ok(data::load_arrays(&train, &test, validation, self.train_limit, self.test_limit)?);
+        }
+        if self.test_arrays.is_some() {
+            bail!("--test-arrays alone is for `eval`; this command trains: give --train-arrays too (train.npz with arrays x, y, or inputs.npy,labels.npy)");
         }
         let dir = data::locate(self.data.as_deref())?;
-        Ok(data::load_fashion_mnist(&dir, self.validation, self.train_limit, self.test_limit)?)
+        Ok(data::load_fashion_mnist(&dir, validation, self.train_limit, self.test_limit)?)
+    }
+
+    /// Only the test set (for `eval`): `--test-arrays`, else the IDX test files; never
+    /// the training data or a validation split.
+    fn load_test(&self) -> Result<data::Dataset> {
+        let test = match &self.test_arrays {
+            Some(spec) => data::npy::load(&data::npy::ArraySource::parse(spec))?.take(self.test_limit.unwrap_or(usize::MAX)),
+            None => data::load_idx_test(&data::locate(self.data.as_deref())?, self.test_limit, Some(data::FASHION_CLASSES.len()))?,
+        };
+        if test.is_empty() {
+            bail!("the test data holds no samples: give a test set with at least one sample");
+        }
+        Ok(test)
+    }
+}
+
+/// `--validation`: at least 1, since an empty validation split scores 0% at every stage.
+fn validation_size(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(0) => Err("0 leaves the validation split empty (a gate would score 0% at every stage and pass any model); give at least 1 (default 5000)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -539,15 +588,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval { model, data } => {
             let file = store::read(&model)?;
             let plan = file.plan()?;
-            let splits = data.load()?;
-            pipeline::check_shapes(&plan, &file.graph().input_shape, &splits.test)
+            let test = data.load_test()?;
+            pipeline::check_shapes(&plan, &file.graph().input_shape, &test)
                 .map_err(|e| text_model_hint(e.into(), &model, file.graph(), "evaluate it with `squeeze run` (the gate is the cosine to its fp32 embeddings) or embed with `squeeze embed`"))?;
-            let acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
+            if let Some(w) = pipeline::input_range_warning(file.graph(), &test, "the test inputs") {
+                eprintln!("warning: {w}");
+            }
+            let acc = exec::evaluate(&plan, &test.images, &test.labels, 2)?;
             out!(
                 "{}: test accuracy {:.2}% ({} images), kernel {}",
                 model.display(),
                 acc * 100.0,
-                splits.test.len(),
+                test.len(),
                 plan.kernel_description()
             );
             Ok(ExitCode::SUCCESS)
@@ -801,8 +853,11 @@ fn refuse_overwrite(out: &Path, inputs: &[&Path]) -> Result<()> {
 }
 
 fn cmd_run(recipe_path: &Path, out_dir: PathBuf, data: DataArgs) -> Result<ExitCode> {
-    if data.train_arrays.is_some() {
+    if data.train_arrays.is_some() || data.test_arrays.is_some() {
         bail!("`run` takes its data from the recipe: set [data] dataset = \"numpy\", train = ..., test = ... there");
+    }
+    if data.validation.is_some() {
+        bail!("`run` takes the validation split from the recipe: set [data] validation = N (or validation_from / validation_arrays) there");
     }
     let recipe = Recipe::load(recipe_path)?;
     let opts = RunOptions {
@@ -817,6 +872,7 @@ fn cmd_run(recipe_path: &Path, out_dir: PathBuf, data: DataArgs) -> Result<ExitC
         Event::Stage(name) => eprintln!("== {name}"),
         Event::Train(t) => bar.on(t),
         Event::Measured(s) => out!("{}", stage_line(&s)),
+        Event::Warning(w) => eprintln!("warning: {w}"),
     })?;
     let first = &report.stages[0];
     let last = report.stages.last().unwrap_or(first);

@@ -81,6 +81,9 @@ pub enum Event {
     Train(TrainEvent),
     /// A stage was measured.
     Measured(Stage),
+    /// Something that may make the figures wrong, though the run goes on (also in the
+    /// report's `warnings`).
+    Warning(String),
 }
 
 /// What the runtime measured on one stored model.
@@ -94,27 +97,85 @@ pub struct Measurement {
     pub kernel: String,
 }
 
-/// Loads the data set the recipe names, with command-line overrides.
+/// Loads the data set the recipe names, with command-line overrides, and checks that
+/// every split holds samples (an empty validation split would let any model through
+/// the gate).
 pub fn load_data(recipe: &Recipe, opts: &RunOptions) -> Result<Splits, DataError> {
-    if let (Some(train), Some(test)) = (&recipe.data.train, &recipe.data.test) {
-        let base = opts.recipe_path.parent().unwrap_or(Path::new("."));
-        let source = |spec: &str| data::npy::ArraySource::parse(spec).relative_to(base);
-        return data::load_arrays(
-            &source(train),
-            &source(test),
-            recipe.data.validation,
-            opts.train_limit.or(recipe.data.train_limit),
-            opts.test_limit.or(recipe.data.test_limit),
-        );
+    let d = &recipe.data;
+    let base = opts.recipe_path.parent().unwrap_or(Path::new("."));
+    let validation = d.validation_from(base);
+    let (train_limit, test_limit) = (opts.train_limit.or(d.train_limit), opts.test_limit.or(d.test_limit));
+    let splits = match (d.dataset.as_str(), &d.train, &d.test) {
+        ("images", Some(train), Some(test)) => {
+            let o = data::images::ImageOptions { size: d.size.unwrap_or([28, 28]), channels: d.channels.unwrap_or(1), labels: d.labels.clone() };
+            let (full, test) = data::images::load(&base.join(train), &base.join(test), &o)?;
+            data::split_sets(full, test, &validation, train_limit, test_limit, "images")?
+        }
+        (_, Some(train), Some(test)) => {
+            let source = |spec: &str| data::npy::ArraySource::parse(spec).relative_to(base);
+            data::load_arrays_from(&source(train), &source(test), &validation, train_limit, test_limit)?
+        }
+        ("idx", _, _) => {
+            let dir = opts.data_dir.clone().or_else(|| d.dir.clone()).unwrap_or_default();
+            data::load_idx(&data::locate_idx(&dir)?, &validation, train_limit, test_limit, None)?
+        }
+        _ => {
+            let explicit = opts.data_dir.clone().or_else(|| d.dir.clone());
+            let dir = data::locate(explicit.as_deref())?;
+            data::load_idx(&dir, &validation, train_limit, test_limit, Some(data::FASHION_CLASSES.len()))?
+        }
+    };
+    splits.check_not_empty()?;
+    Ok(splits)
+}
+
+/// The data set's name for the report: the recipe's `dataset`, with the folder read
+/// for `"idx"` and `"images"` (they name no particular set).
+pub fn dataset_name(recipe: &Recipe, opts: &RunOptions) -> String {
+    let d = &recipe.data;
+    match (d.dataset.as_str(), &d.train) {
+        ("idx", _) => format!("idx ({})", opts.data_dir.as_ref().or(d.dir.as_ref()).map_or_else(String::new, |p| p.display().to_string())),
+        ("images", Some(train)) => format!("images ({})", opts.recipe_path.parent().unwrap_or(Path::new(".")).join(train).display()),
+        (name, _) => name.to_string(),
     }
-    let explicit = opts.data_dir.clone().or_else(|| recipe.data.dir.clone());
-    let dir = data::locate(explicit.as_deref())?;
-    data::load_fashion_mnist(
-        &dir,
-        recipe.data.validation,
-        opts.train_limit.or(recipe.data.train_limit),
-        opts.test_limit.or(recipe.data.test_limit),
-    )
+}
+
+/// A warning when inputs look like unscaled 0–255 pixels but the model expects unit-range
+/// input, else `None`. `what` names the data (e.g. `"the test arrays"`).
+///
+/// The rule: squeeze feeds models values in `[0, 1]` (IDX files, uint8 arrays and image
+/// folders are divided by 255 when read; float arrays are taken as they are). Data with
+/// no value below 0 and a largest value above [`data::UNSCALED_MAX`] looks unscaled
+/// ([`Dataset::looks_unscaled`]). It is worth a warning unless the model states that it
+/// takes raw values: its first op is a `Normalize` with a mean above
+/// [`data::UNSCALED_MAX`] (e.g. `[model.preprocess] scale = 1.0, mean = [127.5]`, or an
+/// imported graph that subtracts 127.5). A model trained by the run itself (a zoo
+/// recipe) is not checked: it learns whatever range it is given.
+pub fn input_range_warning(graph: &crate::spec::Graph, data: &Dataset, what: &str) -> Option<String> {
+    let (lo, hi) = data.looks_unscaled()?;
+    let takes_raw = matches!(graph.nodes.first().map(|n| &n.op), Some(crate::spec::Op::Normalize { mean, .. }) if mean.iter().any(|m| *m > data::UNSCALED_MAX));
+    (!takes_raw).then(|| {
+        format!(
+            "{what} hold values from {lo} to {hi}, but the model expects inputs in [0, 1]: they look like unscaled 0–255 pixels; \
+             divide them by 255 (or store them as uint8, which squeeze divides), or put `[model.preprocess] scale = 255.0` in the recipe \
+             if the model really takes raw pixels"
+        )
+    })
+}
+
+/// Checks the baseline `model` against the data's range ([`input_range_warning`]),
+/// unless the run trained it; a warning goes to `on_event` and is returned for the report.
+pub(crate) fn input_range_warnings(recipe: &Recipe, model: &Model, splits: &Splits, on_event: &mut dyn FnMut(Event)) -> Vec<String> {
+    if recipe.model.zoo.is_some() {
+        return Vec::new();
+    }
+    for (data, what) in [(&splits.test, "the test inputs"), (&splits.validation, "the validation inputs")] {
+        if let Some(w) = input_range_warning(&model.graph, data, what) {
+            on_event(Event::Warning(w.clone()));
+            return vec![w];
+        }
+    }
+    Vec::new()
 }
 
 /// Checks that `plan` accepts the data set's samples and covers its classes.
@@ -159,12 +220,13 @@ pub(crate) fn new_report(recipe: &Recipe, opts: &RunOptions, gate: Gate) -> Repo
         recipe: opts.recipe_path.display().to_string(),
         recipe_sha256: sha256_hex(&recipe_bytes),
         seed: recipe.seed,
-        dataset: recipe.data.dataset.clone(),
+        dataset: dataset_name(recipe, opts),
         gate,
         result: Outcome::Passed,
         failed_stage: None,
         reason: None,
         stages: Vec::new(),
+        warnings: Vec::new(),
     }
 }
 
@@ -199,6 +261,8 @@ pub(crate) struct Baseline {
     pub stages: Vec<Stage>,
     /// The last baseline file (what an embedder's first pass reads).
     pub file: PathBuf,
+    /// What the report should warn about (e.g. inputs that look unscaled).
+    pub warnings: Vec<String>,
 }
 
 /// The recipe's `[train]` settings as the trainer takes them.
@@ -229,6 +293,7 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
     };
     let mut report = new_report(recipe, opts, eval.gate());
     report.stages = baseline.stages;
+    report.warnings = baseline.warnings;
     let reload = eval.reload_between_stages();
     let mut held = baseline.model.clone();
     let mut previous = baseline.file;

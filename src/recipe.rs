@@ -7,7 +7,7 @@
 //! [model]
 //! zoo = "mlp"                 # or: file = "model.safetensors" / "model.sqz"
 //! [data]
-//! dataset = "fashion-mnist"
+//! dataset = "fashion-mnist"   # or "idx", "numpy", "images": see DataSection
 //! validation = 5000           # held out of the training images; the gate reads it
 //! [train]
 //! epochs = 10
@@ -111,20 +111,76 @@ pub struct ModelSource {
     pub seq_len: Option<usize>,
 }
 
+/// The `[data]` table: which data set, and where the gate's validation split comes from.
+///
+/// ```toml
+/// [data]
+/// dataset = "fashion-mnist"   # or "idx" (with dir), "numpy", "images", "text"
+/// validation = 5000           # the validation split's size (see validation_from)
+/// ```
+///
+/// Data sets:
+/// - `"fashion-mnist"` (default): the four IDX files in `dir`, else `--data`,
+///   `$SQUEEZE_DATA`, `/usr/share/datasets/fashion-mnist`; 10 classes.
+/// - `"idx"`: any MNIST-format IDX set (MNIST, KMNIST, …) in `dir` (required): the four
+///   files `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`,
+///   `t10k-labels-idx1-ubyte`, each raw or `.gz`; classes = the largest label + 1. The
+///   report's `dataset` is `idx (<dir>)`.
+/// - `"numpy"`: `train` and `test` arrays (`file.npz` with `x`, `y`, or
+///   `inputs.npy,labels.npy`). uint8 inputs are divided by 255, float inputs are taken as
+///   they are (squeeze's zoo and imported image models expect `[0, 1]`).
+/// - `"images"`: `train` and `test` folders of PNG/JPEG images, each with one subfolder
+///   per class (sorted names = label order) or a `labels` file; decoded to `channels`
+///   (1 = grayscale, 3 = RGB), resized to cover `size = [rows, cols]` (aspect kept,
+///   centre-cropped), scaled to `[0, 1]`; samples are `[channels, rows, cols]`. The
+///   report's `dataset` is `images (<train folder>)`.
+///
+/// The validation split (what the gate reads; never the reported test accuracy):
+/// - default, `validation_from = "train"`: the last `validation` (default 5000) training
+///   samples, held out of training. Right for a model trained here; a model imported
+///   from elsewhere was usually trained on all of them, so the gate would measure
+///   training accuracy;
+/// - `validation_from = "test"` with `validation = N` (required): the first N test
+///   samples; the test accuracy is then measured on the rest, so the two never overlap;
+/// - `validation_arrays = "val.npz"` (or `"x.npy,y.npy"`, relative to the recipe): a
+///   separate labelled set of the same per-sample shape (uint8 inputs divided by 255,
+///   like `"numpy"`); it excludes `validation` and `validation_from`.
+///
+/// The report's `gate.measured_on` says which, e.g. `"5000 held out of training images"`.
+/// An empty validation split is an error: it would score 0% at every stage and pass any
+/// model.
 #[derive(Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
     pub dataset: String,
-    /// Directory of the IDX files (else `--data`, `$SQUEEZE_DATA`, the Debian path).
+    /// Directory of the IDX files (else `--data`, `$SQUEEZE_DATA`, the Debian path); as
+    /// given (relative to the working directory). Required for `dataset = "idx"`.
     pub dir: Option<PathBuf>,
-    pub validation: usize,
+    /// Samples in the validation split: held out of the training data (default 5000), or
+    /// with `validation_from = "test"` the first N test samples. At least 1.
+    pub validation: Option<usize>,
+    /// Where the validation split comes from: `"train"` (default) or `"test"`.
+    pub validation_from: Option<ValidationSplit>,
+    /// A separate validation set, `val.npz` (arrays `x`, `y`) or `inputs.npy,labels.npy`,
+    /// relative to the recipe.
+    pub validation_arrays: Option<String>,
     pub train_limit: Option<usize>,
     pub test_limit: Option<usize>,
     /// With `dataset = "numpy"`: the training arrays, `train.npz` (arrays `x`, `y`) or
-    /// `inputs.npy,labels.npy`, relative to the recipe.
+    /// `inputs.npy,labels.npy`, relative to the recipe. With `dataset = "images"`: the
+    /// folder of training images, relative to the recipe.
     pub train: Option<String>,
-    /// With `dataset = "numpy"`: the test arrays, as `train`.
+    /// With `dataset = "numpy"`: the test arrays, as `train`. With `dataset = "images"`:
+    /// the folder of test images.
     pub test: Option<String>,
+    /// With `dataset = "images"`: a labels file inside each of the train and test
+    /// folders (lines `filename label`, the label a class index) instead of class
+    /// subfolders.
+    pub labels: Option<PathBuf>,
+    /// With `dataset = "images"`: `[rows, cols]` of the samples (default `[28, 28]`).
+    pub size: Option<[usize; 2]>,
+    /// With `dataset = "images"`: 1 (grayscale, default) or 3 (RGB).
+    pub channels: Option<usize>,
     /// With `dataset = "text"`: calibration sentences, one per line, relative to the recipe.
     pub calibration: Option<PathBuf>,
     /// With `dataset = "text"`: held-out sentences, one per line (the gate reads them).
@@ -135,16 +191,91 @@ pub struct DataSection {
     pub heldout_limit: Option<usize>,
 }
 
+/// The default validation size, held out of the training data.
+pub const DEFAULT_VALIDATION: usize = 5000;
+
+/// `[data] validation_from`: which set the validation split is taken from.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ValidationSplit {
+    /// The last `validation` training samples, held out of training.
+    #[default]
+    Train,
+    /// The first `validation` test samples; test accuracy on the rest.
+    Test,
+}
+
+impl DataSection {
+    /// Where the validation split comes from, with relative array paths taken from
+    /// `base` (the recipe's directory).
+    pub fn validation_from(&self, base: &Path) -> crate::data::ValidationFrom {
+        use crate::data::ValidationFrom;
+        if let Some(spec) = &self.validation_arrays {
+            return ValidationFrom::Arrays(crate::data::npy::ArraySource::parse(spec).relative_to(base));
+        }
+        match self.validation_from.unwrap_or_default() {
+            ValidationSplit::Train => ValidationFrom::Train(self.validation.unwrap_or(DEFAULT_VALIDATION)),
+            ValidationSplit::Test => ValidationFrom::Test(self.validation.unwrap_or(DEFAULT_VALIDATION)),
+        }
+    }
+
+    /// Checks the data keys of a classifier recipe; the message names the key.
+    fn check(&self) -> Result<(), String> {
+        let images_only = [("labels", self.labels.is_some()), ("size", self.size.is_some()), ("channels", self.channels.is_some())];
+        match (self.dataset.as_str(), &self.train, &self.test) {
+            ("fashion-mnist", None, None) | ("numpy", Some(_), Some(_)) | ("images", Some(_), Some(_)) => {}
+            ("idx", None, None) if self.dir.is_some() => {}
+            ("idx", None, None) => return Err("dataset = \"idx\" needs dir = \"path\", the folder holding the four MNIST-format IDX files".into()),
+            ("fashion-mnist" | "idx", _, _) => return Err("data.train/data.test name NumPy arrays or image folders: set dataset = \"numpy\" or \"images\"".into()),
+            ("numpy", _, _) => return Err("dataset = \"numpy\" needs data.train and data.test (each `file.npz` with arrays x, y, or `inputs.npy,labels.npy`)".into()),
+            ("images", _, _) => return Err("dataset = \"images\" needs data.train and data.test, each a folder with one subfolder of images per class (or a `labels` file)".into()),
+            (other, _, _) => return Err(format!("data.dataset: expected \"fashion-mnist\", \"idx\", \"numpy\" or \"images\", got \"{other}\"")),
+        }
+        if self.dataset != "images"
+            && let Some((key, _)) = images_only.iter().find(|(_, set)| *set)
+        {
+            return Err(format!("data.{key} applies to dataset = \"images\" only"));
+        }
+        if let Some(c) = self.channels
+            && !matches!(c, 1 | 3)
+        {
+            return Err(format!("data.channels: expected 1 (grayscale) or 3 (RGB), got {c}"));
+        }
+        if let Some([r, c]) = self.size
+            && !((1..=4096).contains(&r) && (1..=4096).contains(&c))
+        {
+            return Err(format!("data.size: expected [rows, cols] each from 1 to 4096, got [{r}, {c}]"));
+        }
+        if self.validation == Some(0) {
+            return Err("[data] validation = 0 leaves the validation split empty: the gate would score 0% at every stage and pass any model; \
+                        give at least 1 (default 5000), or name the validation data with validation_from = \"test\" or validation_arrays"
+                .into());
+        }
+        if self.validation_arrays.is_some() && (self.validation.is_some() || self.validation_from.is_some()) {
+            return Err("[data] validation_arrays is the whole validation split: leave out validation and validation_from".into());
+        }
+        if self.validation_from == Some(ValidationSplit::Test) && self.validation.is_none() {
+            return Err("[data] validation_from = \"test\" needs validation = N: the gate reads the first N test samples, the test accuracy the rest".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for DataSection {
     fn default() -> Self {
         DataSection {
             dataset: "fashion-mnist".into(),
             dir: None,
-            validation: 5000,
+            validation: None,
+            validation_from: None,
+            validation_arrays: None,
             train_limit: None,
             test_limit: None,
             train: None,
             test: None,
+            labels: None,
+            size: None,
+            channels: None,
             calibration: None,
             heldout: None,
             calibration_limit: None,
@@ -321,12 +452,7 @@ impl Recipe {
         if r.gate.max_accuracy_drop.is_nan() {
             return Err(invalid("[gate] needs max_accuracy_drop (a fraction, e.g. 0.005)".into()));
         }
-        match (r.data.dataset.as_str(), &r.data.train, &r.data.test) {
-            ("fashion-mnist", None, None) | ("numpy", Some(_), Some(_)) => {}
-            ("fashion-mnist", _, _) => return Err(invalid("data.train/data.test name NumPy arrays: set dataset = \"numpy\"".into())),
-            ("numpy", _, _) => return Err(invalid("dataset = \"numpy\" needs data.train and data.test (each `file.npz` with arrays x, y, or `inputs.npy,labels.npy`)".into())),
-            (other, _, _) => return Err(invalid(format!("data.dataset: expected \"fashion-mnist\" or \"numpy\", got \"{other}\""))),
-        }
+        r.data.check().map_err(invalid)?;
         if !(0.0..=1.0).contains(&r.gate.max_accuracy_drop) {
             return Err(invalid(format!("gate.max_accuracy_drop: expected a fraction in [0, 1], got {}", r.gate.max_accuracy_drop)));
         }
@@ -459,6 +585,39 @@ mod tests {
         // A limit of 0 would train or measure on nothing.
         let text = "name = \"x\"\n[model]\nzoo = \"mlp\"\n[data]\ntrain_limit = 0\n[gate]\nmax_accuracy_drop = 0.01\n";
         assert!(Recipe::parse(text, Path::new("r.toml")).unwrap_err().to_string().contains("train_limit = 0"));
+    }
+
+    /// The `[data]` keys: where the validation split comes from, the `idx` and `images`
+    /// data sets, and an empty validation split refused.
+    #[test]
+    fn data_keys_are_read_and_checked() {
+        use crate::data::ValidationFrom;
+        let with = |data: &str| Recipe::parse(&format!("name = \"x\"\n[model]\nzoo = \"mlp\"\n[data]\n{data}\n[gate]\nmax_accuracy_drop = 0.01\n"), Path::new("d/r.toml"));
+        let base = Path::new("d");
+        assert_eq!(with("").unwrap().data.validation_from(base), ValidationFrom::Train(5000));
+        assert_eq!(with("validation = 300").unwrap().data.validation_from(base), ValidationFrom::Train(300));
+        assert_eq!(with("validation_from = \"test\"\nvalidation = 2000").unwrap().data.validation_from(base), ValidationFrom::Test(2000));
+        let arrays = with("validation_arrays = \"val.npz\"").unwrap().data.validation_from(base);
+        assert_eq!(arrays, ValidationFrom::Arrays(crate::data::npy::ArraySource::Npz("d/val.npz".into())));
+        let r = with("dataset = \"images\"\ntrain = \"tr\"\ntest = \"te\"\nsize = [32, 32]\nchannels = 3\nlabels = \"l.txt\"").unwrap();
+        assert_eq!((r.data.size, r.data.channels), (Some([32, 32]), Some(3)));
+        assert!(with("dataset = \"idx\"\ndir = \"/data/kmnist\"").is_ok());
+        let err = |data: &str| with(data).unwrap_err().to_string();
+        for (data, want) in [
+            ("validation = 0", "validation = 0 leaves the validation split empty"),
+            ("validation_from = \"test\"", "needs validation = N"),
+            ("validation_from = \"val\"\nvalidation = 3", "val"),
+            ("validation_arrays = \"v.npz\"\nvalidation_from = \"test\"", "leave out validation"),
+            ("dataset = \"idx\"", "needs dir"),
+            ("dataset = \"images\"\ntrain = \"tr\"", "needs data.train and data.test"),
+            ("dataset = \"images\"\ntrain = \"tr\"\ntest = \"te\"\nchannels = 4", "channels"),
+            ("dataset = \"images\"\ntrain = \"tr\"\ntest = \"te\"\nsize = [0, 28]", "data.size"),
+            ("channels = 3", "applies to dataset = \"images\" only"),
+            ("dataset = \"cifar\"", "\"idx\", \"numpy\" or \"images\""),
+        ] {
+            let e = err(data);
+            assert!(e.contains(want), "{data}: {e}");
+        }
     }
 
     #[test]

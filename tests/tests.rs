@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod data;
 mod hf;
 mod onnx;
 mod pytorch;

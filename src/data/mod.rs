@@ -1,12 +1,18 @@
-//! Datasets: the IDX (MNIST-format) reader, Fashion-MNIST splits and where to find them.
+//! Datasets: the IDX (MNIST-format) reader, Fashion-MNIST splits and where to find them,
+//! NumPy arrays ([`npy`]) and folders of PNG/JPEG images ([`images`]).
 //!
 //! [`locate`] finds the directory holding the four IDX files, [`load_fashion_mnist`]
-//! reads it into train / validation / test [`Splits`]. Images are decoded once to
-//! `f32` in `[0, 1]` (pixel / 255), stored sample after sample in one flat vector.
+//! reads it into train / validation / test [`Splits`] ([`load_idx`] reads any
+//! MNIST-format set, [`load_arrays_from`] NumPy arrays, [`images::load`] image folders).
+//! Images are decoded once to `f32` in `[0, 1]` (pixel / 255), stored sample after
+//! sample in one flat vector; float arrays are taken as they are (see
+//! [`Dataset::looks_unscaled`]). Where the validation split comes from is a
+//! [`ValidationFrom`]; [`Splits::validation_source`] says it in words for the report.
 //! Every malformed file is a [`DataError`] naming the file; nothing here panics on
 //! bad input.
 
 mod idx;
+pub mod images;
 pub mod npy;
 
 use std::env;
@@ -150,6 +156,58 @@ pub enum DataError {
         /// Per-sample shape of the test inputs.
         test: Vec<usize>,
     },
+    /// The first `requested` test samples were asked for as the validation split, but
+    /// the test set holds only `available`: nothing would be left to test on.
+    #[error(
+        "validation_from = \"test\" takes the first {requested} test samples as the validation split, but the \
+         test set holds {available}, leaving no test samples; take fewer (e.g. validation = {})",
+        .available / 5
+    )]
+    TestValidation {
+        /// The validation size asked for.
+        requested: usize,
+        /// Samples in the test set (after `test_limit`).
+        available: usize,
+    },
+    /// A split that a gate or an evaluation reads holds no samples.
+    #[error("the {split} split is empty ({source_desc}): {hint}")]
+    EmptySplit {
+        /// `"validation"`, `"test"` or `"training"`.
+        split: &'static str,
+        /// Where the split was taken from.
+        source_desc: String,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// A separate validation set does not fit the training data.
+    #[error("'{}': validation samples have shape {got:?}, the training samples {expected:?}; the validation set must hold the same kind of sample", .path.display())]
+    ValidationShape {
+        /// The validation data.
+        path: PathBuf,
+        /// Per-sample shape of the training data.
+        expected: Vec<usize>,
+        /// Per-sample shape of the validation data.
+        got: Vec<usize>,
+    },
+    /// A directory meant to hold an MNIST-format IDX set lacks one of the four files.
+    #[error(
+        "no MNIST-format IDX set in '{}': expected train-images-idx3-ubyte, train-labels-idx1-ubyte, \
+         t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte there (each raw or .gz); point [data] dir at the \
+         folder holding them",
+        .dir.display()
+    )]
+    IdxNotFound {
+        /// The directory searched.
+        dir: PathBuf,
+    },
+    /// A folder-of-images data set that cannot be used.
+    #[error("'{}': {why}", .path.display())]
+    Image {
+        /// The image file or folder.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        why: String,
+    },
     /// No dataset directory was found (or it lacks one of the four files).
     #[error(
         "fashion-mnist not found: searched {} for train-images-idx3-ubyte, train-labels-idx1-ubyte, \
@@ -214,6 +272,24 @@ impl Dataset {
         Dataset { images, labels, sample_shape: self.sample_shape.clone(), num_classes: self.num_classes }
     }
 
+    /// The smallest and largest input value (`(0, 0)` for an empty set).
+    pub fn value_range(&self) -> (f32, f32) {
+        if self.images.is_empty() {
+            return (0.0, 0.0);
+        }
+        self.images.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    }
+
+    /// Whether the inputs look like raw, unscaled values (e.g. 0–255 pixels stored as
+    /// floats) rather than squeeze's unit range: no value below 0 and the largest above
+    /// [`UNSCALED_MAX`]. IDX files, uint8 arrays and image folders are divided by 255
+    /// when read, so they never look unscaled; float arrays are taken as they are.
+    /// Returns the range when it looks unscaled.
+    pub fn looks_unscaled(&self) -> Option<(f32, f32)> {
+        let (lo, hi) = self.value_range();
+        (lo >= 0.0 && hi > UNSCALED_MAX).then_some((lo, hi))
+    }
+
     /// The first `min(limit, len())` samples.
     pub fn take(&self, limit: usize) -> Dataset {
         let n = limit.min(self.len());
@@ -226,15 +302,75 @@ impl Dataset {
     }
 }
 
+/// Inputs whose largest value is above this (and none below 0) look unscaled: see
+/// [`Dataset::looks_unscaled`]. Unit-range data stays at or below 1; standardised data
+/// has negative values.
+pub const UNSCALED_MAX: f32 = 1.5;
+
 /// The three splits of a dataset.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Splits {
     /// Images to train on.
     pub train: Dataset,
-    /// Held out from the training file, for gates and early decisions.
+    /// The gate's data: by default held out from the training file (see [`ValidationFrom`]).
     pub validation: Dataset,
     /// The separate test set, for reported accuracy.
     pub test: Dataset,
+    /// Where `validation` came from, in words for the report: `"5000 held out of training
+    /// images"`, `"first 2000 of the test set (test accuracy on the other 8000)"`,
+    /// `"val.npz (1000)"`.
+    pub validation_source: String,
+}
+
+impl Splits {
+    /// Checks that every split holds samples: an empty validation split would score 0%
+    /// at every stage and let any model through the gate, an empty test split would
+    /// report 0% accuracy, an empty training split trains on nothing.
+    pub fn check_not_empty(&self) -> Result<(), DataError> {
+        if self.validation.is_empty() {
+            return Err(DataError::EmptySplit {
+                split: "validation",
+                source_desc: self.validation_source.clone(),
+                hint: "the gate would score 0% at every stage and pass any model; set [data] validation to at least 1 \
+                       (default 5000), or name the validation data with validation_from = \"test\" or validation_arrays",
+            });
+        }
+        if self.test.is_empty() {
+            return Err(DataError::EmptySplit { split: "test", source_desc: "the test data holds no samples".into(), hint: "give a test set with at least one sample" });
+        }
+        if self.train.is_empty() {
+            return Err(DataError::EmptySplit { split: "training", source_desc: "the training data holds no samples".into(), hint: "give training data with at least one sample" });
+        }
+        Ok(())
+    }
+}
+
+/// Where the validation split (what the gate reads) comes from.
+///
+/// A model trained elsewhere was usually trained on the whole training set, so a split
+/// held out of it measures training accuracy; [`ValidationFrom::Test`] or
+/// [`ValidationFrom::Arrays`] measure the gate on data the model has not seen.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ValidationFrom {
+    /// The last `n` training samples, held out of training (the default, `n` = 5000).
+    Train(usize),
+    /// The first `n` test samples; the test split (reported accuracy) is the rest, so
+    /// the two never overlap. `test_limit` then caps the rest.
+    Test(usize),
+    /// A separate labelled set: NumPy arrays (`val.npz` with `x`, `y`, or
+    /// `inputs.npy,labels.npy`) of the same per-sample shape as the training data.
+    Arrays(npy::ArraySource),
+}
+
+impl ValidationFrom {
+    /// The words for the report, given the sizes read (`noun` e.g. `"images"`).
+    fn describe(&self, noun: &str, validation: usize, test: usize) -> String {
+        match self {
+            ValidationFrom::Train(n) => format!("{n} held out of training {noun}"),
+            ValidationFrom::Test(n) => format!("first {n} of the test set (test accuracy on the other {test})"),
+            ValidationFrom::Arrays(src) => format!("{} ({validation})", src.display()),
+        }
+    }
 }
 
 /// The path of IDX file `name` in `dir`, preferring `name.gz` over the raw `name`.
@@ -259,6 +395,16 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, DataError> {
         Ok(dir)
     } else {
         Err(DataError::NotFound { searched: vec![dir] })
+    }
+}
+
+/// Checks that `dir` holds an MNIST-format IDX set (the four [`IDX_FILES`], each raw or
+/// gzipped), for `dataset = "idx"`; unlike [`locate`] the error names only `dir`.
+pub fn locate_idx(dir: &Path) -> Result<PathBuf, DataError> {
+    if IDX_FILES.iter().all(|name| idx_path(dir, name).is_some()) {
+        Ok(dir.to_path_buf())
+    } else {
+        Err(DataError::IdxNotFound { dir: dir.to_path_buf() })
     }
 }
 
@@ -307,20 +453,36 @@ fn to_unit_f32(bytes: &[u8]) -> Vec<f32> {
 /// - train: the first `60000 - validation` training images, then cut to `train_limit`;
 /// - test: the t10k set, cut to `test_limit`.
 ///
-/// `validation` must be smaller than the training file's count. Only the samples kept
-/// are decoded to `f32`.
+/// `validation` must be smaller than the training file's count (0 gives an empty
+/// validation split, for callers that read only train and test; [`Splits::check_not_empty`]
+/// refuses it where a gate reads it). Only the samples kept are decoded to `f32`.
 pub fn load_fashion_mnist(
     dir: &Path,
     validation: usize,
     train_limit: Option<usize>,
     test_limit: Option<usize>,
 ) -> Result<Splits, DataError> {
-    const CLASSES: usize = FASHION_CLASSES.len();
+    load_idx(dir, &ValidationFrom::Train(validation), train_limit, test_limit, Some(FASHION_CLASSES.len()))
+}
+
+/// Loads any MNIST-format IDX set (MNIST, Fashion-MNIST, KMNIST, …) from `dir`, with the
+/// validation split taken as `validation` says (see [`load_fashion_mnist`] for the
+/// default). `num_classes`: a fixed class count (labels must be below it), or `None` for
+/// the largest label of the training and test files plus one. Only the samples kept are
+/// decoded to `f32`.
+pub fn load_idx(
+    dir: &Path,
+    validation: &ValidationFrom,
+    train_limit: Option<usize>,
+    test_limit: Option<usize>,
+    num_classes: Option<usize>,
+) -> Result<Splits, DataError> {
+    let check = num_classes.unwrap_or(256);
     let [train_img, train_lab, test_img, test_lab] = IDX_FILES;
     // Inflating dominates: read the test files on a second thread meanwhile.
     let (train, test) = std::thread::scope(|s| {
-        let test = s.spawn(|| read_pair(dir, test_img, test_lab, CLASSES));
-        let train = read_pair(dir, train_img, train_lab, CLASSES);
+        let test = s.spawn(|| read_pair(dir, test_img, test_lab, check));
+        let train = read_pair(dir, train_img, train_lab, check);
         (train, test.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
     });
     let ((tr_img, _, tr_lab), (te_img, te_path, te_lab)) = (train?, test?);
@@ -331,18 +493,137 @@ pub fn load_fashion_mnist(
             got: te_img.dims[1..].to_vec(),
         });
     }
-    let total = tr_img.dims[0];
-    if validation >= total {
-        return Err(DataError::Validation { requested: validation, available: total });
+    let classes = num_classes.unwrap_or_else(|| tr_lab.data.iter().chain(&te_lab.data).map(|&l| usize::from(l) + 1).max().unwrap_or(1));
+    let (total, test_total) = (tr_img.dims[0], te_img.dims[0]);
+    let limit = |l: Option<usize>, n: usize| l.map_or(n, |l| l.min(n));
+    let splits = match validation {
+        ValidationFrom::Train(n) => {
+            if *n >= total {
+                return Err(DataError::Validation { requested: *n, available: total });
+            }
+            let train_end = total - n;
+            let test_n = limit(test_limit, test_total);
+            Splits {
+                train: decode(&tr_img, &tr_lab, 0..limit(train_limit, train_end), classes),
+                validation: decode(&tr_img, &tr_lab, train_end..total, classes),
+                test: decode(&te_img, &te_lab, 0..test_n, classes),
+                validation_source: validation.describe("images", *n, test_n),
+            }
+        }
+        ValidationFrom::Test(n) => {
+            if *n >= test_total {
+                return Err(DataError::TestValidation { requested: *n, available: test_total });
+            }
+            let test_n = limit(test_limit, test_total - n);
+            Splits {
+                train: decode(&tr_img, &tr_lab, 0..limit(train_limit, total), classes),
+                validation: decode(&te_img, &te_lab, 0..*n, classes),
+                test: decode(&te_img, &te_lab, *n..n + test_n, classes),
+                validation_source: validation.describe("images", *n, test_n),
+            }
+        }
+        ValidationFrom::Arrays(src) => {
+            let train = decode(&tr_img, &tr_lab, 0..limit(train_limit, total), classes);
+            let test = decode(&te_img, &te_lab, 0..limit(test_limit, test_total), classes);
+            let mut splits = separate_validation(train, test, src)?;
+            // A fixed class count (Fashion-MNIST) also bounds the validation labels.
+            if let Some(fixed) = num_classes
+                && splits.validation.num_classes > fixed
+            {
+                let index = splits.validation.labels.iter().position(|&l| usize::from(l) >= fixed).unwrap_or(0);
+                let path = match src {
+                    npy::ArraySource::Npz(p) => p.join("y.npy"),
+                    npy::ArraySource::Npy { labels, .. } => labels.clone(),
+                };
+                return Err(DataError::BadLabel { path, index, label: splits.validation.labels[index], num_classes: fixed });
+            }
+            for d in [&mut splits.train, &mut splits.validation, &mut splits.test] {
+                d.num_classes = classes.max(d.num_classes);
+            }
+            splits
+        }
+    };
+    Ok(splits)
+}
+
+/// Reads only the test files of the MNIST-format set in `dir`, cut to `test_limit`
+/// (what `squeeze eval` needs). The number of classes is `num_classes`, or the largest
+/// label plus one.
+pub fn load_idx_test(dir: &Path, test_limit: Option<usize>, num_classes: Option<usize>) -> Result<Dataset, DataError> {
+    let (img, _, lab) = read_pair(dir, IDX_FILES[2], IDX_FILES[3], num_classes.unwrap_or(256))?;
+    let classes = num_classes.unwrap_or_else(|| lab.data.iter().map(|&l| usize::from(l) + 1).max().unwrap_or(1));
+    let n = test_limit.map_or(img.dims[0], |l| l.min(img.dims[0]));
+    Ok(decode(&img, &lab, 0..n, classes))
+}
+
+/// Train and test sets with a validation set read from `src`: shapes checked, classes
+/// the largest of the three.
+fn separate_validation(train: Dataset, test: Dataset, src: &npy::ArraySource) -> Result<Splits, DataError> {
+    let validation = npy::load(src)?;
+    if validation.sample_shape != train.sample_shape {
+        let path = match src {
+            npy::ArraySource::Npz(p) => p.clone(),
+            npy::ArraySource::Npy { inputs, .. } => inputs.clone(),
+        };
+        return Err(DataError::ValidationShape { path, expected: train.sample_shape, got: validation.sample_shape });
     }
-    let train_end = total - validation;
-    let train_n = train_limit.map_or(train_end, |l| l.min(train_end));
-    let test_n = test_limit.map_or(te_img.dims[0], |l| l.min(te_img.dims[0]));
-    Ok(Splits {
-        train: decode(&tr_img, &tr_lab, 0..train_n, CLASSES),
-        validation: decode(&tr_img, &tr_lab, train_end..total, CLASSES),
-        test: decode(&te_img, &te_lab, 0..test_n, CLASSES),
-    })
+    let validation_source = ValidationFrom::Arrays(src.clone()).describe("", validation.len(), test.len());
+    let mut splits = Splits { train, validation, test, validation_source };
+    let classes = splits.train.num_classes.max(splits.validation.num_classes).max(splits.test.num_classes);
+    for d in [&mut splits.train, &mut splits.validation, &mut splits.test] {
+        d.num_classes = classes;
+    }
+    Ok(splits)
+}
+
+/// Splits a whole training set and a whole test set (already read) as `validation`
+/// says, then applies the limits; the number of classes is the largest of the splits'.
+/// `noun` names the samples in the report (`"images"`, `"samples"`).
+pub fn split_sets(
+    full: Dataset,
+    test: Dataset,
+    validation: &ValidationFrom,
+    train_limit: Option<usize>,
+    test_limit: Option<usize>,
+    noun: &str,
+) -> Result<Splits, DataError> {
+    if full.sample_shape != test.sample_shape {
+        return Err(DataError::ArrayShapes { train: full.sample_shape, test: test.sample_shape });
+    }
+    let limit = |l: Option<usize>, n: usize| l.map_or(n, |l| l.min(n));
+    let mut splits = match validation {
+        ValidationFrom::Train(n) => {
+            if *n >= full.len() {
+                return Err(DataError::Validation { requested: *n, available: full.len() });
+            }
+            let train_end = full.len() - n;
+            let test = test.take(limit(test_limit, test.len()));
+            let validation_source = validation.describe(noun, *n, test.len());
+            Splits { train: full.subset(0..limit(train_limit, train_end)), validation: full.subset(train_end..full.len()), test, validation_source }
+        }
+        ValidationFrom::Test(n) => {
+            if *n >= test.len() {
+                return Err(DataError::TestValidation { requested: *n, available: test.len() });
+            }
+            let test_n = limit(test_limit, test.len() - n);
+            Splits {
+                train: full.take(limit(train_limit, full.len())),
+                validation: test.subset(0..*n),
+                test: test.subset(*n..n + test_n),
+                validation_source: validation.describe(noun, *n, test_n),
+            }
+        }
+        ValidationFrom::Arrays(src) => {
+            let train = full.take(limit(train_limit, full.len()));
+            let test = test.take(limit(test_limit, test.len()));
+            separate_validation(train, test, src)?
+        }
+    };
+    let num_classes = splits.train.num_classes.max(splits.validation.num_classes).max(splits.test.num_classes);
+    for d in [&mut splits.train, &mut splits.validation, &mut splits.test] {
+        d.num_classes = num_classes;
+    }
+    Ok(splits)
 }
 
 /// Loads a user data set from NumPy arrays (see [`npy`]): the validation split is the
@@ -355,21 +636,19 @@ pub fn load_arrays(
     train_limit: Option<usize>,
     test_limit: Option<usize>,
 ) -> Result<Splits, DataError> {
-    let (full, test) = (npy::load(train)?, npy::load(test)?);
-    if full.sample_shape != test.sample_shape {
-        return Err(DataError::ArrayShapes { train: full.sample_shape, test: test.sample_shape });
-    }
-    if validation >= full.len() {
-        return Err(DataError::Validation { requested: validation, available: full.len() });
-    }
-    let num_classes = full.num_classes.max(test.num_classes);
-    let train_end = full.len() - validation;
-    let train_n = train_limit.map_or(train_end, |l| l.min(train_end));
-    let mut splits = Splits { train: full.subset(0..train_n), validation: full.subset(train_end..full.len()), test: test.take(test_limit.unwrap_or(usize::MAX)) };
-    for d in [&mut splits.train, &mut splits.validation, &mut splits.test] {
-        d.num_classes = num_classes;
-    }
-    Ok(splits)
+    load_arrays_from(train, test, &ValidationFrom::Train(validation), train_limit, test_limit)
+}
+
+/// Loads a user data set from NumPy arrays with the validation split taken as
+/// `validation` says; the number of classes is the largest label of the splits plus one.
+pub fn load_arrays_from(
+    train: &npy::ArraySource,
+    test: &npy::ArraySource,
+    validation: &ValidationFrom,
+    train_limit: Option<usize>,
+    test_limit: Option<usize>,
+) -> Result<Splits, DataError> {
+    split_sets(npy::load(train)?, npy::load(test)?, validation, train_limit, test_limit, "samples")
 }
 
 #[cfg(test)]
@@ -408,6 +687,72 @@ mod tests {
             let err = load_fashion_mnist(dir.path(), 20, None, None).unwrap_err();
             assert!(matches!(err, DataError::Validation { requested: 20, available: 20 }), "{err}");
         }
+    }
+
+    /// The validation split from the test set or from arrays, described for the report;
+    /// the default (held out of training) is what `load_fashion_mnist` always gave.
+    #[test]
+    fn validation_from_train_test_or_arrays() {
+        let dir = tempfile::tempdir().unwrap();
+        fake(dir.path(), 20, 7, false);
+        let held = load_idx(dir.path(), &ValidationFrom::Train(5), Some(4), None, Some(10)).unwrap();
+        assert_eq!(held, load_fashion_mnist(dir.path(), 5, Some(4), None).unwrap());
+        assert_eq!(held.validation_source, "5 held out of training images");
+
+        let s = load_idx(dir.path(), &ValidationFrom::Test(3), None, None, None).unwrap();
+        assert_eq!((s.train.len(), s.validation.len(), s.test.len()), (20, 3, 4));
+        assert_eq!((s.validation.labels.clone(), s.test.labels.clone()), (vec![0, 1, 2], vec![3, 4, 5, 6]));
+        assert_eq!(s.train.num_classes, 10, "classes from the labels");
+        assert_eq!(s.validation_source, "first 3 of the test set (test accuracy on the other 4)");
+        let s = load_idx(dir.path(), &ValidationFrom::Test(3), None, Some(2), None).unwrap();
+        assert_eq!((s.test.labels.clone(), s.validation_source.as_str()), (vec![3, 4], "first 3 of the test set (test accuracy on the other 2)"));
+        let err = load_idx(dir.path(), &ValidationFrom::Test(7), None, None, None).unwrap_err();
+        assert!(matches!(err, DataError::TestValidation { requested: 7, available: 7 }), "{err}");
+
+        let (x, y) = (dir.path().join("vx.npy"), dir.path().join("vy.npy"));
+        std::fs::write(&x, npy::npy_bytes("|u1", &[2, 1, 2, 3], &[255; 12])).unwrap();
+        std::fs::write(&y, npy::npy_bytes("|u1", &[2], &[9, 1])).unwrap();
+        let src = npy::ArraySource::Npy { inputs: x.clone(), labels: y.clone() };
+        let s = load_idx(dir.path(), &ValidationFrom::Arrays(src.clone()), None, None, Some(10)).unwrap();
+        assert_eq!((s.train.len(), s.validation.len(), s.test.len()), (20, 2, 7));
+        assert_eq!((s.validation.image(0), s.validation_source.as_str()), (&[1.0; 6][..], "vx.npy,vy.npy (2)"));
+        // Fashion-MNIST's 10 classes bound the validation labels too; the shape must match.
+        std::fs::write(&y, npy::npy_bytes("|u1", &[2], &[3, 12])).unwrap();
+        let err = load_idx(dir.path(), &ValidationFrom::Arrays(src.clone()), None, None, Some(10)).unwrap_err();
+        assert!(matches!(err, DataError::BadLabel { index: 1, label: 12, .. }), "{err}");
+        std::fs::write(&x, npy::npy_bytes("|u1", &[2, 6], &[0; 12])).unwrap();
+        let err = load_idx(dir.path(), &ValidationFrom::Arrays(src), None, None, Some(10)).unwrap_err().to_string();
+        assert!(err.contains("vx.npy") && err.contains("shape [6]") && err.contains("[1, 2, 3]"), "{err}");
+    }
+
+    /// Every split a gate or an evaluation reads must hold samples.
+    #[test]
+    fn empty_splits_are_errors_that_say_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        fake(dir.path(), 20, 7, false);
+        let s = load_fashion_mnist(dir.path(), 0, None, None).unwrap();
+        let err = s.check_not_empty().unwrap_err().to_string();
+        assert!(err.contains("the validation split is empty (0 held out of training images)") && err.contains("at least 1"), "{err}");
+        assert!(load_fashion_mnist(dir.path(), 1, None, None).unwrap().check_not_empty().is_ok());
+        let empty = Dataset { images: vec![], labels: vec![], sample_shape: vec![1, 2, 3], num_classes: 10 };
+        let mut s = load_fashion_mnist(dir.path(), 1, None, None).unwrap();
+        s.test = empty.clone();
+        assert!(s.check_not_empty().unwrap_err().to_string().contains("test split is empty"));
+        s.test = s.validation.clone();
+        s.train = empty;
+        assert!(s.check_not_empty().unwrap_err().to_string().contains("training split is empty"));
+        assert!(matches!(locate_idx(&dir.path().join("none")), Err(DataError::IdxNotFound { .. })));
+    }
+
+    /// Unit-range and standardised inputs are fine; non-negative inputs above 1.5 look
+    /// like unscaled pixels.
+    #[test]
+    fn unscaled_inputs_are_recognised() {
+        let ds = |images: Vec<f32>| Dataset { labels: vec![0; images.len()], images, sample_shape: vec![1], num_classes: 1 };
+        assert_eq!(ds(vec![0.0, 1.0, 0.5]).looks_unscaled(), None);
+        assert_eq!(ds(vec![-2.0, 3.0]).looks_unscaled(), None, "standardised data has negatives");
+        assert_eq!(ds(vec![0.0, 255.0, 17.0]).looks_unscaled(), Some((0.0, 255.0)));
+        assert_eq!(ds(vec![]).looks_unscaled(), None);
     }
 
     #[test]

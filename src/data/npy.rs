@@ -29,6 +29,15 @@ impl ArraySource {
         }
     }
 
+    /// The file names, for a report: `val.npz`, or `x.npy,y.npy`.
+    pub fn display(&self) -> String {
+        let name = |p: &Path| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned());
+        match self {
+            ArraySource::Npz(p) => name(p),
+            ArraySource::Npy { inputs, labels } => format!("{},{}", name(inputs), name(labels)),
+        }
+    }
+
     /// The same source with relative paths taken from `dir`.
     pub fn relative_to(&self, dir: &Path) -> ArraySource {
         match self {

@@ -65,6 +65,7 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
         }
         _ => return Err(PipelineError::Preprocess("[model] names no classifier source (zoo, file, or state_dict with architecture)".into())),
     };
+    let warnings = super::input_range_warnings(recipe, &model, &splits, on_event);
     let wall = t.elapsed().as_secs_f64();
     let fp32_bytes = 4.0 * model.graph.num_params() as f64;
     let path = stage_path(opts, "baseline", "safetensors", recipe.passes.is_empty());
@@ -73,12 +74,12 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
     let stage = measure_stage(&path, "baseline", wall, fp32_bytes, &splits, extra)?;
     on_event(Event::Measured(stage.clone()));
     let eval = Classifier { splits, fp32_bytes, max_drop: recipe.gate.max_accuracy_drop, baseline_validation: stage.validation_accuracy };
-    Ok((Box::new(eval), Baseline { model: Some(model), stages: vec![stage], file: path }))
+    Ok((Box::new(eval), Baseline { model: Some(model), stages: vec![stage], file: path, warnings }))
 }
 
 impl Evaluation for Classifier {
     fn gate(&self) -> Gate {
-        Gate { metric: "accuracy".into(), max_drop: self.max_drop, against: "baseline".into(), split: "validation".into() }
+        Gate { metric: "accuracy".into(), max_drop: self.max_drop, against: "baseline".into(), split: "validation".into(), measured_on: self.splits.validation_source.clone() }
     }
 
     fn context<'a>(&'a self, recipe: &Recipe, baseline: Option<&'a Model>, index: usize, progress: &'a mut dyn FnMut(TrainEvent)) -> Context<'a> {

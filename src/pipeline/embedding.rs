@@ -399,7 +399,7 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
         min_mean: recipe.gate.min_mean_cosine.unwrap_or(1.0),
         min_each: recipe.gate.min_cosine.unwrap_or(1.0),
     };
-    Ok((Box::new(eval), Baseline { model: None, stages: vec![base.stage], file: path }))
+    Ok((Box::new(eval), Baseline { model: None, stages: vec![base.stage], file: path, warnings: Vec::new() }))
 }
 
 impl Evaluation for Embedder {
@@ -409,6 +409,7 @@ impl Evaluation for Embedder {
             max_drop: 1.0 - self.min_mean,
             against: "baseline".into(),
             split: "heldout".into(),
+            measured_on: format!("{} held-out sentences", self.n),
         }
     }
 

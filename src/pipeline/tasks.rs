@@ -82,6 +82,7 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
             train: Dataset { images: Vec::new(), labels: Vec::new(), sample_shape: splits.train.sample_shape.clone(), num_classes: t.classes() },
             validation: relabeled(&splits.validation, t),
             test: relabeled(&splits.test, t),
+            validation_source: splits.validation_source.clone(),
         })
         .collect();
 
@@ -115,12 +116,12 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
     }
     let first = separate.first().cloned();
     let eval = Tasks { tasks, graphs, separate, cfg, splits, task_splits, reference, separate_bytes, separate_fp32, max_drop: recipe.gate.max_accuracy_drop };
-    Ok((Box::new(eval), Baseline { model: first, stages, file }))
+    Ok((Box::new(eval), Baseline { model: first, stages, file, warnings: Vec::new() }))
 }
 
 impl Evaluation for Tasks {
     fn gate(&self) -> Gate {
-        Gate { metric: "accuracy (every task)".into(), max_drop: self.max_drop, against: format!("separate-{}", self.tasks[0].name), split: "validation".into() }
+        Gate { metric: "accuracy (every task)".into(), max_drop: self.max_drop, against: format!("separate-{}", self.tasks[0].name), split: "validation".into(), measured_on: self.splits.validation_source.clone() }
     }
 
     fn context<'a>(&'a self, recipe: &Recipe, baseline: Option<&'a Model>, index: usize, progress: &'a mut dyn FnMut(TrainEvent)) -> Context<'a> {

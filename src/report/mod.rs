@@ -27,7 +27,8 @@ pub const SCHEMA_VERSION: u32 = 2;
 ///   "machine": "2 cores, AMD EPYC 9R14 96-Core Processor (avx2, avx512f, avx512_vnni)",
 ///   "recipe": "recipes/seed.toml", "recipe_sha256": "…64 hex digits…", "seed": 1234,
 ///   "dataset": "fashion-mnist",
-///   "gate": { "metric": "accuracy", "max_drop": 0.005, "against": "baseline", "split": "validation" },
+///   "gate": { "metric": "accuracy", "max_drop": 0.005, "against": "baseline", "split": "validation",
+///             "measured_on": "5000 held out of training images" },
 ///   "result": "failed", "failed_stage": "prune", "reason": "validation accuracy dropped 0.9 points",
 ///   "stages": [ { "name": "baseline", … } ] }
 /// ```
@@ -62,6 +63,10 @@ pub struct Report {
     pub reason: Option<String>,
     /// Stages in the order they ran; the first is normally the uncompressed baseline.
     pub stages: Vec<Stage>,
+    /// Things the run noticed that may make its figures wrong though it went on, one
+    /// sentence each, e.g. inputs that look like unscaled 0–255 pixels (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The quality gate: `metric` on `split` may drop at most `max_drop` below the stage
@@ -74,8 +79,14 @@ pub struct Gate {
     pub max_drop: f64,
     /// The stage compared against, e.g. `"baseline"`.
     pub against: String,
-    /// The split the gate is measured on, e.g. `"validation"` (never the test set).
+    /// The split the gate is measured on, e.g. `"validation"` (never the samples the
+    /// test accuracy is measured on).
     pub split: String,
+    /// What that split holds, in words: `"5000 held out of training images"`, `"first
+    /// 2000 of the test set (test accuracy on the other 8000)"`, `"val.npz (1000)"`
+    /// (absent in older reports and where the split has no such choice).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub measured_on: String,
 }
 
 /// Whether the run passed its gates. Serialised as `"passed"` / `"failed"`.
@@ -285,13 +296,15 @@ impl Report {
             format!("seed: {}", self.seed),
             format!("dataset: {}", cell(&self.dataset)),
             format!(
-                "gate: {} may drop at most {drop} below `{}`, measured on the {} split",
+                "gate: {} may drop at most {drop} below `{}`, measured on the {} split{}",
                 cell(&g.metric),
                 cell(&g.against),
-                cell(&g.split)
+                cell(&g.split),
+                if g.measured_on.is_empty() { String::new() } else { format!(" ({})", cell(&g.measured_on)) }
             ),
         ];
         facts.iter().for_each(|f| _ = writeln!(md, "- {f}"));
+        self.warnings.iter().for_each(|w| _ = writeln!(md, "- **warning**: {}", cell(w)));
 
         md += "\n| Stage | Test acc (%) | Δ vs baseline (pts) | Val acc (%) | Bytes | Ratio | Params | Non-zero \
                | Bits/weight | Latency b1 (µs) | Throughput b256 (img/s) | Kernel | Wall (s) |\n";
@@ -516,11 +529,13 @@ mod tests {
                 max_drop: 0.005,
                 against: "baseline".into(),
                 split: "validation".into(),
+                measured_on: "5000 held out of training images".into(),
             },
             result,
             failed_stage: failed.then(|| "int8".into()),
             reason: failed.then(|| "validation accuracy dropped 1.20 points (limit 0.50)".into()),
             stages: vec![stage("baseline", 0.8712, 203_848), stage("int8", 0.8600, 51_234)],
+            warnings: Vec::new(),
         }
     }
 
