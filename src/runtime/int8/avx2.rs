@@ -125,7 +125,7 @@ pub(super) fn requant_rows_avx2(c: &[i32], n: usize, mult: &[i32], sh_even: &[i6
 /// # Safety
 /// AVX2 must be available.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn direct_conv_sample(d: &super::DirectI8, xp: &[u16], acc: &mut [i32], oc: usize, oh: usize, ow: usize) {
+pub(super) unsafe fn direct_conv_sample(d: &super::conv::DirectI8, xp: &[u16], acc: &mut [i32], oc: usize, oh: usize, ow: usize) {
     let (q, bw, steps) = (oh * ow, d.nv * 8, d.soff.len());
     assert!(acc.len() >= oc * q && d.w.len() >= d.blocks * steps * bw * 2 && d.init.len() >= d.blocks * bw);
     // The farthest u16 a tile reads: the last step's pair at the last position.

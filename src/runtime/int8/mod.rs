@@ -48,7 +48,6 @@ pub use linear::{DynamicLinear, DynamicScratch, QuantizedLinear};
 pub use requant::{Requant, dequantize_u8, quantize_u8};
 pub use scalar::matmul_u8_i8_reference;
 
-use conv::DirectI8;
 use epilogue::Epilogue;
 use linear::row_range;
 use pack::{blocks, pack_avx2, pack_rows, pack_vnni, pad_blocks, put_packed, quantize_row_dynamic, quantize_rows_to_panels};
