@@ -141,7 +141,7 @@ pub struct SendPtr<T>(pub *mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
-/// Whether this CPU has AVX2 (the element-wise kernels below are compiled twice,
+/// Whether this CPU has AVX2 (im2col and col2im are compiled twice,
 /// for the baseline and for AVX2, and pick at run time; results are identical).
 #[cfg(target_arch = "x86_64")]
 #[inline]
