@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::pickle::StorageType;
 use crate::spec::{Graph, Node, Op, PoolKind};
 
 /// Why a directory cannot be imported.
@@ -306,11 +307,13 @@ impl LazySafetensors {
     /// The tensor's values as f32 (from F32, F16 or BF16), read in chunks.
     fn read_f32(&self, e: &StEntry) -> Result<Vec<f32>, String> {
         use std::io::{Read, Seek, SeekFrom};
-        let width = match e.dtype.as_str() {
-            "F32" => 4,
-            "F16" | "BF16" => 2,
+        let dtype = match e.dtype.as_str() {
+            "F32" => StorageType::F32,
+            "F16" => StorageType::F16,
+            "BF16" => StorageType::BF16,
             other => return Err(format!("dtype {other}; F32, F16 and BF16 are supported")),
         };
+        let width = dtype.size() as u64;
         let numel: u64 = e.shape.iter().map(|&d| d as u64).product();
         let [begin, end] = e.data_offsets;
         if end - begin != numel * width {
@@ -325,11 +328,7 @@ impl LazySafetensors {
         while left > 0 {
             let take = left.min(chunk.len());
             file.read_exact(&mut chunk[..take]).map_err(io)?;
-            match e.dtype.as_str() {
-                "F32" => out.extend(chunk[..take].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-                "F16" => out.extend(chunk[..take].chunks_exact(2).map(|c| crate::codec::f16::to_f32(u16::from_le_bytes([c[0], c[1]])))),
-                _ => out.extend(chunk[..take].chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))),
-            }
+            out.extend((0..take / width as usize).map(|i| dtype.read_f32(&chunk[..take], i)));
             left -= take;
         }
         Ok(out)
@@ -356,4 +355,36 @@ fn sentence_transformers_head(dir: &Path) -> Result<(PoolKind, bool), HfError> {
     let modules = dir.join("modules.json");
     let normalize = modules.is_file() && read_text(&modules)?.contains("sentence_transformers.models.Normalize");
     Ok((pool, normalize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::{Dtype, TensorView};
+
+    /// F32, F16 and BF16 tensors read back as the f32 values they store (through the
+    /// element conversions the PyTorch readers share), other dtypes are a clear error.
+    #[test]
+    fn lazy_reader_converts_f32_f16_bf16() {
+        let values = [1.5f32, -2.0, 0.25, 0.0, 1024.0, -0.125];
+        let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16_bytes: Vec<u8> = values.iter().flat_map(|&v| crate::codec::f16::from_f32(v).to_le_bytes()).collect();
+        let bf16_bytes: Vec<u8> = values.iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect();
+        let i64_bytes = vec![0u8; 16];
+        let views = vec![
+            ("a".to_string(), TensorView::new(Dtype::F32, vec![2, 3], &f32_bytes).unwrap()),
+            ("b".to_string(), TensorView::new(Dtype::F16, vec![6], &f16_bytes).unwrap()),
+            ("c".to_string(), TensorView::new(Dtype::BF16, vec![3, 2], &bf16_bytes).unwrap()),
+            ("d".to_string(), TensorView::new(Dtype::I64, vec![2], &i64_bytes).unwrap()),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        let st = LazySafetensors::open(&path).unwrap();
+        for name in ["a", "b", "c"] {
+            assert_eq!(st.read_f32(&st.entries[name]).unwrap(), values, "tensor {name}");
+        }
+        let err = st.read_f32(&st.entries["d"]).unwrap_err();
+        assert!(err.contains("dtype I64"), "{err}");
+    }
 }
