@@ -342,7 +342,7 @@ fn one_pass(model: &Path, pass: PassConfig, args: &OnePassArgs) -> Result<ExitCo
     }
     refuse_overwrite(out, &[model])?;
     if args.data.train_arrays.is_some() != args.data.test_arrays.is_some() {
-        bail!("--train-arrays and --test-arrays go together");
+        bail!("'{}' fine-tunes and calibrates on training data: give --train-arrays too (--test-arrays alone serves eval)", pass.stage_name());
     }
     let name = pass.stage_name();
     let recipe = Recipe::one_pass(model, args.data.recipe_data(), args.seed, pass).context("the pass's settings")?;
@@ -359,6 +359,7 @@ fn one_pass(model: &Path, pass: PassConfig, args: &OnePassArgs) -> Result<ExitCo
         Event::Stage(name) => eprintln!("== {name}"),
         Event::Train(t) => bar.on(t),
         Event::Measured(s) => out!("{}", stage_line(&s)),
+        Event::Summary(lines) => lines.iter().for_each(|l| out!("  {l}")),
         Event::Warning(w) => eprintln!("warning: {w}"),
     });
     let finish = || -> Result<u64> {
@@ -872,6 +873,7 @@ fn cmd_run(recipe_path: &Path, out_dir: PathBuf, data: DataArgs) -> Result<ExitC
         Event::Stage(name) => eprintln!("== {name}"),
         Event::Train(t) => bar.on(t),
         Event::Measured(s) => out!("{}", stage_line(&s)),
+        Event::Summary(lines) => lines.iter().for_each(|l| out!("  {l}")),
         Event::Warning(w) => eprintln!("warning: {w}"),
     })?;
     let first = &report.stages[0];
@@ -900,7 +902,7 @@ fn stage_line(s: &squeeze::report::Stage) -> String {
     };
     let throughput = if s.throughput_b256.is_nan() { String::new() } else { format!("  {:>10.0} img/s (b256)", s.throughput_b256) };
     format!(
-        "{:<14} {quality}  {:>9} bytes  {:>6.2}×  {:>7.2} µs/img (b1){throughput}  {}",
+        "{:<14} {quality}  {:>9} bytes  {:>6.2}×  {:>7.2} µs/img (b1){throughput}  kernel {}",
         s.name, s.bytes, s.ratio, s.latency_us_b1, s.kernel
     )
 }

@@ -81,6 +81,8 @@ pub enum Event {
     Train(TrainEvent),
     /// A stage was measured.
     Measured(Stage),
+    /// What a pass did, in a few lines for a person.
+    Summary(Vec<String>),
     /// Something that may make the figures wrong, though the run goes on (also in the
     /// report's `warnings`).
     Warning(String),
@@ -336,6 +338,9 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
         let mut stage = eval.record(&path, &name, stored, output.entropy_coding, wall, output.details)?;
         stage.distillation = output.distillation;
         on_event(Event::Measured(stage.clone()));
+        if !output.lines.is_empty() {
+            on_event(Event::Summary(output.lines));
+        }
         let failure = eval.check(&stage);
         report.stages.push(stage);
         previous = path;

@@ -474,6 +474,7 @@ impl Recipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::quantize::{Mode, NonlinearChoice, SmallTensors};
 
     #[test]
     fn module_example_parses() {
@@ -485,7 +486,7 @@ mod tests {
         assert_eq!(r.passes.len(), 2);
         assert_eq!(
             r.passes[1],
-            Pass::Quantize {
+            Pass::Quantize(crate::compress::quantize::Quantize {
                 mode: Mode::Full,
                 layers: vec![],
                 calibration: 1000,
@@ -494,7 +495,7 @@ mod tests {
                 float_activations: vec![],
                 nonlinear: NonlinearChoice::Float,
                 nonlinear_ops: vec![]
-            }
+            })
         );
     }
 
@@ -520,9 +521,9 @@ mod tests {
     fn quantize_small_tensors_is_f32_unless_set_and_checked() {
         let base = "name = \"x\"\n[model]\nzoo = \"vit\"\n[gate]\nmax_accuracy_drop = 0.01\n[[pass]]\ntype = \"quantize\"\n";
         let r = Recipe::parse(&format!("{base}small_tensors = \"f16\"\n"), Path::new("r.toml")).unwrap();
-        assert!(matches!(r.passes[0], Pass::Quantize { small_tensors: SmallTensors::F16, .. }));
+        assert!(matches!(&r.passes[0], Pass::Quantize(q) if q.small_tensors == SmallTensors::F16));
         let r = Recipe::parse(base, Path::new("r.toml")).unwrap();
-        assert!(matches!(r.passes[0], Pass::Quantize { small_tensors: SmallTensors::F32, .. }));
+        assert!(matches!(&r.passes[0], Pass::Quantize(q) if q.small_tensors == SmallTensors::F32));
         let err = Recipe::parse(&format!("{base}small_tensors = \"f8\"\n"), Path::new("r.toml")).unwrap_err().to_string();
         assert!(err.contains("f8") && err.contains("f16"), "{err}");
     }
@@ -532,9 +533,9 @@ mod tests {
     fn quantize_smooth_and_float_activations_are_read_and_checked() {
         let base = "name = \"e\"\n[model]\nhf_dir = \"m\"\n[data]\ndataset = \"text\"\nheldout = \"h.txt\"\n[gate]\nmin_mean_cosine = 0.999\nmin_cosine = 0.995\n[[pass]]\ntype = \"quantize\"\nmode = \"dynamic\"\n";
         let r = Recipe::parse(base, Path::new("r.toml")).unwrap();
-        assert!(matches!(&r.passes[0], Pass::Quantize { smooth: None, float_activations, .. } if float_activations.is_empty()));
+        assert!(matches!(&r.passes[0], Pass::Quantize(q) if q.smooth.is_none() && q.float_activations.is_empty()));
         let r = Recipe::parse(&format!("{base}smooth = 0.5\nfloat_activations = [\"encoder.layer.*.output.dense\"]\n"), Path::new("r.toml")).unwrap();
-        assert!(matches!(&r.passes[0], Pass::Quantize { smooth: Some(a), float_activations, .. } if *a == 0.5 && float_activations == &["encoder.layer.*.output.dense"]));
+        assert!(matches!(&r.passes[0], Pass::Quantize(q) if q.smooth == Some(0.5) && q.float_activations == ["encoder.layer.*.output.dense"]));
         assert_eq!(r.passes[0].stage_name(), "int8-dynamic");
         let err = |extra: &str| Recipe::parse(&format!("{base}{extra}"), Path::new("r.toml")).unwrap_err().to_string();
         for bad in ["smooth = 1.5\n", "smooth = -0.1\n", "smooth = nan\n"] {
@@ -557,10 +558,10 @@ mod tests {
         use crate::spec::Nonlinearity;
         let base = "name = \"x\"\n[model]\nzoo = \"vit\"\n[gate]\nmax_accuracy_drop = 0.01\n[[pass]]\ntype = \"quantize\"\n";
         let r = Recipe::parse(base, Path::new("r.toml")).unwrap();
-        assert!(matches!(&r.passes[0], Pass::Quantize { nonlinear: NonlinearChoice::Float, nonlinear_ops, .. } if nonlinear_ops.is_empty()));
+        assert!(matches!(&r.passes[0], Pass::Quantize(q) if q.nonlinear == NonlinearChoice::Float && q.nonlinear_ops.is_empty()));
         let r = Recipe::parse(&format!("{base}nonlinear = \"integer\"\nnonlinear_ops = [\"softmax\", \"layernorm\"]\n"), Path::new("r.toml")).unwrap();
         assert!(
-            matches!(&r.passes[0], Pass::Quantize { nonlinear: NonlinearChoice::Integer, nonlinear_ops, .. } if *nonlinear_ops == [Nonlinearity::Softmax, Nonlinearity::LayerNorm])
+            matches!(&r.passes[0], Pass::Quantize(q) if q.nonlinear == NonlinearChoice::Integer && q.nonlinear_ops == [Nonlinearity::Softmax, Nonlinearity::LayerNorm])
         );
         let err = Recipe::parse(&format!("{base}nonlinear = \"fixed\"\n"), Path::new("r.toml")).unwrap_err().to_string();
         assert!(err.contains("fixed") && err.contains("integer"), "{err}");
@@ -626,7 +627,7 @@ mod tests {
         let task = "[[task]]\nname = \"a\"\nlabels = [0, 1]\n";
         let ok = Recipe::parse(&format!("{base}{task}[[pass]]\ntype = \"share_tasks\"\nform = \"soft\"\n"), Path::new("r")).unwrap();
         assert_eq!(ok.tasks[0], TaskSection { name: "a".into(), labels: vec![0, 1], zoo: None });
-        assert_eq!(ok.passes[0], Pass::ShareTasks { form: ShareForm::Soft, penalty: 0.001, head_epochs: 2, head_lr: None });
+        assert_eq!(ok.passes[0], Pass::ShareTasks(crate::compress::multitask::ShareTasks { form: ShareForm::Soft, penalty: 0.001, head_epochs: 2, head_lr: None }));
         let err = |text: String| Recipe::parse(&text, Path::new("r.toml")).unwrap_err().to_string();
         assert!(err(format!("{base}[[pass]]\ntype = \"share_tasks\"\n")).contains("[[task]]"));
         assert!(err(format!("{base}{task}[[pass]]\ntype = \"prune\"\nsparsity = 0.5\n")).contains("no other pass"));
@@ -634,7 +635,7 @@ mod tests {
         assert!(err(format!("{base}{task}[[pass]]\ntype = \"share_tasks\"\nform = \"medium\"\n")).contains("medium"));
         assert!(err(format!("{base}[[pass]]\ntype = \"hash\"\nfraction = 0.0\n")).contains("fraction"));
         let h = Recipe::parse(&format!("{base}[[pass]]\ntype = \"hash\"\nfraction = 0.125\n"), Path::new("r")).unwrap();
-        assert!(matches!(h.passes[0], Pass::Hash { signed: true, fine_tune_epochs: 3, .. }));
+        assert!(matches!(&h.passes[0], Pass::Hash(x) if x.signed && x.fine_tune_epochs == 3));
     }
 
     #[test]
@@ -646,7 +647,7 @@ mod tests {
         assert!(r.is_embedding());
         assert_eq!(r.model.hf_dir.as_deref(), Some(Path::new("dir/m")));
         assert_eq!(r.data.heldout.as_deref(), Some(Path::new("dir/h.txt")));
-        assert!(matches!(r.passes[0], Pass::Int4 { group: 32, .. }));
+        assert!(matches!(&r.passes[0], Pass::Int4(x) if x.group == 32));
         assert_eq!(r.passes[0].stage_name(), "int4-g32");
         let err = |text: String| Recipe::parse(&text, Path::new("r")).unwrap_err().to_string();
         assert!(err(format!("{model}{gate}")).contains("dataset = \"text\""));
@@ -675,7 +676,7 @@ mod tests {
         }
         assert!(n >= 3);
         let r = Recipe::load(&dir.join("distill-mlp.toml")).unwrap();
-        assert!(matches!(&r.passes[0], Pass::Distill { student: Some(s), seeds: 3, .. } if s == "mlp"));
+        assert!(matches!(&r.passes[0], Pass::Distill(d) if d.student.as_deref() == Some("mlp") && d.seeds == 3));
         assert_eq!(r.train.schedule, LrSchedule::Cosine);
     }
 

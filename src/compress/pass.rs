@@ -200,17 +200,19 @@ pub struct Output {
     pub details: serde_json::Map<String, serde_json::Value>,
     /// A distillation compared with its control.
     pub distillation: Option<Distillation>,
+    /// What the pass did, in a few lines for a person (printed by the verbs and `run`).
+    pub lines: Vec<String>,
 }
 
 impl Output {
     /// The model stored as it is, with `details`.
     pub fn model(details: &impl Serialize) -> Output {
-        Output { stored: Stored::Model, entropy_coding: false, name: None, details: details_map(details), distillation: None }
+        Output { stored: Stored::Model, entropy_coding: false, name: None, details: details_map(details), distillation: None, lines: Vec::new() }
     }
 
     /// An encoded stage, with `details`.
     pub fn encoded(stored: SqzModel, details: &impl Serialize) -> Output {
-        Output { stored: Stored::Encoded(Box::new(stored)), entropy_coding: false, name: None, details: details_map(details), distillation: None }
+        Output { stored: Stored::Encoded(Box::new(stored)), entropy_coding: false, name: None, details: details_map(details), distillation: None, lines: Vec::new() }
     }
 }
 

@@ -604,6 +604,11 @@ pub struct PruneReport {
 }
 
 impl PruneSummary {
+    /// One line per tensor: what it kept.
+    pub fn lines(&self) -> Vec<String> {
+        self.layers.iter().map(|(n, w, k)| format!("{n}: kept {k} of {w} ({:.1}%)", *k as f64 * 100.0 / (*w).max(1) as f64)).collect()
+    }
+
     /// The summary as report rows, and the overall sparsity of the pruned tensors.
     pub fn rows(&self) -> (Vec<TensorKept>, f64) {
         let kept: usize = self.layers.iter().map(|l| l.2).sum();
@@ -665,6 +670,7 @@ impl Technique for Prune {
             method = Some(format!("l1 (strength {}, {} epochs) then magnitude", self.l1, self.l1_epochs));
             hard_control = Some(HardControl { method: "magnitude, one shot".into(), sparsity: self.sparsity, epochs, accuracy, validation_accuracy });
         }
+        let lines = summary.lines();
         let (layers, sparsity) = summary.rows();
         let report = PruneReport {
             layers,
@@ -677,6 +683,7 @@ impl Technique for Prune {
         };
         let mut out = Output::model(&report);
         out.name = Some(format!("pruned-{}", (100.0 * sparsity).round()));
+        out.lines = lines;
         Ok(out)
     }
 }

@@ -94,9 +94,11 @@ impl Technique for RandomPrune {
         let summary = random_masks(model, self.sparsity, &layers, ctx.pass_seed())?;
         let ft = FineTune { epochs: self.fine_tune_epochs, lr: self.lr.unwrap_or(ctx.lr() * 0.5), seed: ctx.pass_seed().wrapping_add(1), ..Default::default() };
         ctx.fine_tune("random_prune", model, ft)?;
+        let lines = summary.lines();
         let (layers, sparsity) = summary.rows();
         let mut out = Output::model(&RandomPruneReport { method: "random", layers, fine_tune_epochs: self.fine_tune_epochs });
         out.name = Some(format!("random-pruned-{}", (100.0 * sparsity).round()));
+        out.lines = lines;
         Ok(out)
     }
 }

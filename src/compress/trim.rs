@@ -1019,9 +1019,12 @@ impl Technique for Trim {
         *model = trimmed;
         let ft = FineTune { epochs: self.fine_tune_epochs, lr: self.lr.unwrap_or(ctx.lr() * 0.5), seed: ctx.pass_seed(), ..Default::default() };
         ctx.fine_tune("trim", model, ft)?;
+        let mut lines: Vec<String> = summary.layers.iter().map(|(n, b, a)| format!("{n}: {b} → {a} units")).collect();
+        lines.extend(summary.heads.iter().map(|(n, b, a)| format!("{n}: {b} → {a} heads")));
+        lines.push(format!("{} → {} parameters", summary.params_before, summary.params_after));
         let heads: Vec<HeadsTrimmed> = summary.heads.iter().map(|(n, b, a)| HeadsTrimmed { layer: n.clone(), heads_before: *b, heads_after: *a }).collect();
         let has_heads = !heads.is_empty();
-        Ok(Output::model(&TrimReport {
+        let mut out = Output::model(&TrimReport {
             layers: summary.layers.iter().map(|(n, b, a)| UnitsTrimmed { layer: n.clone(), units_before: *b, units_after: *a }).collect(),
             heads: has_heads.then_some(heads),
             head_score: has_heads.then_some(self.head_score),
@@ -1030,7 +1033,9 @@ impl Technique for Trim {
             score: self.score,
             group_lasso,
             calibration_sentences: (ctx.kind == ModelKind::Embedder && ctx.calibration.count > 0).then_some(calibration.count),
-        }))
+        });
+        out.lines = lines;
+        Ok(out)
     }
 }
 
