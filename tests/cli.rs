@@ -20,7 +20,7 @@ fn run_trains_prunes_quantizes_and_reports_what_eval_reproduces() {
     let (o, report) = run_recipe(&r, &out);
     assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
     assert_eq!(report["result"], "passed");
-    assert_eq!(report["schema_version"], 1);
+    assert_eq!(report["schema_version"], 2);
     let stages = report["stages"].as_array().unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["baseline", "pruned-50", "int8"]);
@@ -368,7 +368,7 @@ fn task_recipe_stores_every_task_in_one_file_and_reports_each() {
     for s in &stages[3..] {
         assert_eq!(s["extra"]["separate_bytes"].as_u64().unwrap(), separate);
         assert!(s["bytes"].as_u64().unwrap() * 100 < separate * 40, "one trunk for three tasks: {s}");
-        let tasks = s["extra"]["tasks"].as_array().unwrap();
+        let tasks = s["tasks"].as_array().unwrap();
         assert_eq!(tasks.iter().map(|t| t["task"].as_str().unwrap()).collect::<Vec<_>>(), ["classes", "coarse", "footwear"]);
         for (t, sep) in tasks.iter().zip(&stages[..3]) {
             assert_eq!(t["separate_accuracy"], sep["accuracy"]);
@@ -544,4 +544,49 @@ fn zero_data_limits_are_refused() {
         assert!(o.stderr.contains("must be at least 1"), "{}", o.stderr);
         assert!(!std::path::Path::new("never.safetensors").exists());
     }
+}
+
+/// Each compression verb is its one-pass recipe run by the same runner: `squeeze prune M
+/// --sparsity 0.5 --out P` writes the bytes the equivalent recipe writes as its
+/// model.sqz (likewise trim, quantize and the random-pruning control).
+#[test]
+fn each_verb_writes_the_bytes_of_its_one_pass_recipe() {
+    let d = Dir::new();
+    let data = data_dir(&d);
+    let ds = data.to_str().unwrap();
+    let m = d.path("m.safetensors");
+    let o = squeeze(&["train", "--model", "mlp", "--epochs", "1", "--out", m.to_str().unwrap(), "--data", ds, "--validation", "300"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let cases: [(&str, &[&str], &str); 4] = [
+        ("prune", &["--sparsity", "0.5", "--fine-tune-epochs", "1"], "type = \"prune\"\nsparsity = 0.5\nfine_tune_epochs = 1\n"),
+        ("trim", &["--ratio", "0.5", "--fine-tune-epochs", "1"], "type = \"trim\"\nratio = 0.5\nfine_tune_epochs = 1\n"),
+        ("quantize", &["--calibration", "200"], "type = \"quantize\"\ncalibration = 200\n"),
+        ("random-prune", &["--sparsity", "0.5", "--fine-tune-epochs", "1"], "type = \"random_prune\"\nsparsity = 0.5\nfine_tune_epochs = 1\n"),
+    ];
+    for (verb, flags, pass) in cases {
+        let by_verb = d.path(&format!("{verb}.sqz"));
+        let mut args = vec![verb, m.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--seed", "7", "--out", by_verb.to_str().unwrap(), "--data", ds, "--validation", "300"]);
+        let o = squeeze(&args);
+        assert_eq!(o.code, 0, "{verb}: {}", o.stderr);
+        assert!(o.stdout.contains(&format!("wrote {}", by_verb.display())), "{}", o.stdout);
+        let recipe = d.path(&format!("{verb}.toml"));
+        let text = format!(
+            "name = \"{verb}\"\nseed = 7\n[model]\nfile = \"{}\"\n[data]\ndir = \"{ds}\"\nvalidation = 300\n[gate]\nmax_accuracy_drop = 1.0\n[[pass]]\n{pass}",
+            m.display()
+        );
+        std::fs::write(&recipe, text).unwrap();
+        let out = d.path(&format!("{verb}-run"));
+        let o = squeeze(&["run", "--recipe", recipe.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+        assert_eq!(o.code, 0, "{verb} recipe: {}", o.stderr);
+        let (a, b) = (std::fs::read(&by_verb).unwrap(), std::fs::read(out.join("model.sqz")).unwrap());
+        assert!(a == b, "{verb}: the verb wrote {} bytes, its recipe {} bytes, and they differ", a.len(), b.len());
+        // The verb leaves nothing but its output behind.
+        assert!(std::fs::read_dir(d.path("")).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".squeeze-")));
+    }
+    // A quantized model only fits .sqz; the pass's own checks hold on the command line.
+    assert_error(&squeeze(&["quantize", m.to_str().unwrap(), "--out", d.path("q.safetensors").to_str().unwrap(), "--data", ds]), "only .sqz holds");
+    assert_error(&squeeze(&["random-prune", m.to_str().unwrap(), "--sparsity", "1.5", "--out", d.path("r.sqz").to_str().unwrap(), "--data", ds]), "sparsity");
+    assert_error(&squeeze(&["prune", m.to_str().unwrap(), "--sparsity", "0.5", "--layers", "fc9", "--out", d.path("r.sqz").to_str().unwrap(), "--data", ds, "--validation", "300"]), "fc9");
 }

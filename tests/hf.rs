@@ -321,7 +321,7 @@ fn embedding_recipe_gates_on_cosine_and_compresses_every_way() {
     let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["baseline", "pruned-50-wanda", "int8-weights"]);
     for s in &stages[1..] {
-        let (mean, min) = (s["extra"]["mean_cosine"].as_f64().unwrap(), s["extra"]["min_cosine"].as_f64().unwrap());
+        let (mean, min) = (s["fidelity"]["mean_cosine"].as_f64().unwrap(), s["fidelity"]["min_cosine"].as_f64().unwrap());
         assert!(mean <= 1.0 + 1e-9 && min <= mean + 1e-12 && mean > 0.5, "{s}");
         assert_eq!(s["extra"]["heldout_sentences"], 5);
     }
