@@ -1645,6 +1645,7 @@ mod tests {
                 Node { name: "h2".into(), inputs: vec!["sum".into()], op: lin(8, 2) },
             ],
             outputs: vec!["h1".into(), "h2".into()],
+            io_names: Default::default(),
         }
     }
 
