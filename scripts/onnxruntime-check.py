@@ -4,8 +4,11 @@
     python3 scripts/onnxruntime-check.py eval MODEL.onnx [DATA_DIR]
         top-1 accuracy on the Fashion-MNIST test set (pixels / 255, the scale squeeze
         uses), with the input reshaped to the model's input shape.
-    python3 scripts/onnxruntime-check.py run MODEL.onnx INPUT.f32 N OUTPUT.f32
-        runs N samples (raw little-endian float32) and writes the first output.
+    python3 scripts/onnxruntime-check.py run MODEL.onnx INPUT.f32 N OUTPUT.f32 [NAME]
+        runs N samples (raw little-endian float32), fed by the model's input name, and
+        writes the first output (or the output called NAME).
+    python3 scripts/onnxruntime-check.py names MODEL.onnx
+        prints the input names, then the output names, one line each, tab-separated.
 
 Used by the test suite (tests/onnx.rs) when onnxruntime is installed (CI installs it).
 """
@@ -23,10 +26,10 @@ def session(path):
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
-def run(sess, x):
+def run(sess, x, output=None):
     inp = sess.get_inputs()[0]
     shape = [x.shape[0]] + [int(d) for d in inp.shape[1:]]
-    return sess.run([sess.get_outputs()[0].name], {inp.name: x.reshape(shape).astype(np.float32)})[0]
+    return sess.run([output or sess.get_outputs()[0].name], {inp.name: x.reshape(shape).astype(np.float32)})[0]
 
 
 def idx(path):
@@ -54,10 +57,14 @@ def main(argv):
         sess = session(argv[2])
         preds = np.concatenate([run(sess, x[i:i + 1000]).argmax(axis=1) for i in range(0, len(x), 1000)])
         print(f"onnxruntime {ort.__version__}: {argv[2]}: test accuracy {(preds == y).mean() * 100:.2f}% ({len(y)} images)")
-    elif len(argv) == 6 and argv[1] == "run":
+    elif len(argv) in (6, 7) and argv[1] == "run":
         n = int(argv[4])
         x = np.fromfile(argv[3], dtype="<f4").reshape(n, -1)
-        run(session(argv[2]), x).astype("<f4").tofile(argv[5])
+        run(session(argv[2]), x, argv[6] if len(argv) == 7 else None).astype("<f4").tofile(argv[5])
+    elif len(argv) == 3 and argv[1] == "names":
+        sess = session(argv[2])
+        print("\t".join(i.name for i in sess.get_inputs()))
+        print("\t".join(o.name for o in sess.get_outputs()))
     else:
         raise SystemExit(__doc__)
 

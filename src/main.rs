@@ -268,9 +268,14 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Export a model for other runtimes: ONNX (QDQ int8 when the model is quantized,
-    /// else fp32) or safetensors (dense f32, PyTorch key names for imported models).
-    /// The file is read again and checked against the model before it is written.
+    /// Export a model for other runtimes: ONNX or safetensors (dense f32, PyTorch key
+    /// names for imported models). ONNX of a quantized model keeps its int8 weights int8:
+    /// full int8 as QDQ (squeeze's calibrated u8 activations); weights-only and dynamic
+    /// models as int8 weights with per-channel scales through DequantizeLinear into float
+    /// layers (dynamic's run-time activation quantization is a squeeze speed choice and
+    /// is not in the file); other models as fp32. An imported ONNX model keeps its input
+    /// and output names. The file is read again and checked against the model before it
+    /// is written.
     Export {
         /// A .sqz, .safetensors or .onnx model.
         model: PathBuf,
@@ -285,7 +290,8 @@ enum Command {
         /// How a QDQ export stores int8 weights: uint8 (value + 128, zero point 128; exact
         /// in ONNX Runtime on every x86 CPU) or int8 (symmetric, zero point 0, as TensorRT
         /// requires; ONNX Runtime's AVX2 u8×s8 kernels can saturate on it without VNNI).
-        /// The real weight values are the same either way.
+        /// The real weight values are the same either way. Weights that no integer kernel
+        /// reads (weights-only and dynamic models, LSTM/GRU) are always int8, zero point 0.
         #[arg(long, value_enum, default_value_t = WeightTypeArg::Uint8)]
         weight_type: WeightTypeArg,
         /// Inputs on which the re-read export must give the model's outputs (safetensors).
@@ -975,6 +981,10 @@ fn export(path: &Path, format: ExportFormat, out: &Path, float: bool, weight_typ
                     onnx::WeightType::Int8 => "int8 weights (zero point 0)",
                 };
                 out!("ONNX opset {}, QDQ int8: {} integer layers with per-channel {weights} and squeeze's calibrated u8 activations", onnx::export::EXPORT_OPSET, e.int8_layers);
+                out!("checked: imported again, max |difference| {:.2e} from the model run on dequantized weights ({} inputs)", e.max_diff, e.samples);
+            } else if e.int8_weights > 0 {
+                let dynamic = if e.dynamic_layers > 0 { format!(" ({} dynamic layers: their run-time activation quantization is not in the file)", e.dynamic_layers) } else { String::new() };
+                out!("ONNX opset {}, int8 weights: {} tensors as int8 with per-channel scales through DequantizeLinear, float activations{dynamic}", onnx::export::EXPORT_OPSET, e.int8_weights);
                 out!("checked: imported again, max |difference| {:.2e} from the model run on dequantized weights ({} inputs)", e.max_diff, e.samples);
             } else {
                 out!("ONNX opset {}, fp32 (every tensor decoded to dense f32)", onnx::export::EXPORT_OPSET);

@@ -418,6 +418,12 @@ pub struct OnnxExport {
     pub bytes: Vec<u8>,
     /// Integer layers written as QDQ (0 for an fp32 export).
     pub int8_layers: usize,
+    /// Weight tensors stored int8 in the file (QDQ layers' weights included; 0 for an
+    /// fp32 export).
+    pub int8_weights: usize,
+    /// Layers squeeze runs with dynamic (run-time, per row) activation quantization,
+    /// written with float activations (see [`onnx::encode_int8`]).
+    pub dynamic_layers: usize,
     /// Inputs the re-imported file was run on, the largest output difference from the
     /// model, and what was allowed.
     pub samples: usize,
@@ -425,18 +431,21 @@ pub struct OnnxExport {
     pub tolerance: f32,
 }
 
-/// ONNX bytes of a model file: QDQ int8 when it is a quantized `.sqz` (unless `float`),
-/// else fp32 of its parameters decoded from any encoding. Before returning, the bytes
+/// ONNX bytes of a model file: with its int8 weights kept int8 when it is a quantized
+/// `.sqz` (unless `float`; see [`onnx::encode_int8`]: QDQ for full int8, int8 weights
+/// through DequantizeLinear into float layers for weights-only and dynamic models), else
+/// fp32 of its parameters decoded from any encoding. An imported ONNX model keeps its
+/// original input and output names. Before returning, the bytes
 /// are imported again by squeeze's importer and run on 8 inputs in [0, 1] against the
-/// model: fp32 must agree within 1e-5 (relative to the outputs' magnitude); QDQ is
-/// compared with the stored model run in float from its dequantized weights, within 1e-3
-/// (the int32 bias rounding). The activation quantization itself is what ONNX Runtime
+/// model: fp32 and int8-weight files must agree within 1e-5 (relative to the outputs'
+/// magnitude) with the model run in float from its (dequantized) weights; QDQ within
+/// 1e-3 (the int32 bias rounding). The activation quantization itself is what ONNX Runtime
 /// runs (checked against squeeze's integer kernels by the test suite). `weight_type`:
 /// how the QDQ file stores the integer layers' weights (see [`onnx::WeightType`]).
 pub fn export_onnx(path: &Path, file: ModelFile, float: bool, weight_type: onnx::WeightType) -> Result<OnnxExport, StoreError> {
-    let (graph, bytes, reference, tolerance, int8_layers) = match file {
-        ModelFile::Sqz(s) if !float && !s.quant.integer_nodes.is_empty() => {
-            let bytes = onnx::encode_qdq(&s, weight_type)?;
+    let (graph, bytes, reference, tolerance, counts) = match file {
+        ModelFile::Sqz(s) if !float && s.tensors.iter().any(|t| matches!(t.values, Values::I8 { .. })) => {
+            let bytes = onnx::encode_int8(&s, weight_type)?;
             // The float run of the same weights (int8 dequantized at load).
             let w = s
                 .tensors
@@ -458,17 +467,22 @@ pub fn export_onnx(path: &Path, file: ModelFile, float: bool, weight_type: onnx:
                 .collect();
             let plan = Plan::new(&s.graph, w, &QuantPlan::default()).map_err(StoreError::ExportRun)?;
             // Integer LSTM/GRU nodes are written as float recurrent ops holding their
-            // dequantized int8 weights: not integer layers of the ONNX graph.
-            let int8_layers = s.quant.integer_nodes.iter().filter(|n| s.graph.node(n).is_some_and(|n| n.op.has_weight())).count();
-            (s.graph.clone(), bytes, plan, 1e-3, int8_layers)
+            // dequantized int8 weights, dynamic layers as float layers: not integer
+            // layers of the ONNX graph.
+            let int8_layers =
+                s.quant.integer_nodes.iter().filter(|n| !s.quant.dynamic.contains(*n) && s.graph.node(n).is_some_and(|n| n.op.has_weight())).count();
+            let int8_weights = s.tensors.iter().filter(|t| matches!(t.values, Values::I8 { .. })).count();
+            let tolerance = if int8_layers > 0 { 1e-3 } else { 1e-5 };
+            (s.graph.clone(), bytes, plan, tolerance, (int8_layers, int8_weights, s.quant.dynamic.len()))
         }
         other => {
             let model = other.into_model().map_err(|source| StoreError::Model { path: path.into(), source })?;
             let bytes = onnx::encode_f32(&model.graph, &model.tensors())?;
             let plan = model_plan(&model).map_err(StoreError::ExportRun)?;
-            (model.graph, bytes, plan, 1e-5, 0)
+            (model.graph, bytes, plan, 1e-5, (0, 0, 0))
         }
     };
+    let (int8_layers, int8_weights, dynamic_layers) = counts;
     let back = onnx::import(&bytes).map_err(StoreError::Reimport)?;
     let w = back.tensors.iter().map(|(n, _, v)| (n.clone(), Weights::F32(v.clone()))).collect();
     let plan = Plan::new(&back.graph, w, &QuantPlan::default()).map_err(StoreError::ExportRun)?;
@@ -491,5 +505,5 @@ pub fn export_onnx(path: &Path, file: ModelFile, float: bool, weight_type: onnx:
     if !(max_diff <= allowed) {
         return Err(StoreError::ExportMismatch { max_diff, tolerance: allowed, samples });
     }
-    Ok(OnnxExport { bytes, int8_layers, samples, max_diff, tolerance: allowed })
+    Ok(OnnxExport { bytes, int8_layers, int8_weights, dynamic_layers, samples, max_diff, tolerance: allowed })
 }

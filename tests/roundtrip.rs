@@ -21,6 +21,7 @@ fn two_heads_with_residual() -> Graph {
             Node { name: "coarse".into(), inputs: vec!["sum".into()], op: lin(72, 4) },
         ],
         outputs: vec!["classes".into(), "coarse".into()],
+        io_names: Default::default(),
     }
 }
 

@@ -1439,6 +1439,7 @@ mod tests {
                 Node { name: "h".into(), inputs: vec!["sum".into()], op: lin(8, 3) },
             ],
             outputs: vec!["h".into()],
+            io_names: Default::default(),
         };
         let r = Model::init(g, 1).unwrap();
         let e = trim(&r, &cfg(0.5, Score::L1, &["a"], &[]), &[]).unwrap_err();

@@ -247,7 +247,7 @@ pub fn import(dir: &Path, seq: Option<usize>) -> Result<HfImport, HfError> {
         return Err(mismatch(format!("tensor '{extra}' belongs to a layer beyond num_hidden_layers {}", cfg.num_hidden_layers)));
     }
     let pooled = add(&mut nodes, "pooling".into(), vec![prev], Op::Pool { kind: pool });
-    let graph = Graph { input_shape: vec![seq], nodes, outputs: vec![pooled] };
+    let graph = Graph { input_shape: vec![seq], nodes, outputs: vec![pooled], io_names: Default::default() };
     graph.validate().map_err(|e| mismatch(e.to_string()))?;
     let mut skipped: Vec<String> = st.names().into_iter().filter(|n| !used.borrow().iter().any(|u| u == *n)).map(str::to_string).collect();
     skipped.sort();

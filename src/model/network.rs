@@ -867,6 +867,7 @@ mod tests {
                 node("softmax", &["head"], Op::Softmax),
             ],
             outputs: vec!["softmax".into()],
+            io_names: Default::default(),
         }
     }
 
@@ -1074,6 +1075,7 @@ mod tests {
                 Node { name: "aux".into(), inputs: vec!["sum".into()], op: lin(4, 2) },
             ],
             outputs: vec!["head".into(), "aux".into()],
+            io_names: Default::default(),
         };
         check_gradients(&Model::init(g, 5).unwrap(), 6, 5);
     }

@@ -141,7 +141,7 @@ pub fn vit(s: &VitShape) -> Graph {
     let x = push("pool".into(), vec![x], Op::Pool { kind: PoolKind::Cls });
     let x = push("head".into(), vec![x], linear(s.dim, 10));
     let out = push("softmax".into(), vec![x], Op::Softmax);
-    Graph { input_shape: vec![1, 28, 28], nodes, outputs: vec![out] }
+    Graph { input_shape: vec![1, 28, 28], nodes, outputs: vec![out], io_names: Default::default() }
 }
 
 #[cfg(test)]

@@ -442,6 +442,14 @@ pub struct Graph {
     pub input_shape: Vec<usize>,
     pub nodes: Vec<Node>,
     pub outputs: Vec<String>,
+    /// The names the graph input ([`INPUT`]) and output values had in the file the model
+    /// was imported from, where they differ from squeeze's value names: value → original
+    /// name (an ONNX model's `image` input, `logits` output). The ONNX exporter writes
+    /// these names, so that an export can replace the original file. Empty for zoo and
+    /// PyTorch models (they keep squeeze's names); absent from files written before it
+    /// existed and not written when empty, so those files read and write unchanged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub io_names: BTreeMap<String, String>,
 }
 
 /// Whether a parameter is a weight matrix/kernel or a bias vector.
@@ -500,7 +508,7 @@ impl Graph {
             nodes.push(Node { name: name.to_string(), inputs: vec![prev.clone()], op });
             prev = name.to_string();
         }
-        Graph { input_shape, nodes, outputs: vec![prev] }
+        Graph { input_shape, nodes, outputs: vec![prev], io_names: BTreeMap::new() }
     }
 
     /// Checks names, wiring and shapes; returns the per-sample shape of every value.
@@ -893,6 +901,7 @@ mod tests {
                 Node { name: "h2".into(), inputs: vec!["sum".into()], op: lin(8, 2) },
             ],
             outputs: vec!["h1".into(), "h2".into()],
+            io_names: Default::default(),
         }
     }
 
@@ -1039,6 +1048,21 @@ mod tests {
         assert_eq!(serde_json::from_str::<Graph>(&json).unwrap(), g);
         let emb = Graph::chain(vec![8], vec![("emb", Op::Embedding { vocab: 10, dim: 4, pad_token: Some(10) })]);
         assert!(why(emb).contains("pad_token 10 is not below vocab 10"));
+    }
+
+    /// `io_names`: absent in JSON written before it existed (an old file reads with
+    /// none and writes back byte for byte), written only when set, and read back.
+    #[test]
+    fn io_names_are_optional_in_the_stored_architecture() {
+        let old = r#"{"input_shape":[4],"nodes":[{"name":"fc","inputs":["input"],"op":"linear","in_features":4,"out_features":2,"bias":true}],"outputs":["fc"]}"#;
+        let g: Graph = serde_json::from_str(old).unwrap();
+        assert!(g.io_names.is_empty());
+        assert_eq!(serde_json::to_string(&g).unwrap(), old);
+        let mut named = g.clone();
+        named.io_names = [(INPUT.to_string(), "pixels".to_string()), ("fc".to_string(), "logits".to_string())].into();
+        let json = serde_json::to_string(&named).unwrap();
+        assert!(json.contains(r#""io_names":{"fc":"logits","input":"pixels"}"#), "{json}");
+        assert_eq!(serde_json::from_str::<Graph>(&json).unwrap(), named);
     }
 
     /// `head_dim`: absent in JSON written before it existed (and written only when

@@ -1,8 +1,9 @@
 //! squeeze graph → ONNX (opset 13).
 //!
-//! - [`export_f32`]: any graph with dense f32 parameters (a stored model decoded from any
+//! - [`encode_f32`]: any graph with dense f32 parameters (a stored model decoded from any
 //!   encoding: dense, sparse, codebook, int8 dequantized) as plain ONNX.
-//! - [`export_qdq`]: a quantized `.sqz` model as ONNX QDQ: every integer layer reads its
+//! - [`encode_int8`]: a quantized `.sqz` model with its int8 weights kept int8. A full
+//!   int8 model is written as ONNX QDQ: every integer layer reads its
 //!   input through QuantizeLinear → DequantizeLinear with squeeze's calibrated u8 scale
 //!   and zero point, its int8 weight through DequantizeLinear with the per-output-channel
 //!   scales (axis 0), its bias as int32 at scale `input_scale · weight_scale[o]` (as
@@ -14,13 +15,19 @@
 //!   int8-weight file computes something else there; its u8×u8 kernels widen to 16 bits
 //!   first and are exact, so the uint8 file computes what squeeze's integer path does.
 //!   [`WeightType::Int8`] (symmetric, zero point 0) is for runtimes that require it
-//!   (TensorRT).
+//!   (TensorRT). Weights-only and dynamic models (and any int8 weight no integer layer
+//!   reads) keep their int8 weights as INT8 initializers with per-output-channel float
+//!   scales, dequantized into float Gemm/Conv: what squeeze computes for weights-only.
+//!
+//! Both keep the names the graph input and outputs had in an imported model's file
+//! ([`Graph::io_names`]), so an export can replace the file it came from; zoo and
+//! PyTorch models use squeeze's names (`input`, the output nodes' names).
 //!
 //! This module only encodes (format depends on spec, not on the runtime); the check
 //! that the bytes import again and compute what the model computes is
 //! `store::export_onnx`, which every caller goes through before writing a file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use prost::Message;
 
@@ -51,7 +58,7 @@ pub enum WeightType {
 pub enum ExportError {
     #[error("tensor '{0}' is missing")]
     MissingTensor(String),
-    #[error("the model has no integer layers to export as QDQ int8 (quantize it with mode = \"full\" first, or export fp32)")]
+    #[error("the model has no int8 weights to export as int8 (quantize it first, or export fp32)")]
     NotQuantized,
     #[error("integer layer '{node}' reads '{value}', which has no calibrated quantization")]
     MissingQParams { node: String, value: String },
@@ -148,11 +155,8 @@ fn recurrent(
             // int8 weights stay int8 in the file: DequantizeLinear per gate row (axis 1 of
             // [1, rows, cols]), the float product squeeze's runtime forms at load.
             Some((q, scales)) if q.len() == g * cols && scales.len() == g => {
-                let (qn, sn, zn) = (format!("{onnx}.q"), format!("{onnx}.scale"), format!("{onnx}.zero_point"));
-                w.inits.push(tensor_i8(&qn, &[1, g, cols], &reorder_blocks(q, h * cols, order)));
-                w.inits.push(tensor_f32(&sn, &[g], &reorder_blocks(scales, h, order)));
-                w.inits.push(tensor_i8(&zn, &[g], &vec![0; g]));
-                w.node("DequantizeLinear", &format!("{onnx}.dequantize"), vec![qn, sn, zn], onnx.clone(), vec![int("axis", 1)]);
+                let (q, scales) = (reorder_blocks(q, h * cols, order), reorder_blocks(scales, h, order));
+                w.dequantized(onnx, onnx, &[1, g, cols], &q, &scales, 1, WeightType::Int8);
             }
             _ => w.inits.push(tensor_f32(onnx, &[1, g, cols], &reorder_blocks(get(param)?, h * cols, order))),
         }
@@ -226,6 +230,30 @@ impl Writer {
         self.nodes.push(NodeProto { input: inputs, output: vec![output], name: Some(name.into()), op_type: Some(op.into()), attribute, ..Default::default() });
     }
 
+    /// The int8 tensor `q` (shape `dims`, one float scale per index of axis `axis`) as
+    /// initializers `{base}.q`, `{base}.scale`, `{base}.zero_point`, read through a
+    /// DequantizeLinear node whose output is `output`: the values `scale · q` squeeze
+    /// computes with. Stored as `weight_type` (see [`WeightType`]; the real values are
+    /// the same either way).
+    #[allow(clippy::too_many_arguments)]
+    fn dequantized(&mut self, base: &str, output: &str, dims: &[usize], q: &[i8], scales: &[f32], axis: i64, weight_type: WeightType) {
+        let (qn, sn, zn) = (format!("{base}.q"), format!("{base}.scale"), format!("{base}.zero_point"));
+        let channels = scales.len();
+        match weight_type {
+            WeightType::Uint8 => {
+                let shifted: Vec<u8> = q.iter().map(|&v| (v as i16 + 128) as u8).collect();
+                self.inits.push(tensor_u8(&qn, dims, &shifted));
+                self.inits.push(tensor_u8(&zn, &[channels], &vec![128; channels]));
+            }
+            WeightType::Int8 => {
+                self.inits.push(tensor_i8(&qn, dims, q));
+                self.inits.push(tensor_i8(&zn, &[channels], &vec![0; channels]));
+            }
+        }
+        self.inits.push(tensor_f32(&sn, &[channels], scales));
+        self.node("DequantizeLinear", &format!("{base}.dequantize"), vec![qn, sn, zn], output.into(), vec![int("axis", axis)]);
+    }
+
     /// `onnx_value` through QuantizeLinear → DequantizeLinear with `qp` (once per pair).
     fn fake_quant(&mut self, value: &str, onnx_value: &str, qp: QParams) -> String {
         let key = (value.to_string(), qp.zero_point, qp.scale.to_bits());
@@ -275,7 +303,10 @@ fn build(graph: &Graph, tensors: &HashMap<String, Vec<f32>>, int8: Option<&Int8>
         let out = node.name.clone();
         let in_shape = &shapes[x_value];
         let mut out_repr: Option<QParams> = None;
-        let integer = int8.filter(|q| q.plan.integer_nodes.contains(&node.name) && node.op.has_weight());
+        // Calibrated integer layers are written as QDQ; a dynamic layer's activations are
+        // quantized per row at run time by squeeze's kernels (a speed choice, not part of
+        // the model's function), so it is written like a weights-only layer.
+        let integer = int8.filter(|q| q.plan.integer_nodes.contains(&node.name) && !q.plan.dynamic.contains(&node.name) && node.op.has_weight());
         match &node.op {
             Op::Linear { .. } | Op::Conv2d { .. } => {
                 let wname = format!("{}.weight", node.name);
@@ -295,25 +326,7 @@ fn build(graph: &Graph, tensors: &HashMap<String, Vec<f32>>, int8: Option<&Int8>
                     };
                     let (wq, ws) = q.weights.get(&wname).ok_or_else(|| ExportError::NotInt8(node.name.clone()))?;
                     let oc = wshape[0];
-                    match q.weight_type {
-                        WeightType::Uint8 => {
-                            let shifted: Vec<u8> = wq.iter().map(|&v| (v as i16 + 128) as u8).collect();
-                            w.inits.push(tensor_u8(&format!("{wname}.q"), &wshape, &shifted));
-                            w.inits.push(tensor_u8(&format!("{wname}.zero_point"), &[oc], &vec![128; oc]));
-                        }
-                        WeightType::Int8 => {
-                            w.inits.push(tensor_i8(&format!("{wname}.q"), &wshape, wq));
-                            w.inits.push(tensor_i8(&format!("{wname}.zero_point"), &[oc], &vec![0; oc]));
-                        }
-                    }
-                    w.inits.push(tensor_f32(&format!("{wname}.scale"), &[oc], ws));
-                    w.node(
-                        "DequantizeLinear",
-                        &format!("{wname}.dequantize"),
-                        vec![format!("{wname}.q"), format!("{wname}.scale"), format!("{wname}.zero_point")],
-                        format!("{wname}.dq"),
-                        vec![int("axis", 0)],
-                    );
+                    w.dequantized(&wname, &format!("{wname}.dq"), &wshape, wq, ws, 0, q.weight_type);
                     inputs.push(xq);
                     inputs.push(format!("{wname}.dq"));
                     if bias {
@@ -344,9 +357,25 @@ fn build(graph: &Graph, tensors: &HashMap<String, Vec<f32>>, int8: Option<&Int8>
                         None => out_repr = q.plan.activations.get(&node.name).copied(),
                     }
                 } else {
-                    w.inits.push(tensor_f32(&wname, &wshape, get(&wname)?));
-                    inputs.push(x.clone());
-                    inputs.push(wname.clone());
+                    match int8.and_then(|q| q.weights.get(&wname)) {
+                        // A stored int8 weight that no integer kernel reads (weights-only
+                        // and dynamic models, layers left out of full int8): int8 in the
+                        // file, dequantized per output channel in front of the float
+                        // Gemm/Conv, as squeeze dequantizes it at load. Symmetric int8:
+                        // no integer kernel reads it, so ONNX Runtime's u8×s8 saturation
+                        // (why QDQ layers default to uint8) cannot arise.
+                        Some((wq, ws)) if wq.len() == wshape.iter().product::<usize>() && ws.len() == wshape[0] => {
+                            let dq = format!("{wname}.dq");
+                            w.dequantized(&wname, &dq, &wshape, wq, ws, 0, WeightType::Int8);
+                            inputs.push(x.clone());
+                            inputs.push(dq);
+                        }
+                        _ => {
+                            w.inits.push(tensor_f32(&wname, &wshape, get(&wname)?));
+                            inputs.push(x.clone());
+                            inputs.push(wname.clone());
+                        }
+                    }
                     if bias {
                         let b = get(&bname)?;
                         w.inits.push(tensor_f32(&bname, &[b.len()], b));
@@ -449,7 +478,7 @@ fn build(graph: &Graph, tensors: &HashMap<String, Vec<f32>>, int8: Option<&Int8>
         };
         outputs.push(value_info(&name, &shapes[o]));
     }
-    let g = GraphProto {
+    let mut g = GraphProto {
         node: w.nodes,
         name: Some("squeeze".into()),
         initializer: w.inits,
@@ -458,17 +487,98 @@ fn build(graph: &Graph, tensors: &HashMap<String, Vec<f32>>, int8: Option<&Int8>
         output: outputs,
         value_info: Vec::new(),
     };
+    restore_io_names(&mut g, graph);
+    let qdq = int8.is_some_and(|q| graph.nodes.iter().any(|n| n.op.has_weight() && q.plan.integer_nodes.contains(&n.name) && !q.plan.dynamic.contains(&n.name)));
+    let doc = match int8 {
+        Some(_) if qdq => "squeeze QDQ int8 export",
+        Some(_) => "squeeze export: int8 weights (DequantizeLinear), float compute",
+        None => "squeeze fp32 export",
+    };
     Ok(ModelProto {
         ir_version: Some(7),
         producer_name: Some("squeeze".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
         domain: None,
         model_version: None,
-        doc_string: Some(if int8.is_some() { "squeeze QDQ int8 export".into() } else { "squeeze fp32 export".into() }),
+        doc_string: Some(doc.into()),
         graph: Some(g),
         opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(EXPORT_OPSET) }],
         metadata_props: Vec::new(),
     })
+}
+
+/// Every value name `g` uses: node inputs and outputs, initializers, graph inputs and
+/// outputs.
+fn value_names(g: &GraphProto) -> HashSet<String> {
+    let nodes = g.node.iter().flat_map(|n| n.input.iter().chain(&n.output)).cloned();
+    let inits = g.initializer.iter().filter_map(|t| t.name.clone());
+    let io = g.input.iter().chain(&g.output).filter_map(|v| v.name.clone());
+    nodes.chain(inits).chain(io).filter(|n| !n.is_empty()).collect()
+}
+
+/// Renames value `from` to `to` everywhere in `g`.
+fn rename_value(g: &mut GraphProto, from: &str, to: &str) {
+    for n in &mut g.node {
+        n.input.iter_mut().chain(n.output.iter_mut()).filter(|v| *v == from).for_each(|v| *v = to.into());
+    }
+    let names = g.initializer.iter_mut().map(|t| &mut t.name).chain(g.input.iter_mut().chain(g.output.iter_mut()).map(|v| &mut v.name));
+    names.filter(|n| n.as_deref() == Some(from)).for_each(|n| *n = Some(to.into()));
+}
+
+/// Gives the graph input and outputs the names they had in the file the model was
+/// imported from ([`Graph::io_names`]), so that the export can replace that file; values
+/// without one keep squeeze's names. A squeeze value that already holds a wanted name
+/// (e.g. a node named like another value's original name) is renamed out of the way
+/// (`{name}.value`); an output that is also the input or another output is given its
+/// name through an Identity node.
+fn restore_io_names(g: &mut GraphProto, graph: &Graph) {
+    if graph.io_names.is_empty() {
+        return;
+    }
+    // (graph output index or None for the input, wanted name); a name wanted twice is
+    // given once.
+    let mut wanted: Vec<(Option<usize>, String)> = Vec::new();
+    let mut io = graph.io_names.get(INPUT).map(|n| (None, n.clone())).into_iter().collect::<Vec<_>>();
+    io.extend(graph.outputs.iter().enumerate().filter_map(|(i, o)| graph.io_names.get(o).map(|n| (Some(i), n.clone()))));
+    for (slot, name) in io {
+        if !wanted.iter().any(|(_, n)| *n == name) {
+            wanted.push((slot, name));
+        }
+    }
+    let mut fixed: HashSet<String> = HashSet::new();
+    for (slot, name) in wanted {
+        let current = match slot {
+            None => g.input[0].name.clone(),
+            Some(i) => g.output[i].name.clone(),
+        }
+        .unwrap_or_default();
+        if current == name {
+            fixed.insert(name);
+            continue;
+        }
+        let used = value_names(g);
+        if used.contains(&name) {
+            if fixed.contains(&name) {
+                continue;
+            }
+            let mut free = format!("{name}.value");
+            while used.contains(&free) {
+                free.push('_');
+            }
+            rename_value(g, &name, &free);
+        }
+        // An output whose value is also the input or another output gets an Identity.
+        let shared = fixed.contains(&current) || g.input.iter().chain(&g.output).filter(|v| v.name.as_ref() == Some(&current)).count() > 1;
+        match slot {
+            Some(i) if shared => {
+                let node = NodeProto { input: vec![current], output: vec![name.clone()], name: Some(format!("{name}.identity")), op_type: Some("Identity".into()), ..Default::default() };
+                g.node.push(node);
+                g.output[i].name = Some(name.clone());
+            }
+            _ => rename_value(g, &current, &name),
+        }
+        fixed.insert(name);
+    }
 }
 
 /// ONNX fp32 of `graph` with dense parameters `tensors` (by name).
@@ -476,11 +586,24 @@ pub fn encode_f32(graph: &Graph, tensors: &HashMap<String, Vec<f32>>) -> Result<
     Ok(build(graph, tensors, None)?.encode_to_vec())
 }
 
-/// ONNX QDQ int8 of a quantized stored model (the integer layers' weights as
-/// `weight_type`, every other tensor as dense f32; recurrent layers' int8 weights stay
-/// int8 in front of a float LSTM/GRU, where no integer kernel reads them).
-pub fn encode_qdq(model: &SqzModel, weight_type: WeightType) -> Result<Vec<u8>, ExportError> {
-    if model.quant.integer_nodes.is_empty() {
+/// ONNX of a stored model whose weights are (partly) int8, keeping them int8 in the
+/// file (about a quarter of the fp32 size):
+///
+/// - full int8 (calibrated integer layers): QDQ, the integer layers' weights stored as
+///   `weight_type`, their inputs and outputs quantized at squeeze's calibrated scales;
+/// - weights-only (`--mode weights`), and any other int8 weight no integer kernel reads
+///   (layers left float by a layer list, LSTM/GRU weights in front of a float
+///   recurrent op): the int8 values with zero point 0 and their per-output-channel float
+///   scales through DequantizeLinear into the float Gemm/Conv/LSTM/GRU: the function
+///   squeeze's weights-only path computes (dequantized weights × float activations);
+/// - dynamic (`--mode dynamic`): like weights-only. squeeze quantizes those layers'
+///   inputs per row at run time for speed only; ONNX's DynamicQuantizeLinear quantizes
+///   per tensor, another function, so the file keeps float activations.
+///
+/// Every other tensor is dense f32. [`ExportError::NotQuantized`] when the model has no
+/// int8 weight.
+pub fn encode_int8(model: &SqzModel, weight_type: WeightType) -> Result<Vec<u8>, ExportError> {
+    if !model.tensors.iter().any(|t| matches!(t.values, Values::I8 { .. })) {
         return Err(ExportError::NotQuantized);
     }
     let mut dense = HashMap::new();

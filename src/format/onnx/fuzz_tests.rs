@@ -96,6 +96,7 @@ fn own_exports() -> Vec<(String, Vec<u8>)> {
             Node { name: "soft".into(), inputs: vec!["fc".into()], op: Op::Softmax },
         ],
         outputs: vec!["soft".into()],
+        io_names: Default::default(),
     };
     let gru = Graph {
         input_shape: vec![5, 3],
@@ -104,6 +105,7 @@ fn own_exports() -> Vec<(String, Vec<u8>)> {
             Node { name: "fc".into(), inputs: vec!["gru".into()], op: Op::Linear { in_features: 4, out_features: 2, bias: true } },
         ],
         outputs: vec!["fc".into()],
+        io_names: Default::default(),
     };
     let mut rng = Rng::new(11);
     [("conv (squeeze export)", conv), ("gru (squeeze export)", gru)]

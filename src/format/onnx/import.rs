@@ -534,7 +534,17 @@ impl Builder {
                 None => return Err(OnnxError::Graph(format!("output '{o}' is not produced by any node"))),
             }
         }
-        let graph = Graph { input_shape: self.input_shape, nodes: self.nodes, outputs };
+        // The file's own input and output names, for an export that replaces the file.
+        let mut io_names = std::collections::BTreeMap::new();
+        if !self.input_name.is_empty() && self.input_name != INPUT {
+            io_names.insert(INPUT.to_string(), self.input_name.clone());
+        }
+        for (onnx, value) in self.outputs.iter().zip(&outputs) {
+            if !onnx.is_empty() && onnx != value {
+                io_names.entry(value.clone()).or_insert_with(|| onnx.clone());
+            }
+        }
+        let graph = Graph { input_shape: self.input_shape, nodes: self.nodes, outputs, io_names };
         graph.validate().map_err(|e| OnnxError::Graph(e.to_string()))?;
         let mut tensors = Vec::new();
         for spec in graph.parameters() {
@@ -549,7 +559,6 @@ impl Builder {
             };
             tensors.push((spec.name.clone(), spec.shape.clone(), data));
         }
-        let _ = self.input_name;
         Ok(Imported { graph, tensors, notes: self.notes, opset: 0, producer: String::new(), op_counts: Vec::new() })
     }
 

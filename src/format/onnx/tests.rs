@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::format::onnx::{encode_f32, encode_qdq, ExportError, WeightType};
+use crate::format::onnx::{encode_f32, encode_int8, ExportError, WeightType};
 use crate::store::{export_onnx, ModelFile};
 use std::path::Path;
 use crate::runtime::exec::{Plan, Weights, Workspace};
@@ -165,7 +165,7 @@ fn qdq_export_of_a_quantized_conv_model_imports_back() {
     assert_eq!(int8_back.tensors, back.tensors, "both weight types dequantize to the same weights");
     // A float model has nothing to export as QDQ.
     let f = crate::compress::quantize::store_f32(&model);
-    assert!(matches!(encode_qdq(&f, WeightType::Uint8), Err(ExportError::NotQuantized)));
+    assert!(matches!(encode_int8(&f, WeightType::Uint8), Err(ExportError::NotQuantized)));
     // --float: the same quantized model as fp32 (weights dequantized).
     assert_eq!(export_onnx(Path::new("q"), ModelFile::Sqz(q), true, WeightType::Uint8).unwrap().int8_layers, 0);
 }
@@ -218,4 +218,96 @@ fn bad_files_are_one_clear_error() {
     assert!(import(&[]).is_err());
     assert!(!is_onnx(b"PK\x03\x04 a zip file"));
     assert!(is_onnx(&good));
+}
+
+/// The exporter gives the graph input and outputs their [`Graph::io_names`], also where
+/// a wanted name is already a squeeze value's (node `c`'s output, node `a`'s output):
+/// those values are renamed out of the way, the file imports back with the same names,
+/// and computes every output the model does. Without names the export is unchanged.
+#[test]
+fn export_restores_io_names_around_colliding_value_names() {
+    use crate::spec::{Graph, Op, INPUT};
+    let lin = |i, o| Op::Linear { in_features: i, out_features: o, bias: true };
+    let mut graph = Graph::chain(vec![4], vec![("a", lin(4, 3)), ("b", Op::Relu), ("c", lin(3, 2))]);
+    graph.outputs = vec!["b".into(), "c".into()];
+    let model = crate::model::Model::init(graph.clone(), 3).unwrap();
+    let plain = encode_f32(&model.graph, &model.tensors()).unwrap();
+    let names = |bytes: &[u8]| {
+        let g = <crate::format::onnx::proto::ModelProto as prost::Message>::decode(bytes).unwrap().graph.unwrap();
+        let names = |v: &[crate::format::onnx::proto::ValueInfoProto]| v.iter().map(|v| v.name.clone().unwrap()).collect::<Vec<_>>();
+        (names(&g.input), names(&g.output))
+    };
+    assert_eq!(names(&plain), (vec![INPUT.to_string()], vec!["b".to_string(), "c".to_string()]));
+
+    let mut named = model.clone();
+    named.graph.io_names = [(INPUT, "c"), ("b", "a"), ("c", "out")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let check = export_onnx(Path::new("named"), ModelFile::Dense(crate::store::dense_file(&named)), false, WeightType::Uint8).unwrap();
+    assert_eq!(names(&check.bytes), (vec!["c".to_string()], vec!["a".to_string(), "out".to_string()]));
+    let back = import(&check.bytes).unwrap();
+    assert_eq!(back.graph.io_names, named.graph.io_names);
+    let mut rng = crate::rng::Rng::new(4);
+    let x: Vec<f32> = (0..8 * 4).map(|_| rng.next_f32() - 0.5).collect();
+    let want = crate::store::model_plan(&model).unwrap().run_all(&x, 8, &mut Workspace::default()).unwrap();
+    let got = plan_of(&back).run_all(&x, 8, &mut Workspace::default()).unwrap();
+    assert_eq!(want.len(), 2);
+    for (w, g) in want.iter().zip(&got) {
+        assert!(w.iter().zip(g).all(|(a, b)| (a - b).abs() <= 1e-6), "{w:?} vs {g:?}");
+    }
+}
+
+/// Weights-only and dynamic int8 models export their int8 weights as INT8 initializers
+/// (zero point 0, one scale per output channel) dequantized into float Gemm/Conv: no
+/// QuantizeLinear, the re-import check within 1e-5, and the file imports to exactly the
+/// dequantized weights squeeze's weights-only path computes with.
+#[test]
+fn weights_only_and_dynamic_models_export_int8_weights_with_float_activations() {
+    use crate::compress::quantize::{quantize, Mode};
+    use crate::spec::Op;
+    let graph = crate::spec::Graph::chain(
+        vec![1, 6, 6],
+        vec![
+            ("conv", Op::Conv2d { in_channels: 1, out_channels: 2, kernel: 3, stride: 1, padding: 1, bias: true, groups: 1, dilation: 1 }),
+            ("relu", Op::Relu),
+            ("flat", Op::Flatten),
+            ("fc", Op::Linear { in_features: 72, out_features: 4, bias: true }),
+        ],
+    );
+    let model = crate::model::Model::init(graph, 11).unwrap();
+    let mut rng = crate::rng::Rng::new(12);
+    let calibration: Vec<f32> = (0..16 * 36).map(|_| rng.next_f32()).collect();
+    for mode in [Mode::Weights, Mode::Dynamic] {
+        let q = quantize(&model, mode, &[], &calibration).unwrap();
+        let check = export_onnx(Path::new("q"), ModelFile::Sqz(q.clone()), false, WeightType::Uint8).unwrap();
+        assert_eq!((check.int8_layers, check.int8_weights), (0, 2), "{mode:?}");
+        assert!(check.max_diff <= check.tolerance && check.tolerance <= 1e-5 * 10.0, "{mode:?}: {} > {}", check.max_diff, check.tolerance);
+        let m = <crate::format::onnx::proto::ModelProto as prost::Message>::decode(&check.bytes[..]).unwrap();
+        let g = m.graph.unwrap();
+        let dtype = |n: &str| g.initializer.iter().find(|t| t.name.as_deref() == Some(n)).and_then(|t| t.data_type);
+        use crate::format::onnx::proto::data_type;
+        for w in ["conv.weight", "fc.weight"] {
+            assert_eq!(dtype(&format!("{w}.q")), Some(data_type::INT8), "{mode:?} {w}");
+            assert_eq!(dtype(&format!("{w}.zero_point")), Some(data_type::INT8), "{mode:?} {w}");
+            assert_eq!(dtype(&format!("{w}.scale")), Some(data_type::FLOAT), "{mode:?} {w}");
+            assert_eq!(dtype(w), None, "{mode:?}: no float copy of {w}");
+        }
+        assert!(!g.node.iter().any(|n| n.op_type.as_deref() == Some("QuantizeLinear")), "{mode:?}");
+        let back = import(&check.bytes).unwrap();
+        let stored = crate::store::sqz_plan(&q).unwrap();
+        let x: Vec<f32> = calibration[..4 * 36].to_vec();
+        if mode == Mode::Weights {
+            let want = stored.run(&x, 4, &mut Workspace::default()).unwrap().to_vec();
+            let got = plan_of(&back).run(&x, 4, &mut Workspace::default()).unwrap().to_vec();
+            assert!(want.iter().zip(&got).all(|(a, b)| (a - b).abs() <= 1e-5), "{want:?} vs {got:?}");
+        }
+        for t in &q.tensors {
+            if let crate::format::sqz::Values::I8 { .. } = t.values {
+                let dequantized = t.to_dense_f32();
+                let imported = &back.tensors.iter().find(|(n, _, _)| *n == t.name).unwrap().2;
+                assert_eq!(&dequantized, imported, "{mode:?} {}", t.name);
+            }
+        }
+    }
+    // A float model has nothing to export as int8.
+    let f = crate::compress::quantize::store_f32(&model);
+    assert!(matches!(encode_int8(&f, WeightType::Uint8), Err(ExportError::NotQuantized)));
 }

@@ -25,6 +25,7 @@ fn two_head_residual() -> Graph {
             Node { name: "h2".into(), inputs: vec!["sum".into()], op: lin(8, 2) },
         ],
         outputs: vec!["h1".into(), "h2".into()],
+        io_names: Default::default(),
     }
 }
 

@@ -251,6 +251,7 @@ fn two_heads_and_residual_run() {
             Node { name: "h2".into(), inputs: vec!["sum".into()], op: lin(4, 3) },
         ],
         outputs: vec!["h1".into(), "h2".into()],
+        io_names: Default::default(),
     };
     let w = weights(&g, &mut Rng::new(4));
     let plan = Plan::new(&g, w.into_iter().map(|(k, v)| (k, Weights::F32(v))).collect(), &QuantPlan::default()).unwrap();
