@@ -20,8 +20,15 @@
 //! - [`model`]: a trainable network built from a spec: flat parameters, layers with
 //!   forward and backward, the zoo.
 //! - [`train`]: Adam, cross-entropy, the data-parallel trainer with constraints.
-//! - [`compress`]: one file per technique (prune, trim, quantize, share = k-means,
-//!   hashed = HashedNets, multitask = parameter sharing across models).
+//! - [`compress`]: one file per technique (prune, random_prune, trim, quantize, share =
+//!   k-means, hashed = HashedNets, distill, code, multitask = parameter sharing across
+//!   models), each one config type implementing [`compress::pass::Technique`], listed in
+//!   one registry ([`compress::PassConfig`]); [`compress::select`] is the one layer
+//!   selector, [`compress::pass::Context::fine_tune`] the one place passes train.
+//! - [`pipeline`]: the one runner for any recipe (baseline → passes → write → decode →
+//!   measure → gate → report) behind an evaluation contract per kind of model
+//!   (classifier, embedder, task models); the verbs run one-pass recipes through it.
+//! - [`recipe`]: the TOML recipe (model, data, `[train]`, gate, the pass configs).
 //! - [`codec`]: bit-level coding (position encodings, Huffman, f16, the fixed hash of
 //!   hashed sharing); depends on nothing else.
 //! - [`format`]: the `.sqz` container, safetensors I/O, ONNX import and export

@@ -250,7 +250,8 @@ fn cli_imports_inspects_and_embeds_a_hugging_face_directory() {
     assert_eq!(o.code, 2, "{}", o.stderr);
     assert!(o.stderr.contains("missing.sqz") && !o.stderr.contains("panicked"), "{}", o.stderr);
     // The image commands on a text model: one error that says what handles text models.
-    for args in [vec!["eval", m.to_str().unwrap()], vec!["prune", m.to_str().unwrap(), "--sparsity", "0.5", "--out", timed.to_str().unwrap()]] {
+    let pruned = dir.path("pruned.sqz");
+    for args in [vec!["eval", m.to_str().unwrap()], vec!["prune", m.to_str().unwrap(), "--sparsity", "0.5", "--out", pruned.to_str().unwrap()]] {
         let o = squeeze(&args);
         assert_eq!(o.code, 2, "{}", o.stderr);
         assert!(o.stderr.contains("is a text model") && o.stderr.contains("shape mismatch"), "{}", o.stderr);

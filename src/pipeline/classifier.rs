@@ -27,13 +27,40 @@ pub(super) struct Classifier {
 
 /// Trains or reads the baseline, writes it as safetensors and measures it.
 pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<(Box<dyn Evaluation>, Baseline), PipelineError> {
-    let splits = load_data(recipe, opts)?;
-    std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
+    // A model file is read before the data, so a bad file is the error shown (and
+    // costs no data loading).
     on_event(Event::Stage("baseline".into()));
     let t = Instant::now();
     let mut extra = serde_json::Map::new();
-    let model = match (&recipe.model.zoo, &recipe.model.file, &recipe.model.state_dict, &recipe.model.architecture) {
-        (Some(name), _, _, _) => {
+    let loaded = match (&recipe.model.zoo, &recipe.model.file, &recipe.model.state_dict, &recipe.model.architecture) {
+        (Some(_), _, _, _) => None,
+        (None, Some(file), _, _) => {
+            let mut model = store::read_model(file)?;
+            if let Some(p) = &recipe.model.preprocess {
+                let op = p.to_op().map_err(|e| PipelineError::Preprocess(format!("[model.preprocess] in the recipe: {e}")))?;
+                let name = model.graph.prepend("preprocess", op);
+                model.graph.validate().map_err(|e| PipelineError::Preprocess(format!("[model.preprocess] in the recipe does not fit the model's input: {e}")))?;
+                extra.insert("preprocess".into(), format!("{:?} (node '{name}')", model.graph.nodes[0].op).into());
+            }
+            extra.insert("source".into(), file.display().to_string().into());
+            Some(model)
+        }
+        (None, None, Some(state_dict), Some(arch)) => {
+            let model = store::import_pytorch(state_dict, arch)?;
+            extra.insert("source".into(), state_dict.display().to_string().into());
+            extra.insert("architecture".into(), arch.display().to_string().into());
+            Some(model)
+        }
+        _ => return Err(PipelineError::Preprocess("[model] names no classifier source (zoo, file, or state_dict with architecture)".into())),
+    };
+    let splits = load_data(recipe, opts)?;
+    std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
+    let model = match (loaded, &recipe.model.zoo) {
+        (Some(model), _) => {
+            check_shapes(&store::model_plan(&model)?, &model.graph.input_shape, &splits.train)?;
+            model
+        }
+        (None, Some(name)) => {
             let graph = zoo::build(name).ok_or_else(|| PipelineError::UnknownZoo(name.clone()))?;
             let mut model = Model::init(graph, recipe.seed)?;
             check_shapes(&store::model_plan(&model)?, &model.graph.input_shape, &splits.train)?;
@@ -44,26 +71,7 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
             extra.insert("final_train_loss".into(), stats.last().map_or(f64::NAN, |s| s.loss).into());
             model
         }
-        (None, Some(file), _, _) => {
-            let mut model = store::read_model(file)?;
-            if let Some(p) = &recipe.model.preprocess {
-                let op = p.to_op().map_err(|e| PipelineError::Preprocess(format!("[model.preprocess] in the recipe: {e}")))?;
-                let name = model.graph.prepend("preprocess", op);
-                model.graph.validate().map_err(|e| PipelineError::Preprocess(format!("[model.preprocess] in the recipe does not fit the model's input: {e}")))?;
-                extra.insert("preprocess".into(), format!("{:?} (node '{name}')", model.graph.nodes[0].op).into());
-            }
-            check_shapes(&store::model_plan(&model)?, &model.graph.input_shape, &splits.train)?;
-            extra.insert("source".into(), file.display().to_string().into());
-            model
-        }
-        (None, None, Some(state_dict), Some(arch)) => {
-            let model = store::import_pytorch(state_dict, arch)?;
-            check_shapes(&store::model_plan(&model)?, &model.graph.input_shape, &splits.train)?;
-            extra.insert("source".into(), state_dict.display().to_string().into());
-            extra.insert("architecture".into(), arch.display().to_string().into());
-            model
-        }
-        _ => return Err(PipelineError::Preprocess("[model] names no classifier source (zoo, file, or state_dict with architecture)".into())),
+        (None, None) => return Err(PipelineError::Preprocess("[model] names no classifier source".into())),
     };
     let warnings = super::input_range_warnings(recipe, &model, &splits, on_event);
     let wall = t.elapsed().as_secs_f64();
