@@ -684,7 +684,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let m = Model::from_tensors(imported.graph, imported.tensors)?;
             let mut sqz = quantize::store_f32(&m);
             sqz.metadata.insert(squeeze::text::TOKENIZER_KEY.into(), packed);
-            let bytes = store::write_sqz(&out, &sqz)?;
+            let bytes = store::write_sqz(&out, sqz, store::Coding::Entropy)?;
             out!("wrote {} ({} bytes, {} parameters, input {:?} token ids); not imported: {}", out.display(), bytes, m.graph.num_params(), m.graph.input_shape, imported.skipped.join(", "));
             Ok(ExitCode::SUCCESS)
         }
@@ -822,7 +822,7 @@ fn zoo_names() -> String {
 /// Writes `.sqz` (sparse where masked) or `.safetensors` by the output's extension.
 fn write_model(out: &Path, m: &Model) -> Result<u64> {
     match out.extension().and_then(|e| e.to_str()) {
-        Some("sqz") => Ok(store::write_sqz(out, &quantize::store_f32(m))?),
+        Some("sqz") => Ok(store::write_sqz(out, quantize::store_f32(m), store::Coding::Entropy)?),
         Some("safetensors") => Ok(store::write_safetensors(out, m)?),
         _ => bail!("output '{}' must end in .sqz or .safetensors", out.display()),
     }
@@ -1290,7 +1290,7 @@ fn share_tasks(a: &ShareArgs, out: &Path, data: &DataArgs) -> Result<ExitCode> {
             multitask::share_soft(&tasks, &graphs, &splits.train, &cfg, &soft, &mut |e| bar.on(e))?.0
         }
     };
-    let bytes = store::write_sqz(out, &quantize::store_f32(&shared))?;
+    let bytes = store::write_sqz(out, quantize::store_f32(&shared), store::Coding::Entropy)?;
     // Every head runs from the one file.
     let acc = multitask::task_accuracies(&store::read(out)?.plan()?, &tasks, &splits.test)?;
     out!("{:<10} {:>12} {:>12} {:>8}", "task", "separate", "shared", "Δ pts");

@@ -249,7 +249,7 @@ pub(crate) trait Evaluation {
     }
 
     /// Writes `stored` to `path`, reads it back and measures what was written.
-    fn record(&mut self, path: &Path, name: &str, stored: SqzModel, entropy_coding: bool, wall_s: f64, extra: serde_json::Map<String, serde_json::Value>) -> Result<Stage, PipelineError>;
+    fn record(&mut self, path: &Path, name: &str, stored: SqzModel, coding: store::Coding, wall_s: f64, extra: serde_json::Map<String, serde_json::Value>) -> Result<Stage, PipelineError>;
 
     /// Why `stage` fails the gate, or `None` when it holds.
     fn check(&self, stage: &Stage) -> Option<String>;
@@ -335,7 +335,8 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
             }
         };
         let wall = t.elapsed().as_secs_f64();
-        let mut stage = eval.record(&path, &name, stored, output.entropy_coding, wall, output.details)?;
+        let coding = if output.entropy_coding { store::Coding::Entropy } else { store::Coding::FixedWidth };
+        let mut stage = eval.record(&path, &name, stored, coding, wall, output.details)?;
         stage.distillation = output.distillation;
         on_event(Event::Measured(stage.clone()));
         if !output.lines.is_empty() {

@@ -300,27 +300,23 @@ pub fn write_safetensors(path: &Path, model: &Model) -> Result<u64, StoreError> 
     Ok(bytes.len() as u64)
 }
 
-/// Writes a stored model as `.sqz`, with entropy coding (Huffman-coded indices and
-/// positions, deflate) or with fixed-width codes only; returns the bytes written.
-pub fn write_sqz_with(path: &Path, model: &SqzModel, entropy_coding: bool) -> Result<u64, StoreError> {
-    let opts = sqz::EncodeOptions { entropy_coding };
-    let bytes = sqz::encode_with(model, &opts).map_err(|source| StoreError::Sqz { path: path.into(), source })?;
-    write_atomic(path, &bytes).map_err(|source| StoreError::Write { path: path.into(), source })?;
-    Ok(bytes.len() as u64)
+/// How a `.sqz` file codes its indices, positions and int8 values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coding {
+    /// Every encoding allowed: Huffman-coded indices and positions, deflate where it pays.
+    Entropy,
+    /// Fixed-width codes only: the size before entropy coding, as Deep Compression
+    /// reports its "pruned" and "quantized" stages.
+    FixedWidth,
 }
 
-/// [`write_sqz_with`] consuming the model: tensors are encoded and written one at a
-/// time and dropped as they go (see [`sqz::write_sqz_streaming`]).
-pub fn write_sqz_streaming(path: &Path, model: SqzModel, entropy_coding: bool) -> Result<u64, StoreError> {
-    sqz::write_sqz_streaming(path, model, &sqz::EncodeOptions { entropy_coding }).map_err(|source| StoreError::Sqz { path: path.into(), source })
-}
-
-/// Writes a stored model as `.sqz` with every encoding allowed (atomically); returns
-/// the bytes written.
-pub fn write_sqz(path: &Path, model: &SqzModel) -> Result<u64, StoreError> {
-    let bytes = sqz::encode(model).map_err(|source| StoreError::Sqz { path: path.into(), source })?;
-    write_atomic(path, &bytes).map_err(|source| StoreError::Write { path: path.into(), source })?;
-    Ok(bytes.len() as u64)
+/// Writes a stored model as `.sqz`, the one way squeeze writes one: atomically, and
+/// tensor by tensor, dropping each once it is written (a large model is never held
+/// twice; [`sqz::write_sqz_streaming`], the same bytes as [`sqz::encode_with`]).
+/// Returns the bytes written.
+pub fn write_sqz(path: &Path, model: SqzModel, coding: Coding) -> Result<u64, StoreError> {
+    let opts = sqz::EncodeOptions { entropy_coding: coding == Coding::Entropy };
+    sqz::write_sqz_streaming(path, model, &opts).map_err(|source| StoreError::Sqz { path: path.into(), source })
 }
 
 /// Reads a PyTorch state dict (`.pth`/`.pt` zip or `.safetensors`) and maps it onto the

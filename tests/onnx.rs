@@ -309,7 +309,7 @@ fn grouped_dilated_convs_export_and_onnxruntime_agrees() {
     let calibration: Vec<f32> = (0..64 * x.len() / n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
     let q = squeeze::compress::quantize::quantize(&model, squeeze::compress::quantize::Mode::Full, &[], &calibration).unwrap();
     let (qf, i) = (d.path("q.sqz"), d.path("q.onnx"));
-    squeeze::store::write_sqz(&qf, &q).unwrap();
+    squeeze::store::write_sqz(&qf, q.clone(), squeeze::store::Coding::Entropy).unwrap();
     let o = squeeze(&["export", s(&qf), "--format", "onnx", "--out", s(&i)]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("QDQ"), "{}", o.stdout);
@@ -414,7 +414,7 @@ fn qdq_export_matches_squeeze_int8_where_u8s8_kernels_saturate() {
     let calibration: Vec<f32> = (0..64 * 256).map(|_| rng.next_f32()).collect();
     let q = quantize(&model, Mode::Full, &[], &calibration).unwrap();
     let sqz = d.path("q.sqz");
-    squeeze::store::write_sqz(&sqz, &q).unwrap();
+    squeeze::store::write_sqz(&sqz, q.clone(), squeeze::store::Coding::Entropy).unwrap();
     let (u8_onnx, i8_onnx) = (d.path("u8.onnx"), d.path("i8.onnx"));
     let o = squeeze(&["export", s(&sqz), "--format", "onnx", "--out", s(&u8_onnx)]);
     assert_eq!(o.code, 0, "{}", o.stderr);

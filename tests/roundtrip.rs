@@ -38,7 +38,7 @@ fn two_head_residual_model_round_trips_safetensors_and_sqz() {
     assert_eq!(back, model, "safetensors: graph, weights and masks");
 
     let f = dir.path().join("m.sqz");
-    store::write_sqz(&f, &quantize::store_f32(&model)).unwrap();
+    store::write_sqz(&f, quantize::store_f32(&model), store::Coding::Entropy).unwrap();
     let back = store::read_model(&f).unwrap();
     assert_eq!(back, model, ".sqz f32: graph, weights and masks");
 
@@ -85,7 +85,7 @@ fn recurrent_model_round_trips_every_format_and_runs_partly_int8() {
     store::write_safetensors(&st, &model).unwrap();
     assert_eq!(store::read_model(&st).unwrap(), model, "safetensors: graph, weights and masks");
     let f = dir.path().join("m.sqz");
-    store::write_sqz(&f, &quantize::store_f32(&model)).unwrap();
+    store::write_sqz(&f, quantize::store_f32(&model), store::Coding::Entropy).unwrap();
     assert_eq!(store::read_model(&f).unwrap(), model, ".sqz f32: graph, weights and masks");
 
     let x: Vec<f32> = (0..4 * 15).map(|i| ((i * 7) % 11) as f32 / 11.0 - 0.4).collect();
@@ -99,7 +99,7 @@ fn recurrent_model_round_trips_every_format_and_runs_partly_int8() {
     assert_eq!(q.quant.integer_nodes.iter().collect::<Vec<_>>(), ["fc", "gru", "lstm"]);
     assert!(q.tensors.iter().filter(|t| t.name.contains("weight")).all(|t| matches!(t.values, sqz::Values::I8 { .. })));
     let qf = dir.path().join("q.sqz");
-    store::write_sqz(&qf, &q).unwrap();
+    store::write_sqz(&qf, q.clone(), store::Coding::Entropy).unwrap();
     let plan = store::read(&qf).unwrap().plan().unwrap();
     assert!(plan.kernel_description().starts_with("int8-"), "{}", plan.kernel_description());
     let y = plan.run(&x, 4, &mut Default::default()).unwrap().to_vec();
@@ -136,7 +136,7 @@ fn transformer_models_round_trip_safetensors_and_sqz() {
     for (name, file) in [("f32.sqz", quantize::store_f32(&model)), ("int8.sqz", q.clone())] {
         for coded in [false, true] {
             let p = dir.path().join(format!("{coded}{name}"));
-            store::write_sqz_with(&p, &file, coded).unwrap();
+            store::write_sqz(&p, file.clone(), if coded { store::Coding::Entropy } else { store::Coding::FixedWidth }).unwrap();
             let ModelFile::Sqz(read) = store::read(&p).unwrap() else { panic!("not sqz") };
             assert_eq!(read.graph, file.graph);
             assert_eq!(read.quant, file.quant);

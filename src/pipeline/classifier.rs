@@ -107,8 +107,8 @@ impl Evaluation for Classifier {
         }
     }
 
-    fn record(&mut self, path: &Path, name: &str, stored: SqzModel, entropy_coding: bool, wall_s: f64, extra: serde_json::Map<String, serde_json::Value>) -> Result<Stage, PipelineError> {
-        store::write_sqz_with(path, &stored, entropy_coding)?;
+    fn record(&mut self, path: &Path, name: &str, stored: SqzModel, coding: store::Coding, wall_s: f64, extra: serde_json::Map<String, serde_json::Value>) -> Result<Stage, PipelineError> {
+        store::write_sqz(path, stored, coding)?;
         measure_stage(path, name, wall_s, self.fp32_bytes, &self.splits, extra)
     }
 

@@ -263,7 +263,7 @@ fn store_and_measure(
     path: &Path,
     name: &str,
     mut sqz: SqzModel,
-    entropy_coding: bool,
+    coding: store::Coding,
     packed_tokenizer: &str,
     ids: &[f32],
     n: usize,
@@ -277,7 +277,7 @@ fn store_and_measure(
     // Memory: the stage is written tensor by tensor (dropped as it goes), read back
     // section by section, and its tensors move into the plan, so the weights are held
     // about once at any time (scope 5 of the MiniLM issue).
-    let bytes = store::write_sqz_streaming(path, sqz, entropy_coding)?;
+    let bytes = store::write_sqz(path, sqz, coding)?;
     let (stored, sections) = crate::format::sqz::read_sqz_summarized(path).map_err(|source| store::StoreError::Sqz { path: path.into(), source })?;
     let file = ModelFile::Sqz(stored);
     let (params, nonzero, bits) = file_counts_with(&file, path, Some(&sections))?;
@@ -378,7 +378,7 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
     // from the previous stage's file, so no stage is measured while another copy of
     // the weights is held.
     let wall = t.elapsed().as_secs_f64();
-    let base = store_and_measure(&path, "baseline", quantize::into_stored_f32(model), false, &packed_tokenizer, &ids, n, None, fp32_bytes, hf_bytes, wall, extra)?;
+    let base = store_and_measure(&path, "baseline", quantize::into_stored_f32(model), store::Coding::FixedWidth, &packed_tokenizer, &ids, n, None, fp32_bytes, hf_bytes, wall, extra)?;
     on_event(Event::Measured(base.stage.clone()));
     let calibration = match &recipe.data.calibration {
         Some(p) => {
@@ -437,8 +437,8 @@ impl Evaluation for Embedder {
         true
     }
 
-    fn record(&mut self, path: &Path, name: &str, stored: SqzModel, entropy_coding: bool, wall_s: f64, extra: serde_json::Map<String, serde_json::Value>) -> Result<Stage, PipelineError> {
-        let m = store_and_measure(path, name, stored, entropy_coding, &self.packed_tokenizer, &self.ids, self.n, Some(&self.reference), self.fp32_bytes, self.hf_bytes, wall_s, extra)?;
+    fn record(&mut self, path: &Path, name: &str, stored: SqzModel, coding: store::Coding, wall_s: f64, extra: serde_json::Map<String, serde_json::Value>) -> Result<Stage, PipelineError> {
+        let m = store_and_measure(path, name, stored, coding, &self.packed_tokenizer, &self.ids, self.n, Some(&self.reference), self.fp32_bytes, self.hf_bytes, wall_s, extra)?;
         Ok(m.stage)
     }
 

@@ -98,7 +98,7 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
         let path = opts.out_dir.join(format!("separate-{}.sqz", task.name));
         guard_input(recipe, &path)?;
         let start = Instant::now();
-        store::write_sqz_with(&path, &quantize::store_f32(model), true)?;
+        store::write_sqz(&path, quantize::store_f32(model), store::Coding::Entropy)?;
         let fp32 = 4.0 * model.graph.num_params() as f64;
         let mut extra = serde_json::Map::new();
         extra.insert("task".into(), task.name.clone().into());
@@ -140,8 +140,8 @@ impl Evaluation for Tasks {
         }
     }
 
-    fn record(&mut self, path: &Path, name: &str, stored: SqzModel, entropy_coding: bool, wall_s: f64, extra: serde_json::Map<String, serde_json::Value>) -> Result<Stage, PipelineError> {
-        store::write_sqz_with(path, &stored, entropy_coding)?;
+    fn record(&mut self, path: &Path, name: &str, stored: SqzModel, coding: store::Coding, wall_s: f64, extra: serde_json::Map<String, serde_json::Value>) -> Result<Stage, PipelineError> {
+        store::write_sqz(path, stored, coding)?;
         let mut stage = measure_stage(path, name, wall_s, self.separate_fp32, &self.task_splits[0], extra)?;
         // Every task runs from the one file as stored.
         let plan = store::read(path)?.plan()?;

@@ -158,7 +158,7 @@ fn bidirectional_layers_train_quantize_and_run_and_the_exporter_refuses_them() {
     assert!(diff < 0.05 * scale.max(0.1), "int8 {diff} off on outputs up to {scale}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bi.sqz");
-    crate::store::write_sqz(&path, &q).unwrap();
+    crate::store::write_sqz(&path, q.clone(), crate::store::Coding::Entropy).unwrap();
     let back = crate::store::read(&path).unwrap().plan().unwrap().run(&x, n, &mut Default::default()).unwrap().to_vec();
     assert_eq!(back, int8);
     let e = export_onnx(Path::new("q"), ModelFile::Sqz(q), false, WeightType::Uint8).unwrap_err().to_string();
