@@ -16,12 +16,12 @@ import pathlib
 import sys
 
 # `kernel` names per-layer kernel choices with their measured speed-ups (timing).
-TIMING = ("latency", "throughput", "wall_s", "peak_rss", "samples_per_s", "spread", "_ms", "_us", "machine", "kernel")
+TIMING = ("latency", "throughput", "wall_s", "peak_rss", "samples_per_s", "sentences_per_s", "spread", "_ms", "_us", "machine", "kernel")
 
 
 # Containers whose name is left out of a figure's key, so that a figure moved between
 # `extra` and a typed field of the stage still matches.
-CONTAINERS = ("extra", "metrics", "quality")
+CONTAINERS = ("extra", "metrics", "quality", "fidelity")
 
 
 def leaves(value, path=()):
