@@ -80,7 +80,7 @@ impl<'a> Calibration<'a> {
     /// The first `n` rows (all when fewer), with their lengths.
     pub fn first(&self, n: usize) -> Calibration<'a> {
         let k = n.min(self.count);
-        let per = if self.count == 0 { 0 } else { self.rows.len() / self.count };
+        let per = self.rows.len().checked_div(self.count).unwrap_or(0);
         Calibration { rows: &self.rows[..k * per], count: k, lengths: self.lengths.map(|l| &l[..k]) }
     }
 }

@@ -365,7 +365,7 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
     let Some(heldout_path) = recipe.data.heldout.as_ref() else {
         return Err(PipelineError::Preprocess("an embedding recipe needs [data] heldout (sentences, one per line)".into()));
     };
-    let heldout = read_sentences(heldout_path, recipe.data.heldout_limit).map_err(EmbeddingError::from)?;
+    let heldout = read_sentences(heldout_path, recipe.data.heldout_limit)?;
     let refs: Vec<&str> = heldout.iter().map(String::as_str).collect();
     let ids = encoder.encode(&refs).map_err(EmbeddingError::from)?;
     let lengths = encoder.lengths(&refs).map_err(EmbeddingError::from)?;
@@ -382,7 +382,7 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
     on_event(Event::Measured(base.stage.clone()));
     let calibration = match &recipe.data.calibration {
         Some(p) => {
-            let s = read_sentences(p, recipe.data.calibration_limit).map_err(EmbeddingError::from)?;
+            let s = read_sentences(p, recipe.data.calibration_limit)?;
             let r: Vec<&str> = s.iter().map(String::as_str).collect();
             Some((encoder.encode(&r).map_err(EmbeddingError::from)?, encoder.lengths(&r).map_err(EmbeddingError::from)?))
         }
