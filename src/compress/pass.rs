@@ -167,13 +167,20 @@ impl<'a> Context<'a> {
     /// Test and validation accuracy of `model` run from its f32 plan (a control's figures).
     pub fn accuracies(&self, model: &Model) -> Result<(f64, f64), PassError> {
         let plan = crate::store::model_plan(model)?;
-        let mut out = [f64::NAN; 2];
-        for (slot, data) in out.iter_mut().zip([self.test, self.validation]) {
-            if let Some(d) = data {
-                *slot = crate::runtime::exec::evaluate(&plan, &d.images, &d.labels, 2)?;
-            }
-        }
-        Ok((out[0], out[1]))
+        Ok((accuracy_on(&plan, self.test)?, accuracy_on(&plan, self.validation)?))
+    }
+
+    /// Validation accuracy of `model` run from its f32 plan (a gradual pass's steps).
+    pub fn validation_accuracy(&self, model: &Model) -> Result<f64, PassError> {
+        accuracy_on(&crate::store::model_plan(model)?, self.validation)
+    }
+}
+
+/// Accuracy of `plan` on `data`, NaN when there is none.
+fn accuracy_on(plan: &crate::runtime::exec::Plan, data: Option<&Dataset>) -> Result<f64, PassError> {
+    match data {
+        Some(d) => Ok(crate::runtime::exec::evaluate(plan, &d.images, &d.labels, 2)?),
+        None => Ok(f64::NAN),
     }
 }
 

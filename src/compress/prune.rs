@@ -657,7 +657,7 @@ impl Technique for Prune {
             let seed = ctx.pass_seed().wrapping_add(t as u64);
             ctx.fine_tune("prune", model, FineTune { epochs: self.fine_tune_epochs, lr, seed, ..Default::default() })?;
             if self.steps > 1 {
-                let (_, validation_accuracy) = ctx.accuracies(model)?;
+                let validation_accuracy = ctx.validation_accuracy(model)?;
                 log.push(StepFigures { step: t, sparsity: summary.rows().1, validation_accuracy });
             }
         }
@@ -733,8 +733,7 @@ impl Technique for PruneRows {
             return Err(super::embedding_only(&self.stage_name()));
         }
         match (self.sparsity, self.n_of_m) {
-            (Some(s), None) if (0.0..1.0).contains(&s) => Ok(()),
-            (Some(s), None) => Err(format!("pass prune_rows: sparsity: expected a fraction in [0, 1), got {s}")),
+            (Some(s), None) => check_fraction("prune_rows", "sparsity", s),
             (None, Some([n, m])) if n >= 1 && n < m => Ok(()),
             (None, Some([n, m])) => Err(format!("pass prune_rows: n_of_m = [{n}, {m}] must keep 1 ≤ n < m")),
             _ => Err("pass prune_rows: set exactly one of sparsity or n_of_m".into()),

@@ -32,8 +32,9 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
     on_event(Event::Stage("baseline".into()));
     let t = Instant::now();
     let mut extra = serde_json::Map::new();
+    // Ok: a model read from a file; Err: the zoo name to train.
     let loaded = match (&recipe.model.zoo, &recipe.model.file, &recipe.model.state_dict, &recipe.model.architecture) {
-        (Some(_), _, _, _) => None,
+        (Some(name), _, _, _) => Err(name),
         (None, Some(file), _, _) => {
             let mut model = store::read_model(file)?;
             if let Some(p) = &recipe.model.preprocess {
@@ -43,24 +44,24 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
                 extra.insert("preprocess".into(), format!("{:?} (node '{name}')", model.graph.nodes[0].op).into());
             }
             extra.insert("source".into(), file.display().to_string().into());
-            Some(model)
+            Ok(model)
         }
         (None, None, Some(state_dict), Some(arch)) => {
             let model = store::import_pytorch(state_dict, arch)?;
             extra.insert("source".into(), state_dict.display().to_string().into());
             extra.insert("architecture".into(), arch.display().to_string().into());
-            Some(model)
+            Ok(model)
         }
         _ => return Err(PipelineError::Preprocess("[model] names no classifier source (zoo, file, or state_dict with architecture)".into())),
     };
     let splits = load_data(recipe, opts)?;
     std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
-    let model = match (loaded, &recipe.model.zoo) {
-        (Some(model), _) => {
+    let model = match loaded {
+        Ok(model) => {
             check_shapes(&store::model_plan(&model)?, &model.graph.input_shape, &splits.train)?;
             model
         }
-        (None, Some(name)) => {
+        Err(name) => {
             let graph = zoo::build(name).ok_or_else(|| PipelineError::UnknownZoo(name.clone()))?;
             let mut model = Model::init(graph, recipe.seed)?;
             check_shapes(&store::model_plan(&model)?, &model.graph.input_shape, &splits.train)?;
@@ -71,7 +72,6 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
             extra.insert("final_train_loss".into(), stats.last().map_or(f64::NAN, |s| s.loss).into());
             model
         }
-        (None, None) => return Err(PipelineError::Preprocess("[model] names no classifier source".into())),
     };
     let warnings = super::input_range_warnings(recipe, &model, &splits, on_event);
     let wall = t.elapsed().as_secs_f64();
