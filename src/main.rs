@@ -381,7 +381,10 @@ fn one_pass(model: &Path, pass: PassConfig, args: &OnePassArgs) -> Result<ExitCo
         let last = report.stages.last().context("the run measured no stage")?;
         let produced = scratch.join(&last.file);
         let bytes = if ext == "sqz" {
-            std::fs::copy(&produced, out).with_context(|| format!("cannot write '{}'", out.display()))?
+            // Written atomically like every output: a failed write leaves no half file.
+            let bytes = std::fs::read(&produced).with_context(|| format!("cannot read '{}'", produced.display()))?;
+            squeeze::format::write_atomic(out, &bytes).with_context(|| format!("cannot write '{}'", out.display()))?;
+            bytes.len() as u64
         } else {
             let m = store::read_model(&produced)?;
             if !m.constraints.codebooks.is_empty() {
