@@ -248,6 +248,15 @@ pub(crate) trait Evaluation {
         false
     }
 
+    /// Whether the run's last stage (`model.sqz`, the file a user ships) is entropy coded
+    /// even when its pass leaves that to a later `code` pass: the coding is lossless, so
+    /// `squeeze prune --out p.sqz` writes the smallest file for its pruned weights.
+    /// Earlier stages keep their pass's coding, so a recipe still shows what each step
+    /// gives (Deep Compression's fixed-width "pruned" stage, then `code`).
+    fn entropy_code_last_stage(&self) -> bool {
+        true
+    }
+
     /// Writes `stored` to `path`, reads it back and measures what was written.
     fn record(&mut self, path: &Path, name: &str, stored: SqzModel, coding: store::Coding, wall_s: f64, extra: serde_json::Map<String, serde_json::Value>) -> Result<Stage, PipelineError>;
 
@@ -335,7 +344,8 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
             }
         };
         let wall = t.elapsed().as_secs_f64();
-        let coding = if output.entropy_coding { store::Coding::Entropy } else { store::Coding::FixedWidth };
+        let entropy = output.entropy_coding || (i + 1 == last && eval.entropy_code_last_stage());
+        let coding = if entropy { store::Coding::Entropy } else { store::Coding::FixedWidth };
         let mut stage = eval.record(&path, &name, stored, coding, wall, output.details)?;
         stage.distillation = output.distillation;
         on_event(Event::Measured(stage.clone()));

@@ -536,6 +536,31 @@ fn imported_onnx_names_and_outputs_survive_quantize_and_export() {
     }
 }
 
+/// Issue "one pipeline": a model that returns hidden values beside its logits is scored
+/// on the output no node reads (here `probabilities`, whose logits are `logits`), not on
+/// its first output (`features`, which scored 0.18% before). `eval`'s accuracy is the
+/// argmax of the `logits` output, counted here independently from `run_all`.
+#[test]
+fn a_multi_output_model_is_scored_on_its_head_output() {
+    let d = Dir::new();
+    let (data, _) = data_dir(&d);
+    let model = fixture("named_outputs.onnx");
+    let n = 500;
+    let test = squeeze::data::load_idx_test(&data, Some(n), Some(10)).unwrap();
+    let plan = squeeze::store::read(&model).unwrap().plan().unwrap();
+    assert_eq!(plan.output_len(), 10, "the head is the 10-class output, not the 64-wide features");
+    let outs = plan.run_all(&test.images, test.len(), &mut Default::default()).unwrap();
+    let logits = &outs[1];
+    let correct = logits.chunks_exact(10).zip(&test.labels).filter(|(row, y)| {
+        let best = row.iter().enumerate().fold(0, |b, (i, v)| if *v > row[b] { i } else { b });
+        best == **y as usize
+    }).count();
+    let want = 100.0 * correct as f64 / test.len() as f64;
+    let o = squeeze(&["eval", s(&model), "--data", s(&data), "--test-limit", &n.to_string()]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains(&format!("test accuracy {want:.2}%")), "eval should score the logits ({want:.2}%): {}", o.stdout);
+}
+
 /// Issue "one pipeline", item 6: a weights-only int8 model exports with its weights int8
 /// (INT8 initializers, per-output-channel float scales, DequantizeLinear into each Gemm),
 /// at least 3× smaller than the fp32 export of the same model, and ONNX Runtime computes

@@ -138,7 +138,7 @@ impl Workspace {
             ids.insert(node.name.clone(), i + 1);
             value_len.push(shapes[&node.name].iter().product());
         }
-        let head = ids[&graph.outputs[0]];
+        let head = ids[graph.head()];
         let fused_softmax = head > 0 && matches!(steps[head - 1].op, Op::Softmax);
         let logits = if fused_softmax { steps[head - 1].inputs[0] } else { head };
         let acts = value_len.iter().map(|l| vec![0.0; l * capacity]).collect();

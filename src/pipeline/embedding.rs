@@ -437,6 +437,13 @@ impl Evaluation for Embedder {
         true
     }
 
+    /// A text model's stages keep their pass's fixed-width codes, as its recipes were
+    /// measured (entropy coding its ~90 MB of int8 and f32 tensors is a change of its
+    /// own, to be measured for size and load time before it is made).
+    fn entropy_code_last_stage(&self) -> bool {
+        false
+    }
+
     fn record(&mut self, path: &Path, name: &str, stored: SqzModel, coding: store::Coding, wall_s: f64, extra: serde_json::Map<String, serde_json::Value>) -> Result<Stage, PipelineError> {
         let m = store_and_measure(path, name, stored, coding, &self.packed_tokenizer, &self.ids, self.n, Some(&self.reference), self.fp32_bytes, self.hf_bytes, wall_s, extra)?;
         Ok(m.stage)

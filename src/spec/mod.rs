@@ -641,6 +641,15 @@ impl Graph {
         self.input_shape.iter().product()
     }
 
+    /// The output a classifier scores and trains on: the first output that no node
+    /// reads, else the first output. An imported model may return hidden values beside
+    /// its logits (`features`, read by the next layer; `logits`, read by a final
+    /// softmax): those are not what its accuracy is taken from.
+    pub fn head(&self) -> &str {
+        let read: std::collections::HashSet<&str> = self.nodes.iter().flat_map(|n| n.inputs.iter().map(String::as_str)).collect();
+        self.outputs.iter().find(|o| !read.contains(o.as_str())).or(self.outputs.first()).map_or("", String::as_str)
+    }
+
     /// How many nodes read each value (the graph outputs count as readers too).
     pub fn consumers(&self) -> HashMap<String, usize> {
         let mut c: HashMap<String, usize> = HashMap::new();

@@ -98,9 +98,10 @@ impl Plan {
             linear_rows: HashMap::new(),
             threads: default_threads(graph),
             integer_nonlinear: Vec::new(),
-            logits_name: match graph.node(&graph.outputs[0]) {
+            head: graph.outputs.iter().position(|o| o == graph.head()).unwrap_or(0),
+            logits_name: match graph.node(graph.head()) {
                 Some(n) if matches!(n.op, Op::Softmax) => n.inputs[0].clone(),
-                _ => graph.outputs[0].clone(),
+                _ => graph.head().to_string(),
             },
         };
         let mut slot_of: HashMap<String, usize> = HashMap::new();

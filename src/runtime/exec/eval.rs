@@ -44,7 +44,7 @@ pub fn evaluate(plan: &Plan, images: &[f32], labels: &[u8], threads: usize) -> R
     Ok(correct?.iter().sum::<usize>() as f64 / n as f64)
 }
 
-/// `softmax(logits / temperature)` of the first output for every image (the logits are
+/// `softmax(logits / temperature)` of the head output for every image (the logits are
 /// read before a final Softmax node), for distillation.
 pub fn teacher_outputs(plan: &Plan, images: &[f32], temperature: f32) -> Result<Vec<f32>, RuntimeError> {
     let per = plan.input_len();

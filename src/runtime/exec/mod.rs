@@ -347,7 +347,9 @@ pub struct Plan {
     input_read_once: bool,
     /// The fused integer prefix of the steps, if there is one.
     chain: Option<IntChain>,
-    /// The value holding the first output's logits: the input of a final Softmax, else
+    /// Which of `outputs` a classifier scores ([`crate::spec::Graph::head`]).
+    head: usize,
+    /// The value holding the head output's logits: the input of a final Softmax, else
     /// the output itself.
     logits_name: String,
     /// Linear steps on sequences: rows per sample (a step not listed has one).
@@ -418,9 +420,9 @@ impl Plan {
         self.input_shape.iter().product()
     }
 
-    /// Number of classes (length of the first output).
+    /// Number of classes (length of the head output, [`crate::spec::Graph::head`]).
     pub fn output_len(&self) -> usize {
-        self.slots[self.outputs[0]].len
+        self.slots[self.outputs[self.head]].len
     }
 
     /// Records that the loader expanded an encoding (`"sparse"`, `"codebook"`) to dense.

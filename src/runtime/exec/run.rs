@@ -48,10 +48,11 @@ impl Plan {
         }
     }
 
-    /// Runs `n` samples of `x` and returns the first output (`n × output_len`).
+    /// Runs `n` samples of `x` and returns the head output (`n × output_len`; the one a
+    /// classifier scores, [`crate::spec::Graph::head`]).
     pub fn run<'w>(&self, x: &[f32], n: usize, ws: &'w mut Workspace) -> Result<&'w [f32], RuntimeError> {
         self.execute_split(x, n, ws)?;
-        let o = self.outputs[0];
+        let o = self.outputs[self.head];
         Ok(&ws.f[o][..n * self.slots[o].len])
     }
 
