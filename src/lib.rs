@@ -40,7 +40,9 @@
 //!   model; it never reaches `model`, `train` or `compress`.
 //! - [`report`]: the report schema (JSON + Markdown) and measurement helpers.
 
+pub mod bench;
 pub mod codec;
+pub mod inspect;
 pub mod recipe;
 pub mod store;
 pub mod text;

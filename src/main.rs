@@ -10,16 +10,15 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use squeeze::compress::distill::{self, DistillConfig};
-use squeeze::compress::{prune, quantize, share, trim, PassConfig};
+use squeeze::compress::{prune, quantize, trim, PassConfig};
 use squeeze::data::{self, Splits};
 use squeeze::format::hf;
-use squeeze::format::sqz::{self, Limits};
+use squeeze::format::sqz;
 use squeeze::model::{zoo, Model};
 use squeeze::pipeline::{self, Event, PipelineError, RunOptions};
 use squeeze::recipe::Recipe;
-use squeeze::report::measure::median_and_spread;
 use squeeze::runtime::exec;
-use squeeze::store::{self, ModelFile};
+use squeeze::store;
 use squeeze::train::{self, LrSchedule, TrainConfig, TrainEvent};
 
 /// `println!` that ends the process quietly when stdout is closed (`squeeze inspect m |
@@ -213,7 +212,12 @@ enum Command {
     /// Show what a model file holds: architecture, per-tensor encoding and bytes
     /// (.sqz, .safetensors, an ONNX model with what squeeze imports from it, or a
     /// Hugging Face BERT directory).
-    Inspect { model: PathBuf },
+    Inspect {
+        model: PathBuf,
+        /// Print JSON (the same fields) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Sentence embeddings from a text model (an imported Hugging Face embedder; its
     /// tokenizer is stored in the file): one sentence with --text (printed), or a file
     /// of sentences, one per line, with --file (written to --out as an [n, dim] .npy).
@@ -665,16 +669,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             export(&model, format, &out, float, weight_type, check_inputs)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inspect { model } => {
-            if model.is_dir() {
-                inspect_hf(&model)?;
-            } else {
-                inspect(&model)?;
-            }
+        Command::Inspect { model, json } => {
+            let text = match (model.is_dir(), json) {
+                (true, false) => squeeze::inspect::inspect_hf_dir(&model)?.to_string(),
+                (true, true) => serde_json::to_string_pretty(&squeeze::inspect::inspect_hf_dir(&model)?)?,
+                (false, false) => squeeze::inspect::inspect(&model)?.to_string(),
+                (false, true) => serde_json::to_string_pretty(&squeeze::inspect::inspect(&model)?)?,
+            };
+            out!("{}", text.trim_end());
             Ok(ExitCode::SUCCESS)
         }
         Command::Embed { model, text, file, out, seq_len, time, profile, against, full_length, limit } => embed(&model, text, file, out, seq_len, time, profile, against, full_length, limit),
-        Command::Bench { model_name, model, train_samples, json, data } => bench(model_name.as_deref().unwrap_or(&model), train_samples, json, &data),
+        Command::Bench { model_name, model, train_samples, json, data } => {
+            let name = model_name.as_deref().unwrap_or(&model);
+            if zoo::build(name).is_none() {
+                bail!("unknown zoo model '{name}' (known: {})", zoo_names());
+            }
+            let report = squeeze::bench::bench_zoo(name, &data.load()?, train_samples)?;
+            let text = if json { serde_json::to_string_pretty(&report)? } else { report.to_string() };
+            out!("{}", text.trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Import { state_dict, arch: None, seq_len, out } => {
             if !state_dict.is_dir() {
                 bail!("'{}' is not a directory: a PyTorch state dict needs --arch (a Hugging Face model is imported from its directory)", state_dict.display());
@@ -705,31 +720,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// `inspect` of a Hugging Face directory: what the importer makes of it.
-fn inspect_hf(dir: &Path) -> Result<()> {
-    let imported = hf::import(dir, None)?;
-    let graph = &imported.graph;
-    let shapes = graph.validate()?;
-    let weights = std::fs::metadata(dir.join("model.safetensors")).map(|m| m.len()).unwrap_or(0);
-    let encoder = squeeze::text::TextEncoder::from_json(&imported.tokenizer_json, graph.input_shape[0], imported.pad_token as u32)?;
-    out!(
-        "{}: Hugging Face BERT directory, model.safetensors {weights} bytes, {} parameters imported (fp32 {} bytes)",
-        dir.display(),
-        graph.num_params(),
-        4 * graph.num_params()
-    );
-    out!("tokenizer: {} tokens, inputs of {} token ids padded with id {}", encoder.vocab_size(), graph.input_shape[0], imported.pad_token);
-    out!("sentence embedding: {:?} pooling{}", graph.outputs, if imported.normalize { ", then L2 normalisation (sentence-transformers Normalize; not a graph node)" } else { "" });
-    out!("not imported: {}", if imported.skipped.is_empty() { "nothing".to_string() } else { imported.skipped.join(", ") });
-    out!("\narchitecture: input {:?}, outputs {:?}", graph.input_shape, graph.outputs);
-    out!("  {:<44} {:<17} {:<14} {:>9}", "node", "op", "output shape", "params");
-    for node in &graph.nodes {
-        let p: usize = graph.parameters().iter().filter(|s| s.node == node.name).map(|s| s.numel()).sum();
-        out!("  {:<44} {:<17} {:<14} {:>9}", node.name, node.op.kind(), format!("{:?}", shapes[&node.name]), if p > 0 { p.to_string() } else { String::new() });
-    }
-    Ok(())
 }
 
 /// `embed`: sentence embeddings from a model file that carries its tokenizer.
@@ -1001,148 +991,6 @@ fn export(path: &Path, format: ExportFormat, out: &Path, float: bool, weight_typ
     Ok(())
 }
 
-fn inspect(path: &Path) -> Result<()> {
-    let file = store::read(path)?;
-    let bytes = std::fs::metadata(path).with_context(|| format!("cannot read '{}'", path.display()))?.len();
-    let graph = file.graph().clone();
-    let shapes = graph.validate()?;
-    let kind = match &file {
-        ModelFile::Dense(_) => "safetensors (dense f32)".to_string(),
-        ModelFile::Sqz(_) => ".sqz container".to_string(),
-        ModelFile::Onnx(o) => format!("ONNX (opset {}, from {}), imported", o.opset, if o.producer.is_empty() { "?" } else { &o.producer }),
-    };
-    let params = graph.num_params();
-    out!("{}: {kind}, {bytes} bytes, {params} parameters ({:.2}× vs fp32 {} bytes)", path.display(), 4.0 * params as f64 / bytes as f64, 4 * params);
-    out!("\narchitecture: input {:?}, outputs {:?}", graph.input_shape, graph.outputs);
-    out!("  {:<10} {:<10} {:<14} {:<16} {:>9}", "node", "op", "reads", "output shape", "params");
-    for node in &graph.nodes {
-        let p: usize = graph.parameters().iter().filter(|s| s.node == node.name).map(|s| s.numel()).sum();
-        out!(
-            "  {:<10} {:<10} {:<14} {:<16} {:>9}",
-            node.name,
-            node.op.kind(),
-            node.inputs.join(","),
-            format!("{:?}", shapes[&node.name]),
-            if p > 0 { p.to_string() } else { String::new() }
-        );
-    }
-    out!("\ntensors:");
-    out!("  {:<14} {:<16} {:>9} {:>9} {:>8}  encoding", "name", "shape", "stored", "bytes", "bits/el");
-    match &file {
-        ModelFile::Dense(d) => {
-            for (name, shape, v) in &d.tensors {
-                out!("  {:<14} {:<16} {:>9} {:>9} {:>8.2}  f32 dense", name, format!("{shape:?}"), v.len(), v.len() * 4, 32.0);
-            }
-        }
-        ModelFile::Onnx(o) => {
-            for (name, shape, v) in &o.tensors {
-                out!("  {:<14} {:<16} {:>9} {:>9} {:>8.2}  f32 dense (imported)", name, format!("{shape:?}"), v.len(), v.len() * 4, 32.0);
-            }
-            let ops: Vec<String> = o.op_counts.iter().map(|(op, n)| format!("{op} ×{n}")).collect();
-            out!("
-ONNX ops in the file: {}", ops.join(", "));
-            if !o.notes.is_empty() {
-                out!("import notes:");
-                for note in &o.notes {
-                    out!("  - {note}");
-                }
-            }
-            out!("imported: the model runs every squeeze pass (prune, trim, quantize, share, distill) and exports back to ONNX");
-        }
-        ModelFile::Sqz(s) => {
-            let raw = std::fs::read(path)?;
-            let sections = sqz::summarize(&raw, &Limits::default())?;
-            for sec in &sections {
-                let Some(name) = &sec.tensor else {
-                    out!("  {:<14} {:<16} {:>9} {:>9} {:>8}  {}", format!("[{}]", sec.kind.trim()), "", "", sec.total_bytes, "", sec.encoding);
-                    continue;
-                };
-                let t = s.tensors.iter().find(|t| &t.name == name);
-                let (shape, stored, numel) = t.map_or((String::new(), 0, 1), |t| (format!("{:?}", t.shape), t.values.len(), t.numel()));
-                out!(
-                    "  {:<14} {:<16} {:>9} {:>9} {:>8.2}  {}",
-                    name,
-                    shape,
-                    stored,
-                    sec.total_bytes,
-                    sec.total_bytes as f64 * 8.0 / numel as f64,
-                    sec.encoding
-                );
-            }
-            layer_table(s, &sections, bytes);
-            if !s.quant.integer_nodes.is_empty() {
-                out!("\ninteger layers: {}", s.quant.integer_nodes.iter().cloned().collect::<Vec<_>>().join(", "));
-                for (v, qp) in &s.quant.activations {
-                    out!("  activation {v:<12} scale {:.6} zero point {}", qp.scale, qp.zero_point);
-                }
-            }
-            out!("\nkernel: {}", store::sqz_plan(s)?.kernel_description());
-        }
-    }
-    Ok(())
-}
-
-/// Per-layer accounting in the style of Deep Compression's Tables 2–5: weights kept,
-/// bits per kept weight for the values (codes, codebook, scales) and for the positions,
-/// the layer's bytes (weight and bias sections, framing included), its share of the
-/// file and its ratio against fp32.
-fn layer_table(s: &sqz::SqzModel, sections: &[sqz::SectionSummary], file_bytes: u64) {
-    out!("\nper layer (weight bits and index bits are per kept weight):");
-    out!(
-        "  {:<10} {:>9} {:>8} {:>12} {:>11} {:>9} {:>8} {:>8}",
-        "layer", "params", "kept %", "weight bits", "index bits", "bytes", "share", "ratio"
-    );
-    let section = |name: &str| sections.iter().find(|x| x.tensor.as_deref() == Some(name));
-    let specs = s.graph.parameters();
-    for node in s.graph.nodes.iter().filter(|n| n.op.has_params()) {
-        // Every weight matrix of the node (one for Linear/Conv2d; weight_ih and
-        // weight_hh for LSTM/GRU) and its biases.
-        let mine: Vec<&squeeze::spec::ParamSpec> = specs.iter().filter(|p| p.node == node.name).collect();
-        let tensor = |name: &str| s.tensors.iter().find(|t| t.name == name);
-        let weights: Vec<_> = mine.iter().filter(|p| p.kind == squeeze::spec::ParamKind::Weight).filter_map(|p| Some((tensor(&p.name)?, section(&p.name)?))).collect();
-        if weights.is_empty() {
-            continue;
-        }
-        let params: usize = mine.iter().map(|p| p.numel()).sum();
-        let numel: usize = weights.iter().map(|(t, _)| t.numel()).sum();
-        let stored: usize = weights.iter().map(|(t, _)| t.values.len()).sum();
-        let kept = stored.max(1);
-        let bytes: usize = mine.iter().filter_map(|p| section(&p.name)).map(|x| x.total_bytes).sum();
-        let value_bytes: usize = weights.iter().map(|(_, x)| x.value_bytes).sum();
-        let index_bytes: usize = weights.iter().map(|(_, x)| x.index_bytes).sum();
-        out!(
-            "  {:<10} {:>9} {:>7.1}% {:>12.2} {:>11.2} {:>9} {:>7.1}% {:>7.1}×",
-            node.name,
-            params,
-            100.0 * stored as f64 / numel.max(1) as f64,
-            value_bytes as f64 * 8.0 / kept as f64,
-            index_bytes as f64 * 8.0 / kept as f64,
-            bytes,
-            100.0 * bytes as f64 / file_bytes as f64,
-            4.0 * params as f64 / bytes as f64
-        );
-    }
-    let params = s.graph.num_params();
-    let weights: usize = s.graph.parameters().iter().filter(|p| p.kind == squeeze::spec::ParamKind::Weight).map(|p| p.numel()).sum();
-    let kept: usize = s
-        .tensors
-        .iter()
-        .filter(|t| specs.iter().any(|p| p.name == t.name && p.kind == squeeze::spec::ParamKind::Weight))
-        .map(|t| t.values.len())
-        .sum();
-    out!(
-        "  {:<10} {:>9} {:>7.1}% {:>12} {:>11} {:>9} {:>7.1}% {:>7.1}×",
-        "total",
-        params,
-        100.0 * kept as f64 / weights.max(1) as f64,
-        "",
-        "",
-        file_bytes,
-        100.0,
-        4.0 * params as f64 / file_bytes as f64
-    );
-}
-
 /// Where the teachers come from.
 struct TeacherArgs {
     /// Files or zoo names.
@@ -1306,72 +1154,5 @@ fn share_tasks(a: &ShareArgs, out: &Path, data: &DataArgs) -> Result<ExitCode> {
         if matches!(a.form, FormArg::Hard) { "hard" } else { "soft" },
         out.display()
     );
-    Ok(ExitCode::SUCCESS)
-}
-
-fn bench(model: &str, train_samples: usize, json: bool, data: &DataArgs) -> Result<ExitCode> {
-    let graph = zoo::build(model).with_context(|| format!("unknown zoo model '{model}' (known: {})", zoo_names()))?;
-    let splits = data.load()?;
-    let mut m = Model::init(graph, 1)?;
-    let n = train_samples.min(splits.train.len());
-    let per = splits.train.sample_len();
-    let cfg = TrainConfig { epochs: 1, ..TrainConfig::default() };
-    let stats = train::train(&mut m, &splits.train.images[..n * per], &splits.train.labels[..n], &cfg, &mut |_| {});
-    let train_sps = stats[0].samples_per_s;
-    let calib = &splits.train.images[..1000.min(n) * per];
-    // Every encoding the runtime runs natively, from the stored form (as `squeeze run`
-    // measures it): dense f32, full int8, 90% pruned (sparse) f32 and int8, and weight
-    // sharing (5-bit codebooks for Linear, 8-bit for Conv2d).
-    let mut pruned = m.clone();
-    prune::magnitude(&mut pruned, 0.9, prune::Scope::Layer, &[])?;
-    let mut shared = m.clone();
-    share::share(&mut shared, &share::ShareConfig { linear_bits: 5, conv_bits: 8, per_layer: Default::default(), layers: Vec::new() })?;
-    let plans = [
-        ("f32", store::model_plan(&m)?),
-        ("int8", store::sqz_plan(&quantize::quantize(&m, quantize::Mode::Full, &[], calib)?)?),
-        ("f32-pruned90", store::sqz_plan(&quantize::store_f32(&pruned))?),
-        ("int8-pruned90", store::sqz_plan(&quantize::quantize(&pruned, quantize::Mode::Full, &[], calib)?)?),
-        ("codebook", store::sqz_plan(&quantize::store_f32(&shared))?),
-    ];
-    // Interleaved rounds, so load from other processes hits every encoding alike.
-    let rounds = 5;
-    let mut lat: Vec<Vec<f64>> = vec![Vec::new(); plans.len()];
-    let mut thr: Vec<Vec<f64>> = vec![Vec::new(); plans.len()];
-    for _ in 0..rounds {
-        for (i, (_, plan)) in plans.iter().enumerate() {
-            lat[i].extend(exec::latencies_us(plan, &splits.test.images, 200)?);
-            thr[i].push(exec::throughput(plan, &splits.test.images, 256, 2, 0.1)?);
-        }
-    }
-    let rows: Vec<(&str, String, f64, f64, f64)> = plans
-        .iter()
-        .zip(lat.iter_mut().zip(thr.iter_mut()))
-        .map(|((name, plan), (l, t))| {
-            let s = median_and_spread(l);
-            (*name, plan.kernel_description(), s.median, s.spread, median_and_spread(t).median)
-        })
-        .collect();
-    let (base_lat, base_thr) = (rows[0].2, rows[0].4);
-    if json {
-        let v = serde_json::json!({
-            "model": model,
-            "machine": squeeze::report::measure::machine_description(),
-            "threads": 2,
-            "train_samples_per_s": train_sps.round(),
-            "encodings": rows.iter().map(|(n, k, l, sp, t)| serde_json::json!({
-                "encoding": n, "kernel": k, "latency_us_b1": l, "latency_us_b1_spread": sp, "throughput_b256": t.round(),
-                "latency_speedup_vs_f32": base_lat / l, "throughput_ratio_vs_f32": t / base_thr,
-            })).collect::<Vec<_>>(),
-        });
-        out!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    out!("model {model}, {}", squeeze::report::measure::machine_description());
-    out!("training: {:.0} samples/s (1 epoch of {n} images, batch 128, 2 workers)", train_sps);
-    out!("inference: {rounds} interleaved rounds; b1 = one image, one thread (median ± half IQR); b256 = batches of 256 on 2 threads");
-    out!("{:<14} {:>14} {:>12} {:>8} {:>9}  kernel", "encoding", "b1 µs (±)", "b256 img/s", "b1 ×f32", "b256 ×f32");
-    for (name, kernel, lat, spread, thr) in &rows {
-        out!("{:<14} {:>7.2} ±{:<5.2} {:>12.0} {:>7.2}× {:>8.2}×  {}", name, lat, spread, thr, base_lat / lat, thr / base_thr, kernel);
-    }
     Ok(ExitCode::SUCCESS)
 }

@@ -235,6 +235,16 @@ fn verbs_train_prune_quantize_inspect_chain() {
     assert!(i.stdout.contains("integer layers: fc1, fc2"), "{}", i.stdout);
     let i = squeeze(&["inspect", m.to_str().unwrap()]);
     assert!(i.stdout.contains("f32 dense") && i.stdout.contains("Linear"), "{}", i.stdout);
+    // --json: the same facts as data; the per-layer rows add up to the file.
+    let j = squeeze(&["inspect", q.to_str().unwrap(), "--json"]);
+    assert_eq!(j.code, 0, "{}", j.stderr);
+    let v: serde_json::Value = serde_json::from_str(&j.stdout).expect("inspect --json prints JSON");
+    assert_eq!(v["bytes"].as_u64(), Some(std::fs::metadata(&q).unwrap().len()));
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.last().unwrap()["layer"], "total");
+    let section_bytes: u64 = v["tensors"].as_array().unwrap().iter().map(|t| t["bytes"].as_u64().unwrap()).sum();
+    assert!(section_bytes <= v["bytes"].as_u64().unwrap() && section_bytes > 0);
+    assert_eq!(v["integer"]["layers"], serde_json::json!(["fc1", "fc2"]));
     for verb in ["run", "train", "eval", "prune", "trim", "quantize", "distill", "share", "inspect", "bench", "import", "export"] {
         let h = squeeze(&[verb, "--help"]);
         assert_eq!(h.code, 0);
