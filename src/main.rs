@@ -9,14 +9,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use squeeze::compress::distill::{self, DistillConfig};
+use squeeze::compress::distill;
 use squeeze::compress::{prune, quantize, trim, PassConfig};
 use squeeze::data::{self, Splits};
 use squeeze::format::hf;
-use squeeze::format::sqz;
 use squeeze::model::{zoo, Model};
 use squeeze::pipeline::{self, Event, PipelineError, RunOptions};
-use squeeze::recipe::Recipe;
+use squeeze::recipe::{ModelSource, OnePass, Recipe, TaskSection, TrainSection};
 use squeeze::runtime::exec;
 use squeeze::store;
 use squeeze::train::{self, LrSchedule, TrainConfig, TrainEvent};
@@ -141,73 +140,42 @@ enum Command {
         run: OnePassArgs,
     },
     /// Distil a student from a teacher (soft targets at temperature T, or the teacher's
-    /// labels with --hard), then fine-tune on the true labels; compares each seed with
-    /// the same student trained alone on the same inputs for the same epochs.
+    /// labels with --mode hard), then fine-tune on the true labels; compares each seed
+    /// with the same student trained alone on the same inputs for the same epochs: a
+    /// recipe of one `distill` pass whose baseline is the (first) teacher.
     Distill {
-        /// The teacher: a model file (.safetensors or .sqz) or a zoo name (trained first
-        /// for --teacher-epochs). Repeat for an ensemble (softened outputs averaged).
+        /// The teacher: a model file (.safetensors, .sqz, .onnx), or a zoo name trained
+        /// first (--teacher-epochs, cosine schedule). Repeat with model files for an
+        /// ensemble (softened outputs averaged).
         #[arg(long, required = true)]
         teacher: Vec<String>,
         /// Epochs to train a zoo-name teacher (cosine schedule).
         #[arg(long, default_value_t = 15)]
         teacher_epochs: usize,
-        /// Save a zoo-name teacher after training it (.safetensors or .sqz).
+        /// Also write the teacher (the run's baseline) to this file (.safetensors or .sqz).
         #[arg(long)]
         save_teacher: Option<PathBuf>,
-        /// The student: a zoo name (trained from scratch) or a model file.
-        #[arg(long, default_value = "mlp")]
-        student: String,
-        /// Distillation epochs.
-        #[arg(long, default_value_t = DistillConfig::default().epochs)]
-        epochs: usize,
-        /// Fine-tuning epochs on the true labels after distillation.
-        #[arg(long, default_value_t = DistillConfig::default().fine_tune_epochs)]
-        fine_tune_epochs: usize,
-        #[arg(long, default_value_t = DistillConfig::default().temperature)]
-        temperature: f32,
-        /// Weight of the distillation term (1 − alpha goes to the true labels).
-        #[arg(long, default_value_t = DistillConfig::default().alpha)]
-        alpha: f32,
-        /// Hard distillation: learn the teacher's predicted labels.
-        #[arg(long)]
-        hard: bool,
-        #[arg(long, default_value_t = DistillConfig::default().lr)]
-        lr: f32,
-        /// Learning rate of the fine-tuning epochs, for both the distilled student
-        /// and the control (same schedule); default lr / 10.
-        #[arg(long)]
-        fine_tune_lr: Option<f32>,
-        /// Learning-rate schedule of each phase, for both students.
-        #[arg(long, value_enum, default_value_t = ScheduleArg::from(DistillConfig::default().schedule))]
-        schedule: ScheduleArg,
-        /// Shifted copies of each training image added to the transfer set (both
-        /// students train on them; the teacher labels them once).
-        #[arg(long, default_value_t = DistillConfig::default().shifted_copies)]
-        shifted_copies: usize,
-        /// Largest shift of a copy, in pixels.
-        #[arg(long, default_value_t = DistillConfig::default().max_shift)]
-        max_shift: usize,
-        /// Seeds to run (each: distilled student and control student); 0 = only
-        /// train (and --save-teacher) the teachers.
-        #[arg(long, default_value_t = 3)]
-        seeds: u64,
-        /// Where to write the distilled student of the first seed (.safetensors or .sqz).
-        #[arg(long)]
-        out: PathBuf,
         #[command(flatten)]
-        data: DataArgs,
+        pass: distill::Distill,
+        #[command(flatten)]
+        run: OnePassArgs,
     },
     /// Parameter sharing across models: three Fashion-MNIST tasks (10 classes; tops,
     /// bottoms, footwear, bags; footwear or not) as one file with a shared trunk and a
-    /// head per task, against three separately trained models.
+    /// head per task, against three separately trained models: a recipe of one
+    /// `share_tasks` pass with those three `[[task]]` tables.
     Share {
+        /// Zoo architecture of the task models (its last Linear becomes the task head):
+        /// one name for all tasks, or one per task, comma-separated (they must share a trunk).
+        #[arg(long = "model", value_delimiter = ',', default_value = "mlp")]
+        models: Vec<String>,
+        /// Training epochs of each separate task model (and of the soft form's joint training).
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
         #[command(flatten)]
-        share: ShareArgs,
-        /// The shared multi-head model (.sqz).
-        #[arg(long)]
-        out: PathBuf,
+        pass: squeeze::compress::multitask::ShareTasks,
         #[command(flatten)]
-        data: DataArgs,
+        run: OnePassArgs,
     },
     /// Show what a model file holds: architecture, per-tensor encoding and bytes
     /// (.sqz, .safetensors, an ONNX model with what squeeze imports from it, or a
@@ -338,10 +306,12 @@ struct OnePassArgs {
     data: DataArgs,
 }
 
-/// A verb that is one pass: the recipe of that pass on `model`, run by the same runner
-/// as `squeeze run` (so `squeeze prune M --sparsity 0.5 --out P` writes the bytes the
-/// equivalent recipe writes), then its final stage moved to `--out`.
-fn one_pass(model: &Path, pass: PassConfig, args: &OnePassArgs) -> Result<ExitCode> {
+/// A verb that is one pass: the recipe of that pass ([`Recipe::one_pass`]), run by the
+/// same runner as `squeeze run` (so `squeeze prune M --sparsity 0.5 --out P` writes the
+/// bytes the equivalent recipe writes), then its final stage moved to `--out`.
+/// `save_baseline` also keeps the run's baseline (e.g. a teacher the run trained).
+fn one_pass(recipe: OnePass, args: &OnePassArgs, inputs: &[&Path], save_baseline: Option<&Path>) -> Result<ExitCode> {
+    let pass = recipe.0.passes[0].clone();
     let out = &args.out;
     let ext = out.extension().and_then(|e| e.to_str()).unwrap_or_default().to_string();
     if ext != "sqz" && ext != "safetensors" {
@@ -350,12 +320,16 @@ fn one_pass(model: &Path, pass: PassConfig, args: &OnePassArgs) -> Result<ExitCo
     if ext == "safetensors" && pass.technique().is_final() {
         bail!("'{}' stores an encoded (quantized) model, which only .sqz holds: write --out as .sqz", pass.stage_name());
     }
-    refuse_overwrite(out, &[model])?;
+    refuse_overwrite(out, inputs)?;
+    if let Some(path) = save_baseline {
+        refuse_overwrite(path, inputs)?;
+    }
     if args.data.train_arrays.is_some() != args.data.test_arrays.is_some() {
         bail!("'{}' fine-tunes and calibrates on training data: give --train-arrays too (--test-arrays alone serves eval)", pass.stage_name());
     }
+    let model_file = recipe.0.model.file.clone();
+    let recipe = recipe.checked().context("the pass's settings")?;
     let name = pass.stage_name();
-    let recipe = Recipe::one_pass(model, args.data.recipe_data(), args.seed, pass).context("the pass's settings")?;
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     // The run's stage files and report go to a scratch directory beside --out (removed
     // afterwards) unless --report-dir keeps them.
@@ -373,16 +347,25 @@ fn one_pass(model: &Path, pass: PassConfig, args: &OnePassArgs) -> Result<ExitCo
         Event::Warning(w) => eprintln!("warning: {w}"),
     });
     let finish = || -> Result<u64> {
-        let report = result.map_err(|e| match store::read(model) {
-            Ok(f) if matches!(e, PipelineError::ShapeMismatch { .. }) => text_model_hint(
+        let report = result.map_err(|e| match model_file.as_deref().map(store::read) {
+            Some(Ok(f)) if matches!(e, PipelineError::ShapeMismatch { .. }) => text_model_hint(
                 e.into(),
-                model,
+                model_file.as_deref().unwrap_or(Path::new("")),
                 f.graph(),
                 "compress it with a recipe, e.g. `squeeze run --recipe recipes/minilm-int8.toml`, which calibrates and validates on sentences",
             ),
             _ => e.into(),
         })?;
+        if let (Some(path), Some(first)) = (save_baseline, report.stages.first()) {
+            let bytes = write_model(path, &store::read_model(&scratch.join(&first.file))?)?;
+            out!("saved the baseline ({}) to {} ({bytes} bytes)", first.name, path.display());
+        }
+        let separate: Vec<&squeeze::report::Stage> = report.stages.iter().filter(|s| s.name.starts_with("separate-")).collect();
         let last = report.stages.last().context("the run measured no stage")?;
+        if !separate.is_empty() && last.tasks.is_some() {
+            let separate_bytes: u64 = separate.iter().map(|s| s.bytes).sum();
+            out!("bytes: {} separate models {separate_bytes}, one shared file {} ({:.1}% of separate)", separate.len(), last.bytes, last.bytes as f64 * 100.0 / separate_bytes as f64);
+        }
         let produced = scratch.join(&last.file);
         let bytes = if ext == "sqz" {
             // Written atomically like every output: a failed write leaves no half file.
@@ -405,6 +388,49 @@ fn one_pass(model: &Path, pass: PassConfig, args: &OnePassArgs) -> Result<ExitCo
     let bytes = written?;
     out!("wrote {} ({} bytes){}", out.display(), bytes, args.report_dir.as_ref().map_or(String::new(), |d| format!("; report: {}", d.join("report.md").display())));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `squeeze distill`: the first teacher is the run's baseline (a file, or a zoo model
+/// the run trains), the others join it as an ensemble.
+fn distill_verb(teachers: &[String], teacher_epochs: usize, save_teacher: Option<&Path>, mut pass: distill::Distill, run: &OnePassArgs) -> Result<ExitCode> {
+    let Some(student) = pass.student.clone() else {
+        bail!("--student is required: a zoo name ({}) or a model file", zoo_names());
+    };
+    let is_file = |t: &str| Path::new(t).is_file();
+    for t in teachers {
+        if zoo::build(t).is_none() && !is_file(t) {
+            bail!("teacher '{t}' is neither a zoo name ({}) nor a model file", zoo_names());
+        }
+    }
+    if let Some(t) = teachers.iter().skip(1).find(|t| !is_file(t)) {
+        bail!("teacher '{t}': only the first --teacher may be a zoo name (the run trains it); train another with `squeeze train --model {t} --out {t}.safetensors` and pass the file");
+    }
+    let (first, rest) = teachers.split_first().context("give a --teacher")?;
+    pass.ensemble = rest.iter().map(PathBuf::from).collect();
+    let source = if is_file(first) { ModelSource::file(Path::new(first)) } else { ModelSource::zoo(first) };
+    let mut recipe = Recipe::one_pass(source, run.data.recipe_data(), run.seed, PassConfig::Distill(pass));
+    recipe.0.train = TrainSection { epochs: teacher_epochs, schedule: LrSchedule::Cosine, ..TrainSection::default() };
+    let inputs: Vec<&Path> = teachers.iter().map(Path::new).chain([Path::new(&student)]).collect();
+    one_pass(recipe, run, &inputs, save_teacher)
+}
+
+/// `squeeze share`: the three Fashion-MNIST tasks as `[[task]]` tables, each on its zoo model.
+fn share_verb(models: &[String], epochs: usize, pass: squeeze::compress::multitask::ShareTasks, run: &OnePassArgs) -> Result<ExitCode> {
+    let tasks = squeeze::compress::multitask::fashion_mnist_tasks();
+    if models.len() != 1 && models.len() != tasks.len() {
+        bail!("--model takes one zoo name for every task or one per task ({}), got {}", tasks.len(), models.len());
+    }
+    if let Some(m) = models.iter().find(|m| zoo::build(m).is_none()) {
+        bail!("unknown zoo model '{m}' (known: {})", zoo_names());
+    }
+    let mut recipe = Recipe::one_pass(ModelSource::zoo(&models[0]), run.data.recipe_data(), run.seed, PassConfig::ShareTasks(pass));
+    recipe.0.train = TrainSection { epochs, ..TrainSection::default() };
+    recipe.0.tasks = tasks
+        .iter()
+        .enumerate()
+        .map(|(t, task)| TaskSection { name: task.name.clone(), labels: task.labels.clone(), zoo: (models.len() > 1).then(|| models[t].clone()) })
+        .collect();
+    one_pass(recipe, run, &[], None)
 }
 
 #[derive(Args, Clone, Default)]
@@ -481,61 +507,6 @@ fn validation_size(v: &str) -> Result<usize, String> {
         Ok(0) => Err("0 leaves the validation split empty (a gate would score 0% at every stage and pass any model); give at least 1 (default 5000)".into()),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
-    }
-}
-
-#[derive(Args, Clone)]
-struct ShareArgs {
-    /// Zoo architecture of the task models (its last Linear becomes the task head):
-    /// one name for all tasks, or one per task, comma-separated (they must share a trunk).
-    #[arg(long = "model", value_delimiter = ',', default_value = "mlp")]
-    models: Vec<String>,
-    /// hard: the 10-class model's trunk with a head per task; soft: models trained with
-    /// a pull between their trunks, merged, heads fine-tuned.
-    #[arg(long, value_enum, default_value = "hard")]
-    form: FormArg,
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    /// Soft form: λ of the penalty λ·Σ‖θ_a − θ_b‖² between trunks.
-    #[arg(long, default_value_t = 0.001)]
-    penalty: f32,
-    /// Soft form: epochs of each head on the merged trunk.
-    #[arg(long, default_value_t = 2)]
-    head_epochs: usize,
-    /// Soft form: learning rate of the head fine-tuning.
-    #[arg(long, default_value_t = 1e-4)]
-    head_lr: f32,
-    #[arg(long, default_value_t = 1234)]
-    seed: u64,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy)]
-enum FormArg {
-    Hard,
-    Soft,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy)]
-enum ScheduleArg {
-    Constant,
-    Cosine,
-}
-
-impl From<LrSchedule> for ScheduleArg {
-    fn from(s: LrSchedule) -> Self {
-        match s {
-            LrSchedule::Constant => ScheduleArg::Constant,
-            LrSchedule::Cosine => ScheduleArg::Cosine,
-        }
-    }
-}
-
-impl From<ScheduleArg> for LrSchedule {
-    fn from(s: ScheduleArg) -> Self {
-        match s {
-            ScheduleArg::Constant => LrSchedule::Constant,
-            ScheduleArg::Cosine => LrSchedule::Cosine,
-        }
     }
 }
 
@@ -618,49 +589,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Prune { model, pass, run } => one_pass(&model, PassConfig::Prune(pass), &run),
-        Command::RandomPrune { model, pass, run } => one_pass(&model, PassConfig::RandomPrune(pass), &run),
-        Command::Trim { model, pass, run } => one_pass(&model, PassConfig::Trim(pass), &run),
-        Command::Quantize { model, pass, run } => one_pass(&model, PassConfig::Quantize(pass), &run),
-        Command::Distill {
-            teacher,
-            teacher_epochs,
-            save_teacher,
-            student,
-            epochs,
-            fine_tune_epochs,
-            temperature,
-            alpha,
-            hard,
-            lr,
-            fine_tune_lr,
-            schedule,
-            shifted_copies,
-            max_shift,
-            seeds,
-            out,
-            data,
-        } => {
-            let inputs: Vec<&Path> = teacher.iter().map(Path::new).chain([Path::new(&student)]).collect();
-            refuse_overwrite(&out, &inputs)?;
-            let cfg = DistillConfig {
-                mode: if hard { distill::Mode::Hard } else { distill::Mode::Soft },
-                temperature,
-                alpha,
-                epochs,
-                fine_tune_epochs,
-                lr,
-                fine_tune_lr: fine_tune_lr.unwrap_or(lr / 10.0),
-                batch_size: 128,
-                schedule: schedule.into(),
-                shifted_copies,
-                max_shift,
-            };
-            cfg.check().context("distill")?;
-            let teacher = TeacherArgs { sources: teacher, epochs: teacher_epochs, save: save_teacher };
-            cmd_distill(&teacher, &student, &cfg, seeds, &out, &data)
+        Command::Prune { model, pass, run } => one_pass(Recipe::one_pass(ModelSource::file(&model), run.data.recipe_data(), run.seed, PassConfig::Prune(pass)), &run, &[&model], None),
+        Command::RandomPrune { model, pass, run } => {
+            one_pass(Recipe::one_pass(ModelSource::file(&model), run.data.recipe_data(), run.seed, PassConfig::RandomPrune(pass)), &run, &[&model], None)
         }
-        Command::Share { share, out, data } => share_tasks(&share, &out, &data),
+        Command::Trim { model, pass, run } => one_pass(Recipe::one_pass(ModelSource::file(&model), run.data.recipe_data(), run.seed, PassConfig::Trim(pass)), &run, &[&model], None),
+        Command::Quantize { model, pass, run } => {
+            one_pass(Recipe::one_pass(ModelSource::file(&model), run.data.recipe_data(), run.seed, PassConfig::Quantize(pass)), &run, &[&model], None)
+        }
+        Command::Distill { teacher, teacher_epochs, save_teacher, pass, run } => distill_verb(&teacher, teacher_epochs, save_teacher.as_deref(), pass, &run),
+        Command::Share { models, epochs, pass, run } => share_verb(&models, epochs, pass, &run),
         Command::Export { model, format, out, float, weight_type, check_inputs } => {
             let weight_type = match weight_type {
                 WeightTypeArg::Uint8 => squeeze::format::onnx::WeightType::Uint8,
@@ -900,10 +838,21 @@ fn stage_line(s: &squeeze::report::Stage) -> String {
         _ => format!("test acc {:>6.2}%  val acc {:>6.2}%", s.accuracy * 100.0, s.validation_accuracy * 100.0),
     };
     let throughput = if s.throughput_b256.is_nan() { String::new() } else { format!("  {:>10.0} img/s (b256)", s.throughput_b256) };
-    format!(
+    let mut line = format!(
         "{:<14} {quality}  {:>9} bytes  {:>6.2}×  {:>7.2} µs/img (b1){throughput}  kernel {}",
         s.name, s.bytes, s.ratio, s.latency_us_b1, s.kernel
-    )
+    );
+    for t in s.tasks.iter().flatten() {
+        line += &format!(
+            "\n  task {:<10} test acc {:>6.2}%  val acc {:>6.2}%  (separate {:>6.2}%, {:+.2} points)",
+            t.task,
+            t.accuracy * 100.0,
+            t.validation_accuracy * 100.0,
+            t.separate_accuracy * 100.0,
+            t.delta_points
+        );
+    }
+    line
 }
 
 /// A training progress bar on a terminal; silent when stderr is not one.
@@ -989,170 +938,4 @@ fn export(path: &Path, format: ExportFormat, out: &Path, float: bool, weight_typ
     squeeze::format::write_atomic(out, &bytes).with_context(|| format!("cannot write '{}'", out.display()))?;
     out!("wrote {} ({} bytes)", out.display(), bytes.len());
     Ok(())
-}
-
-/// Where the teachers come from.
-struct TeacherArgs {
-    /// Files or zoo names.
-    sources: Vec<String>,
-    /// Epochs for a zoo-name teacher.
-    epochs: usize,
-    save: Option<PathBuf>,
-}
-
-fn cmd_distill(t: &TeacherArgs, student: &str, cfg: &DistillConfig, seeds: u64, out: &Path, data: &DataArgs) -> Result<ExitCode> {
-    if !matches!(out.extension().and_then(|e| e.to_str()), Some("sqz" | "safetensors")) {
-        bail!("output '{}' must end in .sqz or .safetensors", out.display());
-    }
-    let splits = data.load()?;
-    let mut bar = TrainBar::default();
-    let mut plans = Vec::new();
-    for (i, source) in t.sources.iter().enumerate() {
-        let plan = match zoo::build(source) {
-            Some(_) => {
-                let m = distill::train_teacher(source, &splits.train.images, &splits.train.labels, t.epochs, 1234 + i as u64, &mut |e| bar.on(e))?;
-                if let Some(path) = &t.save {
-                    let path = if i == 0 { path.clone() } else { path.with_extension(format!("{i}.{}", path.extension().and_then(|e| e.to_str()).unwrap_or("safetensors"))) };
-                    write_model(&path, &m)?;
-                    out!("saved teacher {source} to {}", path.display());
-                }
-                store::model_plan(&m)?
-            }
-            None => store::read(Path::new(source))
-                .with_context(|| format!("teacher '{source}' is neither a zoo name ({}) nor a readable model file", zoo_names()))?
-                .plan()?,
-        };
-        pipeline::check_shapes(&plan, &[plan.input_len()], &splits.train).with_context(|| format!("teacher '{source}'"))?;
-        let acc = exec::evaluate(&plan, &splits.test.images, &splits.test.labels, 2)?;
-        out!("teacher {source}: test accuracy {:.2}%", acc * 100.0);
-        plans.push(plan);
-    }
-    if seeds == 0 {
-        // Teachers only (e.g. to train and --save-teacher one): nothing to compare.
-        out!("--seeds 0: no student trained");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let make_student = |seed: u64| -> Result<Model, distill::DistillError> {
-        match zoo::build(student) {
-            Some(g) => Ok(Model::init(g, seed)?),
-            None => store::read_model(Path::new(student)).map_err(|e| distill::DistillError::Student(e.to_string())),
-        }
-    };
-    let probe = make_student(0).with_context(|| format!("student '{student}' is neither a zoo name ({}) nor a readable model file", zoo_names()))?;
-    distill::check_pair(&plans[0], &probe).context("distill")?;
-    let set = distill::transfer_set(
-        &splits.train.images,
-        &splits.train.labels,
-        &splits.train.sample_shape,
-        cfg.shifted_copies,
-        cfg.max_shift,
-        7,
-    )?;
-    let refs: Vec<&exec::Plan> = plans.iter().collect();
-    let teacher = distill::teacher_outputs(&refs, &set.images, cfg.temperature)?;
-    if plans.len() > 1 {
-        let agree = teacher.labels[..splits.train.len()].iter().zip(&splits.train.labels).filter(|(a, b)| a == b).count();
-        out!("ensemble of {}: agrees with {:.2}% of the training labels", plans.len(), 100.0 * agree as f64 / splits.train.len() as f64);
-    }
-    let seed_list: Vec<u64> = (1..=seeds).collect();
-    let mut wrote = false;
-    let cmp = distill::compare(
-        &make_student,
-        &seed_list,
-        &set,
-        &teacher,
-        cfg,
-        &splits.test.images,
-        &splits.test.labels,
-        &mut |e| bar.on(e),
-        &mut |r, m| {
-            out!(
-                "seed {}: student alone {:.2}%, distilled {:.2}% ({:+.2} points; {} epochs each over {} samples)",
-                r.seed,
-                r.control_accuracy * 100.0,
-                r.distilled_accuracy * 100.0,
-                r.gain() * 100.0,
-                cfg.total_epochs(),
-                set.len()
-            );
-            if !wrote {
-                wrote = true;
-                if let Err(e) = write_model(out, m) {
-                    eprintln!("squeeze: {}", error_line(&e));
-                    std::process::exit(2);
-                }
-            }
-        },
-    )?;
-    let (c, cs) = cmp.control();
-    let (d, ds) = cmp.distilled();
-    let (g, gs) = cmp.gain();
-    out!(
-        "mean over {} seeds: alone {:.2}% ± {:.2}, distilled {:.2}% ± {:.2}, gain {:+.2} ± {:.2} points ({} distillation, T = {}, alpha = {}, {:?} schedule, {} shifted copies); wrote {}",
-        cmp.seeds.len(),
-        c * 100.0,
-        cs * 100.0,
-        d * 100.0,
-        ds * 100.0,
-        g * 100.0,
-        gs * 100.0,
-        if cfg.mode == distill::Mode::Hard { "hard" } else { "soft" },
-        cfg.temperature,
-        cfg.alpha,
-        cfg.schedule,
-        cfg.shifted_copies,
-        out.display()
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-fn share_tasks(a: &ShareArgs, out: &Path, data: &DataArgs) -> Result<ExitCode> {
-    use squeeze::compress::multitask::{self, MultitaskConfig, SoftConfig};
-    if out.extension().and_then(|e| e.to_str()) != Some("sqz") {
-        bail!("output '{}' must end in .sqz", out.display());
-    }
-    let tasks = multitask::fashion_mnist_tasks();
-    if a.models.len() != 1 && a.models.len() != tasks.len() {
-        bail!("--model takes one zoo name for every task or one per task ({}), got {}", tasks.len(), a.models.len());
-    }
-    let mut graphs = Vec::new();
-    for t in 0..tasks.len() {
-        let name = &a.models[t.min(a.models.len() - 1)];
-        let g = zoo::build(name).with_context(|| format!("unknown zoo model '{name}' (known: {})", zoo_names()))?;
-        let head = multitask::find_head(&g)?;
-        graphs.push(multitask::task_graph(&g, &head, tasks[t].classes()));
-    }
-    multitask::check_trunks(&tasks, &graphs)?;
-    let splits = data.load()?;
-    multitask::check_tasks(&tasks, splits.train.num_classes)?;
-    let cfg = MultitaskConfig { train: TrainConfig { epochs: a.epochs, batch_size: 128, lr: 1e-3, seed: a.seed, ..TrainConfig::default() } };
-    let mut bar = TrainBar::default();
-    let separate = multitask::train_separate(&tasks, &graphs, &splits.train, &cfg, &mut |e| bar.on(e))?;
-    let mut separate_acc = Vec::new();
-    let mut separate_bytes = 0;
-    for (t, m) in separate.iter().enumerate() {
-        separate_bytes += sqz::encode(&quantize::store_f32(m))?.len();
-        separate_acc.push(multitask::task_accuracies(&store::model_plan(m)?, &tasks[t..=t], &splits.test)?[0]);
-    }
-    let shared = match a.form {
-        FormArg::Hard => multitask::share_hard(&tasks, &separate, &splits.train, &cfg, &mut |e| bar.on(e))?,
-        FormArg::Soft => {
-            let soft = SoftConfig { strength: a.penalty, epochs: a.epochs, head_epochs: a.head_epochs, head_lr: a.head_lr };
-            multitask::share_soft(&tasks, &graphs, &splits.train, &cfg, &soft, &mut |e| bar.on(e))?.0
-        }
-    };
-    let bytes = store::write_sqz(out, quantize::store_f32(&shared), store::Coding::Entropy)?;
-    // Every head runs from the one file.
-    let acc = multitask::task_accuracies(&store::read(out)?.plan()?, &tasks, &splits.test)?;
-    out!("{:<10} {:>12} {:>12} {:>8}", "task", "separate", "shared", "Δ pts");
-    for (t, task) in tasks.iter().enumerate() {
-        out!("{:<10} {:>11.2}% {:>11.2}% {:>+8.2}", task.name, separate_acc[t] * 100.0, acc[t] * 100.0, (acc[t] - separate_acc[t]) * 100.0);
-    }
-    out!(
-        "bytes: three separate models {separate_bytes}, one shared file {bytes} ({:.1}% of separate, {} form); wrote {}",
-        bytes as f64 * 100.0 / separate_bytes as f64,
-        if matches!(a.form, FormArg::Hard) { "hard" } else { "soft" },
-        out.display()
-    );
-    Ok(ExitCode::SUCCESS)
 }

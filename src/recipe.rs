@@ -111,6 +111,30 @@ pub struct ModelSource {
     pub seq_len: Option<usize>,
 }
 
+impl ModelSource {
+    /// A trained model file (the baseline, not retrained).
+    pub fn file(path: &Path) -> ModelSource {
+        ModelSource { zoo: None, file: Some(path.to_path_buf()), state_dict: None, architecture: None, preprocess: None, hf_dir: None, seq_len: None }
+    }
+
+    /// A zoo architecture the run trains from scratch (with `[train]`).
+    pub fn zoo(name: &str) -> ModelSource {
+        ModelSource { zoo: Some(name.to_string()), file: None, state_dict: None, architecture: None, preprocess: None, hf_dir: None, seq_len: None }
+    }
+}
+
+/// A verb's recipe of one pass ([`Recipe::one_pass`]) before it is checked: the verb
+/// sets the fields it takes (`[train]` for a zoo model, `[[task]]` tables), then
+/// [`OnePass::checked`] runs every check a recipe file gets.
+#[derive(Clone, Debug)]
+pub struct OnePass(pub Recipe);
+
+impl OnePass {
+    pub fn checked(self) -> Result<Recipe, RecipeError> {
+        self.0.validated(Path::new("(command line)"))
+    }
+}
+
 /// The `[data]` table: which data set, and where the gate's validation split comes from.
 ///
 /// ```toml
@@ -377,21 +401,21 @@ impl Recipe {
         r.validated(path)
     }
 
-    /// The recipe of one pass on a model file, as the verbs (`squeeze prune`, `trim`,
-    /// `quantize`, ...) run it: no gate (`max_accuracy_drop = 1`; the stages are still
-    /// measured and reported), the `[train]` defaults, checked like a recipe file.
-    pub fn one_pass(model: &Path, data: DataSection, seed: u64, pass: Pass) -> Result<Recipe, RecipeError> {
-        let recipe = Recipe {
+    /// The recipe of one pass, as the verbs (`squeeze prune`, `trim`, `quantize`,
+    /// `distill`, `share`, ...) run it: no gate (`max_accuracy_drop = 1`; the stages are
+    /// still measured and reported), the `[train]` defaults and no tasks (a verb sets
+    /// those fields it takes), checked like a recipe file by [`OnePass::checked`].
+    pub fn one_pass(model: ModelSource, data: DataSection, seed: u64, pass: Pass) -> OnePass {
+        OnePass(Recipe {
             name: pass.stage_name(),
             seed,
-            model: ModelSource { zoo: None, file: Some(model.to_path_buf()), state_dict: None, architecture: None, preprocess: None, hf_dir: None, seq_len: None },
+            model,
             data,
             train: TrainSection::default(),
             gate: GateSection { max_accuracy_drop: 1.0, min_mean_cosine: None, min_cosine: None },
             passes: vec![pass],
             tasks: Vec::new(),
-        };
-        recipe.validated(Path::new("(command line)"))
+        })
     }
 
     /// Checks a recipe read from `path` and resolves its relative files against it.

@@ -208,26 +208,28 @@ fn verbs_train_prune_quantize_inspect_chain() {
     let o = squeeze(&["distill", "--teacher", m.to_str().unwrap(), "--student", "mlp", "--epochs", "1", "--fine-tune-epochs", "1", "--seeds", "1", "--out", d.path("s.safetensors").to_str().unwrap(), "--data", ds, "--validation", "300"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("mean over 1 seeds") && d.path("s.safetensors").exists(), "{}", o.stdout);
-    // A zoo-name teacher trained first, an ensemble with the file, hard labels, shifted
-    // copies, and a lenet5 student.
+    // A zoo-name teacher trained first (and saved), an ensemble with the file, hard
+    // labels, shifted copies, and a lenet5 student.
+    let saved = d.path("teacher.safetensors");
     let o = squeeze(&[
-        "distill", "--teacher", "mlp", "--teacher-epochs", "1", "--teacher", m.to_str().unwrap(), "--student", "lenet5", "--hard", "--epochs", "1",
+        "distill", "--teacher", "mlp", "--teacher-epochs", "1", "--save-teacher", saved.to_str().unwrap(), "--teacher", m.to_str().unwrap(), "--student", "lenet5", "--mode", "hard", "--epochs", "1",
         "--shifted-copies", "1", "--schedule", "cosine", "--seeds", "2", "--out", d.path("s5.sqz").to_str().unwrap(), "--data", ds, "--validation", "300",
     ]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(o.stdout.contains("teacher mlp: test accuracy") && o.stdout.contains("ensemble of 2"), "{}", o.stdout);
-    assert!(o.stdout.contains("seed 2:") && o.stdout.contains("over 2400 samples") && o.stdout.contains("mean over 2 seeds"), "{}", o.stdout);
+    assert!(o.stdout.contains("baseline") && o.stdout.contains("ensemble of 2"), "{}", o.stdout);
+    assert!(o.stdout.contains("seed 1235:") && o.stdout.contains("over 2400 samples") && o.stdout.contains("mean over 2 seeds"), "{}", o.stdout);
     assert_eq!(squeeze::store::read_model(&d.path("s5.sqz")).unwrap().graph.num_params(), 61_706, "the lenet5 student was written");
+    assert_eq!(squeeze::store::read_model(&saved).unwrap().graph.num_params(), 50_890, "the trained mlp teacher was saved");
     let sh = d.path("shared.sqz");
     let o = squeeze(&["share", "--epochs", "1", "--out", sh.to_str().unwrap(), "--data", ds, "--validation", "300"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(o.stdout.contains("coarse") && o.stdout.contains("footwear") && o.stdout.contains("% of separate"), "{}", o.stdout);
+    assert!(o.stdout.contains("task coarse") && o.stdout.contains("task footwear") && o.stdout.contains("% of separate"), "{}", o.stdout);
     let heads = squeeze::store::read(&sh).unwrap().plan().unwrap().run_all(&vec![0.5; 784], 1, &mut Default::default()).unwrap();
     assert_eq!(heads.iter().map(|h| h.len()).collect::<Vec<_>>(), [10, 4, 2], "one file, three task heads");
     let soft = d.path("soft.sqz");
     let o = squeeze(&["share", "--form", "soft", "--penalty", "0.001", "--epochs", "1", "--out", soft.to_str().unwrap(), "--data", ds, "--validation", "300"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(o.stdout.contains("soft form") && soft.exists(), "{}", o.stdout);
+    assert!(o.stdout.contains("shared-soft") && soft.exists(), "{}", o.stdout);
     assert_error(&squeeze(&["share", "--out", d.path("shared.txt").to_str().unwrap(), "--data", ds]), "must end in .sqz");
     let i = squeeze(&["inspect", q.to_str().unwrap()]);
     assert_eq!(i.code, 0, "{}", i.stderr);
@@ -311,9 +313,10 @@ fn bad_input_gets_one_clear_error_and_no_output_file() {
     assert_error(&squeeze(&["distill", "--teacher", ms, "--student", five.to_str().unwrap(), "--out", so, "--data", ds, "--validation", "300"]), "same classes");
     // A student reading other inputs (10 values, not 28×28).
     assert_error(&squeeze(&["distill", "--teacher", ms, "--student", odd.to_str().unwrap(), "--out", so, "--data", ds, "--validation", "300"]), "same samples");
-    assert_error(&squeeze(&["distill", "--teacher", ms, "--temperature", "0", "--out", so, "--data", ds]), "temperature must be positive");
-    assert_error(&squeeze(&["distill", "--teacher", ms, "--alpha", "1.2", "--out", so, "--data", ds]), "alpha must be in [0, 1]");
-    assert_error(&squeeze(&["distill", "--teacher", "resnet", "--out", so, "--data", ds, "--validation", "300"]), "neither a zoo name");
+    assert_error(&squeeze(&["distill", "--teacher", ms, "--student", "mlp", "--temperature", "0", "--out", so, "--data", ds]), "temperature must be positive");
+    assert_error(&squeeze(&["distill", "--teacher", ms, "--student", "mlp", "--alpha", "1.2", "--out", so, "--data", ds]), "alpha in [0, 1]");
+    assert_error(&squeeze(&["distill", "--teacher", ms, "--out", so, "--data", ds]), "--student is required");
+    assert_error(&squeeze(&["distill", "--teacher", "resnet", "--student", "mlp", "--out", so, "--data", ds, "--validation", "300"]), "neither a zoo name");
     assert!(!student_out.exists());
 
     // Missing data set: the error says how to get it.

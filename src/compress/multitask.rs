@@ -456,7 +456,7 @@ pub fn task_accuracies(plan: &exec::Plan, tasks: &[Task], data: &Dataset) -> Res
 }
 
 /// How a `share_tasks` pass shares the trunk.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ShareForm {
     /// The first task's trunk, frozen, with a head per task.
@@ -469,18 +469,24 @@ pub enum ShareForm {
 /// The `share_tasks` pass: parameter sharing across the recipe's `[[task]]` models, one
 /// file with one trunk and a head per task, measured per task against the separately
 /// trained models.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct ShareTasks {
+    /// hard: the first task's trunk, frozen, with a head per task; soft: task models
+    /// trained with a pull between their trunks, merged, heads fine-tuned.
     #[serde(default)]
+    #[arg(long, value_enum, default_value_t)]
     pub form: ShareForm,
     /// Soft form: λ of the pull `λ·Σ‖θ_a − θ_b‖²` between the trunks.
     #[serde(default = "default_penalty")]
+    #[arg(long, default_value_t = default_penalty())]
     pub penalty: f32,
     /// Soft form: epochs of each head on the merged trunk.
     #[serde(default = "default_head_epochs")]
+    #[arg(long, default_value_t = default_head_epochs())]
     pub head_epochs: usize,
     /// Soft form: learning rate of the head fine-tuning (default a tenth of the training rate).
+    #[arg(long)]
     pub head_lr: Option<f32>,
 }
 

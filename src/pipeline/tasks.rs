@@ -53,9 +53,7 @@ pub(super) struct Tasks {
 
 /// Trains a model per task (the reference), writes and measures each on its own labels.
 pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<(Box<dyn Evaluation>, Baseline), PipelineError> {
-    let splits = load_data(recipe, opts)?;
     let tasks: Vec<Task> = recipe.tasks.iter().map(|t| Task { name: t.name.clone(), labels: t.labels.clone() }).collect();
-    multitask::check_tasks(&tasks, splits.train.num_classes)?;
     let mut graphs = Vec::with_capacity(tasks.len());
     for section in &recipe.tasks {
         let name = section.zoo.as_ref().or(recipe.model.zoo.as_ref()).ok_or_else(|| PipelineError::UnknownZoo(String::new()))?;
@@ -65,6 +63,9 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
     }
     let graphs: Vec<Graph> = graphs.iter().zip(&tasks).map(|((g, head), task)| multitask::task_graph(g, head, task.classes())).collect();
     multitask::check_trunks(&tasks, &graphs)?;
+    // The models are checked before the data is read (a mistake costs no time).
+    let splits = load_data(recipe, opts)?;
+    multitask::check_tasks(&tasks, splits.train.num_classes)?;
     std::fs::create_dir_all(&opts.out_dir).map_err(|source| PipelineError::Write { path: opts.out_dir.clone(), source })?;
     let cfg = MultitaskConfig {
         train: TrainConfig {

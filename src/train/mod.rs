@@ -27,7 +27,7 @@ pub struct TrainConfig {
 }
 
 /// The learning rate over a run of `train`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LrSchedule {
     /// `lr` at every step.
