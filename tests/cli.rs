@@ -607,6 +607,32 @@ fn each_verb_writes_the_bytes_of_its_one_pass_recipe() {
         // The verb leaves nothing but its output behind.
         assert!(std::fs::read_dir(d.path("")).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".squeeze-")));
     }
+    // The verbs whose recipe needs more than a model file: `distill` (the teacher is the
+    // baseline) and `share` (the three tasks as [[task]] tables, zoo models trained by the run).
+    let tasks = "[[task]]\nname = \"classes\"\nlabels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n[[task]]\nname = \"coarse\"\nlabels = [0, 1, 0, 0, 0, 2, 0, 2, 3, 2]\n[[task]]\nname = \"footwear\"\nlabels = [0, 0, 0, 0, 0, 1, 0, 1, 0, 1]\n";
+    let wider: [(&str, &[&str], String); 2] = [
+        (
+            "distill",
+            &["--teacher", m.to_str().unwrap(), "--student", "mlp", "--epochs", "1", "--seeds", "1"],
+            format!("[model]\nfile = \"{}\"\n[[pass]]\ntype = \"distill\"\nstudent = \"mlp\"\nepochs = 1\nseeds = 1\n", m.display()),
+        ),
+        ("share", &["--epochs", "1", "--form", "soft", "--head-epochs", "1"], format!("[model]\nzoo = \"mlp\"\n[train]\nepochs = 1\n{tasks}[[pass]]\ntype = \"share_tasks\"\nform = \"soft\"\nhead_epochs = 1\n")),
+    ];
+    for (verb, flags, body) in wider {
+        let by_verb = d.path(&format!("{verb}.sqz"));
+        let mut args = vec![verb];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--seed", "7", "--out", by_verb.to_str().unwrap(), "--data", ds, "--validation", "300"]);
+        let o = squeeze(&args);
+        assert_eq!(o.code, 0, "{verb}: {}", o.stderr);
+        let recipe = d.path(&format!("{verb}.toml"));
+        std::fs::write(&recipe, format!("name = \"{verb}\"\nseed = 7\n[data]\ndir = \"{ds}\"\nvalidation = 300\n[gate]\nmax_accuracy_drop = 1.0\n{body}")).unwrap();
+        let out = d.path(&format!("{verb}-run"));
+        let o = squeeze(&["run", "--recipe", recipe.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+        assert_eq!(o.code, 0, "{verb} recipe: {}", o.stderr);
+        let (a, b) = (std::fs::read(&by_verb).unwrap(), std::fs::read(out.join("model.sqz")).unwrap());
+        assert!(a == b, "{verb}: the verb wrote {} bytes, its recipe {} bytes, and they differ", a.len(), b.len());
+    }
     // A quantized model only fits .sqz; the pass's own checks hold on the command line.
     assert_error(&squeeze(&["quantize", m.to_str().unwrap(), "--out", d.path("q.safetensors").to_str().unwrap(), "--data", ds]), "only .sqz holds");
     assert_error(&squeeze(&["random-prune", m.to_str().unwrap(), "--sparsity", "1.5", "--out", d.path("r.sqz").to_str().unwrap(), "--data", ds]), "sparsity");
