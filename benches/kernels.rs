@@ -71,19 +71,19 @@ fn main() {
         train::train(&mut m, &splits.train.images, &splits.train.labels, &cfg, &mut |_| {});
         let calib = &splits.train.images[..1000 * per];
         let mut encodings: Vec<(String, Plan)> = vec![("f32".into(), store::model_plan(&m).unwrap())];
-        encodings.push(("int8".into(), store::sqz_plan(&quantize::quantize(&m, quantize::Mode::Full, &[], calib).unwrap()).unwrap()));
+        encodings.push(("int8".into(), store::sqz_plan(&quantize::quantize(&m, &quantize::Precision::int8_all(&m, quantize::Mode::Full), calib).unwrap()).unwrap()));
         let mut p50 = m.clone();
         prune::magnitude(&mut p50, 0.5, prune::Scope::Layer, &[]).unwrap();
-        encodings.push(("int8-pruned50".into(), store::sqz_plan(&quantize::quantize(&p50, quantize::Mode::Full, &[], calib).unwrap()).unwrap()));
+        encodings.push(("int8-pruned50".into(), store::sqz_plan(&quantize::quantize(&p50, &quantize::Precision::int8_all(&p50, quantize::Mode::Full), calib).unwrap()).unwrap()));
         let mut p90 = m.clone();
         prune::magnitude(&mut p90, 0.9, prune::Scope::Layer, &[]).unwrap();
-        encodings.push(("f32-pruned90".into(), store::sqz_plan(&quantize::store_f32(&p90)).unwrap()));
-        encodings.push(("int8-pruned90".into(), store::sqz_plan(&quantize::quantize(&p90, quantize::Mode::Full, &[], calib).unwrap()).unwrap()));
+        encodings.push(("f32-pruned90".into(), store::sqz_plan(&store::stored_f32(&p90)).unwrap()));
+        encodings.push(("int8-pruned90".into(), store::sqz_plan(&quantize::quantize(&p90, &quantize::Precision::int8_all(&p90, quantize::Mode::Full), calib).unwrap()).unwrap()));
         let mut shared = m.clone();
         share::share(&mut shared, &share::ShareConfig { linear_bits: 5, conv_bits: 8, per_layer: Default::default(), layers: vec![] }).unwrap();
-        encodings.push(("codebook".into(), store::sqz_plan(&quantize::store_f32(&shared)).unwrap()));
+        encodings.push(("codebook".into(), store::sqz_plan(&store::stored_f32(&shared)).unwrap()));
         // Building a plan times the kernels an encoding allows: show what that costs.
-        for (enc, file) in [("f32-pruned90", quantize::store_f32(&p90)), ("codebook", quantize::store_f32(&shared))] {
+        for (enc, file) in [("f32-pruned90", store::stored_f32(&p90)), ("codebook", store::stored_f32(&shared))] {
             let t = Instant::now();
             let _ = store::sqz_plan(&file).unwrap();
             println!("{name}: building the {enc} plan (kernels timed) took {:.1} ms", t.elapsed().as_secs_f64() * 1e3);

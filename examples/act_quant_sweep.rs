@@ -74,7 +74,7 @@ fn main() -> Result<()> {
             }
             None => &model,
         };
-        let mut q = quantize::quantize(m, mode, &[], cal)?;
+        let mut q = quantize::quantize(m, &quantize::Precision::int8_all(m, mode), cal)?;
         let keep_float = |nd: &String| float.iter().any(|f| nd.contains(f.as_str())) || (!only.is_empty() && !only.iter().any(|f| nd.contains(f.as_str())));
         q.quant.integer_nodes.retain(|nd| !keep_float(nd));
         q.quant.dynamic.retain(|nd| !keep_float(nd));

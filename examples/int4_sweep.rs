@@ -11,7 +11,7 @@
 
 use anyhow::{Context, Result};
 use squeeze::compress::{prune, quantize};
-use squeeze::compress::quantize::{Int4Plan, Int4Scales};
+use squeeze::compress::quantize::{Int4Scales, Precision, WeightFormat};
 use squeeze::pipeline::embedding::{embed_ids, int4_importance, row_cosines};
 
 #[path = "common/minilm.rs"]
@@ -62,10 +62,11 @@ fn main() -> Result<()> {
         let (name, group, scales, cal, int8, keep, emb_group) = all.get(i).cloned().context("SWEEP index")?;
         let pick = |pats: &[&str]| nodes.iter().filter(|n| pats.iter().any(|p| n.contains(p))).cloned().collect::<Vec<_>>();
         let (as_int8, kept) = (pick(&int8), pick(&keep));
-        let int4 = nodes.iter().filter(|n| !as_int8.contains(n) && !kept.contains(n)).cloned().collect();
-        let node_groups = if emb_group > 0 { [("embeddings.word_embeddings".to_string(), emb_group)].into() } else { Default::default() };
-        let plan = Int4Plan { int4, int8: as_int8, group, node_groups, scales, importance: if cal { weighted.clone() } else { Default::default() } };
-        let stored = quantize::quantize_mixed(&model, &plan);
+        let group_of = |n: &str| if emb_group > 0 && n == "embeddings.word_embeddings" { emb_group } else { group };
+        let int4 = nodes.iter().filter(|n| !as_int8.contains(n) && !kept.contains(n)).map(|n| (n.clone(), WeightFormat::Int4 { group: group_of(n) }));
+        let weights = int4.chain(as_int8.iter().map(|n| (n.clone(), WeightFormat::Int8))).collect();
+        let precision = Precision { mode: quantize::Mode::Weights, weights, int4_scales: scales, int4_importance: if cal { weighted.clone() } else { Default::default() }, ..Default::default() };
+        let stored = quantize::quantize(&model, &precision, &[])?;
         let bytes = squeeze::format::sqz::encode_with(&stored, &squeeze::format::sqz::EncodeOptions { entropy_coding: false })?.len();
         let emb = embed_ids(&squeeze::store::sqz_into_plan(stored)?, &ids, n, 32)?;
         let cos = row_cosines(&emb, &reference, dim);

@@ -81,10 +81,10 @@ pub fn bench_zoo(name: &str, splits: &Splits, train_samples: usize) -> Result<Be
     share::share(&mut shared, &share::ShareConfig { linear_bits: 5, conv_bits: 8, per_layer: Default::default(), layers: Vec::new() })?;
     let plans = [
         ("f32", store::model_plan(&m)?),
-        ("int8", store::sqz_plan(&quantize::quantize(&m, quantize::Mode::Full, &[], calib)?)?),
-        ("f32-pruned90", store::sqz_plan(&quantize::store_f32(&pruned))?),
-        ("int8-pruned90", store::sqz_plan(&quantize::quantize(&pruned, quantize::Mode::Full, &[], calib)?)?),
-        ("codebook", store::sqz_plan(&quantize::store_f32(&shared))?),
+        ("int8", store::sqz_plan(&quantize::quantize(&m, &quantize::Precision::int8_all(&m, quantize::Mode::Full), calib)?)?),
+        ("f32-pruned90", store::sqz_plan(&store::stored_f32(&pruned))?),
+        ("int8-pruned90", store::sqz_plan(&quantize::quantize(&pruned, &quantize::Precision::int8_all(&pruned, quantize::Mode::Full), calib)?)?),
+        ("codebook", store::sqz_plan(&store::stored_f32(&shared))?),
     ];
     let rounds = 5;
     let mut lat: Vec<Vec<f64>> = vec![Vec::new(); plans.len()];

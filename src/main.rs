@@ -638,7 +638,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let imported = hf::import(&state_dict, seq_len)?;
             let packed = squeeze::text::pack_tokenizer(&imported.tokenizer_json);
             let m = Model::from_tensors(imported.graph, imported.tensors)?;
-            let mut sqz = quantize::store_f32(&m);
+            let mut sqz = store::stored_f32(&m);
             sqz.metadata.insert(squeeze::text::TOKENIZER_KEY.into(), packed);
             let bytes = store::write_sqz(&out, sqz, store::Coding::Entropy)?;
             out!("wrote {} ({} bytes, {} parameters, input {:?} token ids); not imported: {}", out.display(), bytes, m.graph.num_params(), m.graph.input_shape, imported.skipped.join(", "));
@@ -753,7 +753,7 @@ fn zoo_names() -> String {
 /// Writes `.sqz` (sparse where masked) or `.safetensors` by the output's extension.
 fn write_model(out: &Path, m: &Model) -> Result<u64> {
     match out.extension().and_then(|e| e.to_str()) {
-        Some("sqz") => Ok(store::write_sqz(out, quantize::store_f32(m), store::Coding::Entropy)?),
+        Some("sqz") => Ok(store::write_sqz(out, store::stored_f32(m), store::Coding::Entropy)?),
         Some("safetensors") => Ok(store::write_safetensors(out, m)?),
         _ => bail!("output '{}' must end in .sqz or .safetensors", out.display()),
     }

@@ -19,7 +19,7 @@ pub mod embedding;
 mod tasks;
 
 use crate::compress::pass::{Context, Stored};
-use crate::compress::{multitask, quantize};
+use crate::compress::multitask;
 use crate::format::sqz::SqzModel;
 use crate::data::{self, DataError, Dataset, Splits};
 use crate::format::sqz;
@@ -336,9 +336,9 @@ pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) 
                 }
                 *s
             }
-            Stored::Model if reload => quantize::into_stored_f32(model),
+            Stored::Model if reload => store::into_stored_f32(model),
             Stored::Model => {
-                let s = quantize::store_f32(&model);
+                let s = store::stored_f32(&model);
                 held = Some(model);
                 s
             }

@@ -2,7 +2,7 @@
 //! squeeze's architecture metadata, and ONNX models (imported into a squeeze graph). Sniffs the kind from the bytes, not the extension,
 //! and turns a file into a trainable [`Model`] or a runnable [`Plan`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::format::arch::{ArchError, Architecture};
@@ -317,6 +317,74 @@ pub enum Coding {
 pub fn write_sqz(path: &Path, model: SqzModel, coding: Coding) -> Result<u64, StoreError> {
     let opts = sqz::EncodeOptions { entropy_coding: coding == Coding::Entropy };
     sqz::write_sqz_streaming(path, model, &opts).map_err(|source| StoreError::Sqz { path: path.into(), source })
+}
+
+/// The stored form of a float model: f32 tensors, sparse where a mask says so.
+pub fn stored_f32(model: &Model) -> SqzModel {
+    let tensors = model
+        .params
+        .iter()
+        .map(|(spec, data)| {
+            let masked = model.constraints.masks.contains_key(&spec.name);
+            let values = match model.constraints.codebooks.get(&spec.name) {
+                // A hashed layer stores only its buckets and hash seed; pruned, it falls
+                // back to the values (stored sparse), since a hash cannot skip elements.
+                Some(cb) => match cb.hash {
+                    Some(h) if !masked => Values::Hashed { buckets: cb.centroids.clone(), seed: h.seed, signed: h.signed, len: data.len() },
+                    Some(_) => Values::F32(data.to_vec()),
+                    None => Values::Codebook { indices: cb.assignment.clone(), centroids: cb.centroids.clone() },
+                },
+                None => Values::F32(data.to_vec()),
+            };
+            stored_tensor(spec.name.clone(), spec.shape.clone(), model.constraints.masks.get(&spec.name), values)
+        })
+        .collect();
+    SqzModel { graph: model.graph.clone(), quant: QuantPlan::default(), tensors, metadata: BTreeMap::new() }
+}
+
+/// [`stored_f32`] consuming the model. A float model without masks or codebooks has its
+/// tensors split off the end of the flat parameter buffer, which shrinks as they go,
+/// so the weights are never held twice (the first tensor takes the buffer itself).
+pub fn into_stored_f32(model: Model) -> SqzModel {
+    if !model.constraints.masks.is_empty() || !model.constraints.codebooks.is_empty() {
+        return stored_f32(&model);
+    }
+    let Model { graph, mut params, .. } = model;
+    let mut order: Vec<usize> = (0..params.specs.len()).collect();
+    order.sort_by_key(|&i| params.offsets[i]);
+    let mut tensors: Vec<Option<StoredTensor>> = (0..order.len()).map(|_| None).collect();
+    for &i in order.iter().rev() {
+        let r = params.range(i);
+        params.data.truncate(r.end);
+        let values = if r.start == 0 {
+            std::mem::take(&mut params.data)
+        } else {
+            let v = params.data[r.start..].to_vec();
+            params.data.truncate(r.start);
+            params.data.shrink_to_fit();
+            v
+        };
+        let spec = &params.specs[i];
+        tensors[i] = Some(StoredTensor { name: spec.name.clone(), shape: spec.shape.clone(), values: Values::F32(values), positions: None });
+    }
+    SqzModel { graph, quant: QuantPlan::default(), tensors: tensors.into_iter().flatten().collect(), metadata: BTreeMap::new() }
+}
+
+/// A tensor whose masked-out entries are dropped (positions kept) when it has a mask.
+pub(crate) fn stored_tensor(name: String, shape: Vec<usize>, mask: Option<&Vec<bool>>, values: Values) -> StoredTensor {
+    let Some(mask) = mask else {
+        return StoredTensor { name, shape, values, positions: None };
+    };
+    let positions: Vec<u32> = mask.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i as u32).collect();
+    let values = match values {
+        Values::F32(v) => Values::F32(positions.iter().map(|&i| v[i as usize]).collect()),
+        Values::I8 { q, scales } => Values::I8 { q: positions.iter().map(|&i| q[i as usize]).collect(), scales },
+        Values::Codebook { indices, centroids } => Values::Codebook { indices: positions.iter().map(|&i| indices[i as usize]).collect(), centroids },
+        // stored_f32 never pairs hashed values with a mask; int4 stays dense (its zeros
+        // are stored as zero codes).
+        dense @ (Values::Hashed { .. } | Values::I4 { .. }) => return StoredTensor { name, shape, values: dense, positions: None },
+    };
+    StoredTensor { name, shape, values, positions: Some(positions) }
 }
 
 /// Reads a PyTorch state dict (`.pth`/`.pt` zip or `.safetensors`) and maps it onto the

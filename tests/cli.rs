@@ -600,7 +600,7 @@ fn each_verb_writes_the_bytes_of_its_one_pass_recipe() {
             // smaller than fixed-width codes of the same pruned weights.
             let back = squeeze::store::read_model(&by_verb).unwrap();
             let fixed = d.path("prune-fixed-width.sqz");
-            let fixed_bytes = squeeze::store::write_sqz(&fixed, squeeze::compress::quantize::store_f32(&back), squeeze::store::Coding::FixedWidth).unwrap();
+            let fixed_bytes = squeeze::store::write_sqz(&fixed, squeeze::store::stored_f32(&back), squeeze::store::Coding::FixedWidth).unwrap();
             assert!((a.len() as u64) < fixed_bytes, "entropy coded {} bytes, fixed-width {fixed_bytes}", a.len());
             std::fs::remove_file(&fixed).unwrap();
         }

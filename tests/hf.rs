@@ -403,7 +403,7 @@ fn smoothing_a_post_norm_bert_is_exact_in_f32_and_helps_int8_with_outliers() {
         assert!((a - b).abs() < 1e-5 * (1.0 + a.abs()), "smoothing changed an f32 embedding: {a} vs {b}");
     }
     let worst_cosine = |m: &Model| {
-        let q = quantize::quantize(m, quantize::Mode::Dynamic, &[], &[]).unwrap();
+        let q = quantize::quantize(m, &quantize::Precision::int8_all(m, quantize::Mode::Dynamic), &[]).unwrap();
         let e = embed_ids(&squeeze::store::sqz_into_plan(q).unwrap(), &ids, n, 4).unwrap();
         row_cosines(&e, &want, D).into_iter().fold(f64::INFINITY, f64::min)
     };

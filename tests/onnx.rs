@@ -307,7 +307,7 @@ fn grouped_dilated_convs_export_and_onnxruntime_agrees() {
     let model = squeeze::model::Model::from_tensors(imported.graph.clone(), tensors).unwrap();
     let mut rng = squeeze::rng::Rng::new(8);
     let calibration: Vec<f32> = (0..64 * x.len() / n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
-    let q = squeeze::compress::quantize::quantize(&model, squeeze::compress::quantize::Mode::Full, &[], &calibration).unwrap();
+    let q = squeeze::compress::quantize::quantize(&model, &squeeze::compress::quantize::Precision::int8_all(&model, squeeze::compress::quantize::Mode::Full), &calibration).unwrap();
     let (qf, i) = (d.path("q.sqz"), d.path("q.onnx"));
     squeeze::store::write_sqz(&qf, q.clone(), squeeze::store::Coding::Entropy).unwrap();
     let o = squeeze(&["export", s(&qf), "--format", "onnx", "--out", s(&i)]);
@@ -394,7 +394,7 @@ fn recipe_preprocess_for_an_onnx_model_becomes_part_of_the_model() {
 /// asserted: on a CPU with VNNI it is exact too).
 #[test]
 fn qdq_export_matches_squeeze_int8_where_u8s8_kernels_saturate() {
-    use squeeze::compress::quantize::{quantize, Mode};
+    use squeeze::compress::quantize::{quantize, Mode, Precision};
     use squeeze::spec::{Graph, Op};
     let d = Dir::new();
     let graph = Graph::chain(
@@ -412,7 +412,7 @@ fn qdq_export_matches_squeeze_int8_where_u8s8_kernels_saturate() {
     w.iter_mut().for_each(|v| *v = 0.0625 + v.abs());
     let mut rng = squeeze::rng::Rng::new(8);
     let calibration: Vec<f32> = (0..64 * 256).map(|_| rng.next_f32()).collect();
-    let q = quantize(&model, Mode::Full, &[], &calibration).unwrap();
+    let q = quantize(&model, &Precision::int8_all(&model, Mode::Full), &calibration).unwrap();
     let sqz = d.path("q.sqz");
     squeeze::store::write_sqz(&sqz, q.clone(), squeeze::store::Coding::Entropy).unwrap();
     let (u8_onnx, i8_onnx) = (d.path("u8.onnx"), d.path("i8.onnx"));

@@ -1,7 +1,7 @@
 //! Models of any shape survive every file format bit for bit, and run from it.
 
 
-use squeeze::compress::quantize::{self, Mode};
+use squeeze::compress::quantize::{self, Mode, Precision};
 use squeeze::format::sqz::{self, Limits};
 use squeeze::model::Model;
 use squeeze::spec::{Graph, Node, Op, INPUT};
@@ -38,7 +38,7 @@ fn two_head_residual_model_round_trips_safetensors_and_sqz() {
     assert_eq!(back, model, "safetensors: graph, weights and masks");
 
     let f = dir.path().join("m.sqz");
-    store::write_sqz(&f, quantize::store_f32(&model), store::Coding::Entropy).unwrap();
+    store::write_sqz(&f, store::stored_f32(&model), store::Coding::Entropy).unwrap();
     let back = store::read_model(&f).unwrap();
     assert_eq!(back, model, ".sqz f32: graph, weights and masks");
 
@@ -48,7 +48,7 @@ fn two_head_residual_model_round_trips_safetensors_and_sqz() {
     assert_eq!(want, got, "both heads run from the decoded file");
 
     // int8 weights + activations: decode gives bit-identical tensors and both heads run.
-    let q = quantize::quantize(&model, Mode::Full, &[], &x).unwrap();
+    let q = quantize::quantize(&model, &Precision::int8_all(&model, Mode::Full), &x).unwrap();
     let bytes = sqz::encode(&q).unwrap();
     let mut decoded = sqz::decode(&bytes, &Limits::default()).unwrap();
     assert!(decoded.metadata.remove("producer").is_some_and(|p| p.starts_with("squeeze ")));
@@ -85,7 +85,7 @@ fn recurrent_model_round_trips_every_format_and_runs_partly_int8() {
     store::write_safetensors(&st, &model).unwrap();
     assert_eq!(store::read_model(&st).unwrap(), model, "safetensors: graph, weights and masks");
     let f = dir.path().join("m.sqz");
-    store::write_sqz(&f, quantize::store_f32(&model), store::Coding::Entropy).unwrap();
+    store::write_sqz(&f, store::stored_f32(&model), store::Coding::Entropy).unwrap();
     assert_eq!(store::read_model(&f).unwrap(), model, ".sqz f32: graph, weights and masks");
 
     let x: Vec<f32> = (0..4 * 15).map(|i| ((i * 7) % 11) as f32 / 11.0 - 0.4).collect();
@@ -95,7 +95,7 @@ fn recurrent_model_round_trips_every_format_and_runs_partly_int8() {
 
     // Full quantization: the head and both recurrent layers run their products on
     // integer kernels (int8 weights, u8 inputs and hidden states), the gates in f32.
-    let q = quantize::quantize(&model, Mode::Full, &[], &x).unwrap();
+    let q = quantize::quantize(&model, &Precision::int8_all(&model, Mode::Full), &x).unwrap();
     assert_eq!(q.quant.integer_nodes.iter().collect::<Vec<_>>(), ["fc", "gru", "lstm"]);
     assert!(q.tensors.iter().filter(|t| t.name.contains("weight")).all(|t| matches!(t.values, sqz::Values::I8 { .. })));
     let qf = dir.path().join("q.sqz");
@@ -107,11 +107,11 @@ fn recurrent_model_round_trips_every_format_and_runs_partly_int8() {
         assert!((a - b).abs() < 0.05, "int8 {a} vs f32 {b}");
     }
     // Weights mode keeps f32 arithmetic from the int8 weights.
-    let w = quantize::quantize(&model, Mode::Weights, &[], &x).unwrap();
+    let w = quantize::quantize(&model, &Precision::int8_all(&model, Mode::Weights), &x).unwrap();
     let plan = store::sqz_plan(&w).unwrap();
     assert!(plan.kernel_description().contains("dequantized at load"), "{}", plan.kernel_description());
     // An integer plan that names a recurrent node stored in f32 is refused with a clear error.
-    let mut bad = quantize::store_f32(&model);
+    let mut bad = store::stored_f32(&model);
     bad.quant = q.quant.clone();
     let e = store::sqz_plan(&bad).err().expect("refused").to_string();
     assert!(e.contains("'fc'") || e.contains("'gru'") || e.contains("'lstm'"), "{e}");
@@ -132,8 +132,8 @@ fn transformer_models_round_trip_safetensors_and_sqz() {
     let back = store::read_model(&st).unwrap();
     assert_eq!(back.graph, model.graph);
     assert_eq!(back.params.data, model.params.data);
-    let q = quantize::quantize(&model, Mode::Full, &[], &x).unwrap();
-    for (name, file) in [("f32.sqz", quantize::store_f32(&model)), ("int8.sqz", q.clone())] {
+    let q = quantize::quantize(&model, &Precision::int8_all(&model, Mode::Full), &x).unwrap();
+    for (name, file) in [("f32.sqz", store::stored_f32(&model)), ("int8.sqz", q.clone())] {
         for coded in [false, true] {
             let p = dir.path().join(format!("{coded}{name}"));
             store::write_sqz(&p, file.clone(), if coded { store::Coding::Entropy } else { store::Coding::FixedWidth }).unwrap();

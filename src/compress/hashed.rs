@@ -152,7 +152,6 @@ impl Technique for Hash {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compress::quantize;
     use crate::format::sqz::{self, Limits, Values};
     use crate::model::zoo;
     use crate::store::{self, ModelFile};
@@ -160,7 +159,7 @@ mod tests {
     #[test]
     fn hashed_layers_store_only_buckets_and_run_from_the_file() {
         let mut m = Model::init(zoo::build("mlp").unwrap(), 3).unwrap();
-        let dense_bytes = sqz::encode(&quantize::store_f32(&m)).unwrap().len();
+        let dense_bytes = sqz::encode(&store::stored_f32(&m)).unwrap().len();
         let cfg = HashConfig { fraction: 0.125, signed: true, layers: vec![], seed: 9 };
         let s = hash_weights(&mut m, &cfg).unwrap();
         assert_eq!(s.layers, vec![("fc1.weight".into(), 784 * 64, 6272), ("fc2.weight".into(), 640, 80)]);
@@ -169,7 +168,7 @@ mod tests {
         let w = m.params.get("fc1.weight").unwrap();
         assert!(w.iter().enumerate().all(|(i, &v)| v == cb.value(i)));
         assert!(cb.negated.iter().any(|&n| n) && cb.negated.iter().any(|&n| !n));
-        let stored = quantize::store_f32(&m);
+        let stored = store::stored_f32(&m);
         let bytes = sqz::encode(&stored).unwrap();
         assert!(bytes.len() < dense_bytes / 7, "{} vs {dense_bytes}", bytes.len());
         assert_eq!(&bytes[4..8], &[1, 0, 1, 0], "hashed files are version 1.1");

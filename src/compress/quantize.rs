@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use super::pass::{Context, ModelKind, Output, PassError, Technique};
 use crate::format::sqz::{SqzModel, StoredTensor, Values};
+use crate::store::stored_tensor;
 use crate::model::Model;
 use crate::runtime::exec::{Plan, RuntimeError, Weights, Workspace};
-use crate::spec::{Nonlinearity, Op, ParamKind, QParams, QuantPlan};
+use crate::spec::{Graph, Nonlinearity, Op, ParamKind, QParams, QuantPlan};
 
 /// Which part of the model becomes integer.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -268,156 +269,129 @@ pub fn quantize_groups_int4_with(w: &[f32], group: usize, how: Int4Scales, impor
 /// Whether a node name matches a layer pattern (see [`super::select::matches`]).
 pub use super::select::matches as layer_matches;
 
-/// Takes the nodes matching `patterns` (see [`layer_matches`]) off the integer kernels
-/// of a quantized model: their int8 weights are dequantized at load and they compute in
-/// f32 from f32 activations. A pattern matching no integer node is an error. Returns
-/// the nodes taken off.
-pub fn keep_float_activations(q: &mut SqzModel, patterns: &[String]) -> Result<Vec<String>, QuantizeError> {
-    if let Some(p) = patterns.iter().find(|p| !q.quant.integer_nodes.iter().any(|n| layer_matches(p, n))) {
-        return Err(QuantizeError::NoIntegerLayer(p.clone()));
-    }
-    let off: Vec<String> = q.quant.integer_nodes.iter().filter(|n| patterns.iter().any(|p| layer_matches(p, n))).cloned().collect();
-    q.quant.integer_nodes.retain(|n| !off.contains(n));
-    q.quant.dynamic.retain(|n| !off.contains(n));
-    Ok(off)
+/// How one weighted node's weights are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// int8 per output channel (`scale[o] = max|w[o,:]| / 127`), sparse where pruned.
+    Int8,
+    /// int4 in groups of `group` values along each row, f16 scales; dense (a pruned
+    /// zero is a zero code).
+    Int4 { group: usize },
 }
 
-/// The per-layer precision of a mixed int4 model.
+/// What [`quantize`] does to a model: the one description every quantizing pass
+/// builds (`quantize`: int8 for the chosen nodes; `int4`: int4, int8 and f32 by node).
 #[derive(Clone, Debug, Default)]
-pub struct Int4Plan {
-    /// Nodes stored as int4 (their weight tensors).
-    pub int4: Vec<String>,
-    /// Nodes stored as int8 per output channel.
-    pub int8: Vec<String>,
-    pub group: usize,
-    /// Per node, a group size other than `group` (e.g. coarser for the embeddings).
-    pub node_groups: HashMap<String, usize>,
-    pub scales: Int4Scales,
-    /// Per weight tensor: importance of each input column (activation-aware error).
-    pub importance: HashMap<String, Vec<f32>>,
+pub struct Precision {
+    /// What happens to activations: calibrated u8 and integer kernels (full), f32
+    /// (weights), quantized per row at run time (dynamic).
+    pub mode: Mode,
+    /// Per weighted node, how its weights are stored; a node not listed stays f32.
+    pub weights: BTreeMap<String, WeightFormat>,
+    /// How the tensors that stay float are stored.
+    pub small_tensors: SmallTensors,
+    /// Nonlinearities that run on integer approximations (full mode; see
+    /// [`integer_nonlinearities`]).
+    pub integer_nonlinear: BTreeSet<Nonlinearity>,
+    /// Nodes (names or `*` patterns) whose int8 weights compute with f32 activations:
+    /// taken off the integer kernels. A pattern that matches no integer node is an error.
+    pub float_activations: Vec<String>,
+    /// How int4 group scales are chosen.
+    pub int4_scales: Int4Scales,
+    /// Per weight tensor, the importance of each input column for int4 rounding.
+    pub int4_importance: HashMap<String, Vec<f32>>,
 }
 
-/// Weight-only int4 (group-wise) of `model`'s weight tensors; `layers` limits it to
-/// named nodes (all weighted nodes when empty), the rest stays f32 (mixed precision:
-/// e.g. keep the embeddings or the first block at f32 by leaving them out). Compute
-/// stays f32: the runtime dequantizes int4 weights at load.
-pub fn quantize_int4(model: &Model, group: usize, layers: &[String]) -> Result<SqzModel, QuantizeError> {
-    let weighted: BTreeSet<&str> =
-        model.params.specs.iter().filter(|s| s.kind == ParamKind::Weight).map(|s| s.node.as_str()).collect();
-    if let Some(l) = layers.iter().find(|l| !weighted.contains(l.as_str())) {
-        return Err(QuantizeError::UnknownLayer(l.clone()));
+impl Precision {
+    /// int8 weights for every weighted node, activations as `mode` says.
+    pub fn int8_all(model: &Model, mode: Mode) -> Precision {
+        let weighted = model.graph.nodes.iter().filter(|n| n.op.has_params());
+        Precision { mode, weights: weighted.map(|n| (n.name.clone(), WeightFormat::Int8)).collect(), ..Default::default() }
     }
-    let int4 = if layers.is_empty() { weighted.iter().map(|s| s.to_string()).collect() } else { layers.to_vec() };
-    Ok(quantize_mixed(model, &Int4Plan { int4, group, scales: Int4Scales::Max, ..Default::default() }))
+
+    /// int8 weights for `nodes` (exact names of weighted nodes; every weighted node
+    /// when empty), activations as `mode` says.
+    pub fn int8(model: &Model, mode: Mode, nodes: &[String]) -> Result<Precision, QuantizeError> {
+        let weighted: Vec<&str> = model.graph.nodes.iter().filter(|n| n.op.has_params()).map(|n| n.name.as_str()).collect();
+        if let Some(l) = nodes.iter().find(|l| !weighted.contains(&l.as_str())) {
+            return Err(QuantizeError::UnknownLayer(l.clone()));
+        }
+        let chosen = weighted.iter().filter(|n| nodes.is_empty() || nodes.iter().any(|l| l == *n));
+        Ok(Precision { mode, weights: chosen.map(|n| (n.to_string(), WeightFormat::Int8)).collect(), ..Default::default() })
+    }
 }
 
-/// Mixed-precision weights: the weight tensors of `plan.int4` nodes as int4 groups,
-/// of `plan.int8` nodes as int8 per output channel, everything else f32.
-pub fn quantize_mixed(model: &Model, plan: &Int4Plan) -> SqzModel {
+/// Quantizes `model` as `precision` says; full mode calibrates the activation ranges
+/// on `calibration` (`n × input_len` samples). The one entry to quantization.
+pub fn quantize(model: &Model, precision: &Precision, calibration: &[f32]) -> Result<SqzModel, QuantizeError> {
+    if precision.small_tensors == SmallTensors::F16 {
+        // Rounded before calibration, so the ranges see what the runtime computes with.
+        let mut rounded = model.clone();
+        round_small_tensors_to_f16(&mut rounded);
+        return quantize_exact(&rounded, precision, calibration);
+    }
+    quantize_exact(model, precision, calibration)
+}
+
+fn quantize_exact(model: &Model, precision: &Precision, calibration: &[f32]) -> Result<SqzModel, QuantizeError> {
+    let masks = &model.constraints.masks;
     let tensors = model
         .params
         .iter()
         .map(|(spec, data)| {
-            let weight = spec.kind == ParamKind::Weight;
-            if weight && plan.int4.contains(&spec.node) {
-                let importance = plan.importance.get(&spec.name).map(Vec::as_slice);
-                let group = plan.node_groups.get(&spec.node).copied().unwrap_or(plan.group).max(1);
-                let (q, scales) = quantize_groups_int4_with(data, group, plan.scales, importance);
-                StoredTensor { name: spec.name.clone(), shape: spec.shape.clone(), values: Values::I4 { q, group, scales }, positions: None }
-            } else if weight && plan.int8.contains(&spec.node) {
-                let (q, scales) = quantize_per_channel(data, spec.shape[0]);
-                stored(spec.name.clone(), spec.shape.clone(), model.constraints.masks.get(&spec.name), Values::I8 { q, scales })
-            } else {
-                stored(spec.name.clone(), spec.shape.clone(), model.constraints.masks.get(&spec.name), Values::F32(data.to_vec()))
+            let format = if spec.kind == ParamKind::Weight { precision.weights.get(&spec.node) } else { None };
+            match format {
+                Some(&WeightFormat::Int8) => {
+                    let (q, scales) = quantize_per_channel(data, spec.shape[0]);
+                    stored_tensor(spec.name.clone(), spec.shape.clone(), masks.get(&spec.name), Values::I8 { q, scales })
+                }
+                Some(&WeightFormat::Int4 { group }) => {
+                    let importance = precision.int4_importance.get(&spec.name).map(Vec::as_slice);
+                    let (q, scales) = quantize_groups_int4_with(data, group.max(1), precision.int4_scales, importance);
+                    StoredTensor { name: spec.name.clone(), shape: spec.shape.clone(), values: Values::I4 { q, group: group.max(1), scales }, positions: None }
+                }
+                None => stored_tensor(spec.name.clone(), spec.shape.clone(), masks.get(&spec.name), Values::F32(data.to_vec())),
             }
         })
         .collect();
-    SqzModel { graph: model.graph.clone(), quant: QuantPlan::default(), tensors, metadata: BTreeMap::new() }
+    let integer = precision.integer_nodes(&model.graph)?;
+    let quant = match precision.mode {
+        Mode::Weights => QuantPlan::default(),
+        Mode::Full => QuantPlan { integer_nodes: integer, activations: calibrate(model, calibration)?, ..Default::default() },
+        Mode::Dynamic => QuantPlan { integer_nodes: integer.clone(), dynamic: integer, ..Default::default() },
+    };
+    let quant = QuantPlan { integer_nonlinear: precision.integer_nonlinear.clone(), ..quant };
+    Ok(SqzModel { graph: model.graph.clone(), quant, tensors, metadata: BTreeMap::new() })
 }
 
-/// The stored form of a float model: f32 tensors, sparse where a mask says so.
-pub fn store_f32(model: &Model) -> SqzModel {
-    let tensors = model
-        .params
-        .iter()
-        .map(|(spec, data)| {
-            let masked = model.constraints.masks.contains_key(&spec.name);
-            let values = match model.constraints.codebooks.get(&spec.name) {
-                // A hashed layer stores only its buckets and hash seed; pruned, it falls
-                // back to the values (stored sparse), since a hash cannot skip elements.
-                Some(cb) => match cb.hash {
-                    Some(h) if !masked => Values::Hashed { buckets: cb.centroids.clone(), seed: h.seed, signed: h.signed, len: data.len() },
-                    Some(_) => Values::F32(data.to_vec()),
-                    None => Values::Codebook { indices: cb.assignment.clone(), centroids: cb.centroids.clone() },
-                },
-                None => Values::F32(data.to_vec()),
-            };
-            stored(spec.name.clone(), spec.shape.clone(), model.constraints.masks.get(&spec.name), values)
-        })
-        .collect();
-    SqzModel { graph: model.graph.clone(), quant: QuantPlan::default(), tensors, metadata: BTreeMap::new() }
-}
-
-/// [`store_f32`] consuming the model. A float model without masks or codebooks has its
-/// tensors split off the end of the flat parameter buffer, which shrinks as they go,
-/// so the weights are never held twice (the first tensor takes the buffer itself).
-pub fn into_stored_f32(model: Model) -> SqzModel {
-    if !model.constraints.masks.is_empty() || !model.constraints.codebooks.is_empty() {
-        return store_f32(&model);
-    }
-    let Model { graph, mut params, .. } = model;
-    let mut order: Vec<usize> = (0..params.specs.len()).collect();
-    order.sort_by_key(|&i| params.offsets[i]);
-    let mut tensors: Vec<Option<StoredTensor>> = (0..order.len()).map(|_| None).collect();
-    for &i in order.iter().rev() {
-        let r = params.range(i);
-        params.data.truncate(r.end);
-        let values = if r.start == 0 {
-            std::mem::take(&mut params.data)
-        } else {
-            let v = params.data[r.start..].to_vec();
-            params.data.truncate(r.start);
-            params.data.shrink_to_fit();
-            v
+impl Precision {
+    /// The int8 nodes the mode runs on integer kernels (full: Linear, Conv2d,
+    /// attention, LSTM/GRU; dynamic: Linear and attention), before `float_activations`.
+    fn integer_candidates(&self, graph: &Graph) -> BTreeSet<String> {
+        let pick: fn(&Op) -> bool = match self.mode {
+            Mode::Weights => return BTreeSet::new(),
+            Mode::Full => runs_on_integers,
+            Mode::Dynamic => |op| matches!(op, Op::Linear { .. } | Op::SelfAttention { .. }),
         };
-        let spec = &params.specs[i];
-        tensors[i] = Some(StoredTensor { name: spec.name.clone(), shape: spec.shape.clone(), values: Values::F32(values), positions: None });
+        self.weights.iter().filter(|(n, f)| **f == WeightFormat::Int8 && graph.node(n).is_some_and(|n| pick(&n.op))).map(|(n, _)| n.clone()).collect()
     }
-    SqzModel { graph, quant: QuantPlan::default(), tensors: tensors.into_iter().flatten().collect(), metadata: BTreeMap::new() }
-}
 
-/// A tensor whose masked-out entries are dropped (positions kept) when it has a mask.
-fn stored(name: String, shape: Vec<usize>, mask: Option<&Vec<bool>>, values: Values) -> StoredTensor {
-    let Some(mask) = mask else {
-        return StoredTensor { name, shape, values, positions: None };
-    };
-    let positions: Vec<u32> = mask.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| i as u32).collect();
-    let values = match values {
-        Values::F32(v) => Values::F32(positions.iter().map(|&i| v[i as usize]).collect()),
-        Values::I8 { q, scales } => Values::I8 { q: positions.iter().map(|&i| q[i as usize]).collect(), scales },
-        Values::Codebook { indices, centroids } => Values::Codebook { indices: positions.iter().map(|&i| indices[i as usize]).collect(), centroids },
-        // store_f32 never pairs hashed values with a mask; int4 stays dense (its zeros
-        // are stored as zero codes).
-        dense @ (Values::Hashed { .. } | Values::I4 { .. }) => return StoredTensor { name, shape, values: dense, positions: None },
-    };
-    StoredTensor { name, shape, values, positions: Some(positions) }
-}
-
-/// Quantizes `model`; `layers` limits it to named Linear/Conv2d/LSTM/GRU nodes (all when empty).
-/// Full mode calibrates on `calibration` (`n × input_len` images). The float tensors
-/// stay f32 (see [`quantize_with`]).
-pub fn quantize(model: &Model, mode: Mode, layers: &[String], calibration: &[f32]) -> Result<SqzModel, QuantizeError> {
-    quantize_with(model, mode, layers, calibration, SmallTensors::F32)
-}
-
-/// [`quantize`] with a choice of how the tensors that stay float are stored.
-pub fn quantize_with(model: &Model, mode: Mode, layers: &[String], calibration: &[f32], small: SmallTensors) -> Result<SqzModel, QuantizeError> {
-    if small == SmallTensors::F16 {
-        let mut rounded = model.clone();
-        round_small_tensors_to_f16(&mut rounded);
-        return quantize_rounded(&rounded, mode, layers, calibration);
+    /// The nodes `float_activations` takes off the integer kernels (their int8 weights
+    /// are dequantized at load and compute in f32 from f32 activations). A pattern that
+    /// matches no integer node is an error.
+    pub fn float_activation_nodes(&self, graph: &Graph) -> Result<Vec<String>, QuantizeError> {
+        let candidates = self.integer_candidates(graph);
+        if let Some(p) = self.float_activations.iter().find(|p| !candidates.iter().any(|n| layer_matches(p, n))) {
+            return Err(QuantizeError::NoIntegerLayer(p.clone()));
+        }
+        Ok(candidates.into_iter().filter(|n| self.float_activations.iter().any(|p| layer_matches(p, n))).collect())
     }
-    quantize_rounded(model, mode, layers, calibration)
+
+    /// The nodes that run on integer kernels.
+    fn integer_nodes(&self, graph: &Graph) -> Result<BTreeSet<String>, QuantizeError> {
+        let off = self.float_activation_nodes(graph)?;
+        Ok(self.integer_candidates(graph).into_iter().filter(|n| !off.contains(n)).collect())
+    }
 }
 
 /// The checks of [`integer_nonlinearities`] that need no model (a recipe runs them
@@ -433,23 +407,6 @@ pub fn check_nonlinear_choice(mode: Mode, choice: NonlinearChoice, ops: &[Nonlin
     }
 }
 
-/// [`quantize_with`], then the chosen nonlinearities marked to run on integers
-/// ([`integer_nonlinearities`]; nothing changes for `NonlinearChoice::Float`).
-pub fn quantize_with_nonlinear(
-    model: &Model,
-    mode: Mode,
-    layers: &[String],
-    calibration: &[f32],
-    small: SmallTensors,
-    nonlinear: NonlinearChoice,
-    ops: &[Nonlinearity],
-) -> Result<SqzModel, QuantizeError> {
-    let chosen = integer_nonlinearities(&model.graph, mode, nonlinear, ops)?;
-    let mut stored = quantize_with(model, mode, layers, calibration, small)?;
-    stored.quant.integer_nonlinear = chosen;
-    Ok(stored)
-}
-
 /// Rounds every [`ParamKind::Bias`] parameter to the nearest f16 value, so the
 /// container stores it in two bytes without further loss.
 pub fn round_small_tensors_to_f16(model: &mut Model) {
@@ -459,43 +416,6 @@ pub fn round_small_tensors_to_f16(model: &mut Model) {
             model.params.data[r].iter_mut().for_each(|b| *b = crate::codec::f16::round(*b));
         }
     }
-}
-
-fn quantize_rounded(model: &Model, mode: Mode, layers: &[String], calibration: &[f32]) -> Result<SqzModel, QuantizeError> {
-    let weighted: Vec<&str> = model.graph.nodes.iter().filter(|n| n.op.has_params()).map(|n| n.name.as_str()).collect();
-    for l in layers {
-        if !weighted.contains(&l.as_str()) {
-            return Err(QuantizeError::UnknownLayer(l.clone()));
-        }
-    }
-    let chosen: BTreeSet<String> =
-        weighted.iter().filter(|n| layers.is_empty() || layers.iter().any(|l| l == *n)).map(|n| n.to_string()).collect();
-
-    let mut tensors = Vec::new();
-    for (spec, data) in model.params.iter() {
-        let values = if spec.kind == ParamKind::Weight && chosen.contains(&spec.node) {
-            let (q, scales) = quantize_per_channel(data, spec.shape[0]);
-            Values::I8 { q, scales }
-        } else {
-            Values::F32(data.to_vec())
-        };
-        tensors.push(stored(spec.name.clone(), spec.shape.clone(), model.constraints.masks.get(&spec.name), values));
-    }
-    let quant = match mode {
-        Mode::Weights => QuantPlan::default(),
-        Mode::Full => {
-            let integer_nodes = chosen.into_iter().filter(|n| model.graph.node(n).is_some_and(|n| runs_on_integers(&n.op))).collect();
-            QuantPlan { integer_nodes, activations: calibrate(model, calibration)?, ..Default::default() }
-        }
-        Mode::Dynamic => {
-            let dynamic: BTreeSet<String> = chosen
-                .into_iter()
-                .filter(|n| model.graph.node(n).is_some_and(|n| matches!(n.op, Op::Linear { .. } | Op::SelfAttention { .. })))
-                .collect();
-            QuantPlan { integer_nodes: dynamic.clone(), activations: BTreeMap::new(), dynamic, ..Default::default() }
-        }
-    };
-    Ok(SqzModel { graph: model.graph.clone(), quant, tensors, metadata: BTreeMap::new() })
 }
 
 /// Whether full quantization runs `op` on integer kernels: Linear, Conv2d and the
@@ -708,10 +628,16 @@ impl Technique for Quantize {
             None => None,
         };
         let source = smoothed.as_ref().unwrap_or(model);
-        let mut stored = quantize_with_nonlinear(source, self.mode, &layers, calibration.rows, self.small_tensors, self.nonlinear, &self.nonlinear_ops)?;
+        let precision = Precision {
+            small_tensors: self.small_tensors,
+            integer_nonlinear: integer_nonlinearities(&source.graph, self.mode, self.nonlinear, &self.nonlinear_ops)?,
+            float_activations: self.float_activations.clone(),
+            ..Precision::int8(source, self.mode, &layers)?
+        };
         if !self.float_activations.is_empty() {
-            report.float_activation_layers = Some(keep_float_activations(&mut stored, &self.float_activations)?);
+            report.float_activation_layers = Some(precision.float_activation_nodes(&source.graph)?);
         }
+        let stored = quantize(source, &precision, calibration.rows)?;
         report.integer_nonlinear = stored.quant.integer_nonlinear.iter().map(|k| k.name()).collect();
         report.integer_layers = stored.quant.integer_nodes.iter().cloned().collect();
         let mut out = Output::encoded(stored, &report);
@@ -838,14 +764,25 @@ impl Technique for Int4 {
             layer_groups: (!node_groups.is_empty()).then(|| node_groups.clone()),
             calibration_sentences,
         };
-        let plan = Int4Plan { int4, int8: as_int8, group: self.group, node_groups, scales: self.scales, importance };
-        Ok(Output::encoded(quantize_mixed(model, &plan), &report))
+        let int4 = int4.into_iter().map(|n| {
+            let group = node_groups.get(&n).copied().unwrap_or(self.group);
+            (n, WeightFormat::Int4 { group })
+        });
+        let weights = int4.chain(as_int8.into_iter().map(|n| (n, WeightFormat::Int8))).collect();
+        let precision = Precision { mode: Mode::Weights, weights, int4_scales: self.scales, int4_importance: importance, ..Default::default() };
+        Ok(Output::encoded(quantize(model, &precision, &[])?, &report))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// int8 of every node with the nonlinearities `choice` and `ops` pick (as the pass does).
+    fn with_nonlinear(m: &Model, mode: Mode, x: &[f32], choice: NonlinearChoice, ops: &[Nonlinearity]) -> Result<SqzModel, QuantizeError> {
+        let integer_nonlinear = integer_nonlinearities(&m.graph, mode, choice, ops)?;
+        quantize(m, &Precision { integer_nonlinear, ..Precision::int8_all(m, mode) }, x)
+    }
     use crate::model::{zoo, Workspace as TrainWorkspace};
     use crate::rng::Rng;
 
@@ -878,7 +815,7 @@ mod tests {
         for (a, b) in one.iter().zip(&want[10..20]) {
             assert!((a - b).abs() < 1e-5);
         }
-        let q = quantize(&m, Mode::Full, &[], &x).unwrap();
+        let q = quantize(&m, &Precision::int8_all(&m, Mode::Full), &x).unwrap();
         for node in ["b1_attn", "b2_attn", "b1_fc1", "b2_fc2", "head", "patch"] {
             let integer = q.quant.integer_nodes.contains(node);
             assert_eq!(integer, node != "patch", "{node}");
@@ -900,10 +837,10 @@ mod tests {
     fn integer_nonlinearities_run_on_a_vit_and_stay_close_to_float_ones() {
         let (m, x) = small_vit();
         let n = 40;
-        let float = quantize_with_nonlinear(&m, Mode::Full, &[], &x, SmallTensors::F32, NonlinearChoice::Float, &[]).unwrap();
+        let float = with_nonlinear(&m, Mode::Full, &x, NonlinearChoice::Float, &[]).unwrap();
         assert!(float.quant.integer_nonlinear.is_empty());
         assert!(!serde_json::to_string(&float.quant).unwrap().contains("integer_nonlinear"));
-        let int = quantize_with_nonlinear(&m, Mode::Full, &[], &x, SmallTensors::F32, NonlinearChoice::Integer, &[]).unwrap();
+        let int = with_nonlinear(&m, Mode::Full, &x, NonlinearChoice::Integer, &[]).unwrap();
         assert_eq!(int.quant.integer_nonlinear, [Nonlinearity::Softmax, Nonlinearity::LayerNorm, Nonlinearity::Gelu].into());
         let back: QuantPlan = serde_json::from_str(&serde_json::to_string(&int.quant).unwrap()).unwrap();
         assert_eq!(back, int.quant);
@@ -913,9 +850,9 @@ mod tests {
         let b = ip.run(&x, n, &mut Workspace::default()).unwrap().to_vec();
         let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst < 0.05 && a != b, "integer nonlinearities move the probabilities by {worst}");
-        let err = quantize_with_nonlinear(&m, Mode::Full, &[], &x, SmallTensors::F32, NonlinearChoice::Integer, &[Nonlinearity::Gates]).unwrap_err();
+        let err = with_nonlinear(&m, Mode::Full, &x, NonlinearChoice::Integer, &[Nonlinearity::Gates]).unwrap_err();
         assert!(err.to_string().contains("no LSTM or GRU node"), "{err}");
-        let err = quantize_with_nonlinear(&m, Mode::Weights, &[], &x, SmallTensors::F32, NonlinearChoice::Integer, &[]).unwrap_err();
+        let err = with_nonlinear(&m, Mode::Weights, &x, NonlinearChoice::Integer, &[]).unwrap_err();
         assert!(err.to_string().contains("mode = \"full\""), "{err}");
     }
 
@@ -928,8 +865,8 @@ mod tests {
         for name in ["lstm32", "gru"] {
             let m = Model::init(zoo::build(name).unwrap(), 3).unwrap();
             let x: Vec<f32> = (0..12 * 784).map(|_| rng.next_f32()).collect();
-            let float = quantize(&m, Mode::Full, &[], &x).unwrap();
-            let int = quantize_with_nonlinear(&m, Mode::Full, &[], &x, SmallTensors::F32, NonlinearChoice::Integer, &[]).unwrap();
+            let float = quantize(&m, &Precision::int8_all(&m, Mode::Full), &x).unwrap();
+            let int = with_nonlinear(&m, Mode::Full, &x, NonlinearChoice::Integer, &[]).unwrap();
             assert_eq!(int.quant.integer_nonlinear, [Nonlinearity::Gates].into(), "{name}");
             let (fp, ip) = (crate::store::sqz_plan(&float).unwrap(), crate::store::sqz_plan(&int).unwrap());
             let a = fp.run(&x, 12, &mut Workspace::default()).unwrap().to_vec();
@@ -946,8 +883,8 @@ mod tests {
     fn f16_small_tensors_shrink_the_int8_file_and_read_back_exactly() {
         let (m, x) = small_vit();
         let n = 40;
-        let wide = quantize(&m, Mode::Full, &[], &x).unwrap();
-        let half = quantize_with(&m, Mode::Full, &[], &x, SmallTensors::F16).unwrap();
+        let wide = quantize(&m, &Precision::int8_all(&m, Mode::Full), &x).unwrap();
+        let half = quantize(&m, &Precision { small_tensors: SmallTensors::F16, ..Precision::int8_all(&m, Mode::Full) }, &x).unwrap();
         assert_eq!(wide.quant.integer_nodes, half.quant.integer_nodes);
         let mut small_values = 0;
         for ((spec, _), (w, h)) in m.params.iter().zip(wide.tensors.iter().zip(&half.tensors)) {
@@ -979,7 +916,7 @@ mod tests {
         let worst = y_wide.iter().zip(&y_half).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst < 0.02, "f16 small tensors moved the probabilities by {worst}");
         // The f32 default is the old behaviour, byte for byte.
-        assert_eq!(crate::format::sqz::encode(&quantize_with(&m, Mode::Full, &[], &x, SmallTensors::F32).unwrap()).unwrap(), wide_bytes);
+        assert_eq!(crate::format::sqz::encode(&quantize(&m, &Precision { small_tensors: SmallTensors::F32, ..Precision::int8_all(&m, Mode::Full) }, &x).unwrap()).unwrap(), wide_bytes);
     }
 
     /// Dynamic int8 (inputs quantized per row at run time) on the small ViT: every
@@ -993,7 +930,7 @@ mod tests {
         let n = 40;
         let float = crate::store::model_plan(&m).unwrap();
         let want = float.run(&x, n, &mut Workspace::default()).unwrap().to_vec();
-        let q = quantize(&m, Mode::Dynamic, &[], &[]).unwrap();
+        let q = quantize(&m, &Precision::int8_all(&m, Mode::Dynamic), &[]).unwrap();
         assert!(q.quant.activations.is_empty());
         for node in ["b1_attn", "b2_attn", "b1_fc1", "b2_fc2", "head"] {
             assert!(q.quant.integer_nodes.contains(node) && q.quant.dynamic.contains(node), "{node}");
@@ -1004,7 +941,7 @@ mod tests {
         let got = dynamic.run(&x, n, &mut Workspace::default()).unwrap().to_vec();
         let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst < 0.05, "dynamic int8 probabilities differ by {worst}");
-        let full = crate::store::sqz_plan(&quantize(&m, Mode::Full, &[], &x).unwrap()).unwrap();
+        let full = crate::store::sqz_plan(&quantize(&m, &Precision::int8_all(&m, Mode::Full), &x).unwrap()).unwrap();
         for mut plan in [float, full, dynamic] {
             plan.set_threads(1);
             let one = plan.run(&x[..784], 1, &mut Workspace::default()).unwrap().to_vec();
@@ -1075,23 +1012,17 @@ mod tests {
     #[test]
     fn into_stored_f32_equals_store_f32() {
         let (m, _) = small_vit();
-        let want = store_f32(&m);
-        assert_eq!(into_stored_f32(m), want);
+        let want = crate::store::stored_f32(&m);
+        assert_eq!(crate::store::into_stored_f32(m), want);
     }
 
     /// Mixed precision: int4, int8 and f32 tensors in one model, by node.
     #[test]
     fn mixed_precision_stores_each_layer_as_asked() {
         let (m, _) = small_vit();
-        let plan = Int4Plan {
-            int4: vec!["b1_fc1".into(), "patch".into()],
-            int8: vec!["b2_attn".into()],
-            group: 32,
-            node_groups: [("patch".to_string(), 16)].into(),
-            scales: Int4Scales::Search,
-            importance: Default::default(),
-        };
-        let q = quantize_mixed(&m, &plan);
+        let weights = [("b1_fc1", WeightFormat::Int4 { group: 32 }), ("patch", WeightFormat::Int4 { group: 16 }), ("b2_attn", WeightFormat::Int8)];
+        let precision = Precision { mode: Mode::Weights, weights: weights.map(|(n, f)| (n.to_string(), f)).into(), int4_scales: Int4Scales::Search, ..Default::default() };
+        let q = quantize(&m, &precision, &[]).unwrap();
         let kind = |name: &str| match &q.tensors.iter().find(|t| t.name == name).unwrap().values {
             Values::I4 { .. } => "int4",
             Values::I8 { .. } => "int8",
@@ -1114,7 +1045,8 @@ mod tests {
     fn int4_model_round_trips_through_the_container_and_runs() {
         let graph = crate::model::zoo::build("mlp").unwrap();
         let model = Model::init(graph, 5).unwrap();
-        let sqz = quantize_int4(&model, 32, &[]).unwrap();
+        let all_int4 = model.graph.nodes.iter().filter(|n| n.op.has_params()).map(|n| (n.name.clone(), WeightFormat::Int4 { group: 32 })).collect();
+        let sqz = quantize(&model, &Precision { mode: Mode::Weights, weights: all_int4, int4_scales: Int4Scales::Max, ..Default::default() }, &[]).unwrap();
         let bytes = crate::format::sqz::encode(&sqz).unwrap();
         let back = crate::format::sqz::decode(&bytes, &Default::default()).unwrap();
         assert_eq!(back.tensors, sqz.tensors);
@@ -1127,7 +1059,7 @@ mod tests {
         let rel = ya.iter().zip(&yb).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max) / yb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         assert!(rel < 0.25, "int4 output differs by {rel} of the output range");
         assert!(plan.kernel_description().contains("int4"), "{}", plan.kernel_description());
-        assert!(matches!(quantize_int4(&model, 32, &["nope".into()]), Err(QuantizeError::UnknownLayer(_))));
+        assert!(matches!(Precision::int8(&model, Mode::Weights, &["nope".into()]), Err(QuantizeError::UnknownLayer(_))));
     }
 
     #[test]

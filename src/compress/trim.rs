@@ -1133,7 +1133,7 @@ mod tests {
             let want: Vec<bool> = mask.chunks_exact(16).flat_map(|r| r[0..4].iter().chain(&r[12..16]).copied()).collect();
             assert_eq!(kept_mask, &want);
             // Full int8 of the trimmed model (fused QKV of 3·8 rows) runs and stays close.
-            let q = crate::compress::quantize::quantize(&t, crate::compress::quantize::Mode::Full, &[], &x).unwrap();
+            let q = crate::compress::quantize::quantize(&t, &crate::compress::quantize::Precision::int8_all(&t, crate::compress::quantize::Mode::Full), &x).unwrap();
             let plan = crate::store::ModelFile::Sqz(q).plan().unwrap();
             let got = plan.run(&x, 6, &mut exec::Workspace::default()).unwrap().to_vec();
             let want = outputs(&t, &x, 6);

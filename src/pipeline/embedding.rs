@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::compress::pass::{Calibration, Context, ModelKind};
-use crate::compress::quantize;
 use crate::format::hf::{self, HfError};
 use crate::format::sqz::SqzModel;
 use crate::model::Model;
@@ -378,7 +377,7 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
     // from the previous stage's file, so no stage is measured while another copy of
     // the weights is held.
     let wall = t.elapsed().as_secs_f64();
-    let base = store_and_measure(&path, "baseline", quantize::into_stored_f32(model), store::Coding::FixedWidth, &packed_tokenizer, &ids, n, None, fp32_bytes, hf_bytes, wall, extra)?;
+    let base = store_and_measure(&path, "baseline", store::into_stored_f32(model), store::Coding::FixedWidth, &packed_tokenizer, &ids, n, None, fp32_bytes, hf_bytes, wall, extra)?;
     on_event(Event::Measured(base.stage.clone()));
     let calibration = match &recipe.data.calibration {
         Some(p) => {

@@ -15,7 +15,6 @@ use std::time::Instant;
 use super::{Baseline, Evaluation, Event, PipelineError, RunOptions, guard_input, load_data, measure_stage};
 use crate::compress::multitask::{self, MultitaskConfig, Task};
 use crate::compress::pass::{Calibration, Context, ModelKind, TaskSet};
-use crate::compress::quantize;
 use crate::data::{Dataset, Splits};
 use crate::format::sqz::SqzModel;
 use crate::model::{Model, zoo};
@@ -99,7 +98,7 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
         let path = opts.out_dir.join(format!("separate-{}.sqz", task.name));
         guard_input(recipe, &path)?;
         let start = Instant::now();
-        store::write_sqz(&path, quantize::store_f32(model), store::Coding::Entropy)?;
+        store::write_sqz(&path, store::stored_f32(model), store::Coding::Entropy)?;
         let fp32 = 4.0 * model.graph.num_params() as f64;
         let mut extra = serde_json::Map::new();
         extra.insert("task".into(), task.name.clone().into());

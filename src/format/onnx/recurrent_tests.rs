@@ -87,7 +87,7 @@ fn recurrent_layers_round_trip_exactly() {
 /// products on integers; ONNX's LSTM op has no integer form).
 #[test]
 fn qdq_export_of_a_quantized_lstm_model() {
-    use crate::compress::quantize::{quantize, Mode};
+    use crate::compress::quantize::{quantize, Mode, Precision};
     let graph = Graph::chain(
         vec![6, 4],
         vec![
@@ -98,7 +98,7 @@ fn qdq_export_of_a_quantized_lstm_model() {
     let model = Model::init(graph, 7).unwrap();
     let mut rng = crate::rng::Rng::new(8);
     let calibration: Vec<f32> = (0..32 * 24).map(|_| rng.next_f32()).collect();
-    let q = quantize(&model, Mode::Full, &[], &calibration).unwrap();
+    let q = quantize(&model, &Precision::int8_all(&model, Mode::Full), &calibration).unwrap();
     let check = export_onnx(Path::new("q"), ModelFile::Sqz(q), false, WeightType::Uint8).unwrap();
     assert!(check.max_diff <= check.tolerance, "{} > {}", check.max_diff, check.tolerance);
     assert_eq!(check.int8_layers, 1);
@@ -121,7 +121,7 @@ fn qdq_export_of_a_quantized_lstm_model() {
 /// `bidirectional` key) read as unidirectional and write back without the key.
 #[test]
 fn bidirectional_layers_train_quantize_and_run_and_the_exporter_refuses_them() {
-    use crate::compress::quantize::{quantize, Mode};
+    use crate::compress::quantize::{quantize, Mode, Precision};
     use crate::format::sqz::Values;
     let graph = Graph::chain(
         vec![6, 4],
@@ -147,7 +147,7 @@ fn bidirectional_layers_train_quantize_and_run_and_the_exporter_refuses_them() {
     for (a, b) in ws.head_output(n).iter().zip(&float) {
         assert!((a - b).abs() < 1e-5, "trainer {a} vs runtime {b}");
     }
-    let q = quantize(&model, Mode::Full, &[], &x).unwrap();
+    let q = quantize(&model, &Precision::int8_all(&model, Mode::Full), &x).unwrap();
     for t in q.tensors.iter().filter(|t| t.name.contains("weight")) {
         assert!(matches!(t.values, Values::I8 { .. }), "{} is not int8", t.name);
     }

@@ -121,7 +121,7 @@ fn every_zoo_model_exports_and_imports_back() {
 /// with Normalize, conv, ReLU, pool, flatten, linear) as QDQ, and the errors around it.
 #[test]
 fn qdq_export_of_a_quantized_conv_model_imports_back() {
-    use crate::compress::quantize::{quantize, Mode};
+    use crate::compress::quantize::{quantize, Mode, Precision};
     let graph = crate::spec::Graph::chain(
         vec![1, 8, 8],
         vec![
@@ -138,7 +138,7 @@ fn qdq_export_of_a_quantized_conv_model_imports_back() {
     let model = crate::model::Model::init(graph, 5).unwrap();
     let mut rng = crate::rng::Rng::new(6);
     let calibration: Vec<f32> = (0..64 * 64).map(|_| rng.next_f32()).collect();
-    let q = quantize(&model, Mode::Full, &[], &calibration).unwrap();
+    let q = quantize(&model, &Precision::int8_all(&model, Mode::Full), &calibration).unwrap();
     let check = export_onnx(Path::new("q"), ModelFile::Sqz(q.clone()), false, WeightType::Uint8).unwrap();
     assert!(check.max_diff <= check.tolerance && check.int8_layers == 3);
     let back = import(&check.bytes).unwrap();
@@ -164,7 +164,7 @@ fn qdq_export_of_a_quantized_conv_model_imports_back() {
     let int8_back = import(&int8.bytes).unwrap();
     assert_eq!(int8_back.tensors, back.tensors, "both weight types dequantize to the same weights");
     // A float model has nothing to export as QDQ.
-    let f = crate::compress::quantize::store_f32(&model);
+    let f = crate::store::stored_f32(&model);
     assert!(matches!(encode_int8(&f, WeightType::Uint8), Err(ExportError::NotQuantized)));
     // --float: the same quantized model as fp32 (weights dequantized).
     assert_eq!(export_onnx(Path::new("q"), ModelFile::Sqz(q), true, WeightType::Uint8).unwrap().int8_layers, 0);
@@ -197,7 +197,7 @@ fn grouped_depthwise_dilated_convs_and_padded_maxpool_match_onnxruntime() {
     assert_eq!(back.graph, m.graph);
     let mut rng = crate::rng::Rng::new(3);
     let calibration: Vec<f32> = (0..32 * 484).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
-    let q = crate::compress::quantize::quantize(&model, crate::compress::quantize::Mode::Full, &[], &calibration).unwrap();
+    let q = crate::compress::quantize::quantize(&model, &crate::compress::quantize::Precision::int8_all(&model, crate::compress::quantize::Mode::Full), &calibration).unwrap();
     let check = export_onnx(Path::new("q"), ModelFile::Sqz(q), false, WeightType::Uint8).unwrap();
     assert!(check.max_diff <= check.tolerance && check.int8_layers == 4, "{} > {} ({} int8 layers)", check.max_diff, check.tolerance, check.int8_layers);
 }
@@ -261,7 +261,7 @@ fn export_restores_io_names_around_colliding_value_names() {
 /// dequantized weights squeeze's weights-only path computes with.
 #[test]
 fn weights_only_and_dynamic_models_export_int8_weights_with_float_activations() {
-    use crate::compress::quantize::{quantize, Mode};
+    use crate::compress::quantize::{quantize, Mode, Precision};
     use crate::spec::Op;
     let graph = crate::spec::Graph::chain(
         vec![1, 6, 6],
@@ -276,7 +276,7 @@ fn weights_only_and_dynamic_models_export_int8_weights_with_float_activations() 
     let mut rng = crate::rng::Rng::new(12);
     let calibration: Vec<f32> = (0..16 * 36).map(|_| rng.next_f32()).collect();
     for mode in [Mode::Weights, Mode::Dynamic] {
-        let q = quantize(&model, mode, &[], &calibration).unwrap();
+        let q = quantize(&model, &Precision::int8_all(&model, mode), &calibration).unwrap();
         let check = export_onnx(Path::new("q"), ModelFile::Sqz(q.clone()), false, WeightType::Uint8).unwrap();
         assert_eq!((check.int8_layers, check.int8_weights), (0, 2), "{mode:?}");
         assert!(check.max_diff <= check.tolerance && check.tolerance <= 1e-5 * 10.0, "{mode:?}: {} > {}", check.max_diff, check.tolerance);
@@ -308,6 +308,6 @@ fn weights_only_and_dynamic_models_export_int8_weights_with_float_activations() 
         }
     }
     // A float model has nothing to export as int8.
-    let f = crate::compress::quantize::store_f32(&model);
+    let f = crate::store::stored_f32(&model);
     assert!(matches!(encode_int8(&f, WeightType::Uint8), Err(ExportError::NotQuantized)));
 }
