@@ -20,9 +20,8 @@
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read};
 
-use safetensors::tensor::{Dtype, SafeTensors};
 
-use super::pickle::{self, PickleError, StorageType, TensorRef, Value};
+use super::pickle::{self, PickleError, TensorRef, Value};
 
 /// One tensor of a state dict, dense row-major f32.
 #[derive(Clone, Debug, PartialEq)]
@@ -150,31 +149,16 @@ pub fn read_legacy(bytes: &[u8]) -> Result<StateDict, PytorchError> {
     Ok(out)
 }
 
-/// Reads every tensor of a safetensors file (F32, F16, BF16, F64 and integer dtypes).
+/// Reads every tensor of a safetensors file (F32, F16, BF16, F64 and integer dtypes)
+/// with the one safetensors reader ([`super::safetensors::Header`]).
 pub fn read_safetensors(bytes: &[u8]) -> Result<StateDict, PytorchError> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| PytorchError::Safetensors(e.to_string()))?;
+    let header = super::safetensors::Header::of(bytes).map_err(|e| PytorchError::Safetensors(e.to_string()))?;
+    let mut source = Cursor::new(bytes);
     let mut out = StateDict::new();
-    for (name, view) in st.tensors() {
-        let dtype = match view.dtype() {
-            Dtype::F32 => StorageType::F32,
-            Dtype::F16 => StorageType::F16,
-            Dtype::BF16 => StorageType::BF16,
-            Dtype::F64 => StorageType::F64,
-            Dtype::I64 => StorageType::I64,
-            Dtype::I32 => StorageType::I32,
-            Dtype::I16 => StorageType::I16,
-            Dtype::I8 => StorageType::I8,
-            Dtype::U8 => StorageType::U8,
-            Dtype::BOOL => StorageType::Bool,
-            other => return Err(PytorchError::Tensor { name, why: format!("dtype {other:?} is not supported") }),
-        };
-        let data = view.data();
-        let numel: usize = view.shape().iter().product();
-        if data.len() != numel * dtype.size() {
-            return Err(PytorchError::Tensor { name, why: "data length does not match its shape".into() });
-        }
-        let values = (0..numel).map(|i| dtype.read_f32(data, i)).collect();
-        out.insert(name, Tensor { shape: view.shape().to_vec(), values, dtype: dtype.name() });
+    for (name, entry) in header.entries.iter() {
+        let dtype = entry.element().ok_or_else(|| PytorchError::Tensor { name: name.clone(), why: format!("dtype {} is not supported", entry.dtype) })?;
+        let values = header.tensor_f32(&mut source, entry).map_err(|why| PytorchError::Tensor { name: name.clone(), why })?;
+        out.insert(name.clone(), Tensor { shape: entry.shape.clone(), values, dtype: dtype.name() });
     }
     Ok(out)
 }
@@ -316,6 +300,7 @@ fn gather(t: &TensorRef, storage: &[u8]) -> Result<Tensor, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::pickle::StorageType;
 
     /// Truncated and mutated state dicts (a torch.save zip, a legacy pickle stream,
     /// safetensors) are errors or readable dicts, never a panic.
