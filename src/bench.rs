@@ -1,7 +1,9 @@
-//! `squeeze bench`: training speed and inference speed of a zoo model, every encoding
-//! the runtime runs natively against the model's own f32 in the same run (ratios, since
-//! shared machines are noisy), with the kernel and the machine named. The result is
-//! plain data (serialisable for `--json`) and prints as a table ([`std::fmt::Display`]).
+//! `squeeze bench`: inference speed of a model file ([`bench_file`]: the file as stored,
+//! its own f32 and the int8 forms that need no data) or of a zoo model ([`bench_zoo`]:
+//! training speed too, and every encoding the runtime runs natively), each against the
+//! model's own f32 in the same run (ratios, since shared machines are noisy), with the
+//! kernel and the machine's instruction set named. The result is plain data
+//! (serialisable for `--json`) and prints as a table ([`std::fmt::Display`]).
 
 use std::fmt;
 
@@ -32,6 +34,10 @@ pub enum BenchError {
     Quantize(#[from] quantize::QuantizeError),
     #[error("runtime: {0}")]
     Runtime(#[from] exec::RuntimeError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Hf(#[from] crate::format::hf::HfError),
 }
 
 /// One encoding's figures.
@@ -41,20 +47,26 @@ pub struct EncodingRow {
     pub kernel: String,
     pub latency_us_b1: f64,
     pub latency_us_b1_spread: f64,
-    pub throughput_b256: f64,
+    /// Samples per second at the report's `batch`.
+    pub throughput: f64,
     pub latency_speedup_vs_f32: f64,
     pub throughput_ratio_vs_f32: f64,
 }
 
-/// What [`bench_zoo`] measured.
+/// What [`bench_zoo`] or [`bench_file`] measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub model: String,
     pub machine: String,
     pub threads: usize,
+    /// Training images of the timed epoch (zoo models only).
     pub train_samples: usize,
     pub train_samples_per_s: f64,
     pub rounds: usize,
+    /// Samples per batch of the throughput figures.
+    pub batch: usize,
+    /// What the timed inputs were.
+    pub inputs: String,
     /// Dense f32 first: the baseline of the ratios.
     pub encodings: Vec<EncodingRow>,
 }
@@ -105,16 +117,16 @@ pub fn bench_zoo(name: &str, splits: &Splits, train_samples: usize) -> Result<Be
                 kernel: plan.kernel_description(),
                 latency_us_b1: s.median,
                 latency_us_b1_spread: s.spread,
-                throughput_b256: median_and_spread(t).median,
+                throughput: median_and_spread(t).median,
                 latency_speedup_vs_f32: 0.0,
                 throughput_ratio_vs_f32: 0.0,
             }
         })
         .collect();
-    let (base_lat, base_thr) = (encodings[0].latency_us_b1, encodings[0].throughput_b256);
+    let (base_lat, base_thr) = (encodings[0].latency_us_b1, encodings[0].throughput);
     for e in &mut encodings {
         e.latency_speedup_vs_f32 = base_lat / e.latency_us_b1;
-        e.throughput_ratio_vs_f32 = e.throughput_b256 / base_thr;
+        e.throughput_ratio_vs_f32 = e.throughput / base_thr;
     }
     Ok(BenchReport {
         model: name.into(),
@@ -123,6 +135,91 @@ pub fn bench_zoo(name: &str, splits: &Splits, train_samples: usize) -> Result<Be
         train_samples: n,
         train_samples_per_s: stats[0].samples_per_s.round(),
         rounds,
+        batch: 256,
+        inputs: "the test images".into(),
+        encodings,
+    })
+}
+
+/// Times the model in `path` (`.sqz`, safetensors, ONNX, or a Hugging Face directory):
+/// the file as stored, its own dense f32, and, for a float model, dynamic int8 (weights
+/// int8, inputs quantized per row at run time: the int8 form that needs no calibration
+/// data); batch-1 latency and batch-`batch` throughput on 2 threads, in interleaved
+/// rounds. Inputs are generated: values uniform in [0, 1) for images and features,
+/// token ids uniform over the vocabulary for a text model (speed does not depend on
+/// the values, except through a pruned model's zeros, which are in the weights).
+pub fn bench_file(path: &std::path::Path, batch: usize) -> Result<BenchReport, BenchError> {
+    let (stored, model) = if path.is_dir() {
+        let imported = crate::format::hf::import(path, None)?;
+        let m = Model::from_tensors(imported.graph, imported.tensors)?;
+        (None, m)
+    } else {
+        let file = store::read(path)?;
+        let stored = match &file {
+            store::ModelFile::Sqz(s) => Some(store::sqz_plan(s)?),
+            _ => None,
+        };
+        let model = file.into_model().map_err(|source| crate::store::StoreError::Model { path: path.into(), source })?;
+        (stored, model)
+    };
+    let float = store::model_plan(&model)?;
+    let per = float.input_len();
+    let vocab = model.graph.nodes.iter().find_map(|n| match n.op {
+        crate::spec::Op::Embedding { vocab, .. } => Some(vocab),
+        _ => None,
+    });
+    let samples = (4 * batch).max(64);
+    let mut rng = crate::rng::Rng::new(7);
+    let inputs: Vec<f32> = (0..samples * per)
+        .map(|_| match vocab {
+            Some(v) => (rng.next_u64() % v as u64) as f32,
+            None => (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32,
+        })
+        .collect();
+    let mut plans: Vec<(&'static str, exec::Plan)> = Vec::new();
+    plans.push(("f32", float));
+    if let Some(s) = stored {
+        plans.push(("as stored", s));
+    }
+    let has_linear = model.graph.nodes.iter().any(|n| matches!(n.op, crate::spec::Op::Linear { .. } | crate::spec::Op::SelfAttention { .. }));
+    if has_linear {
+        let dynamic = quantize::quantize(&model, &quantize::Precision::int8_all(&model, quantize::Mode::Dynamic), &[])?;
+        plans.push(("int8-dynamic", store::sqz_plan(&dynamic)?));
+    }
+    let rounds = 5;
+    let mut lat: Vec<Vec<f64>> = vec![Vec::new(); plans.len()];
+    let mut thr: Vec<Vec<f64>> = vec![Vec::new(); plans.len()];
+    for _ in 0..rounds {
+        for (i, (_, plan)) in plans.iter().enumerate() {
+            lat[i].extend(exec::latencies_us(plan, &inputs, 40)?);
+            thr[i].push(exec::throughput(plan, &inputs, batch, 2, 0.1)?);
+        }
+    }
+    let mut encodings: Vec<EncodingRow> = plans
+        .iter()
+        .zip(lat.iter_mut().zip(thr.iter_mut()))
+        .map(|((encoding, plan), (l, t))| {
+            let s = median_and_spread(l);
+            EncodingRow { encoding, kernel: plan.kernel_description(), latency_us_b1: s.median, latency_us_b1_spread: s.spread, throughput: median_and_spread(t).median, latency_speedup_vs_f32: 0.0, throughput_ratio_vs_f32: 0.0 }
+        })
+        .collect();
+    let (base_lat, base_thr) = (encodings[0].latency_us_b1, encodings[0].throughput);
+    for e in &mut encodings {
+        e.latency_speedup_vs_f32 = base_lat / e.latency_us_b1;
+        e.throughput_ratio_vs_f32 = e.throughput / base_thr;
+    }
+    Ok(BenchReport {
+        model: path.display().to_string(),
+        machine: machine_description(),
+        threads: 2,
+        train_samples: 0,
+        train_samples_per_s: 0.0,
+        rounds,
+        batch,
+        inputs: match vocab {
+            Some(v) => format!("generated token ids (uniform over {v}), {per} per sample"),
+            None => format!("generated values uniform in [0, 1), {per} per sample"),
+        },
         encodings,
     })
 }
@@ -130,14 +227,17 @@ pub fn bench_zoo(name: &str, splits: &Splits, train_samples: usize) -> Result<Be
 impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "model {}, {}", self.model, self.machine)?;
-        writeln!(f, "training: {:.0} samples/s (1 epoch of {} images, batch 128, 2 workers)", self.train_samples_per_s, self.train_samples)?;
-        writeln!(f, "inference: {} interleaved rounds; b1 = one image, one thread (median ± half IQR); b256 = batches of 256 on {} threads", self.rounds, self.threads)?;
-        writeln!(f, "{:<14} {:>14} {:>12} {:>8} {:>9}  kernel", "encoding", "b1 µs (±)", "b256 img/s", "b1 ×f32", "b256 ×f32")?;
+        if self.train_samples > 0 {
+            writeln!(f, "training: {:.0} samples/s (1 epoch of {} images, batch 128, 2 workers)", self.train_samples_per_s, self.train_samples)?;
+        }
+        let b = self.batch;
+        writeln!(f, "inference on {}: {} interleaved rounds; b1 = one sample (median ± half IQR); b{b} = batches of {b} on {} threads", self.inputs, self.rounds, self.threads)?;
+        writeln!(f, "{:<14} {:>14} {:>12} {:>8} {:>9}  kernel", "encoding", "b1 µs (±)", format!("b{b} /s"), "b1 ×f32", format!("b{b} ×f32"))?;
         for e in &self.encodings {
             writeln!(
                 f,
                 "{:<14} {:>7.2} ±{:<5.2} {:>12.0} {:>7.2}× {:>8.2}×  {}",
-                e.encoding, e.latency_us_b1, e.latency_us_b1_spread, e.throughput_b256, e.latency_speedup_vs_f32, e.throughput_ratio_vs_f32, e.kernel
+                e.encoding, e.latency_us_b1, e.latency_us_b1_spread, e.throughput, e.latency_speedup_vs_f32, e.throughput_ratio_vs_f32, e.kernel
             )?;
         }
         Ok(())

@@ -38,7 +38,8 @@ macro_rules! out {
 #[derive(Parser)]
 #[command(name = "squeeze", version, about = "Make trained neural networks smaller and faster, and prove they still work.")]
 #[command(after_help = "Main job:  squeeze run --recipe recipes/seed.toml --out-dir out/seed\n\
-Exit codes: 0 success, 1 a validation gate failed (report written), 2 error.")]
+Exit codes: 0 success, 1 a validation gate failed (report written), 2 error.\n\
+SQUEEZE_ISA=scalar|avx2|avx512 caps the instruction set of squeeze's kernels (to test or compare paths).")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -270,17 +271,24 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         check_inputs: usize,
     },
-    /// Measure training speed and inference latency/throughput, f32 against int8, in one run.
+    /// Time a model: a file (.sqz, .safetensors, .onnx, a Hugging Face directory) as
+    /// stored, its own f32 and dynamic int8, on generated inputs; or a zoo model, trained
+    /// one epoch (timed) and stored in every encoding the runtime runs natively.
+    /// Batch-1 latency and batch throughput against f32 in the same run; the machine's
+    /// instruction set and each kernel named.
     Bench {
-        /// Zoo name (mlp, lenet300, lenet5, cnn, lstm, gru); the same as --model.
+        /// A model file or directory, or a zoo name (mlp, lenet300, lenet5, cnn, lstm, gru).
         #[arg(value_name = "MODEL")]
         model_name: Option<String>,
-        /// Zoo name (mlp, lenet300, lenet5, cnn, lstm, gru).
+        /// Zoo name (the same as MODEL).
         #[arg(long, default_value = "mlp")]
         model: String,
-        /// Training images for the training-speed epoch.
+        /// Training images for a zoo model's training-speed epoch.
         #[arg(long, default_value_t = 20000)]
         train_samples: usize,
+        /// Samples per batch of a file's throughput figure (a zoo model uses 256).
+        #[arg(long, default_value_t = 256, value_parser = at_least_one)]
+        batch: usize,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -555,6 +563,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // A mistyped instruction-set cap would silently run the CPU's best kernels.
+    squeeze::runtime::isa::cap().map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Run { recipe, out_dir, data } => cmd_run(&recipe, out_dir, data),
         Command::Train { model, out, epochs, batch_size, lr, seed, data } => {
@@ -618,12 +628,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Embed { model, text, file, out, seq_len, time, profile, against, full_length, limit } => embed(&model, text, file, out, seq_len, time, profile, against, full_length, limit),
-        Command::Bench { model_name, model, train_samples, json, data } => {
+        Command::Bench { model_name, model, train_samples, batch, json, data } => {
             let name = model_name.as_deref().unwrap_or(&model);
-            if zoo::build(name).is_none() {
-                bail!("unknown zoo model '{name}' (known: {})", zoo_names());
-            }
-            let report = squeeze::bench::bench_zoo(name, &data.load()?, train_samples)?;
+            let report = if Path::new(name).exists() {
+                squeeze::bench::bench_file(Path::new(name), batch)?
+            } else if zoo::build(name).is_some() {
+                squeeze::bench::bench_zoo(name, &data.load()?, train_samples)?
+            } else {
+                bail!("'{name}' is neither a model file nor a zoo model (known: {})", zoo_names());
+            };
             let text = if json { serde_json::to_string_pretty(&report)? } else { report.to_string() };
             out!("{}", text.trim_end());
             Ok(ExitCode::SUCCESS)

@@ -638,3 +638,59 @@ fn each_verb_writes_the_bytes_of_its_one_pass_recipe() {
     assert_error(&squeeze(&["random-prune", m.to_str().unwrap(), "--sparsity", "1.5", "--out", d.path("r.sqz").to_str().unwrap(), "--data", ds]), "sparsity");
     assert_error(&squeeze(&["prune", m.to_str().unwrap(), "--sparsity", "0.5", "--layers", "fc9", "--out", d.path("r.sqz").to_str().unwrap(), "--data", ds, "--validation", "300"]), "fc9");
 }
+
+/// Issue "runtime speed", item 5: `SQUEEZE_ISA` caps the instruction set of squeeze's
+/// kernels, so every path runs on any machine: a full-int8 model (integer kernels) and a
+/// pruned float one (sparse kernels) give the same accuracy on the scalar, AVX2 and
+/// (where the CPU has it) AVX-512 paths, and the kernel description names the path.
+/// A value that is not a level is one clear error.
+#[test]
+fn every_instruction_set_path_gives_the_same_accuracy() {
+    let d = Dir::new();
+    let data = data_dir(&d);
+    let ds = data.to_str().unwrap();
+    let m = d.path("m.safetensors");
+    assert_eq!(squeeze(&["train", "--model", "mlp", "--epochs", "1", "--out", m.to_str().unwrap(), "--data", ds, "--validation", "300"]).code, 0);
+    let q = d.path("q.sqz");
+    assert_eq!(squeeze(&["quantize", m.to_str().unwrap(), "--calibration", "200", "--out", q.to_str().unwrap(), "--data", ds, "--validation", "300"]).code, 0);
+    let p = d.path("p.sqz");
+    assert_eq!(squeeze(&["prune", m.to_str().unwrap(), "--sparsity", "0.9", "--fine-tune-epochs", "0", "--out", p.to_str().unwrap(), "--data", ds, "--validation", "300"]).code, 0);
+    let eval = |model: &std::path::Path, isa: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_squeeze")).args(["eval", model.to_str().unwrap(), "--data", ds]).env("SQUEEZE_ISA", isa).output().unwrap();
+        assert!(out.status.success(), "{isa}: {}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        let accuracy = line.split("test accuracy ").nth(1).and_then(|r| r.split('%').next()).unwrap().to_string();
+        (accuracy, line)
+    };
+    let cpu_has_avx512 = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vnni");
+    let cpu_has_avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    let (want, _) = eval(&q, "scalar");
+    for (isa, kernel, runs) in [("scalar", "int8-scalar", true), ("avx2", "int8-avx2", cpu_has_avx2), ("avx512", "int8-avx512-vnni", cpu_has_avx512)] {
+        if !runs {
+            eprintln!("this CPU lacks {isa}: that path is tested on a machine that has it");
+            continue;
+        }
+        let (acc, line) = eval(&q, isa);
+        assert_eq!(acc, want, "{isa}: {line}");
+        assert!(line.contains(kernel), "{isa} should run {kernel}: {line}");
+        let (sparse_acc, _) = eval(&p, isa);
+        assert_eq!(sparse_acc, eval(&p, "scalar").0, "{isa}: the pruned model");
+    }
+    // `bench FILE` times a user's own file: as stored, its f32 and dynamic int8, with the
+    // machine's instruction set and each kernel named; under a cap, the capped kernels.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_squeeze")).args(["bench", q.to_str().unwrap(), "--batch", "16", "--json"]).env("SQUEEZE_ISA", "avx2").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v["encodings"].as_array().unwrap().iter().map(|e| e["encoding"].as_str().unwrap()).collect();
+    assert_eq!(names, ["f32", "as stored", "int8-dynamic"]);
+    assert_eq!(v["batch"], 16);
+    let stored = &v["encodings"][1];
+    assert!(stored["latency_us_b1"].as_f64().unwrap() > 0.0 && stored["throughput"].as_f64().unwrap() > 0.0);
+    if cpu_has_avx2 {
+        assert!(stored["kernel"].as_str().unwrap().starts_with("int8-avx2"), "{}", stored["kernel"]);
+        assert!(v["machine"].as_str().unwrap().contains("kernels avx2"), "{}", v["machine"]);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_squeeze")).args(["eval", q.to_str().unwrap(), "--data", ds]).env("SQUEEZE_ISA", "sse9").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SQUEEZE_ISA=sse9: expected scalar, avx2 or avx512"), "{}", String::from_utf8_lossy(&out.stderr));
+}

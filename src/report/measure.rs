@@ -35,7 +35,8 @@ const FLAGS: [&str; 3] = ["avx2", "avx512f", "avx512_vnni"];
 /// A one-line description of the machine, e.g.
 /// `"2 cores, AMD EPYC 9R14 96-Core Processor (avx2, avx512f, avx512_vnni)"`: the
 /// cores this process may use, the CPU model from `/proc/cpuinfo` (or `unknown CPU`)
-/// and which of avx2 / avx512f / avx512_vnni the CPU flags list.
+/// and which of avx2 / avx512f / avx512_vnni the CPU flags list, then the level squeeze's
+/// kernels use ([`crate::runtime::isa::description`], e.g. `"; kernels avx512"`).
 pub fn machine_description() -> String {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -52,7 +53,7 @@ pub fn machine_description() -> String {
     if !present.is_empty() {
         s += &format!(" ({})", present.join(", "));
     }
-    s
+    s + &format!("; kernels {}", crate::runtime::isa::description())
 }
 
 /// The crate version plus the git commit it was built from, e.g. `"0.1.0+31fc1df0ab"`

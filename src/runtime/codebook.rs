@@ -143,12 +143,7 @@ impl CodebookLut {
 }
 
 fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    super::isa::avx2()
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -18,6 +18,7 @@ pub mod codebook;
 pub mod exec;
 pub mod int8;
 pub mod intops;
+pub mod isa;
 pub mod kernels;
 pub mod recurrent;
 pub mod sparse;

@@ -176,7 +176,7 @@ pub fn tanh(x: f32) -> f32 {
 /// `v = σ(v)` element-wise, 8 lanes at a time where AVX2/FMA are present.
 pub fn sigmoid_in_place(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if super::isa::avx2() {
         // SAFETY: the features were just detected.
         return unsafe { sigmoid_avx2(v) };
     }
@@ -186,7 +186,7 @@ pub fn sigmoid_in_place(v: &mut [f32]) {
 /// `v = tanh(v)` element-wise, 8 lanes at a time where AVX2/FMA are present.
 pub fn tanh_in_place(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if super::isa::avx2() {
         // SAFETY: the features were just detected.
         return unsafe { tanh_avx2(v) };
     }

@@ -90,12 +90,7 @@ fn sparse_dot_f32(col: &[u32], val: &[f32], x: &[f32]) -> f32 {
 }
 
 fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    super::isa::avx2()
 }
 
 /// A `[rows × cols]` int8 matrix as compressed sparse rows, for the integer product.

@@ -219,7 +219,7 @@ pub fn gelu_fast(x: &[f32], y: &mut [f32]) {
     let len = x.len().min(y.len());
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if super::isa::avx2() {
         // SAFETY: AVX2 and FMA were just detected; both slices hold `len` values.
         done = unsafe { fast_gelu::avx2(x.as_ptr(), y.as_mut_ptr(), len) };
     }
@@ -232,7 +232,7 @@ pub fn gelu_fast(x: &[f32], y: &mut [f32]) {
 pub fn gelu_fast_in_place(v: &mut [f32]) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if super::isa::avx2() {
         // SAFETY: AVX2 and FMA were just detected; each group of 8 is loaded before it
         // is stored, so reading and writing the same buffer is sound.
         done = unsafe { fast_gelu::avx2(v.as_ptr(), v.as_mut_ptr(), v.len()) };

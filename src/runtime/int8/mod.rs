@@ -80,20 +80,12 @@ impl Kernel {
         })
     }
 
-    /// Whether this CPU can run the kernel.
+    /// Whether this CPU can run the kernel (within `SQUEEZE_ISA`, [`super::isa`]).
     pub fn is_available(self) -> bool {
         match self {
             Kernel::Scalar => true,
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => {
-                std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512vnni")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
+            Kernel::Avx2 => super::isa::avx2(),
+            Kernel::Avx512Vnni => super::isa::avx512(),
         }
     }
 

@@ -95,7 +95,7 @@ impl DirectConv {
     pub fn available() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            has_avx2() && std::arch::is_x86_feature_detected!("fma")
+            has_avx2()
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

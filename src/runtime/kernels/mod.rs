@@ -146,7 +146,7 @@ unsafe impl<T> Sync for SendPtr<T> {}
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2")
+    super::isa::avx2()
 }
 
 /// Geometry of a 2-D convolution or pooling window over a `[C, H, W]` sample.
