@@ -20,6 +20,7 @@ pub mod int8;
 pub mod intops;
 pub mod isa;
 pub mod kernels;
+pub mod packed;
 pub mod recurrent;
 pub mod sparse;
 pub mod transformer;

@@ -8,6 +8,7 @@ use super::{AttentionKernel, Encoding, IntChain, Kernel, Plan, Projection, Recur
 use crate::runtime::{intops, recurrent};
 use crate::runtime::int8::{DynamicLinear, QuantizedConv2d, QuantizedLinear};
 use crate::runtime::kernels::{DirectConv, Window};
+use crate::runtime::packed::PackedLinear;
 use crate::runtime::sparse::{CodebookF32, CsrF32};
 use crate::runtime::transformer::{Heads, Patches};
 use crate::spec::{ATTENTION_PROJECTIONS, Graph, INPUT, Nonlinearity, Op, PoolKind, QuantPlan, RECURRENT_PARAMS, Recurrent};
@@ -21,6 +22,16 @@ fn default_threads(graph: &Graph) -> usize {
         rayon::current_num_threads()
     } else {
         1
+    }
+}
+
+/// A dense f32 Linear: weights packed once into the panels of squeeze's own kernel
+/// where AVX2 or AVX-512 runs it ([`PackedLinear`]), else the general GEMM.
+fn dense_linear(w: Vec<f32>, b: Option<Vec<f32>>, inf: usize, outf: usize) -> Kernel {
+    if crate::runtime::isa::avx2() {
+        Kernel::LinearPacked(Box::new(PackedLinear::new(&w, b.as_deref(), inf, outf)))
+    } else {
+        Kernel::LinearF32 { w, b, inf, outf }
     }
 }
 
@@ -236,7 +247,7 @@ impl Plan {
                                 what.push(format!("{} shared values", enc.codebook.as_ref().map_or(0, |c| c.centroids.len())));
                                 cands.push(("f32-codebook", Kernel::LinearCodebook { cb, b: b.clone() }));
                             }
-                            let dense = Kernel::LinearF32 { w, b, inf: in_features, outf: out_features };
+                            let dense = dense_linear(w, b, in_features, out_features);
                             if cands.is_empty() {
                                 dense
                             } else {
@@ -411,7 +422,7 @@ impl Plan {
                                 }
                                 plan.dequantized_at_load |= matches!(parts[3].0, Weights::I8 { .. });
                                 plan.f32_layers += 1;
-                                (Projection::F32 { w, b }, Projection::F32 { w: parts[3].0.to_f32(), b: parts[3].1.clone() })
+                                (Projection::f32(w, b, dim, 3 * inner), Projection::f32(parts[3].0.to_f32(), parts[3].1.clone(), inner, dim))
                             };
                             let integer_softmax = quant.integer_nonlinear.contains(&Nonlinearity::Softmax);
                             Kernel::Attention(Box::new(AttentionKernel { geo, qkv, output, context, integer_softmax }))

@@ -18,6 +18,7 @@ use super::intops;
 use super::recurrent;
 use super::transformer::{Heads, Patches, ValidLengths};
 use super::kernels::{sgemm_threads, DirectConv, MatRef, Window};
+use super::packed::PackedLinear;
 use super::sparse::{CodebookF32, CsrF32};
 use crate::spec::{QParams, Recurrent, SpecError};
 
@@ -143,7 +144,10 @@ enum Repr {
 
 #[derive(Clone)]
 enum Kernel {
+    /// The general GEMM (the `gemm` crate), which packs `w` on every call.
     LinearF32 { w: Vec<f32>, b: Option<Vec<f32>>, inf: usize, outf: usize },
+    /// Weights packed once for squeeze's AVX2/AVX-512 kernel.
+    LinearPacked(Box<PackedLinear>),
     /// `direct` where the direct kernel applies (stride 1, AVX2/FMA), else im2col.
     ConvF32 { w: Vec<f32>, b: Option<Vec<f32>>, g: Window, oc: usize, direct: Option<Box<DirectConv>> },
     LinearI8(Box<QuantizedLinear>),
@@ -190,7 +194,7 @@ impl Kernel {
     /// What a profile calls this step.
     fn kind(&self) -> &'static str {
         match self {
-            Kernel::LinearF32 { .. } => "linear f32",
+            Kernel::LinearF32 { .. } | Kernel::LinearPacked(_) => "linear f32",
             Kernel::ConvF32 { .. } => "conv f32",
             Kernel::LinearI8(_) => "linear int8",
             Kernel::LinearDynamic(_) => "linear dynamic int8",
@@ -240,6 +244,8 @@ struct AttentionKernel {
 #[derive(Clone)]
 enum Projection {
     F32 { w: Vec<f32>, b: Vec<f32> },
+    /// Weights packed once for squeeze's AVX2/AVX-512 kernel.
+    Packed(Box<PackedLinear>),
     /// u8 input at `input`, f32 output.
     I8 { layer: Box<QuantizedLinear>, input: QParams },
     /// f32 input quantized per row at run time, f32 output.
@@ -247,9 +253,18 @@ enum Projection {
 }
 
 impl Projection {
+    /// An f32 projection (`w` is `[outf, inf]`): packed where AVX2 or AVX-512 runs it.
+    fn f32(w: Vec<f32>, b: Vec<f32>, inf: usize, outf: usize) -> Projection {
+        if crate::runtime::isa::avx2() {
+            Projection::Packed(Box::new(PackedLinear::new(&w, Some(&b), inf, outf)))
+        } else {
+            Projection::F32 { w, b }
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
-            Projection::F32 { .. } => "attention projection f32",
+            Projection::F32 { .. } | Projection::Packed(_) => "attention projection f32",
             Projection::I8 { .. } => "attention projection int8",
             Projection::Dynamic(_) => "attention projection dynamic int8",
         }
@@ -272,6 +287,7 @@ impl Projection {
     ) {
         match self {
             Projection::Dynamic(layer) => layer.forward(&x[..rows * inf], rows, &mut y[..rows * outf], dynamic, threads),
+            Projection::Packed(p) => p.forward(&x[..rows * inf], rows, &mut y[..rows * outf], threads),
             Projection::F32 { w, b } => {
                 sgemm_threads(rows, outf, inf, MatRef::rows(x, inf), MatRef::transposed(w, inf), y, outf, false, threads);
                 for row in y[..rows * outf].chunks_exact_mut(outf) {

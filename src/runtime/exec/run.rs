@@ -196,7 +196,7 @@ impl Plan {
             let kernel = resolve(&step.kernel, n);
             let started = ws.profile.is_some().then(std::time::Instant::now);
             match kernel {
-                Kernel::LinearF32 { .. } | Kernel::LinearCsr { .. } | Kernel::LinearCodebook { .. } => {
+                Kernel::LinearF32 { .. } | Kernel::LinearPacked(_) | Kernel::LinearCsr { .. } | Kernel::LinearCodebook { .. } => {
                     let (xs, y) = pair(&mut ws.f, xi, o);
                     run_linear_f32(kernel, &xs[..n * xl], n, &mut y[..n * ol], &mut ws.tmp, threads);
                 }
@@ -509,6 +509,7 @@ pub(super) fn run_linear_f32(kernel: &Kernel, x: &[f32], n: usize, y: &mut [f32]
                 }
             }
         }
+        Kernel::LinearPacked(p) => p.forward(x, n, y, threads),
         Kernel::LinearCsr { csr, b } => csr.forward(x, n, b.as_deref(), y),
         Kernel::LinearCodebook { cb, b } => cb.forward(x, n, b.as_deref(), y, scratch),
         _ => unreachable!("not a float Linear kernel"),
