@@ -41,6 +41,7 @@
 //! - [`report`]: the report schema (JSON + Markdown) and measurement helpers.
 
 pub mod codec;
+pub mod limits;
 pub mod recipe;
 pub mod store;
 pub mod text;

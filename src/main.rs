@@ -82,11 +82,11 @@ enum Command {
         /// Output file (.safetensors).
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, value_parser = squeeze::limits::epochs_arg, default_value_t = 10)]
         epochs: usize,
         #[arg(long, default_value_t = 128)]
         batch_size: usize,
-        #[arg(long, default_value_t = 1e-3)]
+        #[arg(long, value_parser = squeeze::limits::lr_arg, default_value_t = 1e-3)]
         lr: f32,
         #[arg(long, default_value_t = 1234)]
         seed: u64,
@@ -150,7 +150,7 @@ enum Command {
         #[arg(long, required = true)]
         teacher: Vec<String>,
         /// Epochs to train a zoo-name teacher (cosine schedule).
-        #[arg(long, default_value_t = 15)]
+        #[arg(long, value_parser = squeeze::limits::epochs_arg, default_value_t = 15)]
         teacher_epochs: usize,
         /// Save a zoo-name teacher after training it (.safetensors or .sqz).
         #[arg(long)]
@@ -159,10 +159,10 @@ enum Command {
         #[arg(long, default_value = "mlp")]
         student: String,
         /// Distillation epochs.
-        #[arg(long, default_value_t = DistillConfig::default().epochs)]
+        #[arg(long, value_parser = squeeze::limits::epochs_arg, default_value_t = DistillConfig::default().epochs)]
         epochs: usize,
         /// Fine-tuning epochs on the true labels after distillation.
-        #[arg(long, default_value_t = DistillConfig::default().fine_tune_epochs)]
+        #[arg(long, value_parser = squeeze::limits::epochs_arg, default_value_t = DistillConfig::default().fine_tune_epochs)]
         fine_tune_epochs: usize,
         #[arg(long, default_value_t = DistillConfig::default().temperature)]
         temperature: f32,
@@ -172,11 +172,11 @@ enum Command {
         /// Hard distillation: learn the teacher's predicted labels.
         #[arg(long)]
         hard: bool,
-        #[arg(long, default_value_t = DistillConfig::default().lr)]
+        #[arg(long, value_parser = squeeze::limits::lr_arg, default_value_t = DistillConfig::default().lr)]
         lr: f32,
         /// Learning rate of the fine-tuning epochs, for both the distilled student
         /// and the control (same schedule); default lr / 10.
-        #[arg(long)]
+        #[arg(long, value_parser = squeeze::limits::lr_arg)]
         fine_tune_lr: Option<f32>,
         /// Learning-rate schedule of each phase, for both students.
         #[arg(long, value_enum, default_value_t = ScheduleArg::from(DistillConfig::default().schedule))]
@@ -490,16 +490,16 @@ struct ShareArgs {
     /// a pull between their trunks, merged, heads fine-tuned.
     #[arg(long, value_enum, default_value = "hard")]
     form: FormArg,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, value_parser = squeeze::limits::epochs_arg, default_value_t = 10)]
     epochs: usize,
     /// Soft form: λ of the penalty λ·Σ‖θ_a − θ_b‖² between trunks.
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, value_parser = squeeze::limits::finite_arg, default_value_t = 0.001)]
     penalty: f32,
     /// Soft form: epochs of each head on the merged trunk.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, value_parser = squeeze::limits::epochs_arg, default_value_t = 2)]
     head_epochs: usize,
     /// Soft form: learning rate of the head fine-tuning.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, value_parser = squeeze::limits::lr_arg, default_value_t = 1e-4)]
     head_lr: f32,
     #[arg(long, default_value_t = 1234)]
     seed: u64,

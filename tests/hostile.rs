@@ -116,3 +116,80 @@ fn deeply_nested_pickle_is_one_error_not_a_stack_overflow() {
     std::fs::write(&file, legacy_file(&pkl)).unwrap();
     import_fails_cleanly(&d, &file, "nests containers more than 256 deep");
 }
+
+/// A recipe for the zoo MLP with `train`, `gate` and `passes` as given; its data folder
+/// does not exist, so any check that waited for the data would report the data instead.
+fn recipe_text(d: &Dir, model: &str, train: &str, gate: &str, passes: &str) -> PathBuf {
+    d.write(
+        "r.toml",
+        &format!("name = \"h\"\n[model]\n{model}\n[data]\ndir = \"{}\"\n[train]\n{train}\n[gate]\n{gate}\n{passes}", d.path("no-data").display()),
+    )
+}
+
+/// Issue 19, items 4, 5 and 7: absurd or non-finite numbers, `calibration = 0`, an
+/// unknown zoo name and `epochs = 0` for a zoo model are refused before any data is
+/// read, with the key, the value and the allowed range; nothing is written.
+#[test]
+fn absurd_recipe_values_are_refused_before_any_data_is_read() {
+    let d = Dir::new();
+    let zoo = "zoo = \"mlp\"";
+    let gate = "max_accuracy_drop = 0.05";
+    let prune = |extra: &str| format!("[[pass]]\ntype = \"prune\"\nsparsity = 0.5\n{extra}\n");
+    let cases: Vec<(&str, &str, &str, String, &str)> = vec![
+        (zoo, "epochs = 1000000000", gate, String::new(), "[train] epochs = 1000000000 is out of range: expected 0 to 10000"),
+        (zoo, "lr = nan", gate, String::new(), "[train] lr = NaN"),
+        (zoo, "lr = inf", gate, String::new(), "[train] lr = inf"),
+        (zoo, "lr = -0.01", gate, String::new(), "above 0"),
+        (zoo, "epochs = 2", "max_accuracy_drop = nan", String::new(), "[gate] max_accuracy_drop = NaN is not a number squeeze can use"),
+        (zoo, "epochs = 2", gate, prune("fine_tune_epochs = 1000000000"), "fine_tune_epochs = 1000000000 is out of range"),
+        (zoo, "epochs = 2", gate, prune("lr = nan"), "lr = NaN"),
+        (zoo, "epochs = 2", gate, "[[pass]]\ntype = \"quantize\"\ncalibration = 0\n".into(), "calibration = 0 leaves nothing to calibrate on"),
+        ("zoo = \"mlpp\"", "epochs = 2", gate, String::new(), "zoo = \"mlpp\" is not a zoo model (known: mlp,"),
+        (zoo, "epochs = 0", gate, String::new(), "epochs = 0 would leave the zoo model untrained"),
+    ];
+    for (model, train, gate, passes, needle) in cases {
+        let r = recipe_text(&d, model, train, gate, &passes);
+        let out = d.path("out");
+        let o = crate::util::squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+        assert_error(&o, needle);
+        assert!(!out.exists(), "{train} {passes}: nothing is written");
+    }
+    // epochs = 0 is fine for a file model (it is not trained).
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/models/fmnist-mlp-sklearn.safetensors");
+    let r = recipe_text(&d, &format!("state_dict = \"{}\"\narchitecture = \"{}\"", model.display(), arch().display()), "epochs = 0", gate, "");
+    let o = crate::util::squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", d.path("out").to_str().unwrap()]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("no-data"), "the run got as far as the data: {}", o.stderr);
+}
+
+/// The same ranges on the command line: flags are refused by the parser (exit 2) with
+/// the value and the range, and nothing is trained.
+#[test]
+fn absurd_flags_are_refused_at_once() {
+    let d = Dir::new();
+    let out = d.path("m.safetensors");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/models/fmnist-mlp-sklearn.safetensors");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["train", "--epochs", "18446744073709551615"], "0 to 10000"),
+        (vec!["train", "--epochs", "1000000000"], "0 to 10000"),
+        (vec!["train", "--lr", "nan"], "above 0"),
+        (vec!["train", "--lr", "inf"], "above 0"),
+        (vec!["distill", "--teacher", "mlp", "--fine-tune-epochs", "1000000000"], "0 to 10000"),
+        (vec!["distill", "--teacher", "mlp", "--lr", "NaN"], "above 0"),
+        (vec!["share", "--head-lr", "nan"], "above 0"),
+        (vec!["prune", model.to_str().unwrap(), "--sparsity", "0.5", "--fine-tune-epochs", "1000000000"], "0 to 10000"),
+        (vec!["prune", model.to_str().unwrap(), "--sparsity", "0.5", "--lr", "nan"], "lr = NaN"),
+        (vec!["quantize", model.to_str().unwrap(), "--calibration", "0"], "calibration = 0"),
+    ];
+    let sqz = d.path("m.sqz");
+    for (mut args, needle) in cases {
+        let out = if args[0] == "quantize" { &sqz } else { &out };
+        args.extend(["--out", out.to_str().unwrap()]);
+        let t = std::time::Instant::now();
+        let o = crate::util::squeeze(&args);
+        assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+        assert!(o.stderr.contains(needle), "{args:?}: {}", o.stderr);
+        assert!(t.elapsed().as_secs() < 10, "{args:?} took {:?}", t.elapsed());
+        assert!(!out.exists());
+    }
+}
