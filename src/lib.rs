@@ -42,6 +42,7 @@
 
 pub mod codec;
 pub mod limits;
+pub mod outdir;
 pub mod recipe;
 pub mod store;
 pub mod text;

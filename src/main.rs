@@ -353,6 +353,8 @@ fn one_pass(model: &Path, pass: PassConfig, args: &OnePassArgs) -> Result<ExitCo
     let name = pass.stage_name();
     let recipe = Recipe::one_pass(model, args.data.recipe_data(), args.seed, pass).context("the pass's settings")?;
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // A killed verb's scratch directory and temporary files (their process gone).
+    squeeze::outdir::clean_stale_temps(parent, None);
     // The run's stage files and report go to a scratch directory beside --out (removed
     // afterwards) unless --report-dir keeps them.
     let scratch = match &args.report_dir {

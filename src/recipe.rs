@@ -361,6 +361,16 @@ impl Recipe {
         }
     }
 
+    /// The model files the run reads (the baseline's file or state dict, distillation
+    /// teachers): none may lie in the output directory.
+    pub fn model_inputs(&self) -> Vec<&Path> {
+        let teachers = self.passes.iter().filter_map(|p| match p {
+            Pass::Distill(d) => d.teacher.as_deref(),
+            _ => None,
+        });
+        [&self.model.file, &self.model.state_dict].into_iter().flatten().map(PathBuf::as_path).chain(teachers).collect()
+    }
+
     /// Reads and checks a recipe file.
     pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
         let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io { path: path.into(), source })?;

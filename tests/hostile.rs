@@ -193,3 +193,98 @@ fn absurd_flags_are_refused_at_once() {
         assert!(!out.exists());
     }
 }
+
+/// The files in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    names
+}
+
+/// Waits (up to 120 s) until `path` exists.
+fn wait_for(path: &Path, child: &mut std::process::Child) {
+    let t = std::time::Instant::now();
+    while !path.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before {} appeared", path.display());
+        assert!(t.elapsed().as_secs() < 120, "{} never appeared", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Issue 19, items 6 and 7: two runs into one directory (the second is refused at once
+/// while the first holds it); a killed run's files, temporary files and stale lock do
+/// not survive the next run, which leaves exactly its own files.
+#[test]
+fn one_run_at_a_time_and_a_rerun_leaves_only_its_own_files() {
+    let d = Dir::new();
+    let data = d.path("data");
+    std::fs::create_dir(&data).unwrap();
+    crate::util::tiny_dataset(&data, 1500, 400);
+    let out = d.path("out");
+    let write = |name: &str, passes: &str| {
+        d.write(
+            name,
+            &format!("name = \"t\"\nseed = 7\n[model]\nzoo = \"mlp\"\n[data]\ndir = \"{}\"\nvalidation = 300\n[train]\nepochs = 2\nbatch_size = 64\nlr = 0.002\n[gate]\nmax_accuracy_drop = 1.0\n{passes}", data.display()),
+        )
+    };
+    let run = |r: &Path| crate::util::run_recipe(r, &out);
+    // Run A: baseline, pruned-50, int8 (model.sqz).
+    let a = write("a.toml", "[[pass]]\ntype = \"prune\"\nsparsity = 0.5\nfine_tune_epochs = 1\n[[pass]]\ntype = \"quantize\"\ncalibration = 200\n");
+    let (o, _) = run(&a);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(out.join("pruned-50.sqz").exists());
+    // Run B fine-tunes for a long time: started, then a second run is refused while it
+    // holds the directory, then B is killed.
+    let b = write("b.toml", "[[pass]]\ntype = \"share\"\nlinear_bits = 4\nfine_tune_epochs = 2000\n");
+    let mut slow = Command::new(env!("CARGO_BIN_EXE_squeeze"))
+        .args(["run", "--recipe", b.to_str().unwrap(), "--out-dir", out.to_str().unwrap()])
+        .env_remove("SQUEEZE_DATA")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&out.join(".squeeze.lock"), &mut slow);
+    let t = std::time::Instant::now();
+    let (second, _) = run(&a);
+    assert_error(&second, "is in use by another squeeze run (process");
+    assert!(second.stderr.contains(&slow.id().to_string()), "{}", second.stderr);
+    assert!(t.elapsed().as_secs() < 5, "refused at once, not after training: {:?}", t.elapsed());
+    // B wrote its baseline (run A's files were removed when B took the directory).
+    wait_for(&out.join("baseline.safetensors"), &mut slow);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    let after_kill = listing(&out);
+    assert!(!after_kill.iter().any(|n| n == "report.json" || n == "pruned-50.sqz" || n == "model.sqz"), "run A's files are gone: {after_kill:?}");
+    // What a writer killed mid-write leaves: a temporary file of a dead process.
+    std::fs::write(out.join(".model.sqz.tmp-999999999-0"), b"half").unwrap();
+    // Run C: baseline and int8 only; the directory then holds exactly its files.
+    let c = write("c.toml", "[[pass]]\ntype = \"quantize\"\ncalibration = 200\n");
+    let (o, report) = run(&c);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let mut want: Vec<String> = report["stages"].as_array().unwrap().iter().map(|s| s["file"].as_str().unwrap().to_string()).collect();
+    want.extend([".squeeze-files".to_string(), "report.json".into(), "report.md".into()]);
+    want.sort();
+    assert_eq!(listing(&out), want);
+}
+
+/// Item 7: a model file inside --out-dir and an output directory that cannot be
+/// written are refused before any data is read or any training starts.
+#[test]
+fn output_directory_problems_are_refused_before_training() {
+    let d = Dir::new();
+    let out = d.path("out");
+    std::fs::create_dir(&out).unwrap();
+    let model = out.join("mine.safetensors");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/models/fmnist-mlp-sklearn.safetensors"), &model).unwrap();
+    let r = recipe_text(&d, &format!("state_dict = \"{}\"\narchitecture = \"{}\"", model.display(), arch().display()), "epochs = 2", "max_accuracy_drop = 0.05", "");
+    let o = crate::util::squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    assert_error(&o, "is inside the output directory");
+    assert_eq!(listing(&out), ["mine.safetensors"]);
+    // A file where the directory should be (tests run as root here, so a read-only
+    // directory would still be writable; this is the same refusal).
+    let file = d.write("plain-file", "x");
+    let r = recipe_text(&d, "zoo = \"mlp\"", "epochs = 2", "max_accuracy_drop = 0.05", "");
+    let o = crate::util::squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", file.join("out").to_str().unwrap()]);
+    assert_error(&o, "cannot write to the output directory");
+}
