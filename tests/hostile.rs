@@ -288,3 +288,37 @@ fn output_directory_problems_are_refused_before_training() {
     let o = crate::util::squeeze(&["run", "--recipe", r.to_str().unwrap(), "--out-dir", file.join("out").to_str().unwrap()]);
     assert_error(&o, "cannot write to the output directory");
 }
+
+/// Every input kept in tests/fixtures/fuzz/TARGET (crashes and hostile inputs found by
+/// the fuzz targets in fuzz/ or by hand) goes through that target's reader: each is an
+/// error or a value, never a panic, and the known hostile ones are errors.
+#[test]
+fn fuzz_regression_inputs_are_clean_errors() {
+    use squeeze::format::{onnx, pickle, pytorch, safetensors, sqz};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    let mut n = 0;
+    for dir in std::fs::read_dir(&root).unwrap() {
+        let dir = dir.unwrap().path();
+        let target = dir.file_name().unwrap().to_string_lossy().into_owned();
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            let b = std::fs::read(&f).unwrap();
+            let ok = match target.as_str() {
+                "sqz" | "sqz_crc" => sqz::decode(&b, &sqz::Limits::default()).is_ok(),
+                "onnx" => onnx::import(&b).is_ok(),
+                "safetensors" => safetensors::decode(&b).is_ok() || pytorch::read_safetensors(&b).is_ok(),
+                "pytorch_zip" => pytorch::read_state_dict(&b).is_ok(),
+                "pytorch_legacy" => pytorch::read_legacy(&b).is_ok(),
+                "pickle" => pickle::load(&b).is_ok(),
+                "npy" => squeeze::data::npy::parse_npy(&b, Path::new("f.npy")).is_ok() || squeeze::data::npy::parse_npz(&b, Path::new("f.npz"), &["x", "y"]).is_ok(),
+                other => panic!("tests/fixtures/fuzz/{other}: no such fuzz target"),
+            };
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            if name.contains("claims") || name.contains("laughs") || name.contains("nested") {
+                assert!(!ok, "{target}/{name} must be refused");
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 3);
+}
