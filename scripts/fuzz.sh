@@ -41,18 +41,20 @@ run() {
     mkdir -p fuzz/logs "fuzz/artifacts/$t"
     echo "== $t for ${seconds}s (log fuzz/logs/$t.log)"
     status=0
-    nice -n 19 cargo +nightly fuzz run -O "$t" "fuzz/corpus/$t" -- \
+    # Run from fuzz/: libFuzzer writes fuzz-0.log into the working directory, and a file
+    # appearing and vanishing in the main package would make cargo rebuild squeeze.
+    (cd fuzz && nice -n 19 cargo +nightly fuzz run --fuzz-dir . -O "$t" "corpus/$t" -- \
         -max_total_time="$seconds" -jobs=1 -workers=1 -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
-        -max_len=65536 -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" \
-        > "fuzz/logs/$t.log" 2>&1 || status=$?
+        -max_len=65536 -print_final_stats=1 -artifact_prefix="artifacts/$t/" \
+        > "logs/$t.log" 2>&1) || status=$?
     # With -jobs, libFuzzer writes the run's own output to fuzz-0.log.
-    [ -f fuzz-0.log ] && { cat fuzz-0.log >> "fuzz/logs/$t.log"; rm -f fuzz-0.log; }
+    [ -f fuzz/fuzz-0.log ] && { cat fuzz/fuzz-0.log >> "fuzz/logs/$t.log"; rm -f fuzz/fuzz-0.log; }
     grep -E "^#[0-9]+.*(DONE|cov:)" "fuzz/logs/$t.log" | tail -1
     grep -E "stat::number_of_executed_units|SUMMARY|ERROR: libFuzzer" "fuzz/logs/$t.log" || true
     return $status
 }
 
-cargo +nightly fuzz build -O >/dev/null
+(cd fuzz && cargo +nightly fuzz build --fuzz-dir . -O >/dev/null)
 if [ "$target" = all ]; then
     failed=""
     for t in $all; do run "$t" || failed="$failed $t"; done
