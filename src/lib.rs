@@ -43,6 +43,8 @@
 pub mod bench;
 pub mod codec;
 pub mod inspect;
+pub mod limits;
+pub mod outdir;
 pub mod recipe;
 pub mod store;
 pub mod text;

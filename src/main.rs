@@ -81,11 +81,11 @@ enum Command {
         /// Output file (.safetensors).
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, value_parser = squeeze::limits::epochs_arg, default_value_t = 10)]
         epochs: usize,
         #[arg(long, default_value_t = 128)]
         batch_size: usize,
-        #[arg(long, default_value_t = 1e-3)]
+        #[arg(long, value_parser = squeeze::limits::lr_arg, default_value_t = 1e-3)]
         lr: f32,
         #[arg(long, default_value_t = 1234)]
         seed: u64,
@@ -151,7 +151,7 @@ enum Command {
         #[arg(long, required = true)]
         teacher: Vec<String>,
         /// Epochs to train a zoo-name teacher (cosine schedule).
-        #[arg(long, default_value_t = 15)]
+        #[arg(long, value_parser = squeeze::limits::epochs_arg, default_value_t = 15)]
         teacher_epochs: usize,
         /// Also write the teacher (the run's baseline) to this file (.safetensors or .sqz).
         #[arg(long)]
@@ -339,6 +339,8 @@ fn one_pass(recipe: OnePass, args: &OnePassArgs, inputs: &[&Path], save_baseline
     let recipe = recipe.checked().context("the pass's settings")?;
     let name = pass.stage_name();
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // A killed verb's scratch directory and temporary files (their process gone).
+    squeeze::outdir::clean_stale_temps(parent, None);
     // The run's stage files and report go to a scratch directory beside --out (removed
     // afterwards) unless --report-dir keeps them.
     let scratch = match &args.report_dir {

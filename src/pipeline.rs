@@ -59,6 +59,8 @@ pub enum PipelineError {
     WouldOverwriteInput(PathBuf),
     #[error("{0}")]
     Embedding(#[from] embedding::EmbeddingError),
+    #[error(transparent)]
+    OutDir(#[from] crate::outdir::OutDirError),
     #[error("validation gate failed at stage '{stage}': {reason} (report written to {report})")]
     GateFailed { stage: String, reason: String, report: PathBuf },
 }
@@ -291,12 +293,17 @@ pub(crate) fn train_defaults(recipe: &Recipe) -> TrainConfig {
 }
 
 /// The file of stage `name`: `model.<ext>` for the last stage of the run.
+/// The path is named in the directory's manifest first ([`crate::outdir::record`]).
 pub(crate) fn stage_path(opts: &RunOptions, name: &str, ext: &str, is_last: bool) -> PathBuf {
-    opts.out_dir.join(if is_last { format!("model.{ext}") } else { format!("{name}.{ext}") })
+    let path = opts.out_dir.join(if is_last { format!("model.{ext}") } else { format!("{name}.{ext}") });
+    let _ = crate::outdir::record(&path);
+    path
 }
 
 /// Runs `recipe`; writes stage files, `report.json` and `report.md` into `opts.out_dir`.
 pub fn run(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<Report, PipelineError> {
+    // Held to the end: one run in the directory, its files only (see crate::outdir).
+    let _claim = crate::outdir::claim(&opts.out_dir, &recipe.model_inputs())?;
     let (mut eval, baseline) = match recipe.kind() {
         crate::compress::pass::ModelKind::Classifier => classifier::baseline(recipe, opts, on_event)?,
         crate::compress::pass::ModelKind::Embedder => embedding::baseline(recipe, opts, on_event)?,

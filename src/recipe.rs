@@ -385,6 +385,16 @@ impl Recipe {
         }
     }
 
+    /// The model files the run reads (the baseline's file or state dict, distillation
+    /// teachers): none may lie in the output directory.
+    pub fn model_inputs(&self) -> Vec<&Path> {
+        let teachers = self.passes.iter().filter_map(|p| match p {
+            Pass::Distill(d) => d.teacher.as_deref(),
+            _ => None,
+        });
+        [&self.model.file, &self.model.state_dict].into_iter().flatten().map(PathBuf::as_path).chain(teachers).collect()
+    }
+
     /// Reads and checks a recipe file.
     pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
         let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io { path: path.into(), source })?;
@@ -398,6 +408,12 @@ impl Recipe {
             message: e.message().to_string()
                 + &e.span().map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1)).unwrap_or_default(),
         })?;
+        // Every number as written (a NaN `max_accuracy_drop` is not a missing one); the
+        // passes are checked after their own checks, in `validated`.
+        if let Ok(mut raw) = toml::from_str::<toml::Table>(text) {
+            raw.remove("pass");
+            crate::limits::check_values(&toml::Value::Table(raw), "", "").map_err(|message| RecipeError::Invalid { path: path.into(), message })?;
+        }
         r.validated(path)
     }
 
@@ -467,6 +483,38 @@ impl Recipe {
                 return Err(invalid(format!("pass '{}' writes the final encoding, so it must be the last pass; move it to the end", p.stage_name())));
             }
         }
+        // Numbers (a recipe file's [train] was checked as written; a verb's come from flags).
+        for (i, p) in r.passes.iter().enumerate() {
+            let at = format!("[[pass]] {} ({})", i + 1, p.stage_name());
+            if let Ok(v) = toml::Value::try_from(p) {
+                crate::limits::check_values(&v, &at, "").map_err(&invalid)?;
+            }
+            if let Pass::Quantize(q) = p
+                && q.calibration == 0
+            {
+                return Err(invalid(format!("{at} calibration = 0 leaves nothing to calibrate on: expected at least 1 (default 1000)")));
+            }
+        }
+        crate::limits::check_epochs("[train] epochs", r.train.epochs as u64).map_err(&invalid)?;
+        crate::limits::check_lr("[train] lr", f64::from(r.train.lr)).map_err(&invalid)?;
+        if r.train.batch_size == 0 {
+            return Err(invalid("[train] batch_size = 0: expected at least 1 (default 128)".into()));
+        }
+        // A zoo model is trained here: with no epochs the baseline every stage is gated
+        // against would be random weights.
+        let zoos = r.model.zoo.iter().map(|z| ("[model] zoo", z)).chain(r.tasks.iter().filter_map(|t| t.zoo.as_ref().map(|z| ("[[task]] zoo", z))));
+        for (key, name) in zoos {
+            if crate::model::zoo::build(name).is_none() {
+                let known: Vec<&str> = crate::model::zoo::MODELS.iter().map(|(n, _)| *n).collect();
+                return Err(invalid(format!("{key} = \"{name}\" is not a zoo model (known: {})", known.join(", "))));
+            }
+        }
+        if r.model.zoo.is_some() && r.train.epochs == 0 {
+            return Err(invalid(format!(
+                "[train] epochs = 0 would leave the zoo model untrained, and every stage is gated against it: expected 1 to {}",
+                crate::limits::MAX_EPOCHS
+            )));
+        }
         if r.is_embedding() {
             return check_embedding(self, &invalid);
         }
@@ -479,9 +527,6 @@ impl Recipe {
         r.data.check().map_err(invalid)?;
         if !(0.0..=1.0).contains(&r.gate.max_accuracy_drop) {
             return Err(invalid(format!("gate.max_accuracy_drop: expected a fraction in [0, 1], got {}", r.gate.max_accuracy_drop)));
-        }
-        if r.train.batch_size == 0 || r.train.lr <= 0.0 {
-            return Err(invalid("train: batch_size and lr must be positive".into()));
         }
         if kind == ModelKind::Tasks {
             if r.passes.is_empty() {

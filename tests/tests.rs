@@ -7,4 +7,5 @@ mod data;
 mod hf;
 mod onnx;
 mod pytorch;
+mod hostile;
 mod roundtrip;

@@ -102,7 +102,9 @@ fn parse(path: &Path, ndims: u8, mut r: impl Read, limit: Limit) -> Result<Idx, 
         }
         _ => {}
     }
-    let mut data = Vec::with_capacity(claimed as usize);
+    // A gzip header's claim is not the data: reserve at most 64 MiB up front, grow as
+    // bytes really arrive.
+    let mut data = Vec::with_capacity(claimed.min(64 << 20) as usize);
     (&mut r).take(claimed).read_to_end(&mut data).map_err(io_err)?;
     if (data.len() as u64) < claimed {
         return Err(DataError::Truncated {

@@ -178,16 +178,28 @@ pub fn read_npy(path: &Path) -> Result<Array, DataError> {
 /// Reads arrays `names` from a `.npz` (stored or deflated).
 pub fn read_npz(path: &Path, names: &[&str]) -> Result<Vec<Array>, DataError> {
     let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.into(), source })?;
-    let mut zip = zip::ZipArchive::new(Cursor::new(&bytes[..])).map_err(|e| npy_err(path, format!("not a .npz (zip) archive: {e}")))?;
+    parse_npz(&bytes, path, names)
+}
+
+/// Parses arrays `names` from the bytes of a `.npz` (`path` names it in errors). An
+/// array may inflate to at most 1 GiB or 64 times the archive, whichever is larger
+/// (numpy.savez stores arrays uncompressed; savez_compressed rarely gains 64×), so a
+/// small hostile archive cannot claim gigabytes.
+pub fn parse_npz(bytes: &[u8], path: &Path, names: &[&str]) -> Result<Vec<Array>, DataError> {
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| npy_err(path, format!("not a .npz (zip) archive: {e}")))?;
     let present: Vec<String> = zip.file_names().filter_map(Result::ok).map(|n| n.trim_end_matches(".npy").to_string()).collect();
+    let limit = (bytes.len() as u64).saturating_mul(64).max(1 << 30);
     names
         .iter()
         .map(|name| {
-            let mut f = zip.by_name(&format!("{name}.npy")).map_err(|_| {
+            let f = zip.by_name(&format!("{name}.npy")).map_err(|_| {
                 npy_err(path, format!("has no array '{name}' (it holds: {}); save with numpy.savez(path, x=inputs, y=labels)", present.join(", ")))
             })?;
             let mut buf = Vec::new();
-            f.read_to_end(&mut buf).map_err(|e| npy_err(path, format!("array '{name}': {e}")))?;
+            f.take(limit + 1).read_to_end(&mut buf).map_err(|e| npy_err(path, format!("array '{name}': {e}")))?;
+            if buf.len() as u64 > limit {
+                return Err(npy_err(path, format!("array '{name}' inflates to more than {limit} bytes")));
+            }
             parse_npy(&buf, &path.join(format!("{name}.npy")))
         })
         .collect()

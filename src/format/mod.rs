@@ -48,6 +48,8 @@ pub fn write_atomic_with<E>(path: &Path, write: impl FnOnce(&mut File) -> Result
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    // A killed writer's temporary files of this target (their process gone) go first.
+    crate::outdir::clean_stale_temps(dir, Some(&name.to_string_lossy()));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{}.tmp-{}-{n}", name.to_string_lossy(), std::process::id()));
     let result = (|| {

@@ -9,11 +9,27 @@
 //! Anything else, including any other callable, is an error naming the opcode or the
 //! global, never executed.
 //!
-//! Memo entries are copies taken when the value is stored: a container that is changed
-//! after it was memoised and read back again later would be seen in its earlier state.
-//! `torch.save` streams do not do that (shared storages are immutable tuples).
+//! Memo entries share the stored value (containers are reference-counted, so a GET
+//! costs one pointer, not a copy: a "billion laughs" stream of GET, TUPLE2, PUT rounds
+//! stays as small as its bytes). A container changed after it was memoised is copied
+//! on write, so a memo GET sees it as it was when stored; `torch.save` streams do not
+//! do that (shared storages are immutable tuples).
+//!
+//! Hostile streams are bounded: containers nest at most [`MAX_DEPTH`] deep (values are
+//! built, walked and dropped recursively), and a value may expand, counting every
+//! shared reference again, to at most [`MAX_EXPANDED`] values plus 16 per byte of the
+//! stream (what a caller walking the value visits).
 
 use std::collections::HashMap;
+use std::rc::Rc;
+
+/// The deepest nesting of containers a stream may build (`torch.save` state dicts nest
+/// fewer than 10; Python's own pickler stops near 1000).
+pub const MAX_DEPTH: u32 = 256;
+
+/// Values a stream may expand to besides 16 per byte of it (shared references counted
+/// each time they are reached).
+pub const MAX_EXPANDED: u64 = 1 << 22;
 
 /// Callables a checkpoint may name besides the `torch.*Storage` types.
 pub const ALLOWED_GLOBALS: &[(&str, &str)] = &[
@@ -124,10 +140,11 @@ pub enum Value {
     Float(f64),
     Str(String),
     Bytes(Vec<u8>),
-    Tuple(Vec<Value>),
-    List(Vec<Value>),
+    /// Containers are shared (a memo GET is a reference, not a copy).
+    Tuple(Rc<Vec<Value>>),
+    List(Rc<Vec<Value>>),
     /// Keys and values in insertion order (dicts and ordered dicts).
-    Dict(Vec<(Value, Value)>),
+    Dict(Rc<Vec<(Value, Value)>>),
     /// An allowlisted callable, waiting for `REDUCE`.
     Global(String, String),
     /// A `torch.*Storage` type, as named inside a persistent id.
@@ -138,7 +155,44 @@ pub enum Value {
 }
 
 impl Value {
-    fn kind(&self) -> &'static str {
+    /// A tuple of `items`.
+    pub fn tuple(items: Vec<Value>) -> Value {
+        Value::Tuple(Rc::new(items))
+    }
+
+    /// A list of `items`.
+    pub fn list(items: Vec<Value>) -> Value {
+        Value::List(Rc::new(items))
+    }
+
+    /// A dict of `items`.
+    pub fn dict(items: Vec<(Value, Value)>) -> Value {
+        Value::Dict(Rc::new(items))
+    }
+
+    /// The value as a message shows it: its debug form, cut at 80 characters (a
+    /// hostile value may expand to millions).
+    pub fn short(&self) -> String {
+        struct Limited(String);
+        impl std::fmt::Write for Limited {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                for c in s.chars() {
+                    if self.0.len() >= 80 {
+                        self.0.push('…');
+                        return Err(std::fmt::Error);
+                    }
+                    self.0.push(c);
+                }
+                Ok(())
+            }
+        }
+        let mut out = Limited(String::new());
+        let _ = std::fmt::write(&mut out, format_args!("{self:?}"));
+        out.0
+    }
+
+    /// What kind of value it is, for messages.
+    pub fn kind(&self) -> &'static str {
         match self {
             Value::None => "None",
             Value::Bool(_) => "bool",
@@ -170,6 +224,25 @@ pub enum PickleError {
     Malformed { at: usize, why: String },
     #[error("pickle protocol {0} is not supported (torch.save writes 2)")]
     Protocol(u8),
+    #[error("pickle nests containers more than {MAX_DEPTH} deep at byte {0}; a state dict nests a few levels, so the file is not one (or is hostile)")]
+    TooDeep(usize),
+    #[error("pickle expands to more than {limit} values at byte {at} (memo references repeated over and over); a state dict is far smaller, so the file is not one (or is hostile)")]
+    TooLarge { at: usize, limit: u64 },
+}
+
+/// A value on the stack or in the memo, with its nesting depth and the number of
+/// values it expands to (shared references counted each time).
+#[derive(Clone)]
+struct Item {
+    v: Value,
+    depth: u32,
+    size: u64,
+}
+
+impl Item {
+    fn leaf(v: Value) -> Item {
+        Item { v, depth: 1, size: 1 }
+    }
 }
 
 struct Reader<'a> {
@@ -220,13 +293,26 @@ pub fn load(bytes: &[u8]) -> Result<Value, PickleError> {
 /// (PyTorch's legacy format writes several pickles and raw data one after another).
 pub fn load_prefix(bytes: &[u8]) -> Result<(Value, usize), PickleError> {
     let mut r = Reader { bytes, pos: 0 };
-    let mut stack: Vec<Value> = Vec::new();
+    let mut stack: Vec<Item> = Vec::new();
     let mut marks: Vec<usize> = Vec::new();
-    let mut memo: HashMap<u32, Value> = HashMap::new();
+    let mut memo: HashMap<u32, Item> = HashMap::new();
+    let limit = MAX_EXPANDED.saturating_add(16u64.saturating_mul(bytes.len() as u64));
     loop {
         let at = r.pos;
         let op = r.u8()?;
         let bad = |why: &str| PickleError::Malformed { at, why: why.to_string() };
+        // A container made of `items` (or grown by them): its depth and size, checked.
+        let grown = |depth: u32, size: u64, items: &[&Item]| -> Result<(u32, u64), PickleError> {
+            let d = items.iter().map(|i| i.depth + 1).fold(depth, u32::max);
+            let n = items.iter().fold(size, |n, i| n.saturating_add(i.size));
+            if d > MAX_DEPTH {
+                return Err(PickleError::TooDeep(at));
+            }
+            if n > limit {
+                return Err(PickleError::TooLarge { at, limit });
+            }
+            Ok((d, n))
+        };
         macro_rules! pop {
             () => {
                 stack.pop().ok_or_else(|| bad("stack is empty"))?
@@ -241,6 +327,11 @@ pub fn load_prefix(bytes: &[u8]) -> Result<(Value, usize), PickleError> {
                 stack.split_off(m)
             }};
         }
+        macro_rules! push {
+            ($v:expr) => {
+                stack.push(Item::leaf($v))
+            };
+        }
         match op {
             0x80 => {
                 let p = r.u8()?;
@@ -253,18 +344,18 @@ pub fn load_prefix(bytes: &[u8]) -> Result<(Value, usize), PickleError> {
             }
             b'.' => {
                 let v = pop!();
-                return Ok((v, r.pos));
+                return Ok((v.v, r.pos));
             }
             b'(' => marks.push(stack.len()),
-            b'}' => stack.push(Value::Dict(Vec::new())),
-            b']' => stack.push(Value::List(Vec::new())),
-            b')' => stack.push(Value::Tuple(Vec::new())),
-            b'N' => stack.push(Value::None),
-            0x88 => stack.push(Value::Bool(true)),
-            0x89 => stack.push(Value::Bool(false)),
-            b'J' => stack.push(Value::Int(i64::from(r.u32()? as i32))),
-            b'K' => stack.push(Value::Int(i64::from(r.u8()?))),
-            b'M' => stack.push(Value::Int(i64::from(r.u16()?))),
+            b'}' => push!(Value::dict(Vec::new())),
+            b']' => push!(Value::list(Vec::new())),
+            b')' => push!(Value::tuple(Vec::new())),
+            b'N' => push!(Value::None),
+            0x88 => push!(Value::Bool(true)),
+            0x89 => push!(Value::Bool(false)),
+            b'J' => push!(Value::Int(i64::from(r.u32()? as i32))),
+            b'K' => push!(Value::Int(i64::from(r.u8()?))),
+            b'M' => push!(Value::Int(i64::from(r.u16()?))),
             0x8a => {
                 let n = usize::from(r.u8()?);
                 if n > 8 {
@@ -278,9 +369,9 @@ pub fn load_prefix(bytes: &[u8]) -> Result<(Value, usize), PickleError> {
                 if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
                     v -= 1i64 << (8 * n); // two's complement of n bytes
                 }
-                stack.push(Value::Int(v));
+                push!(Value::Int(v));
             }
-            b'G' => stack.push(Value::Float(f64::from_be_bytes(r.take(8)?.try_into().expect("8 bytes")))),
+            b'G' => push!(Value::Float(f64::from_be_bytes(r.take(8)?.try_into().expect("8 bytes")))),
             b'X' | 0x8c | 0x8d => {
                 let n = match op {
                     b'X' => r.u32()? as usize,
@@ -288,16 +379,16 @@ pub fn load_prefix(bytes: &[u8]) -> Result<(Value, usize), PickleError> {
                     _ => usize::try_from(r.u64()?).map_err(|_| bad("string too long"))?,
                 };
                 let s = std::str::from_utf8(r.take(n)?).map_err(|_| bad("string is not UTF-8"))?;
-                stack.push(Value::Str(s.to_string()));
+                push!(Value::Str(s.to_string()));
             }
             // Python 2 byte strings (checkpoints saved under Python 2): read as Latin-1 text.
             b'T' | b'U' => {
                 let n = if op == b'T' { r.u32()? as usize } else { usize::from(r.u8()?) };
-                stack.push(Value::Str(r.take(n)?.iter().map(|&b| char::from(b)).collect()));
+                push!(Value::Str(r.take(n)?.iter().map(|&b| char::from(b)).collect()));
             }
             b'B' | b'C' => {
                 let n = if op == b'B' { r.u32()? as usize } else { usize::from(r.u8()?) };
-                stack.push(Value::Bytes(r.take(n)?.to_vec()));
+                push!(Value::Bytes(r.take(n)?.to_vec()));
             }
             b'q' | b'r' | 0x94 => {
                 let idx = match op {
@@ -305,6 +396,7 @@ pub fn load_prefix(bytes: &[u8]) -> Result<(Value, usize), PickleError> {
                     b'r' => r.u32()?,
                     _ => memo.len() as u32,
                 };
+                // Shared, not copied: containers are reference-counted.
                 let top = stack.last().ok_or_else(|| bad("PUT on an empty stack"))?.clone();
                 memo.insert(idx, top);
             }
@@ -315,7 +407,8 @@ pub fn load_prefix(bytes: &[u8]) -> Result<(Value, usize), PickleError> {
             }
             b't' => {
                 let items = pop_mark!();
-                stack.push(Value::Tuple(items));
+                let (depth, size) = grown(1, 1, &items.iter().collect::<Vec<_>>())?;
+                stack.push(Item { v: Value::tuple(items.into_iter().map(|i| i.v).collect()), depth, size });
             }
             0x85..=0x87 => {
                 let n = usize::from(op - 0x84);
@@ -323,76 +416,71 @@ pub fn load_prefix(bytes: &[u8]) -> Result<(Value, usize), PickleError> {
                     return Err(bad("TUPLE with too few items"));
                 }
                 let items = stack.split_off(stack.len() - n);
-                stack.push(Value::Tuple(items));
+                let (depth, size) = grown(1, 1, &items.iter().collect::<Vec<_>>())?;
+                stack.push(Item { v: Value::tuple(items.into_iter().map(|i| i.v).collect()), depth, size });
             }
             b'c' => {
                 let module = r.line()?;
                 let name = r.line()?;
-                stack.push(global(&module, &name)?);
+                push!(global(&module, &name)?);
             }
             0x93 => {
                 let name = pop!();
                 let module = pop!();
-                match (module, name) {
-                    (Value::Str(m), Value::Str(n)) => stack.push(global(&m, &n)?),
+                match (module.v, name.v) {
+                    (Value::Str(m), Value::Str(n)) => push!(global(&m, &n)?),
                     _ => return Err(bad("STACK_GLOBAL needs two strings")),
                 }
             }
             b'Q' => {
                 let pid = pop!();
-                stack.push(persistent_load(pid).map_err(|why| bad(&why))?);
+                push!(persistent_load(pid.v).map_err(|why| bad(&why))?);
             }
             b'R' => {
                 let args = pop!();
                 let func = pop!();
-                stack.push(reduce(func, args).map_err(|why| bad(&why))?);
+                // The result is built from the arguments: no deeper, no larger.
+                let (depth, size) = (args.depth, args.size);
+                stack.push(Item { v: reduce(func.v, args.v).map_err(|why| bad(&why))?, depth, size });
             }
             b'b' => {
                 let _state = pop!();
                 // BUILD sets attributes (an OrderedDict's `_metadata`, a tensor's Python
                 // attributes); none of them changes the weights, so they are dropped.
                 match stack.last() {
-                    Some(Value::Dict(_) | Value::Tensor(_)) => {}
-                    Some(v) => return Err(bad(&format!("BUILD on a {}", v.kind()))),
+                    Some(Item { v: Value::Dict(_) | Value::Tensor(_), .. }) => {}
+                    Some(i) => return Err(bad(&format!("BUILD on a {}", i.v.kind()))),
                     None => return Err(bad("BUILD on an empty stack")),
                 }
             }
-            b's' => {
-                let v = pop!();
-                let k = pop!();
-                match stack.last_mut() {
-                    Some(Value::Dict(d)) => d.push((k, v)),
-                    _ => return Err(bad("SETITEM on a non-dict")),
-                }
-            }
-            b'u' => {
-                let items = pop_mark!();
+            b's' | b'u' => {
+                let items = if op == b's' {
+                    let v = pop!();
+                    let k = pop!();
+                    vec![k, v]
+                } else {
+                    pop_mark!()
+                };
                 if items.len() % 2 != 0 {
                     return Err(bad("SETITEMS with an odd number of items"));
                 }
-                match stack.last_mut() {
-                    Some(Value::Dict(d)) => {
-                        let mut it = items.into_iter();
-                        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                            d.push((k, v));
-                        }
-                    }
-                    _ => return Err(bad("SETITEMS on a non-dict")),
+                let Some(top) = stack.last_mut() else { return Err(bad("SETITEM on an empty stack")) };
+                let (depth, size) = grown(top.depth, top.size, &items.iter().collect::<Vec<_>>())?;
+                let Value::Dict(d) = &mut top.v else { return Err(bad("SETITEM on a non-dict")) };
+                let d = Rc::make_mut(d); // a copy only if the memo shares it
+                let mut it = items.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    d.push((k.v, v.v));
                 }
+                (top.depth, top.size) = (depth, size);
             }
-            b'a' => {
-                let v = pop!();
-                match stack.last_mut() {
-                    Some(Value::List(l)) => l.push(v),
-                    _ => return Err(bad("APPEND on a non-list")),
-                }
-            }
-            b'e' => {
-                let items = pop_mark!();
-                match stack.last_mut() {
-                    Some(Value::List(l)) => l.extend(items),
-                    _ => return Err(bad("APPENDS on a non-list")),
-                }
+            b'a' | b'e' => {
+                let items = if op == b'a' { vec![pop!()] } else { pop_mark!() };
+                let Some(top) = stack.last_mut() else { return Err(bad("APPEND on an empty stack")) };
+                let (depth, size) = grown(top.depth, top.size, &items.iter().collect::<Vec<_>>())?;
+                let Value::List(l) = &mut top.v else { return Err(bad("APPEND on a non-list")) };
+                Rc::make_mut(l).extend(items.into_iter().map(|i| i.v));
+                (top.depth, top.size) = (depth, size);
             }
             _ => return Err(PickleError::Opcode { op, at }),
         }
@@ -452,7 +540,7 @@ fn reduce(func: Value, args: Value) -> Result<Value, String> {
             // Python 3 pickles OrderedDict() then SETITEMS; Python 2 passes the items,
             // `OrderedDict([[key, value], ...])`.
             match args.as_slice() {
-                [] => Ok(Value::Dict(Vec::new())),
+                [] => Ok(Value::dict(Vec::new())),
                 [Value::List(items) | Value::Tuple(items)] => items
                     .iter()
                     .map(|kv| match kv {
@@ -460,7 +548,7 @@ fn reduce(func: Value, args: Value) -> Result<Value, String> {
                         _ => Err("OrderedDict item is not a (key, value) pair".to_string()),
                     })
                     .collect::<Result<Vec<_>, _>>()
-                    .map(Value::Dict),
+                    .map(Value::dict),
                 _ => Err("OrderedDict(...) arguments are not a list of pairs".into()),
             }
         }
@@ -479,7 +567,7 @@ fn reduce(func: Value, args: Value) -> Result<Value, String> {
             }
             Ok(Value::Tensor(TensorRef { key: key.clone(), dtype: *dtype, storage_numel: *numel, offset, shape, stride }))
         }
-        ("torch._utils", "_rebuild_parameter") => match args.into_iter().next() {
+        ("torch._utils", "_rebuild_parameter") => match args.first().cloned() {
             Some(t @ Value::Tensor(_)) => Ok(t),
             _ => Err("_rebuild_parameter: first argument is not a tensor".into()),
         },
@@ -501,21 +589,21 @@ X\x01\x00\x00\x00bq\x03G?\xf8\x00\x00\x00\x00\x00\x00X\x01\x00\x00\x00xq\x04\x86
         assert_eq!(d[0].0, Value::Str("a".into()));
         assert_eq!(
             d[0].1,
-            Value::List(vec![Value::Int(1), Value::Int(-2), Value::Int(300), Value::Int(70000), Value::Bool(true), Value::None])
+            Value::list(vec![Value::Int(1), Value::Int(-2), Value::Int(300), Value::Int(70000), Value::Bool(true), Value::None])
         );
-        assert_eq!(d[1].1, Value::Tuple(vec![Value::Float(1.5), Value::Str("x".into())]));
+        assert_eq!(d[1].1, Value::tuple(vec![Value::Float(1.5), Value::Str("x".into())]));
     }
 
     #[test]
     fn long1_is_twos_complement() {
         // LONG1 of 2**40 and of -129.
         let v = load(b"\x80\x02\x8a\x06\x00\x00\x00\x00\x00\x01\x8a\x02\x7f\xff\x86.").unwrap();
-        assert_eq!(v, Value::Tuple(vec![Value::Int(1 << 40), Value::Int(-129)]));
+        assert_eq!(v, Value::tuple(vec![Value::Int(1 << 40), Value::Int(-129)]));
         // Python 2 strings.
         assert_eq!(load(b"\x80\x02U\x03cpu.").unwrap(), Value::Str("cpu".into()));
         // Python 2's OrderedDict([[k, v]]).
         let v = load(b"\x80\x02ccollections\nOrderedDict\n]U\x01aK\x01\x86a\x85R.").unwrap();
-        assert_eq!(v, Value::Dict(vec![(Value::Str("a".into()), Value::Int(1))]));
+        assert_eq!(v, Value::dict(vec![(Value::Str("a".into()), Value::Int(1))]));
     }
 
     #[test]
@@ -534,5 +622,49 @@ X\x01\x00\x00\x00bq\x03G?\xf8\x00\x00\x00\x00\x00\x00X\x01\x00\x00\x00xq\x04\x86
         assert!(matches!(load(b"\x80\x02X\xff\xff\xff\xff"), Err(PickleError::Truncated(_))));
         // REDUCE of an allowed name with wrong arguments is an error, not a panic.
         assert!(matches!(load(b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nK\x01\x85R."), Err(PickleError::Malformed { .. })));
+    }
+
+    /// Issue 19: memo GETs share (a billion-laughs stream is refused at once, without
+    /// growing), nesting is capped, and a memoised list changed afterwards reads back
+    /// as it was when stored.
+    #[test]
+    fn memo_shares_and_hostile_streams_are_bounded() {
+        let mut laughs = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..40 {
+            laughs.extend_from_slice(b"h\x00h\x00\x86q\x00");
+        }
+        laughs.push(b'.');
+        let t = std::time::Instant::now();
+        assert!(matches!(load(&laughs), Err(PickleError::TooLarge { .. })));
+        assert!(t.elapsed().as_millis() < 1000);
+        // Twelve rounds (4096 leaves) are fine and read as the full tree.
+        let mut small = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..12 {
+            small.extend_from_slice(b"h\x00h\x00\x86q\x00");
+        }
+        small.push(b'.');
+        fn leaves(v: &Value) -> usize {
+            match v {
+                Value::Tuple(t) => t.iter().map(leaves).sum(),
+                _ => 1,
+            }
+        }
+        assert_eq!(leaves(&load(&small).unwrap()), 4096);
+        // A million nested lists: an error, not a stack overflow.
+        let mut deep = b"\x80\x02".to_vec();
+        deep.extend(std::iter::repeat_n(b']', 1_000_000));
+        deep.extend(std::iter::repeat_n(b'a', 999_999));
+        deep.push(b'.');
+        assert!(matches!(load(&deep), Err(PickleError::TooDeep(_))));
+        // MAX_DEPTH itself is allowed.
+        let n = MAX_DEPTH as usize;
+        let mut ok = b"\x80\x02".to_vec();
+        ok.extend(std::iter::repeat_n(b']', n));
+        ok.extend(std::iter::repeat_n(b'a', n - 1));
+        ok.push(b'.');
+        assert!(load(&ok).is_ok());
+        // [] memoised, appended to, then read back: the memo has the empty list.
+        let v = load(b"\x80\x02]q\x00K\x01ah\x00\x86.").unwrap();
+        assert_eq!(v, Value::tuple(vec![Value::list(vec![Value::Int(1)]), Value::list(vec![])]));
     }
 }

@@ -109,7 +109,7 @@ pub fn read_legacy(bytes: &[u8]) -> Result<StateDict, PytorchError> {
     };
     match next(&mut pos)? {
         Value::Int(1001) => {}
-        other => return Err(legacy(format!("protocol version {other:?}, expected 1001"))),
+        other => return Err(legacy(format!("protocol version {}, expected 1001", other.short()))),
     }
     let sys_info = next(&mut pos)?;
     if let Value::Dict(items) = &sys_info
@@ -119,8 +119,8 @@ pub fn read_legacy(bytes: &[u8]) -> Result<StateDict, PytorchError> {
     }
     let root = next(&mut pos)?;
     let keys = match next(&mut pos)? {
-        Value::List(keys) => keys,
-        other => return Err(legacy(format!("storage key list is a {other:?}"))),
+        Value::List(keys) => std::rc::Rc::unwrap_or_clone(keys),
+        other => return Err(legacy(format!("storage key list is a {}", other.kind()))),
     };
     let mut refs = Vec::new();
     tensor_refs(&root, &mut refs);
@@ -129,7 +129,7 @@ pub fn read_legacy(bytes: &[u8]) -> Result<StateDict, PytorchError> {
         let key = match key {
             Value::Str(s) => s,
             Value::Int(i) => i.to_string(),
-            other => return Err(legacy(format!("storage key {other:?} is not a string"))),
+            other => return Err(legacy(format!("storage key {} is not a string", other.short()))),
         };
         let dtype = refs.iter().find(|t| t.key == key).map(|t| t.dtype).ok_or_else(|| legacy(format!("storage '{key}' is used by no tensor")))?;
         let count = bytes.get(pos..pos + 8).ok_or_else(|| legacy("truncated before a storage".into()))?;
@@ -141,9 +141,10 @@ pub fn read_legacy(bytes: &[u8]) -> Result<StateDict, PytorchError> {
         pos += 8 + len;
     }
     let mut out = StateDict::new();
+    let mut budget = view_budget(bytes.len());
     for (name, t) in state_dict_entries(root)? {
         let storage = storages.get(&t.key).ok_or_else(|| PytorchError::Tensor { name: name.clone(), why: format!("storage '{}' is missing", t.key) })?;
-        let tensor = gather(&t, storage).map_err(|why| PytorchError::Tensor { name: name.clone(), why })?;
+        let tensor = gather(&t, storage, &mut budget).map_err(|why| PytorchError::Tensor { name: name.clone(), why })?;
         out.insert(name, tensor);
     }
     Ok(out)
@@ -166,17 +167,30 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<StateDict, PytorchError> {
 /// The most bytes one archive entry may inflate to (4 GiB): a guard against zip bombs.
 const MAX_ENTRY: u64 = 4 << 30;
 
-fn read_entry(zip: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str) -> Result<Option<Vec<u8>>, PytorchError> {
-    let mut f = match zip.by_name(name) {
+/// The most bytes one entry may inflate to in an archive of `archive_len` bytes: 64
+/// times the archive (torch.save stores entries uncompressed, so a real entry is never
+/// larger than the archive), at least 64 MiB, at most [`MAX_ENTRY`].
+fn entry_limit(archive_len: usize) -> u64 {
+    (archive_len as u64).saturating_mul(64).clamp(64 << 20, MAX_ENTRY)
+}
+
+/// Reads one entry. Its claimed size is only a hint: the buffer is reserved for at most
+/// the archive's real size and grows as bytes really arrive, up to [`entry_limit`].
+fn read_entry(zip: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str, archive_len: usize) -> Result<Option<Vec<u8>>, PytorchError> {
+    let f = match zip.by_name(name) {
         Ok(f) => f,
         Err(zip::result::ZipError::FileNotFound) => return Ok(None),
         Err(e) => return Err(PytorchError::Zip(format!("{name}: {e}"))),
     };
-    if f.size() > MAX_ENTRY {
-        return Err(PytorchError::Zip(format!("{name}: entry of {} bytes is too large", f.size())));
+    let limit = entry_limit(archive_len);
+    if f.size() > limit {
+        return Err(PytorchError::Zip(format!("{name}: entry claims {} bytes, more than an archive of {archive_len} bytes can hold (at most {limit})", f.size())));
     }
-    let mut buf = Vec::with_capacity(f.size() as usize);
-    f.read_to_end(&mut buf).map_err(|e| PytorchError::Zip(format!("{name}: {e}")))?;
+    let mut buf = Vec::with_capacity(f.size().min(archive_len as u64) as usize);
+    f.take(limit + 1).read_to_end(&mut buf).map_err(|e| PytorchError::Zip(format!("{name}: {e}")))?;
+    if buf.len() as u64 > limit {
+        return Err(PytorchError::Zip(format!("{name}: entry inflates to more than {limit} bytes")));
+    }
     Ok(Some(buf))
 }
 
@@ -192,28 +206,29 @@ pub fn read_torch_zip(bytes: &[u8]) -> Result<StateDict, PytorchError> {
         .min()
         .ok_or(PytorchError::NoPickle)?;
     let prefix = pkl.trim_end_matches("data.pkl").to_string();
-    let big_endian = match read_entry(&mut zip, &format!("{prefix}byteorder"))? {
+    let big_endian = match read_entry(&mut zip, &format!("{prefix}byteorder"), bytes.len())? {
         None => false,
         Some(b) if b == b"little" => false,
         Some(b) if b == b"big" => true,
         Some(b) => return Err(PytorchError::ByteOrder(String::from_utf8_lossy(&b).into())),
     };
-    let pickled = read_entry(&mut zip, &pkl)?.ok_or(PytorchError::NoPickle)?;
+    let pickled = read_entry(&mut zip, &pkl, bytes.len())?.ok_or(PytorchError::NoPickle)?;
     let root = pickle::load(&pickled)?;
     let entries = state_dict_entries(root)?;
     let mut storages: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut out = StateDict::new();
+    let mut budget = view_budget(bytes.len());
     for (name, t) in entries {
         if !storages.contains_key(&t.key) {
             let entry = format!("{prefix}data/{}", t.key);
-            let mut data = read_entry(&mut zip, &entry)?
+            let mut data = read_entry(&mut zip, &entry, bytes.len())?
                 .ok_or_else(|| PytorchError::Tensor { name: name.clone(), why: format!("its storage '{entry}' is missing from the archive") })?;
             if big_endian {
                 data.chunks_exact_mut(t.dtype.size()).for_each(|c| c.reverse());
             }
             storages.insert(t.key.clone(), data);
         }
-        let tensor = gather(&t, &storages[&t.key]).map_err(|why| PytorchError::Tensor { name: name.clone(), why })?;
+        let tensor = gather(&t, &storages[&t.key], &mut budget).map_err(|why| PytorchError::Tensor { name: name.clone(), why })?;
         out.insert(name, tensor);
     }
     Ok(out)
@@ -226,38 +241,49 @@ fn state_dict_entries(root: Value) -> Result<Vec<(String, TensorRef)>, PytorchEr
     };
     let all_tensors = !items.is_empty() && items.iter().all(|(_, v)| matches!(v, Value::Tensor(_)));
     let items = if all_tensors {
-        items
+        std::rc::Rc::unwrap_or_clone(items)
     } else {
         const NESTED: [&str; 3] = ["state_dict", "model_state_dict", "model"];
         let keys: Vec<String> = items.iter().map(|(k, _)| match k {
             Value::Str(s) => s.clone(),
-            other => format!("{other:?}"),
+            other => other.short(),
         }).collect();
-        let found = items.into_iter().find_map(|(k, v)| match (k, v) {
-            (Value::Str(k), Value::Dict(d)) if NESTED.contains(&k.as_str()) && d.iter().all(|(_, v)| matches!(v, Value::Tensor(_))) => Some(d),
+        let found = items.iter().find_map(|(k, v)| match (k, v) {
+            (Value::Str(k), Value::Dict(d)) if NESTED.contains(&k.as_str()) && d.iter().all(|(_, v)| matches!(v, Value::Tensor(_))) => Some(d.clone()),
             _ => None,
         });
-        found.ok_or_else(|| {
+        let found = found.ok_or_else(|| {
             PytorchError::NoStateDict(format!(
                 "the top-level dict (keys: {}) is neither a dict of tensors nor holds one under 'state_dict', 'model_state_dict' or 'model'",
                 keys.join(", ")
             ))
-        })?
+        })?;
+        drop(items);
+        std::rc::Rc::unwrap_or_clone(found)
     };
     items
         .into_iter()
         .map(|(k, v)| match (k, v) {
             (Value::Str(k), Value::Tensor(t)) => Ok((k, t)),
-            (k, _) => Err(PytorchError::NoStateDict(format!("key {k:?} is not a string naming a tensor"))),
+            (k, _) => Err(PytorchError::NoStateDict(format!("key {} is not a string naming a tensor", k.short()))),
         })
         .collect()
 }
 
-/// The most elements one tensor view may expand to (8 GiB as f32).
-const MAX_VIEW_ELEMENTS: usize = 1 << 31;
+/// Elements all the views of one file may expand to besides one per byte of the file
+/// (64 MiB as f32): a view may repeat its storage (stride 0), so the storage's size
+/// does not bound it, but dense views of a real state dict hold fewer elements than
+/// the file has bytes.
+const VIEW_SLACK: usize = 1 << 24;
 
-/// Copies the view `t` out of its storage bytes into a dense row-major tensor.
-fn gather(t: &TensorRef, storage: &[u8]) -> Result<Tensor, String> {
+/// The element budget of the views of a file of `file_len` bytes (see [`VIEW_SLACK`]).
+fn view_budget(file_len: usize) -> usize {
+    file_len.saturating_add(VIEW_SLACK)
+}
+
+/// Copies the view `t` out of its storage bytes into a dense row-major tensor, taking
+/// its elements from `budget` (see [`view_budget`]).
+fn gather(t: &TensorRef, storage: &[u8], budget: &mut usize) -> Result<Tensor, String> {
     let size = t.dtype.size();
     let have = storage.len() / size;
     if have < t.storage_numel {
@@ -265,9 +291,10 @@ fn gather(t: &TensorRef, storage: &[u8]) -> Result<Tensor, String> {
     }
     let numel = crate::spec::checked_numel(&t.shape).ok_or("shape overflows")?;
     // A view may repeat its storage (stride 0), so the storage's size does not bound it.
-    if numel > MAX_VIEW_ELEMENTS {
-        return Err(format!("view of {numel} elements (shape {:?}) is larger than squeeze reads ({MAX_VIEW_ELEMENTS})", t.shape));
+    if numel > *budget {
+        return Err(format!("view of {numel} elements (shape {:?}) is larger than the file can hold (views left: {budget} elements)", t.shape));
     }
+    *budget -= numel;
     let mut values = Vec::with_capacity(numel);
     if numel > 0 {
         // The furthest element the view reaches must lie inside the storage.
@@ -333,15 +360,15 @@ mod tests {
     fn gathers_offsets_and_strides() {
         let storage: Vec<u8> = (0..12).flat_map(|i| (i as f32).to_le_bytes()).collect();
         // A transposed 3x4 matrix (stride [1, 3]) starting at 0.
-        let t = gather(&fview(0, vec![4, 3], vec![1, 4]), &storage).unwrap();
+        let t = gather(&fview(0, vec![4, 3], vec![1, 4]), &storage, &mut view_budget(48)).unwrap();
         assert_eq!(t.values, vec![0., 4., 8., 1., 5., 9., 2., 6., 10., 3., 7., 11.]);
-        let t = gather(&fview(5, vec![2, 2], vec![2, 1]), &storage).unwrap();
+        let t = gather(&fview(5, vec![2, 2], vec![2, 1]), &storage, &mut view_budget(48)).unwrap();
         assert_eq!(t.values, vec![5., 6., 7., 8.]);
-        assert!(gather(&fview(5, vec![3, 3], vec![3, 1]), &storage).unwrap_err().contains("beyond"));
-        let t = gather(&fview(0, vec![], vec![]), &storage).unwrap();
+        assert!(gather(&fview(5, vec![3, 3], vec![3, 1]), &storage, &mut view_budget(48)).unwrap_err().contains("beyond"));
+        let t = gather(&fview(0, vec![], vec![]), &storage, &mut view_budget(48)).unwrap();
         assert_eq!(t.values, vec![0.0]);
         // A stride-0 view may claim any size over a small storage: bounded, not allocated.
-        assert!(gather(&fview(0, vec![1 << 20, 1 << 20], vec![0, 0]), &storage).unwrap_err().contains("larger than"));
+        assert!(gather(&fview(0, vec![1 << 20, 1 << 20], vec![0, 0]), &storage, &mut view_budget(48)).unwrap_err().contains("larger than"));
     }
 
     #[test]

@@ -96,6 +96,7 @@ pub(super) fn baseline(recipe: &Recipe, opts: &RunOptions, on_event: &mut dyn Fn
     let mut file = opts.out_dir.clone();
     for (t, (task, model)) in tasks.iter().zip(&separate).enumerate() {
         let path = opts.out_dir.join(format!("separate-{}.sqz", task.name));
+        let _ = crate::outdir::record(&path);
         guard_input(recipe, &path)?;
         let start = Instant::now();
         store::write_sqz(&path, store::stored_f32(model), store::Coding::Entropy)?;

@@ -258,8 +258,10 @@ fn train_inner(
         .filter(|&i| model.params.specs[i].kind == crate::spec::ParamKind::Weight)
         .map(|i| model.params.range(i))
         .collect();
-    let mut stats = Vec::with_capacity(cfg.epochs);
-    let total_steps = cfg.epochs * n.div_ceil(batch);
+    // Grown per epoch, not reserved for `cfg.epochs` (a huge count is refused up front,
+    // see crate::limits, but must never be an allocation here).
+    let mut stats = Vec::new();
+    let total_steps = cfg.epochs.saturating_mul(n.div_ceil(batch));
     let mut step = 0usize;
     for epoch in 1..=cfg.epochs {
         let start = std::time::Instant::now();
