@@ -13,7 +13,7 @@ pub mod sqz;
 
 pub use sqz::{
     FormatError, Limits, MAX_CENTROIDS, SectionSummary, SqzModel, StoredTensor, Values, decode,
-    EncodeOptions, encode, encode_with, read_sqz, summarize, write_sqz,
+    EncodeOptions, encode, encode_with, read_sqz, summarize,
 };
 
 use std::fs::{self, File, OpenOptions};

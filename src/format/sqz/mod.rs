@@ -122,7 +122,7 @@ mod write;
 mod tests;
 
 pub use read::{decode, read_sqz, read_sqz_summarized, summarize, summarize_file};
-pub use write::{EncodeOptions, encode, encode_with, write_sqz, write_sqz_streaming};
+pub use write::{EncodeOptions, encode, encode_with, write_sqz_streaming};
 
 /// The four magic bytes that open every `.sqz` file.
 pub const MAGIC: [u8; 4] = [0x89, b'S', b'Q', b'Z'];

@@ -467,7 +467,7 @@ fn file_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.sqz");
     let m = sample_model();
-    let n = write_sqz(&path, &m).unwrap();
+    let n = write_sqz_streaming(&path, m.clone(), &EncodeOptions::default()).unwrap();
     assert_eq!(n, std::fs::metadata(&path).unwrap().len());
     assert_eq!(read_sqz(&path).unwrap(), with_producer(m));
     let e = read_sqz(&dir.path().join("missing.sqz")).unwrap_err();

@@ -175,11 +175,3 @@ fn encode_head(model: &SqzModel, opts: &EncodeOptions) -> Result<Vec<u8>, Format
     Ok(out)
 }
 
-/// Encodes `model` and writes it atomically (see [`crate::format::write_atomic`]); returns
-/// the number of bytes written.
-pub fn write_sqz(path: &Path, model: &SqzModel) -> Result<u64, FormatError> {
-    let bytes = encode(model)?;
-    crate::format::write_atomic(path, &bytes)
-        .map_err(|source| FormatError::Io { path: path.to_path_buf(), source })?;
-    Ok(bytes.len() as u64)
-}
