@@ -98,36 +98,7 @@ pub fn bench_zoo(name: &str, splits: &Splits, train_samples: usize) -> Result<Be
         ("int8-pruned90", store::sqz_plan(&quantize::quantize(&pruned, &quantize::Precision::int8_all(&pruned, quantize::Mode::Full), calib)?)?),
         ("codebook", store::sqz_plan(&store::stored_f32(&shared))?),
     ];
-    let rounds = 5;
-    let mut lat: Vec<Vec<f64>> = vec![Vec::new(); plans.len()];
-    let mut thr: Vec<Vec<f64>> = vec![Vec::new(); plans.len()];
-    for _ in 0..rounds {
-        for (i, (_, plan)) in plans.iter().enumerate() {
-            lat[i].extend(exec::latencies_us(plan, &splits.test.images, 200)?);
-            thr[i].push(exec::throughput(plan, &splits.test.images, 256, 2, 0.1)?);
-        }
-    }
-    let mut encodings: Vec<EncodingRow> = plans
-        .iter()
-        .zip(lat.iter_mut().zip(thr.iter_mut()))
-        .map(|((encoding, plan), (l, t))| {
-            let s = median_and_spread(l);
-            EncodingRow {
-                encoding,
-                kernel: plan.kernel_description(),
-                latency_us_b1: s.median,
-                latency_us_b1_spread: s.spread,
-                throughput: median_and_spread(t).median,
-                latency_speedup_vs_f32: 0.0,
-                throughput_ratio_vs_f32: 0.0,
-            }
-        })
-        .collect();
-    let (base_lat, base_thr) = (encodings[0].latency_us_b1, encodings[0].throughput);
-    for e in &mut encodings {
-        e.latency_speedup_vs_f32 = base_lat / e.latency_us_b1;
-        e.throughput_ratio_vs_f32 = e.throughput / base_thr;
-    }
+    let (rounds, encodings) = time_interleaved(&plans, &splits.test.images, 200, 256)?;
     Ok(BenchReport {
         model: name.into(),
         machine: machine_description(),
@@ -186,28 +157,7 @@ pub fn bench_file(path: &std::path::Path, batch: usize) -> Result<BenchReport, B
         let dynamic = quantize::quantize(&model, &quantize::Precision::int8_all(&model, quantize::Mode::Dynamic), &[])?;
         plans.push(("int8-dynamic", store::sqz_plan(&dynamic)?));
     }
-    let rounds = 5;
-    let mut lat: Vec<Vec<f64>> = vec![Vec::new(); plans.len()];
-    let mut thr: Vec<Vec<f64>> = vec![Vec::new(); plans.len()];
-    for _ in 0..rounds {
-        for (i, (_, plan)) in plans.iter().enumerate() {
-            lat[i].extend(exec::latencies_us(plan, &inputs, 40)?);
-            thr[i].push(exec::throughput(plan, &inputs, batch, 2, 0.1)?);
-        }
-    }
-    let mut encodings: Vec<EncodingRow> = plans
-        .iter()
-        .zip(lat.iter_mut().zip(thr.iter_mut()))
-        .map(|((encoding, plan), (l, t))| {
-            let s = median_and_spread(l);
-            EncodingRow { encoding, kernel: plan.kernel_description(), latency_us_b1: s.median, latency_us_b1_spread: s.spread, throughput: median_and_spread(t).median, latency_speedup_vs_f32: 0.0, throughput_ratio_vs_f32: 0.0 }
-        })
-        .collect();
-    let (base_lat, base_thr) = (encodings[0].latency_us_b1, encodings[0].throughput);
-    for e in &mut encodings {
-        e.latency_speedup_vs_f32 = base_lat / e.latency_us_b1;
-        e.throughput_ratio_vs_f32 = e.throughput / base_thr;
-    }
+    let (rounds, encodings) = time_interleaved(&plans, &inputs, 40, batch)?;
     Ok(BenchReport {
         model: path.display().to_string(),
         machine: machine_description(),
@@ -222,6 +172,44 @@ pub fn bench_file(path: &std::path::Path, batch: usize) -> Result<BenchReport, B
         },
         encodings,
     })
+}
+
+/// Times `plans` (the first is the f32 baseline of the ratios) in 5 interleaved rounds,
+/// so load from other processes hits every encoding alike: batch-1 latency over up to
+/// `latency_samples` inputs on one thread, throughput at `batch` on 2 threads. Returns
+/// the rounds and one row per plan.
+fn time_interleaved(plans: &[(&'static str, exec::Plan)], inputs: &[f32], latency_samples: usize, batch: usize) -> Result<(usize, Vec<EncodingRow>), BenchError> {
+    let rounds = 5;
+    let mut lat: Vec<Vec<f64>> = vec![Vec::new(); plans.len()];
+    let mut thr: Vec<Vec<f64>> = vec![Vec::new(); plans.len()];
+    for _ in 0..rounds {
+        for (i, (_, plan)) in plans.iter().enumerate() {
+            lat[i].extend(exec::latencies_us(plan, inputs, latency_samples)?);
+            thr[i].push(exec::throughput(plan, inputs, batch, 2, 0.1)?);
+        }
+    }
+    let mut encodings: Vec<EncodingRow> = plans
+        .iter()
+        .zip(lat.iter_mut().zip(thr.iter_mut()))
+        .map(|((encoding, plan), (l, t))| {
+            let s = median_and_spread(l);
+            EncodingRow {
+                encoding,
+                kernel: plan.kernel_description(),
+                latency_us_b1: s.median,
+                latency_us_b1_spread: s.spread,
+                throughput: median_and_spread(t).median,
+                latency_speedup_vs_f32: 0.0,
+                throughput_ratio_vs_f32: 0.0,
+            }
+        })
+        .collect();
+    let (base_lat, base_thr) = (encodings[0].latency_us_b1, encodings[0].throughput);
+    for e in &mut encodings {
+        e.latency_speedup_vs_f32 = base_lat / e.latency_us_b1;
+        e.throughput_ratio_vs_f32 = e.throughput / base_thr;
+    }
+    Ok((rounds, encodings))
 }
 
 impl fmt::Display for BenchReport {

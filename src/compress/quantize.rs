@@ -312,12 +312,14 @@ impl Precision {
     /// int8 weights for `nodes` (exact names of weighted nodes; every weighted node
     /// when empty), activations as `mode` says.
     pub fn int8(model: &Model, mode: Mode, nodes: &[String]) -> Result<Precision, QuantizeError> {
-        let weighted: Vec<&str> = model.graph.nodes.iter().filter(|n| n.op.has_params()).map(|n| n.name.as_str()).collect();
-        if let Some(l) = nodes.iter().find(|l| !weighted.contains(&l.as_str())) {
+        let mut precision = Precision::int8_all(model, mode);
+        if let Some(l) = nodes.iter().find(|l| !precision.weights.contains_key(*l)) {
             return Err(QuantizeError::UnknownLayer(l.clone()));
         }
-        let chosen = weighted.iter().filter(|n| nodes.is_empty() || nodes.iter().any(|l| l == *n));
-        Ok(Precision { mode, weights: chosen.map(|n| (n.to_string(), WeightFormat::Int8)).collect(), ..Default::default() })
+        if !nodes.is_empty() {
+            precision.weights.retain(|n, _| nodes.contains(n));
+        }
+        Ok(precision)
     }
 }
 
